@@ -1,0 +1,178 @@
+//! cgroup/connect4 and cgroup/connect6: rewrite the destination of target connections to the
+//! agent's listener and remember who called and where they meant to go.
+use agent_common::{
+    ConnMeta, SETTINGS_ENABLED, SETTINGS_HAVE_V6, Settings, TARGET_KEY_PORT_BITS, TargetKey,
+    V4_MAPPED_PREFIX_BITS, stat, v4_mapped,
+};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
+use aya_log_ebpf::warn;
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use crate::maps::{PENDING, TARGETS, count, settings};
+
+const SOCK_STREAM: u32 = 1;
+/// cgroup/connect return value that lets connect() proceed.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn sluice_connect4(ctx: SockAddrContext) -> i32 {
+    try_connect4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sluice_connect6(ctx: SockAddrContext) -> i32 {
+    try_connect6(&ctx);
+    ALLOW
+}
+
+fn try_connect4(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let Some(cfg) = eligible(sa) else { return };
+    // Context fields are read with 4-byte loads: the verifier rejects narrower or merged
+    // accesses to bpf_sock_addr.
+    let ip4 = unsafe { read_volatile(addr_of!((*sa).user_ip4)) };
+    let port_word = unsafe { read_volatile(addr_of!((*sa).user_port)) };
+    if ip4 == cfg.listen_ip4 && port_word == cfg.listen_port4 {
+        return;
+    }
+    let addr = v4_mapped(ip4.to_ne_bytes());
+    let Some(target_id) = lookup(addr, port_word as u16, V4_MAPPED_PREFIX_BITS + 32) else {
+        return;
+    };
+    remember(ctx, addr, port_word as u16, 4, target_id);
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip4), cfg.listen_ip4);
+        write_volatile(addr_of_mut!((*sa).user_port), cfg.listen_port4);
+    }
+    count(stat::REDIRECTED);
+}
+
+fn try_connect6(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let Some(cfg) = eligible(sa) else { return };
+    let mut words = [0u32; 4];
+    // One 4-byte load per word: see try_connect4.
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = unsafe { read_volatile(addr_of!((*sa).user_ip6[i])) };
+    }
+    let port_word = unsafe { read_volatile(addr_of!((*sa).user_port)) };
+    let mut addr = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        let b = w.to_ne_bytes();
+        addr[i * 4..i * 4 + 4].copy_from_slice(&b);
+    }
+    let mapped = is_v4_mapped(&addr);
+    if mapped {
+        let ip4 = words[3];
+        if ip4 == cfg.listen_ip4 && port_word == cfg.listen_port4 {
+            return;
+        }
+    } else if words == cfg.listen_ip6 && port_word == cfg.listen_port6 {
+        return;
+    }
+    let Some(target_id) = lookup(addr, port_word as u16, 128) else {
+        return;
+    };
+    if !mapped && cfg.flags & SETTINGS_HAVE_V6 == 0 {
+        count(stat::NO_V6_LISTENER);
+        return;
+    }
+    remember(ctx, addr, port_word as u16, 6, target_id);
+    // A dual-stack socket dialling ::ffff:a.b.c.d is really IPv4: answer with the
+    // v4-mapped IPv4 listener so the kernel keeps it on the IPv4 path.
+    let (dst, port) = if mapped {
+        ([0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), cfg.listen_ip4], cfg.listen_port4)
+    } else {
+        (cfg.listen_ip6, cfg.listen_port6)
+    };
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip6[0]), dst[0]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[1]), dst[1]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[2]), dst[2]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[3]), dst[3]);
+        write_volatile(addr_of_mut!((*sa).user_port), port);
+    }
+    count(stat::REDIRECTED);
+}
+
+/// TCP only, settings present, and not one of the agent's own upstream sockets.
+#[inline(always)]
+fn eligible(sa: *mut bpf_sock_addr) -> Option<&'static Settings> {
+    let cfg = settings()?;
+    if cfg.flags & SETTINGS_ENABLED == 0 {
+        return None;
+    }
+    let sock_type = unsafe { read_volatile(addr_of!((*sa).type_)) };
+    if sock_type != SOCK_STREAM {
+        return None;
+    }
+    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return None;
+    }
+    let mark = unsafe { read_volatile(addr_of!((*sk).mark)) };
+    if cfg.bypass_mark != 0 && mark == cfg.bypass_mark {
+        count(stat::BYPASSED);
+        return None;
+    }
+    Some(cfg)
+}
+
+#[inline(always)]
+fn lookup(addr: [u8; 16], port_net: u16, addr_bits: u32) -> Option<u32> {
+    let key = Key::new(
+        TARGET_KEY_PORT_BITS + addr_bits,
+        TargetKey {
+            port: port_net,
+            _pad: 0,
+            addr,
+        },
+    );
+    TARGETS.get(&key).map(|v| v.target_id)
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
+}
+
+/// Stores who connected and where to; failures are counted, never block the redirect.
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, addr: [u8; 16], port_net: u16, family: u16, target_id: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let meta = ConnMeta {
+        orig_addr: addr,
+        orig_port: u16::from_be(port_net),
+        hook_family: family,
+        target_id,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        socket_cookie: cookie,
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if PENDING.insert(&cookie, &meta, 0).is_err() {
+        count(stat::META_STORE_FAILED);
+        warn!(
+            ctx,
+            "sluice: could not store metadata for socket {}; the agent will refuse it", cookie
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! Maps shared by the hooks. Each is written by one side only, named in its doc.
+use agent_common::{
+    ConnMeta, MAX_PENDING, MAX_TARGETS, PeerKey, Settings, TargetKey, TargetValue, stat,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, lpm_trie::LpmTrie},
+};
+
+/// Written by the agent: which (port, address prefix) pairs are targets.
+#[map(name = "TARGETS")]
+pub static TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::with_max_entries(MAX_TARGETS, 0);
+
+/// Written by the agent: listener addresses and the bypass mark.
+#[map(name = "SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Written by connect4/6, keyed by socket cookie; moved to BY_PEER by sock_ops.
+#[map(name = "PENDING")]
+pub static PENDING: LruHashMap<u64, ConnMeta> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Written by sock_ops, keyed by the client's (address, port); read and deleted by the agent.
+#[map(name = "BY_PEER")]
+pub static BY_PEER: LruHashMap<PeerKey, ConnMeta> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and BPF programs do not migrate CPUs while running.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn settings() -> Option<&'static Settings> {
+    SETTINGS.get(0)
+}

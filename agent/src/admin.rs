@@ -1,0 +1,135 @@
+//! The local admin interface: a root-only Unix socket answering `status` with a JSON snapshot
+//! of live intercepted connections and counters. `sluice connections` is its client.
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tokio_util::sync::CancellationToken;
+
+pub mod table;
+
+pub use table::{ConnInfo, Table};
+
+use crate::intercept::Maps;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("another sluice agent is already running (its admin socket {0} answers)")]
+    AlreadyRunning(PathBuf),
+    #[error("admin socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("admin socket {path}: no agent answers ({source}); is `sluice run` running?")]
+    NotRunning { path: PathBuf, source: io::Error },
+    #[error("admin socket {path}: bad answer: {message}")]
+    BadAnswer { path: PathBuf, message: String },
+}
+
+/// What `status` returns.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub fail_mode: String,
+    pub connections: Vec<ConnInfo>,
+    pub accepted_total: u64,
+    /// Connections to the listener that did not come through redirection.
+    pub refused_unattributed: u64,
+    pub upstream_failures: u64,
+    /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed, no_v6_listener.
+    pub kernel: Vec<u64>,
+}
+
+/// Binds the admin socket, refusing if a live agent already owns it.
+pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(Error::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    table: Arc<Table>,
+    maps: Arc<Maps>,
+    fail_mode: String,
+    stop: CancellationToken,
+) {
+    loop {
+        let conn = tokio::select! {
+            () = stop.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        let Ok((stream, _)) = conn else { continue };
+        let (table, maps, fail_mode) = (table.clone(), maps.clone(), fail_mode.clone());
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            // One short command per connection; anything longer is not a client of ours.
+            let mut r = tokio::io::AsyncReadExt::take(BufReader::new(r), 256);
+            if r.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let body = match line.trim() {
+                "status" => serde_json::to_string(&Status {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    fail_mode,
+                    connections: table.snapshot(),
+                    accepted_total: table.accepted_total(),
+                    refused_unattributed: table.refused_total(),
+                    upstream_failures: table.upstream_failures(),
+                    kernel: maps.stats(),
+                })
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+                other => format!("{{\"error\":\"unknown command {:?}\"}}", other.chars().take(32).collect::<String>()),
+            };
+            let _ = w.write_all(body.as_bytes()).await;
+            let _ = w.shutdown().await;
+        });
+    }
+}
+
+/// Client side: asks a running agent for its status.
+pub async fn query(path: &Path) -> Result<Status, Error> {
+    let mut s = UnixStream::connect(path).await.map_err(|source| Error::NotRunning {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    s.write_all(b"status\n").await.map_err(io_err)?;
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)
+        .await
+        .map_err(io_err)?;
+    serde_json::from_slice(&buf).map_err(|e| Error::BadAnswer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}

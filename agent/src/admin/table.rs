@@ -1,0 +1,131 @@
+//! Live intercepted connections. An entry exists exactly as long as its `Entry` guard, so a
+//! connection task that ends any way at all (including cancellation) leaves the table.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::workload::Workload;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub target: String,
+    /// The client's own address (the accepted socket's peer).
+    pub client: SocketAddr,
+    /// What the client dialled.
+    pub original_dst: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+    pub workload: WorkloadInfo,
+    pub started_unix_ms: u64,
+}
+
+/// Serialisable mirror of `Workload` (kept separate so the wire format is explicit).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub exe: Option<String>,
+}
+
+impl From<&Workload> for WorkloadInfo {
+    fn from(w: &Workload) -> Self {
+        WorkloadInfo {
+            pid: w.pid,
+            tgid: w.tgid,
+            uid: w.uid,
+            gid: w.gid,
+            cgroup_id: w.cgroup_id,
+            comm: w.comm.clone(),
+            exe: w.exe.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Table {
+    next_id: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    upstream_failures: AtomicU64,
+    live: Mutex<HashMap<u64, ConnInfo>>,
+}
+
+pub struct Entry {
+    table: Arc<Table>,
+    id: u64,
+}
+
+impl Table {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn open(self: &Arc<Self>, mut info: ConnInfo) -> Entry {
+        info.started_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let id = info.id;
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, info);
+        Entry {
+            table: self.clone(),
+            id,
+        }
+    }
+
+    pub fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_upstream_failure(&self) {
+        self.upstream_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<ConnInfo> {
+        let mut v: Vec<ConnInfo> = self.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    pub fn accepted_total(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn refused_total(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    pub fn upstream_failures(&self) -> u64 {
+        self.upstream_failures.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnInfo>> {
+        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Entry {
+    pub fn set_upstream(&self, addr: SocketAddr) {
+        if let Some(c) = self.table.lock().get_mut(&self.id) {
+            c.upstream = Some(addr);
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.table.lock().remove(&self.id);
+    }
+}

@@ -1,0 +1,262 @@
+//! The agent's YAML configuration: where to listen, which cgroup to watch, which destinations
+//! are targets. Parsing errors carry `file:line:column` and what was expected; unknown fields
+//! are rejected so a typo never silently weakens interception.
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+mod endpoint;
+
+pub use endpoint::{Endpoint, HostSpec, TargetMatch, canonical as endpoint_canonical};
+
+/// The configuration shipped inside the binary, used when no `--config` is given.
+pub const DEFAULT_YAML: &str = include_str!("config/default.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// IPv4 listener that redirected connections land on. Must be a loopback address: the
+    /// connect hook rewrites into the caller's own network namespace.
+    pub listen: SocketAddr,
+    /// IPv6 listener; `null` disables IPv6 interception (IPv6 targets then fail open and the
+    /// agent warns at start).
+    #[serde(default = "default_listen_v6")]
+    pub listen_v6: Option<SocketAddr>,
+    /// cgroup v2 path, relative to the cgroup2 mount, whose subtree is intercepted.
+    #[serde(default = "default_cgroup")]
+    pub cgroup: PathBuf,
+    #[serde(default)]
+    pub fail_mode: FailMode,
+    /// bpffs directory holding this agent's pinned links.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Unix socket for `sluice connections`.
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
+    /// SO_MARK put on the agent's upstream sockets so the hooks never redirect them.
+    #[serde(default = "default_bypass_mark")]
+    pub bypass_mark: u32,
+    /// How often hostname targets and upstreams are resolved again.
+    #[serde(rename = "dns_refresh_secs", default = "default_dns_refresh", with = "secs")]
+    pub dns_refresh: Duration,
+    #[serde(rename = "connect_timeout_ms", default = "default_connect_timeout", with = "millis")]
+    pub connect_timeout: Duration,
+    /// How long a backend that refused a connection is skipped.
+    #[serde(rename = "dead_backend_secs", default = "default_dead_backend", with = "secs")]
+    pub dead_backend_for: Duration,
+    /// Time in-flight connections get to finish after SIGTERM/SIGINT.
+    #[serde(rename = "drain_timeout_secs", default = "default_drain", with = "secs")]
+    pub drain_timeout: Duration,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Programs stay attached while the agent is down: target connections are refused.
+    #[default]
+    Closed,
+    /// Programs are detached on exit: target connections go straight to the server.
+    Open,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: TargetMatch,
+    /// Where to forward; empty means the address the client dialled.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub upstream: Vec<Endpoint>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn builtin() -> Result<Self, Error> {
+        Self::parse(DEFAULT_YAML, "<built-in default config>")
+    }
+
+    /// `origin` names the source in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
+        let cfg: Config = serde_norway::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            Error::Syntax {
+                path: origin.to_string(),
+                line,
+                column,
+                message: strip_location(&e.to_string()),
+            }
+        })?;
+        cfg.validate().map_err(|message| Error::Invalid {
+            path: origin.to_string(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.listen.is_ipv4() {
+            return Err(format!(
+                "listen: {} must be an IPv4 loopback address; put the IPv6 listener in listen_v6",
+                self.listen
+            ));
+        }
+        if !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "listen: {} is not a loopback address; the connect hook redirects into the caller's namespace, so the listener must be on loopback",
+                self.listen
+            ));
+        }
+        if let Some(v6) = self.listen_v6 {
+            if !v6.is_ipv6() || !v6.ip().is_loopback() {
+                return Err(format!("listen_v6: {v6} must be the IPv6 loopback, e.g. \"[::1]:15001\""));
+            }
+        }
+        if self.targets.is_empty() {
+            return Err("targets: at least one target is required".into());
+        }
+        if self.targets.len() > agent_common::MAX_TARGETS as usize {
+            return Err(format!("targets: at most {} targets", agent_common::MAX_TARGETS));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            if t.name.is_empty() {
+                return Err(format!("targets[{i}].name: must not be empty"));
+            }
+            if !seen.insert(&t.name) {
+                return Err(format!("targets[{i}].name: duplicate target name {:?}", t.name));
+            }
+            for listener in std::iter::once(self.listen).chain(self.listen_v6) {
+                if t.matches.covers(listener) {
+                    return Err(format!(
+                        "targets[{i}] ({}): match {} covers the agent's own listener {listener}",
+                        t.name, t.matches
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// serde_norway appends " at line L column C" to its messages; we print the location first.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "an address \"host:port\" or a list of them")]
+    enum OneOrMany {
+        One(Endpoint),
+        Many(Vec<Endpoint>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(e) => vec![e],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn default_listen_v6() -> Option<SocketAddr> {
+    Some(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 15001)))
+}
+fn default_cgroup() -> PathBuf {
+    PathBuf::from("/")
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/sluice")
+}
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("/run/sluice/admin.sock")
+}
+fn default_bypass_mark() -> u32 {
+    // Arbitrary, documented in docs/operations.md; change it if it clashes with policy routing.
+    0x5_1ce
+}
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_millis(3000)
+}
+fn default_dead_backend() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+impl fmt::Display for FailMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailMode::Closed => "closed",
+            FailMode::Open => "open",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

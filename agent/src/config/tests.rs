@@ -1,0 +1,79 @@
+use super::*;
+
+fn parse(yaml: &str) -> Result<Config, Error> {
+    Config::parse(yaml, "test.yaml")
+}
+
+#[test]
+fn builtin_default_is_valid() {
+    let cfg = Config::builtin().expect("built-in config parses");
+    assert!(cfg.targets.iter().any(|t| t.matches.to_string() == "127.0.0.0/8:11434"));
+    assert_eq!(cfg.fail_mode, FailMode::Closed);
+}
+
+#[test]
+fn issue_example_parses() {
+    let cfg = parse(
+        "listen: 127.0.0.1:15001\ncgroup: /\ntargets:\n  - name: local-llama\n    match: 127.0.0.5:8000\n    upstream: 127.0.0.3:18080\n    protocol: tcp\n",
+    )
+    .expect("valid");
+    assert_eq!(cfg.targets[0].upstream, vec![Endpoint::Addr("127.0.0.3:18080".parse().expect("addr"))]);
+}
+
+#[test]
+fn upstream_list_and_hostnames() {
+    let cfg = parse(
+        "listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: models.internal:443\n    upstream: [\"127.0.0.1:1\", \"localhost:2\", \"[::1]:3\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(cfg.targets[0].upstream.len(), 3);
+    assert_eq!(cfg.targets[0].matches.host, HostSpec::Name("models.internal".into()));
+}
+
+#[test]
+fn unknown_field_reports_line_and_column() {
+    let err = parse("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n    upstreem: 127.0.0.1:81\n")
+        .expect_err("typo must be rejected");
+    let msg = err.to_string();
+    assert!(msg.starts_with("test.yaml:5:5: "), "{msg}");
+    assert!(msg.contains("unknown field `upstreem`"), "{msg}");
+    assert!(msg.contains("expected one of"), "{msg}");
+}
+
+#[test]
+fn bad_match_reports_location_and_grammar() {
+    let err = parse("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.1\n")
+        .expect_err("missing port");
+    let msg = err.to_string();
+    assert!(msg.starts_with("test.yaml:4:12: "), "{msg}");
+    assert!(msg.contains("expected \"host:port\""), "{msg}");
+
+    for (bad, want) in [
+        ("10.0.0.1/8:80", "host bits set"),
+        ("::1:80", "not an IP address, CIDR or hostname"),
+        ("127.0.0.1:0", "starts at 0"),
+        ("127.0.0.1:9-1", "empty"),
+        ("127.0.0.1:1-5000", "spans more than"),
+        ("bad_host!:80", "not an IP address"),
+    ] {
+        let err = parse(&format!("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: \"{bad}\"\n"))
+            .expect_err(bad);
+        assert!(err.to_string().contains(want), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn rejects_target_covering_the_listener_and_non_loopback_listen() {
+    let err = parse("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.0/8:15001\n")
+        .expect_err("covers listener");
+    assert!(err.to_string().contains("covers the agent's own listener"), "{err}");
+    let err = parse("listen: 0.0.0.0:15001\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n")
+        .expect_err("not loopback");
+    assert!(err.to_string().contains("not a loopback address"), "{err}");
+}
+
+#[test]
+fn syntax_error_has_location() {
+    let err = parse("listen: [\n").expect_err("broken yaml");
+    assert!(matches!(err, Error::Syntax { line: 2, .. } | Error::Syntax { line: 1, .. }), "{err}");
+}

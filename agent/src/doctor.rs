@@ -1,0 +1,180 @@
+//! `sluice doctor` and the preflight of `sluice run`: what the host must offer, checked one
+//! by one, each failure explained with what to do about it.
+use std::{fmt, path::Path};
+
+use crate::{config::Config, intercept};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        write!(f, "[{tag}] {:<16} {}", self.name, self.detail)
+    }
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Kernel with bpf_link for cgroup programs (needed for pinning links).
+const MIN_KERNEL: (u32, u32) = (5, 7);
+
+fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        level,
+        detail: detail.into(),
+    }
+}
+
+/// Checks that decide whether `sluice run` can work at all.
+pub fn preflight(cfg: &Config) -> Vec<Check> {
+    vec![privileges(), kernel(), cgroup(cfg)]
+}
+
+/// Everything `sluice doctor` reports; `probe_load` also loads the programs (no attach).
+pub fn full(cfg: &Config, probe_load: bool) -> Vec<Check> {
+    let mut v = preflight(cfg);
+    v.push(btf());
+    v.push(bpffs());
+    if probe_load {
+        v.push(programs_load(v[0].level == Level::Ok));
+    }
+    v.push(pins(cfg));
+    v
+}
+
+pub fn failures(checks: &[Check]) -> Vec<&Check> {
+    checks.iter().filter(|c| c.level == Level::Fail).collect()
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+fn privileges() -> Check {
+    let Some(caps) = effective_caps() else {
+        return check("privileges", Level::Fail, "cannot read CapEff from /proc/self/status");
+    };
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        let who = if nix::unistd::geteuid().is_root() { "root" } else { "capabilities" };
+        check("privileges", Level::Ok, format!("{who}: CAP_BPF and CAP_NET_ADMIN present"))
+    } else {
+        check(
+            "privileges",
+            Level::Fail,
+            format!(
+                "missing {}: run as root (sudo) or grant CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (to mount bpffs); loading and attaching cgroup eBPF programs and marking upstream sockets need them",
+                missing.join(", ")
+            ),
+        )
+    }
+}
+
+fn kernel() -> Check {
+    let uts = nix::sys::utsname::uname();
+    let release = match uts {
+        Ok(u) => u.release().to_string_lossy().into_owned(),
+        Err(e) => return check("kernel", Level::Fail, format!("uname failed: {e}")),
+    };
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if (major, minor) >= MIN_KERNEL {
+        check("kernel", Level::Ok, release)
+    } else {
+        check(
+            "kernel",
+            Level::Fail,
+            format!(
+                "{release} is older than {}.{}: cgroup bpf_link (needed to pin and replace programs safely) is missing",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            ),
+        )
+    }
+}
+
+fn btf() -> Check {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        check("btf", Level::Ok, "/sys/kernel/btf/vmlinux present")
+    } else {
+        check(
+            "btf",
+            Level::Warn,
+            "no /sys/kernel/btf/vmlinux: Sluice's programs do not need it today, but kernels without BTF are untested",
+        )
+    }
+}
+
+fn cgroup(cfg: &Config) -> Check {
+    match intercept::cgroup::resolve(&cfg.cgroup) {
+        Ok(dir) => check("cgroup v2", Level::Ok, format!("attach point {}", dir.display())),
+        Err(e) => check("cgroup v2", Level::Fail, e.to_string()),
+    }
+}
+
+fn bpffs() -> Check {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    match intercept::cgroup::find_mount(&mounts, "bpf") {
+        Some(p) => check("bpffs", Level::Ok, format!("mounted at {}", p.display())),
+        None => check(
+            "bpffs",
+            Level::Warn,
+            "not mounted; `sluice run` mounts it at /sys/fs/bpf (needs CAP_SYS_ADMIN)",
+        ),
+    }
+}
+
+fn programs_load(privileged: bool) -> Check {
+    if !privileged {
+        return check("programs", Level::Warn, "not tried: needs the privileges above");
+    }
+    match intercept::probe_load() {
+        Ok(()) => check("programs", Level::Ok, "connect4, connect6 and sock_ops load and pass the verifier"),
+        Err(e) => check("programs", Level::Fail, e.to_string()),
+    }
+}
+
+fn pins(cfg: &Config) -> Check {
+    let pinned = intercept::pinned_links(&cfg.pin_dir);
+    if pinned.is_empty() {
+        check("pinned links", Level::Ok, format!("none in {}", cfg.pin_dir.display()))
+    } else {
+        check(
+            "pinned links",
+            Level::Ok,
+            format!(
+                "{} in {} (an agent is running, or stopped with fail_mode closed; `sluice detach` removes them)",
+                pinned.len(),
+                cfg.pin_dir.display()
+            ),
+        )
+    }
+}

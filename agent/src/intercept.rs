@@ -1,0 +1,152 @@
+//! Transparent interception: the eBPF hooks that redirect target connections, the listener
+//! that accepts them, and the lookup that tells who made each one and where it was going.
+//!
+//! Guarantees and failure modes:
+//! - A connect() from the attached cgroup subtree to a target is redirected to the listener,
+//!   even if its metadata could not be stored (counted in `STATS`); the listener refuses
+//!   connections it cannot attribute, so nothing reaches a model server unseen. (fail closed)
+//! - Sockets carrying the agent's bypass mark are never redirected: that is how the agent's
+//!   own upstream connections leave.
+//! - While the agent is down, `fail_mode: closed` keeps the hooks pinned and pointing at a
+//!   listener that is gone (targets are refused); `open` detaches them (targets go direct).
+//! - A restart replaces pinned links; it never stacks a second copy of the programs.
+//! - Connections from another network namespace are rewritten to that namespace's loopback,
+//!   where no Sluice listener runs: they are refused, never let through.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use agent_common::{ConnMeta, PeerKey, Settings, names};
+use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
+
+pub mod cgroup;
+pub mod listener;
+mod loader;
+pub mod orig_dst;
+pub mod targets;
+
+pub use loader::{Loaded, detach_pinned, pinned_links, probe_load};
+
+use crate::config::{Config, FailMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] cgroup::Error),
+    #[error("this agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with `cargo xtask build`")]
+    NoObject,
+    #[error("loading the eBPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("pinning under {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+}
+
+/// Handles on the maps the agent reads and writes while running.
+pub struct Maps {
+    pub(crate) targets: Mutex<LpmTrie<MapData, agent_common::TargetKey, agent_common::TargetValue>>,
+    pub(crate) by_peer: Mutex<HashMap<MapData, PeerKey, ConnMeta>>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Held so the map outlives program loading; the kernel side only reads it.
+    _settings: aya::maps::Array<MapData, Settings>,
+}
+
+impl Maps {
+    /// Kernel-side counters, summed over CPUs, in `agent_common::stat` order.
+    pub fn stats(&self) -> Vec<u64> {
+        (0..agent_common::stat::COUNT)
+            .map(|i| {
+                self.stats
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+/// The attached programs. Dropping it without `shutdown` leaves the pins in place.
+pub struct Interceptor {
+    loaded: Loaded,
+    pin_dir: PathBuf,
+}
+
+impl Interceptor {
+    /// Loads the programs, writes settings and static targets, attaches to the configured
+    /// cgroup and replaces any links a previous agent pinned.
+    pub fn start(cfg: &Config) -> Result<(Self, Arc<Maps>), Error> {
+        let cgroup_dir = cgroup::resolve(&cfg.cgroup)?;
+        let settings = settings_for(cfg);
+        let (loaded, maps) = loader::load(settings)?;
+        let maps = Arc::new(maps);
+        targets::install_static(&maps, cfg).map_err(|source| Error::Map {
+            name: names::TARGETS,
+            source,
+        })?;
+        let loaded = loader::attach(loaded, &cgroup_dir, &cfg.pin_dir)?;
+        Ok((
+            Interceptor {
+                loaded,
+                pin_dir: cfg.pin_dir.clone(),
+            },
+            maps,
+        ))
+    }
+
+    pub fn shutdown(self, mode: FailMode) -> Result<(), Error> {
+        match mode {
+            FailMode::Closed => {
+                tracing::info!(pin_dir = %self.pin_dir.display(), "fail_mode closed: programs stay attached; target connections are refused until the agent returns");
+                drop(self.loaded);
+                Ok(())
+            }
+            FailMode::Open => {
+                drop(self.loaded);
+                detach_pinned(&self.pin_dir)?;
+                tracing::info!("fail_mode open: programs detached; target connections go direct");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn settings_for(cfg: &Config) -> Settings {
+    let mut s = Settings {
+        bypass_mark: cfg.bypass_mark,
+        flags: agent_common::SETTINGS_ENABLED,
+        ..Default::default()
+    };
+    if let SocketAddr::V4(v4) = cfg.listen {
+        s.listen_ip4 = u32::from_ne_bytes(v4.ip().octets());
+        s.listen_port4 = u32::from(v4.port().to_be());
+    }
+    if let Some(SocketAddr::V6(v6)) = cfg.listen_v6 {
+        let o = v6.ip().octets();
+        for (i, w) in s.listen_ip6.iter_mut().enumerate() {
+            *w = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
+        }
+        s.listen_port6 = u32::from(v6.port().to_be());
+        s.flags |= agent_common::SETTINGS_HAVE_V6;
+    }
+    s
+}
+
+/// Where the agent keeps pins for a config, for `sluice detach` and tests.
+pub fn pin_dir(cfg: &Config) -> &Path {
+    &cfg.pin_dir
+}

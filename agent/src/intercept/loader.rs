@@ -1,0 +1,275 @@
+//! Loading the eBPF object, attaching it to a cgroup, and pinning the links so a restart
+//! replaces them instead of stacking copies.
+use std::{
+    fs,
+    os::unix::fs::FileTypeExt as _,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use agent_common::{Settings, names};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, PerCpuArray, lpm_trie::LpmTrie},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+
+use super::{Error, Maps, cgroup};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
+
+/// Pin file names, one per program, inside the configured pin directory.
+const PINS: [(&str, &str); 3] = [
+    ("connect4", names::CONNECT4),
+    ("connect6", names::CONNECT6),
+    ("sockops", names::SOCKOPS),
+];
+
+/// The loaded object and, once attached, its pinned links.
+pub struct Loaded {
+    ebpf: Ebpf,
+    links: Vec<PinnedLink>,
+}
+
+pub(super) fn load(settings: Settings) -> Result<(Loaded, Maps), Error> {
+    if OBJECT.is_empty() {
+        return Err(Error::NoObject);
+    }
+    let mut ebpf = Ebpf::load(OBJECT)?;
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => spawn_logger(logger),
+        Err(e) => tracing::warn!(error = %e, "eBPF log forwarding unavailable"),
+    }
+    let mut settings_map: Array<_, Settings> = Array::try_from(take(&mut ebpf, names::SETTINGS)?)
+        .map_err(|source| Error::Map {
+            name: names::SETTINGS,
+            source,
+        })?;
+    settings_map
+        .set(0, settings, 0)
+        .map_err(|source| Error::Map {
+            name: names::SETTINGS,
+            source,
+        })?;
+    let targets = LpmTrie::try_from(take(&mut ebpf, names::TARGETS)?).map_err(|source| {
+        Error::Map {
+            name: names::TARGETS,
+            source,
+        }
+    })?;
+    let by_peer = HashMap::try_from(take(&mut ebpf, names::BY_PEER)?).map_err(|source| {
+        Error::Map {
+            name: names::BY_PEER,
+            source,
+        }
+    })?;
+    let stats = PerCpuArray::try_from(take(&mut ebpf, names::STATS)?).map_err(|source| {
+        Error::Map {
+            name: names::STATS,
+            source,
+        }
+    })?;
+    Ok((
+        Loaded {
+            ebpf,
+            links: Vec::new(),
+        },
+        Maps {
+            targets: Mutex::new(targets),
+            by_peer: Mutex::new(by_peer),
+            stats,
+            _settings: settings_map,
+        },
+    ))
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error> {
+    ebpf.take_map(name).ok_or(Error::Map {
+        name,
+        source: aya::maps::MapError::InvalidName {
+            name: name.to_string(),
+        },
+    })
+}
+
+/// Attaches all programs to `cgroup_dir`, then swaps them in for whatever an earlier agent
+/// pinned in `pin_dir`. New links are attached before old ones are removed, so at no moment
+/// is a target connection left unredirected.
+pub(super) fn attach(mut loaded: Loaded, cgroup_dir: &Path, pin_dir: &Path) -> Result<Loaded, Error> {
+    let cgroup = fs::File::open(cgroup_dir).map_err(|e| {
+        Error::Cgroup(cgroup::Error::Missing {
+            path: cgroup_dir.to_path_buf(),
+            mount: PathBuf::from(e.to_string()),
+        })
+    })?;
+    let mut fresh: Vec<(&str, FdLink)> = Vec::with_capacity(PINS.len());
+    for (file, prog_name) in PINS {
+        let program = loaded
+            .ebpf
+            .program_mut(prog_name)
+            .ok_or(Error::MissingProgram(prog_name))?;
+        let prog_err = |source| Error::Program {
+            name: prog_name,
+            source,
+        };
+        // bpf_link-based cgroup attachment (kernel >= 5.7) always allows multiple programs;
+        // the mode flag must be 0 there, which aya spells `Single`.
+        let link: FdLink = if prog_name == names::SOCKOPS {
+            let p: &mut SockOps = program.try_into().map_err(prog_err)?;
+            p.load().map_err(prog_err)?;
+            let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err)?;
+            p.take_link(id)
+                .map_err(prog_err)?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| Error::Pin {
+                    path: pin_dir.to_path_buf(),
+                    message: e.to_string(),
+                })?
+        } else {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
+            p.load().map_err(prog_err)?;
+            let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err)?;
+            p.take_link(id)
+                .map_err(prog_err)?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| Error::Pin {
+                    path: pin_dir.to_path_buf(),
+                    message: e.to_string(),
+                })?
+        };
+        fresh.push((file, link));
+    }
+    ensure_pin_dir(pin_dir)?;
+    let replaced = detach_pinned(pin_dir)?;
+    if replaced > 0 {
+        tracing::info!(replaced, pin_dir = %pin_dir.display(), "replaced links pinned by a previous agent");
+    }
+    for (file, link) in fresh {
+        let path = pin_dir.join(file);
+        let pinned = link.pin(&path).map_err(|e| Error::Pin {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        loaded.links.push(pinned);
+    }
+    Ok(loaded)
+}
+
+/// Removes this agent's pinned links, detaching their programs. Returns how many there were.
+pub fn detach_pinned(pin_dir: &Path) -> Result<usize, Error> {
+    let mut n = 0;
+    for path in pinned_links(pin_dir) {
+        let link = PinnedLink::from_pin(&path).map_err(|e| Error::Pin {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        // Unpinning drops the last reference once `link` goes out of scope: detached.
+        link.unpin().map_err(|e| Error::Pin {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Pinned link files present in `pin_dir`.
+pub fn pinned_links(pin_dir: &Path) -> Vec<PathBuf> {
+    PINS.iter()
+        .map(|(file, _)| pin_dir.join(file))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn ensure_pin_dir(pin_dir: &Path) -> Result<(), Error> {
+    let mounts = fs::read_to_string("/proc/mounts")
+        .map_err(|e| Error::Bpffs(format!("cannot read /proc/mounts: {e}")))?;
+    let on_bpffs = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[2] == "bpf" && pin_dir.starts_with(f[1])
+    });
+    if !on_bpffs {
+        let default_mount = Path::new("/sys/fs/bpf");
+        if !pin_dir.starts_with(default_mount) {
+            return Err(Error::Bpffs(format!(
+                "pin_dir {} is not on a bpf filesystem; mount one there (`mount -t bpf bpf DIR`) or use /sys/fs/bpf/...",
+                pin_dir.display()
+            )));
+        }
+        nix::mount::mount(
+            Some("bpf"),
+            default_mount,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| Error::Bpffs(format!("mounting bpffs at /sys/fs/bpf: {e}")))?;
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    fs::create_dir_all(pin_dir).map_err(|e| Error::Pin {
+        path: pin_dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    // Refuse to pin next to something that is not ours.
+    for entry in fs::read_dir(pin_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let ours = PINS.iter().any(|(f, _)| name == *f);
+        if !ours && entry.file_type().is_ok_and(|t| !t.is_dir() && !t.is_socket()) {
+            tracing::warn!(file = %entry.path().display(), "unexpected file in pin_dir");
+        }
+    }
+    Ok(())
+}
+
+fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the ring buffer fd is owned by `logger`, which the AsyncFd owns for its whole
+    // life, and `as_raw_fd` always returns that same fd.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF log forwarding unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut fd = fd;
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// Loads every program into the kernel (verifier included) without attaching anything.
+pub fn probe_load() -> Result<(), Error> {
+    if OBJECT.is_empty() {
+        return Err(Error::NoObject);
+    }
+    let mut ebpf = Ebpf::load(OBJECT)?;
+    for (_, prog_name) in PINS {
+        let program = ebpf
+            .program_mut(prog_name)
+            .ok_or(Error::MissingProgram(prog_name))?;
+        let prog_err = |source| Error::Program {
+            name: prog_name,
+            source,
+        };
+        if prog_name == names::SOCKOPS {
+            let p: &mut SockOps = program.try_into().map_err(prog_err)?;
+            p.load().map_err(prog_err)?;
+        } else {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
+            p.load().map_err(prog_err)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Serving one intercepted connection at layer 4: attribute it, dial the upstream, relay
+//! bytes, log the outcome. Runs for targets with `protocol: tcp`.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::{ConnInfo, Table, table::WorkloadInfo},
+    forward,
+    intercept::{Maps, orig_dst},
+    upstream::Upstreams,
+    workload::Workload,
+};
+
+/// Shared, read-only state every connection task needs.
+pub struct Ctx {
+    pub maps: Arc<Maps>,
+    pub upstreams: Upstreams,
+    pub table: Arc<Table>,
+}
+
+/// Handles one accepted connection. Never returns an error: every outcome is logged here.
+pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: CancellationToken) {
+    let Some(meta) = orig_dst::take(&ctx.maps, peer) else {
+        // Not redirected by our hooks (a direct dial of the listener, or metadata lost):
+        // refuse with a reset so the client sees a hard failure, not an empty reply.
+        ctx.table.count_refused();
+        tracing::warn!(%peer, "refused connection to the listener that was not redirected by Sluice");
+        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        return;
+    };
+    let orig = orig_dst::original_destination(&meta);
+    let workload = Workload::from_meta(&meta);
+    let target = ctx
+        .upstreams
+        .target_name(meta.target_id)
+        .unwrap_or("<unknown>")
+        .to_string();
+    let entry = ctx.table.open(ConnInfo {
+        id: ctx.table.next_id(),
+        target: target.clone(),
+        client: peer,
+        original_dst: orig,
+        upstream: None,
+        workload: WorkloadInfo::from(&workload),
+        started_unix_ms: 0,
+    });
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    let (upstream, upstream_addr) = match ctx.upstreams.connect(meta.target_id, orig).await {
+        Ok(u) => u,
+        Err(e) => {
+            ctx.table.count_upstream_failure();
+            tracing::warn!(
+                target = %target, pid = workload.tgid, uid = workload.uid, comm = %workload.comm,
+                original_dst = %orig, error = %e, "upstream unavailable; closing client connection"
+            );
+            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            return;
+        }
+    };
+    entry.set_upstream(upstream_addr);
+    tracing::info!(
+        target = %target, pid = workload.pid, tgid = workload.tgid, uid = workload.uid,
+        gid = workload.gid, cgroup_id = workload.cgroup_id, comm = %workload.comm,
+        exe = workload.exe.as_deref().unwrap_or("?"), client = %peer, original_dst = %orig,
+        upstream = %upstream_addr, "connection intercepted"
+    );
+    let outcome = tokio::select! {
+        r = forward::relay(&client, &upstream) => r.map_err(|e| e.to_string()),
+        () = force.cancelled() => Err("agent shutting down".to_string()),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(t) => tracing::info!(
+            target = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
+            original_dst = %orig, upstream = %upstream_addr, bytes_up = t.up, bytes_down = t.down,
+            duration_ms = ms, "connection closed"
+        ),
+        Err(e) => tracing::info!(
+            target = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
+            original_dst = %orig, upstream = %upstream_addr, duration_ms = ms, error = %e,
+            "connection ended with error"
+        ),
+    }
+    drop(entry);
+}
