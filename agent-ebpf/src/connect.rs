@@ -93,7 +93,10 @@ fn try_connect6(ctx: &SockAddrContext) {
     // A dual-stack socket dialling ::ffff:a.b.c.d is really IPv4: answer with the
     // v4-mapped IPv4 listener so the kernel keeps it on the IPv4 path.
     let (dst, port) = if mapped {
-        ([0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), cfg.listen_ip4], cfg.listen_port4)
+        (
+            [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), cfg.listen_ip4],
+            cfg.listen_port4,
+        )
     } else {
         (cfg.listen_ip6, cfg.listen_port6)
     };

@@ -105,7 +105,10 @@ pub async fn serve(
                     kernel: maps.stats(),
                 })
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
-                other => format!("{{\"error\":\"unknown command {:?}\"}}", other.chars().take(32).collect::<String>()),
+                other => format!(
+                    "{{\"error\":\"unknown command {:?}\"}}",
+                    other.chars().take(32).collect::<String>()
+                ),
             };
             let _ = w.write_all(body.as_bytes()).await;
             let _ = w.shutdown().await;
@@ -115,10 +118,12 @@ pub async fn serve(
 
 /// Client side: asks a running agent for its status.
 pub async fn query(path: &Path) -> Result<Status, Error> {
-    let mut s = UnixStream::connect(path).await.map_err(|source| Error::NotRunning {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut s = UnixStream::connect(path)
+        .await
+        .map_err(|source| Error::NotRunning {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let io_err = |source| Error::Io {
         path: path.to_path_buf(),
         source,

@@ -2,7 +2,10 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, bail};
-use tokio::{net::TcpListener, signal::unix::{SignalKind, signal}};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     admin::{self, Table},
@@ -84,7 +87,11 @@ pub struct PreflightFailed(pub String);
 
 impl std::fmt::Display for PreflightFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "this host cannot run sluice yet (see `sluice doctor`):\n  {}", self.0)
+        write!(
+            f,
+            "this host cannot run sluice yet (see `sluice doctor`):\n  {}",
+            self.0
+        )
     }
 }
 

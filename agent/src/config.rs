@@ -60,15 +60,31 @@ pub struct Config {
     #[serde(default = "default_bypass_mark")]
     pub bypass_mark: u32,
     /// How often hostname targets and upstreams are resolved again.
-    #[serde(rename = "dns_refresh_secs", default = "default_dns_refresh", with = "secs")]
+    #[serde(
+        rename = "dns_refresh_secs",
+        default = "default_dns_refresh",
+        with = "secs"
+    )]
     pub dns_refresh: Duration,
-    #[serde(rename = "connect_timeout_ms", default = "default_connect_timeout", with = "millis")]
+    #[serde(
+        rename = "connect_timeout_ms",
+        default = "default_connect_timeout",
+        with = "millis"
+    )]
     pub connect_timeout: Duration,
     /// How long a backend that refused a connection is skipped.
-    #[serde(rename = "dead_backend_secs", default = "default_dead_backend", with = "secs")]
+    #[serde(
+        rename = "dead_backend_secs",
+        default = "default_dead_backend",
+        with = "secs"
+    )]
     pub dead_backend_for: Duration,
     /// Time in-flight connections get to finish after SIGTERM/SIGINT.
-    #[serde(rename = "drain_timeout_secs", default = "default_drain", with = "secs")]
+    #[serde(
+        rename = "drain_timeout_secs",
+        default = "default_drain",
+        with = "secs"
+    )]
     pub drain_timeout: Duration,
     pub targets: Vec<Target>,
 }
@@ -149,14 +165,19 @@ impl Config {
         }
         if let Some(v6) = self.listen_v6 {
             if !v6.is_ipv6() || !v6.ip().is_loopback() {
-                return Err(format!("listen_v6: {v6} must be the IPv6 loopback, e.g. \"[::1]:15001\""));
+                return Err(format!(
+                    "listen_v6: {v6} must be the IPv6 loopback, e.g. \"[::1]:15001\""
+                ));
             }
         }
         if self.targets.is_empty() {
             return Err("targets: at least one target is required".into());
         }
         if self.targets.len() > agent_common::MAX_TARGETS as usize {
-            return Err(format!("targets: at most {} targets", agent_common::MAX_TARGETS));
+            return Err(format!(
+                "targets: at most {} targets",
+                agent_common::MAX_TARGETS
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
@@ -164,7 +185,10 @@ impl Config {
                 return Err(format!("targets[{i}].name: must not be empty"));
             }
             if !seen.insert(&t.name) {
-                return Err(format!("targets[{i}].name: duplicate target name {:?}", t.name));
+                return Err(format!(
+                    "targets[{i}].name: duplicate target name {:?}",
+                    t.name
+                ));
             }
             for listener in std::iter::once(self.listen).chain(self.listen_v6) {
                 if t.matches.covers(listener) {

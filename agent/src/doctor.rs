@@ -73,7 +73,11 @@ fn effective_caps() -> Option<u64> {
 
 fn privileges() -> Check {
     let Some(caps) = effective_caps() else {
-        return check("privileges", Level::Fail, "cannot read CapEff from /proc/self/status");
+        return check(
+            "privileges",
+            Level::Fail,
+            "cannot read CapEff from /proc/self/status",
+        );
     };
     let has = |c: u32| caps & (1u64 << c) != 0;
     let mut missing = Vec::new();
@@ -84,8 +88,16 @@ fn privileges() -> Check {
         missing.push("CAP_NET_ADMIN");
     }
     if missing.is_empty() {
-        let who = if nix::unistd::geteuid().is_root() { "root" } else { "capabilities" };
-        check("privileges", Level::Ok, format!("{who}: CAP_BPF and CAP_NET_ADMIN present"))
+        let who = if nix::unistd::geteuid().is_root() {
+            "root"
+        } else {
+            "capabilities"
+        };
+        check(
+            "privileges",
+            Level::Ok,
+            format!("{who}: CAP_BPF and CAP_NET_ADMIN present"),
+        )
     } else {
         check(
             "privileges",
@@ -104,7 +116,9 @@ fn kernel() -> Check {
         Ok(u) => u.release().to_string_lossy().into_owned(),
         Err(e) => return check("kernel", Level::Fail, format!("uname failed: {e}")),
     };
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
     let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     if (major, minor) >= MIN_KERNEL {
@@ -135,7 +149,11 @@ fn btf() -> Check {
 
 fn cgroup(cfg: &Config) -> Check {
     match intercept::cgroup::resolve(&cfg.cgroup) {
-        Ok(dir) => check("cgroup v2", Level::Ok, format!("attach point {}", dir.display())),
+        Ok(dir) => check(
+            "cgroup v2",
+            Level::Ok,
+            format!("attach point {}", dir.display()),
+        ),
         Err(e) => check("cgroup v2", Level::Fail, e.to_string()),
     }
 }
@@ -154,10 +172,18 @@ fn bpffs() -> Check {
 
 fn programs_load(privileged: bool) -> Check {
     if !privileged {
-        return check("programs", Level::Warn, "not tried: needs the privileges above");
+        return check(
+            "programs",
+            Level::Warn,
+            "not tried: needs the privileges above",
+        );
     }
     match intercept::probe_load() {
-        Ok(()) => check("programs", Level::Ok, "connect4, connect6 and sock_ops load and pass the verifier"),
+        Ok(()) => check(
+            "programs",
+            Level::Ok,
+            "connect4, connect6 and sock_ops load and pass the verifier",
+        ),
         Err(e) => check("programs", Level::Fail, e.to_string()),
     }
 }
@@ -165,7 +191,11 @@ fn programs_load(privileged: bool) -> Check {
 fn pins(cfg: &Config) -> Check {
     let pinned = intercept::pinned_links(&cfg.pin_dir);
     if pinned.is_empty() {
-        check("pinned links", Level::Ok, format!("none in {}", cfg.pin_dir.display()))
+        check(
+            "pinned links",
+            Level::Ok,
+            format!("none in {}", cfg.pin_dir.display()),
+        )
     } else {
         check(
             "pinned links",

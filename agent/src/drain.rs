@@ -42,7 +42,10 @@ impl Drain {
     pub async fn drain(&self, deadline: Duration) -> usize {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(deadline, self.tasks.wait()).await.is_ok() {
+        if tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+        {
             return 0;
         }
         let forced = self.tasks.len();

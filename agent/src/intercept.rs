@@ -35,7 +35,9 @@ use crate::config::{Config, FailMode};
 pub enum Error {
     #[error("cgroup: {0}")]
     Cgroup(#[from] cgroup::Error),
-    #[error("this agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with `cargo xtask build`")]
+    #[error(
+        "this agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with `cargo xtask build`"
+    )]
     NoObject,
     #[error("loading the eBPF programs: {0}")]
     Load(#[from] aya::EbpfError),

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice::{admin, app, config::Config, doctor, intercept};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Transparent, policy-enforcing proxy for AI model servers")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Transparent, policy-enforcing proxy for AI model servers"
+)]
 struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -59,7 +63,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("sluice: cannot start runtime: {e}");
@@ -122,7 +129,11 @@ fn main() -> ExitCode {
             Ok(cfg) => {
                 for t in &cfg.targets {
                     let up: Vec<String> = t.upstream.iter().map(ToString::to_string).collect();
-                    let up = if up.is_empty() { "(dialled address)".to_string() } else { up.join(", ") };
+                    let up = if up.is_empty() {
+                        "(dialled address)".to_string()
+                    } else {
+                        up.join(", ")
+                    };
                     println!("{:<24} {:<28} -> {up}", t.name, t.matches.to_string());
                 }
                 ExitCode::SUCCESS
@@ -144,7 +155,10 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn connections(cfg: &Config, json: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice: {e}");
@@ -201,7 +215,9 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

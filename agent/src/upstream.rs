@@ -54,11 +54,17 @@ impl Upstreams {
     }
 
     pub fn target_name(&self, target_id: u32) -> Option<&str> {
-        self.targets.get(target_id as usize).map(|b| b.name.as_str())
+        self.targets
+            .get(target_id as usize)
+            .map(|b| b.name.as_str())
     }
 
     /// Connects to the target's upstream, or to `orig_dst` when the target names none.
-    pub async fn connect(&self, target_id: u32, orig_dst: SocketAddr) -> Result<(TcpStream, SocketAddr), Error> {
+    pub async fn connect(
+        &self,
+        target_id: u32,
+        orig_dst: SocketAddr,
+    ) -> Result<(TcpStream, SocketAddr), Error> {
         let Some(b) = self.targets.get(target_id as usize) else {
             return Err(Error::AllFailed {
                 target: format!("#{target_id}"),
@@ -79,7 +85,10 @@ impl Upstreams {
         let start = b.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let order: Vec<usize> = {
-            let dead = b.dead_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let dead = b
+                .dead_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let (alive, resting): (Vec<usize>, Vec<usize>) = (0..n)
                 .map(|i| (start + i) % n)
                 .partition(|i| dead[*i].is_none_or(|t| t <= now));
@@ -92,12 +101,16 @@ impl Upstreams {
             let ep = &b.endpoints[i];
             match self.dial_endpoint(ep).await {
                 Ok((s, addr)) => {
-                    b.dead_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[i] = None;
+                    b.dead_until
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = None;
                     return Ok((s, addr));
                 }
                 Err(e) => {
                     tracing::warn!(target = %b.name, upstream = %ep, error = %e, "upstream failed; skipping it for a while");
-                    b.dead_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[i] =
+                    b.dead_until
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)[i] =
                         Some(Instant::now() + self.dead_for);
                     last = format!("{ep}: {e}");
                 }
@@ -112,9 +125,12 @@ impl Upstreams {
     async fn dial_endpoint(&self, ep: &Endpoint) -> std::io::Result<(TcpStream, SocketAddr)> {
         let addrs: Vec<SocketAddr> = match ep {
             Endpoint::Addr(a) => vec![*a],
-            Endpoint::Name { host, port } => tokio::net::lookup_host((host.as_str(), *port)).await?.collect(),
+            Endpoint::Name { host, port } => tokio::net::lookup_host((host.as_str(), *port))
+                .await?
+                .collect(),
         };
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
+        let mut last =
+            std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
         for a in addrs {
             match self.dial(a).await {
                 Ok(s) => return Ok((s, a)),
@@ -125,7 +141,11 @@ impl Upstreams {
     }
 
     async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         socket2::SockRef::from(&sock).set_mark(self.mark)?;
         sock.set_nodelay(true)?;
         match tokio::time::timeout(self.connect_timeout, sock.connect(addr)).await {

@@ -21,7 +21,11 @@ pub struct Workload {
 
 impl Workload {
     pub fn from_meta(meta: &ConnMeta) -> Self {
-        let comm_len = meta.comm.iter().position(|b| *b == 0).unwrap_or(meta.comm.len());
+        let comm_len = meta
+            .comm
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(meta.comm.len());
         Workload {
             pid: meta.pid,
             tgid: meta.tgid,

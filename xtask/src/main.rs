@@ -1,1 +1,133 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//!
+//! `setup` installs what building the eBPF programs needs, idempotently: either a nightly with
+//! rust-src and bpf-linker already exist, or it installs Debian's rustc-web (rustc with its
+//! library source), LLVM 22, bpf-linker built against it, and links that compiler as the
+//! rustup toolchain `sluice-bpf` (which agent/build.rs picks up). xtask never compiles BPF
+//! itself: cargo does, through agent/build.rs.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and test tools (idempotent).
+    Setup,
+    /// Build the agent (release) with its eBPF programs.
+    Build,
+    /// Set up, build and run the agent as root. Arguments after `--` go to `sluice run`
+    /// (default: the built-in config).
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run formatting and lint checks, unit tests and the root end-to-end tests.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// Set up, build release binaries and run the benchmarks (intercepted vs direct).
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup::run(true),
+        Task::Build => {
+            setup::run(false)?;
+            cargo(&["build", "--release", "-p", "sluice"])
+        }
+        Task::Run { args } => {
+            setup::run(false)?;
+            cargo(&["build", "--release", "-p", "sluice"])?;
+            let bin = root.join("target/release/sluice");
+            let mut cmd = as_root(&bin);
+            cmd.arg("run").args(&args);
+            exec(cmd)
+        }
+        Task::Test { no_lint } => {
+            setup::run(true)?;
+            if !no_lint {
+                cargo(&["fmt", "--all", "--", "--check"])?;
+                cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            }
+            cargo(&["build", "-p", "sluice"])?;
+            let bin = root.join("target/debug/sluice");
+            let mut cmd = cargo_cmd();
+            cmd.args(["test", "--workspace", "--no-fail-fast"])
+                .env("SLUICE_BIN", &bin);
+            run_status(cmd)
+        }
+        Task::Bench { args } => {
+            setup::run(true)?;
+            cargo(&["build", "--release", "-p", "sluice", "-p", "sluice-tests"])?;
+            let mut cmd = as_root(&root.join("target/release/sluice-bench"));
+            cmd.env("SLUICE_BIN", root.join("target/release/sluice"))
+                .args(&args);
+            exec(cmd)
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let dir = env::var("CARGO_MANIFEST_DIR").context("run through `cargo xtask`")?;
+    Path::new(&dir)
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+fn cargo_cmd() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.env("PATH", setup::build_path());
+    c
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut c = cargo_cmd();
+    c.args(args);
+    run_status(c)
+}
+
+fn run_status(mut cmd: Command) -> Result<()> {
+    let status: ExitStatus = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{:?} failed: {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn exec(cmd: Command) -> Result<()> {
+    run_status(cmd)
+}
+
+/// The agent needs root; re-run under sudo when we are not root.
+fn as_root(bin: &Path) -> Command {
+    if setup::is_root() {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("--preserve-env=SLUICE_LOG,SLUICE_BIN").arg(bin);
+        c
+    }
+}

@@ -112,7 +112,9 @@ impl Table {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnInfo>> {
-        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

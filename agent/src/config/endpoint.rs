@@ -47,7 +47,9 @@ impl TryFrom<String> for TargetMatch {
         } else if host.contains('/') || host.parse::<IpAddr>().is_ok() {
             let net = parse_net(host, false).map_err(|e| format!("{s:?}: {e}"))?;
             if net.addr().is_ipv6() {
-                return Err(format!("{s:?}: IPv6 addresses go in brackets, e.g. \"[::1]:8000\""));
+                return Err(format!(
+                    "{s:?}: IPv6 addresses go in brackets, e.g. \"[::1]:8000\""
+                ));
             }
             HostSpec::Net(net)
         } else {
@@ -141,7 +143,9 @@ fn check_hostname(h: &str) -> Result<(), String> {
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if ok {
         Ok(())

@@ -7,7 +7,11 @@ fn parse(yaml: &str) -> Result<Config, Error> {
 #[test]
 fn builtin_default_is_valid() {
     let cfg = Config::builtin().expect("built-in config parses");
-    assert!(cfg.targets.iter().any(|t| t.matches.to_string() == "127.0.0.0/8:11434"));
+    assert!(
+        cfg.targets
+            .iter()
+            .any(|t| t.matches.to_string() == "127.0.0.0/8:11434")
+    );
     assert_eq!(cfg.fail_mode, FailMode::Closed);
 }
 
@@ -17,7 +21,10 @@ fn issue_example_parses() {
         "listen: 127.0.0.1:15001\ncgroup: /\ntargets:\n  - name: local-llama\n    match: 127.0.0.5:8000\n    upstream: 127.0.0.3:18080\n    protocol: tcp\n",
     )
     .expect("valid");
-    assert_eq!(cfg.targets[0].upstream, vec![Endpoint::Addr("127.0.0.3:18080".parse().expect("addr"))]);
+    assert_eq!(
+        cfg.targets[0].upstream,
+        vec![Endpoint::Addr("127.0.0.3:18080".parse().expect("addr"))]
+    );
 }
 
 #[test]
@@ -27,7 +34,10 @@ fn upstream_list_and_hostnames() {
     )
     .expect("valid");
     assert_eq!(cfg.targets[0].upstream.len(), 3);
-    assert_eq!(cfg.targets[0].matches.host, HostSpec::Name("models.internal".into()));
+    assert_eq!(
+        cfg.targets[0].matches.host,
+        HostSpec::Name("models.internal".into())
+    );
 }
 
 #[test]
@@ -56,17 +66,23 @@ fn bad_match_reports_location_and_grammar() {
         ("127.0.0.1:1-5000", "spans more than"),
         ("bad_host!:80", "not an IP address"),
     ] {
-        let err = parse(&format!("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: \"{bad}\"\n"))
-            .expect_err(bad);
+        let err = parse(&format!(
+            "listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: \"{bad}\"\n"
+        ))
+        .expect_err(bad);
         assert!(err.to_string().contains(want), "{bad}: {err}");
     }
 }
 
 #[test]
 fn rejects_target_covering_the_listener_and_non_loopback_listen() {
-    let err = parse("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.0/8:15001\n")
-        .expect_err("covers listener");
-    assert!(err.to_string().contains("covers the agent's own listener"), "{err}");
+    let err =
+        parse("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.0/8:15001\n")
+            .expect_err("covers listener");
+    assert!(
+        err.to_string().contains("covers the agent's own listener"),
+        "{err}"
+    );
     let err = parse("listen: 0.0.0.0:15001\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n")
         .expect_err("not loopback");
     assert!(err.to_string().contains("not a loopback address"), "{err}");
@@ -75,5 +91,11 @@ fn rejects_target_covering_the_listener_and_non_loopback_listen() {
 #[test]
 fn syntax_error_has_location() {
     let err = parse("listen: [\n").expect_err("broken yaml");
-    assert!(matches!(err, Error::Syntax { line: 2, .. } | Error::Syntax { line: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Syntax { line: 2, .. } | Error::Syntax { line: 1, .. }
+        ),
+        "{err}"
+    );
 }

@@ -9,7 +9,9 @@ use std::{
 pub enum Error {
     #[error("cannot read /proc/mounts: {0}")]
     Mounts(std::io::Error),
-    #[error("no cgroup v2 (cgroup2) filesystem is mounted; Sluice attaches to cgroup v2 only (mount one with `mount -t cgroup2 none /sys/fs/cgroup`)")]
+    #[error(
+        "no cgroup v2 (cgroup2) filesystem is mounted; Sluice attaches to cgroup v2 only (mount one with `mount -t cgroup2 none /sys/fs/cgroup`)"
+    )]
     NoCgroup2,
     #[error("cgroup path {0:?} must not contain '..'")]
     Escapes(PathBuf),

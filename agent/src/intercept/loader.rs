@@ -45,33 +45,30 @@ pub(super) fn load(settings: Settings) -> Result<(Loaded, Maps), Error> {
     }
     let mut settings_map: Array<_, Settings> = Array::try_from(take(&mut ebpf, names::SETTINGS)?)
         .map_err(|source| Error::Map {
-            name: names::SETTINGS,
-            source,
-        })?;
+        name: names::SETTINGS,
+        source,
+    })?;
     settings_map
         .set(0, settings, 0)
         .map_err(|source| Error::Map {
             name: names::SETTINGS,
             source,
         })?;
-    let targets = LpmTrie::try_from(take(&mut ebpf, names::TARGETS)?).map_err(|source| {
-        Error::Map {
+    let targets =
+        LpmTrie::try_from(take(&mut ebpf, names::TARGETS)?).map_err(|source| Error::Map {
             name: names::TARGETS,
             source,
-        }
-    })?;
-    let by_peer = HashMap::try_from(take(&mut ebpf, names::BY_PEER)?).map_err(|source| {
-        Error::Map {
+        })?;
+    let by_peer =
+        HashMap::try_from(take(&mut ebpf, names::BY_PEER)?).map_err(|source| Error::Map {
             name: names::BY_PEER,
             source,
-        }
-    })?;
-    let stats = PerCpuArray::try_from(take(&mut ebpf, names::STATS)?).map_err(|source| {
-        Error::Map {
+        })?;
+    let stats =
+        PerCpuArray::try_from(take(&mut ebpf, names::STATS)?).map_err(|source| Error::Map {
             name: names::STATS,
             source,
-        }
-    })?;
+        })?;
     Ok((
         Loaded {
             ebpf,
@@ -98,7 +95,11 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error> {
 /// Attaches all programs to `cgroup_dir`, then swaps them in for whatever an earlier agent
 /// pinned in `pin_dir`. New links are attached before old ones are removed, so at no moment
 /// is a target connection left unredirected.
-pub(super) fn attach(mut loaded: Loaded, cgroup_dir: &Path, pin_dir: &Path) -> Result<Loaded, Error> {
+pub(super) fn attach(
+    mut loaded: Loaded,
+    cgroup_dir: &Path,
+    pin_dir: &Path,
+) -> Result<Loaded, Error> {
     let cgroup = fs::File::open(cgroup_dir).map_err(|e| {
         Error::Cgroup(cgroup::Error::Missing {
             path: cgroup_dir.to_path_buf(),
@@ -120,25 +121,27 @@ pub(super) fn attach(mut loaded: Loaded, cgroup_dir: &Path, pin_dir: &Path) -> R
         let link: FdLink = if prog_name == names::SOCKOPS {
             let p: &mut SockOps = program.try_into().map_err(prog_err)?;
             p.load().map_err(prog_err)?;
-            let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err)?;
-            p.take_link(id)
-                .map_err(prog_err)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| Error::Pin {
+            let id = p
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err)?;
+            p.take_link(id).map_err(prog_err)?.try_into().map_err(
+                |e: aya::programs::links::LinkError| Error::Pin {
                     path: pin_dir.to_path_buf(),
                     message: e.to_string(),
-                })?
+                },
+            )?
         } else {
             let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
             p.load().map_err(prog_err)?;
-            let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err)?;
-            p.take_link(id)
-                .map_err(prog_err)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| Error::Pin {
+            let id = p
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err)?;
+            p.take_link(id).map_err(prog_err)?.try_into().map_err(
+                |e: aya::programs::links::LinkError| Error::Pin {
                     path: pin_dir.to_path_buf(),
                     message: e.to_string(),
-                })?
+                },
+            )?
         };
         fresh.push((file, link));
     }
@@ -217,7 +220,11 @@ fn ensure_pin_dir(pin_dir: &Path) -> Result<(), Error> {
     for entry in fs::read_dir(pin_dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let ours = PINS.iter().any(|(f, _)| name == *f);
-        if !ours && entry.file_type().is_ok_and(|t| !t.is_dir() && !t.is_socket()) {
+        if !ours
+            && entry
+                .file_type()
+                .is_ok_and(|t| !t.is_dir() && !t.is_socket())
+        {
             tracing::warn!(file = %entry.path().display(), "unexpected file in pin_dir");
         }
     }

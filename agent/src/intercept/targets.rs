@@ -29,7 +29,12 @@ fn key_bytes(k: &TargetKey) -> [u8; 20] {
 }
 
 /// The trie entries for one network and port range.
-fn entries_for(net: IpNet, ports: &std::ops::RangeInclusive<u16>, target_id: u32, out: &mut Entries) {
+fn entries_for(
+    net: IpNet,
+    ports: &std::ops::RangeInclusive<u16>,
+    target_id: u32,
+    out: &mut Entries,
+) {
     let (addr, bits) = match net.trunc() {
         IpNet::V4(n) => (
             v4_mapped(n.addr().octets()),
@@ -111,7 +116,9 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
     loop {
         for (id, target, host) in &named {
             let resolved = match tokio::net::lookup_host((*host, 0)).await {
-                Ok(addrs) => addrs.map(|a| crate::config::endpoint_canonical(a.ip())).collect::<BTreeSet<_>>(),
+                Ok(addrs) => addrs
+                    .map(|a| crate::config::endpoint_canonical(a.ip()))
+                    .collect::<BTreeSet<_>>(),
                 Err(e) => {
                     tracing::warn!(target = %target.name, host, error = %e, "resolving target failed; keeping previous addresses");
                     continue;
@@ -134,7 +141,9 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
                     tracing::info!(target = %target.name, host, addresses = ?resolved, "target addresses updated");
                     current.insert(*id, resolved);
                 }
-                Err(e) => tracing::error!(target = %target.name, error = %e, "updating target map failed"),
+                Err(e) => {
+                    tracing::error!(target = %target.name, error = %e, "updating target map failed")
+                }
             }
         }
         tokio::select! {

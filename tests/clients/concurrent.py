@@ -1,0 +1,45 @@
+"""Opens N connections at once to an echo server, each sending a unique message, holds them
+all open until every one has connected, then checks each echo. Prints JSON counts."""
+import json
+import socket
+import sys
+import threading
+
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+barrier = threading.Barrier(n)
+ok = []
+errors = []
+lock = threading.Lock()
+
+
+def one(i):
+    try:
+        s = socket.create_connection((host, port), timeout=30)
+        barrier.wait(timeout=60)
+        msg = f"connection {i} says hello\n".encode()
+        s.sendall(msg)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            got += b
+        with lock:
+            (ok if got == msg else errors).append(i if got == msg else f"{i}: got {got!r}")
+        s.close()
+    except Exception as e:  # noqa: BLE001 - report every failure
+        with lock:
+            errors.append(f"{i}: {e!r}")
+        try:
+            barrier.abort()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"ok": len(ok), "errors": errors[:10], "error_count": len(errors)}))

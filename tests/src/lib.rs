@@ -1,0 +1,343 @@
+//! Harness for Sluice's end-to-end tests and benchmarks: real cgroups, the real agent binary,
+//! real servers and clients on loopback. Everything created here is removed on drop.
+//!
+//! Tests need root. Without it they fail, unless SLUICE_E2E_SKIP=1 says to skip them, in which
+//! case each prints a loud SKIPPED line.
+use std::{
+    fs,
+    io::{self, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+pub mod servers;
+
+/// Returns false (after printing SKIPPED) when the test must be skipped; panics when the
+/// test cannot run and skipping was not asked for.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("SLUICE_E2E_SKIP").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED {test}: needs root (SLUICE_E2E_SKIP=1)");
+        return false;
+    }
+    panic!(
+        "{test} needs root (real eBPF programs in real cgroups); run `cargo xtask test` as root, or set SLUICE_E2E_SKIP=1 to skip end-to-end tests explicitly"
+    );
+}
+
+/// The agent binary: SLUICE_BIN, else target/debug/sluice.
+pub fn sluice_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p sluice` or `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, for cgroups, pin dirs and sockets.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "sluice-test-{}-{}-{tag}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .expect("no cgroup2 mount in /proc/mounts")
+}
+
+/// A child cgroup of the cgroup2 root; processes started with `command` run inside it.
+pub struct TestCgroup {
+    pub rel: String,
+    pub dir: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Self {
+        let rel = unique(tag);
+        let dir = cgroup2_mount().join(&rel);
+        fs::create_dir(&dir).expect("create test cgroup");
+        TestCgroup { rel, dir }
+    }
+
+    /// A command that moves itself into this cgroup, then execs `program`.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.dir)
+            .arg(program);
+        c
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            // SAFETY: plain syscall on a pid we put into our own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.dir.display());
+    }
+}
+
+/// Any free loopback port (bind-and-release; fine for tests on loopback).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A virtual loopback address per call: 127.0.<pid-derived>.<n>, on which nothing listens.
+pub fn virtual_ip() -> String {
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "127.77.{}.{}",
+        (std::process::id() % 250) + 1,
+        (n % 250) + 2
+    )
+}
+
+/// Settings for one agent under test.
+pub struct AgentSpec {
+    pub cgroup: String,
+    pub fail_mode: &'static str,
+    /// YAML list items under `targets:`, already indented by two spaces.
+    pub targets: String,
+    pub listen_v6: bool,
+}
+
+/// A running `sluice run` with its own listener, pin dir, admin socket and log file.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub admin: PathBuf,
+    pub pin_dir: PathBuf,
+    pub listen_port: u16,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn config_yaml(spec: &AgentSpec, listen_port: u16, pin_dir: &Path, admin: &Path) -> String {
+        let v6 = if spec.listen_v6 {
+            format!("\"[::1]:{listen_port}\"")
+        } else {
+            "null".to_string()
+        };
+        format!(
+            "listen: 127.0.0.1:{listen_port}\nlisten_v6: {v6}\ncgroup: /{}\nfail_mode: {}\npin_dir: {}\nadmin_socket: {}\ndrain_timeout_secs: 2\ntargets:\n{}",
+            spec.cgroup,
+            spec.fail_mode,
+            pin_dir.display(),
+            admin.display(),
+            spec.targets
+        )
+    }
+
+    pub fn start(spec: &AgentSpec) -> Agent {
+        let dir = std::env::temp_dir().join(unique("agent"));
+        fs::create_dir_all(&dir).expect("agent temp dir");
+        let listen_port = free_port();
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
+        let admin = dir.join("admin.sock");
+        let config = dir.join("sluice.yaml");
+        fs::write(
+            &config,
+            Self::config_yaml(spec, listen_port, &pin_dir, &admin),
+        )
+        .expect("write config");
+        let mut agent = Agent {
+            child: None,
+            dir: dir.clone(),
+            config,
+            admin,
+            pin_dir,
+            listen_port,
+            log: dir.join("agent.log"),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts (or restarts) the agent process with the same config; waits until it answers.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new(sluice_bin())
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&self.config)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("agent exited early ({status}); log:\n{}", self.log_text());
+            }
+            if self.status().is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent did not come up; log:\n{}", self.log_text());
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `sluice connections --json` parsed.
+    pub fn status(&self) -> Result<serde_json::Value, String> {
+        let out = self.sluice(&["connections", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Runs another `sluice` subcommand against this agent's config.
+    pub fn sluice(&self, args: &[&str]) -> Output {
+        Command::new(sluice_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run sluice")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        // Detach anything left pinned (fail_mode closed) and remove the pin dir.
+        let _ = Command::new(sluice_bin())
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output();
+        let _ = fs::remove_dir(&self.pin_dir);
+        if std::env::var_os("SLUICE_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Program attachments on a cgroup as bpftool reports them: attach types, e.g.
+/// "cgroup_inet4_connect", "cgroup_inet6_connect", "cgroup_sock_ops".
+pub fn attached_programs(cgroup_dir: &Path) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup_dir)
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["attach_type"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `cmd` and returns its output, failing with its stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Connects from *this* (un-intercepted) process and returns the first bytes read or the error.
+pub fn probe(addr: SocketAddr) -> io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// A shared flag + log for servers that record who connected.
+#[derive(Clone, Default)]
+pub struct Seen {
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
+    pub stop: Arc<AtomicBool>,
+}

@@ -1,0 +1,533 @@
+//! End-to-end interception: real eBPF programs attached to real child cgroups, the real
+//! agent binary, unmodified clients (curl, Python) and real servers, all on loopback.
+//! See tests/README.md. Needs root; SLUICE_E2E_SKIP=1 skips loudly.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sluice_tests::{
+    Agent, AgentSpec, TestCgroup, attached_programs, free_port, probe, require_root, run_ok,
+    servers, virtual_ip,
+};
+
+fn client(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
+}
+
+fn target(name: &str, matches: &str, upstream: &str) -> String {
+    format!(
+        "  - name: {name}\n    match: \"{matches}\"\n    upstream: {upstream}\n    protocol: tcp\n"
+    )
+}
+
+fn spec(cg: &TestCgroup, fail_mode: &'static str, targets: String) -> AgentSpec {
+    AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode,
+        targets,
+        listen_v6: true,
+    }
+}
+
+fn curl(cg: &TestCgroup, url: &str) -> std::process::Output {
+    cg.command("curl")
+        .args(["-sS", "-g", "-m", "10", url])
+        .output()
+        .expect("curl")
+}
+
+fn status_u64(agent: &Agent, field: &str) -> u64 {
+    agent.status().expect("status")[field]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+fn log_events(agent: &Agent, message: &str) -> Vec<Value> {
+    agent
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+#[test]
+fn curl_and_python_reach_a_virtual_address_only_the_agent_serves() {
+    if !require_root("curl_and_python_reach_a_virtual_address_only_the_agent_serves") {
+        return;
+    }
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("curl");
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target(
+            "local-llama",
+            &format!("{vip}:8000"),
+            &format!("\"{}\"", server.addr),
+        ),
+    ));
+
+    let out = curl(&cg, &format!("http://{vip}:8000/"));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from upstream\n"
+    );
+
+    let py =
+        run_ok(
+            cg.command("python3")
+                .arg(client("http_get.py"))
+                .args([vip.as_str(), "8000", "/"]),
+        );
+    assert_eq!(py.trim(), "200 hello from upstream");
+
+    // A slow request stays open long enough to see it live, with the caller's identity.
+    let slow = cg
+        .command("curl")
+        .args(["-sS", "-m", "10", &format!("http://{vip}:8000/slow")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn curl");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let live = loop {
+        let st = agent.status().expect("status");
+        if let Some(c) = st["connections"]
+            .as_array()
+            .and_then(|a| a.first())
+            .cloned()
+        {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connection never showed up: {st}"
+        );
+        thread::sleep(Duration::from_millis(25));
+    };
+    assert_eq!(
+        live["workload"]["tgid"].as_u64(),
+        Some(u64::from(slow.id())),
+        "{live}"
+    );
+    assert_eq!(live["workload"]["uid"].as_u64(), Some(0), "{live}");
+    assert_eq!(live["workload"]["comm"], "curl", "{live}");
+    assert!(
+        live["workload"]["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/curl")),
+        "{live}"
+    );
+    assert_eq!(live["original_dst"], format!("{vip}:8000"), "{live}");
+    assert_eq!(live["target"], "local-llama");
+    assert_eq!(live["upstream"], server.addr.to_string());
+    let out = slow.wait_with_output().expect("curl /slow");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from upstream\n"
+    );
+
+    assert_eq!(status_u64(&agent, "accepted_total"), 3);
+    let st = agent.status().expect("status");
+    assert!(
+        st["kernel"][0].as_u64() >= Some(3),
+        "kernel redirect counter: {st}"
+    );
+    // Every upstream connection came from the agent (loopback), and the log names the caller.
+    assert_eq!(server.peers().len(), 3);
+    let events = log_events(&agent, "connection intercepted");
+    assert_eq!(events.len(), 3, "{}", agent.log_text());
+    assert!(events.iter().any(|e| e["comm"] == "curl"
+        && e["uid"] == 0
+        && e["original_dst"] == format!("{vip}:8000")));
+    assert!(events.iter().any(|e| e["comm"] == "python3"));
+}
+
+#[test]
+fn processes_outside_the_cgroup_and_other_ports_are_not_intercepted() {
+    if !require_root("processes_outside_the_cgroup_and_other_ports_are_not_intercepted") {
+        return;
+    }
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("scope");
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target("t", &format!("{vip}:8000"), &format!("\"{}\"", server.addr)),
+    ));
+    // This test process is not in the cgroup: the virtual address stays unreachable.
+    let err =
+        probe(format!("{vip}:8000").parse().expect("addr")).expect_err("must not be intercepted");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // Inside the cgroup, a port that is not a target is not touched.
+    let out = curl(&cg, &format!("http://{vip}:8001/"));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "expected connection refused: {out:?}"
+    );
+    // And the real server, dialled directly, is reached directly.
+    let out = curl(&cg, &format!("http://{}/", server.addr));
+    assert!(out.status.success());
+    assert_eq!(status_u64(&agent, "accepted_total"), 0);
+    assert_eq!(
+        agent.status().expect("status")["kernel"][0].as_u64(),
+        Some(0)
+    );
+}
+
+#[test]
+fn ipv6_loopback_and_v4_mapped_targets_are_intercepted() {
+    if !require_root("ipv6_loopback_and_v4_mapped_targets_are_intercepted") {
+        return;
+    }
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let p6 = free_port();
+    let cg = TestCgroup::new("v6");
+    let up = format!("\"{}\"", server.addr);
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target("v6", &format!("[::1]:{p6}"), &up) + &target("v4", &format!("{vip}:8000"), &up),
+    ));
+    let out = curl(&cg, &format!("http://[::1]:{p6}/"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from upstream\n"
+    );
+    // A dual-stack socket dialling ::ffff:a.b.c.d goes through connect6 but is IPv4.
+    let mapped = format!("::ffff:{vip}");
+    let py = run_ok(cg.command("python3").arg(client("http_get.py")).args([
+        mapped.as_str(),
+        "8000",
+        "/",
+    ]));
+    assert_eq!(py.trim(), "200 hello from upstream");
+    let events = log_events(&agent, "connection intercepted");
+    let dsts: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["original_dst"].as_str())
+        .collect();
+    assert!(dsts.contains(&format!("[::1]:{p6}").as_str()), "{dsts:?}");
+    assert!(dsts.contains(&format!("{vip}:8000").as_str()), "{dsts:?}");
+}
+
+#[test]
+fn transfer_of_100_mb_both_ways_is_intact() {
+    if !require_root("transfer_of_100_mb_both_ways_is_intact") {
+        return;
+    }
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let echo = servers::echo("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("bulk");
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target(
+            "bulk",
+            &format!("{vip}:9000"),
+            &format!("\"{}\"", echo.addr),
+        ),
+    ));
+    let out = run_ok(cg.command("python3").arg(client("transfer.py")).args([
+        vip.as_str(),
+        "9000",
+        &SIZE.to_string(),
+    ]));
+    let r: Value = serde_json::from_str(out.trim()).expect("transfer.py json");
+    assert_eq!(r["sent"].as_u64(), Some(SIZE));
+    assert_eq!(r["received"].as_u64(), Some(SIZE));
+    assert_eq!(r["sent_sha256"], r["recv_sha256"]);
+    // The agent saw exactly that many bytes each way, and the half-close ended it cleanly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let closed = loop {
+        let c = log_events(&agent, "connection closed");
+        if !c.is_empty() || Instant::now() > deadline {
+            break c;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(closed.len(), 1, "{}", agent.log_text());
+    assert_eq!(closed[0]["bytes_up"].as_u64(), Some(SIZE));
+    assert_eq!(closed[0]["bytes_down"].as_u64(), Some(SIZE));
+}
+
+#[test]
+fn many_concurrent_connections_all_succeed() {
+    if !require_root("many_concurrent_connections_all_succeed") {
+        return;
+    }
+    const N: u64 = 300;
+    let echo = servers::echo("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("many");
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target(
+            "many",
+            &format!("{vip}:9000"),
+            &format!("\"{}\"", echo.addr),
+        ),
+    ));
+    let out = run_ok(cg.command("python3").arg(client("concurrent.py")).args([
+        vip.as_str(),
+        "9000",
+        &N.to_string(),
+    ]));
+    let r: Value = serde_json::from_str(out.trim()).expect("concurrent.py json");
+    assert_eq!(r["ok"].as_u64(), Some(N), "{r}");
+    assert_eq!(status_u64(&agent, "accepted_total"), N);
+    assert_eq!(status_u64(&agent, "refused_unattributed"), 0);
+}
+
+fn sorted_attachments(cg: &TestCgroup) -> Vec<String> {
+    let mut v = attached_programs(&cg.dir);
+    v.sort();
+    v
+}
+
+fn expected_attachments() -> Vec<String> {
+    [
+        "cgroup_inet4_connect",
+        "cgroup_inet6_connect",
+        "cgroup_sock_ops",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn restart_replaces_programs_and_fail_mode_decides_the_gap() {
+    if !require_root("restart_replaces_programs_and_fail_mode_decides_the_gap") {
+        return;
+    }
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let url = format!("http://{vip}:8000/");
+    let cg = TestCgroup::new("restart");
+    let mut agent = Agent::start(&spec(
+        &cg,
+        "closed",
+        target("t", &format!("{vip}:8000"), &format!("\"{}\"", server.addr)),
+    ));
+    assert_eq!(sorted_attachments(&cg), expected_attachments());
+    assert!(curl(&cg, &url).status.success());
+
+    // fail_mode closed: with the agent down, the programs stay and target connections fail.
+    let st = agent.stop().expect("agent was running");
+    assert!(st.success(), "agent exit: {st}");
+    assert_eq!(sorted_attachments(&cg), expected_attachments());
+    let before = server.peers().len();
+    let out = curl(&cg, &url);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "must be refused while the agent is down: {out:?}"
+    );
+    assert_eq!(
+        server.peers().len(),
+        before,
+        "nothing may reach the server unseen"
+    );
+
+    // Restarting twice never stacks a second copy.
+    for _ in 0..2 {
+        agent.spawn();
+        assert_eq!(sorted_attachments(&cg), expected_attachments());
+        assert!(curl(&cg, &url).status.success());
+        agent.stop();
+    }
+    assert!(
+        agent
+            .log_text()
+            .contains("replaced links pinned by a previous agent")
+    );
+
+    // fail_mode open: stopping detaches everything.
+    let cg2 = TestCgroup::new("open");
+    let mut open = Agent::start(&spec(
+        &cg2,
+        "open",
+        target("t", &format!("{vip}:8000"), &format!("\"{}\"", server.addr)),
+    ));
+    assert_eq!(sorted_attachments(&cg2), expected_attachments());
+    open.stop();
+    assert!(sorted_attachments(&cg2).is_empty());
+    assert!(!open.pin_dir.join("connect4").exists());
+}
+
+#[test]
+fn the_listener_refuses_connections_that_were_not_redirected() {
+    if !require_root("the_listener_refuses_connections_that_were_not_redirected") {
+        return;
+    }
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("direct");
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target("t", &format!("{vip}:8000"), &format!("\"{}\"", server.addr)),
+    ));
+    let listener: SocketAddr = format!("127.0.0.1:{}", agent.listen_port)
+        .parse()
+        .expect("addr");
+    match probe(listener) {
+        Ok(bytes) => assert!(
+            bytes.is_empty(),
+            "listener answered a direct connection: {bytes:?}"
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        ),
+    }
+    assert!(
+        server.peers().is_empty(),
+        "a direct connection reached the upstream"
+    );
+    assert_eq!(status_u64(&agent, "refused_unattributed"), 1);
+    assert_eq!(
+        log_events(
+            &agent,
+            "refused connection to the listener that was not redirected by Sluice"
+        )
+        .len(),
+        1
+    );
+}
+
+#[test]
+fn hostname_targets_resolve_and_dead_upstreams_are_skipped() {
+    if !require_root("hostname_targets_resolve_and_dead_upstreams_are_skipped") {
+        return;
+    }
+    let server = servers::http("127.0.0.1:0");
+    let dead = free_port();
+    let vport = free_port();
+    let cg = TestCgroup::new("dns");
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target(
+            "by-name",
+            &format!("localhost:{vport}"),
+            &format!("[\"127.0.0.1:{dead}\", \"{}\"]", server.addr),
+        ),
+    ));
+    // The hostname is resolved by the agent just after start; wait for the map to fill.
+    let url = format!("http://127.0.0.1:{vport}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !curl(&cg, &url).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "hostname target never intercepted:\n{}",
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..4 {
+        let out = curl(&cg, &url);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(!log_events(&agent, "upstream failed; skipping it for a while").is_empty());
+    assert!(!log_events(&agent, "target addresses updated").is_empty());
+}
+
+#[test]
+fn bad_config_and_missing_prerequisites_are_explained() {
+    if !require_root("bad_config_and_missing_prerequisites_are_explained") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(sluice_tests::unique("cfg"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bin = sluice_tests::sluice_bin();
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n    upstreem: 127.0.0.1:81\n").expect("write");
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:5:5: targets[0]: unknown field `upstreem`, expected one of"),
+        "{err}"
+    );
+
+    let missing = dir.join("missing-cgroup.yaml");
+    std::fs::write(&missing, format!("listen: 127.0.0.1:{}\ncgroup: /sluice-no-such-cgroup\nadmin_socket: {}\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n", free_port(), dir.join("a.sock").display())).expect("write");
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&missing)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist under the cgroup v2 mount")
+    );
+
+    // Without privileges both run and doctor say what is missing. setpriv drops to nobody.
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, format!("listen: 127.0.0.1:{}\nadmin_socket: {}\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n", free_port(), dir.join("b.sock").display())).expect("write");
+    for sub in ["run", "doctor"] {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(&bin)
+            .args([sub, "--config"])
+            .arg(&good)
+            .output()
+            .expect("setpriv");
+        assert_eq!(out.status.code(), Some(3), "{sub}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("missing CAP_BPF, CAP_NET_ADMIN"),
+            "{sub}: {text}"
+        );
+    }
+    let out = std::process::Command::new(&bin)
+        .args(["doctor", "--config"])
+        .arg(&good)
+        .output()
+        .expect("doctor");
+    assert!(
+        out.status.success(),
+        "doctor as root: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("this host can run sluice"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

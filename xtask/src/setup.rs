@@ -1,0 +1,169 @@
+//! Idempotent installation of the build and test prerequisites.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// rustup name under which Debian's rustc-web is linked; agent/build.rs looks for it.
+pub const LINKED_TOOLCHAIN: &str = "sluice-bpf";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// Debian packages for the linked toolchain and bpf-linker's LLVM.
+const TOOLCHAIN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+];
+/// Tools the end-to-end tests drive: real clients, bpftool to inspect attachments.
+const TEST_PACKAGES: &[&str] = &["curl", "bpftool", "iproute2", "util-linux", "python3"];
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// PATH for cargo builds: LLVM 22 first (bpf-linker is linked against it), then cargo's bin.
+pub fn build_path() -> String {
+    let mut parts = vec![
+        LLVM_BIN.to_string(),
+        cargo_home().join("bin").display().to_string(),
+    ];
+    parts.push(env::var("PATH").unwrap_or_default());
+    parts.join(":")
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
+fn have_bpf_linker() -> bool {
+    succeeds(
+        Command::new("bpf-linker")
+            .arg("--version")
+            .env("PATH", build_path()),
+    )
+}
+
+fn toolchain_has_src(name: &str) -> bool {
+    let out = Command::new("rustup")
+        .args(["run", name, "rustc", "--print", "sysroot"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let sysroot = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            Path::new(&sysroot)
+                .join("lib/rustlib/src/rust/library/core")
+                .exists()
+        }
+        _ => false,
+    }
+}
+
+fn missing_packages(pkgs: &[&str]) -> Vec<String> {
+    pkgs.iter()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn apt_install(pkgs: &[String]) -> Result<()> {
+    if pkgs.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: run `cargo xtask setup` as root, or `sudo apt-get install {}`",
+            pkgs.join(" "),
+            pkgs.join(" ")
+        );
+    }
+    eprintln!("xtask setup: installing {}", pkgs.join(" "));
+    let status = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("apt-get update")?;
+    if !status.success() {
+        bail!("apt-get update failed: {status}");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed: {status}", pkgs.join(" "));
+    }
+    Ok(())
+}
+
+/// `with_test_tools` also installs what the end-to-end tests and benchmarks use.
+pub fn run(with_test_tools: bool) -> Result<()> {
+    let on_debian = Path::new("/usr/bin/dpkg-query").exists();
+    if with_test_tools && on_debian {
+        apt_install(&missing_packages(TEST_PACKAGES))?;
+    }
+    let nightly_ready = toolchain_has_src("nightly") && have_bpf_linker();
+    let linked_ready = toolchain_has_src(LINKED_TOOLCHAIN) && have_bpf_linker();
+    if linked_ready || nightly_ready {
+        return Ok(());
+    }
+    if !on_debian {
+        bail!(
+            "no eBPF toolchain: install a nightly with rust-src (`rustup toolchain install nightly --component rust-src`) and `cargo install bpf-linker`"
+        );
+    }
+    apt_install(&missing_packages(TOOLCHAIN_PACKAGES))?;
+    if !have_bpf_linker() {
+        eprintln!("xtask setup: building bpf-linker against LLVM 22 (a few minutes, once)");
+        let status = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", build_path())
+            .status()
+            .context("cargo install bpf-linker")?;
+        if !status.success() {
+            bail!("cargo install bpf-linker failed: {status}");
+        }
+    }
+    if !toolchain_has_src(LINKED_TOOLCHAIN) {
+        let status = Command::new("rustup")
+            .args(["toolchain", "link", LINKED_TOOLCHAIN, "/usr"])
+            .status()
+            .context("rustup toolchain link")?;
+        if !status.success() {
+            bail!("rustup toolchain link {LINKED_TOOLCHAIN} /usr failed: {status}");
+        }
+    }
+    if !toolchain_has_src(LINKED_TOOLCHAIN) {
+        bail!(
+            "toolchain {LINKED_TOOLCHAIN} has no library source under /usr/lib/rustlib/src (is rust-web-src installed?)"
+        );
+    }
+    eprintln!("xtask setup: eBPF toolchain ready ({LINKED_TOOLCHAIN} + bpf-linker)");
+    Ok(())
+}
