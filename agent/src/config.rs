@@ -163,12 +163,12 @@ impl Config {
                 self.listen
             ));
         }
-        if let Some(v6) = self.listen_v6 {
-            if !v6.is_ipv6() || !v6.ip().is_loopback() {
-                return Err(format!(
-                    "listen_v6: {v6} must be the IPv6 loopback, e.g. \"[::1]:15001\""
-                ));
-            }
+        if let Some(v6) = self.listen_v6
+            && (!v6.is_ipv6() || !v6.ip().is_loopback())
+        {
+            return Err(format!(
+                "listen_v6: {v6} must be the IPv6 loopback, e.g. \"[::1]:15001\""
+            ));
         }
         if self.targets.is_empty() {
             return Err("targets: at least one target is required".into());

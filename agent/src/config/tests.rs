@@ -55,7 +55,8 @@ fn bad_match_reports_location_and_grammar() {
     let err = parse("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.1\n")
         .expect_err("missing port");
     let msg = err.to_string();
-    assert!(msg.starts_with("test.yaml:4:12: "), "{msg}");
+    // serde reports conversion errors at the enclosing item, with its path.
+    assert!(msg.starts_with("test.yaml:3:5: targets[0]: \"127.0.0.1\": "), "{msg}");
     assert!(msg.contains("expected \"host:port\""), "{msg}");
 
     for (bad, want) in [

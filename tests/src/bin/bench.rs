@@ -1,1 +1,335 @@
-fn main() {}
+//! `cargo xtask bench`: intercepted vs direct, side by side in one run, to the same server.
+//!
+//! The parent sets up a test cgroup, a real HTTP server and the agent (release build), then
+//! runs this binary again as the client *inside* the cgroup. The client alternates between
+//! the virtual address (redirected by eBPF through the agent) and the server's real address
+//! (not a target, so direct) in interleaved blocks, so both paths see the same machine noise.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use sluice_tests::{Agent, AgentSpec, TestCgroup, servers, virtual_ip};
+
+#[derive(Serialize, Deserialize, Default)]
+struct PathResult {
+    connect_us: Vec<f64>,
+    first_response_us: Vec<f64>,
+    request_us: Vec<f64>,
+    download_mb_s: f64,
+    upload_mb_s: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Results {
+    intercepted: PathResult,
+    direct: PathResult,
+}
+
+struct Params {
+    setups: usize,
+    requests: usize,
+    bulk_mb: usize,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("client") {
+        let via: SocketAddr = args.get(2).context("client VIA")?.parse()?;
+        let direct: SocketAddr = args.get(3).context("client DIRECT")?.parse()?;
+        let p = Params {
+            setups: args.get(4).context("setups")?.parse()?,
+            requests: args.get(5).context("requests")?.parse()?,
+            bulk_mb: args.get(6).context("bulk")?.parse()?,
+        };
+        let r = client(via, direct, &p)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let mut p = Params {
+        setups: 1000,
+        requests: 20000,
+        bulk_mb: 512,
+    };
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || -> Result<usize> { Ok(it.next().context("missing value")?.parse()?) };
+        match a.as_str() {
+            "--setups" => p.setups = val()?,
+            "--requests" => p.requests = val()?,
+            "--bulk-mb" => p.bulk_mb = val()?,
+            other => bail!("unknown argument {other}; use --setups N --requests N --bulk-mb N"),
+        }
+    }
+    parent(&p)
+}
+
+fn parent(p: &Params) -> Result<()> {
+    if !sluice_tests::require_root("sluice-bench") {
+        return Ok(());
+    }
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("bench");
+    let agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: tcp\n",
+            server.addr
+        ),
+        listen_v6: true,
+    });
+    let agent_pid = agent.child.as_ref().map(|c| c.id()).context("agent pid")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_rss = rss_kib(agent_pid);
+    let exe = std::env::current_exe()?;
+    let out = cg
+        .command(exe.to_str().context("exe path")?)
+        .args([
+            "client".to_string(),
+            format!("{vip}:8000"),
+            server.addr.to_string(),
+            p.setups.to_string(),
+            p.requests.to_string(),
+            p.bulk_mb.to_string(),
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let busy_rss = rss_kib(agent_pid);
+    let r: Results = serde_json::from_slice(&out.stdout)?;
+    report(&r, p, idle_rss, busy_rss, &agent);
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn pct(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((s.len() as f64 - 1.0) * q).round() as usize;
+    s[i]
+}
+
+fn report(r: &Results, p: &Params, idle_rss: u64, busy_rss: u64, agent: &Agent) {
+    let (i, d) = (&r.intercepted, &r.direct);
+    println!("sluice bench: L4 interception (protocol: tcp), loopback, concurrency 1");
+    println!(
+        "  {} fresh connections, {} keep-alive requests, {} MiB each way, per path, interleaved\n",
+        p.setups, p.requests, p.bulk_mb
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>10} {:>12}",
+        "metric", "intercepted", "direct", "ratio", "added"
+    );
+    let row = |name: &str, a: f64, b: f64, unit: &str| {
+        println!(
+            "{:<34} {:>9.1} {unit} {:>9.1} {unit} {:>9.2}x {:>+9.1} {unit}",
+            name,
+            a,
+            b,
+            a / b,
+            a - b
+        );
+    };
+    row(
+        "connect() p50",
+        pct(&i.connect_us, 0.5),
+        pct(&d.connect_us, 0.5),
+        "µs",
+    );
+    row(
+        "connect() p99",
+        pct(&i.connect_us, 0.99),
+        pct(&d.connect_us, 0.99),
+        "µs",
+    );
+    row(
+        "new conn + first response p50",
+        pct(&i.first_response_us, 0.5),
+        pct(&d.first_response_us, 0.5),
+        "µs",
+    );
+    row(
+        "new conn + first response p99",
+        pct(&i.first_response_us, 0.99),
+        pct(&d.first_response_us, 0.99),
+        "µs",
+    );
+    row(
+        "request (keep-alive) p50",
+        pct(&i.request_us, 0.5),
+        pct(&d.request_us, 0.5),
+        "µs",
+    );
+    row(
+        "request (keep-alive) p99",
+        pct(&i.request_us, 0.99),
+        pct(&d.request_us, 0.99),
+        "µs",
+    );
+    println!(
+        "{:<34} {:>9.0} MB/s {:>7.0} MB/s {:>9.2}x",
+        "download throughput",
+        i.download_mb_s,
+        d.download_mb_s,
+        i.download_mb_s / d.download_mb_s
+    );
+    println!(
+        "{:<34} {:>9.0} MB/s {:>7.0} MB/s {:>9.2}x",
+        "upload throughput",
+        i.upload_mb_s,
+        d.upload_mb_s,
+        i.upload_mb_s / d.upload_mb_s
+    );
+    println!(
+        "\nagent RSS: {:.1} MiB idle, {:.1} MiB after the run",
+        idle_rss as f64 / 1024.0,
+        busy_rss as f64 / 1024.0
+    );
+    if let Ok(st) = agent.status() {
+        println!(
+            "agent counters: accepted {}, refused {}, kernel redirected {}",
+            st["accepted_total"], st["refused_unattributed"], st["kernel"][0]
+        );
+    }
+}
+
+/// Reads one HTTP/1.1 response (headers + Content-Length body); returns body length.
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<usize> {
+    let mut len = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("connection closed mid-response");
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line
+            .to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().to_string())
+        {
+            len = Some(v.parse::<usize>()?);
+        }
+    }
+    let n = len.context("no content-length")?;
+    let copied = std::io::copy(&mut r.by_ref().take(n as u64), &mut std::io::sink())?;
+    if copied as usize != n {
+        bail!("short body");
+    }
+    Ok(n)
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+
+fn one_setup(addr: SocketAddr, out: &mut PathResult) -> Result<()> {
+    let t0 = Instant::now();
+    let s = TcpStream::connect(addr)?;
+    let t1 = Instant::now();
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    w.write_all(GET)?;
+    read_response(&mut r)?;
+    let t2 = Instant::now();
+    out.connect_us.push((t1 - t0).as_secs_f64() * 1e6);
+    out.first_response_us.push((t2 - t0).as_secs_f64() * 1e6);
+    Ok(())
+}
+
+fn requests(addr: SocketAddr, n: usize, out: &mut PathResult) -> Result<()> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    // Warm the connection (and the agent's upstream connection) before timing.
+    for _ in 0..50 {
+        w.write_all(GET)?;
+        read_response(&mut r)?;
+    }
+    for _ in 0..n {
+        let t0 = Instant::now();
+        w.write_all(GET)?;
+        read_response(&mut r)?;
+        out.request_us.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(())
+}
+
+fn bulk(addr: SocketAddr, mb: usize, out: &mut PathResult) -> Result<()> {
+    let bytes = mb * 1024 * 1024;
+    // Download.
+    let s = TcpStream::connect(addr)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::with_capacity(1 << 20, s);
+    let t0 = Instant::now();
+    write!(w, "GET /bytes/{bytes} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    read_response(&mut r)?;
+    out.download_mb_s = bytes as f64 / 1e6 / t0.elapsed().as_secs_f64();
+    // Upload.
+    let s = TcpStream::connect(addr)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let chunk = vec![b'y'; 1 << 20];
+    let t0 = Instant::now();
+    write!(
+        w,
+        "POST /sink HTTP/1.1\r\nHost: bench\r\nContent-Length: {bytes}\r\n\r\n"
+    )?;
+    for _ in 0..mb {
+        w.write_all(&chunk)?;
+    }
+    read_response(&mut r)?;
+    out.upload_mb_s = bytes as f64 / 1e6 / t0.elapsed().as_secs_f64();
+    Ok(())
+}
+
+fn client(via: SocketAddr, direct: SocketAddr, p: &Params) -> Result<Results> {
+    let mut r = Results {
+        intercepted: PathResult::default(),
+        direct: PathResult::default(),
+    };
+    const BLOCK: usize = 100;
+    for round in 0..p.setups.div_ceil(BLOCK) {
+        let n = BLOCK.min(p.setups - round * BLOCK);
+        for _ in 0..n {
+            one_setup(via, &mut r.intercepted)?;
+        }
+        for _ in 0..n {
+            one_setup(direct, &mut r.direct)?;
+        }
+    }
+    const REQ_BLOCK: usize = 1000;
+    for round in 0..p.requests.div_ceil(REQ_BLOCK) {
+        let n = REQ_BLOCK.min(p.requests - round * REQ_BLOCK);
+        requests(via, n, &mut r.intercepted)?;
+        requests(direct, n, &mut r.direct)?;
+    }
+    bulk(via, p.bulk_mb, &mut r.intercepted)?;
+    bulk(direct, p.bulk_mb, &mut r.direct)?;
+    Ok(r)
+}
