@@ -61,7 +61,7 @@ fn bad_match_reports_location_and_grammar() {
 
     for (bad, want) in [
         ("10.0.0.1/8:80", "host bits set"),
-        ("::1:80", "not an IP address, CIDR or hostname"),
+        ("::1:80", "IPv6 addresses go in brackets"),
         ("127.0.0.1:0", "starts at 0"),
         ("127.0.0.1:9-1", "empty"),
         ("127.0.0.1:1-5000", "spans more than"),
