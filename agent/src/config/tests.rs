@@ -56,7 +56,10 @@ fn bad_match_reports_location_and_grammar() {
         .expect_err("missing port");
     let msg = err.to_string();
     // serde reports conversion errors at the enclosing item, with its path.
-    assert!(msg.starts_with("test.yaml:3:5: targets[0]: \"127.0.0.1\": "), "{msg}");
+    assert!(
+        msg.starts_with("test.yaml:3:5: targets[0]: \"127.0.0.1\": "),
+        "{msg}"
+    );
     assert!(msg.contains("expected \"host:port\""), "{msg}");
 
     for (bad, want) in [
