@@ -12,6 +12,7 @@ pub mod names {
     pub const CONNECT4: &str = "sluice_connect4";
     pub const CONNECT6: &str = "sluice_connect6";
     pub const SOCKOPS: &str = "sluice_sockops";
+    pub const SOCK_RELEASE: &str = "sluice_sock_release";
 }
 
 /// Bounds of the maps. PENDING and BY_PEER are LRU: an entry whose connection never reached

@@ -8,6 +8,7 @@
 
 mod connect;
 mod maps;
+mod release;
 mod sockops;
 
 #[cfg(not(test))]

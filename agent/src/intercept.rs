@@ -46,6 +46,11 @@ pub enum Error {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error("eBPF program {name}: taking its link: {source}")]
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(&'static str),
     #[error("eBPF map {name}: {source}")]

@@ -312,6 +312,7 @@ fn expected_attachments() -> Vec<String> {
     [
         "cgroup_inet4_connect",
         "cgroup_inet6_connect",
+        "cgroup_inet_sock_release",
         "cgroup_sock_ops",
     ]
     .map(String::from)

@@ -83,8 +83,7 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "-p", "sluice"])?;
             let bin = root.join("target/debug/sluice");
             let mut cmd = cargo_cmd();
-            cmd.args(["test", "--workspace", "--no-fail-fast"])
-                .env("SLUICE_BIN", &bin);
+            cmd.args(["test", "--no-fail-fast"]).env("SLUICE_BIN", &bin);
             run_status(cmd)
         }
         Task::Bench { args } => {

@@ -12,7 +12,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -21,11 +21,19 @@ use super::{Error, Maps, cgroup};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
 
-/// Pin file names, one per program, inside the configured pin directory.
-const PINS: [(&str, &str); 3] = [
-    ("connect4", names::CONNECT4),
-    ("connect6", names::CONNECT6),
-    ("sockops", names::SOCKOPS),
+#[derive(Clone, Copy)]
+enum Kind {
+    SockAddr,
+    SockOps,
+    Sock,
+}
+
+/// Every program: pin file name inside the pin directory, program name, program type.
+const PROGRAMS: [(&str, &str, Kind); 4] = [
+    ("connect4", names::CONNECT4, Kind::SockAddr),
+    ("connect6", names::CONNECT6, Kind::SockAddr),
+    ("sockops", names::SOCKOPS, Kind::SockOps),
+    ("sock_release", names::SOCK_RELEASE, Kind::Sock),
 ];
 
 /// The loaded object and, once attached, its pinned links.
@@ -113,43 +121,14 @@ pub(super) fn attach(
             mount: PathBuf::from(e.to_string()),
         })
     })?;
-    let mut fresh: Vec<(&str, FdLink)> = Vec::with_capacity(PINS.len());
-    for (file, prog_name) in PINS {
+    let mut fresh: Vec<(&str, FdLink)> = Vec::with_capacity(PROGRAMS.len());
+    for (file, prog_name, kind) in PROGRAMS {
         let program = loaded
             .ebpf
             .program_mut(prog_name)
             .ok_or(Error::MissingProgram(prog_name))?;
-        let prog_err = |source| Error::Program {
-            name: prog_name,
-            source,
-        };
-        // bpf_link-based cgroup attachment (kernel >= 5.7) always allows multiple programs;
-        // the mode flag must be 0 there, which aya spells `Single`.
-        let link: FdLink = if prog_name == names::SOCKOPS {
-            let p: &mut SockOps = program.try_into().map_err(prog_err)?;
-            p.load().map_err(prog_err)?;
-            let id = p
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err)?;
-            p.take_link(id).map_err(prog_err)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| Error::Pin {
-                    path: pin_dir.to_path_buf(),
-                    message: e.to_string(),
-                },
-            )?
-        } else {
-            let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
-            p.load().map_err(prog_err)?;
-            let id = p
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err)?;
-            p.take_link(id).map_err(prog_err)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| Error::Pin {
-                    path: pin_dir.to_path_buf(),
-                    message: e.to_string(),
-                },
-            )?
-        };
+        let link = load_program(program, prog_name, kind, Some(&cgroup))?
+            .ok_or(Error::MissingProgram(prog_name))?;
         fresh.push((file, link));
     }
     ensure_pin_dir(pin_dir)?;
@@ -188,8 +167,9 @@ pub fn detach_pinned(pin_dir: &Path) -> Result<usize, Error> {
 
 /// Pinned link files present in `pin_dir`.
 pub fn pinned_links(pin_dir: &Path) -> Vec<PathBuf> {
-    PINS.iter()
-        .map(|(file, _)| pin_dir.join(file))
+    PROGRAMS
+        .iter()
+        .map(|(file, _, _)| pin_dir.join(file))
         .filter(|p| p.exists())
         .collect()
 }
@@ -226,7 +206,7 @@ fn ensure_pin_dir(pin_dir: &Path) -> Result<(), Error> {
     // Refuse to pin next to something that is not ours.
     for entry in fs::read_dir(pin_dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
-        let ours = PINS.iter().any(|(f, _)| name == *f);
+        let ours = PROGRAMS.iter().any(|(f, _, _)| name == *f);
         if !ours
             && entry
                 .file_type()
@@ -269,21 +249,42 @@ pub fn probe_load() -> Result<(), Error> {
         return Err(Error::NoObject);
     }
     let mut ebpf = open_object()?;
-    for (_, prog_name) in PINS {
+    for (_, prog_name, kind) in PROGRAMS {
         let program = ebpf
             .program_mut(prog_name)
             .ok_or(Error::MissingProgram(prog_name))?;
-        let prog_err = |source| Error::Program {
-            name: prog_name,
-            source,
-        };
-        if prog_name == names::SOCKOPS {
-            let p: &mut SockOps = program.try_into().map_err(prog_err)?;
-            p.load().map_err(prog_err)?;
-        } else {
-            let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
-            p.load().map_err(prog_err)?;
-        }
+        load_program(program, prog_name, kind, None)?;
     }
     Ok(())
+}
+
+/// Loads one program (verifier included) and, given a cgroup, attaches it and returns the
+/// link. bpf_link-based cgroup attachment (kernel >= 5.7) always allows multiple programs;
+/// the mode flag must be 0 there, which aya spells `Single`.
+fn load_program(
+    program: &mut aya::programs::Program,
+    name: &'static str,
+    kind: Kind,
+    cgroup: Option<&fs::File>,
+) -> Result<Option<FdLink>, Error> {
+    let prog_err = |source| Error::Program { name, source };
+    let link_err = |source| Error::Link { name, source };
+    macro_rules! load_attach {
+        ($ty:ty) => {{
+            let p: &mut $ty = program.try_into().map_err(prog_err)?;
+            p.load().map_err(prog_err)?;
+            match cgroup {
+                None => None,
+                Some(cg) => {
+                    let id = p.attach(cg, CgroupAttachMode::Single).map_err(prog_err)?;
+                    Some(FdLink::try_from(p.take_link(id).map_err(prog_err)?).map_err(link_err)?)
+                }
+            }
+        }};
+    }
+    Ok(match kind {
+        Kind::SockAddr => load_attach!(CgroupSockAddr),
+        Kind::SockOps => load_attach!(SockOps),
+        Kind::Sock => load_attach!(CgroupSock),
+    })
 }
