@@ -83,8 +83,9 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "-p", "sluice"])?;
             let bin = root.join("target/debug/sluice");
             let mut cmd = cargo_cmd();
-            cmd.args(["test", "--no-fail-fast"]).env("SLUICE_BIN", &bin);
-            run_status(cmd)
+            cmd.args(["test", "--all-targets", "--no-fail-fast"])
+                .env("SLUICE_BIN", &bin);
+            run_tests(cmd)
         }
         Task::Bench { args } => {
             setup::run(true)?;
@@ -121,6 +122,47 @@ fn run_status(mut cmd: Command) -> Result<()> {
     let status: ExitStatus = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{:?} failed: {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and closes with one summary line over all
+/// test binaries ("tests: N passed, M failed") so the total is visible at the end.
+fn run_tests(mut cmd: Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                        continue;
+                    };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match kind {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
     }
     Ok(())
 }
