@@ -10,11 +10,11 @@ use tokio::{
 use crate::{
     admin::{self, Table},
     config::Config,
-    doctor,
+    connection, doctor,
     drain::Drain,
     intercept::{self, Interceptor},
-    l4,
-    upstream::Upstreams,
+    policy,
+    upstream::{self, Upstreams},
 };
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -28,6 +28,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         bail!(PreflightFailed(failed.join("\n  ")));
     }
     let cfg = Arc::new(cfg);
+    // Policies load before anything is intercepted: a broken policy stops the start.
+    let policy = Arc::new(policy::Store::load(cfg.policies.clone()).context("loading policies")?);
+    tracing::info!(rules = policy.current().rule_count(), packs = ?policy.current().packs, "policies loaded");
     // The admin socket doubles as the single-instance lock: bind it before touching the kernel.
     let admin_listener = admin::bind(&cfg.admin_socket).await?;
     // Listeners come up before the hooks point at them.
@@ -46,11 +49,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let drain = Drain::new();
     let table = Arc::new(Table::default());
-    let ctx = Arc::new(l4::Ctx {
+    let ctx = Arc::new(connection::Ctx {
         maps: maps.clone(),
         upstreams: Upstreams::new(&cfg),
         table: table.clone(),
+        targets: cfg.targets.clone(),
+        policy: policy.clone(),
+        http: upstream::http::Client::new(cfg.bypass_mark, cfg.connect_timeout),
+        max_request_body: cfg.max_request_body_bytes,
+        max_header: cfg.max_header_bytes,
+        shutdown: drain.shutdown_signal(),
     });
+    tokio::spawn(policy_reloader(policy.clone(), drain.shutdown_signal()));
     tokio::spawn(intercept::targets::refresh_hostnames(
         maps.clone(),
         cfg.clone(),
@@ -101,7 +111,12 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     intercept::listener::bind(addr).with_context(|| format!("binding listener {addr}"))
 }
 
-async fn accept_loop(addr: SocketAddr, listener: TcpListener, ctx: Arc<l4::Ctx>, drain: Drain) {
+async fn accept_loop(
+    addr: SocketAddr,
+    listener: TcpListener,
+    ctx: Arc<connection::Ctx>,
+    drain: Drain,
+) {
     let stop = drain.shutdown_signal();
     loop {
         let accepted = tokio::select! {
@@ -111,7 +126,7 @@ async fn accept_loop(addr: SocketAddr, listener: TcpListener, ctx: Arc<l4::Ctx>,
         match accepted {
             Ok((stream, peer)) => {
                 let (ctx, force) = (ctx.clone(), drain.force_signal());
-                drain.spawn(l4::serve(ctx, stream, peer, force));
+                drain.spawn(connection::serve(ctx, stream, peer, force));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -120,4 +135,58 @@ async fn accept_loop(addr: SocketAddr, listener: TcpListener, ctx: Arc<l4::Ctx>,
             }
         }
     }
+}
+
+/// Reloads the policy on SIGHUP and when a policy file changes (checked every second: mtime
+/// polling works on every filesystem, including bind mounts and NFS, where inotify does not).
+/// A broken file is reported and the running policy stays.
+async fn policy_reloader(store: Arc<policy::Store>, stop: tokio_util::sync::CancellationToken) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler; policy reloads on file change only");
+            None
+        }
+    };
+    let mut seen = policy_stamp(store.paths());
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let why = tokio::select! {
+            () = stop.cancelled() => return,
+            _ = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = tick.tick() => {
+                let now = policy_stamp(store.paths());
+                if now == seen { continue; }
+                seen = now;
+                "file change"
+            }
+        };
+        match store.reload() {
+            Ok(rules) => tracing::info!(why, rules, "policy reloaded"),
+            Err(e) => {
+                tracing::error!(why, error = %e, "policy reload failed; keeping the running policy")
+            }
+        }
+    }
+}
+
+/// Modification times and sizes of every file under the policy paths.
+fn policy_stamp(
+    paths: &[std::path::PathBuf],
+) -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
+    let mut out = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    stack.extend(rd.flatten().map(|e| e.path()));
+                }
+            }
+            Ok(m) => out.push((p, m.modified().ok(), m.len())),
+            Err(_) => out.push((p, None, 0)),
+        }
+    }
+    out.sort();
+    out
 }

@@ -86,6 +86,16 @@ pub struct Config {
         with = "secs"
     )]
     pub drain_timeout: Duration,
+    /// Policy packs (files or directories) for `protocol: http` targets; relative paths are
+    /// resolved against the config file's directory.
+    #[serde(default)]
+    pub policies: Vec<PathBuf>,
+    /// Largest request body Sluice reads to classify a request (413 beyond).
+    #[serde(default = "default_max_body")]
+    pub max_request_body_bytes: usize,
+    /// Largest request head (request line + headers) accepted (431 beyond).
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
     pub targets: Vec<Target>,
 }
 
@@ -110,13 +120,24 @@ pub struct Target {
     pub upstream: Vec<Endpoint>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// API family of the server (for `protocol: http`): decides how requests are classified
+    /// and how refusals are worded.
+    #[serde(default)]
+    pub server: crate::adapter::Server,
+    /// What happens to requests no policy rule matches (for `protocol: http`).
+    #[serde(default)]
+    pub default: crate::policy::Action,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// Layer 4: bytes are relayed untouched.
     #[default]
     Tcp,
+    /// HTTP/1.1 and HTTP/2 (prior knowledge): every request is classified and decided by
+    /// policy.
+    Http,
 }
 
 impl Config {
@@ -125,7 +146,14 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in &mut cfg.policies {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
     }
 
     pub fn builtin() -> Result<Self, Error> {
@@ -248,6 +276,12 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_dead_backend() -> Duration {
     Duration::from_secs(5)
+}
+fn default_max_body() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_header() -> usize {
+    64 * 1024
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)

@@ -1,16 +1,27 @@
 //! Sluice: a node agent between workloads and the AI model servers they call.
 //!
-//! Modules in the order a connection meets them:
-//! `config` → `intercept` (eBPF redirect, listener, original destination) → `workload`
-//! (who called) → `upstream` (where it goes) → `forward` (bytes both ways) via `l4`;
-//! `admin` shows what is live, `drain` stops it all, `doctor` checks the host, `app` wires it.
+//! A connection's path through the modules:
+//! `intercept` (eBPF redirect, listener, original destination) → `connection` (attribute,
+//! `workload` identity) → either `forward` (layer 4 relay) or `http` → `pipeline`, which runs
+//! `adapter` (classify) → `policy` (decide) → `upstream` (send) → `respond` (refusals).
+//! `config` reads the agent's file, `admin` shows what is live, `drain` stops it all,
+//! `doctor` checks the host, `app` wires everything together.
+// unsafe is confined to the kernel boundary (intercept/: eBPF loading, fd registration).
+#![deny(unsafe_code)]
+
+pub mod adapter;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod connection;
 pub mod doctor;
 pub mod drain;
 pub mod forward;
+pub mod http;
+#[allow(unsafe_code)]
 pub mod intercept;
-pub mod l4;
+pub mod pipeline;
+pub mod policy;
+pub mod respond;
 pub mod upstream;
 pub mod workload;

@@ -52,6 +52,61 @@ enum Command {
     },
     /// Validate a config file and print what it intercepts.
     CheckConfig { config: PathBuf },
+    /// Work with policy packs: check, test, explain.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files (exit 0 when valid; errors carry file:line:column).
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run the test cases beside the packs (`<pack>/cases/*.yaml`).
+    Test {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Show the decision for one sample request.
+    Explain {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = "POST")]
+        method: String,
+        #[arg(long)]
+        path: String,
+        /// JSON request body.
+        #[arg(long)]
+        body: Option<String>,
+        #[arg(long, value_enum, default_value = "openai")]
+        server: ServerArg,
+        #[arg(long, default_value = "default")]
+        target: String,
+        /// The target's default action.
+        #[arg(long, value_enum, default_value = "deny")]
+        default: ActionArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ServerArg {
+    Openai,
+    Anthropic,
+    Ollama,
+    Vllm,
+    Tgi,
+    Triton,
+    LlamaCpp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ActionArg {
+    Allow,
+    Deny,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +180,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Policy { command } => policy_command(command),
         Command::CheckConfig { config } => match load(Some(config)) {
             Ok(cfg) => {
                 for t in &cfg.targets {
@@ -140,6 +196,136 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+    }
+}
+
+fn policy_command(cmd: PolicyCommand) -> ExitCode {
+    use sluice::{
+        adapter::{self, Server},
+        policy::{self, Action, Facts},
+    };
+    let load = |paths: &[PathBuf]| {
+        policy::load_paths(paths).map_err(|e| {
+            eprintln!("sluice: {e}");
+            ExitCode::from(2)
+        })
+    };
+    match cmd {
+        PolicyCommand::Check { paths } => match load(&paths) {
+            Ok(p) => {
+                println!(
+                    "ok: {} rule(s) in pack(s) {}",
+                    p.rule_count(),
+                    p.packs.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        PolicyCommand::Test { paths } => {
+            let outcomes = match policy::cases::run_all(&paths) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if outcomes.is_empty() {
+                eprintln!("sluice: no test cases found (expected <pack>/cases/*.yaml)");
+                return ExitCode::from(1);
+            }
+            let mut failed = 0;
+            for o in &outcomes {
+                match &o.failure {
+                    None => println!("ok    {} — {}", o.file.display(), o.description),
+                    Some(msg) => {
+                        failed += 1;
+                        println!(
+                            "FAIL  {} — {}\n      {msg}",
+                            o.file.display(),
+                            o.description
+                        );
+                    }
+                }
+            }
+            println!(
+                "policy cases: {} passed, {failed} failed",
+                outcomes.len() - failed
+            );
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        PolicyCommand::Explain {
+            paths,
+            method,
+            path,
+            body,
+            server,
+            target,
+            default,
+        } => {
+            let p = match load(&paths) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let body: Option<serde_json::Value> =
+                match body.as_deref().map(serde_json::from_str).transpose() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!("sluice: --body is not valid JSON: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+            let server = match server {
+                ServerArg::Openai => Server::Openai,
+                ServerArg::Anthropic => Server::Anthropic,
+                ServerArg::Ollama => Server::Ollama,
+                ServerArg::Vllm => Server::Vllm,
+                ServerArg::Tgi => Server::Tgi,
+                ServerArg::Triton => Server::Triton,
+                ServerArg::LlamaCpp => Server::LlamaCpp,
+            };
+            let default = match default {
+                ActionArg::Allow => Action::Allow,
+                ActionArg::Deny => Action::Deny,
+            };
+            let method = method.to_ascii_uppercase();
+            let op = adapter::classify(server, &method, &path, body.as_ref());
+            let d = p.evaluate(&Facts {
+                target: &target,
+                server,
+                method: &method,
+                path: &path,
+                operation: &op,
+                body: body.as_ref(),
+                default,
+            });
+            println!("request:   {method} {path} on {target} ({server})");
+            println!(
+                "operation: {} (route {}, model {}, streaming {})",
+                op.class,
+                op.route,
+                op.model.as_deref().unwrap_or("-"),
+                op.streaming
+            );
+            match d {
+                policy::Decision::Permit(p) if p.by_default => {
+                    println!("decision:  allow (target default; no rule matched)")
+                }
+                policy::Decision::Permit(p) => {
+                    println!("decision:  allow by {}", p.rules.join(", "))
+                }
+                policy::Decision::Deny(d) => println!(
+                    "decision:  deny by {} — {}",
+                    d.rule.as_deref().unwrap_or("target default"),
+                    d.reason
+                ),
+            }
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -13,6 +13,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{Config, Endpoint};
 
+pub mod http;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no upstream of target {target} accepted the connection (last error: {last})")]
@@ -59,70 +61,86 @@ impl Upstreams {
             .map(|b| b.name.as_str())
     }
 
+    /// Backends of a target in the order to try them: round-robin from the next one, backends
+    /// that failed recently last. Empty when the target forwards to the dialled address.
+    pub fn order(&self, target_id: u32) -> Vec<(usize, Endpoint)> {
+        let Some(b) = self.targets.get(target_id as usize) else {
+            return Vec::new();
+        };
+        let n = b.endpoints.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let start = b.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let dead = b
+            .dead_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (alive, resting): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|i| (start + i) % n)
+            .partition(|i| dead[*i].is_none_or(|t| t <= now));
+        // Resting backends are still tried last: refusing outright when all look dead would
+        // turn a blip into an outage.
+        alive
+            .into_iter()
+            .chain(resting)
+            .map(|i| (i, b.endpoints[i].clone()))
+            .collect()
+    }
+
+    /// Records whether backend `i` of a target just worked.
+    pub fn report(&self, target_id: u32, i: usize, ok: bool) {
+        if let Some(b) = self.targets.get(target_id as usize) {
+            let mut dead = b
+                .dead_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(slot) = dead.get_mut(i) {
+                *slot = (!ok).then(|| Instant::now() + self.dead_for);
+            }
+        }
+    }
+
     /// Connects to the target's upstream, or to `orig_dst` when the target names none.
     pub async fn connect(
         &self,
         target_id: u32,
         orig_dst: SocketAddr,
     ) -> Result<(TcpStream, SocketAddr), Error> {
-        let Some(b) = self.targets.get(target_id as usize) else {
-            return Err(Error::AllFailed {
-                target: format!("#{target_id}"),
-                last: "unknown target id".into(),
-            });
-        };
-        if b.endpoints.is_empty() {
+        let name = self
+            .target_name(target_id)
+            .unwrap_or("<unknown>")
+            .to_string();
+        let order = self.order(target_id);
+        if order.is_empty() {
             return self
                 .dial(orig_dst)
                 .await
                 .map(|s| (s, orig_dst))
                 .map_err(|e| Error::AllFailed {
-                    target: b.name.clone(),
+                    target: name,
                     last: format!("{orig_dst}: {e}"),
                 });
         }
-        let n = b.endpoints.len();
-        let start = b.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let order: Vec<usize> = {
-            let dead = b
-                .dead_until
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (alive, resting): (Vec<usize>, Vec<usize>) = (0..n)
-                .map(|i| (start + i) % n)
-                .partition(|i| dead[*i].is_none_or(|t| t <= now));
-            // Resting backends are still tried last: refusing outright when all look dead
-            // would turn a blip into an outage.
-            alive.into_iter().chain(resting).collect()
-        };
         let mut last = String::new();
-        for i in order {
-            let ep = &b.endpoints[i];
-            match self.dial_endpoint(ep).await {
-                Ok((s, addr)) => {
-                    b.dead_until
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = None;
-                    return Ok((s, addr));
+        for (i, ep) in order {
+            match self.dial_endpoint(&ep).await {
+                Ok(ok) => {
+                    self.report(target_id, i, true);
+                    return Ok(ok);
                 }
                 Err(e) => {
-                    tracing::warn!(target = %b.name, upstream = %ep, error = %e, "upstream failed; skipping it for a while");
-                    b.dead_until
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)[i] =
-                        Some(Instant::now() + self.dead_for);
+                    tracing::warn!(target = %name, upstream = %ep, error = %e, "upstream failed; skipping it for a while");
+                    self.report(target_id, i, false);
                     last = format!("{ep}: {e}");
                 }
             }
         }
-        Err(Error::AllFailed {
-            target: b.name.clone(),
-            last,
-        })
+        Err(Error::AllFailed { target: name, last })
     }
 
-    async fn dial_endpoint(&self, ep: &Endpoint) -> std::io::Result<(TcpStream, SocketAddr)> {
+    pub async fn dial_endpoint(&self, ep: &Endpoint) -> std::io::Result<(TcpStream, SocketAddr)> {
         let addrs: Vec<SocketAddr> = match ep {
             Endpoint::Addr(a) => vec![*a],
             Endpoint::Name { host, port } => tokio::net::lookup_host((host.as_str(), *port))
@@ -140,20 +158,33 @@ impl Upstreams {
         Err(last)
     }
 
-    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket2::SockRef::from(&sock).set_mark(self.mark)?;
-        sock.set_nodelay(true)?;
-        match tokio::time::timeout(self.connect_timeout, sock.connect(addr)).await {
-            Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connect timed out after {:?}", self.connect_timeout),
-            )),
-        }
+    pub async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        dial(addr, self.mark, self.connect_timeout).await
+    }
+
+    pub fn mark(&self) -> u32 {
+        self.mark
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
+/// Dials `addr` with the bypass mark, so the connect hooks let it through.
+pub async fn dial(addr: SocketAddr, mark: u32, timeout: Duration) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket2::SockRef::from(&sock).set_mark(mark)?;
+    sock.set_nodelay(true)?;
+    match tokio::time::timeout(timeout, sock.connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connect timed out after {timeout:?}"),
+        )),
     }
 }

@@ -1,5 +1,5 @@
-//! Serving one intercepted connection at layer 4: attribute it, dial the upstream, relay
-//! bytes, log the outcome. Runs for targets with `protocol: tcp`.
+//! Serving one intercepted connection: attribute it (who, where to), then either relay bytes
+//! at layer 4 (`protocol: tcp`) or hand it to the HTTP pipeline (`protocol: http`).
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::TcpStream;
@@ -7,17 +7,34 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{ConnInfo, Table, table::WorkloadInfo},
-    forward,
+    config::{Protocol, Target},
+    forward, http,
     intercept::{Maps, orig_dst},
+    policy, upstream,
     upstream::Upstreams,
     workload::Workload,
 };
 
-/// Shared, read-only state every connection task needs.
+/// Shared state every connection task needs.
 pub struct Ctx {
     pub maps: Arc<Maps>,
     pub upstreams: Upstreams,
     pub table: Arc<Table>,
+    pub targets: Vec<Target>,
+    pub policy: Arc<policy::Store>,
+    pub http: upstream::http::Client,
+    pub max_request_body: usize,
+    pub max_header: usize,
+    pub shutdown: CancellationToken,
+}
+
+/// What is known about an accepted connection; shared by all its requests.
+pub struct Conn {
+    pub target_id: u32,
+    pub target: String,
+    pub workload: Workload,
+    pub peer: SocketAddr,
+    pub orig: SocketAddr,
 }
 
 /// Handles one accepted connection. Never returns an error: every outcome is logged here.
@@ -46,8 +63,24 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
         workload: WorkloadInfo::from(&workload),
         started_unix_ms: 0,
     });
-    let started = Instant::now();
     let _ = client.set_nodelay(true);
+    let protocol = ctx
+        .targets
+        .get(meta.target_id as usize)
+        .map_or(Protocol::Tcp, |t| t.protocol);
+    if protocol == Protocol::Http {
+        let conn = Arc::new(Conn {
+            target_id: meta.target_id,
+            target,
+            workload,
+            peer,
+            orig,
+        });
+        http::serve(ctx, conn, client, force).await;
+        drop(entry);
+        return;
+    }
+    let started = Instant::now();
     let (upstream, upstream_addr) = match ctx.upstreams.connect(meta.target_id, orig).await {
         Ok(u) => u,
         Err(e) => {

@@ -1,0 +1,88 @@
+//! Anthropic Messages API.
+use super::{
+    OpClass::*,
+    route::{ANY, GET, ModelFrom as M, POST, Route, StreamFrom as S, r},
+};
+
+pub const ROUTES: &[Route] = &[
+    r(
+        "anthropic.messages",
+        POST,
+        "/v1/messages",
+        Inference,
+        M::Body("model"),
+        S::Body("stream", false),
+    ),
+    r(
+        "anthropic.count_tokens",
+        POST,
+        "/v1/messages/count_tokens",
+        Tokenize,
+        M::Body("model"),
+        S::Never,
+    ),
+    r(
+        "anthropic.batches",
+        ANY,
+        "/v1/messages/batches/**",
+        Files,
+        M::None,
+        S::Never,
+    ),
+    r(
+        "anthropic.batches",
+        ANY,
+        "/v1/messages/batches",
+        Files,
+        M::None,
+        S::Never,
+    ),
+    r(
+        "anthropic.complete",
+        POST,
+        "/v1/complete",
+        Inference,
+        M::Body("model"),
+        S::Body("stream", false),
+    ),
+    r(
+        "anthropic.models",
+        GET,
+        "/v1/models",
+        Listing,
+        M::None,
+        S::Never,
+    ),
+    r(
+        "anthropic.models.get",
+        GET,
+        "/v1/models/*",
+        Listing,
+        M::Segment(0),
+        S::Never,
+    ),
+    r(
+        "anthropic.files",
+        ANY,
+        "/v1/files/**",
+        Files,
+        M::None,
+        S::Never,
+    ),
+    r(
+        "anthropic.files",
+        ANY,
+        "/v1/files",
+        Files,
+        M::None,
+        S::Never,
+    ),
+    r(
+        "anthropic.organizations",
+        ANY,
+        "/v1/organizations/**",
+        ConfigChange,
+        M::None,
+        S::Never,
+    ),
+];

@@ -1,0 +1,102 @@
+//! Route tables: a method set, a path pattern, and where the model and the streaming flag
+//! live. Patterns are `/`-separated; `*` matches one segment, `**` the rest of the path.
+//! Hand-written because the tables are static and tiny, and a router crate would add
+//! allocation and a second notion of path normalisation to the hot path.
+use super::{OpClass, Operation};
+
+#[derive(Debug, Clone, Copy)]
+pub enum ModelFrom {
+    None,
+    /// A top-level JSON body field.
+    Body(&'static str),
+    /// The n-th `*` of the pattern.
+    Segment(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum StreamFrom {
+    Never,
+    Always,
+    /// A boolean body field, with its default when absent.
+    Body(&'static str, bool),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub id: &'static str,
+    pub methods: &'static [&'static str],
+    pub path: &'static str,
+    pub class: OpClass,
+    pub model: ModelFrom,
+    pub stream: StreamFrom,
+}
+
+impl Route {
+    /// Segments captured by `*`, when method and path match.
+    pub fn matches<'p>(&self, method: &str, path: &'p str) -> Option<Vec<&'p str>> {
+        if !self.methods.contains(&method) {
+            return None;
+        }
+        let mut caps = Vec::new();
+        let mut want = self.path.trim_start_matches('/').split('/');
+        let mut have = path.trim_start_matches('/').split('/');
+        loop {
+            match (want.next(), have.next()) {
+                (Some("**"), _) => return Some(caps),
+                (Some("*"), Some(seg)) if !seg.is_empty() => caps.push(seg),
+                (Some(w), Some(h)) if w == h => {}
+                (None, None) => return Some(caps),
+                _ => return None,
+            }
+        }
+    }
+
+    pub fn operation(&self, segments: &[&str], body: Option<&serde_json::Value>) -> Operation {
+        let model = match self.model {
+            ModelFrom::None => None,
+            ModelFrom::Body(field) => body
+                .and_then(|b| b.get(field))
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            ModelFrom::Segment(i) => segments.get(i).map(|s| s.to_string()),
+        };
+        let streaming = match self.stream {
+            StreamFrom::Never => false,
+            StreamFrom::Always => true,
+            StreamFrom::Body(field, default) => body
+                .and_then(|b| b.get(field))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(default),
+        };
+        Operation {
+            class: self.class,
+            route: self.id,
+            model,
+            streaming,
+        }
+    }
+}
+
+/// Shorthand for the route tables.
+pub const fn r(
+    id: &'static str,
+    methods: &'static [&'static str],
+    path: &'static str,
+    class: OpClass,
+    model: ModelFrom,
+    stream: StreamFrom,
+) -> Route {
+    Route {
+        id,
+        methods,
+        path,
+        class,
+        model,
+        stream,
+    }
+}
+
+pub const GET: &[&str] = &["GET", "HEAD"];
+pub const POST: &[&str] = &["POST"];
+pub const DELETE: &[&str] = &["DELETE"];
+pub const ANY: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"];

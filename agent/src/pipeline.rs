@@ -1,0 +1,292 @@
+//! The stages one HTTP request goes through, in order. Each stage is one call; a stage that
+//! ends the request returns a `Refusal`, which `respond` renders in the server's dialect.
+//!
+//! | stage | may change | can end the request |
+//! |---|---|---|
+//! | admit: path, encoding, declared size | — | 400, 413, 415 |
+//! | read: body up to the limit (not gRPC, which streams) | — | 400, 413 |
+//! | classify: adapter → operation | — | no |
+//! | decide: policy snapshot → Permit or Denial | — | 403 |
+//! | send: upstream with the Permit | URI, hop-by-hop headers | 502 |
+//! | record: one log line with the decision | — | no |
+//!
+//! The policy snapshot is taken when the request starts, so a reload never changes the
+//! decision of a request in flight.
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, header, request::Parts};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+
+use crate::{
+    adapter::{self, Operation},
+    connection::{Conn, Ctx},
+    policy::{Decision, Facts, Permit},
+    respond::{self, Body, Refusal},
+    upstream::http::{authority, strip_hop_by_hop},
+};
+
+enum ReqBody {
+    Buffered(Bytes),
+    Streaming(Incoming),
+}
+
+pub async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let Some(target) = ctx.targets.get(conn.target_id as usize) else {
+        return respond::render(
+            Default::default(),
+            false,
+            &Refusal::client(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "sluice_internal",
+                "unknown target",
+            ),
+        );
+    };
+    let server = target.server;
+    let grpc = is_grpc(req.headers());
+    let policy = ctx.policy.current();
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_string();
+    let path = parts.uri.path().to_string();
+
+    let outcome = async {
+        admit(&parts, ctx.max_request_body)?;
+        let (body, json) = read(body, grpc, &parts.headers, ctx.max_request_body).await?;
+        let op = adapter::classify(server, &method, &path, json.as_ref());
+        let decision = policy.evaluate(&Facts {
+            target: &target.name,
+            server,
+            method: &method,
+            path: &path,
+            operation: &op,
+            body: json.as_ref(),
+            default: target.default,
+        });
+        Ok::<_, Refusal>((op, decision, body))
+    }
+    .await;
+
+    let (response, op, decision) = match outcome {
+        Err(refusal) => (respond::render(server, grpc, &refusal), None, None),
+        Ok((op, Decision::Deny(d), _)) => {
+            let r = Refusal::policy(d.rule.clone(), &d.reason);
+            (
+                respond::render(server, grpc, &r),
+                Some(op),
+                Some(Decision::Deny(d)),
+            )
+        }
+        Ok((op, Decision::Permit(p), body)) => {
+            let resp = match send(ctx, conn, &p, parts, body, grpc).await {
+                Ok(r) => r,
+                Err(r) => respond::render(server, grpc, &r),
+            };
+            (resp, Some(op), Some(Decision::Permit(p)))
+        }
+    };
+    record(
+        conn,
+        &method,
+        &path,
+        op.as_ref(),
+        decision.as_ref(),
+        response.status(),
+        started,
+    );
+    response
+}
+
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Rejects what could make Sluice and the server disagree about what a request is.
+fn admit(parts: &Parts, max_body: usize) -> Result<(), Refusal> {
+    let raw = parts.uri.path();
+    let lower = raw.to_ascii_lowercase();
+    // Encoded slashes and dots, dot segments and empty segments are spellings a server may
+    // normalise differently from Sluice (e.g. FastAPI's slash redirects): refuse them.
+    if lower.contains("%2f")
+        || lower.contains("%2e")
+        || lower.contains("%5c")
+        || raw.contains("//")
+        || raw.split('/').any(|s| s == ".." || s == ".")
+    {
+        return Err(Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_path",
+            format!("request path {raw:?} is not in normal form"),
+        ));
+    }
+    if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(Refusal::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "sluice_encoded_body",
+            "compressed request bodies are not accepted: Sluice must read the request to apply policy",
+        ));
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(too_large(max_body));
+    }
+    Ok(())
+}
+
+fn too_large(max: usize) -> Refusal {
+    Refusal::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "sluice_body_too_large",
+        format!("request body is larger than the {max} bytes Sluice inspects"),
+    )
+}
+
+/// Buffers the body (bounded) so the adapter can read the model; gRPC streams untouched.
+async fn read(
+    body: Incoming,
+    grpc: bool,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<(ReqBody, Option<serde_json::Value>), Refusal> {
+    if grpc {
+        return Ok((ReqBody::Streaming(body), None));
+    }
+    let bytes = match Limited::new(body, max).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(max)),
+        Err(e) => {
+            return Err(Refusal::client(
+                StatusCode::BAD_REQUEST,
+                "sluice_bad_body",
+                format!("could not read the request body: {e}"),
+            ));
+        }
+    };
+    if bytes.is_empty() {
+        return Ok((ReqBody::Buffered(bytes), None));
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.starts_with("multipart/") || ctype.starts_with("application/octet-stream") {
+        return Ok((ReqBody::Buffered(bytes), None));
+    }
+    // A body Sluice cannot parse could still be parsed leniently by the server: refuse it
+    // rather than decide without seeing the model.
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok((ReqBody::Buffered(bytes), Some(v))),
+        Err(e) => Err(Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_json",
+            format!("request body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// Sends a permitted request upstream, trying the target's backends in order. Only
+/// connection failures are retried, and only for buffered bodies, since nothing was sent.
+async fn send(
+    ctx: &Ctx,
+    conn: &Conn,
+    permit: &Permit,
+    parts: Parts,
+    body: ReqBody,
+    grpc: bool,
+) -> Result<Response<Body>, Refusal> {
+    let order = ctx.upstreams.order(conn.target_id);
+    let candidates: Vec<(Option<usize>, String)> = if order.is_empty() {
+        vec![(None, authority(None, conn.orig))]
+    } else {
+        order
+            .iter()
+            .map(|(i, ep)| (Some(*i), authority(Some(ep), conn.orig)))
+            .collect()
+    };
+    let mut body = Some(body);
+    let mut last = String::new();
+    for (i, auth) in candidates {
+        let b: Body = match body.take() {
+            Some(ReqBody::Buffered(bytes)) => {
+                body = Some(ReqBody::Buffered(bytes.clone()));
+                respond::full(bytes)
+            }
+            Some(ReqBody::Streaming(inc)) => inc.boxed(),
+            None => break,
+        };
+        let req = Request::from_parts(parts.clone(), b);
+        match ctx.http.send(permit, &auth, req, grpc).await {
+            Ok(resp) => {
+                if let Some(i) = i {
+                    ctx.upstreams.report(conn.target_id, i, true);
+                }
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers, true);
+                return Ok(Response::from_parts(rparts, rbody.boxed()));
+            }
+            Err(e) if e.is_connect() => {
+                if let Some(i) = i {
+                    ctx.upstreams.report(conn.target_id, i, false);
+                }
+                tracing::warn!(target = %conn.target, upstream = %auth, error = %e, "upstream failed; skipping it for a while");
+                last = format!("{auth}: {e}");
+            }
+            Err(e) => {
+                return Err(Refusal::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream {auth} failed: {e}"),
+                ));
+            }
+        }
+    }
+    Err(Refusal::upstream(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "no upstream of target {} is reachable ({last})",
+            conn.target
+        ),
+    ))
+}
+
+/// One line per request: who, what, which rules decided, how it ended. Never bodies, never
+/// query strings (they can carry keys).
+fn record(
+    conn: &Conn,
+    method: &str,
+    path: &str,
+    op: Option<&Operation>,
+    decision: Option<&Decision>,
+    status: StatusCode,
+    started: Instant,
+) {
+    let w = &conn.workload;
+    let (action, rules) = match decision {
+        Some(Decision::Permit(p)) => ("allow", p.rules.join(",")),
+        Some(Decision::Deny(d)) => (
+            "deny",
+            d.rule.clone().unwrap_or_else(|| "(target default)".into()),
+        ),
+        None => ("refuse", String::new()),
+    };
+    tracing::info!(
+        target = %conn.target, tgid = w.tgid, uid = w.uid, comm = %w.comm,
+        method, path,
+        operation = %op.map_or("-".to_string(), |o| o.class.to_string()),
+        route = op.map_or("-", |o| o.route),
+        model = op.and_then(|o| o.model.as_deref()).unwrap_or("-"),
+        streaming = op.is_some_and(|o| o.streaming),
+        decision = action, rules = %rules, status = status.as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+}

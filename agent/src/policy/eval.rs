@@ -1,0 +1,123 @@
+//! Evaluating the policy for one request.
+use serde::Serialize;
+
+use super::{Action, Policy, pack::Rule};
+use crate::adapter::{Operation, Server};
+
+/// What the policy sees of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub target: &'a str,
+    pub server: Server,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub operation: &'a Operation,
+    pub body: Option<&'a serde_json::Value>,
+    /// The target's action when no rule matches.
+    pub default: Action,
+}
+
+/// Proof that the policy allowed a request; the upstream stage only takes one of these.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Permit {
+    /// Allow rules that matched (empty when the target default allowed it).
+    pub rules: Vec<String>,
+    pub by_default: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Denial {
+    /// The deny rule that decided, or None when the target default denied.
+    pub rule: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub enum Decision {
+    Permit(Permit),
+    Deny(Denial),
+}
+
+impl Decision {
+    pub fn action(&self) -> Action {
+        match self {
+            Decision::Permit(_) => Action::Allow,
+            Decision::Deny(_) => Action::Deny,
+        }
+    }
+
+    /// Rule ids that decided: the allow rules, or the deny rule.
+    pub fn rule_ids(&self) -> Vec<String> {
+        match self {
+            Decision::Permit(p) => p.rules.clone(),
+            Decision::Deny(d) => d.rule.iter().cloned().collect(),
+        }
+    }
+}
+
+impl Policy {
+    pub fn evaluate(&self, f: &Facts<'_>) -> Decision {
+        let mut allows = Vec::new();
+        for rule in &self.rules {
+            if !rule.matches(f) {
+                continue;
+            }
+            match rule.action {
+                Action::Deny => {
+                    let reason = rule.description.clone().unwrap_or_else(|| {
+                        format!("{} on this server is not allowed", f.operation.class)
+                    });
+                    return Decision::Deny(Denial {
+                        rule: Some(rule.id.clone()),
+                        reason,
+                    });
+                }
+                Action::Allow => allows.push(rule.id.clone()),
+            }
+        }
+        if !allows.is_empty() {
+            return Decision::Permit(Permit {
+                rules: allows,
+                by_default: false,
+            });
+        }
+        match f.default {
+            Action::Allow => Decision::Permit(Permit {
+                rules: Vec::new(),
+                by_default: true,
+            }),
+            Action::Deny => Decision::Deny(Denial {
+                rule: None,
+                reason: format!(
+                    "no policy rule allows {} {} ({}) on target {}",
+                    f.method, f.path, f.operation.class, f.target
+                ),
+            }),
+        }
+    }
+}
+
+impl Rule {
+    fn matches(&self, f: &Facts<'_>) -> bool {
+        let op = f.operation;
+        self.targets.as_ref().is_none_or(|g| g.is_match(f.target))
+            && (self.servers.is_empty() || self.servers.contains(&f.server))
+            && (self.operations.is_empty() || self.operations.contains(&op.class))
+            && self.routes.as_ref().is_none_or(|g| g.is_match(op.route))
+            && self
+                .models
+                .as_ref()
+                .is_none_or(|g| op.model.as_deref().is_some_and(|m| g.is_match(m)))
+            && self
+                .except_models
+                .as_ref()
+                .is_none_or(|g| !op.model.as_deref().is_some_and(|m| g.is_match(m)))
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == f.method))
+            && self.paths.as_ref().is_none_or(|g| g.is_match(f.path))
+            && self.streaming.is_none_or(|s| s == op.streaming)
+            && self
+                .body
+                .iter()
+                .all(|(ptr, want)| f.body.and_then(|b| b.pointer(ptr)) == Some(want))
+    }
+}

@@ -1,0 +1,247 @@
+//! The policy file format (`apiVersion: sluice.dev/v1alpha1`, `kind: PolicyPack`) and its
+//! loading. Unknown fields are rejected with file:line:column.
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use super::Error;
+use crate::adapter::{OpClass, Server};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    #[default]
+    Deny,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackFile {
+    #[serde(rename = "apiVersion")]
+    _api_version: ApiVersion,
+    #[serde(rename = "kind")]
+    _kind: Kind,
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Deserialize)]
+enum ApiVersion {
+    #[serde(rename = "sluice.dev/v1alpha1")]
+    V1Alpha1,
+}
+
+#[derive(Deserialize)]
+enum Kind {
+    PolicyPack,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    rules: Vec<RuleSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    id: String,
+    #[serde(default)]
+    description: Option<String>,
+    action: Action,
+    #[serde(rename = "match", default)]
+    when: MatchSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MatchSpec {
+    #[serde(default)]
+    targets: Vec<String>,
+    #[serde(default)]
+    servers: Vec<Server>,
+    #[serde(default)]
+    operations: Vec<OpClass>,
+    #[serde(default)]
+    routes: Vec<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    /// The rule matches only when the model matches none of these (a request without a model
+    /// counts as matching none): how an allowlist of models is written as a deny rule.
+    #[serde(default, rename = "exceptModels")]
+    except_models: Vec<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+    /// JSON pointer (e.g. `/keep_alive`) → value the body must hold there.
+    #[serde(default)]
+    body: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    streaming: Option<bool>,
+}
+
+/// One compiled rule. Empty matchers match anything.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: String,
+    pub pack: String,
+    pub description: Option<String>,
+    pub action: Action,
+    pub(super) targets: Option<GlobSet>,
+    pub(super) servers: Vec<Server>,
+    pub(super) operations: Vec<OpClass>,
+    pub(super) routes: Option<GlobSet>,
+    pub(super) models: Option<GlobSet>,
+    pub(super) except_models: Option<GlobSet>,
+    pub(super) methods: Vec<String>,
+    pub(super) paths: Option<GlobSet>,
+    pub(super) body: Vec<(String, serde_json::Value)>,
+    pub(super) streaming: Option<bool>,
+}
+
+/// Every loaded rule, in file order.
+#[derive(Debug, Default)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    pub packs: Vec<String>,
+}
+
+impl Policy {
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+/// Loads every pack under `paths`: a pack file, a pack directory (with `pack.yaml`), or a
+/// directory of pack directories.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Policy, Error> {
+    let mut policy = Policy::default();
+    let mut ids = HashSet::new();
+    for p in paths {
+        for file in pack_files(p)? {
+            load_file(&file, &mut policy, &mut ids)?;
+        }
+    }
+    Ok(policy)
+}
+
+/// Files to load for one configured path, in a stable order.
+pub fn pack_files(p: &Path) -> Result<Vec<PathBuf>, Error> {
+    if p.is_file() {
+        return Ok(vec![p.to_path_buf()]);
+    }
+    let direct = p.join("pack.yaml");
+    if direct.is_file() {
+        return Ok(vec![direct]);
+    }
+    let entries = std::fs::read_dir(p).map_err(|source| Error::Read {
+        path: p.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path().join("pack.yaml"))
+        .filter(|f| f.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Empty {
+            path: p.to_path_buf(),
+        });
+    }
+    Ok(files)
+}
+
+fn load_file(path: &Path, policy: &mut Policy, ids: &mut HashSet<String>) -> Result<(), Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: PackFile = serde_norway::from_str(&text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let msg = e.to_string();
+        let message = msg
+            .rfind(" at line ")
+            .map_or(msg.clone(), |i| msg[..i].to_string());
+        Error::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    })?;
+    let pack = file.metadata.name;
+    for spec in file.spec.rules {
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_path_buf(),
+            rule: spec.id.clone(),
+            message,
+        };
+        if spec.id.is_empty() {
+            return Err(invalid("id must not be empty".into()));
+        }
+        if !ids.insert(spec.id.clone()) {
+            return Err(invalid(
+                "duplicate rule id (ids are global across packs)".into(),
+            ));
+        }
+        for ptr in spec.when.body.keys() {
+            if !ptr.starts_with('/') {
+                return Err(invalid(format!(
+                    "match.body key {ptr:?} must be a JSON pointer such as \"/keep_alive\""
+                )));
+            }
+        }
+        let w = spec.when;
+        let rule = Rule {
+            id: spec.id.clone(),
+            pack: pack.clone(),
+            description: spec.description,
+            action: spec.action,
+            targets: globs(&w.targets, false).map_err(&invalid)?,
+            servers: w.servers,
+            operations: w.operations,
+            routes: globs(&w.routes, false).map_err(&invalid)?,
+            models: globs(&w.models, false).map_err(&invalid)?,
+            except_models: globs(&w.except_models, false).map_err(&invalid)?,
+            methods: w.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            paths: globs(&w.paths, true).map_err(&invalid)?,
+            body: w.body.into_iter().collect(),
+            streaming: w.streaming,
+        };
+        policy.rules.push(rule);
+    }
+    policy.packs.push(pack);
+    Ok(())
+}
+
+/// `literal_separator`: whether `*` stops at `/` (paths) or not (model names, ids).
+fn globs(patterns: &[String], literal_separator: bool) -> Result<Option<GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let g: Glob = GlobBuilder::new(p)
+            .literal_separator(literal_separator)
+            .build()
+            .map_err(|e| format!("bad pattern {p:?}: {e}"))?;
+        b.add(g);
+    }
+    b.build().map(Some).map_err(|e| e.to_string())
+}

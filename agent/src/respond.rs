@@ -1,0 +1,158 @@
+//! The one place where refusals and errors become HTTP responses, in the dialect of the
+//! server the client thinks it is talking to, so an unmodified SDK shows a readable error.
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use serde_json::json;
+
+use crate::adapter::Server;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Who caused an error: the client (4xx), the upstream (502/504), or Sluice itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Sluice,
+}
+
+/// A refusal or failure to turn into a response.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub side: Side,
+    /// Machine-readable code, e.g. `sluice_policy_denied`.
+    pub code: &'static str,
+    pub message: String,
+    pub rule: Option<String>,
+}
+
+impl Refusal {
+    pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            side: Side::Client,
+            code,
+            message: message.into(),
+            rule: None,
+        }
+    }
+
+    pub fn upstream(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            side: Side::Upstream,
+            code: "sluice_upstream_error",
+            message: message.into(),
+            rule: None,
+        }
+    }
+
+    pub fn policy(rule: Option<String>, reason: &str) -> Self {
+        let message = match &rule {
+            Some(r) => format!("blocked by Sluice policy rule {r}: {reason}"),
+            None => format!("blocked by Sluice: {reason}"),
+        };
+        Refusal {
+            status: StatusCode::FORBIDDEN,
+            side: Side::Sluice,
+            code: "sluice_policy_denied",
+            message,
+            rule,
+        }
+    }
+}
+
+/// Renders a refusal for `server`; gRPC requests get a trailers-only gRPC status instead.
+pub fn render(server: Server, grpc: bool, r: &Refusal) -> Response<Body> {
+    if grpc {
+        return grpc_status(r);
+    }
+    let body = match server {
+        Server::Ollama | Server::Triton => json!({ "error": r.message }),
+        Server::Tgi => json!({ "error": r.message, "error_type": r.code }),
+        Server::Anthropic => json!({
+            "type": "error",
+            "error": { "type": anthropic_type(r.status), "message": r.message },
+        }),
+        Server::Openai | Server::Vllm | Server::LlamaCpp => json!({
+            "error": {
+                "message": r.message,
+                "type": openai_type(r.status, r.side),
+                "param": null,
+                "code": r.code,
+            }
+        }),
+    };
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(rule) = r
+        .rule
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        h.insert("x-sluice-rule", rule);
+    }
+    resp
+}
+
+fn openai_type(status: StatusCode, side: Side) -> &'static str {
+    match (status, side) {
+        (StatusCode::FORBIDDEN, _) => "permission_error",
+        (_, Side::Upstream) => "api_error",
+        (s, _) if s.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::FORBIDDEN => "permission_error",
+        StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+        s if s.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+fn grpc_status(r: &Refusal) -> Response<Body> {
+    // gRPC codes: 7 PERMISSION_DENIED, 3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE.
+    let code = match r.status {
+        StatusCode::FORBIDDEN => "7",
+        StatusCode::PAYLOAD_TOO_LARGE => "8",
+        s if s.is_client_error() => "3",
+        _ => "14",
+    };
+    let mut resp = Response::new(full(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static(code));
+    // grpc-message is percent-encoded; keep it to safe ASCII.
+    let msg: String = r
+        .message
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .,:-_()".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&msg.replace(' ', "%20")) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
