@@ -86,7 +86,7 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
         Err(e) => {
             ctx.table.count_upstream_failure();
             tracing::warn!(
-                target = %target, pid = workload.tgid, uid = workload.uid, comm = %workload.comm,
+                target_name = %target, pid = workload.tgid, uid = workload.uid, comm = %workload.comm,
                 original_dst = %orig, error = %e, "upstream unavailable; closing client connection"
             );
             let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
@@ -95,7 +95,7 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
     };
     entry.set_upstream(upstream_addr);
     tracing::info!(
-        target = %target, pid = workload.pid, tgid = workload.tgid, uid = workload.uid,
+        target_name = %target, pid = workload.pid, tgid = workload.tgid, uid = workload.uid,
         gid = workload.gid, cgroup_id = workload.cgroup_id, comm = %workload.comm,
         exe = workload.exe.as_deref().unwrap_or("?"), client = %peer, original_dst = %orig,
         upstream = %upstream_addr, "connection intercepted"
@@ -107,12 +107,12 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
     let ms = started.elapsed().as_millis() as u64;
     match outcome {
         Ok(t) => tracing::info!(
-            target = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
+            target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
             original_dst = %orig, upstream = %upstream_addr, bytes_up = t.up, bytes_down = t.down,
             duration_ms = ms, "connection closed"
         ),
         Err(e) => tracing::info!(
-            target = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
+            target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
             original_dst = %orig, upstream = %upstream_addr, duration_ms = ms, error = %e,
             "connection ended with error"
         ),

@@ -238,7 +238,7 @@ async fn send(
                 if let Some(i) = i {
                     ctx.upstreams.report(conn.target_id, i, false);
                 }
-                tracing::warn!(target = %conn.target, upstream = %auth, error = %e, "upstream failed; skipping it for a while");
+                tracing::warn!(target_name = %conn.target, upstream = %auth, error = %e, "upstream failed; skipping it for a while");
                 last = format!("{auth}: {e}");
             }
             Err(e) => {
@@ -279,7 +279,7 @@ fn record(
         None => ("refuse", String::new()),
     };
     tracing::info!(
-        target = %conn.target, tgid = w.tgid, uid = w.uid, comm = %w.comm,
+        target_name = %conn.target, tgid = w.tgid, uid = w.uid, comm = %w.comm,
         method, path,
         operation = %op.map_or("-".to_string(), |o| o.class.to_string()),
         route = op.map_or("-", |o| o.route),

@@ -131,7 +131,7 @@ impl Upstreams {
                     return Ok(ok);
                 }
                 Err(e) => {
-                    tracing::warn!(target = %name, upstream = %ep, error = %e, "upstream failed; skipping it for a while");
+                    tracing::warn!(target_name = %name, upstream = %ep, error = %e, "upstream failed; skipping it for a while");
                     self.report(target_id, i, false);
                     last = format!("{ep}: {e}");
                 }

@@ -145,6 +145,8 @@ pub struct AgentSpec {
     /// YAML list items under `targets:`, already indented by two spaces.
     pub targets: String,
     pub listen_v6: bool,
+    /// More top-level YAML (e.g. `policies:`), one key per line.
+    pub extra: String,
 }
 
 /// A running `sluice run` with its own listener, pin dir, admin socket and log file.
@@ -166,11 +168,12 @@ impl Agent {
             "null".to_string()
         };
         format!(
-            "listen: 127.0.0.1:{listen_port}\nlisten_v6: {v6}\ncgroup: /{}\nfail_mode: {}\npin_dir: {}\nadmin_socket: {}\ndrain_timeout_secs: 2\ntargets:\n{}",
+            "listen: 127.0.0.1:{listen_port}\nlisten_v6: {v6}\ncgroup: /{}\nfail_mode: {}\npin_dir: {}\nadmin_socket: {}\ndrain_timeout_secs: 2\n{}targets:\n{}",
             spec.cgroup,
             spec.fail_mode,
             pin_dir.display(),
             admin.display(),
+            spec.extra,
             spec.targets
         )
     }
@@ -335,9 +338,51 @@ pub fn probe(addr: SocketAddr) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// A shared flag + log for servers that record who connected.
+/// What a test server saw, shared with the test.
 #[derive(Clone, Default)]
 pub struct Seen {
     pub peers: Arc<Mutex<Vec<SocketAddr>>>,
+    /// "METHOD /path" of every HTTP request received.
+    pub requests: Arc<Mutex<Vec<String>>>,
     pub stop: Arc<AtomicBool>,
+    /// Opened by `GET /release`; a gated stream waits for it after its first chunk.
+    pub gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+/// A client script in tests/clients.
+pub fn client_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
+}
+
+/// The repository's shipped policy packs.
+pub fn policies_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// JSON log events of the agent with this message.
+pub fn log_events(agent: &Agent, message: &str) -> Vec<serde_json::Value> {
+    agent
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+/// A numeric field of `sluice connections --json`.
+pub fn status_u64(agent: &Agent, field: &str) -> u64 {
+    agent.status().expect("status")[field]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+/// `curl -sS -g -m 10 ARGS...` inside the cgroup.
+pub fn curl(cg: &TestCgroup, args: &[&str]) -> Output {
+    cg.command("curl")
+        .args(["-sS", "-g", "-m", "10"])
+        .args(args)
+        .output()
+        .expect("curl")
 }

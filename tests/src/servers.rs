@@ -1,5 +1,6 @@
 //! Real servers on loopback for the tests: a small HTTP/1.1 server (keep-alive, fixed and slow
-//! responses, bulk bodies) and an echo server with half-close. Each records the peer address
+//! responses, bulk bodies, and a minimal OpenAI/Ollama-compatible API with real SSE and
+//! NDJSON streaming) and an echo server with half-close. Each records the peer address
 //! of every connection it accepts, so tests can tell intercepted from direct connections.
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
@@ -34,7 +35,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(bind: &str, handler: fn(TcpStream) -> io::Result<()>) -> Server {
+fn serve(bind: &str, handler: fn(TcpStream, &Seen) -> io::Result<()>) -> Server {
     let listener = TcpListener::bind(bind).expect("bind test server");
     let addr = listener.local_addr().expect("local addr");
     let seen = Seen::default();
@@ -48,8 +49,9 @@ fn serve(bind: &str, handler: fn(TcpStream) -> io::Result<()>) -> Server {
             if let (Ok(peer), Ok(mut peers)) = (conn.peer_addr(), s2.peers.lock()) {
                 peers.push(peer);
             }
+            let seen = s2.clone();
             thread::spawn(move || {
-                let _ = handler(conn);
+                let _ = handler(conn, &seen);
             });
         }
     });
@@ -64,7 +66,7 @@ pub fn http(bind: &str) -> Server {
 
 /// Echoes every byte; when the client half-closes, finishes sending and closes too.
 pub fn echo(bind: &str) -> Server {
-    serve(bind, |mut s| {
+    serve(bind, |mut s, _| {
         let _ = s.set_nodelay(true);
         let mut r = s.try_clone()?;
         io::copy(&mut r, &mut s)?;
@@ -72,7 +74,7 @@ pub fn echo(bind: &str) -> Server {
     })
 }
 
-fn handle_http(stream: TcpStream) -> io::Result<()> {
+fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
@@ -107,12 +109,23 @@ fn handle_http(stream: TcpStream) -> io::Result<()> {
                 }
             }
         }
-        let mut received = 0u64;
-        if content_length > 0 {
+        if let Ok(mut reqs) = seen.requests.lock() {
+            reqs.push(format!("{method} {path}"));
+        }
+        let mut body = Vec::new();
+        if content_length > 0 && (path.starts_with("/v1/") || path.starts_with("/api/")) {
+            (&mut r)
+                .take(content_length as u64)
+                .read_to_end(&mut body)?;
+        }
+        let mut received = body.len() as u64;
+        if content_length > 0 && body.is_empty() {
             received = io::copy(&mut (&mut r).take(content_length as u64), &mut io::sink())?;
         }
         let conn_hdr = if close { "close" } else { "keep-alive" };
-        if let Some(n) = path.strip_prefix("/bytes/") {
+        if path.starts_with("/v1/") || path.starts_with("/api/") || path == "/release" {
+            model_api(&mut w, &method, &path, &body, conn_hdr, seen)?;
+        } else if let Some(n) = path.strip_prefix("/bytes/") {
             let n: usize = n.parse().unwrap_or(0);
             write!(
                 w,
@@ -145,4 +158,121 @@ fn handle_http(stream: TcpStream) -> io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// A minimal OpenAI / Ollama-compatible API: enough for real SDKs to talk to it.
+fn model_api(
+    w: &mut TcpStream,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    conn_hdr: &str,
+    seen: &Seen,
+) -> io::Result<()> {
+    let req: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let model = req["model"].as_str().unwrap_or("unknown").to_string();
+    let prompt = req["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let json = |w: &mut TcpStream, status: &str, v: serde_json::Value| {
+        let b = v.to_string();
+        write!(
+            w,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{b}",
+            b.len()
+        )
+    };
+    match (method, path) {
+        ("GET", "/release") => {
+            let (lock, cv) = &*seen.gate;
+            if let Ok(mut open) = lock.lock() {
+                *open = true;
+            }
+            cv.notify_all();
+            json(w, "200 OK", serde_json::json!({"released": true}))
+        }
+        ("GET", "/v1/models") => json(
+            w,
+            "200 OK",
+            serde_json::json!({"object": "list", "data": [{"id": "test-model", "object": "model", "owned_by": "sluice-tests"}]}),
+        ),
+        ("POST", "/v1/chat/completions") if req["stream"].as_bool() == Some(true) => {
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n"
+            )?;
+            let words = ["echo:", " ", &prompt];
+            for (i, word) in words.iter().enumerate() {
+                let ev = serde_json::json!({
+                    "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model,
+                    "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]
+                });
+                chunk(w, &format!("data: {ev}\n\n"))?;
+                if i == 0 && model == "gated" {
+                    // Hold the rest until the client proves it received this first chunk.
+                    // If the client never saw this chunk (a proxy held it back), abort the
+                    // stream unfinished so the client fails instead of passing late.
+                    let (lock, cv) = &*seen.gate;
+                    let released = lock
+                        .lock()
+                        .ok()
+                        .and_then(|g| {
+                            cv.wait_timeout_while(g, Duration::from_secs(10), |open| !*open)
+                                .ok()
+                        })
+                        .is_some_and(|(g, _)| *g);
+                    if !released {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "first chunk never reached the client",
+                        ));
+                    }
+                }
+            }
+            let done = serde_json::json!({
+                "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+            });
+            chunk(w, &format!("data: {done}\n\n"))?;
+            chunk(w, "data: [DONE]\n\n")?;
+            w.write_all(b"0\r\n\r\n")
+        }
+        ("POST", "/v1/chat/completions") => json(
+            w,
+            "200 OK",
+            serde_json::json!({
+                "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("echo: {prompt}")}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+            }),
+        ),
+        ("POST", "/api/chat") | ("POST", "/api/pull") => {
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n"
+            )?;
+            for word in ["echo:", " ", &prompt] {
+                let line = serde_json::json!({"model": model, "message": {"role": "assistant", "content": word}, "done": false});
+                chunk(w, &format!("{line}\n"))?;
+            }
+            chunk(
+                w,
+                &format!("{}\n", serde_json::json!({"model": model, "done": true})),
+            )?;
+            w.write_all(b"0\r\n\r\n")
+        }
+        _ => json(
+            w,
+            "404 Not Found",
+            serde_json::json!({"error": "not found"}),
+        ),
+    }
+}
+
+fn chunk(w: &mut TcpStream, data: &str) -> io::Result<()> {
+    write!(w, "{:x}\r\n{data}\r\n", data.len())?;
+    w.flush()
 }

@@ -3,7 +3,6 @@
 //! See tests/README.md. Needs root; SLUICE_E2E_SKIP=1 skips loudly.
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     process::Stdio,
     thread,
     time::{Duration, Instant},
@@ -11,15 +10,9 @@ use std::{
 
 use serde_json::Value;
 use sluice_tests::{
-    Agent, AgentSpec, TestCgroup, attached_programs, free_port, probe, require_root, run_ok,
-    servers, virtual_ip,
+    Agent, AgentSpec, TestCgroup, attached_programs, client_script, free_port, log_events, probe,
+    require_root, run_ok, servers, status_u64, virtual_ip,
 };
-
-fn client(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("clients")
-        .join(name)
-}
 
 fn target(name: &str, matches: &str, upstream: &str) -> String {
     format!(
@@ -33,29 +26,12 @@ fn spec(cg: &TestCgroup, fail_mode: &'static str, targets: String) -> AgentSpec 
         fail_mode,
         targets,
         listen_v6: true,
+        extra: String::new(),
     }
 }
 
 fn curl(cg: &TestCgroup, url: &str) -> std::process::Output {
-    cg.command("curl")
-        .args(["-sS", "-g", "-m", "10", url])
-        .output()
-        .expect("curl")
-}
-
-fn status_u64(agent: &Agent, field: &str) -> u64 {
-    agent.status().expect("status")[field]
-        .as_u64()
-        .unwrap_or(u64::MAX)
-}
-
-fn log_events(agent: &Agent, message: &str) -> Vec<Value> {
-    agent
-        .log_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == message)
-        .collect()
+    sluice_tests::curl(cg, &[url])
 }
 
 #[test]
@@ -87,12 +63,11 @@ fn curl_and_python_reach_a_virtual_address_only_the_agent_serves() {
         "hello from upstream\n"
     );
 
-    let py =
-        run_ok(
-            cg.command("python3")
-                .arg(client("http_get.py"))
-                .args([vip.as_str(), "8000", "/"]),
-        );
+    let py = run_ok(
+        cg.command("python3")
+            .arg(client_script("http_get.py"))
+            .args([vip.as_str(), "8000", "/"]),
+    );
     assert_eq!(py.trim(), "200 hello from upstream");
 
     // A slow request stays open long enough to see it live, with the caller's identity.
@@ -217,11 +192,11 @@ fn ipv6_loopback_and_v4_mapped_targets_are_intercepted() {
     );
     // A dual-stack socket dialling ::ffff:a.b.c.d goes through connect6 but is IPv4.
     let mapped = format!("::ffff:{vip}");
-    let py = run_ok(cg.command("python3").arg(client("http_get.py")).args([
-        mapped.as_str(),
-        "8000",
-        "/",
-    ]));
+    let py = run_ok(
+        cg.command("python3")
+            .arg(client_script("http_get.py"))
+            .args([mapped.as_str(), "8000", "/"]),
+    );
     assert_eq!(py.trim(), "200 hello from upstream");
     let events = log_events(&agent, "connection intercepted");
     let dsts: Vec<&str> = events
@@ -250,11 +225,11 @@ fn transfer_of_100_mb_both_ways_is_intact() {
             &format!("\"{}\"", echo.addr),
         ),
     ));
-    let out = run_ok(cg.command("python3").arg(client("transfer.py")).args([
-        vip.as_str(),
-        "9000",
-        &SIZE.to_string(),
-    ]));
+    let out = run_ok(
+        cg.command("python3")
+            .arg(client_script("transfer.py"))
+            .args([vip.as_str(), "9000", &SIZE.to_string()]),
+    );
     let r: Value = serde_json::from_str(out.trim()).expect("transfer.py json");
     assert_eq!(r["sent"].as_u64(), Some(SIZE));
     assert_eq!(r["received"].as_u64(), Some(SIZE));
@@ -291,12 +266,12 @@ fn many_concurrent_connections_all_succeed() {
             &format!("\"{}\"", echo.addr),
         ),
     ));
-    let out = run_ok(cg.command("python3").arg(client("concurrent.py")).args([
-        vip.as_str(),
-        "9000",
-        &N.to_string(),
-    ]));
-    let r: Value = serde_json::from_str(out.trim()).expect("concurrent.py json");
+    let out = run_ok(
+        cg.command("python3")
+            .arg(client_script("many_connections.py"))
+            .args([vip.as_str(), "9000", &N.to_string()]),
+    );
+    let r: Value = serde_json::from_str(out.trim()).expect("many_connections.py json");
     assert_eq!(r["ok"].as_u64(), Some(N), "{r}");
     assert_eq!(status_u64(&agent, "accepted_total"), N);
     assert_eq!(status_u64(&agent, "refused_unattributed"), 0);

@@ -122,6 +122,9 @@ pub fn run(with_test_tools: bool) -> Result<()> {
     if with_test_tools && on_debian {
         apt_install(&missing_packages(TEST_PACKAGES))?;
     }
+    if with_test_tools {
+        python_packages()?;
+    }
     let nightly_ready = toolchain_has_src("nightly") && have_bpf_linker();
     let linked_ready = toolchain_has_src(LINKED_TOOLCHAIN) && have_bpf_linker();
     if linked_ready || nightly_ready {
@@ -165,5 +168,35 @@ pub fn run(with_test_tools: bool) -> Result<()> {
         );
     }
     eprintln!("xtask setup: eBPF toolchain ready ({LINKED_TOOLCHAIN} + bpf-linker)");
+    Ok(())
+}
+
+/// Python packages the end-to-end tests drive as real clients.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("openai", "openai")];
+
+fn python_packages() -> Result<()> {
+    for (module, package) in PYTHON_PACKAGES {
+        if succeeds(Command::new("python3").args(["-c", &format!("import {module}")])) {
+            continue;
+        }
+        eprintln!("xtask setup: installing the Python package {package}");
+        let plain =
+            succeeds(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]));
+        // Debian's own python3 refuses user installs without this flag (PEP 668).
+        if !plain
+            && !succeeds(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--break-system-packages",
+                package,
+            ]))
+        {
+            bail!(
+                "could not install the Python package {package} (python3 -m pip install {package})"
+            );
+        }
+    }
     Ok(())
 }

@@ -120,7 +120,7 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
                     .map(|a| crate::config::endpoint_canonical(a.ip()))
                     .collect::<BTreeSet<_>>(),
                 Err(e) => {
-                    tracing::warn!(target = %target.name, host, error = %e, "resolving target failed; keeping previous addresses");
+                    tracing::warn!(target_name = %target.name, host, error = %e, "resolving target failed; keeping previous addresses");
                     continue;
                 }
             };
@@ -138,11 +138,11 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
             }
             match apply(&maps, &add, &del) {
                 Ok(()) => {
-                    tracing::info!(target = %target.name, host, addresses = ?resolved, "target addresses updated");
+                    tracing::info!(target_name = %target.name, host, addresses = ?resolved, "target addresses updated");
                     current.insert(*id, resolved);
                 }
                 Err(e) => {
-                    tracing::error!(target = %target.name, error = %e, "updating target map failed")
+                    tracing::error!(target_name = %target.name, error = %e, "updating target map failed")
                 }
             }
         }

@@ -82,6 +82,7 @@ fn parent(p: &Params) -> Result<()> {
             server.addr
         ),
         listen_v6: true,
+        extra: String::new(),
     });
     let agent_pid = agent.child.as_ref().map(|c| c.id()).context("agent pid")?;
     std::thread::sleep(Duration::from_millis(300));
