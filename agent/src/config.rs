@@ -96,6 +96,10 @@ pub struct Config {
     /// Largest request head (request line + headers) accepted (431 beyond).
     #[serde(default = "default_max_header")]
     pub max_header_bytes: usize,
+    /// Runtime threads: 0 = one per CPU, 1 = a single thread (lowest latency: no
+    /// cross-thread wakeups), n = n worker threads.
+    #[serde(default)]
+    pub worker_threads: usize,
     pub targets: Vec<Target>,
 }
 

@@ -23,13 +23,25 @@ struct PathResult {
     upload_mb_s: f64,
 }
 
+#[derive(Serialize, Deserialize, Default)]
+struct HttpResult {
+    /// Non-streamed chat completion on a keep-alive connection.
+    chat_us: Vec<f64>,
+    /// Streamed chat completion: time to the first SSE chunk, and to the end.
+    ttfb_us: Vec<f64>,
+    stream_total_us: Vec<f64>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Results {
     intercepted: PathResult,
     direct: PathResult,
+    http_intercepted: HttpResult,
+    http_direct: HttpResult,
 }
 
 struct Params {
+    workers: usize,
     setups: usize,
     requests: usize,
     bulk_mb: usize,
@@ -41,6 +53,7 @@ fn main() -> Result<()> {
         let via: SocketAddr = args.get(2).context("client VIA")?.parse()?;
         let direct: SocketAddr = args.get(3).context("client DIRECT")?.parse()?;
         let p = Params {
+            workers: 0,
             setups: args.get(4).context("setups")?.parse()?,
             requests: args.get(5).context("requests")?.parse()?,
             bulk_mb: args.get(6).context("bulk")?.parse()?,
@@ -50,6 +63,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let mut p = Params {
+        workers: 0,
         setups: 1000,
         requests: 20000,
         bulk_mb: 512,
@@ -61,7 +75,10 @@ fn main() -> Result<()> {
             "--setups" => p.setups = val()?,
             "--requests" => p.requests = val()?,
             "--bulk-mb" => p.bulk_mb = val()?,
-            other => bail!("unknown argument {other}; use --setups N --requests N --bulk-mb N"),
+            "--workers" => p.workers = val()?,
+            other => bail!(
+                "unknown argument {other}; use --setups N --requests N --bulk-mb N --workers N"
+            ),
         }
     }
     parent(&p)
@@ -78,11 +95,15 @@ fn parent(p: &Params) -> Result<()> {
         cgroup: cg.rel.clone(),
         fail_mode: "open",
         targets: format!(
-            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: tcp\n",
+            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n",
             server.addr
         ),
         listen_v6: true,
-        extra: String::new(),
+        extra: format!(
+            "policies: [\"{}\"]\nworker_threads: {}\n",
+            sluice_tests::policies_dir().display(),
+            p.workers
+        ),
     });
     let agent_pid = agent.child.as_ref().map(|c| c.id()).context("agent pid")?;
     std::thread::sleep(Duration::from_millis(300));
@@ -108,6 +129,7 @@ fn parent(p: &Params) -> Result<()> {
     let busy_rss = rss_kib(agent_pid);
     let r: Results = serde_json::from_slice(&out.stdout)?;
     report(&r, p, idle_rss, busy_rss, &agent);
+    policy_cost(p.requests.max(10_000))?;
     Ok(())
 }
 
@@ -203,6 +225,44 @@ fn report(r: &Results, p: &Params, idle_rss: u64, busy_rss: u64, agent: &Agent) 
         i.upload_mb_s,
         d.upload_mb_s,
         i.upload_mb_s / d.upload_mb_s
+    );
+    let (hi, hd) = (&r.http_intercepted, &r.http_direct);
+    println!("\nHTTP-aware interception (protocol: http, shipped policy packs, OpenAI adapter)");
+    row(
+        "chat completion (keep-alive) p50",
+        pct(&hi.chat_us, 0.5),
+        pct(&hd.chat_us, 0.5),
+        "µs",
+    );
+    row(
+        "chat completion (keep-alive) p99",
+        pct(&hi.chat_us, 0.99),
+        pct(&hd.chat_us, 0.99),
+        "µs",
+    );
+    row(
+        "stream time to first chunk p50",
+        pct(&hi.ttfb_us, 0.5),
+        pct(&hd.ttfb_us, 0.5),
+        "µs",
+    );
+    row(
+        "stream time to first chunk p99",
+        pct(&hi.ttfb_us, 0.99),
+        pct(&hd.ttfb_us, 0.99),
+        "µs",
+    );
+    row(
+        "stream complete p50",
+        pct(&hi.stream_total_us, 0.5),
+        pct(&hd.stream_total_us, 0.5),
+        "µs",
+    );
+    row(
+        "stream complete p99",
+        pct(&hi.stream_total_us, 0.99),
+        pct(&hd.stream_total_us, 0.99),
+        "µs",
     );
     println!(
         "\nagent RSS: {:.1} MiB idle, {:.1} MiB after the run",
@@ -313,6 +373,8 @@ fn client(via: SocketAddr, direct: SocketAddr, p: &Params) -> Result<Results> {
     let mut r = Results {
         intercepted: PathResult::default(),
         direct: PathResult::default(),
+        http_intercepted: HttpResult::default(),
+        http_direct: HttpResult::default(),
     };
     const BLOCK: usize = 100;
     for round in 0..p.setups.div_ceil(BLOCK) {
@@ -332,5 +394,114 @@ fn client(via: SocketAddr, direct: SocketAddr, p: &Params) -> Result<Results> {
     }
     bulk(via, p.bulk_mb, &mut r.intercepted)?;
     bulk(direct, p.bulk_mb, &mut r.direct)?;
+    let via_http = SocketAddr::new(via.ip(), via.port() + 1);
+    for round in 0..p.requests.div_ceil(REQ_BLOCK) {
+        let n = REQ_BLOCK.min(p.requests - round * REQ_BLOCK);
+        chats(via_http, n, &mut r.http_intercepted)?;
+        chats(direct, n, &mut r.http_direct)?;
+    }
     Ok(r)
+}
+
+const CHAT: &str = r#"{"model":"test-model","messages":[{"role":"user","content":"hello"}]}"#;
+const CHAT_STREAM: &str =
+    r#"{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+
+fn post(w: &mut TcpStream, body: &str) -> Result<()> {
+    write!(
+        w,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
+}
+
+/// Reads a chunked response; returns (time of the first data chunk, time of the end).
+fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<(Instant, Instant)> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("closed in headers");
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut first = None;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let n = usize::from_str_radix(line.trim(), 16)?;
+        if n == 0 {
+            line.clear();
+            r.read_line(&mut line)?;
+            return Ok((first.unwrap_or_else(Instant::now), Instant::now()));
+        }
+        let mut buf = vec![0u8; n + 2];
+        r.read_exact(&mut buf)?;
+        first.get_or_insert_with(Instant::now);
+    }
+}
+
+fn chats(addr: SocketAddr, n: usize, out: &mut HttpResult) -> Result<()> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    for _ in 0..50 {
+        post(&mut w, CHAT)?;
+        read_response(&mut r)?;
+    }
+    for _ in 0..n {
+        let t0 = Instant::now();
+        post(&mut w, CHAT)?;
+        read_response(&mut r)?;
+        out.chat_us.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    for _ in 0..n / 4 {
+        let t0 = Instant::now();
+        post(&mut w, CHAT_STREAM)?;
+        let (first, end) = read_chunked(&mut r)?;
+        out.ttfb_us.push((first - t0).as_secs_f64() * 1e6);
+        out.stream_total_us.push((end - t0).as_secs_f64() * 1e6);
+    }
+    Ok(())
+}
+
+/// In-process cost of classifying and deciding one request against the shipped packs.
+fn policy_cost(n: usize) -> Result<()> {
+    use sluice::{
+        adapter::{Server, classify},
+        policy::{Action, Facts, load_paths},
+    };
+    let policy = load_paths(&[sluice_tests::policies_dir()])?;
+    let body: serde_json::Value = serde_json::from_str(CHAT)?;
+    let t0 = Instant::now();
+    let mut allowed = 0usize;
+    for _ in 0..n {
+        let op = classify(Server::Openai, "POST", "/v1/chat/completions", Some(&body));
+        let d = policy.evaluate(&Facts {
+            target: "bench-http",
+            server: Server::Openai,
+            method: "POST",
+            path: "/v1/chat/completions",
+            operation: &op,
+            body: Some(&body),
+            default: Action::Deny,
+        });
+        allowed += usize::from(d.action() == Action::Allow);
+    }
+    let per = t0.elapsed().as_secs_f64() * 1e9 / n as f64;
+    let parse_t0 = Instant::now();
+    for _ in 0..n {
+        let v: serde_json::Value = serde_json::from_str(CHAT)?;
+        std::hint::black_box(v);
+    }
+    let parse = parse_t0.elapsed().as_secs_f64() * 1e9 / n as f64;
+    println!(
+        "policy decision (classify + evaluate, {} rules): {per:.0} ns/request; JSON body parse: {parse:.0} ns ({allowed}/{n} allowed)",
+        policy.rule_count()
+    );
+    Ok(())
 }
