@@ -458,3 +458,57 @@ fn hot_reload_applies_good_policies_and_keeps_the_old_one_on_a_broken_file() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = TcpStream::connect(server.addr);
 }
+
+#[test]
+fn grpc_over_h2c_passes_and_is_refused_with_a_grpc_status() {
+    if !require_root("grpc_over_h2c_passes_and_is_refused_with_a_grpc_status") {
+        return;
+    }
+    // A real grpcio server, outside the cgroup.
+    let mut grpc_server = std::process::Command::new("python3")
+        .arg(client_script("grpc_echo.py"))
+        .arg("serve")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("grpc server");
+    let mut port = String::new();
+    {
+        use std::io::BufRead as _;
+        let out = grpc_server.stdout.take().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut port)
+            .expect("port");
+    }
+    let upstream = format!("127.0.0.1:{}", port.trim());
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("grpc");
+    let agent = start(
+        &cg,
+        format!(
+            "  - name: triton\n    match: \"{vip}:8000\"\n    upstream: \"{upstream}\"\n    protocol: http\n    server: triton\n"
+        ),
+        &[&policies_dir().join("triton-safe")],
+        "",
+    );
+    let call = |method: &str| -> Value {
+        let out = run_ok(
+            cg.command("python3")
+                .arg(client_script("grpc_echo.py"))
+                .args(["call", &format!("{vip}:8000"), method]),
+        );
+        serde_json::from_str(out.trim()).expect("grpc_echo json")
+    };
+    let ok = call("/inference.GRPCInferenceService/ModelInfer");
+    assert_eq!(ok["ok"], true, "{ok}\n{}", agent.log_text());
+    assert_eq!(ok["echoed"], true);
+    let denied = call("/inference.GRPCInferenceService/RepositoryModelLoad");
+    assert_eq!(denied["code"], "PERMISSION_DENIED", "{denied}");
+    assert!(
+        denied["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("triton-deny-control")),
+        "{denied}"
+    );
+    let _ = grpc_server.kill();
+    let _ = grpc_server.wait();
+}

@@ -172,7 +172,7 @@ pub fn run(with_test_tools: bool) -> Result<()> {
 }
 
 /// Python packages the end-to-end tests drive as real clients.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("openai", "openai")];
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("openai", "openai"), ("grpc", "grpcio")];
 
 fn python_packages() -> Result<()> {
     for (module, package) in PYTHON_PACKAGES {
