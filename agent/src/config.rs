@@ -153,7 +153,8 @@ impl Config {
         let mut cfg = Self::parse(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in &mut cfg.policies {
-            if p.is_relative() {
+            let builtin = p.to_str().is_some_and(|s| s.starts_with("builtin:"));
+            if p.is_relative() && !builtin {
                 *p = base.join(&*p);
             }
         }

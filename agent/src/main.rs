@@ -89,6 +89,13 @@ enum PolicyCommand {
         /// The target's default action.
         #[arg(long, value_enum, default_value = "deny")]
         default: ActionArg,
+        /// The calling workload's uid (with --comm/--exe: workload matchers apply).
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long)]
+        comm: Option<String>,
+        #[arg(long)]
+        exe: Option<String>,
     },
 }
 
@@ -189,6 +196,10 @@ fn main() -> ExitCode {
         Command::Policy { command } => policy_command(command),
         Command::CheckConfig { config } => match load(Some(config)) {
             Ok(cfg) => {
+                if let Err(e) = sluice::policy::load_paths(&cfg.policies) {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
                 for t in &cfg.targets {
                     let up: Vec<String> = t.upstream.iter().map(ToString::to_string).collect();
                     let up = if up.is_empty() {
@@ -196,7 +207,16 @@ fn main() -> ExitCode {
                     } else {
                         up.join(", ")
                     };
-                    println!("{:<24} {:<28} -> {up}", t.name, t.matches.to_string());
+                    let proto = match t.protocol {
+                        sluice::config::Protocol::Tcp => "tcp".to_string(),
+                        sluice::config::Protocol::Http => format!("http/{}", t.server),
+                    };
+                    println!(
+                        "{:<24} {:<28} {:<16} -> {up}",
+                        t.name,
+                        t.matches.to_string(),
+                        proto
+                    );
                 }
                 ExitCode::SUCCESS
             }
@@ -272,6 +292,9 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
             server,
             target,
             default,
+            uid,
+            comm,
+            exe,
         } => {
             let p = match load(&paths) {
                 Ok(p) => p,
@@ -298,6 +321,17 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 ActionArg::Allow => Action::Allow,
                 ActionArg::Deny => Action::Deny,
             };
+            let workload = (uid.is_some() || comm.is_some() || exe.is_some()).then(|| {
+                sluice::workload::Workload {
+                    pid: 0,
+                    tgid: 0,
+                    uid: uid.unwrap_or(0),
+                    gid: 0,
+                    cgroup_id: 0,
+                    comm: comm.unwrap_or_default(),
+                    exe,
+                }
+            });
             let method = method.to_ascii_uppercase();
             let op = adapter::classify(server, &method, &path, body.as_ref());
             let d = p.evaluate(&Facts {
@@ -308,6 +342,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 operation: &op,
                 body: body.as_ref(),
                 default,
+                workload: workload.as_ref(),
             });
             println!("request:   {method} {path} on {target} ({server})");
             println!(

@@ -64,6 +64,7 @@ pub async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<
             operation: &op,
             body: json.as_ref(),
             default: target.default,
+            workload: Some(&conn.workload),
         });
         Ok::<_, Refusal>((op, decision, body))
     }

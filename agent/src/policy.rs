@@ -35,6 +35,8 @@ pub enum Error {
         rule: String,
         message: String,
     },
+    #[error("no built-in pack {name:?}; built-in packs: {known}")]
+    UnknownBuiltin { name: String, known: String },
     #[error("{path}: no pack.yaml here or in its subdirectories")]
     Empty { path: PathBuf },
 }

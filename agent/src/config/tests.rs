@@ -13,6 +13,8 @@ fn builtin_default_is_valid() {
             .any(|t| t.matches.to_string() == "127.0.0.0/8:11434")
     );
     assert_eq!(cfg.fail_mode, FailMode::Closed);
+    let policy = crate::policy::load_paths(&cfg.policies).expect("built-in packs load");
+    assert!(policy.packs.contains(&"ollama-safe".to_string()));
 }
 
 #[test]

@@ -20,7 +20,23 @@ pub struct Case {
     #[serde(default)]
     pub default: Action,
     pub request: CaseRequest,
+    /// The calling workload, if the case is about one.
+    #[serde(default)]
+    pub workload: Option<CaseWorkload>,
     pub expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseWorkload {
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub comm: String,
+    #[serde(default)]
+    pub exe: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +116,15 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         &case.request.path,
         case.request.body.as_ref(),
     );
+    let workload = case.workload.as_ref().map(|w| crate::workload::Workload {
+        pid: 0,
+        tgid: 0,
+        uid: w.uid,
+        gid: w.gid,
+        cgroup_id: 0,
+        comm: w.comm.clone(),
+        exe: w.exe.clone(),
+    });
     let decision = policy.evaluate(&Facts {
         target: &case.target,
         server: case.server,
@@ -108,6 +133,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         operation: &op,
         body: case.request.body.as_ref(),
         default: case.default,
+        workload: workload.as_ref(),
     });
     let got_rules = decision.rule_ids();
     if decision.action() != case.expect.decision || got_rules != case.expect.rules {

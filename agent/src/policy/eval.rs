@@ -15,6 +15,8 @@ pub struct Facts<'a> {
     pub body: Option<&'a serde_json::Value>,
     /// The target's action when no rule matches.
     pub default: Action,
+    /// The calling workload; rules with workload matchers never match without one.
+    pub workload: Option<&'a crate::workload::Workload>,
 }
 
 /// Proof that the policy allowed a request; the upstream stage only takes one of these.
@@ -119,5 +121,24 @@ impl Rule {
                 .body
                 .iter()
                 .all(|(ptr, want)| f.body.and_then(|b| b.pointer(ptr)) == Some(want))
+            && self.matches_workload(f.workload)
+    }
+
+    fn matches_workload(&self, w: Option<&crate::workload::Workload>) -> bool {
+        let constrained = !self.uids.is_empty()
+            || !self.gids.is_empty()
+            || self.comms.is_some()
+            || self.exes.is_some();
+        if !constrained {
+            return true;
+        }
+        let Some(w) = w else { return false };
+        (self.uids.is_empty() || self.uids.contains(&w.uid))
+            && (self.gids.is_empty() || self.gids.contains(&w.gid))
+            && self.comms.as_ref().is_none_or(|g| g.is_match(&w.comm))
+            && self
+                .exes
+                .as_ref()
+                .is_none_or(|g| w.exe.as_deref().is_some_and(|e| g.is_match(e)))
     }
 }

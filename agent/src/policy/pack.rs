@@ -93,6 +93,24 @@ struct MatchSpec {
     body: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     streaming: Option<bool>,
+    /// Who is calling, as the kernel saw it at connect() time.
+    #[serde(default)]
+    workload: WorkloadSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WorkloadSpec {
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    gids: Vec<u32>,
+    /// Process names (the kernel's 15-character comm), globs.
+    #[serde(default)]
+    comms: Vec<String>,
+    /// Executable paths, globs (`*` stops at `/`).
+    #[serde(default)]
+    exes: Vec<String>,
 }
 
 /// One compiled rule. Empty matchers match anything.
@@ -112,6 +130,10 @@ pub struct Rule {
     pub(super) paths: Option<GlobSet>,
     pub(super) body: Vec<(String, serde_json::Value)>,
     pub(super) streaming: Option<bool>,
+    pub(super) uids: Vec<u32>,
+    pub(super) gids: Vec<u32>,
+    pub(super) comms: Option<GlobSet>,
+    pub(super) exes: Option<GlobSet>,
 }
 
 /// Every loaded rule, in file order.
@@ -127,12 +149,54 @@ impl Policy {
     }
 }
 
-/// Loads every pack under `paths`: a pack file, a pack directory (with `pack.yaml`), or a
-/// directory of pack directories.
+/// The shipped packs, compiled in so the built-in configuration can use them wherever the
+/// binary runs: name them as `builtin:<pack>` in `policies:`.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "ollama-safe",
+        include_str!("../../../policies/ollama-safe/pack.yaml"),
+    ),
+    (
+        "openai-safe",
+        include_str!("../../../policies/openai-safe/pack.yaml"),
+    ),
+    (
+        "vllm-safe",
+        include_str!("../../../policies/vllm-safe/pack.yaml"),
+    ),
+    (
+        "llamacpp-safe",
+        include_str!("../../../policies/llamacpp-safe/pack.yaml"),
+    ),
+    (
+        "tgi-safe",
+        include_str!("../../../policies/tgi-safe/pack.yaml"),
+    ),
+    (
+        "triton-safe",
+        include_str!("../../../policies/triton-safe/pack.yaml"),
+    ),
+];
+
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// Loads every pack under `paths`: a pack file, a pack directory (with `pack.yaml`), a
+/// directory of pack directories, or `builtin:<pack>`.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Policy, Error> {
     let mut policy = Policy::default();
     let mut ids = HashSet::new();
     for p in paths {
+        if let Some(name) = p.to_str().and_then(|s| s.strip_prefix(BUILTIN_PREFIX)) {
+            let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name) else {
+                let known: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+                return Err(Error::UnknownBuiltin {
+                    name: name.to_string(),
+                    known: known.join(", "),
+                });
+            };
+            parse(text, p, &mut policy, &mut ids)?;
+            continue;
+        }
         for file in pack_files(p)? {
             load_file(&file, &mut policy, &mut ids)?;
         }
@@ -172,7 +236,17 @@ fn load_file(path: &Path, policy: &mut Policy, ids: &mut HashSet<String>) -> Res
         path: path.to_path_buf(),
         source,
     })?;
-    let file: PackFile = serde_norway::from_str(&text).map_err(|e| {
+    parse(&text, path, policy, ids)
+}
+
+/// Parses one pack; `path` names it in errors.
+fn parse(
+    text: &str,
+    path: &Path,
+    policy: &mut Policy,
+    ids: &mut HashSet<String>,
+) -> Result<(), Error> {
+    let file: PackFile = serde_norway::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         let msg = e.to_string();
         let message = msg
@@ -223,6 +297,10 @@ fn load_file(path: &Path, policy: &mut Policy, ids: &mut HashSet<String>) -> Res
             paths: globs(&w.paths, true).map_err(&invalid)?,
             body: w.body.into_iter().collect(),
             streaming: w.streaming,
+            uids: w.workload.uids,
+            gids: w.workload.gids,
+            comms: globs(&w.workload.comms, false).map_err(&invalid)?,
+            exes: globs(&w.workload.exes, true).map_err(&invalid)?,
         };
         policy.rules.push(rule);
     }

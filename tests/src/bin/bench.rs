@@ -489,6 +489,7 @@ fn policy_cost(n: usize) -> Result<()> {
             operation: &op,
             body: Some(&body),
             default: Action::Deny,
+            workload: None,
         });
         allowed += usize::from(d.action() == Action::Allow);
     }
