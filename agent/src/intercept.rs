@@ -27,7 +27,7 @@ mod loader;
 pub mod orig_dst;
 pub mod targets;
 
-pub use loader::{Loaded, detach_pinned, pinned_links, probe_load};
+pub use loader::{Loaded, detach_pinned, pinned_links, probe_load, remove_pin_dir};
 
 use crate::config::{Config, FailMode};
 
@@ -125,6 +125,7 @@ impl Interceptor {
             FailMode::Open => {
                 drop(self.loaded);
                 detach_pinned(&self.pin_dir)?;
+                remove_pin_dir(&self.pin_dir);
                 tracing::info!("fail_mode open: programs detached; target connections go direct");
                 Ok(())
             }

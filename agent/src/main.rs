@@ -184,6 +184,7 @@ fn main() -> ExitCode {
             };
             match intercept::detach_pinned(&cfg.pin_dir) {
                 Ok(n) => {
+                    intercept::remove_pin_dir(&cfg.pin_dir);
                     println!("detached {n} pinned link(s) from {}", cfg.pin_dir.display());
                     ExitCode::SUCCESS
                 }

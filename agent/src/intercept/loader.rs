@@ -165,6 +165,13 @@ pub fn detach_pinned(pin_dir: &Path) -> Result<usize, Error> {
     Ok(n)
 }
 
+/// Removes the pin directory once it is empty (after a final detach).
+pub fn remove_pin_dir(pin_dir: &Path) {
+    if pinned_links(pin_dir).is_empty() {
+        let _ = fs::remove_dir(pin_dir);
+    }
+}
+
 /// Pinned link files present in `pin_dir`.
 pub fn pinned_links(pin_dir: &Path) -> Vec<PathBuf> {
     PROGRAMS
