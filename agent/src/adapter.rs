@@ -65,9 +65,10 @@ pub fn classify(
     let tables: &[&[Route]] = match server {
         Server::Openai => &[openai::ROUTES],
         Server::Anthropic => &[anthropic::ROUTES],
-        Server::Ollama => &[ollama::ROUTES, ollama::OPENAI_COMPAT],
+        // Ollama and TGI also serve the OpenAI (and, for Ollama, Anthropic) API under /v1.
+        Server::Ollama => &[ollama::ROUTES, openai::ROUTES, anthropic::ROUTES],
         Server::Vllm => &[vllm::ROUTES, openai::ROUTES],
-        Server::Tgi => &[tgi::ROUTES, tgi::OPENAI_COMPAT],
+        Server::Tgi => &[tgi::ROUTES, openai::ROUTES],
         Server::Triton => &[triton::ROUTES],
         Server::LlamaCpp => &[llamacpp::ROUTES, openai::ROUTES],
     };
@@ -90,23 +91,23 @@ pub fn classify(
     op
 }
 
+/// The kebab-case name serde uses, so logs, CLI and policy files spell values alike.
+fn serde_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 impl fmt::Display for OpClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 
 impl fmt::Display for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 

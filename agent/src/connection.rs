@@ -6,7 +6,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::{ConnInfo, Table, table::WorkloadInfo},
+    admin::{ConnInfo, Table},
     config::{Protocol, Target},
     forward, http,
     intercept::{Maps, orig_dst},
@@ -60,7 +60,7 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
         client: peer,
         original_dst: orig,
         upstream: None,
-        workload: WorkloadInfo::from(&workload),
+        workload: workload.clone(),
         started_unix_ms: 0,
     });
     let _ = client.set_nodelay(true);

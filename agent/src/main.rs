@@ -82,13 +82,14 @@ enum PolicyCommand {
         /// JSON request body.
         #[arg(long)]
         body: Option<String>,
-        #[arg(long, value_enum, default_value = "openai")]
-        server: ServerArg,
+        /// openai, anthropic, ollama, vllm, tgi, triton or llama-cpp.
+        #[arg(long, default_value = "openai", value_parser = serde_arg::<sluice::adapter::Server>)]
+        server: sluice::adapter::Server,
         #[arg(long, default_value = "default")]
         target: String,
-        /// The target's default action.
-        #[arg(long, value_enum, default_value = "deny")]
-        default: ActionArg,
+        /// The target's default action: allow or deny.
+        #[arg(long, default_value = "deny", value_parser = serde_arg::<sluice::policy::Action>)]
+        default: sluice::policy::Action,
         /// The calling workload's uid (with --comm/--exe: workload matchers apply).
         #[arg(long)]
         uid: Option<u32>,
@@ -99,21 +100,10 @@ enum PolicyCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ServerArg {
-    Openai,
-    Anthropic,
-    Ollama,
-    Vllm,
-    Tgi,
-    Triton,
-    LlamaCpp,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ActionArg {
-    Allow,
-    Deny,
+/// Parses a CLI value with the type's serde names, so the CLI spells values as policy
+/// files do.
+fn serde_arg<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -228,8 +218,8 @@ fn main() -> ExitCode {
 
 fn policy_command(cmd: PolicyCommand) -> ExitCode {
     use sluice::{
-        adapter::{self, Server},
-        policy::{self, Action, Facts},
+        adapter,
+        policy::{self, Facts},
     };
     let load = |paths: &[PathBuf]| {
         policy::load_paths(paths).map_err(|e| {
@@ -309,19 +299,6 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-            let server = match server {
-                ServerArg::Openai => Server::Openai,
-                ServerArg::Anthropic => Server::Anthropic,
-                ServerArg::Ollama => Server::Ollama,
-                ServerArg::Vllm => Server::Vllm,
-                ServerArg::Tgi => Server::Tgi,
-                ServerArg::Triton => Server::Triton,
-                ServerArg::LlamaCpp => Server::LlamaCpp,
-            };
-            let default = match default {
-                ActionArg::Allow => Action::Allow,
-                ActionArg::Deny => Action::Deny,
-            };
             let workload = (uid.is_some() || comm.is_some() || exe.is_some()).then(|| {
                 sluice::workload::Workload {
                     pid: 0,

@@ -1,9 +1,9 @@
 //! Who made a connection: the identity the connect hook captured, plus the executable read
 //! from /proc at accept time.
 use agent_common::ConnMeta;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Workload {
     /// Kernel thread id that called connect().
     pub pid: u32,

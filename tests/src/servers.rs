@@ -76,7 +76,9 @@ pub fn echo(bind: &str) -> Server {
 
 fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let mut w = stream.try_clone()?;
+    // Buffered and flushed once per message, as real servers write: `write!` on a raw socket
+    // would send every formatted piece as its own packet.
+    let mut w = io::BufWriter::with_capacity(64 * 1024, stream.try_clone()?);
     let mut r = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -162,7 +164,7 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
 
 /// A minimal OpenAI / Ollama-compatible API: enough for real SDKs to talk to it.
 fn model_api(
-    w: &mut TcpStream,
+    w: &mut Out,
     method: &str,
     path: &str,
     body: &[u8],
@@ -177,7 +179,7 @@ fn model_api(
         .and_then(|m| m["content"].as_str())
         .unwrap_or("")
         .to_string();
-    let json = |w: &mut TcpStream, status: &str, v: serde_json::Value| {
+    let json = |w: &mut Out, status: &str, v: serde_json::Value| {
         let b = v.to_string();
         write!(
             w,
@@ -272,7 +274,9 @@ fn model_api(
     }
 }
 
-fn chunk(w: &mut TcpStream, data: &str) -> io::Result<()> {
+type Out = io::BufWriter<TcpStream>;
+
+fn chunk(w: &mut Out, data: &str) -> io::Result<()> {
     write!(w, "{:x}\r\n{data}\r\n", data.len())?;
     w.flush()
 }

@@ -57,30 +57,3 @@ pub const ROUTES: &[Route] = &[
     r("tgi.health", GET, "/health", Health, M::None, S::Never),
     r("tgi.metrics", GET, "/metrics", Health, M::None, S::Never),
 ];
-
-pub const OPENAI_COMPAT: &[Route] = &[
-    r(
-        "openai.chat.completions",
-        POST,
-        "/v1/chat/completions",
-        Inference,
-        M::Body("model"),
-        S::Body("stream", false),
-    ),
-    r(
-        "openai.completions",
-        POST,
-        "/v1/completions",
-        Inference,
-        M::Body("model"),
-        S::Body("stream", false),
-    ),
-    r(
-        "openai.models",
-        GET,
-        "/v1/models",
-        Listing,
-        M::None,
-        S::Never,
-    ),
-];

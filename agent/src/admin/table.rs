@@ -23,34 +23,8 @@ pub struct ConnInfo {
     /// What the client dialled.
     pub original_dst: SocketAddr,
     pub upstream: Option<SocketAddr>,
-    pub workload: WorkloadInfo,
+    pub workload: Workload,
     pub started_unix_ms: u64,
-}
-
-/// Serialisable mirror of `Workload` (kept separate so the wire format is explicit).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkloadInfo {
-    pub pid: u32,
-    pub tgid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub cgroup_id: u64,
-    pub comm: String,
-    pub exe: Option<String>,
-}
-
-impl From<&Workload> for WorkloadInfo {
-    fn from(w: &Workload) -> Self {
-        WorkloadInfo {
-            pid: w.pid,
-            tgid: w.tgid,
-            uid: w.uid,
-            gid: w.gid,
-            cgroup_id: w.cgroup_id,
-            comm: w.comm.clone(),
-            exe: w.exe.clone(),
-        }
-    }
 }
 
 #[derive(Default)]

@@ -10,7 +10,7 @@ use std::{
 use agent_common::{Settings, names};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray, lpm_trie::LpmTrie},
+    maps::Array,
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
@@ -51,32 +51,16 @@ pub(super) fn load(settings: Settings) -> Result<(Loaded, Maps), Error> {
         Ok(logger) => spawn_logger(logger),
         Err(e) => tracing::warn!(error = %e, "eBPF log forwarding unavailable"),
     }
-    let mut settings_map: Array<_, Settings> = Array::try_from(take(&mut ebpf, names::SETTINGS)?)
-        .map_err(|source| Error::Map {
-        name: names::SETTINGS,
-        source,
-    })?;
+    let mut settings_map: Array<_, Settings> = take(&mut ebpf, names::SETTINGS)?;
     settings_map
         .set(0, settings, 0)
         .map_err(|source| Error::Map {
             name: names::SETTINGS,
             source,
         })?;
-    let targets =
-        LpmTrie::try_from(take(&mut ebpf, names::TARGETS)?).map_err(|source| Error::Map {
-            name: names::TARGETS,
-            source,
-        })?;
-    let by_peer =
-        HashMap::try_from(take(&mut ebpf, names::BY_PEER)?).map_err(|source| Error::Map {
-            name: names::BY_PEER,
-            source,
-        })?;
-    let stats =
-        PerCpuArray::try_from(take(&mut ebpf, names::STATS)?).map_err(|source| Error::Map {
-            name: names::STATS,
-            source,
-        })?;
+    let targets = take(&mut ebpf, names::TARGETS)?;
+    let by_peer = take(&mut ebpf, names::BY_PEER)?;
+    let stats = take(&mut ebpf, names::STATS)?;
     Ok((
         Loaded {
             ebpf,
@@ -98,13 +82,18 @@ fn open_object() -> Result<Ebpf, Error> {
     Ok(aya::EbpfLoader::new().btf(None).load(OBJECT)?)
 }
 
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error> {
-    ebpf.take_map(name).ok_or(Error::Map {
+/// Takes a map out of the object as its typed handle.
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::Map {
         name,
         source: aya::maps::MapError::InvalidName {
             name: name.to_string(),
         },
-    })
+    })?;
+    T::try_from(map).map_err(|source| Error::Map { name, source })
 }
 
 /// Attaches all programs to `cgroup_dir`, then swaps them in for whatever an earlier agent
