@@ -13,6 +13,9 @@ pub mod names {
     pub const CONNECT6: &str = "sluice_connect6";
     pub const SOCKOPS: &str = "sluice_sockops";
     pub const SOCK_RELEASE: &str = "sluice_sock_release";
+    pub const GETPEERNAME4: &str = "sluice_getpeername4";
+    pub const GETPEERNAME6: &str = "sluice_getpeername6";
+    pub const ORIG_DST: &str = "ORIG_DST";
 }
 
 /// Bounds of the maps. PENDING and BY_PEER are LRU: an entry whose connection never reached
@@ -90,6 +93,16 @@ pub struct ConnMeta {
     pub comm: [u8; 16],
 }
 
+/// The destination a redirected socket dialled, for getpeername() on the client side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Network order, IPv4 mapped into IPv6.
+    pub addr: [u8; 16],
+    /// Network order, as in `bpf_sock_addr.user_port`.
+    pub port: u32,
+}
+
 /// The client's own (address, port): the peer address of the socket the agent accepts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -132,4 +145,5 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::ConnMeta {}
     unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::OrigDst {}
 }

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use crate::maps::{PENDING, TARGETS, count, settings};
+use crate::maps::{ORIG_DST, PENDING, TARGETS, count, settings};
 
 const SOCK_STREAM: u32 = 1;
 /// cgroup/connect return value that lets connect() proceed.
@@ -171,6 +171,14 @@ fn remember(ctx: &SockAddrContext, addr: [u8; 16], port_net: u16, family: u16, t
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
+    let _ = ORIG_DST.insert(
+        &cookie,
+        &agent_common::OrigDst {
+            addr,
+            port: u32::from(port_net),
+        },
+        0,
+    );
     if PENDING.insert(&cookie, &meta, 0).is_err() {
         count(stat::META_STORE_FAILED);
         warn!(
@@ -178,4 +186,52 @@ fn remember(ctx: &SockAddrContext, addr: [u8; 16], port_net: u16, family: u16, t
             "sluice: could not store metadata for socket {}; the agent will refuse it", cookie
         );
     }
+}
+
+/// getpeername() on a redirected socket returns the address the client dialled, not the
+/// listener: clients that check or log their peer see nothing of Sluice.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(orig) = unsafe { ORIG_DST.get(&cookie) } {
+        let a = orig.addr;
+        let sa = ctx.sock_addr;
+        unsafe {
+            write_volatile(
+                addr_of_mut!((*sa).user_ip4),
+                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            );
+            write_volatile(addr_of_mut!((*sa).user_port), orig.port);
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(orig) = unsafe { ORIG_DST.get(&cookie) } {
+        let a = orig.addr;
+        let sa = ctx.sock_addr;
+        unsafe {
+            write_volatile(
+                addr_of_mut!((*sa).user_ip6[0]),
+                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            );
+            write_volatile(
+                addr_of_mut!((*sa).user_ip6[1]),
+                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            );
+            write_volatile(
+                addr_of_mut!((*sa).user_ip6[2]),
+                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            );
+            write_volatile(
+                addr_of_mut!((*sa).user_ip6[3]),
+                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            );
+            write_volatile(addr_of_mut!((*sa).user_port), orig.port);
+        }
+    }
+    ALLOW
 }

@@ -1,6 +1,6 @@
 //! Maps shared by the hooks. Each is written by one side only, named in its doc.
 use agent_common::{
-    ConnMeta, MAX_PENDING, MAX_TARGETS, PeerKey, Settings, TargetKey, TargetValue, stat,
+    ConnMeta, MAX_PENDING, MAX_TARGETS, OrigDst, PeerKey, Settings, TargetKey, TargetValue, stat,
 };
 use aya_ebpf::{
     macros::map,
@@ -22,6 +22,11 @@ pub static PENDING: LruHashMap<u64, ConnMeta> = LruHashMap::with_max_entries(MAX
 /// Written by sock_ops, keyed by the client's (address, port); read and deleted by the agent.
 #[map(name = "BY_PEER")]
 pub static BY_PEER: LruHashMap<PeerKey, ConnMeta> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Written by connect4/6, keyed by socket cookie; read by getpeername4/6 so a redirected
+/// client still sees the address it dialled; deleted by sock_release.
+#[map(name = "ORIG_DST")]
+pub static ORIG_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

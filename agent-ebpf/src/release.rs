@@ -1,6 +1,6 @@
-//! cgroup/sock_release: a socket that was redirected but never reached TCP_CONNECT_CB
-//! (connect failed early, socket closed first) would leave its PENDING entry until LRU
-//! eviction; drop it as soon as the socket goes away. BY_PEER entries are *not* removed here:
+//! cgroup/sock_release: drop the per-socket entries of a socket that goes away: its
+//! ORIG_DST (kept for getpeername) and, if it never reached TCP_CONNECT_CB (connect failed
+//! early, socket closed first), its PENDING entry. BY_PEER entries are *not* removed here:
 //! a client may close right after sending, before the agent accepts, and the agent still
 //! needs to attribute that connection to deliver its bytes.
 use aya_ebpf::{
@@ -8,11 +8,12 @@ use aya_ebpf::{
     programs::SockContext,
 };
 
-use crate::maps::PENDING;
+use crate::maps::{ORIG_DST, PENDING};
 
 #[cgroup_sock(sock_release)]
 pub fn sluice_sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = PENDING.remove(&cookie);
+    let _ = ORIG_DST.remove(&cookie);
     1
 }

@@ -198,6 +198,24 @@ fn ipv6_loopback_and_v4_mapped_targets_are_intercepted() {
             .args([mapped.as_str(), "8000", "/"]),
     );
     assert_eq!(py.trim(), "200 hello from upstream");
+    // getpeername() tells each client the address it dialled, not the listener.
+    for (host, port) in [
+        ("::1".to_string(), p6),
+        (vip.clone(), 8000),
+        (mapped.clone(), 8000),
+    ] {
+        let out = run_ok(
+            cg.command("python3")
+                .arg(client_script("peername.py"))
+                .args([host.as_str(), &port.to_string()]),
+        );
+        let peer: Value = serde_json::from_str(out.trim()).expect("peername json");
+        assert_eq!(
+            peer,
+            serde_json::json!([host, port]),
+            "getpeername for {host}:{port}"
+        );
+    }
     let events = log_events(&agent, "connection intercepted");
     let dsts: Vec<&str> = events
         .iter()
@@ -286,7 +304,9 @@ fn sorted_attachments(cg: &TestCgroup) -> Vec<String> {
 fn expected_attachments() -> Vec<String> {
     [
         "cgroup_inet4_connect",
+        "cgroup_inet4_getpeername",
         "cgroup_inet6_connect",
+        "cgroup_inet6_getpeername",
         "cgroup_inet_sock_release",
         "cgroup_sock_ops",
     ]

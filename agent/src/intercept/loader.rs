@@ -29,9 +29,11 @@ enum Kind {
 }
 
 /// Every program: pin file name inside the pin directory, program name, program type.
-const PROGRAMS: [(&str, &str, Kind); 4] = [
+const PROGRAMS: [(&str, &str, Kind); 6] = [
     ("connect4", names::CONNECT4, Kind::SockAddr),
     ("connect6", names::CONNECT6, Kind::SockAddr),
+    ("getpeername4", names::GETPEERNAME4, Kind::SockAddr),
+    ("getpeername6", names::GETPEERNAME6, Kind::SockAddr),
     ("sockops", names::SOCKOPS, Kind::SockOps),
     ("sock_release", names::SOCK_RELEASE, Kind::Sock),
 ];
