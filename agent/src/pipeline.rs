@@ -8,7 +8,7 @@
 //! | classify: adapter → operation | — | no |
 //! | decide: policy snapshot → Permit or Denial | — | 403 |
 //! | send: upstream with the Permit | URI, hop-by-hop headers | 502 |
-//! | record: one log line with the decision | — | no |
+//! | record: one log line when the response body ends (`record.rs`) | — | no |
 //!
 //! The policy snapshot is taken when the request starts, so a reload never changes the
 //! decision of a request in flight.
@@ -16,11 +16,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header, request::Parts};
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 
+mod record;
+
+use http_body_util::BodyExt as _;
+use record::{Record, Recorded};
+
 use crate::{
-    adapter::{self, Operation},
+    adapter,
     connection::{Conn, Ctx},
     policy::{Decision, Facts, Permit},
     respond::{self, Body, Refusal},
@@ -88,16 +93,16 @@ pub async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<
             (resp, Some(op), Some(Decision::Permit(p)))
         }
     };
-    record(
+    let rec = Record::new(
         conn,
         &method,
         &path,
-        op.as_ref(),
-        decision.as_ref(),
+        op,
+        decision,
         response.status(),
         started,
     );
-    response
+    response.map(|body| Recorded::wrap(body, rec).boxed())
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {
@@ -257,37 +262,4 @@ async fn send(
             conn.target
         ),
     ))
-}
-
-/// One line per request: who, what, which rules decided, how it ended. Never bodies, never
-/// query strings (they can carry keys).
-fn record(
-    conn: &Conn,
-    method: &str,
-    path: &str,
-    op: Option<&Operation>,
-    decision: Option<&Decision>,
-    status: StatusCode,
-    started: Instant,
-) {
-    let w = &conn.workload;
-    let (action, rules) = match decision {
-        Some(Decision::Permit(p)) => ("allow", p.rules.join(",")),
-        Some(Decision::Deny(d)) => (
-            "deny",
-            d.rule.clone().unwrap_or_else(|| "(target default)".into()),
-        ),
-        None => ("refuse", String::new()),
-    };
-    tracing::info!(
-        target_name = %conn.target, tgid = w.tgid, uid = w.uid, comm = %w.comm,
-        method, path,
-        operation = %op.map_or("-".to_string(), |o| o.class.to_string()),
-        route = op.map_or("-", |o| o.route),
-        model = op.and_then(|o| o.model.as_deref()).unwrap_or("-"),
-        streaming = op.is_some_and(|o| o.streaming),
-        decision = action, rules = %rules, status = status.as_u16(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
 }

@@ -371,6 +371,20 @@ pub fn log_events(agent: &Agent, message: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits (up to 10 s) until the agent has logged at least `n` events with this message; the
+/// agent writes a request's record when its response body ends, which can be a moment after
+/// the client has read the last byte.
+pub fn wait_log_events(agent: &Agent, message: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = log_events(agent, message);
+        if events.len() >= n || Instant::now() > deadline {
+            return events;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A numeric field of `sluice connections --json`.
 pub fn status_u64(agent: &Agent, field: &str) -> u64 {
     agent.status().expect("status")[field]

@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use sluice_tests::{
     Agent, AgentSpec, TestCgroup, client_script, curl, log_events, policies_dir, require_root,
-    run_ok, servers, servers::Server, virtual_ip,
+    run_ok, servers, servers::Server, virtual_ip, wait_log_events,
 };
 
 /// An HTTP target on `vip:8000` forwarding to `server`, with the given server family.
@@ -86,7 +86,7 @@ fn openai_sdk_streams_and_completes_through_interception() {
     assert_eq!(r["text"], "echo: hello");
     assert!(r["chunks"].as_u64() >= Some(3), "{r}");
 
-    let reqs = log_events(&agent, "request");
+    let reqs = wait_log_events(&agent, "request", 2);
     assert_eq!(reqs.len(), 2, "{}", agent.log_text());
     let stream = reqs
         .iter()
@@ -96,6 +96,9 @@ fn openai_sdk_streams_and_completes_through_interception() {
     assert_eq!(stream["rules"], "openai-allow-use");
     assert_eq!(stream["streaming"], true);
     assert_eq!(stream["comm"], "python3");
+    // Recorded once, when the stream ended, with its size.
+    assert_eq!(stream["outcome"], "complete", "{stream}");
+    assert!(stream["response_bytes"].as_u64() > Some(300), "{stream}");
     // The client's key never shows up in the agent's log.
     assert!(!agent.log_text().contains("sk-client-secret"));
 }

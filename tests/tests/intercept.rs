@@ -527,3 +527,45 @@ fn bad_config_and_missing_prerequisites_are_explained() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("this host can run sluice"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigterm_lets_in_flight_connections_finish() {
+    if !require_root("sigterm_lets_in_flight_connections_finish") {
+        return;
+    }
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("drain");
+    let mut agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target("t", &format!("{vip}:8000"), &format!("\"{}\"", server.addr)),
+    ));
+    let slow = cg
+        .command("curl")
+        .args(["-sS", "-m", "10", &format!("http://{vip}:8000/slow")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn curl");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.status().expect("status")["connections"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(Instant::now() < deadline, "connection never showed up");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // SIGTERM while the request is in flight: the agent stops accepting, the request finishes.
+    let status = agent.stop().expect("agent was running");
+    assert!(status.success(), "agent exit: {status}");
+    let out = slow.wait_with_output().expect("curl");
+    assert!(out.status.success(), "in-flight request was cut: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from upstream\n"
+    );
+    let drained = log_events(&agent, "connections drained");
+    assert_eq!(drained.len(), 1, "{}", agent.log_text());
+    assert_eq!(drained[0]["in_flight"], 1);
+    assert_eq!(drained[0]["forced"], 0);
+}
