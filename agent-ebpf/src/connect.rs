@@ -52,34 +52,31 @@ fn try_connect4(ctx: &SockAddrContext) {
         return;
     };
     remember(ctx, addr, port_word as u16, 4, target_id);
-    unsafe {
-        write_volatile(addr_of_mut!((*sa).user_ip4), cfg.listen_ip4);
-        write_volatile(addr_of_mut!((*sa).user_port), cfg.listen_port4);
-    }
+    set_dst4(sa, cfg.listen_ip4, cfg.listen_port4);
     count(stat::REDIRECTED);
 }
 
 fn try_connect6(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     let Some(cfg) = eligible(sa) else { return };
-    let mut words = [0u32; 4];
+    let mut w6 = [0u32; 4];
     // One 4-byte load per word: see try_connect4.
-    for (i, w) in words.iter_mut().enumerate() {
+    for (i, w) in w6.iter_mut().enumerate() {
         *w = unsafe { read_volatile(addr_of!((*sa).user_ip6[i])) };
     }
     let port_word = unsafe { read_volatile(addr_of!((*sa).user_port)) };
     let mut addr = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
+    for (i, w) in w6.iter().enumerate() {
         let b = w.to_ne_bytes();
         addr[i * 4..i * 4 + 4].copy_from_slice(&b);
     }
     let mapped = is_v4_mapped(&addr);
     if mapped {
-        let ip4 = words[3];
+        let ip4 = w6[3];
         if ip4 == cfg.listen_ip4 && port_word == cfg.listen_port4 {
             return;
         }
-    } else if words == cfg.listen_ip6 && port_word == cfg.listen_port6 {
+    } else if w6 == cfg.listen_ip6 && port_word == cfg.listen_port6 {
         return;
     }
     let Some(target_id) = lookup(addr, port_word as u16, 128) else {
@@ -100,13 +97,7 @@ fn try_connect6(ctx: &SockAddrContext) {
     } else {
         (cfg.listen_ip6, cfg.listen_port6)
     };
-    unsafe {
-        write_volatile(addr_of_mut!((*sa).user_ip6[0]), dst[0]);
-        write_volatile(addr_of_mut!((*sa).user_ip6[1]), dst[1]);
-        write_volatile(addr_of_mut!((*sa).user_ip6[2]), dst[2]);
-        write_volatile(addr_of_mut!((*sa).user_ip6[3]), dst[3]);
-        write_volatile(addr_of_mut!((*sa).user_port), port);
-    }
+    set_dst6(sa, dst, port);
     count(stat::REDIRECTED);
 }
 
@@ -194,15 +185,7 @@ fn remember(ctx: &SockAddrContext, addr: [u8; 16], port_net: u16, family: u16, t
 pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(orig) = unsafe { ORIG_DST.get(&cookie) } {
-        let a = orig.addr;
-        let sa = ctx.sock_addr;
-        unsafe {
-            write_volatile(
-                addr_of_mut!((*sa).user_ip4),
-                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-            );
-            write_volatile(addr_of_mut!((*sa).user_port), orig.port);
-        }
+        set_dst4(ctx.sock_addr, words(&orig.addr)[3], orig.port);
     }
     ALLOW
 }
@@ -211,27 +194,39 @@ pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(orig) = unsafe { ORIG_DST.get(&cookie) } {
-        let a = orig.addr;
-        let sa = ctx.sock_addr;
-        unsafe {
-            write_volatile(
-                addr_of_mut!((*sa).user_ip6[0]),
-                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-            );
-            write_volatile(
-                addr_of_mut!((*sa).user_ip6[1]),
-                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-            );
-            write_volatile(
-                addr_of_mut!((*sa).user_ip6[2]),
-                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-            );
-            write_volatile(
-                addr_of_mut!((*sa).user_ip6[3]),
-                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-            );
-            write_volatile(addr_of_mut!((*sa).user_port), orig.port);
-        }
+        set_dst6(ctx.sock_addr, words(&orig.addr), orig.port);
     }
     ALLOW
+}
+
+/// The address as the four network-order words of `bpf_sock_addr.user_ip6`.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+// Context writes are one 4-byte volatile store per field: the verifier rejects merged or
+// narrowed stores to bpf_sock_addr.
+#[inline(always)]
+fn set_dst4(sa: *mut bpf_sock_addr, ip4: u32, port_word: u32) {
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip4), ip4);
+        write_volatile(addr_of_mut!((*sa).user_port), port_word);
+    }
+}
+
+#[inline(always)]
+fn set_dst6(sa: *mut bpf_sock_addr, ip6: [u32; 4], port_word: u32) {
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip6[0]), ip6[0]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[1]), ip6[1]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[2]), ip6[2]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[3]), ip6[3]);
+        write_volatile(addr_of_mut!((*sa).user_port), port_word);
+    }
 }
