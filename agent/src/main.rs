@@ -1,4 +1,4 @@
-//! The `sluice` command. Exit codes: 0 ok, 1 runtime failure, 2 bad configuration,
+//! The `sluice` command. Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or policy,
 //! 3 host not ready (privileges, kernel, cgroup v2), 4 agent not running (for clients).
 use std::{path::PathBuf, process::ExitCode};
 
@@ -136,6 +136,10 @@ fn main() -> ExitCode {
                 Err(e) if e.downcast_ref::<app::PreflightFailed>().is_some() => {
                     eprintln!("sluice: {e}");
                     ExitCode::from(3)
+                }
+                Err(e) if e.downcast_ref::<sluice::policy::Error>().is_some() => {
+                    eprintln!("sluice: {}", chain(&e));
+                    ExitCode::from(2)
                 }
                 Err(e) => {
                     eprintln!("sluice: {}", chain(&e));

@@ -213,6 +213,13 @@ fn model_api(
                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]
                 });
                 chunk(w, &format!("data: {ev}\n\n"))?;
+                if i == 0 && model == "dies" {
+                    // The server crashes mid-stream: no terminating chunk.
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "server died",
+                    ));
+                }
                 if i == 0 && model == "gated" {
                     // Hold the rest until the client proves it received this first chunk.
                     // If the client never saw this chunk (a proxy held it back), abort the

@@ -515,3 +515,43 @@ fn grpc_over_h2c_passes_and_is_refused_with_a_grpc_status() {
     let _ = grpc_server.kill();
     let _ = grpc_server.wait();
 }
+
+#[test]
+fn an_upstream_that_dies_mid_stream_is_not_turned_into_a_clean_end() {
+    if !require_root("an_upstream_that_dies_mid_stream_is_not_turned_into_a_clean_end") {
+        return;
+    }
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("dies");
+    let agent = start(
+        &cg,
+        http_target(&vip, &server, "openai"),
+        &[&policies_dir().join("openai-safe")],
+        "",
+    );
+    let out = curl(
+        &cg,
+        &[
+            "-N",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"dies","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+            &format!("http://{vip}:8000/v1/chat/completions"),
+        ],
+    );
+    // The chunk sent before the crash arrived, and the client knows the stream is broken.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("echo:"),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(18),
+        "curl must see a truncated transfer: {out:?}"
+    );
+    let rec = wait_log_events(&agent, "request", 1);
+    assert_eq!(rec.len(), 1, "{}", agent.log_text());
+    assert_eq!(rec[0]["outcome"], "upstream error", "{}", rec[0]);
+}

@@ -478,6 +478,23 @@ fn bad_config_and_missing_prerequisites_are_explained() {
         "{err}"
     );
 
+    // A broken policy stops the start, with its location.
+    std::fs::create_dir_all(dir.join("pack")).expect("dir");
+    std::fs::write(dir.join("pack/pack.yaml"), "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: r\n      action: maybe\n").expect("write");
+    let with_policy = dir.join("policy.yaml");
+    std::fs::write(&with_policy, format!("listen: 127.0.0.1:{}\nadmin_socket: {}\npolicies: [pack]\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n    protocol: http\n", free_port(), dir.join("p.sock").display())).expect("write");
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&with_policy)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pack/pack.yaml:7:15: spec.rules[0].action: unknown variant `maybe`"),
+        "{err}"
+    );
+
     let missing = dir.join("missing-cgroup.yaml");
     std::fs::write(&missing, format!("listen: 127.0.0.1:{}\ncgroup: /sluice-no-such-cgroup\nadmin_socket: {}\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n", free_port(), dir.join("a.sock").display())).expect("write");
     let out = std::process::Command::new(&bin)
