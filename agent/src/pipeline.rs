@@ -189,7 +189,16 @@ async fn read(
         return Ok((ReqBody::Buffered(bytes), None));
     }
     // A body Sluice cannot parse could still be parsed leniently by the server: refuse it
-    // rather than decide without seeing the model.
+    // rather than decide without seeing the model. Likewise a top-level key given twice:
+    // parsers disagree on which copy wins, so `"model"` could say one thing to Sluice and
+    // another to the server.
+    if let Some(key) = duplicate_top_level_key(&bytes) {
+        return Err(Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_ambiguous_json",
+            format!("request body gives the key {key:?} more than once"),
+        ));
+    }
     match serde_json::from_slice(&bytes) {
         Ok(v) => Ok((ReqBody::Buffered(bytes), Some(v))),
         Err(e) => Err(Refusal::client(
@@ -222,15 +231,27 @@ async fn send(
     let mut body = Some(body);
     let mut last = String::new();
     for (i, auth) in candidates {
+        let mut parts = parts.clone();
         let b: Body = match body.take() {
             Some(ReqBody::Buffered(bytes)) => {
+                // The body is re-framed with the length Sluice actually read: a client's
+                // conflicting Content-Length / Transfer-Encoding never reaches the server
+                // (no request smuggling through the agent).
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                if bytes.is_empty() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+                    // A bodyless request stays bodyless.
+                } else {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+                }
                 body = Some(ReqBody::Buffered(bytes.clone()));
                 respond::full(bytes)
             }
             Some(ReqBody::Streaming(inc)) => inc.boxed(),
             None => break,
         };
-        let req = Request::from_parts(parts.clone(), b);
+        let req = Request::from_parts(parts, b);
         match ctx.http.send(permit, &auth, req, grpc).await {
             Ok(resp) => {
                 if let Some(i) = i {
@@ -262,4 +283,81 @@ async fn send(
             conn.target
         ),
     ))
+}
+
+/// The first top-level object key that appears twice, if any.
+fn duplicate_top_level_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            // Read the whole map: serde_json checks the closing brace after we return.
+            let mut seen = std::collections::HashSet::new();
+            let mut dup = None;
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if dup.is_none() && !seen.insert(k.clone()) {
+                    dup = Some(k);
+                }
+            }
+            Ok(dup)
+        }
+        // Anything that is not an object has no top-level keys.
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut s: A,
+        ) -> Result<Self::Value, A::Error> {
+            while s.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.deserialize_any(Keys).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duplicate_top_level_key;
+
+    #[test]
+    fn finds_duplicate_top_level_keys_only() {
+        assert_eq!(
+            duplicate_top_level_key(br#"{"model":"a","x":1,"model":"b"}"#),
+            Some("model".into())
+        );
+        assert_eq!(
+            duplicate_top_level_key(br#"{"model":"a","m":{"k":1,"k":2}}"#),
+            None
+        );
+        assert_eq!(duplicate_top_level_key(br#"[{"a":1,"a":2}]"#), None);
+        assert_eq!(duplicate_top_level_key(br#"{"model":"a"}"#), None);
+        assert_eq!(
+            duplicate_top_level_key(br#"{"model":"test-model","model":"gpt-4o","messages":[]}"#),
+            Some("model".into())
+        );
+        assert_eq!(duplicate_top_level_key(b"not json"), None);
+    }
 }

@@ -378,12 +378,64 @@ fn oversized_and_malformed_requests_get_4xx_while_other_connections_continue() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("\n415"));
 
+    // The same top-level key twice could mean different things to Sluice and the server.
+    let out = curl(
+        &cg,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "-d",
+            r#"{"model":"test-model","model":"gpt-4o","messages":[]}"#,
+            &format!("http://{vip}:8000/v1/chat/completions"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("\n400") && text.contains("sluice_ambiguous_json"),
+        "{text}"
+    );
+
+    // Conflicting framing (Content-Length and chunked) is re-framed, never passed on.
+    let body = r#"{"model":"test-model","messages":[]}"#;
+    let smuggle = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let status = raw_status(&cg, &vip, &smuggle);
+    assert!(
+        status == "HTTP/1.1 200 OK" || status == "HTTP/1.1 400 Bad Request",
+        "{status}"
+    );
+    let seen: Vec<String> = server
+        .seen
+        .requests
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    assert!(
+        seen.iter()
+            .all(|r| r == "GET /v1/models" || r == "POST /v1/chat/completions"),
+        "the server saw a request the client did not send: {seen:?}"
+    );
+
     ask("after");
     drop(keep_in);
     let _ = keep.wait();
+    // Only the re-framed request above may have reached the server; every refused one not.
+    let posts: Vec<String> = server
+        .seen
+        .requests
+        .lock()
+        .map(|r| {
+            r.iter()
+                .filter(|x| x.starts_with("POST"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(
-        !upstream_saw(&server, "POST /v1/chat/completions"),
-        "a refused request reached the server"
+        posts.len() <= 1,
+        "a refused request reached the server: {posts:?}"
     );
     // The agent is still serving.
     assert!(agent.status().is_ok());
