@@ -291,8 +291,10 @@ fn parse(
             servers: w.servers,
             operations: w.operations,
             routes: globs(&w.routes, false).map_err(&invalid)?,
-            models: globs(&w.models, false).map_err(&invalid)?,
-            except_models: globs(&w.except_models, false).map_err(&invalid)?,
+            // Model names compare case-insensitively: servers such as Ollama normalise case,
+            // so "Forbidden:CLOUD" must not slip past a rule written for "*:cloud".
+            models: globs_ci(&w.models).map_err(&invalid)?,
+            except_models: globs_ci(&w.except_models).map_err(&invalid)?,
             methods: w.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
             paths: globs(&w.paths, true).map_err(&invalid)?,
             body: w.body.into_iter().collect(),
@@ -310,6 +312,18 @@ fn parse(
 
 /// `literal_separator`: whether `*` stops at `/` (paths) or not (model names, ids).
 fn globs(patterns: &[String], literal_separator: bool) -> Result<Option<GlobSet>, String> {
+    build_globs(patterns, literal_separator, false)
+}
+
+fn globs_ci(patterns: &[String]) -> Result<Option<GlobSet>, String> {
+    build_globs(patterns, false, true)
+}
+
+fn build_globs(
+    patterns: &[String],
+    literal_separator: bool,
+    case_insensitive: bool,
+) -> Result<Option<GlobSet>, String> {
     if patterns.is_empty() {
         return Ok(None);
     }
@@ -317,6 +331,7 @@ fn globs(patterns: &[String], literal_separator: bool) -> Result<Option<GlobSet>
     for p in patterns {
         let g: Glob = GlobBuilder::new(p)
             .literal_separator(literal_separator)
+            .case_insensitive(case_insensitive)
             .build()
             .map_err(|e| format!("bad pattern {p:?}: {e}"))?;
         b.add(g);
