@@ -225,24 +225,26 @@ fn ipv6_loopback_and_v4_mapped_targets_are_intercepted() {
     assert!(dsts.contains(&format!("{vip}:8000").as_str()), "{dsts:?}");
 }
 
+/// An echo server reached through the agent at `vip:9000` from inside a fresh cgroup.
+fn echo_behind_agent(tag: &str) -> (servers::Server, String, TestCgroup, Agent) {
+    let echo = servers::echo("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new(tag);
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target(tag, &format!("{vip}:9000"), &format!("\"{}\"", echo.addr)),
+    ));
+    (echo, vip, cg, agent)
+}
+
 #[test]
 fn transfer_of_100_mb_both_ways_is_intact() {
     if !require_root("transfer_of_100_mb_both_ways_is_intact") {
         return;
     }
     const SIZE: u64 = 100 * 1024 * 1024;
-    let echo = servers::echo("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("bulk");
-    let agent = Agent::start(&spec(
-        &cg,
-        "open",
-        target(
-            "bulk",
-            &format!("{vip}:9000"),
-            &format!("\"{}\"", echo.addr),
-        ),
-    ));
+    let (_echo, vip, cg, agent) = echo_behind_agent("bulk");
     let out = run_ok(
         cg.command("python3")
             .arg(client_script("transfer.py"))
@@ -272,18 +274,7 @@ fn many_concurrent_connections_all_succeed() {
         return;
     }
     const N: u64 = 300;
-    let echo = servers::echo("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("many");
-    let agent = Agent::start(&spec(
-        &cg,
-        "open",
-        target(
-            "many",
-            &format!("{vip}:9000"),
-            &format!("\"{}\"", echo.addr),
-        ),
-    ));
+    let (_echo, vip, cg, agent) = echo_behind_agent("many");
     let out = run_ok(
         cg.command("python3")
             .arg(client_script("many_connections.py"))
