@@ -112,8 +112,8 @@ fn a_denied_model_is_refused_with_a_readable_error_and_never_reaches_the_server(
     let server = servers::http("127.0.0.1:0");
     let vip = virtual_ip();
     let cg = TestCgroup::new("model");
-    let dir = std::env::temp_dir().join(sluice_tests::unique("pack"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = sluice_tests::TempDir::new("pack");
+    let dir = tmp.path().to_path_buf();
     std::fs::write(
         dir.join("pack.yaml"),
         "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: models}\nspec:\n  rules:\n    - id: only-approved-models\n      description: only approved models\n      action: deny\n      match:\n        operations: [inference]\n        exceptModels: [\"test-*\"]\n",
@@ -136,7 +136,6 @@ fn a_denied_model_is_refused_with_a_readable_error_and_never_reaches_the_server(
     assert_eq!(denied["body"]["type"], "permission_error", "{denied}");
     let reached = server.seen.requests.lock().map(|r| r.len()).unwrap_or(0);
     assert_eq!(reached, 1, "only the approved request may reach the server");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -449,8 +448,8 @@ fn hot_reload_applies_good_policies_and_keeps_the_old_one_on_a_broken_file() {
     let server = servers::http("127.0.0.1:0");
     let vip = virtual_ip();
     let cg = TestCgroup::new("reload");
-    let dir = std::env::temp_dir().join(sluice_tests::unique("reload"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = sluice_tests::TempDir::new("reload");
+    let dir = tmp.path().to_path_buf();
     let pack = dir.join("pack.yaml");
     let allow = |models: &str| {
         format!(
@@ -510,7 +509,6 @@ fn hot_reload_applies_good_policies_and_keeps_the_old_one_on_a_broken_file() {
         assert!(Instant::now() < deadline, "SIGHUP reload never applied");
         thread::sleep(Duration::from_millis(100));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let _ = TcpStream::connect(server.addr);
 }
 

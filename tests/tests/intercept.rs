@@ -451,8 +451,8 @@ fn bad_config_and_missing_prerequisites_are_explained() {
     if !require_root("bad_config_and_missing_prerequisites_are_explained") {
         return;
     }
-    let dir = std::env::temp_dir().join(sluice_tests::unique("cfg"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = sluice_tests::TempDir::new("cfg");
+    let dir = tmp.path().to_path_buf();
     let bin = sluice_tests::sluice_bin();
 
     let bad = dir.join("bad.yaml");
@@ -533,7 +533,6 @@ fn bad_config_and_missing_prerequisites_are_explained() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("this host can run sluice"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
