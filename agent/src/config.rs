@@ -59,7 +59,7 @@ pub struct Config {
     /// SO_MARK put on the agent's upstream sockets so the hooks never redirect them.
     #[serde(default = "default_bypass_mark")]
     pub bypass_mark: u32,
-    /// How often hostname targets and upstreams are resolved again.
+    /// Longest time between two resolutions of a hostname target (TTLs shorten it).
     #[serde(
         rename = "dns_refresh_secs",
         default = "default_dns_refresh",

@@ -96,9 +96,10 @@ pub(super) fn install_static(maps: &Maps, cfg: &Config) -> Result<(), MapError> 
     apply(maps, &static_entries(&cfg.targets), &Entries::new())
 }
 
-/// Re-resolves hostname targets every `cfg.dns_refresh` until `stop` fires. A failed lookup
-/// keeps the previous addresses: dropping them would let connections to a still-valid
-/// address bypass the agent.
+/// Resolves hostname targets and re-resolves each when its DNS answer expires (its TTL),
+/// at least every second and at most every `cfg.dns_refresh`, until `stop` fires. A failed
+/// lookup keeps the previous addresses: dropping them would let connections to a
+/// still-valid address bypass the agent.
 pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: CancellationToken) {
     let named: Vec<(u32, &Target, &str)> = cfg
         .targets
@@ -112,18 +113,36 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
     if named.is_empty() {
         return;
     }
+    // hickory reports each answer's TTL; the system resolver (getaddrinfo) is the fallback
+    // for names only it knows (nsswitch sources beyond /etc/hosts and DNS).
+    let resolver = match hickory_resolver::TokioResolver::builder_tokio().and_then(|b| b.build()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "DNS resolver unavailable; using the system resolver without TTLs");
+            None
+        }
+    };
+    let max_wait = cfg.dns_refresh.max(Duration::from_secs(1));
     let mut current: BTreeMap<u32, BTreeSet<IpAddr>> = BTreeMap::new();
+    let mut due: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
     loop {
+        let now = tokio::time::Instant::now();
         for (id, target, host) in &named {
-            let resolved = match tokio::net::lookup_host((*host, 0)).await {
-                Ok(addrs) => addrs
-                    .map(|a| crate::config::endpoint_canonical(a.ip()))
-                    .collect::<BTreeSet<_>>(),
+            if due.get(id).is_some_and(|t| *t > now) {
+                continue;
+            }
+            let (resolved, valid_until) = match resolve(resolver.as_ref(), host).await {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(target_name = %target.name, host, error = %e, "resolving target failed; keeping previous addresses");
+                    due.insert(*id, now + Duration::from_secs(1).max(max_wait / 4));
                     continue;
                 }
             };
+            let next = valid_until
+                .map_or(now + max_wait, tokio::time::Instant::from_std)
+                .clamp(now + Duration::from_secs(1), now + max_wait);
+            due.insert(*id, next);
             let old = current.get(id).cloned().unwrap_or_default();
             if resolved == old {
                 continue;
@@ -146,11 +165,35 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
                 }
             }
         }
+        let wake = due.values().min().copied().unwrap_or(now + max_wait);
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(cfg.dns_refresh.max(Duration::from_secs(1))) => {}
+            () = tokio::time::sleep_until(wake) => {}
         }
     }
+}
+
+/// The addresses of `host` and until when they are valid (None: unknown TTL).
+async fn resolve(
+    resolver: Option<&hickory_resolver::TokioResolver>,
+    host: &str,
+) -> std::io::Result<(BTreeSet<IpAddr>, Option<std::time::Instant>)> {
+    if let Some(r) = resolver
+        && let Ok(answer) = r.lookup_ip(host).await
+    {
+        let ips: BTreeSet<IpAddr> = answer
+            .iter()
+            .map(crate::config::endpoint_canonical)
+            .collect();
+        if !ips.is_empty() {
+            return Ok((ips, Some(answer.valid_until())));
+        }
+    }
+    let ips: BTreeSet<IpAddr> = tokio::net::lookup_host((host, 0))
+        .await?
+        .map(|a| crate::config::endpoint_canonical(a.ip()))
+        .collect();
+    Ok((ips, None))
 }
 
 #[cfg(test)]
