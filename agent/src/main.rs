@@ -73,8 +73,12 @@ enum PolicyCommand {
     },
     /// Show the decision for one sample request.
     Explain {
-        #[arg(required = true)]
+        /// Policy packs; not needed with --config.
+        #[arg(required_unless_present = "config")]
         paths: Vec<PathBuf>,
+        /// Take the policies, and --target's server and default, from an agent config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         #[arg(long, default_value = "POST")]
         method: String,
         #[arg(long)]
@@ -281,6 +285,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
         }
         PolicyCommand::Explain {
             paths,
+            config,
             method,
             path,
             body,
@@ -291,6 +296,29 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
             comm,
             exe,
         } => {
+            let (paths, server, default) = match &config {
+                None => (paths, server, default),
+                Some(file) => {
+                    let cfg = match Config::load(file) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!("sluice: {e}");
+                            return ExitCode::from(2);
+                        }
+                    };
+                    let Some(t) = cfg.targets.iter().find(|t| t.name == target) else {
+                        let names: Vec<&str> =
+                            cfg.targets.iter().map(|t| t.name.as_str()).collect();
+                        eprintln!(
+                            "sluice: {} has no target {target:?}; targets: {}",
+                            file.display(),
+                            names.join(", ")
+                        );
+                        return ExitCode::from(2);
+                    };
+                    (cfg.policies.clone(), t.server, t.default)
+                }
+            };
             let p = match load(&paths) {
                 Ok(p) => p,
                 Err(code) => return code,
