@@ -42,6 +42,13 @@ pub struct Status {
     /// Connections to the listener that did not come through redirection.
     pub refused_unattributed: u64,
     pub upstream_failures: u64,
+    /// HTTP requests allowed by policy, denied by policy, refused before policy (4xx).
+    #[serde(default)]
+    pub http_allowed: u64,
+    #[serde(default)]
+    pub http_denied: u64,
+    #[serde(default)]
+    pub http_refused: u64,
     /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed, no_v6_listener.
     pub kernel: Vec<u64>,
 }
@@ -102,6 +109,9 @@ pub async fn serve(
                     accepted_total: table.accepted_total(),
                     refused_unattributed: table.refused_total(),
                     upstream_failures: table.upstream_failures(),
+                    http_allowed: table.request_totals().0,
+                    http_denied: table.request_totals().1,
+                    http_refused: table.request_totals().2,
                     kernel: maps.stats(),
                 })
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),

@@ -437,6 +437,12 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
         );
     }
     let k = |i: usize| status.kernel.get(i).copied().unwrap_or(0);
+    if status.http_allowed + status.http_denied + status.http_refused > 0 {
+        println!(
+            "\nHTTP requests: {} allowed, {} denied by policy, {} refused before policy",
+            status.http_allowed, status.http_denied, status.http_refused
+        );
+    }
     println!(
         "\n{} live, {} accepted, {} refused (not redirected), {} upstream failures; kernel: {} redirected, {} metadata failures",
         status.connections.len(),

@@ -93,6 +93,11 @@ pub async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<
             (resp, Some(op), Some(Decision::Permit(p)))
         }
     };
+    ctx.table.count_request(match &decision {
+        Some(Decision::Permit(_)) => "allow",
+        Some(Decision::Deny(_)) => "deny",
+        None => "refuse",
+    });
     let rec = Record::new(
         conn,
         &method,

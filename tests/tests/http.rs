@@ -146,7 +146,7 @@ fn ollama_pull_is_blocked_with_an_ollama_error_and_chat_streams() {
     let server = servers::http("127.0.0.1:0");
     let vip = virtual_ip();
     let cg = TestCgroup::new("ollama");
-    let _agent = start(
+    let agent = start(
         &cg,
         http_target(&vip, &server, "ollama"),
         &[&policies_dir().join("ollama-safe")],
@@ -185,6 +185,13 @@ fn ollama_pull_is_blocked_with_an_ollama_error_and_chat_streams() {
         .collect();
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert_eq!(lines[3]["done"], true);
+    // The operator sees both outcomes counted.
+    let st = agent.status().expect("status");
+    assert_eq!(
+        (st["http_allowed"].as_u64(), st["http_denied"].as_u64()),
+        (Some(1), Some(1)),
+        "{st}"
+    );
 }
 
 #[test]

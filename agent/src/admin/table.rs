@@ -33,6 +33,10 @@ pub struct Table {
     accepted: AtomicU64,
     refused: AtomicU64,
     upstream_failures: AtomicU64,
+    /// HTTP requests allowed by policy, denied by policy, and refused before policy.
+    http_allowed: AtomicU64,
+    http_denied: AtomicU64,
+    http_refused: AtomicU64,
     live: Mutex<HashMap<u64, ConnInfo>>,
 }
 
@@ -65,6 +69,25 @@ impl Table {
 
     pub fn count_upstream_failure(&self) {
         self.upstream_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one HTTP request's outcome: "allow", "deny" or "refuse".
+    pub fn count_request(&self, decision: &str) {
+        let c = match decision {
+            "allow" => &self.http_allowed,
+            "deny" => &self.http_denied,
+            _ => &self.http_refused,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (allowed, denied, refused) HTTP requests so far.
+    pub fn request_totals(&self) -> (u64, u64, u64) {
+        (
+            self.http_allowed.load(Ordering::Relaxed),
+            self.http_denied.load(Ordering::Relaxed),
+            self.http_refused.load(Ordering::Relaxed),
+        )
     }
 
     pub fn snapshot(&self) -> Vec<ConnInfo> {
