@@ -14,7 +14,7 @@
 //!   where no Sluice listener runs: they are refused, never let through.
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
 };
 
@@ -152,9 +152,4 @@ fn settings_for(cfg: &Config) -> Settings {
         s.flags |= agent_common::SETTINGS_HAVE_V6;
     }
     s
-}
-
-/// Where the agent keeps pins for a config, for `sluice detach` and tests.
-pub fn pin_dir(cfg: &Config) -> &Path {
-    &cfg.pin_dir
 }

@@ -72,7 +72,7 @@ fn run(cli: Cli) -> Result<()> {
             let bin = root.join("target/release/sluice");
             let mut cmd = as_root(&bin);
             cmd.arg("run").args(&args);
-            exec(cmd)
+            run_status(cmd)
         }
         Task::Test { no_lint } => {
             setup::run(true)?;
@@ -93,7 +93,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut cmd = as_root(&root.join("target/release/sluice-bench"));
             cmd.env("SLUICE_BIN", root.join("target/release/sluice"))
                 .args(&args);
-            exec(cmd)
+            run_status(cmd)
         }
     }
 }
@@ -165,10 +165,6 @@ fn run_tests(mut cmd: Command) -> Result<()> {
         bail!("cargo test ran no test");
     }
     Ok(())
-}
-
-fn exec(cmd: Command) -> Result<()> {
-    run_status(cmd)
 }
 
 /// The agent needs root; re-run under sudo when we are not root.
