@@ -101,6 +101,7 @@ pub async fn serve(
             if r.read_line(&mut line).await.is_err() {
                 return;
             }
+            let (http_allowed, http_denied, http_refused) = table.request_totals();
             let body = match line.trim() {
                 "status" => serde_json::to_string(&Status {
                     version: env!("CARGO_PKG_VERSION").to_string(),
@@ -109,9 +110,9 @@ pub async fn serve(
                     accepted_total: table.accepted_total(),
                     refused_unattributed: table.refused_total(),
                     upstream_failures: table.upstream_failures(),
-                    http_allowed: table.request_totals().0,
-                    http_denied: table.request_totals().1,
-                    http_refused: table.request_totals().2,
+                    http_allowed,
+                    http_denied,
+                    http_refused,
                     kernel: maps.stats(),
                 })
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),

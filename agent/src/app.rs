@@ -19,9 +19,9 @@ use crate::{
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let failed: Vec<String> = doctor::preflight(&cfg)
+    let checks = doctor::preflight(&cfg);
+    let failed: Vec<String> = doctor::failures(&checks)
         .iter()
-        .filter(|c| c.level == doctor::Level::Fail)
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
     if !failed.is_empty() {
@@ -30,7 +30,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     // Policies load before anything is intercepted: a broken policy stops the start.
     let policy = Arc::new(policy::Store::load(cfg.policies.clone()).context("loading policies")?);
-    tracing::info!(rules = policy.current().rule_count(), packs = ?policy.current().packs, "policies loaded");
+    let loaded = policy.current();
+    tracing::info!(rules = loaded.rule_count(), packs = ?loaded.packs, "policies loaded");
     // The admin socket doubles as the single-instance lock: bind it before touching the kernel.
     let admin_listener = admin::bind(&cfg.admin_socket).await?;
     // Listeners come up before the hooks point at them.

@@ -33,27 +33,26 @@ pub struct Conn {
     pub target_id: u32,
     pub target: String,
     pub workload: Workload,
-    pub peer: SocketAddr,
     pub orig: SocketAddr,
 }
 
 /// Handles one accepted connection. Never returns an error: every outcome is logged here.
 pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: CancellationToken) {
     let Some(meta) = orig_dst::take(&ctx.maps, peer) else {
-        // Not redirected by our hooks (a direct dial of the listener, or metadata lost):
-        // refuse with a reset so the client sees a hard failure, not an empty reply.
+        // Not redirected by our hooks (a direct dial of the listener, or metadata lost).
         ctx.table.count_refused();
         tracing::warn!(%peer, "refused connection to the listener that was not redirected by Sluice");
-        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        reset(&client);
         return;
     };
     let orig = orig_dst::original_destination(&meta);
     let workload = Workload::from_meta(&meta);
-    let target = ctx
-        .upstreams
-        .target_name(meta.target_id)
-        .unwrap_or("<unknown>")
-        .to_string();
+    let (target, protocol) = ctx
+        .targets
+        .get(meta.target_id as usize)
+        .map_or(("<unknown>".to_string(), Protocol::Tcp), |t| {
+            (t.name.clone(), t.protocol)
+        });
     let entry = ctx.table.open(ConnInfo {
         id: ctx.table.next_id(),
         target: target.clone(),
@@ -64,16 +63,11 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
         started_unix_ms: 0,
     });
     let _ = client.set_nodelay(true);
-    let protocol = ctx
-        .targets
-        .get(meta.target_id as usize)
-        .map_or(Protocol::Tcp, |t| t.protocol);
     if protocol == Protocol::Http {
         let conn = Arc::new(Conn {
             target_id: meta.target_id,
             target,
             workload,
-            peer,
             orig,
         });
         http::serve(ctx, conn, client, force).await;
@@ -89,7 +83,7 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
                 target_name = %target, pid = workload.tgid, uid = workload.uid, comm = %workload.comm,
                 original_dst = %orig, error = %e, "upstream unavailable; closing client connection"
             );
-            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            reset(&client);
             return;
         }
     };
@@ -118,4 +112,9 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
         ),
     }
     drop(entry);
+}
+
+/// Closes with a reset, so the client sees a hard failure rather than an empty reply.
+fn reset(client: &TcpStream) {
+    let _ = socket2::SockRef::from(client).set_linger(Some(std::time::Duration::ZERO));
 }

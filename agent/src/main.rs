@@ -225,10 +225,7 @@ fn main() -> ExitCode {
 }
 
 fn policy_command(cmd: PolicyCommand) -> ExitCode {
-    use sluice::{
-        adapter,
-        policy::{self, Facts},
-    };
+    use sluice::policy::{self, Query};
     let load = |paths: &[PathBuf]| {
         policy::load_paths(paths).map_err(|e| {
             eprintln!("sluice: {e}");
@@ -332,24 +329,19 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                     }
                 };
             let workload = (uid.is_some() || comm.is_some() || exe.is_some()).then(|| {
-                sluice::workload::Workload {
-                    pid: 0,
-                    tgid: 0,
-                    uid: uid.unwrap_or(0),
-                    gid: 0,
-                    cgroup_id: 0,
-                    comm: comm.unwrap_or_default(),
+                sluice::workload::Workload::described(
+                    uid.unwrap_or(0),
+                    0,
+                    comm.unwrap_or_default(),
                     exe,
-                }
+                )
             });
             let method = method.to_ascii_uppercase();
-            let op = adapter::classify(server, &method, &path, body.as_ref());
-            let d = p.evaluate(&Facts {
+            let (op, d) = p.decide(&Query {
                 target: &target,
                 server,
                 method: &method,
                 path: &path,
-                operation: &op,
                 body: body.as_ref(),
                 default,
                 workload: workload.as_ref(),

@@ -16,21 +16,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header, request::Parts};
-use http_body_util::Limited;
+use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
-
-mod record;
-
-use http_body_util::BodyExt as _;
 use record::{Record, Recorded};
 
 use crate::{
-    adapter,
     connection::{Conn, Ctx},
-    policy::{Decision, Facts, Permit},
+    policy::{Decision, Permit, Query},
     respond::{self, Body, Refusal},
-    upstream::http::{authority, strip_hop_by_hop},
+    upstream::http::strip_hop_by_hop,
 };
+
+mod record;
 
 enum ReqBody {
     Buffered(Bytes),
@@ -60,13 +57,11 @@ pub async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<
     let outcome = async {
         admit(&parts, ctx.max_request_body)?;
         let (body, json) = read(body, grpc, &parts.headers, ctx.max_request_body).await?;
-        let op = adapter::classify(server, &method, &path, json.as_ref());
-        let decision = policy.evaluate(&Facts {
+        let (op, decision) = policy.decide(&Query {
             target: &target.name,
             server,
             method: &method,
             path: &path,
-            operation: &op,
             body: json.as_ref(),
             default: target.default,
             workload: Some(&conn.workload),
@@ -93,11 +88,8 @@ pub async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<
             (resp, Some(op), Some(Decision::Permit(p)))
         }
     };
-    ctx.table.count_request(match &decision {
-        Some(Decision::Permit(_)) => "allow",
-        Some(Decision::Deny(_)) => "deny",
-        None => "refuse",
-    });
+    ctx.table
+        .count_request(decision.as_ref().map_or("refuse", Decision::label));
     let rec = Record::new(
         conn,
         &method,
@@ -226,11 +218,11 @@ async fn send(
 ) -> Result<Response<Body>, Refusal> {
     let order = ctx.upstreams.order(conn.target_id);
     let candidates: Vec<(Option<usize>, String)> = if order.is_empty() {
-        vec![(None, authority(None, conn.orig))]
+        vec![(None, conn.orig.to_string())]
     } else {
         order
             .iter()
-            .map(|(i, ep)| (Some(*i), authority(Some(ep), conn.orig)))
+            .map(|(i, ep)| (Some(*i), ep.to_string()))
             .collect()
     };
     let mut body = Some(body);

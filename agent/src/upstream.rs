@@ -55,7 +55,7 @@ impl Upstreams {
         }
     }
 
-    pub fn target_name(&self, target_id: u32) -> Option<&str> {
+    fn target_name(&self, target_id: u32) -> Option<&str> {
         self.targets
             .get(target_id as usize)
             .map(|b| b.name.as_str())
@@ -140,7 +140,7 @@ impl Upstreams {
         Err(Error::AllFailed { target: name, last })
     }
 
-    pub async fn dial_endpoint(&self, ep: &Endpoint) -> std::io::Result<(TcpStream, SocketAddr)> {
+    async fn dial_endpoint(&self, ep: &Endpoint) -> std::io::Result<(TcpStream, SocketAddr)> {
         let addrs: Vec<SocketAddr> = match ep {
             Endpoint::Addr(a) => vec![*a],
             Endpoint::Name { host, port } => tokio::net::lookup_host((host.as_str(), *port))
@@ -158,16 +158,8 @@ impl Upstreams {
         Err(last)
     }
 
-    pub async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
         dial(addr, self.mark, self.connect_timeout).await
-    }
-
-    pub fn mark(&self) -> u32 {
-        self.mark
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
     }
 }
 

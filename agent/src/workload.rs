@@ -20,6 +20,20 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// A workload described by hand (policy test cases, `sluice policy explain`): the
+    /// fields policy can match on, the kernel ids left at 0.
+    pub fn described(uid: u32, gid: u32, comm: String, exe: Option<String>) -> Self {
+        Workload {
+            pid: 0,
+            tgid: 0,
+            uid,
+            gid,
+            cgroup_id: 0,
+            comm,
+            exe,
+        }
+    }
+
     pub fn from_meta(meta: &ConnMeta) -> Self {
         let comm_len = meta
             .comm

@@ -117,13 +117,11 @@ impl Drop for Recorded {
         } else {
             "cut"
         };
-        let (action, rules) = match &r.decision {
-            Some(Decision::Permit(p)) => ("allow", p.rules.join(",")),
-            Some(Decision::Deny(d)) => (
-                "deny",
-                d.rule.clone().unwrap_or_else(|| "(target default)".into()),
-            ),
-            None => ("refuse", String::new()),
+        let action = r.decision.as_ref().map_or("refuse", Decision::label);
+        let rules = match &r.decision {
+            Some(Decision::Permit(p)) => p.rules.join(","),
+            Some(Decision::Deny(d)) => d.rule.clone().unwrap_or_else(|| "(target default)".into()),
+            None => String::new(),
         };
         let op = r.op.as_ref();
         tracing::info!(

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Action, Error, Facts, Policy, load_paths};
-use crate::adapter::{self, Server};
+use super::{Action, Error, Policy, Query, load_paths, pack::pack_files};
+use crate::{adapter::Server, workload::Workload};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,21 +67,13 @@ pub struct Outcome {
     pub failure: Option<String>,
 }
 
-/// Case files for the packs under `path` (same layout rules as loading).
+/// Case files for the packs under `path`: `cases/*.yaml` beside each pack that loading
+/// would find there.
 pub fn case_files(path: &Path) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if path.is_file() {
-        if let Some(parent) = path.parent() {
-            dirs.push(parent.join("cases"));
-        }
-    } else if path.join("pack.yaml").is_file() {
-        dirs.push(path.join("cases"));
-    } else if let Ok(entries) = std::fs::read_dir(path) {
-        dirs.extend(entries.flatten().map(|e| e.path().join("cases")));
-    }
-    let mut files: Vec<PathBuf> = dirs
+    let mut files: Vec<PathBuf> = pack_files(path)
+        .unwrap_or_default()
         .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
+        .filter_map(|pack| std::fs::read_dir(pack.parent()?.join("cases")).ok())
         .flat_map(|rd| rd.flatten().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
@@ -110,27 +102,15 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         }
     };
     let method = case.request.method.to_ascii_uppercase();
-    let op = adapter::classify(
-        case.server,
-        &method,
-        &case.request.path,
-        case.request.body.as_ref(),
-    );
-    let workload = case.workload.as_ref().map(|w| crate::workload::Workload {
-        pid: 0,
-        tgid: 0,
-        uid: w.uid,
-        gid: w.gid,
-        cgroup_id: 0,
-        comm: w.comm.clone(),
-        exe: w.exe.clone(),
-    });
-    let decision = policy.evaluate(&Facts {
+    let workload = case
+        .workload
+        .as_ref()
+        .map(|w| Workload::described(w.uid, w.gid, w.comm.clone(), w.exe.clone()));
+    let (op, decision) = policy.decide(&Query {
         target: &case.target,
         server: case.server,
         method: &method,
         path: &case.request.path,
-        operation: &op,
         body: case.request.body.as_ref(),
         default: case.default,
         workload: workload.as_ref(),

@@ -2,7 +2,24 @@
 use serde::Serialize;
 
 use super::{Action, Policy, pack::Rule};
-use crate::adapter::{Operation, Server};
+use crate::{
+    adapter::{self, Operation, Server},
+    workload::Workload,
+};
+
+/// A request as the policy is asked about it, before its adapter has classified it.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub target: &'a str,
+    pub server: Server,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: Option<&'a serde_json::Value>,
+    /// The target's action when no rule matches.
+    pub default: Action,
+    /// The calling workload; rules with workload matchers never match without one.
+    pub workload: Option<&'a Workload>,
+}
 
 /// What the policy sees of a request.
 #[derive(Debug, Clone, Copy)]
@@ -16,7 +33,7 @@ pub struct Facts<'a> {
     /// The target's action when no rule matches.
     pub default: Action,
     /// The calling workload; rules with workload matchers never match without one.
-    pub workload: Option<&'a crate::workload::Workload>,
+    pub workload: Option<&'a Workload>,
 }
 
 /// Proof that the policy allowed a request; the upstream stage only takes one of these.
@@ -48,6 +65,14 @@ impl Decision {
         }
     }
 
+    /// "allow" or "deny", as logs and counters spell it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Permit(_) => "allow",
+            Decision::Deny(_) => "deny",
+        }
+    }
+
     /// Rule ids that decided: the allow rules, or the deny rule.
     pub fn rule_ids(&self) -> Vec<String> {
         match self {
@@ -58,6 +83,22 @@ impl Decision {
 }
 
 impl Policy {
+    /// Classifies the request with its server's adapter, then evaluates it.
+    pub fn decide(&self, q: &Query<'_>) -> (Operation, Decision) {
+        let operation = adapter::classify(q.server, q.method, q.path, q.body);
+        let decision = self.evaluate(&Facts {
+            target: q.target,
+            server: q.server,
+            method: q.method,
+            path: q.path,
+            operation: &operation,
+            body: q.body,
+            default: q.default,
+            workload: q.workload,
+        });
+        (operation, decision)
+    }
+
     pub fn evaluate(&self, f: &Facts<'_>) -> Decision {
         let mut allows = Vec::new();
         for rule in &self.rules {
@@ -124,7 +165,7 @@ impl Rule {
             && self.matches_workload(f.workload)
     }
 
-    fn matches_workload(&self, w: Option<&crate::workload::Workload>) -> bool {
+    fn matches_workload(&self, w: Option<&Workload>) -> bool {
         let constrained = !self.uids.is_empty()
             || !self.gids.is_empty()
             || self.comms.is_some()

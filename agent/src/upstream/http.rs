@@ -2,7 +2,6 @@
 //! bypass mark. Only a `Permit` opens a request: nothing reaches a server undecided.
 use std::{
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -125,13 +124,5 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     }
     if !keep_te_trailers {
         h.remove(header::TE);
-    }
-}
-
-/// The authority to send a request to: `host:port` of an endpoint or the dialled address.
-pub fn authority(ep: Option<&crate::config::Endpoint>, orig: SocketAddr) -> String {
-    match ep {
-        Some(e) => e.to_string(),
-        None => orig.to_string(),
     }
 }

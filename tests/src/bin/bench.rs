@@ -472,21 +472,19 @@ fn chats(addr: SocketAddr, n: usize, out: &mut HttpResult) -> Result<()> {
 /// In-process cost of classifying and deciding one request against the shipped packs.
 fn policy_cost(n: usize) -> Result<()> {
     use sluice::{
-        adapter::{Server, classify},
-        policy::{Action, Facts, load_paths},
+        adapter::Server,
+        policy::{Action, Query, load_paths},
     };
     let policy = load_paths(&[sluice_tests::policies_dir()])?;
     let body: serde_json::Value = serde_json::from_str(CHAT)?;
     let t0 = Instant::now();
     let mut allowed = 0usize;
     for _ in 0..n {
-        let op = classify(Server::Openai, "POST", "/v1/chat/completions", Some(&body));
-        let d = policy.evaluate(&Facts {
+        let (_, d) = policy.decide(&Query {
             target: "bench-http",
             server: Server::Openai,
             method: "POST",
             path: "/v1/chat/completions",
-            operation: &op,
             body: Some(&body),
             default: Action::Deny,
             workload: None,
