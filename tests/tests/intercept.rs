@@ -34,23 +34,33 @@ fn curl(cg: &TestCgroup, url: &str) -> std::process::Output {
     sluice_tests::curl(cg, &[url])
 }
 
+/// `server` reached through an agent (fail_mode open) at a fresh virtual `vip:port`, for
+/// processes in a fresh cgroup; the target and the cgroup are named `tag`.
+fn behind_agent(
+    server: servers::Server,
+    tag: &str,
+    port: u16,
+) -> (servers::Server, String, TestCgroup, Agent) {
+    let vip = virtual_ip();
+    let cg = TestCgroup::new(tag);
+    let agent = Agent::start(&spec(
+        &cg,
+        "open",
+        target(
+            tag,
+            &format!("{vip}:{port}"),
+            &format!("\"{}\"", server.addr),
+        ),
+    ));
+    (server, vip, cg, agent)
+}
+
 #[test]
 fn curl_and_python_reach_a_virtual_address_only_the_agent_serves() {
     if !require_root("curl_and_python_reach_a_virtual_address_only_the_agent_serves") {
         return;
     }
-    let server = servers::http("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("curl");
-    let agent = Agent::start(&spec(
-        &cg,
-        "open",
-        target(
-            "local-llama",
-            &format!("{vip}:8000"),
-            &format!("\"{}\"", server.addr),
-        ),
-    ));
+    let (server, vip, cg, agent) = behind_agent(servers::http("127.0.0.1:0"), "local-llama", 8000);
 
     let out = curl(&cg, &format!("http://{vip}:8000/"));
     assert!(
@@ -136,14 +146,7 @@ fn processes_outside_the_cgroup_and_other_ports_are_not_intercepted() {
     if !require_root("processes_outside_the_cgroup_and_other_ports_are_not_intercepted") {
         return;
     }
-    let server = servers::http("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("scope");
-    let agent = Agent::start(&spec(
-        &cg,
-        "open",
-        target("t", &format!("{vip}:8000"), &format!("\"{}\"", server.addr)),
-    ));
+    let (server, vip, cg, agent) = behind_agent(servers::http("127.0.0.1:0"), "scope", 8000);
     // This test process is not in the cgroup: the virtual address stays unreachable.
     let err =
         probe(format!("{vip}:8000").parse().expect("addr")).expect_err("must not be intercepted");
@@ -225,26 +228,13 @@ fn ipv6_loopback_and_v4_mapped_targets_are_intercepted() {
     assert!(dsts.contains(&format!("{vip}:8000").as_str()), "{dsts:?}");
 }
 
-/// An echo server reached through the agent at `vip:9000` from inside a fresh cgroup.
-fn echo_behind_agent(tag: &str) -> (servers::Server, String, TestCgroup, Agent) {
-    let echo = servers::echo("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new(tag);
-    let agent = Agent::start(&spec(
-        &cg,
-        "open",
-        target(tag, &format!("{vip}:9000"), &format!("\"{}\"", echo.addr)),
-    ));
-    (echo, vip, cg, agent)
-}
-
 #[test]
 fn transfer_of_100_mb_both_ways_is_intact() {
     if !require_root("transfer_of_100_mb_both_ways_is_intact") {
         return;
     }
     const SIZE: u64 = 100 * 1024 * 1024;
-    let (_echo, vip, cg, agent) = echo_behind_agent("bulk");
+    let (_echo, vip, cg, agent) = behind_agent(servers::echo("127.0.0.1:0"), "bulk", 9000);
     let out = run_ok(
         cg.command("python3")
             .arg(client_script("transfer.py"))
@@ -274,7 +264,7 @@ fn many_concurrent_connections_all_succeed() {
         return;
     }
     const N: u64 = 300;
-    let (_echo, vip, cg, agent) = echo_behind_agent("many");
+    let (_echo, vip, cg, agent) = behind_agent(servers::echo("127.0.0.1:0"), "many", 9000);
     let out = run_ok(
         cg.command("python3")
             .arg(client_script("many_connections.py"))
@@ -370,14 +360,7 @@ fn the_listener_refuses_connections_that_were_not_redirected() {
     if !require_root("the_listener_refuses_connections_that_were_not_redirected") {
         return;
     }
-    let server = servers::http("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("direct");
-    let agent = Agent::start(&spec(
-        &cg,
-        "open",
-        target("t", &format!("{vip}:8000"), &format!("\"{}\"", server.addr)),
-    ));
+    let (server, _vip, _cg, agent) = behind_agent(servers::http("127.0.0.1:0"), "direct", 8000);
     let listener: SocketAddr = format!("127.0.0.1:{}", agent.listen_port)
         .parse()
         .expect("addr");
@@ -540,14 +523,7 @@ fn sigterm_lets_in_flight_connections_finish() {
     if !require_root("sigterm_lets_in_flight_connections_finish") {
         return;
     }
-    let server = servers::http("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("drain");
-    let mut agent = Agent::start(&spec(
-        &cg,
-        "open",
-        target("t", &format!("{vip}:8000"), &format!("\"{}\"", server.addr)),
-    ));
+    let (_server, vip, cg, mut agent) = behind_agent(servers::http("127.0.0.1:0"), "drain", 8000);
     let slow = cg
         .command("curl")
         .args(["-sS", "-m", "10", &format!("http://{vip}:8000/slow")])
