@@ -189,15 +189,13 @@ async fn read(
     // rather than decide without seeing the model. Likewise a top-level key given twice:
     // parsers disagree on which copy wins, so `"model"` could say one thing to Sluice and
     // another to the server.
-    if let Some(key) = duplicate_top_level_key(&bytes) {
-        return Err(Refusal::client(
+    match parse_json(&bytes) {
+        Ok((v, None)) => Ok((ReqBody::Buffered(bytes), Some(v))),
+        Ok((_, Some(key))) => Err(Refusal::client(
             StatusCode::BAD_REQUEST,
             "sluice_ambiguous_json",
             format!("request body gives the key {key:?} more than once"),
-        ));
-    }
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Ok((ReqBody::Buffered(bytes), Some(v))),
+        )),
         Err(e) => Err(Refusal::client(
             StatusCode::BAD_REQUEST,
             "sluice_bad_json",
@@ -282,62 +280,58 @@ async fn send(
     ))
 }
 
-/// The first top-level object key that appears twice, if any.
-fn duplicate_top_level_key(bytes: &[u8]) -> Option<String> {
-    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+/// Parses a JSON body in one pass, also returning the first top-level key given twice.
+fn parse_json(bytes: &[u8]) -> Result<(serde_json::Value, Option<String>), serde_json::Error> {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
 
-    struct Keys;
-    impl<'de> Visitor<'de> for Keys {
-        type Value = Option<String>;
+    struct Object;
+    impl<'de> Visitor<'de> for Object {
+        type Value = (serde_json::Map<String, serde_json::Value>, Option<String>);
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON value")
+            f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            // Read the whole map: serde_json checks the closing brace after we return.
-            let mut seen = std::collections::HashSet::new();
+            let mut out = serde_json::Map::new();
             let mut dup = None;
-            while let Some(k) = map.next_key::<String>()? {
-                map.next_value::<IgnoredAny>()?;
-                if dup.is_none() && !seen.insert(k.clone()) {
+            while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                if let Some(_earlier) = out.insert(k.clone(), v)
+                    && dup.is_none()
+                {
                     dup = Some(k);
                 }
             }
-            Ok(dup)
-        }
-        // Anything that is not an object has no top-level keys.
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut s: A,
-        ) -> Result<Self::Value, A::Error> {
-            while s.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok((out, dup))
         }
     }
+    let is_object = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    if !is_object {
+        return serde_json::from_slice(bytes).map(|v| (v, None));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    de.deserialize_any(Keys).ok().flatten()
+    let (map, dup) = de.deserialize_map(Object)?;
+    de.end()?;
+    Ok((serde_json::Value::Object(map), dup))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::duplicate_top_level_key;
+    use super::parse_json;
+
+    fn duplicate_top_level_key(bytes: &[u8]) -> Option<String> {
+        parse_json(bytes).ok().and_then(|(_, dup)| dup)
+    }
+
+    #[test]
+    fn parses_objects_and_other_values_and_rejects_trailing_data() {
+        let (v, dup) = parse_json(br#" {"model":"a","n":[1,2]} "#).expect("valid");
+        assert_eq!((v["model"].as_str(), dup), (Some("a"), None));
+        assert_eq!(parse_json(b"[1,2]").expect("array").0[1], 2);
+        assert!(parse_json(br#"{"model":"a"} x"#).is_err());
+        assert!(parse_json(br#"{"model":"a""#).is_err());
+    }
 
     #[test]
     fn finds_duplicate_top_level_keys_only() {
