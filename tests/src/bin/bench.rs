@@ -85,9 +85,7 @@ fn main() -> Result<()> {
 }
 
 fn parent(p: &Params) -> Result<()> {
-    if !sluice_tests::require_root("sluice-bench") {
-        return Ok(());
-    }
+    sluice_tests::require_root();
     let server = servers::http("127.0.0.1:0");
     let vip = virtual_ip();
     let cg = TestCgroup::new("bench");
