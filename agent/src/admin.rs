@@ -49,6 +49,15 @@ pub struct Status {
     pub http_denied: u64,
     #[serde(default)]
     pub http_refused: u64,
+    /// HTTP requests the client abandoned before Sluice answered.
+    #[serde(default)]
+    pub http_cancelled: u64,
+    /// Request records lost because the writer's queue was full.
+    #[serde(default)]
+    pub records_dropped: u64,
+    /// Connections refused because a connection cap (global or per cgroup) was reached.
+    #[serde(default)]
+    pub connections_over_limit: u64,
     /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed, no_v6_listener.
     pub kernel: Vec<u64>,
 }
@@ -113,6 +122,9 @@ pub async fn serve(
                     http_allowed,
                     http_denied,
                     http_refused,
+                    http_cancelled: table.cancelled(),
+                    records_dropped: table.records_dropped(),
+                    connections_over_limit: table.over_limit(),
                     kernel: maps.stats(),
                 })
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),

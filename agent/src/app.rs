@@ -13,7 +13,8 @@ use crate::{
     connection, doctor,
     drain::Drain,
     intercept::{self, Interceptor},
-    policy,
+    limits::{self, Connections},
+    policy, record,
     upstream::{self, Upstreams},
 };
 
@@ -50,15 +51,42 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let drain = Drain::new();
     let table = Arc::new(Table::default());
+    let fd_limit = limits::raise_fd_limit();
+    let connections = Connections::new(
+        limits::connection_cap(cfg.max_connections, fd_limit),
+        cfg.max_connections_per_cgroup,
+    );
+    tracing::info!(
+        fd_limit,
+        max_connections = connections.max_global(),
+        max_connections_per_cgroup = connections.max_per_cgroup(),
+        "connection caps"
+    );
+    let (recorder, records) = record::Recorder::new(table.clone(), drain.shutdown_signal());
+    // The writer outlives the drain: records of requests cut by it still get written.
+    let writer = tokio::spawn(record::writer(records));
     let ctx = Arc::new(connection::Ctx {
         maps: maps.clone(),
         upstreams: Upstreams::new(&cfg),
         table: table.clone(),
-        targets: cfg.targets.clone(),
+        targets: cfg.targets.iter().cloned().map(Arc::new).collect(),
         policy: policy.clone(),
-        http: upstream::http::Client::new(cfg.bypass_mark, cfg.connect_timeout),
+        http: upstream::http::Client::new(
+            cfg.bypass_mark,
+            cfg.connect_timeout,
+            cfg.upstream_max_idle,
+        ),
+        recorder,
+        connections: connections.clone(),
+        body_budget: limits::BodyBudget::new(cfg.max_buffered_body_bytes),
+        timeouts: crate::http::Timeouts {
+            header: cfg.header_timeout,
+            body: cfg.body_timeout,
+            idle: cfg.idle_timeout,
+        },
         max_request_body: cfg.max_request_body_bytes,
         max_header: cfg.max_header_bytes,
+        max_h2_streams: cfg.max_h2_streams,
         shutdown: drain.shutdown_signal(),
     });
     tokio::spawn(policy_reloader(policy.clone(), drain.shutdown_signal()));
@@ -77,6 +105,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for (addr, listener) in listeners {
         tokio::spawn(accept_loop(addr, listener, ctx.clone(), drain.clone()));
     }
+    drop(ctx);
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -87,6 +116,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let in_flight = drain.in_flight();
     let forced = drain.drain(cfg.drain_timeout).await;
     tracing::info!(in_flight, forced, "connections drained");
+    // Every request's record has been queued by now (connection tasks are gone); once the
+    // last sender is dropped the writer finishes the queue and ends.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     interceptor.shutdown(cfg.fail_mode).context("detaching")?;
     let _ = std::fs::remove_file(&cfg.admin_socket);
     Ok(())
@@ -126,8 +158,18 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let slot = match ctx.connections.try_global() {
+                    Ok(slot) => slot,
+                    Err(over) => {
+                        // Dropping it unattributed leaves its metadata to the LRU map.
+                        ctx.table.count_over_limit();
+                        tracing::warn!(%peer, limit = %over, "connection refused: the agent is at its connection cap");
+                        connection::reset(&stream);
+                        continue;
+                    }
+                };
                 let (ctx, force) = (ctx.clone(), drain.force_signal());
-                drain.spawn(connection::serve(ctx, stream, peer, force));
+                drain.spawn(connection::serve(ctx, stream, peer, slot, force));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -149,20 +191,33 @@ async fn policy_reloader(store: Arc<policy::Store>, stop: tokio_util::sync::Canc
             None
         }
     };
-    let mut seen = policy_stamp(store.paths());
+    let paths = store.paths().to_vec();
+    let stamp = move || {
+        let paths = paths.clone();
+        tokio::task::spawn_blocking(move || policy_stamp(&paths))
+    };
+    let mut seen = stamp().await.unwrap_or_default();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let why = tokio::select! {
             () = stop.cancelled() => return,
             _ = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
             _ = tick.tick() => {
-                let now = policy_stamp(store.paths());
+                let Ok(now) = stamp().await else { continue };
                 if now == seen { continue; }
                 seen = now;
                 "file change"
             }
         };
-        match store.reload() {
+        // Reading and parsing YAML is blocking work: keep it off the runtime's workers, so
+        // a reload never stalls proxying (even with worker_threads: 1).
+        let s = store.clone();
+        let reloaded = tokio::task::spawn_blocking(move || s.reload()).await;
+        let Ok(reloaded) = reloaded else {
+            tracing::error!(why, "policy reload task failed; keeping the running policy");
+            continue;
+        };
+        match reloaded {
             Ok(rules) => tracing::info!(why, rules, "policy reloaded"),
             Err(e) => {
                 tracing::error!(why, error = %e, "policy reload failed; keeping the running policy")

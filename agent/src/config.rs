@@ -96,6 +96,45 @@ pub struct Config {
     /// Largest request head (request line + headers) accepted (431 beyond).
     #[serde(default = "default_max_header")]
     pub max_header_bytes: usize,
+    /// Live intercepted connections at once; 0 = as many as the open-file limit allows (two
+    /// descriptors each, after raising the soft limit to the hard one).
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Live connections one cgroup may hold; 0 = a quarter of `max_connections`.
+    #[serde(default)]
+    pub max_connections_per_cgroup: usize,
+    /// Memory all buffered request bodies may hold together; past it requests get 503 with
+    /// `Retry-After` in the server's dialect.
+    #[serde(default = "default_body_budget")]
+    pub max_buffered_body_bytes: usize,
+    /// From accept to the end of the first request head (and, for HTTP/1.1, from the end of
+    /// one response to the end of the next head).
+    #[serde(
+        rename = "header_timeout_ms",
+        default = "default_header_timeout",
+        with = "millis"
+    )]
+    pub header_timeout: Duration,
+    /// Time to receive a whole request body (408 beyond).
+    #[serde(
+        rename = "body_timeout_ms",
+        default = "default_body_timeout",
+        with = "millis"
+    )]
+    pub body_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    #[serde(
+        rename = "idle_timeout_secs",
+        default = "default_idle_timeout",
+        with = "secs"
+    )]
+    pub idle_timeout: Duration,
+    /// Concurrent HTTP/2 streams per client connection.
+    #[serde(default = "default_h2_streams")]
+    pub max_h2_streams: u32,
+    /// Idle pooled connections kept per upstream.
+    #[serde(default = "default_upstream_idle")]
+    pub upstream_max_idle: usize,
     /// Runtime threads: 0 = one per CPU, 1 = a single thread (lowest latency: no
     /// cross-thread wakeups), n = n worker threads.
     #[serde(default)]
@@ -131,6 +170,10 @@ pub struct Target {
     /// What happens to requests no policy rule matches (for `protocol: http`).
     #[serde(default)]
     pub default: crate::policy::Action,
+    /// Most bytes of one response body passed to the client (for `protocol: http`); a longer
+    /// stream is ended with an error in the server's own stream format.
+    #[serde(default)]
+    pub max_response_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -287,6 +330,24 @@ fn default_max_body() -> usize {
 }
 fn default_max_header() -> usize {
     64 * 1024
+}
+fn default_body_budget() -> usize {
+    128 * 1024 * 1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_h2_streams() -> u32 {
+    128
+}
+fn default_upstream_idle() -> usize {
+    64
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)

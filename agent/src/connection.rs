@@ -8,9 +8,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{ConnInfo, Table},
     config::{Protocol, Target},
-    forward, http,
+    filter, forward, http,
     intercept::{Maps, orig_dst},
-    policy, upstream,
+    limits::{BodyBudget, ConnectionSlot, Connections},
+    policy, record, upstream,
     upstream::Upstreams,
     workload::Workload,
 };
@@ -20,24 +21,45 @@ pub struct Ctx {
     pub maps: Arc<Maps>,
     pub upstreams: Upstreams,
     pub table: Arc<Table>,
-    pub targets: Vec<Target>,
+    pub targets: Vec<Arc<Target>>,
     pub policy: Arc<policy::Store>,
     pub http: upstream::http::Client,
+    pub recorder: record::Recorder,
+    pub connections: Arc<Connections>,
+    pub body_budget: Arc<BodyBudget>,
+    pub timeouts: http::Timeouts,
     pub max_request_body: usize,
     pub max_header: usize,
+    pub max_h2_streams: u32,
     pub shutdown: CancellationToken,
 }
 
 /// What is known about an accepted connection; shared by all its requests.
 pub struct Conn {
     pub target_id: u32,
-    pub target: String,
+    /// Resolved once, at accept.
+    pub target: Arc<Target>,
     pub workload: Workload,
     pub orig: SocketAddr,
 }
 
+impl Conn {
+    pub fn filters(&self) -> filter::Settings {
+        filter::Settings {
+            max_response_bytes: self.target.max_response_bytes,
+        }
+    }
+}
+
 /// Handles one accepted connection. Never returns an error: every outcome is logged here.
-pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: CancellationToken) {
+/// `slot` is the connection's place under the global cap, taken at accept.
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    client: TcpStream,
+    peer: SocketAddr,
+    mut slot: ConnectionSlot,
+    force: CancellationToken,
+) {
     let Some(meta) = orig_dst::take(&ctx.maps, peer) else {
         // Not redirected by our hooks (a direct dial of the listener, or metadata lost).
         ctx.table.count_refused();
@@ -47,12 +69,23 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
     };
     let orig = orig_dst::original_destination(&meta);
     let workload = Workload::from_meta(&meta);
-    let (target, protocol) = ctx
-        .targets
-        .get(meta.target_id as usize)
-        .map_or(("<unknown>".to_string(), Protocol::Tcp), |t| {
-            (t.name.clone(), t.protocol)
-        });
+    let Some(target_cfg) = ctx.targets.get(meta.target_id as usize).cloned() else {
+        ctx.table.count_refused();
+        tracing::error!(%peer, target_id = meta.target_id, "redirected connection names no configured target; refused");
+        reset(&client);
+        return;
+    };
+    if let Err(over) = ctx.connections.charge(&mut slot, workload.cgroup_id) {
+        ctx.table.count_over_limit();
+        tracing::warn!(
+            target_name = %target_cfg.name, tgid = workload.tgid, uid = workload.uid,
+            cgroup_id = workload.cgroup_id, comm = %workload.comm, limit = %over,
+            "connection refused: over its cgroup's connection cap"
+        );
+        reset(&client);
+        return;
+    }
+    let (target, protocol) = (target_cfg.name.clone(), target_cfg.protocol);
     let entry = ctx.table.open(ConnInfo {
         id: ctx.table.next_id(),
         target: target.clone(),
@@ -66,12 +99,12 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
     if protocol == Protocol::Http {
         let conn = Arc::new(Conn {
             target_id: meta.target_id,
-            target,
+            target: target_cfg,
             workload,
             orig,
         });
         http::serve(ctx, conn, client, force).await;
-        drop(entry);
+        drop((entry, slot));
         return;
     }
     let started = Instant::now();
@@ -111,10 +144,10 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
             "connection ended with error"
         ),
     }
-    drop(entry);
+    drop((entry, slot));
 }
 
 /// Closes with a reset, so the client sees a hard failure rather than an empty reply.
-fn reset(client: &TcpStream) {
+pub fn reset(client: &TcpStream) {
     let _ = socket2::SockRef::from(client).set_linger(Some(std::time::Duration::ZERO));
 }

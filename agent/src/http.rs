@@ -1,15 +1,35 @@
 //! Serving HTTP on an intercepted connection: HTTP/1.1 (keep-alive, chunked) or HTTP/2 with
-//! prior knowledge (gRPC), detected from the first bytes. Each request goes through
-//! `pipeline::handle`. On shutdown the connection is closed gracefully (in-flight requests
-//! finish, no new ones), and cut when the drain deadline passes.
-use std::{convert::Infallible, sync::Arc};
-
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
+//! prior knowledge (gRPC), told apart by the first bytes. Each request goes through
+//! `pipeline::handle`.
+//!
+//! Timeouts, so a client cannot hold a connection (and its descriptors) for nothing:
+//! - `header`: from accept to the end of the first request head, protocol detection
+//!   included; for HTTP/1.1 also from the end of a response to the end of the next head
+//!   (hyper starts its header timer when a keep-alive connection goes idle);
+//! - `idle`: a connection with no request in flight for this long is closed gracefully (the
+//!   one idle bound HTTP/2 has; for HTTP/1.1 the shorter of `header` and `idle` applies);
+//! - the request body's deadline is the read stage's (`pipeline/read.rs`).
+//!
+//! On shutdown the connection is closed gracefully (in-flight requests finish, no new ones),
+//! and cut when the drain deadline passes.
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
-use tokio::net::TcpStream;
+
+use hyper::{
+    body::Incoming,
+    server::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{net::TcpStream, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -17,38 +37,203 @@ use crate::{
     pipeline,
 };
 
-pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: CancellationToken) {
-    let shutdown = ctx.shutdown.clone();
-    let max_header = ctx.max_header;
-    let svc = service_fn(move |req: hyper::Request<Incoming>| {
-        let (ctx, conn) = (ctx.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(pipeline::handle(&ctx, &conn, req).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .max_buf_size(max_header.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
-    let served = builder.serve_connection(TokioIo::new(client), svc);
-    tokio::pin!(served);
-    tokio::select! {
-        r = served.as_mut() => { log_end(r); return; }
-        () = shutdown.cancelled() => served.as_mut().graceful_shutdown(),
-        () = force.cancelled() => return,
-    }
-    tokio::select! {
-        r = served => log_end(r),
-        () = force.cancelled() => {}
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub body: Duration,
+    pub idle: Duration,
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` at which the connection last became idle.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.born + since + idle)
     }
 }
 
-fn log_end(r: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
-    if let Err(e) = r {
-        // Malformed requests get their 4xx from hyper; this only records why the
-        // connection ended.
-        tracing::debug!(error = %e, "http connection ended");
+/// Marks one request in flight until dropped (with its response body, or early).
+pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(a: &Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ms = self.0.born.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+}
+
+pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: CancellationToken) {
+    let timeouts = ctx.timeouts;
+    let proto = tokio::select! {
+        p = tokio::time::timeout(timeouts.header, sniff(&client)) => p,
+        () = force.cancelled() => return,
+    };
+    let proto = match proto {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return, // closed before sending anything
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "http connection ended before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                target_name = %conn.target.name, tgid = conn.workload.tgid,
+                "no request head within the header timeout; closing"
+            );
+            return;
+        }
+    };
+    let activity = Arc::new(Activity {
+        born: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        idle_since_ms: AtomicU64::new(0),
+    });
+    let shutdown = ctx.shutdown.clone();
+    let (max_header, max_streams) = (ctx.max_header, ctx.max_h2_streams);
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req: hyper::Request<Incoming>| {
+            let (ctx, conn) = (ctx.clone(), conn.clone());
+            let in_flight = InFlight::enter(&activity);
+            async move { Ok::<_, Infallible>(pipeline::handle(&ctx, &conn, req, in_flight).await) }
+        })
+    };
+    let io = TokioIo::new(client);
+    match proto {
+        Proto::H1 => {
+            let c = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.header)
+                .max_buf_size(max_header.max(8192))
+                .keep_alive(true)
+                .serve_connection(io, svc);
+            drive(c, shutdown, force, &activity, timeouts.idle).await;
+        }
+        Proto::H2 => {
+            let c = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(max_streams)
+                .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
+                .keep_alive_interval(Some(timeouts.idle.min(Duration::from_secs(30))))
+                .keep_alive_timeout(timeouts.header)
+                .serve_connection(io, svc);
+            drive(c, shutdown, force, &activity, timeouts.idle).await;
+        }
+    }
+}
+
+/// Peeks until the bytes are (or cannot be) the HTTP/2 preface. Peeking leaves them for
+/// hyper. A client that sent a partial preface is polled briefly until it sends the rest
+/// (or the caller's timeout ends it): peek has no "wait for more than I have".
+async fn sniff(s: &TcpStream) -> std::io::Result<Option<Proto>> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = s.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Proto::H1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Proto::H2));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The two hyper connection types, as far as driving them goes.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<S> Graceful for http1::Connection<TokioIo<TcpStream>, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<S> Graceful for http2::Connection<TokioIo<TcpStream>, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs a connection until it ends, closing it gracefully on shutdown or when idle, and
+/// cutting it when the drain deadline fires.
+async fn drive<C: Graceful>(
+    conn: C,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    activity: &Activity,
+    idle: Duration,
+) {
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        // While requests are in flight, look again after `idle`; the deadline moves with
+        // every request that ends.
+        let wake = activity
+            .idle_deadline(idle)
+            .unwrap_or_else(|| Instant::now() + idle);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    // Malformed requests get their 4xx from hyper; this only records why
+                    // the connection ended.
+                    tracing::debug!(error = %e, "http connection ended");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful();
+            }
+            () = force.cancelled() => return,
+            () = tokio::time::sleep_until(wake), if !closing => {
+                if activity.idle_deadline(idle).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!("closing an idle http connection");
+                    closing = true;
+                    conn.as_mut().graceful();
+                }
+            }
+        }
     }
 }

@@ -16,12 +16,15 @@ pub mod config;
 pub mod connection;
 pub mod doctor;
 pub mod drain;
+pub mod filter;
 pub mod forward;
 pub mod http;
 #[allow(unsafe_code)]
 pub mod intercept;
+pub mod limits;
 pub mod pipeline;
 pub mod policy;
+pub mod record;
 pub mod respond;
 pub mod upstream;
 pub mod workload;

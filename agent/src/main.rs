@@ -366,6 +366,9 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                     d.rule.as_deref().unwrap_or("target default"),
                     d.reason
                 ),
+                policy::Decision::Hold(h) => {
+                    println!("decision:  hold for approval by {} — {}", h.rule, h.reason)
+                }
             }
             ExitCode::SUCCESS
         }
@@ -429,10 +432,16 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
         );
     }
     let k = |i: usize| status.kernel.get(i).copied().unwrap_or(0);
-    if status.http_allowed + status.http_denied + status.http_refused > 0 {
+    if status.http_allowed + status.http_denied + status.http_refused + status.http_cancelled > 0 {
         println!(
-            "\nHTTP requests: {} allowed, {} denied by policy, {} refused before policy",
-            status.http_allowed, status.http_denied, status.http_refused
+            "\nHTTP requests: {} allowed, {} denied by policy, {} refused before policy, {} cancelled by the client",
+            status.http_allowed, status.http_denied, status.http_refused, status.http_cancelled
+        );
+    }
+    if status.records_dropped + status.connections_over_limit > 0 {
+        println!(
+            "{} request records dropped (writer behind), {} connections refused over a connection cap",
+            status.records_dropped, status.connections_over_limit
         );
     }
     println!(

@@ -1,354 +1,184 @@
-//! The stages one HTTP request goes through, in order. Each stage is one call; a stage that
-//! ends the request returns a `Refusal`, which `respond` renders in the server's dialect.
+//! The stages one HTTP request goes through, in this order. Each stage is a plain function
+//! over the request's context ([`context::Request`]); a stage that ends the request returns a
+//! `Refusal`, which `respond` renders in the server's dialect.
 //!
-//! | stage | may change | can end the request |
-//! |---|---|---|
-//! | admit: path, encoding, declared size | — | 400, 413, 415 |
-//! | read: body up to the limit (not gRPC, which streams) | — | 400, 413 |
-//! | classify: adapter → operation | — | no |
-//! | decide: policy snapshot → Permit or Denial | — | 403 |
-//! | send: upstream with the Permit | URI, hop-by-hop headers | 502 |
-//! | record: one log line when the response body ends (`record.rs`) | — | no |
+//! | stage | module | reads | writes | can end the request |
+//! |---|---|---|---|---|
+//! | admit | `admit.rs` | method, path, headers | decoded path | 400, 403 (protocol switch), 413, 415 |
+//! | read | `read.rs` | body (bounded: size, deadline, memory budget) | body bytes, JSON | 400, 408, 413, 503 |
+//! | classify | `adapter` | method, decoded path, JSON | operation | no |
+//! | identify | `identify` below | connection's workload | subject | no (tokens come with #14) |
+//! | decide | `policy` | operation, subject, JSON | decision | no (the next stage acts on it) |
+//! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
+//! | prepare | `send.rs` | parts, body, `Permit`, filters | the upstream request | no |
+//! | send | `send.rs` | upstream request | response head | 502 |
+//! | respond | `respond` below | response head, filters | the response body | 502 (too large) |
+//!
+//! The record of the request is opened before the first stage and finished exactly once,
+//! by the response body at its end or by the context being dropped (`record`).
 //!
 //! The policy snapshot is taken when the request starts, so a reload never changes the
 //! decision of a request in flight.
-use std::time::Instant;
-
-use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, header, request::Parts};
-use http_body_util::{BodyExt as _, Limited};
+use http::{Response, StatusCode, header};
 use hyper::body::Incoming;
-use record::{Record, Recorded};
 
 use crate::{
     connection::{Conn, Ctx},
-    policy::{Decision, Permit, Query},
+    filter::{Chain, Framing, RequestEnd, ResponseBody},
+    http::InFlight,
+    policy::{Decision, Facts, Permit},
+    record::Phase,
     respond::{self, Body, Refusal},
     upstream::http::strip_hop_by_hop,
 };
 
-mod record;
+mod admit;
+pub mod context;
+mod json;
+mod read;
+mod send;
 
-enum ReqBody {
-    Buffered(Bytes),
-    Streaming(Incoming),
-}
+pub use context::{Request, Subject};
 
-pub async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let Some(target) = ctx.targets.get(conn.target_id as usize) else {
-        return respond::render(
-            Default::default(),
-            false,
-            &Refusal::client(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "sluice_internal",
-                "unknown target",
-            ),
-        );
-    };
-    let server = target.server;
-    let grpc = is_grpc(req.headers());
-    let policy = ctx.policy.current();
-    let (parts, body) = req.into_parts();
-    let method = parts.method.as_str().to_string();
-    let path = parts.uri.path().to_string();
-
-    let outcome = async {
-        admit(&parts, ctx.max_request_body)?;
-        let (body, json) = read(body, grpc, &parts.headers, ctx.max_request_body).await?;
-        let (op, decision) = policy.decide(&Query {
-            target: &target.name,
-            server,
-            method: &method,
-            path: &path,
-            body: json.as_ref(),
-            default: target.default,
-            workload: Some(&conn.workload),
-        });
-        Ok::<_, Refusal>((op, decision, body))
-    }
-    .await;
-
-    let (response, op, decision) = match outcome {
-        Err(refusal) => (respond::render(server, grpc, &refusal), None, None),
-        Ok((op, Decision::Deny(d), _)) => {
-            let r = Refusal::policy(d.rule.clone(), &d.reason);
-            (
-                respond::render(server, grpc, &r),
-                Some(op),
-                Some(Decision::Deny(d)),
-            )
-        }
-        Ok((op, Decision::Permit(p), body)) => {
-            let resp = match send(ctx, conn, &p, parts, body, grpc).await {
-                Ok(r) => r,
-                Err(r) => respond::render(server, grpc, &r),
-            };
-            (resp, Some(op), Some(Decision::Permit(p)))
-        }
-    };
-    ctx.table
-        .count_request(decision.as_ref().map_or("refuse", Decision::label));
-    let rec = Record::new(
-        conn,
-        &method,
-        &path,
-        op,
-        decision,
-        response.status(),
-        started,
-    );
-    response.map(|body| Recorded::wrap(body, rec).boxed())
-}
-
-fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
-/// Rejects what could make Sluice and the server disagree about what a request is.
-fn admit(parts: &Parts, max_body: usize) -> Result<(), Refusal> {
-    let raw = parts.uri.path();
-    let lower = raw.to_ascii_lowercase();
-    // Encoded slashes and dots, dot segments and empty segments are spellings a server may
-    // normalise differently from Sluice (e.g. FastAPI's slash redirects): refuse them.
-    if lower.contains("%2f")
-        || lower.contains("%2e")
-        || lower.contains("%5c")
-        || raw.contains("//")
-        || raw.split('/').any(|s| s == ".." || s == ".")
-    {
-        return Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_bad_path",
-            format!("request path {raw:?} is not in normal form"),
-        ));
-    }
-    if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        return Err(Refusal::client(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "sluice_encoded_body",
-            "compressed request bodies are not accepted: Sluice must read the request to apply policy",
-        ));
-    }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body as u64) {
-        return Err(too_large(max_body));
-    }
-    Ok(())
-}
-
-fn too_large(max: usize) -> Refusal {
-    Refusal::client(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "sluice_body_too_large",
-        format!("request body is larger than the {max} bytes Sluice inspects"),
-    )
-}
-
-/// Buffers the body (bounded) so the adapter can read the model; gRPC streams untouched.
-async fn read(
-    body: Incoming,
-    grpc: bool,
-    headers: &HeaderMap,
-    max: usize,
-) -> Result<(ReqBody, Option<serde_json::Value>), Refusal> {
-    if grpc {
-        return Ok((ReqBody::Streaming(body), None));
-    }
-    let bytes = match Limited::new(body, max).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(max)),
-        Err(e) => {
-            return Err(Refusal::client(
-                StatusCode::BAD_REQUEST,
-                "sluice_bad_body",
-                format!("could not read the request body: {e}"),
-            ));
-        }
-    };
-    if bytes.is_empty() {
-        return Ok((ReqBody::Buffered(bytes), None));
-    }
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ctype.starts_with("multipart/") || ctype.starts_with("application/octet-stream") {
-        return Ok((ReqBody::Buffered(bytes), None));
-    }
-    // A body Sluice cannot parse could still be parsed leniently by the server: refuse it
-    // rather than decide without seeing the model. Likewise a top-level key given twice:
-    // parsers disagree on which copy wins, so `"model"` could say one thing to Sluice and
-    // another to the server.
-    match parse_json(&bytes) {
-        Ok((v, None)) => Ok((ReqBody::Buffered(bytes), Some(v))),
-        Ok((_, Some(key))) => Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_ambiguous_json",
-            format!("request body gives the key {key:?} more than once"),
-        )),
-        Err(e) => Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_bad_json",
-            format!("request body is not valid JSON: {e}"),
-        )),
-    }
-}
-
-/// Sends a permitted request upstream, trying the target's backends in order. Only
-/// connection failures are retried, and only for buffered bodies, since nothing was sent.
-async fn send(
+/// Runs one request through the stages and returns its response, whose body finishes the
+/// request's record.
+pub async fn handle(
     ctx: &Ctx,
-    conn: &Conn,
-    permit: &Permit,
-    parts: Parts,
-    body: ReqBody,
-    grpc: bool,
-) -> Result<Response<Body>, Refusal> {
-    let order = ctx.upstreams.order(conn.target_id);
-    let candidates: Vec<(Option<usize>, String)> = if order.is_empty() {
-        vec![(None, conn.orig.to_string())]
-    } else {
-        order
-            .iter()
-            .map(|(i, ep)| (Some(*i), ep.to_string()))
-            .collect()
+    conn: &std::sync::Arc<Conn>,
+    req: http::Request<Incoming>,
+    in_flight: InFlight,
+) -> Response<Body> {
+    let mut rq = Request::start(ctx, conn, req, in_flight);
+    let (response, chain) = match stages(ctx, &mut rq).await {
+        Ok(ok) => ok,
+        Err(refusal) => (
+            respond::render(conn.target.server, rq.grpc, &refusal),
+            Chain::default(),
+        ),
     };
-    let mut body = Some(body);
-    let mut last = String::new();
-    for (i, auth) in candidates {
-        let mut parts = parts.clone();
-        let b: Body = match body.take() {
-            Some(ReqBody::Buffered(bytes)) => {
-                // The body is re-framed with the length Sluice actually read: a client's
-                // conflicting Content-Length / Transfer-Encoding never reaches the server
-                // (no request smuggling through the agent).
-                parts.headers.remove(header::TRANSFER_ENCODING);
-                if bytes.is_empty() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-                    // A bodyless request stays bodyless.
-                } else {
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
-                }
-                body = Some(ReqBody::Buffered(bytes.clone()));
-                respond::full(bytes)
-            }
-            Some(ReqBody::Streaming(inc)) => inc.boxed(),
-            None => break,
-        };
-        let req = Request::from_parts(parts, b);
-        match ctx.http.send(permit, &auth, req, grpc).await {
-            Ok(resp) => {
-                if let Some(i) = i {
-                    ctx.upstreams.report(conn.target_id, i, true);
-                }
-                let (mut rparts, rbody) = resp.into_parts();
-                strip_hop_by_hop(&mut rparts.headers, true);
-                return Ok(Response::from_parts(rparts, rbody.boxed()));
-            }
-            Err(e) if e.is_connect() => {
-                if let Some(i) = i {
-                    ctx.upstreams.report(conn.target_id, i, false);
-                }
-                tracing::warn!(target_name = %conn.target, upstream = %auth, error = %e, "upstream failed; skipping it for a while");
-                last = format!("{auth}: {e}");
-            }
-            Err(e) => {
+    rq.respond(response, chain)
+}
+
+async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), Refusal> {
+    admit::admit(rq, ctx)?;
+    read::read(rq, ctx).await?;
+    rq.phase(Phase::Decide);
+    classify(rq);
+    identify(rq);
+    decide(rq);
+    let permit = approve(rq)?;
+    let forward = send::prepare(rq, permit);
+    rq.phase(Phase::Upstream);
+    let head = send::send(ctx, &rq.conn, forward).await?;
+    response(rq, head)
+}
+
+/// What the request does, as the target's adapter reads it.
+fn classify(rq: &mut Request) {
+    let op = crate::adapter::classify(
+        rq.conn.target.server,
+        rq.parts.method.as_str(),
+        &rq.path,
+        rq.json.as_ref(),
+    );
+    rq.record().set_operation(&op);
+    rq.operation = Some(op);
+}
+
+/// Who is asking. Today: the workload the connect hook saw. Tokens (OIDC) add a subject of
+/// their own here.
+fn identify(rq: &mut Request) {
+    rq.subject = Some(Subject::Workload);
+}
+
+fn decide(rq: &mut Request) {
+    let Some(op) = rq.operation.as_ref() else {
+        return;
+    };
+    let target = &rq.conn.target;
+    let decision = rq.policy.evaluate(&Facts {
+        target: &target.name,
+        server: target.server,
+        method: rq.parts.method.as_str(),
+        path: &rq.path,
+        operation: op,
+        body: rq.json.as_ref(),
+        default: target.default,
+        workload: match rq.subject {
+            Some(Subject::Workload) => Some(&rq.conn.workload),
+            None => None,
+        },
+    });
+    rq.record().set_decision(&decision);
+    rq.decision = Some(decision);
+}
+
+/// Turns the decision into a `Permit`, the only thing `prepare` takes. A held request would
+/// wait here for a person; no approver exists yet, so it is refused rather than guessed.
+fn approve(rq: &mut Request) -> Result<Permit, Refusal> {
+    match rq.decision.as_ref() {
+        Some(Decision::Permit(p)) => Ok(p.clone()),
+        Some(Decision::Deny(d)) => Err(Refusal::policy(d.rule.clone(), &d.reason)),
+        Some(Decision::Hold(h)) => Err(Refusal::policy(
+            Some(h.rule.clone()),
+            &format!(
+                "{}; this request needs a person's approval and no approver is configured",
+                h.reason
+            ),
+        )),
+        None => Err(Refusal::client(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "sluice_internal",
+            "no decision was reached",
+        )),
+    }
+}
+
+/// The upstream's response head: hop-by-hop headers removed, the target's filters set up. A
+/// body that declares more than the target lets through is refused before any of it is sent.
+fn response(
+    rq: &mut Request,
+    head: Response<Incoming>,
+) -> Result<(Response<Body>, Chain), Refusal> {
+    let (mut parts, body) = head.into_parts();
+    strip_hop_by_hop(&mut parts.headers, true);
+    let filters = rq.conn.filters();
+    let mut chain = Chain::default();
+    if filters.may_change_body() {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match (declared, filters.max_response_bytes) {
+            (Some(n), Some(max)) if n > max => {
                 return Err(Refusal::upstream(
                     StatusCode::BAD_GATEWAY,
-                    format!("upstream {auth} failed: {e}"),
+                    format!(
+                        "the upstream's response ({n} bytes) is larger than this target's max_response_bytes ({max})"
+                    ),
                 ));
+            }
+            // A declared length within every limit cannot be changed: no filter needed.
+            (Some(_), _) => {}
+            (None, _) => {
+                chain = filters.chain(rq.conn.target.server, Framing::of(&parts.headers));
+                parts.headers.remove(header::CONTENT_LENGTH);
             }
         }
     }
-    Err(Refusal::upstream(
-        StatusCode::BAD_GATEWAY,
-        format!(
-            "no upstream of target {} is reachable ({last})",
-            conn.target
-        ),
+    let body = http_body_util::BodyExt::map_err(body, respond::BodyError::from);
+    Ok((
+        Response::from_parts(parts, http_body_util::BodyExt::boxed(body)),
+        chain,
     ))
 }
 
-/// Parses a JSON body in one pass, also returning the first top-level key given twice.
-fn parse_json(bytes: &[u8]) -> Result<(serde_json::Value, Option<String>), serde_json::Error> {
-    use serde::de::{Deserializer as _, MapAccess, Visitor};
-
-    struct Object;
-    impl<'de> Visitor<'de> for Object {
-        type Value = (serde_json::Map<String, serde_json::Value>, Option<String>);
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = serde_json::Map::new();
-            let mut dup = None;
-            while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
-                if let Some(_earlier) = out.insert(k.clone(), v)
-                    && dup.is_none()
-                {
-                    dup = Some(k);
-                }
-            }
-            Ok((out, dup))
-        }
-    }
-    let is_object = bytes
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'{');
-    if !is_object {
-        return serde_json::from_slice(bytes).map(|v| (v, None));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let (map, dup) = de.deserialize_map(Object)?;
-    de.end()?;
-    Ok((serde_json::Value::Object(map), dup))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_json;
-
-    fn duplicate_top_level_key(bytes: &[u8]) -> Option<String> {
-        parse_json(bytes).ok().and_then(|(_, dup)| dup)
-    }
-
-    #[test]
-    fn parses_objects_and_other_values_and_rejects_trailing_data() {
-        let (v, dup) = parse_json(br#" {"model":"a","n":[1,2]} "#).expect("valid");
-        assert_eq!((v["model"].as_str(), dup), (Some("a"), None));
-        assert_eq!(parse_json(b"[1,2]").expect("array").0[1], 2);
-        assert!(parse_json(br#"{"model":"a"} x"#).is_err());
-        assert!(parse_json(br#"{"model":"a""#).is_err());
-    }
-
-    #[test]
-    fn finds_duplicate_top_level_keys_only() {
-        assert_eq!(
-            duplicate_top_level_key(br#"{"model":"a","x":1,"model":"b"}"#),
-            Some("model".into())
-        );
-        assert_eq!(
-            duplicate_top_level_key(br#"{"model":"a","m":{"k":1,"k":2}}"#),
-            None
-        );
-        assert_eq!(duplicate_top_level_key(br#"[{"a":1,"a":2}]"#), None);
-        assert_eq!(duplicate_top_level_key(br#"{"model":"a"}"#), None);
-        assert_eq!(
-            duplicate_top_level_key(br#"{"model":"test-model","model":"gpt-4o","messages":[]}"#),
-            Some("model".into())
-        );
-        assert_eq!(duplicate_top_level_key(b"not json"), None);
+impl Request {
+    /// The last step: the response's body takes over the end of the request.
+    fn respond(self, response: Response<Body>, chain: Chain) -> Response<Body> {
+        let mut end: RequestEnd = self.into_end();
+        end.record.set_status(response.status());
+        response.map(|body| ResponseBody::new(body, chain, end).boxed())
     }
 }

@@ -12,7 +12,7 @@ pub mod cases;
 mod eval;
 mod pack;
 
-pub use eval::{Decision, Denial, Facts, Permit, Query};
+pub use eval::{Decision, Denial, Facts, Hold, Permit, Query};
 pub use pack::{Action, Policy, load_paths};
 
 #[derive(Debug, thiserror::Error)]

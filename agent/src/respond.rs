@@ -5,9 +5,21 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use serde_json::json;
 
-use crate::adapter::Server;
+use crate::{adapter::Server, filter::Framing};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Every response body Sluice sends: the upstream's (through the filter chain) or its own.
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// Why a response body ended early: the upstream failed, or Sluice ended it on purpose (a
+/// response filter, a limit). Either way the client sees a truncated transfer, never a
+/// clean end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("ended by Sluice: {0}")]
+    Sluice(String),
+}
 
 /// Who caused an error: the client (4xx), the upstream (502/504), or Sluice itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +38,8 @@ pub struct Refusal {
     pub code: &'static str,
     pub message: String,
     pub rule: Option<String>,
+    /// Seconds after which a retry may succeed (503 when Sluice is over a budget).
+    pub retry_after: Option<u32>,
 }
 
 impl Refusal {
@@ -36,6 +50,19 @@ impl Refusal {
             code,
             message: message.into(),
             rule: None,
+            retry_after: None,
+        }
+    }
+
+    /// Sluice is over one of its budgets: 503 with `Retry-After`, never a dropped connection.
+    pub fn busy(code: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            side: Side::Sluice,
+            code,
+            message: message.into(),
+            rule: None,
+            retry_after: Some(retry_after),
         }
     }
 
@@ -46,6 +73,7 @@ impl Refusal {
             code: "sluice_upstream_error",
             message: message.into(),
             rule: None,
+            retry_after: None,
         }
     }
 
@@ -60,6 +88,7 @@ impl Refusal {
             code: "sluice_policy_denied",
             message,
             rule,
+            retry_after: None,
         }
     }
 }
@@ -99,6 +128,9 @@ pub fn render(server: Server, grpc: bool, r: &Refusal) -> Response<Body> {
     {
         h.insert("x-sluice-rule", rule);
     }
+    if let Some(secs) = r.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp
 }
 
@@ -115,6 +147,7 @@ fn anthropic_type(status: StatusCode) -> &'static str {
     match status {
         StatusCode::FORBIDDEN => "permission_error",
         StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
         s if s.is_client_error() => "invalid_request_error",
         _ => "api_error",
     }
@@ -155,4 +188,28 @@ fn grpc_status(r: &Refusal) -> Response<Body> {
 
 pub fn full(b: Bytes) -> Body {
     Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+/// An error as the last unit of a streamed response, in the server's own shape: an SSE
+/// error event, or an NDJSON error line for Ollama's native streams. Empty where the framing
+/// has no place for one (a plain body is then only cut).
+pub fn stream_error(server: Server, framing: Framing, code: &str, message: &str) -> Bytes {
+    match framing {
+        Framing::Sse => {
+            let (event, data) = match server {
+                Server::Anthropic => (
+                    "event: error\n",
+                    json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+                ),
+                Server::Tgi => ("", json!({"error": message, "error_type": code})),
+                _ => (
+                    "",
+                    json!({"error": {"message": message, "type": "api_error", "param": null, "code": code}}),
+                ),
+            };
+            Bytes::from(format!("{event}data: {data}\n\n"))
+        }
+        Framing::Ndjson => Bytes::from(format!("{}\n", json!({ "error": message }))),
+        Framing::Json | Framing::Other => Bytes::new(),
+    }
 }

@@ -37,6 +37,12 @@ pub struct Table {
     http_allowed: AtomicU64,
     http_denied: AtomicU64,
     http_refused: AtomicU64,
+    /// Requests the client abandoned before Sluice answered.
+    http_cancelled: AtomicU64,
+    /// Records the writer could not take in time (its queue was full).
+    records_dropped: AtomicU64,
+    /// Connections refused because a connection cap was reached.
+    over_limit: AtomicU64,
     live: Mutex<HashMap<u64, ConnInfo>>,
 }
 
@@ -71,11 +77,13 @@ impl Table {
         self.upstream_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one HTTP request's outcome: "allow", "deny" or "refuse".
+    /// Counts one HTTP request's outcome: "allow", "deny", "cancelled" or anything else
+    /// (refused before or without a policy decision).
     pub fn count_request(&self, decision: &str) {
         let c = match decision {
             "allow" => &self.http_allowed,
             "deny" => &self.http_denied,
+            "cancelled" => &self.http_cancelled,
             _ => &self.http_refused,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +96,26 @@ impl Table {
             self.http_denied.load(Ordering::Relaxed),
             self.http_refused.load(Ordering::Relaxed),
         )
+    }
+
+    pub fn cancelled(&self) -> u64 {
+        self.http_cancelled.load(Ordering::Relaxed)
+    }
+
+    pub fn count_record_dropped(&self) {
+        self.records_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn records_dropped(&self) -> u64 {
+        self.records_dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn count_over_limit(&self) {
+        self.over_limit.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Vec<ConnInfo> {

@@ -51,33 +51,47 @@ pub struct Denial {
     pub reason: String,
 }
 
+/// A request the policy neither allows nor denies outright: it may go on only once a person
+/// approves it. The approval stage owns what happens next; until an approver is configured,
+/// a held request is refused (fail closed).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Hold {
+    pub rule: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub enum Decision {
     Permit(Permit),
     Deny(Denial),
+    Hold(Hold),
 }
 
 impl Decision {
+    /// The action as policy files spell it. A held request is not allowed without approval,
+    /// so for the offline tools (policy test, explain) it reads as deny.
     pub fn action(&self) -> Action {
         match self {
             Decision::Permit(_) => Action::Allow,
-            Decision::Deny(_) => Action::Deny,
+            Decision::Deny(_) | Decision::Hold(_) => Action::Deny,
         }
     }
 
-    /// "allow" or "deny", as logs and counters spell it.
+    /// "allow", "deny" or "hold", as logs and counters spell it.
     pub fn label(&self) -> &'static str {
         match self {
             Decision::Permit(_) => "allow",
             Decision::Deny(_) => "deny",
+            Decision::Hold(_) => "hold",
         }
     }
 
-    /// Rule ids that decided: the allow rules, or the deny rule.
+    /// Rule ids that decided: the allow rules, the deny rule, or the hold rule.
     pub fn rule_ids(&self) -> Vec<String> {
         match self {
             Decision::Permit(p) => p.rules.clone(),
             Decision::Deny(d) => d.rule.iter().cloned().collect(),
+            Decision::Hold(h) => vec![h.rule.clone()],
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP client towards model servers: pooled connections, every socket carrying the
-//! bypass mark. Only a `Permit` opens a request: nothing reaches a server undecided.
+//! bypass mark. Requests reach it only through `pipeline::send`, which takes a `Forward`
+//! that only a `Permit` makes: nothing reaches a server undecided.
 use std::{
     future::Future,
     pin::Pin,
@@ -15,7 +16,7 @@ use hyper_util::{
 };
 
 use super::dial;
-use crate::{policy::Permit, respond::Body};
+use crate::respond::Body;
 
 /// Dials `host:port` of the request URI with the bypass mark.
 #[derive(Clone)]
@@ -61,14 +62,17 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(mark: u32, timeout: Duration) -> Self {
+    /// `max_idle` bounds the idle pooled connections kept per upstream.
+    pub fn new(mark: u32, timeout: Duration, max_idle: usize) -> Self {
         let c = MarkedConnector { mark, timeout };
         Client {
             h1: HyperClient::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(max_idle)
                 .build(c.clone()),
             h2: HyperClient::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(max_idle)
                 .http2_only(true)
                 .build(c),
         }
@@ -78,7 +82,6 @@ impl Client {
     /// rest over HTTP/1.1 whatever the client spoke (model servers speak HTTP/1.1).
     pub async fn send(
         &self,
-        _permit: &Permit,
         authority: &str,
         mut req: Request<Body>,
         grpc: bool,
@@ -111,8 +114,23 @@ impl Client {
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), including every header
+/// the `Connection` header names: a client must not be able to make Sluice drop a header
+/// the server needs, or pass one only this hop should see.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
+    let named: Vec<header::HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        // `Connection: te` must not remove the `te: trailers` gRPC needs.
+        if !(keep_te_trailers && name == header::TE) {
+            h.remove(name);
+        }
+    }
     for name in [
         "connection",
         "keep-alive",
@@ -124,5 +142,29 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     }
     if !keep_te_trailers {
         h.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_named_in_connection_are_removed_too() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret-Hop , te".parse().expect("hv"),
+        );
+        h.insert("x-secret-hop", "1".parse().expect("hv"));
+        h.insert(header::TE, "trailers".parse().expect("hv"));
+        h.insert("x-kept", "1".parse().expect("hv"));
+        h.insert(header::UPGRADE, "h2c".parse().expect("hv"));
+        let mut grpc = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+        strip_hop_by_hop(&mut grpc, true);
+        assert!(grpc.contains_key(header::TE) && !grpc.contains_key("x-secret-hop"));
     }
 }

@@ -1,0 +1,281 @@
+//! Budgets that keep one workload from starving the others: connections (global and per
+//! cgroup) and the memory held by buffered request bodies. Every budget answers at once
+//! (`try_*`): over budget, the caller refuses politely (a reset connection, a 503 with
+//! `Retry-After`); nothing waits in an unbounded queue.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+/// File descriptors kept back for everything that is not a proxied connection (maps,
+/// listeners, the admin socket, policy files, DNS).
+const FD_RESERVE: u64 = 256;
+/// Ceiling for the automatic connection cap: past this the agent's memory, not its fd limit,
+/// is what runs out first.
+const AUTO_MAX_CONNECTIONS: u64 = 65_536;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft limit now in force.
+/// Every proxied connection costs two descriptors (client and upstream).
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-file limit; assuming 1024");
+            1024
+        }
+    }
+}
+
+/// The connection cap to use: the configured one, or what the fd limit allows.
+pub fn connection_cap(configured: usize, fd_limit: u64) -> usize {
+    let by_fds = fd_limit.saturating_sub(FD_RESERVE) / 2;
+    let auto = by_fds.clamp(1, AUTO_MAX_CONNECTIONS) as usize;
+    if configured == 0 {
+        auto
+    } else {
+        configured.min(auto)
+    }
+}
+
+/// Caps on live intercepted connections: one for the whole agent, one per cgroup (the unit
+/// the eBPF hook attributes connections to), so a workload that opens thousands of idle
+/// connections runs into its own cap while the others are still served.
+pub struct Connections {
+    global: Arc<Semaphore>,
+    max_global: usize,
+    per_cgroup: Mutex<HashMap<u64, usize>>,
+    max_per_cgroup: usize,
+}
+
+/// A held connection slot; released on drop.
+pub struct ConnectionSlot {
+    _global: OwnedSemaphorePermit,
+    cgroup: Option<(Arc<Connections>, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Over {
+    #[error("the agent serves at most {0} connections at once")]
+    Global(usize),
+    #[error("one cgroup may hold at most {0} connections at once")]
+    PerCgroup(usize),
+}
+
+impl Connections {
+    /// `per_cgroup` 0 means a quarter of the global cap.
+    pub fn new(max_global: usize, per_cgroup: usize) -> Arc<Self> {
+        let max_global = max_global.max(1);
+        let max_per_cgroup = if per_cgroup == 0 {
+            (max_global / 4).max(1)
+        } else {
+            per_cgroup
+        };
+        Arc::new(Connections {
+            global: Arc::new(Semaphore::new(max_global)),
+            max_global,
+            per_cgroup: Mutex::new(HashMap::new()),
+            max_per_cgroup,
+        })
+    }
+
+    pub fn max_global(&self) -> usize {
+        self.max_global
+    }
+
+    pub fn max_per_cgroup(&self) -> usize {
+        self.max_per_cgroup
+    }
+
+    /// A global slot, taken right at accept, before the connection is attributed.
+    pub fn try_global(&self) -> Result<ConnectionSlot, Over> {
+        match self.global.clone().try_acquire_owned() {
+            Ok(p) => Ok(ConnectionSlot {
+                _global: p,
+                cgroup: None,
+            }),
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                Err(Over::Global(self.max_global))
+            }
+        }
+    }
+
+    /// Charges the slot to the caller's cgroup, once the hook has told us which it is.
+    pub fn charge(self: &Arc<Self>, slot: &mut ConnectionSlot, cgroup: u64) -> Result<(), Over> {
+        let mut counts = self
+            .per_cgroup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(cgroup).or_insert(0);
+        if *n >= self.max_per_cgroup {
+            return Err(Over::PerCgroup(self.max_per_cgroup));
+        }
+        *n += 1;
+        slot.cgroup = Some((self.clone(), cgroup));
+        Ok(())
+    }
+
+    /// Live connections charged to a cgroup.
+    pub fn held_by(&self, cgroup: u64) -> usize {
+        self.per_cgroup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&cgroup)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some((limits, cgroup)) = self.cgroup.take() {
+            let mut counts = limits
+                .per_cgroup
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = counts.get_mut(&cgroup) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&cgroup);
+                }
+            }
+        }
+    }
+}
+
+/// Memory for request bodies being buffered (Sluice reads a body whole to find the model in
+/// it). Bytes are charged as they arrive, or up front when the length is declared, and given
+/// back when the request's context lets go of the body.
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+/// Bytes held against the budget; returned on drop.
+#[derive(Debug, Default)]
+pub struct BodyCharge {
+    permit: Option<OwnedSemaphorePermit>,
+    held: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request bodies already hold the {total} bytes Sluice buffers at once")]
+pub struct OverBudget {
+    pub total: usize,
+}
+
+impl BodyBudget {
+    pub fn new(total: usize) -> Arc<Self> {
+        // The semaphore counts in units of one byte; its ceiling is far above any budget.
+        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(BodyBudget {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        })
+    }
+
+    /// An empty charge, grown as bytes arrive.
+    pub fn charge(&self) -> BodyCharge {
+        BodyCharge {
+            permit: None,
+            held: 0,
+        }
+    }
+
+    /// Grows `charge` so that it covers `len` bytes in all.
+    pub fn grow(&self, charge: &mut BodyCharge, len: usize) -> Result<(), OverBudget> {
+        if len <= charge.held {
+            return Ok(());
+        }
+        let more =
+            u32::try_from(len - charge.held).map_err(|_| OverBudget { total: self.total })?;
+        let p = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(more)
+            .map_err(|_| OverBudget { total: self.total })?;
+        match charge.permit.as_mut() {
+            Some(held) => held.merge(p),
+            None => charge.permit = Some(p),
+        }
+        charge.held = len;
+        Ok(())
+    }
+
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
+impl BodyCharge {
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cgroup_cap_is_separate_from_the_global_one() {
+        let limits = Connections::new(10, 2);
+        let mut a1 = limits.try_global().expect("slot");
+        let mut a2 = limits.try_global().expect("slot");
+        let mut a3 = limits.try_global().expect("slot");
+        limits.charge(&mut a1, 7).expect("first");
+        limits.charge(&mut a2, 7).expect("second");
+        assert_eq!(limits.charge(&mut a3, 7), Err(Over::PerCgroup(2)));
+        // Another cgroup is still served.
+        limits.charge(&mut a3, 8).expect("other cgroup");
+        drop(a1);
+        assert_eq!(limits.held_by(7), 1);
+        let mut a4 = limits.try_global().expect("slot");
+        limits.charge(&mut a4, 7).expect("freed slot reused");
+        drop((a2, a3, a4));
+        assert_eq!((limits.held_by(7), limits.held_by(8)), (0, 0));
+    }
+
+    #[test]
+    fn global_cap_refuses_at_once() {
+        let limits = Connections::new(2, 0);
+        assert_eq!(limits.max_per_cgroup(), 1);
+        let _a = limits.try_global().expect("slot");
+        let _b = limits.try_global().expect("slot");
+        assert!(matches!(limits.try_global(), Err(Over::Global(2))));
+    }
+
+    #[test]
+    fn connection_cap_follows_the_fd_limit() {
+        assert_eq!(connection_cap(0, 1024), (1024 - 256) / 2);
+        assert_eq!(connection_cap(100, 1024), 100);
+        assert_eq!(connection_cap(10_000, 1024), 384);
+        assert_eq!(connection_cap(0, 10), 1);
+        assert_eq!(connection_cap(0, u64::MAX), 65_536);
+    }
+
+    #[test]
+    fn body_budget_is_charged_and_given_back() {
+        let budget = BodyBudget::new(100);
+        let mut a = budget.charge();
+        budget.grow(&mut a, 60).expect("fits");
+        budget.grow(&mut a, 50).expect("shrinking asks nothing");
+        assert_eq!((a.held(), budget.available()), (60, 40));
+        let mut b = budget.charge();
+        assert_eq!(budget.grow(&mut b, 41), Err(OverBudget { total: 100 }));
+        budget.grow(&mut b, 40).expect("fits exactly");
+        drop(a);
+        assert_eq!(budget.available(), 60);
+        drop(b);
+        assert_eq!(budget.available(), 100);
+    }
+}

@@ -1,0 +1,126 @@
+//! The context of one request: everything its stages read and write, owned by
+//! `pipeline::handle` from the request's first line. Dropping it before the response starts
+//! (the client went away, the drain cut it) finishes its record with where it was.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use hyper::body::Incoming;
+
+use crate::{
+    adapter::Operation,
+    connection::{Conn, Ctx},
+    filter::RequestEnd,
+    http::InFlight,
+    limits::BodyCharge,
+    policy::{Decision, Policy},
+    record::{Guard, Phase},
+};
+
+/// The request body as the stages have it.
+pub enum RequestBody {
+    /// Not read yet (admit has not run or refused).
+    Unread(Incoming),
+    /// Read whole by `read`; its bytes are charged to the body budget until dropped.
+    Buffered { bytes: Bytes, charge: BodyCharge },
+    /// Passed through unread: gRPC to a server that speaks it (its messages are framed, and
+    /// policy decides on the path alone).
+    Streaming(Incoming),
+    /// Handed to the upstream request.
+    Taken,
+}
+
+/// Who the request is from, as far as the identify stage could tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// Only the workload the eBPF hook attributed the connection to (no token).
+    Workload,
+}
+
+/// Where an approval stands. Requests the policy holds will wait here for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Approval {
+    /// The decision did not ask for one.
+    #[default]
+    NotNeeded,
+}
+
+/// The upstream credential Sluice injects in place of the client's. Custody (#14) fills
+/// this in the prepare stage; until then requests go upstream with no credential added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {}
+
+pub struct Request {
+    /// The connection, its target resolved once at accept.
+    pub conn: Arc<Conn>,
+    /// The policy in force when the request started.
+    pub policy: Arc<Policy>,
+    pub parts: Parts,
+    /// The path as the server will read it (percent-decoded once), set by admit.
+    pub path: String,
+    /// `application/grpc`: refusals are gRPC statuses.
+    pub grpc: bool,
+    pub body: RequestBody,
+    pub json: Option<serde_json::Value>,
+    pub operation: Option<Operation>,
+    pub subject: Option<Subject>,
+    pub decision: Option<Decision>,
+    pub approval: Approval,
+    pub credential: Option<Credential>,
+    end: RequestEnd,
+}
+
+impl Request {
+    /// Opens the request: its record starts now.
+    pub fn start(
+        ctx: &Ctx,
+        conn: &Arc<Conn>,
+        req: http::Request<Incoming>,
+        in_flight: InFlight,
+    ) -> Self {
+        let (parts, body) = req.into_parts();
+        let record = ctx.recorder.start(
+            &conn.target.name,
+            &conn.workload,
+            parts.method.as_str(),
+            parts.uri.path(),
+        );
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        Request {
+            conn: conn.clone(),
+            policy: ctx.policy.current(),
+            path: parts.uri.path().to_string(),
+            parts,
+            grpc,
+            body: RequestBody::Unread(body),
+            json: None,
+            operation: None,
+            subject: None,
+            decision: None,
+            approval: Approval::default(),
+            credential: None,
+            end: RequestEnd {
+                record,
+                in_flight: Some(in_flight),
+            },
+        }
+    }
+
+    /// The record of this request.
+    pub fn record(&mut self) -> &mut Guard {
+        &mut self.end.record
+    }
+
+    pub fn phase(&mut self, phase: Phase) {
+        self.record().set_phase(phase);
+    }
+
+    /// Hands the end of the request (record, in-flight mark) to the response body.
+    pub fn into_end(self) -> RequestEnd {
+        self.end
+    }
+}

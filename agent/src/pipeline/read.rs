@@ -1,0 +1,122 @@
+//! Read: buffer the request body, because the model and the options policy decides on are
+//! in it. Bounded three ways: its size (413), a deadline for the whole body (408), and the
+//! agent-wide memory budget for buffered bodies (503 with Retry-After, never an abort).
+use bytes::{Bytes, BytesMut};
+use http::{StatusCode, header};
+use http_body_util::BodyExt as _;
+
+use super::{Request, context::RequestBody};
+use crate::{connection::Ctx, respond::Refusal};
+
+pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
+    let body = match std::mem::replace(&mut rq.body, RequestBody::Taken) {
+        RequestBody::Unread(b) => b,
+        other => {
+            rq.body = other;
+            return Ok(());
+        }
+    };
+    if rq.grpc {
+        // Only targets that speak gRPC get here (admit): the stream goes through unread.
+        rq.body = RequestBody::Streaming(body);
+        return Ok(());
+    }
+    let max = ctx.max_request_body;
+    let declared = rq
+        .parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n <= max);
+    let mut charge = ctx.body_budget.charge();
+    let busy = |e: crate::limits::OverBudget| {
+        Refusal::busy(
+            "sluice_busy",
+            format!("Sluice is buffering too many request bodies right now ({e}); retry shortly"),
+            1,
+        )
+    };
+    if let Some(n) = declared {
+        ctx.body_budget.grow(&mut charge, n).map_err(busy)?;
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = body;
+    let deadline = tokio::time::Instant::now() + ctx.timeouts.body;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(Refusal::client(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "sluice_body_timeout",
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        ctx.timeouts.body.as_millis()
+                    ),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(Refusal::client(
+                    StatusCode::BAD_REQUEST,
+                    "sluice_bad_body",
+                    format!("could not read the request body: {e}"),
+                ));
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // request trailers carry nothing policy reads
+        };
+        let len = buf.len() + data.len();
+        if len > max {
+            return Err(too_large(max));
+        }
+        ctx.body_budget.grow(&mut charge, len).map_err(busy)?;
+        buf.extend_from_slice(&data);
+    }
+    let bytes: Bytes = buf.freeze();
+    rq.json = json(rq, &bytes)?;
+    rq.body = RequestBody::Buffered { bytes, charge };
+    Ok(())
+}
+
+pub fn too_large(max: usize) -> Refusal {
+    Refusal::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "sluice_body_too_large",
+        format!("request body is larger than the {max} bytes Sluice inspects"),
+    )
+}
+
+/// The body's JSON, read the way the target's server reads it.
+fn json(rq: &Request, bytes: &[u8]) -> Result<Option<serde_json::Value>, Refusal> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let ctype = rq
+        .parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.starts_with("multipart/") || ctype.starts_with("application/octet-stream") {
+        return Ok(None);
+    }
+    // A body Sluice cannot parse could still be parsed leniently by the server: refuse it
+    // rather than decide without seeing the model. Likewise a top-level key given twice:
+    // parsers disagree on which copy wins.
+    match super::json::parse(bytes) {
+        Ok((v, None)) => Ok(Some(v)),
+        Ok((_, Some(key))) => Err(Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_ambiguous_json",
+            format!("request body gives the key {key:?} more than once"),
+        )),
+        Err(e) => Err(Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_json",
+            format!("request body is not valid JSON: {e}"),
+        )),
+    }
+}

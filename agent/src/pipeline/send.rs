@@ -1,0 +1,132 @@
+//! Prepare and send: the permitted request as the upstream gets it, then the upstream's
+//! response head. Only connection failures are retried on the next backend, and only for
+//! buffered bodies, since nothing was sent.
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header, request::Parts};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+
+use super::{Request, context::RequestBody};
+use crate::{
+    connection::{Conn, Ctx},
+    limits::BodyCharge,
+    policy::Permit,
+    respond::{self, Body, BodyError, Refusal},
+};
+
+/// A request ready for the upstream. Only `prepare` makes one, and it takes a `Permit`:
+/// nothing reaches a server that the policy did not allow.
+pub struct Forward {
+    /// The allow rules the request goes out under.
+    pub permit: Permit,
+    parts: Parts,
+    body: Outgoing,
+    grpc: bool,
+}
+
+enum Outgoing {
+    /// Kept (and charged to the budget) until the response head arrives, for retries.
+    Buffered {
+        bytes: Bytes,
+        _charge: BodyCharge,
+    },
+    Streaming(Incoming),
+}
+
+/// Builds the upstream request: the client's own framing never reaches the server (the body
+/// is re-framed with the length Sluice read: no request smuggling through the agent), and
+/// compressed responses are not asked for when a filter may change the body.
+pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
+    let mut parts = rq.parts.clone();
+    if rq.conn.filters().may_change_body() {
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
+    let body = match std::mem::replace(&mut rq.body, RequestBody::Taken) {
+        RequestBody::Buffered { bytes, charge } => {
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            if !bytes.is_empty() || parts.headers.contains_key(header::CONTENT_LENGTH) {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            }
+            Outgoing::Buffered {
+                bytes,
+                _charge: charge,
+            }
+        }
+        RequestBody::Streaming(b) | RequestBody::Unread(b) => Outgoing::Streaming(b),
+        RequestBody::Taken => Outgoing::Buffered {
+            bytes: Bytes::new(),
+            _charge: BodyCharge::default(),
+        },
+    };
+    Forward {
+        permit,
+        parts,
+        body,
+        grpc: rq.grpc,
+    }
+}
+
+/// Sends to the target's backends in order (or to the address the client dialled).
+pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incoming>, Refusal> {
+    let order = ctx.upstreams.order(conn.target_id);
+    let candidates: Vec<(Option<usize>, String)> = if order.is_empty() {
+        vec![(None, conn.orig.to_string())]
+    } else {
+        order
+            .iter()
+            .map(|(i, ep)| (Some(*i), ep.to_string()))
+            .collect()
+    };
+    let Forward {
+        permit,
+        parts,
+        body,
+        grpc,
+    } = fwd;
+    // The charge is held until the response head is in: the bytes live until then.
+    let (buffered, mut streaming, _charge) = match body {
+        Outgoing::Buffered { bytes, _charge } => (Some(bytes), None, Some(_charge)),
+        Outgoing::Streaming(b) => (None, Some(b), None),
+    };
+    let mut last = String::new();
+    for (i, auth) in candidates {
+        let b: Body = match (&buffered, streaming.take()) {
+            (Some(bytes), _) => respond::full(bytes.clone()),
+            (None, Some(inc)) => inc.map_err(BodyError::from).boxed(),
+            // A streamed body went to a backend that failed: it cannot be sent again.
+            (None, None) => break,
+        };
+        let req = http::Request::from_parts(parts.clone(), b);
+        match ctx.http.send(&auth, req, grpc).await {
+            Ok(resp) => {
+                if let Some(i) = i {
+                    ctx.upstreams.report(conn.target_id, i, true);
+                }
+                return Ok(resp);
+            }
+            Err(e) if e.is_connect() => {
+                if let Some(i) = i {
+                    ctx.upstreams.report(conn.target_id, i, false);
+                }
+                tracing::warn!(target_name = %conn.target.name, upstream = %auth, rules = ?permit.rules, error = %e, "upstream failed; skipping it for a while");
+                last = format!("{auth}: {e}");
+            }
+            Err(e) => {
+                tracing::warn!(target_name = %conn.target.name, upstream = %auth, rules = ?permit.rules, error = %e, "upstream request failed");
+                return Err(Refusal::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream {auth} failed: {e}"),
+                ));
+            }
+        }
+    }
+    Err(Refusal::upstream(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "no upstream of target {} is reachable ({last})",
+            conn.target.name
+        ),
+    ))
+}

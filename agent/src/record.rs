@@ -1,0 +1,329 @@
+//! One record per HTTP request, from its first byte. A `Guard` is made when the request
+//! starts and travels with it (in the request context, then in the response body); its
+//! record is finished exactly once: when the response ends, is cut or fails, or when the
+//! guard is dropped early (the client went away while uploading, while Sluice waited for the
+//! upstream, or the agent's drain cut it). Finished records go through a bounded channel to
+//! one writer task (`writer.rs`).
+//!
+//! A record holds what policy saw and decided, never credentials or bodies.
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use http::StatusCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{adapter::Operation, admin::Table, policy::Decision, workload::Workload};
+
+mod writer;
+
+pub use writer::run as writer;
+
+/// Records waiting for the writer; past this the newest are dropped and counted.
+pub const QUEUE: usize = 4096;
+
+/// Where a request was when it ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the request body.
+    Upload,
+    /// Classifying and deciding.
+    Decide,
+    /// Waiting for the upstream's response head.
+    Upstream,
+    /// Streaming the response body.
+    Response,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response body was sent to its end.
+    Complete,
+    /// The client went away (`phase` says when).
+    ClientGone(Phase),
+    /// The upstream failed while the body was streaming.
+    UpstreamError,
+    /// A response filter or limit ended the body.
+    Ended(String),
+    /// The agent's drain deadline cut the request.
+    Drained(Phase),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Complete => f.write_str("complete"),
+            // "cut" is what a client leaving mid-response has always been called.
+            Outcome::ClientGone(Phase::Response) => f.write_str("cut"),
+            Outcome::ClientGone(Phase::Upload) => f.write_str("cancelled while uploading"),
+            Outcome::ClientGone(_) => f.write_str("cancelled while waiting for the upstream"),
+            Outcome::UpstreamError => f.write_str("upstream error"),
+            Outcome::Ended(why) => write!(f, "ended by sluice: {why}"),
+            Outcome::Drained(_) => f.write_str("cut by drain"),
+        }
+    }
+}
+
+/// Everything the log line (and later the recording store) says about one request.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: u64,
+    pub unix_ms: u64,
+    pub target: String,
+    pub workload: Workload,
+    pub method: String,
+    pub path: String,
+    pub operation: Option<Operation>,
+    pub decision: Option<Decision>,
+    pub status: Option<StatusCode>,
+    pub response_bytes: u64,
+    pub outcome: Outcome,
+    pub headers_ms: Option<u64>,
+    pub duration_ms: u64,
+}
+
+impl Record {
+    /// "allow", "deny", "hold" when the policy decided; "refuse" when Sluice refused the
+    /// request before the policy could; "cancelled" when the client left first.
+    pub fn action(&self) -> &'static str {
+        match (&self.decision, &self.outcome, self.status) {
+            (Some(d), _, _) => d.label(),
+            (None, Outcome::ClientGone(_) | Outcome::Drained(_), None) => "cancelled",
+            _ => "refuse",
+        }
+    }
+
+    /// The rules that decided, comma-separated.
+    pub fn rules(&self) -> String {
+        match &self.decision {
+            Some(d) if d.rule_ids().is_empty() => "(target default)".into(),
+            Some(d) => d.rule_ids().join(","),
+            None => String::new(),
+        }
+    }
+}
+
+/// The sending side of the record queue, shared by every request.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Record>,
+    table: Arc<Table>,
+    next_id: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+}
+
+impl Recorder {
+    pub fn new(table: Arc<Table>, shutdown: CancellationToken) -> (Self, mpsc::Receiver<Record>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (
+            Recorder {
+                tx,
+                table,
+                next_id: Arc::new(AtomicU64::new(1)),
+                shutdown,
+            },
+            rx,
+        )
+    }
+
+    /// Starts the record of a request that has just arrived.
+    pub fn start(&self, target: &str, workload: &Workload, method: &str, path: &str) -> Guard {
+        Guard {
+            started: Instant::now(),
+            headers_at: None,
+            phase: Phase::Upload,
+            recorder: self.clone(),
+            record: Some(Record {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                target: target.to_string(),
+                workload: workload.clone(),
+                method: method.to_string(),
+                path: path.to_string(),
+                operation: None,
+                decision: None,
+                status: None,
+                response_bytes: 0,
+                outcome: Outcome::Complete,
+                headers_ms: None,
+                duration_ms: 0,
+            }),
+        }
+    }
+
+    fn submit(&self, record: Record) {
+        self.table.count_request(record.action());
+        if self.tx.try_send(record).is_err() {
+            // The writer is behind by QUEUE records (or gone at shutdown): say so rather than
+            // wait on a runtime worker.
+            self.table.count_record_dropped();
+        }
+    }
+}
+
+/// The open record of one request. Finished exactly once: by `finish`, or on drop.
+pub struct Guard {
+    recorder: Recorder,
+    record: Option<Record>,
+    started: Instant,
+    headers_at: Option<Instant>,
+    phase: Phase,
+}
+
+impl Guard {
+    pub fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+    }
+
+    fn with(&mut self, f: impl FnOnce(&mut Record)) {
+        if let Some(r) = self.record.as_mut() {
+            f(r);
+        }
+    }
+
+    pub fn set_path(&mut self, path: &str) {
+        self.with(|r| path.clone_into(&mut r.path));
+    }
+
+    pub fn set_operation(&mut self, op: &Operation) {
+        self.with(|r| r.operation = Some(op.clone()));
+    }
+
+    pub fn set_decision(&mut self, d: &Decision) {
+        self.with(|r| r.decision = Some(d.clone()));
+    }
+
+    /// The response head is about to go out with this status.
+    pub fn set_status(&mut self, status: StatusCode) {
+        self.headers_at = Some(Instant::now());
+        self.phase = Phase::Response;
+        self.with(|r| r.status = Some(status));
+    }
+
+    pub fn add_bytes(&mut self, n: usize) {
+        self.with(|r| r.response_bytes += n as u64);
+    }
+
+    pub fn finish(&mut self, outcome: Outcome) {
+        let Some(mut r) = self.record.take() else {
+            return;
+        };
+        r.outcome = outcome;
+        r.headers_ms = self
+            .headers_at
+            .map(|h| (h - self.started).as_millis() as u64);
+        r.duration_ms = self.started.elapsed().as_millis() as u64;
+        self.recorder.submit(r);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.record.is_none()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let outcome = if self.recorder.shutdown.is_cancelled() {
+            Outcome::Drained(self.phase)
+        } else {
+            Outcome::ClientGone(self.phase)
+        };
+        self.finish(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Decision, Denial};
+
+    fn workload() -> Workload {
+        Workload::described(1000, 1000, "curl".into(), None)
+    }
+
+    fn recorder() -> (
+        Recorder,
+        mpsc::Receiver<Record>,
+        Arc<Table>,
+        CancellationToken,
+    ) {
+        let table = Arc::new(Table::default());
+        let stop = CancellationToken::new();
+        let (r, rx) = Recorder::new(table.clone(), stop.clone());
+        (r, rx, table, stop)
+    }
+
+    #[test]
+    fn a_guard_is_finished_exactly_once() {
+        let (rec, mut rx, table, _) = recorder();
+        let mut g = rec.start("t", &workload(), "POST", "/api/chat");
+        g.set_status(StatusCode::OK);
+        g.add_bytes(10);
+        g.finish(Outcome::Complete);
+        g.finish(Outcome::UpstreamError);
+        drop(g);
+        let r = rx.try_recv().expect("one record");
+        assert_eq!((r.outcome, r.response_bytes), (Outcome::Complete, 10));
+        assert!(rx.try_recv().is_err(), "no second record");
+        assert_eq!(
+            table.request_totals().2,
+            1,
+            "a request without a decision is a refusal"
+        );
+    }
+
+    #[test]
+    fn dropping_an_open_guard_records_where_the_client_left() {
+        let (rec, mut rx, table, _) = recorder();
+        let g = rec.start("t", &workload(), "POST", "/v1/chat/completions");
+        drop(g);
+        let mut g = rec.start("t", &workload(), "POST", "/v1/chat/completions");
+        g.set_decision(&Decision::Deny(Denial {
+            rule: Some("r".into()),
+            reason: "x".into(),
+        }));
+        g.set_phase(Phase::Upstream);
+        drop(g);
+        let a = rx.try_recv().expect("upload record");
+        assert_eq!(a.outcome.to_string(), "cancelled while uploading");
+        assert_eq!(a.action(), "cancelled");
+        let b = rx.try_recv().expect("upstream record");
+        assert_eq!(
+            b.outcome.to_string(),
+            "cancelled while waiting for the upstream"
+        );
+        assert_eq!((b.action(), b.rules()), ("deny", "r".to_string()));
+        assert_eq!(table.cancelled(), 1);
+    }
+
+    #[test]
+    fn drain_is_told_apart_from_a_client_leaving() {
+        let (rec, mut rx, _, stop) = recorder();
+        let mut g = rec.start("t", &workload(), "GET", "/");
+        g.set_status(StatusCode::OK);
+        stop.cancel();
+        drop(g);
+        let r = rx.try_recv().expect("record");
+        assert_eq!(r.outcome, Outcome::Drained(Phase::Response));
+        assert_eq!(r.outcome.to_string(), "cut by drain");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (rec, _rx, table, _) = recorder();
+        for _ in 0..QUEUE + 3 {
+            rec.start("t", &workload(), "GET", "/")
+                .finish(Outcome::Complete);
+        }
+        assert_eq!(table.records_dropped(), 3);
+    }
+}
