@@ -29,9 +29,11 @@ mod max_bytes;
 pub use framing::Framing;
 pub use max_bytes::MaxBytes;
 
-/// A filter ends the stream: `tail` (the error in the stream's own shape, may be empty) goes
-/// out first, then the body ends with an error, so the client sees a truncated transfer and
-/// never mistakes the cut for a clean end.
+/// A filter ends the stream. With a `tail` (the error in the stream's own shape: an SSE error
+/// event, an NDJSON error line) the tail is the stream's last unit and the body then ends:
+/// the client reads the error where it reads everything else (hyper would drop a tail that
+/// is followed by a body error). Without one, the body ends with an error, so the client
+/// sees a truncated transfer and never mistakes the cut for a clean end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stop {
     pub tail: Bytes,
@@ -81,8 +83,11 @@ enum State {
     Streaming,
     /// The end was flushed through the chain; the next poll ends the body.
     Flushed,
-    /// A filter stopped the stream; the next poll fails the body.
-    Stopping(String),
+    /// A filter stopped the stream; the next poll ends the body (`abort`: with an error).
+    Stopping {
+        reason: String,
+        abort: bool,
+    },
     Done,
 }
 
@@ -117,11 +122,15 @@ impl ResponseBody {
     }
 
     fn stop(&mut self, stop: Stop) {
-        if !stop.tail.is_empty() {
+        let abort = stop.tail.is_empty();
+        if !abort {
             self.end.record.add_bytes(stop.tail.len());
             self.pending = Some(Frame::data(stop.tail));
         }
-        self.state = State::Stopping(stop.reason);
+        self.state = State::Stopping {
+            reason: stop.reason,
+            abort,
+        };
     }
 
     /// The upstream has ended (`trailers` may follow): flush what filters held back.
@@ -161,10 +170,10 @@ impl HttpBody for ResponseBody {
                     this.end.record.finish(Outcome::Complete);
                     return Poll::Ready(None);
                 }
-                State::Stopping(reason) => {
+                State::Stopping { reason, abort } => {
                     this.state = State::Done;
                     this.end.record.finish(Outcome::Ended(reason.clone()));
-                    return Poll::Ready(Some(Err(BodyError::Sluice(reason))));
+                    return Poll::Ready(abort.then(|| Err(BodyError::Sluice(reason))));
                 }
                 State::Done => {
                     this.state = State::Done;
@@ -210,7 +219,7 @@ impl HttpBody for ResponseBody {
             State::Streaming => {
                 self.pending.is_none() && self.chain.is_empty() && self.inner.is_end_stream()
             }
-            State::Flushed | State::Stopping(_) => false,
+            State::Flushed | State::Stopping { .. } => false,
         }
     }
 

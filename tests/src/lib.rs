@@ -342,6 +342,8 @@ pub struct Seen {
     pub peers: Arc<Mutex<Vec<SocketAddr>>>,
     /// "METHOD /path" of every HTTP request received.
     pub requests: Arc<Mutex<Vec<String>>>,
+    /// Every request header received, as "name: value" with the name in lower case.
+    pub headers: Arc<Mutex<Vec<String>>>,
     pub stop: Arc<AtomicBool>,
     /// Opened by `GET /release`; a gated stream waits for it after its first chunk.
     pub gate: Arc<(Mutex<bool>, std::sync::Condvar)>,

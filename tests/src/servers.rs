@@ -104,6 +104,9 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
             }
             if let Some((k, v)) = h.split_once(':') {
                 let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                if let Ok(mut hs) = seen.headers.lock() {
+                    hs.push(format!("{k}: {v}"));
+                }
                 if k == "content-length" {
                     content_length = v.parse().unwrap_or(0);
                 } else if k == "connection" && v.eq_ignore_ascii_case("close") {

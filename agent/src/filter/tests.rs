@@ -90,7 +90,7 @@ async fn without_filters_frames_pass_unchanged_and_the_record_is_complete() {
 }
 
 #[tokio::test]
-async fn an_over_long_stream_ends_with_an_error_event_and_a_failed_body() {
+async fn an_over_long_stream_ends_with_an_error_event() {
     let (b, mut rx) = body(
         vec![
             data("data: {\"n\":1}\n\n"),
@@ -107,13 +107,29 @@ async fn an_over_long_stream_ends_with_an_error_event_and_a_failed_body() {
     );
     assert_eq!(out[0], Bytes::from_static(b"data: {\"n\":1}\n\n"));
     assert!(String::from_utf8_lossy(&out[1]).contains("sluice_response_too_large"));
-    assert!(err.is_some_and(|e| e.contains("max_response_bytes")));
+    assert_eq!(err, None, "the error event is the stream's end");
     let r = rx.try_recv().expect("record");
     assert!(matches!(r.outcome, Outcome::Ended(_)), "{:?}", r.outcome);
     assert_eq!(
         r.response_bytes,
         out.iter().map(|b| b.len() as u64).sum::<u64>()
     );
+}
+
+#[tokio::test]
+async fn a_plain_body_over_the_limit_fails_instead_of_ending_cleanly() {
+    let chain = Settings {
+        max_response_bytes: Some(3),
+    }
+    .chain(Server::Openai, Framing::Json);
+    let (b, mut rx) = body(vec![data("ab"), data("cdef")], chain);
+    let (out, _, err) = drain(b).await;
+    assert_eq!(out, vec![Bytes::from_static(b"ab")]);
+    assert!(err.is_some_and(|e| e.contains("max_response_bytes")));
+    assert!(matches!(
+        rx.try_recv().expect("record").outcome,
+        Outcome::Ended(_)
+    ));
 }
 
 #[tokio::test]

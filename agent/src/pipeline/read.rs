@@ -6,7 +6,11 @@ use http::{StatusCode, header};
 use http_body_util::BodyExt as _;
 
 use super::{Request, context::RequestBody};
-use crate::{connection::Ctx, respond::Refusal};
+use crate::{
+    connection::Ctx,
+    record::{Outcome, Phase},
+    respond::Refusal,
+};
 
 pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
     let body = match std::mem::replace(&mut rq.body, RequestBody::Taken) {
@@ -57,6 +61,11 @@ pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
+                if client_gone(&e) {
+                    // The client closed before its body was whole: it is gone, and the
+                    // refusal below will reach no one.
+                    rq.record().finish(Outcome::ClientGone(Phase::Upload));
+                }
                 return Err(Refusal::client(
                     StatusCode::BAD_REQUEST,
                     "sluice_bad_body",
@@ -119,4 +128,27 @@ fn json(rq: &Request, bytes: &[u8]) -> Result<Option<serde_json::Value>, Refusal
             format!("request body is not valid JSON: {e}"),
         )),
     }
+}
+
+/// Whether a body read failed because the client went away (closed or reset mid-body),
+/// rather than because it sent something malformed.
+fn client_gone(e: &hyper::Error) -> bool {
+    use std::{error::Error as _, io::ErrorKind};
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut src = e.source();
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            );
+        }
+        src = s.source();
+    }
+    false
 }

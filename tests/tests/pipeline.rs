@@ -1,0 +1,612 @@
+//! End-to-end tests of the request pipeline's hardening, through real interception: one record
+//! per request however it ends, timeouts for slow and idle clients, connection caps, the body
+//! memory budget, the HTTP/2 stream cap, hop-by-hop headers, protocol switches, and the
+//! response-size filter. Hostile clients are raw sockets (tests/clients/raw.py) run inside
+//! the test cgroup. Needs root.
+use std::{
+    fs,
+    net::TcpListener,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use sluice_tests::{
+    Agent, AgentSpec, TestCgroup, client_script, curl, log_events, policies_dir, require_root,
+    run_ok, servers, virtual_ip, wait_log_events,
+};
+
+fn target(name: &str, vip: &str, upstream: &str, family: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    match: \"{vip}:8000\"\n    upstream: \"{upstream}\"\n    protocol: http\n    server: {family}\n{extra}"
+    )
+}
+
+fn start(cg_rel: &str, targets: String, extra: &str) -> Agent {
+    Agent::start(&AgentSpec {
+        cgroup: cg_rel.to_string(),
+        fail_mode: "open",
+        targets,
+        listen_v6: false,
+        extra: format!(
+            "policies: [\"{}\", \"{}\"]\n{extra}",
+            policies_dir().join("openai-safe").display(),
+            policies_dir().join("ollama-safe").display()
+        ),
+    })
+}
+
+/// Runs tests/clients/raw.py with `plan` from inside the cgroup directory `cg_dir`.
+fn raw(cg_dir: &std::path::Path, vip: &str, plan: Value) -> Value {
+    let out = run_ok(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec python3 \"$@\"")
+            .arg(cg_dir)
+            .arg(client_script("raw.py"))
+            .args([vip, "8000", &plan.to_string()]),
+    );
+    serde_json::from_str(out.trim()).expect("raw.py json")
+}
+
+fn chat(model: &str, stream: bool) -> String {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+        .to_string()
+}
+
+fn post(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: models\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An upstream that accepts connections and never answers.
+struct Silent {
+    addr: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Silent {
+    fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((c, _)) = l.accept() {
+                    held.push(c);
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Silent { addr, stop }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn requests_abandoned_while_uploading_or_waiting_for_the_upstream_are_recorded_once() {
+    require_root();
+    let silent = Silent::start();
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("abandon");
+    let agent = start(
+        &cg.rel,
+        target("models", &vip, &silent.addr, "openai", ""),
+        "",
+    );
+
+    // Headers and part of the body, then the client leaves.
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: models\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\":";
+    raw(
+        &cg.dir,
+        &vip,
+        json!([["send", head], ["sleep", 0.3], ["close"]]),
+    );
+    // A whole, allowed request; the upstream never answers; the client leaves.
+    raw(
+        &cg.dir,
+        &vip,
+        json!([
+            [
+                "send",
+                post("/v1/chat/completions", &chat("test-model", false))
+            ],
+            ["sleep", 0.5],
+            ["close"]
+        ]),
+    );
+
+    let recs = wait_log_events(&agent, "request", 2);
+    thread::sleep(Duration::from_millis(500));
+    let recs_later = log_events(&agent, "request");
+    assert_eq!(recs.len(), 2, "{}", agent.log_text());
+    assert_eq!(recs_later.len(), 2, "each request is recorded exactly once");
+    let upload = recs
+        .iter()
+        .find(|r| r["outcome"] == "cancelled while uploading")
+        .unwrap_or_else(|| panic!("no cancelled upload record: {recs:?}"));
+    assert_eq!(upload["decision"], "cancelled");
+    assert_eq!(upload["comm"], "python3");
+    let waiting = recs
+        .iter()
+        .find(|r| r["outcome"] == "cancelled while waiting for the upstream")
+        .unwrap_or_else(|| panic!("no cancelled wait record: {recs:?}"));
+    assert_eq!(waiting["decision"], "allow");
+    assert_eq!(waiting["model"], "test-model");
+    let st = agent.status().expect("status");
+    assert_eq!(st["http_cancelled"], 1, "{st}");
+    assert_eq!(st["http_allowed"], 1, "{st}");
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn silent_slow_and_idle_clients_are_closed_by_the_timeouts() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("timeouts");
+    let agent = start(
+        &cg.rel,
+        target("models", &vip, &server.addr.to_string(), "openai", ""),
+        "header_timeout_ms: 800\nbody_timeout_ms: 800\nidle_timeout_secs: 1\n",
+    );
+    let closed = |plan: Value, what: &str| {
+        let r = raw(&cg.dir, &vip, plan);
+        assert_eq!(r["closed"], true, "{what}: connection still open: {r}");
+        r
+    };
+    closed(json!([["read", 6]]), "silent client");
+    closed(
+        json!([["send", "PRI * HTTP/2.0\r\n"], ["read", 6]]),
+        "partial HTTP/2 preface",
+    );
+    closed(
+        json!([
+            ["send", "GET /v1/models HTTP/1.1\r\nHost: models\r\n"],
+            ["read", 6]
+        ]),
+        "unfinished request head",
+    );
+    let r = closed(
+        json!([
+            [
+                "send",
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: models\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo"
+            ],
+            ["read", 6]
+        ]),
+        "stalled body",
+    );
+    let got = r["reads"][0].as_str().unwrap_or_default();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("sluice_body_timeout"), "{got}");
+    let r = closed(
+        json!([
+            ["send", "GET /v1/models HTTP/1.1\r\nHost: models\r\n\r\n"],
+            ["read", 6]
+        ]),
+        "idle keep-alive connection",
+    );
+    assert!(
+        r["reads"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200"),
+        "{r}"
+    );
+    // Nothing of the stalled body reached the server, and the agent still serves.
+    assert!(
+        !server
+            .seen
+            .requests
+            .lock()
+            .map(|r| r.iter().any(|x| x.starts_with("POST")))
+            .unwrap_or(true)
+    );
+    let ok = curl(
+        &cg,
+        &[
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            &format!("http://{vip}:8000/v1/models"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "200");
+    let slow = log_events(&agent, "request")
+        .into_iter()
+        .filter(|r| r["status"] == 408)
+        .count();
+    assert_eq!(slow, 1);
+}
+
+/// A child cgroup inside a test cgroup, removed (after its processes) before its parent.
+struct Child(PathBuf);
+
+impl Child {
+    fn new(parent: &TestCgroup, name: &str) -> Self {
+        let dir = parent.dir.join(name);
+        fs::create_dir(&dir).expect("child cgroup");
+        Child(dir)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        for pid in fs::read_to_string(self.0.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: signalling a process we put into our own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for _ in 0..50 {
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_cgroup_at_its_connection_cap_is_refused_while_others_are_served() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("caps");
+    let (greedy, other) = (Child::new(&cg, "greedy"), Child::new(&cg, "other"));
+    let agent = start(
+        &cg.rel,
+        target("models", &vip, &server.addr.to_string(), "openai", ""),
+        "max_connections_per_cgroup: 4\n",
+    );
+    // Four idle connections held open from one cgroup.
+    let hold = format!(
+        "import socket,sys,time\nss=[socket.create_connection(('{vip}',8000)) for _ in range(4)]\nprint('ready',flush=True)\nsys.stdin.read()\n"
+    );
+    let mut holder = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec python3 -c \"$1\"")
+        .arg(&greedy.0)
+        .arg(&hold)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let mut line = [0u8; 6];
+    std::io::Read::read_exact(holder.stdout.as_mut().expect("stdout"), &mut line).expect("ready");
+    thread::sleep(Duration::from_millis(300));
+
+    let fifth = raw(
+        &greedy.0,
+        &vip,
+        json!([
+            ["send", "GET /v1/models HTTP/1.1\r\nHost: models\r\n\r\n"],
+            ["read", 5]
+        ]),
+    );
+    assert_eq!(fifth["closed"], true, "{fifth}");
+    assert_eq!(fifth["reads"][0], "", "refused without an answer: {fifth}");
+    let served = raw(
+        &other.0,
+        &vip,
+        json!([
+            [
+                "send",
+                "GET /v1/models HTTP/1.1\r\nHost: models\r\nConnection: close\r\n\r\n"
+            ],
+            ["read", 5]
+        ]),
+    );
+    assert!(
+        served["reads"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200"),
+        "{served}"
+    );
+    let st = agent.status().expect("status");
+    assert!(st["connections_over_limit"].as_u64() >= Some(1), "{st}");
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    drop((greedy, other));
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn buffered_bodies_share_a_memory_budget_and_over_it_get_503_with_retry_after() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("budget");
+    let agent = start(
+        &cg.rel,
+        target("models", &vip, &server.addr.to_string(), "openai", ""),
+        "max_buffered_body_bytes: 2000\nmax_request_body_bytes: 1500\n",
+    );
+    // A client that declares 1500 bytes and stalls holds 1500 of the 2000.
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: models\r\nContent-Type: application/json\r\nContent-Length: 1500\r\n\r\n{";
+    let plan = json!([["send", head], ["sleep", 3], ["close"]]).to_string();
+    let mut staller = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec python3 \"$@\"")
+        .arg(&cg.dir)
+        .arg(client_script("raw.py"))
+        .args([vip.as_str(), "8000", &plan])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("staller");
+    thread::sleep(Duration::from_millis(700));
+    let body = format!(
+        "{{\"model\":\"test-model\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+        "x".repeat(900)
+    );
+    let r = raw(
+        &cg.dir,
+        &vip,
+        json!([["send", post("/v1/chat/completions", &body)], ["read", 5]]),
+    );
+    let got = r["reads"][0].as_str().unwrap_or_default();
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(got.to_ascii_lowercase().contains("retry-after: 1"), "{got}");
+    assert!(
+        got.contains("\"code\":\"sluice_busy\""),
+        "in the OpenAI error shape: {got}"
+    );
+    let _ = staller.wait();
+    thread::sleep(Duration::from_millis(300));
+    // The budget came back: the same request now goes through.
+    let r = raw(
+        &cg.dir,
+        &vip,
+        json!([["send", post("/v1/chat/completions", &body)], ["read", 5]]),
+    );
+    assert!(
+        r["reads"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200"),
+        "{r}"
+    );
+    assert_eq!(
+        server.seen.requests.lock().map(|r| r.len()).unwrap_or(0),
+        1,
+        "only the request within the budget reached the server"
+    );
+    drop(agent);
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn http2_connections_advertise_the_stream_cap() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("h2cap");
+    let _agent = start(
+        &cg.rel,
+        target("models", &vip, &server.addr.to_string(), "openai", ""),
+        "max_h2_streams: 3\n",
+    );
+    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\u{0}\u{0}\u{0}\u{4}\u{0}\u{0}\u{0}\u{0}\u{0}";
+    let r = raw(&cg.dir, &vip, json!([["send", preface], ["read", 1]]));
+    let bytes: Vec<u8> = r["reads"][0]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| c as u32 as u8)
+        .collect();
+    // The server's first frame is its SETTINGS: 9-byte header, then 6-byte entries.
+    assert!(
+        bytes.len() >= 9 && bytes[3] == 4,
+        "no SETTINGS frame: {bytes:?}"
+    );
+    let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+    let settings: Vec<(u16, u32)> = bytes[9..9 + len]
+        .chunks(6)
+        .map(|e| {
+            (
+                u16::from_be_bytes([e[0], e[1]]),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
+        })
+        .collect();
+    assert!(
+        settings.contains(&(3, 3)),
+        "MAX_CONCURRENT_STREAMS = 3 expected: {settings:?}"
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn connection_named_headers_are_dropped_and_protocol_switches_refused() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("hops");
+    let agent = start(
+        &cg.rel,
+        target("models", &vip, &server.addr.to_string(), "openai", ""),
+        "",
+    );
+    let out = curl(
+        &cg,
+        &[
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Connection: X-Hop-Secret",
+            "-H",
+            "X-Hop-Secret: s3cr3t",
+            "-H",
+            "X-Kept: yes",
+            &format!("http://{vip}:8000/v1/models"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let headers = server
+        .seen
+        .headers
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_default();
+    assert!(headers.iter().any(|h| h == "x-kept: yes"), "{headers:?}");
+    assert!(
+        !headers.iter().any(|h| h.starts_with("x-hop-secret")),
+        "{headers:?}"
+    );
+
+    for (what, req) in [
+        (
+            "websocket",
+            "GET /v1/models HTTP/1.1\r\nHost: models\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        ),
+        (
+            "h2c",
+            "GET /v1/models HTTP/1.1\r\nHost: models\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        ),
+        (
+            "CONNECT",
+            "CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n",
+        ),
+    ] {
+        let r = raw(&cg.dir, &vip, json!([["send", req], ["read", 3]]));
+        let got = r["reads"][0].as_str().unwrap_or_default();
+        assert!(got.starts_with("HTTP/1.1 403"), "{what}: {got}");
+        assert!(got.contains("switch protocols"), "{what}: {got}");
+    }
+    assert_eq!(
+        server.seen.requests.lock().map(|r| r.len()).unwrap_or(0),
+        1,
+        "no protocol switch reached the server"
+    );
+    assert!(agent.status().is_ok(), "agent still up");
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn max_response_bytes_ends_over_long_responses_in_the_servers_own_shape() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let (streams, small, ollama) = (virtual_ip(), virtual_ip(), virtual_ip());
+    let cg = TestCgroup::new("maxresp");
+    let up = server.addr.to_string();
+    let agent = start(
+        &cg.rel,
+        format!(
+            "{}{}{}",
+            target(
+                "streams",
+                &streams,
+                &up,
+                "openai",
+                "    max_response_bytes: 400\n"
+            ),
+            target(
+                "small",
+                &small,
+                &up,
+                "openai",
+                "    max_response_bytes: 100\n"
+            ),
+            target(
+                "ollama",
+                &ollama,
+                &up,
+                "ollama",
+                "    max_response_bytes: 150\n"
+            ),
+        ),
+        "",
+    );
+    // An OpenAI SSE stream: the first events pass, then an error event ends it.
+    let out = curl(
+        &cg,
+        &[
+            "-N",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &chat("test-model", true),
+            &format!("http://{streams}:8000/v1/chat/completions"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("data: {"), "{text}");
+    assert!(
+        text.contains("\"code\":\"sluice_response_too_large\""),
+        "{text}"
+    );
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(
+        text.ends_with("\n\n"),
+        "the error is a whole SSE event: {text}"
+    );
+    // A plain JSON body that declares more than the limit is refused before any of it.
+    let out = curl(
+        &cg,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &chat("test-model", false),
+            &format!("http://{small}:8000/v1/chat/completions"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n502"), "{text}");
+    assert!(text.contains("max_response_bytes"), "{text}");
+    // Ollama's NDJSON stream ends with an {"error": ...} line.
+    let out = curl(
+        &cg,
+        &[
+            "-N",
+            "-d",
+            &json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+            &format!("http://{ollama}:8000/api/chat"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last: Value =
+        serde_json::from_str(text.lines().last().unwrap_or("")).expect("ndjson error line");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_response_bytes")),
+        "{text}"
+    );
+    let recs = wait_log_events(&agent, "request", 3);
+    assert!(
+        recs.iter().any(|r| r["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("ended by sluice"))),
+        "{recs:?}"
+    );
+}
