@@ -38,6 +38,8 @@ struct Results {
     direct: PathResult,
     http_intercepted: HttpResult,
     http_direct: HttpResult,
+    /// Streams through a target whose response passes a (never triggered) filter.
+    http_filtered: HttpResult,
 }
 
 struct Params {
@@ -93,7 +95,7 @@ fn parent(p: &Params) -> Result<()> {
         cgroup: cg.rel.clone(),
         fail_mode: "open",
         targets: format!(
-            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n",
+            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-http-filtered\n    match: \"{vip}:8002\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n    max_response_bytes: 1000000000\n",
             server.addr
         ),
         listen_v6: true,
@@ -128,6 +130,7 @@ fn parent(p: &Params) -> Result<()> {
     let r: Results = serde_json::from_slice(&out.stdout)?;
     report(&r, p, idle_rss, busy_rss, &agent);
     policy_cost(p.requests.max(10_000))?;
+    filter_cost(200_000);
     Ok(())
 }
 
@@ -262,6 +265,28 @@ fn report(r: &Results, p: &Params, idle_rss: u64, busy_rss: u64, agent: &Agent) 
         pct(&hd.stream_total_us, 0.99),
         "µs",
     );
+    let hf = &r.http_filtered;
+    println!(
+        "\nA pass-through response filter (max_response_bytes, never reached) vs none, both intercepted"
+    );
+    row(
+        "stream first chunk, filter p50",
+        pct(&hf.ttfb_us, 0.5),
+        pct(&hi.ttfb_us, 0.5),
+        "µs",
+    );
+    row(
+        "stream complete, filter p50",
+        pct(&hf.stream_total_us, 0.5),
+        pct(&hi.stream_total_us, 0.5),
+        "µs",
+    );
+    row(
+        "stream complete, filter p99",
+        pct(&hf.stream_total_us, 0.99),
+        pct(&hi.stream_total_us, 0.99),
+        "µs",
+    );
     println!(
         "\nagent RSS: {:.1} MiB idle, {:.1} MiB after the run",
         idle_rss as f64 / 1024.0,
@@ -373,6 +398,7 @@ fn client(via: SocketAddr, direct: SocketAddr, p: &Params) -> Result<Results> {
         direct: PathResult::default(),
         http_intercepted: HttpResult::default(),
         http_direct: HttpResult::default(),
+        http_filtered: HttpResult::default(),
     };
     const BLOCK: usize = 100;
     for round in 0..p.setups.div_ceil(BLOCK) {
@@ -397,6 +423,11 @@ fn client(via: SocketAddr, direct: SocketAddr, p: &Params) -> Result<Results> {
         let n = REQ_BLOCK.min(p.requests - round * REQ_BLOCK);
         chats(via_http, n, &mut r.http_intercepted)?;
         chats(direct, n, &mut r.http_direct)?;
+        streams(
+            SocketAddr::new(via.ip(), via.port() + 2),
+            n / 4,
+            &mut r.http_filtered,
+        )?;
     }
     Ok(r)
 }
@@ -465,6 +496,95 @@ fn chats(addr: SocketAddr, n: usize, out: &mut HttpResult) -> Result<()> {
         out.stream_total_us.push((end - t0).as_secs_f64() * 1e6);
     }
     Ok(())
+}
+
+/// Streamed completions only (for the filtered target).
+fn streams(addr: SocketAddr, n: usize, out: &mut HttpResult) -> Result<()> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    for i in 0..n + 20 {
+        let t0 = Instant::now();
+        post(&mut w, CHAT_STREAM)?;
+        let (first, end) = read_chunked(&mut r)?;
+        if i >= 20 {
+            out.ttfb_us.push((first - t0).as_secs_f64() * 1e6);
+            out.stream_total_us.push((end - t0).as_secs_f64() * 1e6);
+        }
+    }
+    Ok(())
+}
+
+/// In-process cost per chunk of the response body Sluice wraps every response in, without
+/// filters and with one pass-through filter (max_response_bytes, never reached).
+fn filter_cost(n: usize) {
+    use sluice::filter::{Chain, Framing, RequestEnd, ResponseBody, Settings};
+    let run = |chain: fn() -> Chain| {
+        let (rec, _rx) = sluice::record::Recorder::new(
+            std::sync::Arc::new(sluice::admin::Table::default()),
+            Default::default(),
+        );
+        let guard = rec.start(
+            "bench",
+            &sluice::workload::Workload::described(0, 0, "bench".into(), None),
+            "POST",
+            "/v1/chat/completions",
+        );
+        let chunk = bytes::Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+        );
+        let inner = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+            futures_util::stream::iter(ChunkStream { left: n, chunk }),
+        ));
+        let mut body = ResponseBody::new(
+            inner,
+            chain(),
+            RequestEnd {
+                record: guard,
+                in_flight: None,
+            },
+        );
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let t0 = Instant::now();
+        let mut frames = 0usize;
+        while let std::task::Poll::Ready(Some(Ok(_))) =
+            http_body::Body::poll_frame(std::pin::Pin::new(&mut body), &mut cx)
+        {
+            frames += 1;
+        }
+        (
+            t0.elapsed().as_secs_f64() * 1e9 / frames.max(1) as f64,
+            frames,
+        )
+    };
+    let (none, frames) = run(Chain::default);
+    let (one, _) = run(|| {
+        Settings {
+            max_response_bytes: Some(u64::MAX),
+        }
+        .chain(sluice::adapter::Server::Openai, Framing::Sse)
+    });
+    println!(
+        "response body per chunk ({frames} chunks, in process): {none:.0} ns without filters, {one:.0} ns with a pass-through filter (+{:.0} ns)",
+        one - none
+    );
+}
+
+/// `n` copies of one chunk, as body frames.
+struct ChunkStream {
+    left: usize,
+    chunk: bytes::Bytes,
+}
+
+impl Iterator for ChunkStream {
+    type Item = Result<http_body::Frame<bytes::Bytes>, sluice::respond::BodyError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        (self.left > 0).then(|| {
+            self.left -= 1;
+            Ok(http_body::Frame::data(self.chunk.clone()))
+        })
+    }
 }
 
 /// In-process cost of classifying and deciding one request against the shipped packs.
