@@ -66,7 +66,7 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     classify(rq);
     identify(rq);
     decide(rq);
-    let permit = approve(rq)?;
+    let permit = approve(rq.decision.as_ref())?;
     let forward = send::prepare(rq, permit);
     rq.phase(Phase::Upstream);
     let head = send::send(ctx, &rq.conn, forward).await?;
@@ -115,8 +115,8 @@ fn decide(rq: &mut Request) {
 
 /// Turns the decision into a `Permit`, the only thing `prepare` takes. A held request would
 /// wait here for a person; no approver exists yet, so it is refused rather than guessed.
-fn approve(rq: &mut Request) -> Result<Permit, Refusal> {
-    match rq.decision.as_ref() {
+fn approve(decision: Option<&Decision>) -> Result<Permit, Refusal> {
+    match decision {
         Some(Decision::Permit(p)) => Ok(p.clone()),
         Some(Decision::Deny(d)) => Err(Refusal::policy(d.rule.clone(), &d.reason)),
         Some(Decision::Hold(h)) => Err(Refusal::policy(
@@ -180,5 +180,43 @@ impl Request {
         let mut end: RequestEnd = self.into_end();
         end.record.set_status(response.status());
         response.map(|body| ResponseBody::new(body, chain, end).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Denial, Hold};
+
+    #[test]
+    fn only_a_permit_goes_on_and_held_requests_are_refused_until_approvers_exist() {
+        let permit = Permit {
+            rules: vec!["allow-chat".into()],
+            by_default: false,
+        };
+        assert_eq!(
+            approve(Some(&Decision::Permit(permit.clone()))).ok(),
+            Some(permit)
+        );
+        let denied = approve(Some(&Decision::Deny(Denial {
+            rule: Some("no-pull".into()),
+            reason: "pull is management".into(),
+        })))
+        .expect_err("deny");
+        assert_eq!(
+            (denied.status, denied.rule.as_deref()),
+            (StatusCode::FORBIDDEN, Some("no-pull"))
+        );
+        let held = approve(Some(&Decision::Hold(Hold {
+            rule: "big-model".into(),
+            reason: "needs sign-off".into(),
+        })))
+        .expect_err("hold is refused");
+        assert_eq!(held.status, StatusCode::FORBIDDEN);
+        assert!(held.message.contains("approval"), "{}", held.message);
+        assert_eq!(
+            approve(None).expect_err("no decision").status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Admit: refuse, before reading anything more, what Sluice could not judge the way the
 //! server will act on it: paths not in normal form, protocol switches, compressed bodies,
 //! gRPC to a server that does not speak it, bodies declared larger than Sluice reads.
-use http::{Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode, header};
 
 use super::Request;
 use crate::{connection::Ctx, respond::Refusal};
@@ -10,7 +10,7 @@ pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
     let decoded = path(rq.parts.uri.path())?;
     rq.record().set_path(&decoded);
     rq.path = decoded;
-    protocol_switch(rq)?;
+    protocol_switch(&rq.parts.method, &rq.parts.headers)?;
     let h = &rq.parts.headers;
     if let Some(enc) = h.get(header::CONTENT_ENCODING)
         && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
@@ -44,12 +44,11 @@ pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
 
 /// `Upgrade` (h2c, WebSocket) and `CONNECT` would turn the connection into a stream Sluice
 /// cannot judge request by request: refused on model-server targets.
-fn protocol_switch(rq: &Request) -> Result<(), Refusal> {
-    let what = if rq.parts.method == Method::CONNECT {
+fn protocol_switch(method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
+    let what = if method == Method::CONNECT {
         Some("CONNECT".to_string())
     } else {
-        rq.parts
-            .headers
+        headers
             .get(header::UPGRADE)
             .map(|v| format!("Upgrade: {}", String::from_utf8_lossy(v.as_bytes())))
     };
@@ -88,4 +87,34 @@ fn path(raw: &str) -> Result<String, Refusal> {
 /// Of the servers Sluice knows, only Triton serves gRPC.
 fn speaks_grpc(server: crate::adapter::Server) -> bool {
     server == crate::adapter::Server::Triton
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrades_and_connect_are_refused_and_plain_requests_pass() {
+        let mut h = HeaderMap::new();
+        assert!(protocol_switch(&Method::POST, &h).is_ok());
+        assert!(protocol_switch(&Method::CONNECT, &h).is_err());
+        h.insert(
+            header::UPGRADE,
+            "websocket\nX"
+                .parse()
+                .unwrap_or(http::HeaderValue::from_static("websocket")),
+        );
+        let r = protocol_switch(&Method::GET, &h).expect_err("upgrade");
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(r.message.contains("switch protocols"));
+    }
+
+    #[test]
+    fn only_triton_takes_grpc() {
+        use crate::adapter::Server::*;
+        for s in [Openai, Anthropic, Ollama, Vllm, Tgi, LlamaCpp] {
+            assert!(!speaks_grpc(s), "{s}");
+        }
+        assert!(speaks_grpc(Triton));
+    }
 }
