@@ -38,7 +38,7 @@ pub struct Conn {
 
 /// Handles one accepted connection. Never returns an error: every outcome is logged here.
 pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: CancellationToken) {
-    let Some(meta) = orig_dst::take(&ctx.maps, peer) else {
+    let Some((meta, workload)) = orig_dst::attribute(ctx.maps.clone(), peer).await else {
         // Not redirected by our hooks (a direct dial of the listener, or metadata lost).
         ctx.table.count_refused();
         tracing::warn!(%peer, "refused connection to the listener that was not redirected by Sluice");
@@ -46,7 +46,6 @@ pub async fn serve(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr, force: Ca
         return;
     };
     let orig = orig_dst::original_destination(&meta);
-    let workload = Workload::from_meta(&meta);
     let (target, protocol) = ctx
         .targets
         .get(meta.target_id as usize)
