@@ -18,7 +18,7 @@ pub mod table;
 
 pub use table::{ConnInfo, Table};
 
-use crate::intercept::Maps;
+use crate::intercept::{Maps, targets::MapStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,8 +49,33 @@ pub struct Status {
     pub http_denied: u64,
     #[serde(default)]
     pub http_refused: u64,
-    /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed, no_v6_listener.
+    /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed,
+    /// no_v6_listener, mark_not_agent, unspecified (`agent_common::stat` order).
     pub kernel: Vec<u64>,
+    /// The kernel's target map: size, capacity, `local` interface addresses, refused updates.
+    #[serde(default)]
+    pub target_map: MapStatus,
+}
+
+impl Status {
+    /// The target map in one line for the text view; a refused update is shown with its
+    /// reason, since interception is then narrower than configured.
+    pub fn target_map_line(&self) -> String {
+        let m = &self.target_map;
+        let mut line = format!("target map: {} of {} entries", m.entries, m.capacity);
+        if !m.local_addresses.is_empty() {
+            let addrs: Vec<String> = m.local_addresses.iter().map(ToString::to_string).collect();
+            line.push_str(&format!("; local targets also cover {}", addrs.join(", ")));
+        }
+        if m.refused_updates > 0 {
+            line.push_str(&format!(
+                "\nREFUSED {} target map update(s): {}",
+                m.refused_updates,
+                m.last_refused.as_deref().unwrap_or("?")
+            ));
+        }
+        line
+    }
 }
 
 /// Binds the admin socket, refusing if a live agent already owns it.
@@ -114,6 +139,7 @@ pub async fn serve(
                     http_denied,
                     http_refused,
                     kernel: maps.stats(),
+                    target_map: maps.target_status(),
                 })
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
                 other => format!(
