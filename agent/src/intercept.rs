@@ -80,6 +80,7 @@ pub enum Error {
 /// Handles on the maps the agent reads and writes while running.
 pub struct Maps {
     targets: Mutex<targets::TargetMap>,
+    target_status: Mutex<targets::MapStatus>,
     pub(crate) by_peer: Mutex<HashMap<MapData, PeerKey, ConnMeta>>,
     stats: PerCpuArray<MapData, u64>,
     /// The kernel side only reads it; the agent rewrites it to revoke its bypass on stop.
@@ -93,25 +94,38 @@ impl Maps {
         stats: PerCpuArray<MapData, u64>,
         settings: aya::maps::Array<MapData, Settings>,
     ) -> Self {
+        let targets = targets::TargetMap::new(targets);
         Maps {
-            targets: Mutex::new(targets::TargetMap::new(targets)),
+            target_status: Mutex::new(targets.status()),
+            targets: Mutex::new(targets),
             by_peer: Mutex::new(by_peer),
             stats,
             settings: Mutex::new(settings),
         }
     }
 
-    /// The target map; its writes are syscalls, so hold it only off the runtime.
-    pub(crate) fn lock_targets(&self) -> std::sync::MutexGuard<'_, targets::TargetMap> {
-        self.targets
+    /// Runs `f` on the target map, then publishes its status. Its writes are syscalls under
+    /// the map's mutex: call this only off the runtime (`targets::update`) or before serving.
+    pub(crate) fn with_targets<R>(&self, f: impl FnOnce(&mut targets::TargetMap) -> R) -> R {
+        let mut map = self
+            .targets
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = f(&mut map);
+        *self
+            .target_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = map.status();
+        r
     }
 
-    /// Size and state of the target map, for `sluice connections`. Blocking only for as long
-    /// as a writer holds the map (a few syscalls).
+    /// Size and state of the target map, for `sluice connections`: a copy published after
+    /// each change, so reading it never waits for map syscalls.
     pub fn target_status(&self) -> targets::MapStatus {
-        self.lock_targets().status()
+        self.target_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Clears the agent's tgid from the settings: once the agent has stopped, no process
@@ -163,15 +177,14 @@ impl Interceptor {
         let settings = settings_for(cfg, identity::agent_tgid()?);
         let (loaded, maps) = loader::load(settings)?;
         let maps = Arc::new(maps);
-        let local_addresses = {
-            let mut map = maps.lock_targets();
-            targets::install_static(&mut map, cfg)?;
+        let local_addresses = maps.with_targets(|map| {
+            targets::install_static(map, cfg)?;
             if local::wanted(cfg) {
-                local::install_initial(&mut map, cfg)?
+                local::install_initial(map, cfg)
             } else {
-                Default::default()
+                Ok(Default::default())
             }
-        };
+        })?;
         let loaded = loader::attach(loaded, &cgroup_dir, &cfg.pin_dir)?;
         Ok((
             Interceptor {

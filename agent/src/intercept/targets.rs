@@ -274,7 +274,7 @@ pub(super) async fn update<R: Send + 'static>(
     f: impl FnOnce(&mut TargetMap) -> R + Send + 'static,
 ) -> Option<R> {
     let maps = maps.clone();
-    match tokio::task::spawn_blocking(move || f(&mut maps.lock_targets())).await {
+    match tokio::task::spawn_blocking(move || maps.with_targets(f)).await {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(error = %e, "target map update task failed");
