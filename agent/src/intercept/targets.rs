@@ -199,11 +199,8 @@ fn entries_for(
             v4_mapped(n.addr().octets()),
             V4_MAPPED_PREFIX_BITS + u32::from(n.prefix_len()),
         ),
-        IpNet::V6(n) => match n.addr().to_ipv4_mapped() {
-            // A v4-mapped network is IPv4: store it as IPv4 is stored.
-            Some(v4) if n.prefix_len() >= 96 => (v4_mapped(v4.octets()), u32::from(n.prefix_len())),
-            _ => (n.addr().octets(), u32::from(n.prefix_len())),
-        },
+        // A v4-mapped network's octets already are the stored IPv4 form.
+        IpNet::V6(n) => (n.addr().octets(), u32::from(n.prefix_len())),
     };
     for port in ports.clone() {
         let k = TargetKey {
