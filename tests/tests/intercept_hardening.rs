@@ -398,3 +398,37 @@ fn target_map_overflow_is_refused_loudly_and_shown() {
     let doctor = String::from_utf8_lossy(&agent.sluice(&["doctor"]).stdout).into_owned();
     assert!(doctor.contains("update(s) REFUSED"), "{doctor}");
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_dns_answer_that_does_not_fit_is_refused_loudly() {
+    require_root();
+    // The config's own networks fill the map; `localhost` resolves (after start) to
+    // 127.0.0.1 and ::1, two entries more than fit.
+    let port = free_port();
+    let cg = TestCgroup::new("cap-dns");
+    let agent = Agent::start(&spec(
+        &cg.rel,
+        tcp_target("byname", &format!("localhost:{port}"), Some("127.0.0.1:9")) + &filler(CAPACITY),
+    ));
+    eventually("the refusal", &agent, || {
+        target_map(&agent)["refused_updates"].as_u64() >= Some(1)
+    });
+    let map = target_map(&agent);
+    assert_eq!(map["entries"].as_u64(), Some(CAPACITY as u64), "{map}");
+    assert!(
+        map["last_refused"]
+            .as_str()
+            .is_some_and(|s| s.contains("target byname (localhost)") && s.contains("holds 4096")),
+        "{map}"
+    );
+    let refused = log_events(&agent, "target map update refused");
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["target_name"] == "byname" && e["level"] == "ERROR"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(log_events(&agent, "target addresses updated").is_empty());
+}
