@@ -49,7 +49,7 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
 
 /// Checks that decide whether `sluice run` can work at all.
 pub fn preflight(cfg: &Config) -> Vec<Check> {
-    vec![privileges(), kernel(), cgroup(cfg)]
+    vec![privileges(), kernel(), cgroup(cfg), pid_namespace()]
 }
 
 /// Everything `sluice doctor` reports; `probe_load` also loads the programs (no attach).
@@ -139,6 +139,19 @@ fn kernel() -> Check {
                 MIN_KERNEL.0, MIN_KERNEL.1
             ),
         )
+    }
+}
+
+/// The hooks let only the agent's own process bypass them, by its pid in the host's pid
+/// namespace: the agent must be able to learn it.
+fn pid_namespace() -> Check {
+    match intercept::identity::agent_tgid() {
+        Ok(tgid) => check(
+            "pid namespace",
+            Level::Ok,
+            format!("host pid {tgid}: the hooks can tell this agent's sockets from others"),
+        ),
+        Err(e) => check("pid namespace", Level::Fail, e.to_string()),
     }
 }
 
