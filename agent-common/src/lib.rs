@@ -59,10 +59,14 @@ pub struct Settings {
     /// IPv6 listener, four network-order words as written to `bpf_sock_addr.user_ip6`.
     pub listen_ip6: [u32; 4],
     pub listen_port6: u32,
-    /// `SO_MARK` the agent sets on its upstream sockets; such sockets are never redirected.
+    /// `SO_MARK` the agent sets on its upstream sockets. A socket carrying it is let through
+    /// only when the process connecting is the agent itself (`agent_tgid`).
     pub bypass_mark: u32,
     /// `SETTINGS_*` bits.
     pub flags: u32,
+    /// The agent's process id as `bpf_get_current_pid_tgid() >> 32` reports it: the tgid in
+    /// the initial pid namespace. 0: nobody may bypass (an agent that has stopped).
+    pub agent_tgid: u32,
 }
 
 /// The hooks do nothing until the agent has written the settings.
@@ -126,7 +130,13 @@ pub mod stat {
     pub const BYPASSED: u32 = 3;
     /// IPv6 target matched but no IPv6 listener is configured.
     pub const NO_V6_LISTENER: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Sockets carrying the bypass mark from a process other than the agent: intercepted
+    /// like any other (the mark is not a credential).
+    pub const MARK_NOT_AGENT: u32 = 5;
+    /// Connections to an unspecified address (0.0.0.0, ::, ::ffff:0.0.0.0) that were
+    /// looked up as the address the kernel turns them into.
+    pub const UNSPECIFIED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Builds an IPv4-mapped IPv6 address from IPv4 octets.
@@ -134,6 +144,103 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
     ]
+}
+
+/// `::ffff:0:0/96`'s third word as it sits in `bpf_sock_addr.user_ip6[2]` (network order).
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+/// 127.0.0.1 as a network-order word.
+pub const LOOPBACK4_WORD: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+/// ::1 as four network-order words.
+pub const LOOPBACK6_WORDS: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+
+/// The IPv4 destination a TCP connect() really reaches when it names `dst` (network order)
+/// from a socket bound to `bound_src`. The kernel routes 0.0.0.0 to the socket's bound source
+/// address, or to 127.0.0.1 when the socket is unbound, *after* the connect hook has run
+/// (`ip_route_output_key_hash_rcu`), so the hook must look the target up as that address.
+#[inline(always)]
+pub const fn effective_dst4(dst: u32, bound_src: u32) -> u32 {
+    if dst != 0 {
+        dst
+    } else if bound_src != 0 {
+        bound_src
+    } else {
+        LOOPBACK4_WORD
+    }
+}
+
+/// The IPv6 destination (four network-order words) a TCP connect() really reaches, for a
+/// socket whose bound source address is `bound_src`:
+/// - `::` becomes `::1`, or `::ffff:127.0.0.1` on a socket bound to an IPv4-mapped address
+///   (`tcp_v6_connect`);
+/// - `::ffff:0.0.0.0` is IPv4's 0.0.0.0 (see [`effective_dst4`]): the IPv4 part of a mapped
+///   bound address, else 127.0.0.1.
+#[inline(always)]
+pub const fn effective_dst6(dst: [u32; 4], bound_src: [u32; 4]) -> [u32; 4] {
+    let src_mapped = bound_src[0] == 0 && bound_src[1] == 0 && bound_src[2] == V4_MAPPED_WORD;
+    if dst[0] == 0 && dst[1] == 0 && dst[2] == 0 && dst[3] == 0 {
+        if src_mapped {
+            [0, 0, V4_MAPPED_WORD, LOOPBACK4_WORD]
+        } else {
+            LOOPBACK6_WORDS
+        }
+    } else if dst[0] == 0 && dst[1] == 0 && dst[2] == V4_MAPPED_WORD && dst[3] == 0 {
+        let src4 = if src_mapped { bound_src[3] } else { 0 };
+        [0, 0, V4_MAPPED_WORD, effective_dst4(0, src4)]
+    } else {
+        dst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w4(o: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(o)
+    }
+
+    fn w6(a: core::net::Ipv6Addr) -> [u32; 4] {
+        let o = a.octets();
+        [
+            w4([o[0], o[1], o[2], o[3]]),
+            w4([o[4], o[5], o[6], o[7]]),
+            w4([o[8], o[9], o[10], o[11]]),
+            w4([o[12], o[13], o[14], o[15]]),
+        ]
+    }
+
+    fn v6(s: &str) -> [u32; 4] {
+        w6(s.parse().unwrap_or(core::net::Ipv6Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn unspecified_ipv4_becomes_bound_source_or_loopback() {
+        assert_eq!(effective_dst4(0, 0), w4([127, 0, 0, 1]));
+        assert_eq!(effective_dst4(0, w4([127, 9, 9, 9])), w4([127, 9, 9, 9]));
+        let other = w4([127, 0, 0, 5]);
+        assert_eq!(effective_dst4(other, w4([127, 9, 9, 9])), other);
+    }
+
+    #[test]
+    fn unspecified_ipv6_forms_become_what_the_kernel_dials() {
+        assert_eq!(effective_dst6(v6("::"), v6("::")), v6("::1"));
+        assert_eq!(effective_dst6(v6("::"), v6("fd00::1")), v6("::1"));
+        assert_eq!(
+            effective_dst6(v6("::"), v6("::ffff:127.0.0.9")),
+            v6("::ffff:127.0.0.1")
+        );
+        assert_eq!(
+            effective_dst6(v6("::ffff:0.0.0.0"), v6("::")),
+            v6("::ffff:127.0.0.1")
+        );
+        assert_eq!(
+            effective_dst6(v6("::ffff:0.0.0.0"), v6("::ffff:127.0.0.9")),
+            v6("::ffff:127.0.0.9")
+        );
+        for other in ["::1", "::ffff:127.0.0.5", "fd5c:51ce::1", "::0.0.0.1"] {
+            assert_eq!(effective_dst6(v6(other), v6("::")), v6(other), "{other}");
+        }
+    }
 }
 
 #[cfg(feature = "user")]

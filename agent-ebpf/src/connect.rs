@@ -2,11 +2,11 @@
 //! agent's listener and remember who called and where they meant to go.
 use agent_common::{
     ConnMeta, SETTINGS_ENABLED, SETTINGS_HAVE_V6, Settings, TARGET_KEY_PORT_BITS, TargetKey,
-    V4_MAPPED_PREFIX_BITS, stat, v4_mapped,
+    V4_MAPPED_PREFIX_BITS, V4_MAPPED_WORD, effective_dst4, effective_dst6, stat, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::bpf_sock_addr,
+    bindings::{bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid,
@@ -39,11 +39,20 @@ pub fn sluice_connect6(ctx: SockAddrContext) -> i32 {
 
 fn try_connect4(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    let Some(cfg) = eligible(sa) else { return };
+    let Some((cfg, sk)) = eligible(sa) else {
+        return;
+    };
     // Context fields are read with 4-byte loads: the verifier rejects narrower or merged
     // accesses to bpf_sock_addr.
-    let ip4 = unsafe { read_volatile(addr_of!((*sa).user_ip4)) };
+    let dialled = unsafe { read_volatile(addr_of!((*sa).user_ip4)) };
     let port_word = unsafe { read_volatile(addr_of!((*sa).user_port)) };
+    let bound = unsafe { read_volatile(addr_of!((*sk).src_ip4)) };
+    // 0.0.0.0 is routed to the bound source or loopback after this hook: look it up, and
+    // record it, as that address, so the agent forwards where the kernel would have.
+    let ip4 = effective_dst4(dialled, bound);
+    if dialled == 0 {
+        count(stat::UNSPECIFIED);
+    }
     if ip4 == cfg.listen_ip4 && port_word == cfg.listen_port4 {
         return;
     }
@@ -58,13 +67,33 @@ fn try_connect4(ctx: &SockAddrContext) {
 
 fn try_connect6(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    let Some(cfg) = eligible(sa) else { return };
-    let mut w6 = [0u32; 4];
-    // One 4-byte load per word: see try_connect4.
-    for (i, w) in w6.iter_mut().enumerate() {
-        *w = unsafe { read_volatile(addr_of!((*sa).user_ip6[i])) };
-    }
+    let Some((cfg, sk)) = eligible(sa) else {
+        return;
+    };
+    // One 4-byte load per word at a constant offset: see try_connect4 (and sockops.rs: the
+    // verifier also rejects loads through a modified socket pointer).
+    let (dialled, bound) = unsafe {
+        (
+            [
+                read_volatile(addr_of!((*sa).user_ip6[0])),
+                read_volatile(addr_of!((*sa).user_ip6[1])),
+                read_volatile(addr_of!((*sa).user_ip6[2])),
+                read_volatile(addr_of!((*sa).user_ip6[3])),
+            ],
+            [
+                read_volatile(addr_of!((*sk).src_ip6[0])),
+                read_volatile(addr_of!((*sk).src_ip6[1])),
+                read_volatile(addr_of!((*sk).src_ip6[2])),
+                read_volatile(addr_of!((*sk).src_ip6[3])),
+            ],
+        )
+    };
     let port_word = unsafe { read_volatile(addr_of!((*sa).user_port)) };
+    // `::` and `::ffff:0.0.0.0` become loopback (or the bound address) after this hook.
+    let w6 = effective_dst6(dialled, bound);
+    if w6 != dialled {
+        count(stat::UNSPECIFIED);
+    }
     let mut addr = [0u8; 16];
     for (i, w) in w6.iter().enumerate() {
         let b = w.to_ne_bytes();
@@ -90,10 +119,7 @@ fn try_connect6(ctx: &SockAddrContext) {
     // A dual-stack socket dialling ::ffff:a.b.c.d is really IPv4: answer with the
     // v4-mapped IPv4 listener so the kernel keeps it on the IPv4 path.
     let (dst, port) = if mapped {
-        (
-            [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), cfg.listen_ip4],
-            cfg.listen_port4,
-        )
+        ([0, 0, V4_MAPPED_WORD, cfg.listen_ip4], cfg.listen_port4)
     } else {
         (cfg.listen_ip6, cfg.listen_port6)
     };
@@ -101,9 +127,10 @@ fn try_connect6(ctx: &SockAddrContext) {
     count(stat::REDIRECTED);
 }
 
-/// TCP only, settings present, and not one of the agent's own upstream sockets.
+/// TCP only, settings present, and not one of the agent's own upstream sockets. Returns the
+/// settings and the socket.
 #[inline(always)]
-fn eligible(sa: *mut bpf_sock_addr) -> Option<&'static Settings> {
+fn eligible(sa: *mut bpf_sock_addr) -> Option<(&'static Settings, *mut bpf_sock)> {
     let cfg = settings()?;
     if cfg.flags & SETTINGS_ENABLED == 0 {
         return None;
@@ -118,10 +145,16 @@ fn eligible(sa: *mut bpf_sock_addr) -> Option<&'static Settings> {
     }
     let mark = unsafe { read_volatile(addr_of!((*sk).mark)) };
     if cfg.bypass_mark != 0 && mark == cfg.bypass_mark {
-        count(stat::BYPASSED);
-        return None;
+        // The mark alone is no credential: any process with CAP_NET_ADMIN (in its network
+        // namespace's user namespace) can set it. Only the agent's own process may bypass.
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if cfg.agent_tgid != 0 && tgid == cfg.agent_tgid {
+            count(stat::BYPASSED);
+            return None;
+        }
+        count(stat::MARK_NOT_AGENT);
     }
-    Some(cfg)
+    Some((cfg, sk))
 }
 
 #[inline(always)]

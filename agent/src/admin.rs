@@ -18,7 +18,7 @@ pub mod table;
 
 pub use table::{ConnInfo, Table};
 
-use crate::intercept::Maps;
+use crate::intercept::{Maps, targets::MapStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,8 +58,33 @@ pub struct Status {
     /// Connections refused because a connection cap (global or per cgroup) was reached.
     #[serde(default)]
     pub connections_over_limit: u64,
-    /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed, no_v6_listener.
+    /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed,
+    /// no_v6_listener, mark_not_agent, unspecified (`agent_common::stat` order).
     pub kernel: Vec<u64>,
+    /// The kernel's target map: size, capacity, `local` interface addresses, refused updates.
+    #[serde(default)]
+    pub target_map: MapStatus,
+}
+
+impl Status {
+    /// The target map in one line for the text view; a refused update is shown with its
+    /// reason, since interception is then narrower than configured.
+    pub fn target_map_line(&self) -> String {
+        let m = &self.target_map;
+        let mut line = format!("target map: {} of {} entries", m.entries, m.capacity);
+        if !m.local_addresses.is_empty() {
+            let addrs: Vec<String> = m.local_addresses.iter().map(ToString::to_string).collect();
+            line.push_str(&format!("; local targets also cover {}", addrs.join(", ")));
+        }
+        if m.refused_updates > 0 {
+            line.push_str(&format!(
+                "\nREFUSED {} target map update(s): {}",
+                m.refused_updates,
+                m.last_refused.as_deref().unwrap_or("?")
+            ));
+        }
+        line
+    }
 }
 
 /// Binds the admin socket, refusing if a live agent already owns it.
@@ -126,6 +151,7 @@ pub async fn serve(
                     records_dropped: table.records_dropped(),
                     connections_over_limit: table.over_limit(),
                     kernel: maps.stats(),
+                    target_map: maps.target_status(),
                 })
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
                 other => format!(

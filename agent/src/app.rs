@@ -95,6 +95,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.clone(),
         drain.shutdown_signal(),
     ));
+    tokio::spawn(intercept::local::watch(
+        maps.clone(),
+        cfg.clone(),
+        interceptor.local_addresses.clone(),
+        drain.shutdown_signal(),
+    ));
     tokio::spawn(admin::serve(
         admin_listener,
         table.clone(),

@@ -12,7 +12,10 @@ use serde::Deserialize;
 
 mod endpoint;
 
-pub use endpoint::{Endpoint, HostSpec, TargetMatch, canonical as endpoint_canonical};
+pub use endpoint::{
+    Endpoint, HostSpec, LOOPBACK_NETS, TargetMatch, canonical as endpoint_canonical,
+    static_entry_count,
+};
 
 /// The configuration shipped inside the binary, used when no `--config` is given.
 pub const DEFAULT_YAML: &str = include_str!("config/default.yaml");
@@ -249,9 +252,10 @@ impl Config {
         if self.targets.is_empty() {
             return Err("targets: at least one target is required".into());
         }
-        if self.targets.len() > agent_common::MAX_TARGETS as usize {
+        let entries = endpoint::static_entry_count(self.targets.iter().map(|t| &t.matches));
+        if entries > agent_common::MAX_TARGETS as usize {
             return Err(format!(
-                "targets: at most {} targets",
+                "targets: the kernel's target map holds {} entries (one per address or network and port) and these targets need {entries}; use CIDRs or fewer ports",
                 agent_common::MAX_TARGETS
             ));
         }

@@ -60,7 +60,7 @@ pub async fn serve(
     mut slot: ConnectionSlot,
     force: CancellationToken,
 ) {
-    let Some(meta) = orig_dst::take(&ctx.maps, peer) else {
+    let Some((meta, workload)) = orig_dst::attribute(ctx.maps.clone(), peer).await else {
         // Not redirected by our hooks (a direct dial of the listener, or metadata lost).
         ctx.table.count_refused();
         tracing::warn!(%peer, "refused connection to the listener that was not redirected by Sluice");
@@ -68,7 +68,6 @@ pub async fn serve(
         return;
     };
     let orig = orig_dst::original_destination(&meta);
-    let workload = Workload::from_meta(&meta);
     let Some(target_cfg) = ctx.targets.get(meta.target_id as usize).cloned() else {
         ctx.table.count_refused();
         tracing::error!(%peer, target_id = meta.target_id, "redirected connection names no configured target; refused");

@@ -2,7 +2,10 @@
 //! by one, each failure explained with what to do about it.
 use std::{fmt, path::Path};
 
-use crate::{config::Config, intercept};
+use crate::{
+    config::{Config, HostSpec, static_entry_count},
+    intercept,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -46,7 +49,7 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
 
 /// Checks that decide whether `sluice run` can work at all.
 pub fn preflight(cfg: &Config) -> Vec<Check> {
-    vec![privileges(), kernel(), cgroup(cfg)]
+    vec![privileges(), kernel(), cgroup(cfg), pid_namespace()]
 }
 
 /// Everything `sluice doctor` reports; `probe_load` also loads the programs (no attach).
@@ -58,6 +61,10 @@ pub fn full(cfg: &Config, probe_load: bool) -> Vec<Check> {
         v.push(programs_load(v[0].level == Level::Ok));
     }
     v.push(pins(cfg));
+    v.push(target_map(cfg));
+    if let Some(c) = running_target_map(cfg) {
+        v.push(c);
+    }
     v
 }
 
@@ -135,6 +142,19 @@ fn kernel() -> Check {
     }
 }
 
+/// The hooks let only the agent's own process bypass them, by its pid in the host's pid
+/// namespace: the agent must be able to learn it.
+fn pid_namespace() -> Check {
+    match intercept::identity::agent_tgid() {
+        Ok(tgid) => check(
+            "pid namespace",
+            Level::Ok,
+            format!("host pid {tgid}: the hooks can tell this agent's sockets from others"),
+        ),
+        Err(e) => check("pid namespace", Level::Fail, e.to_string()),
+    }
+}
+
 fn btf() -> Check {
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
         check("btf", Level::Ok, "/sys/kernel/btf/vmlinux present")
@@ -207,4 +227,99 @@ fn pins(cfg: &Config) -> Check {
             ),
         )
     }
+}
+
+/// Whether the config's targets fit the kernel's target map: its own networks, plus one entry
+/// per port of each `local` target for every interface address this host has now.
+fn target_map(cfg: &Config) -> Check {
+    let capacity = agent_common::MAX_TARGETS as usize;
+    let fixed = static_entry_count(cfg.targets.iter().map(|t| &t.matches));
+    let local_ports: usize = cfg
+        .targets
+        .iter()
+        .filter(|t| t.matches.host == HostSpec::Local)
+        .map(|t| t.matches.ports.len())
+        .sum();
+    let (local, local_note) = if local_ports == 0 {
+        (0, String::new())
+    } else {
+        match intercept::local::interface_addresses() {
+            Ok(a) => (
+                a.len() * local_ports,
+                format!(
+                    " + {} interface address(es) x {local_ports} local port(s)",
+                    a.len()
+                ),
+            ),
+            Err(e) => {
+                return check(
+                    "target map",
+                    Level::Fail,
+                    format!("cannot read this host's addresses for local targets: {e}"),
+                );
+            }
+        }
+    };
+    let named = cfg
+        .targets
+        .iter()
+        .filter(|t| matches!(t.matches.host, HostSpec::Name(_)))
+        .count();
+    let named_note = if named > 0 {
+        format!(
+            "; {named} hostname target(s) add one entry per port for each address they resolve to"
+        )
+    } else {
+        String::new()
+    };
+    let total = fixed + local;
+    let detail =
+        format!("{total} of {capacity} entries ({fixed} from the config{local_note}){named_note}");
+    let level = if total > capacity {
+        Level::Fail
+    } else if total * 10 > capacity * 9 {
+        Level::Warn
+    } else {
+        Level::Ok
+    };
+    check("target map", level, detail)
+}
+
+/// The running agent's view of its target map, when one answers on the admin socket: a
+/// refused update means interception is narrower than configured.
+fn running_target_map(cfg: &Config) -> Option<Check> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let status = rt
+        .block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                crate::admin::query(&cfg.admin_socket),
+            )
+            .await
+        })
+        .ok()?
+        .ok()?;
+    let m = &status.target_map;
+    Some(if m.refused_updates > 0 {
+        check(
+            "running agent",
+            Level::Warn,
+            format!(
+                "target map {} of {}; {} update(s) REFUSED, the last: {}",
+                m.entries,
+                m.capacity,
+                m.refused_updates,
+                m.last_refused.as_deref().unwrap_or("?")
+            ),
+        )
+    } else {
+        check(
+            "running agent",
+            Level::Ok,
+            format!("target map {} of {} entries", m.entries, m.capacity),
+        )
+    })
 }

@@ -5,8 +5,13 @@
 //! - A connect() from the attached cgroup subtree to a target is redirected to the listener,
 //!   even if its metadata could not be stored (counted in `STATS`); the listener refuses
 //!   connections it cannot attribute, so nothing reaches a model server unseen. (fail closed)
-//! - Sockets carrying the agent's bypass mark are never redirected: that is how the agent's
-//!   own upstream connections leave.
+//! - Sockets carrying the agent's bypass mark *and* created by the agent's own process (its
+//!   tgid, see `identity.rs`) are never redirected: that is how the agent's own upstream
+//!   connections leave. The mark on anyone else's socket changes nothing.
+//! - connect() to an unspecified address (0.0.0.0, ::, ::ffff:0.0.0.0) is looked up, and
+//!   recorded, as the address the kernel turns it into (loopback or the bound source).
+//! - The target map's capacity is checked against every change before it is written; a change
+//!   that would not fit is refused whole and reported (`targets.rs`).
 //! - While the agent is down, `fail_mode: closed` keeps the hooks pinned and pointing at a
 //!   listener that is gone (targets are refused); `open` detaches them (targets go direct).
 //! - A restart replaces pinned links; it never stacks a second copy of the programs.
@@ -22,8 +27,10 @@ use agent_common::{ConnMeta, PeerKey, Settings, names};
 use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
 
 pub mod cgroup;
+pub mod identity;
 pub mod listener;
 mod loader;
+pub mod local;
 pub mod orig_dst;
 pub mod targets;
 
@@ -62,18 +69,83 @@ pub enum Error {
     Pin { path: PathBuf, message: String },
     #[error("bpffs: {0}")]
     Bpffs(String),
+    #[error("target map: {0}")]
+    Targets(#[from] targets::Error),
+    #[error("reading the host's interface addresses for local targets: {0}")]
+    LocalAddresses(std::io::Error),
+    #[error("telling the agent's own sockets apart: {0}")]
+    Identity(#[from] identity::Error),
 }
 
 /// Handles on the maps the agent reads and writes while running.
 pub struct Maps {
-    pub(crate) targets: Mutex<LpmTrie<MapData, agent_common::TargetKey, agent_common::TargetValue>>,
+    targets: Mutex<targets::TargetMap>,
+    target_status: Mutex<targets::MapStatus>,
     pub(crate) by_peer: Mutex<HashMap<MapData, PeerKey, ConnMeta>>,
     stats: PerCpuArray<MapData, u64>,
-    /// Held so the map outlives program loading; the kernel side only reads it.
-    _settings: aya::maps::Array<MapData, Settings>,
+    /// The kernel side only reads it; the agent rewrites it to revoke its bypass on stop.
+    settings: Mutex<aya::maps::Array<MapData, Settings>>,
 }
 
 impl Maps {
+    pub(crate) fn new(
+        targets: LpmTrie<MapData, agent_common::TargetKey, agent_common::TargetValue>,
+        by_peer: HashMap<MapData, PeerKey, ConnMeta>,
+        stats: PerCpuArray<MapData, u64>,
+        settings: aya::maps::Array<MapData, Settings>,
+    ) -> Self {
+        let targets = targets::TargetMap::new(targets);
+        Maps {
+            target_status: Mutex::new(targets.status()),
+            targets: Mutex::new(targets),
+            by_peer: Mutex::new(by_peer),
+            stats,
+            settings: Mutex::new(settings),
+        }
+    }
+
+    /// Runs `f` on the target map, then publishes its status. Its writes are syscalls under
+    /// the map's mutex: call this only off the runtime (`targets::update`) or before serving.
+    pub(crate) fn with_targets<R>(&self, f: impl FnOnce(&mut targets::TargetMap) -> R) -> R {
+        let mut map = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = f(&mut map);
+        *self
+            .target_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = map.status();
+        r
+    }
+
+    /// Size and state of the target map, for `sluice connections`: a copy published after
+    /// each change, so reading it never waits for map syscalls.
+    pub fn target_status(&self) -> targets::MapStatus {
+        self.target_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Clears the agent's tgid from the settings: once the agent has stopped, no process
+    /// (not even one that is later given the same pid) may bypass with the mark.
+    fn revoke_bypass(&self) -> Result<(), Error> {
+        let mut map = self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = map.get(&0, 0).map_err(|source| Error::Map {
+            name: names::SETTINGS,
+            source,
+        })?;
+        s.agent_tgid = 0;
+        map.set(0, s, 0).map_err(|source| Error::Map {
+            name: names::SETTINGS,
+            source,
+        })
+    }
+
     /// Kernel-side counters, summed over CPUs, in `agent_common::stat` order.
     pub fn stats(&self) -> Vec<u64> {
         (0..agent_common::stat::COUNT)
@@ -91,25 +163,35 @@ impl Maps {
 pub struct Interceptor {
     loaded: Loaded,
     pin_dir: PathBuf,
+    maps: Arc<Maps>,
+    /// Interface addresses installed for `local` targets at start; the watcher takes over.
+    pub local_addresses: std::collections::BTreeSet<std::net::IpAddr>,
 }
 
 impl Interceptor {
-    /// Loads the programs, writes settings and static targets, attaches to the configured
-    /// cgroup and replaces any links a previous agent pinned.
+    /// Loads the programs, writes settings and the targets known now (the config's networks
+    /// and, for `local` targets, the host's addresses), attaches to the configured cgroup and
+    /// replaces any links a previous agent pinned. Blocking: run it before serving.
     pub fn start(cfg: &Config) -> Result<(Self, Arc<Maps>), Error> {
         let cgroup_dir = cgroup::resolve(&cfg.cgroup)?;
-        let settings = settings_for(cfg);
+        let settings = settings_for(cfg, identity::agent_tgid()?);
         let (loaded, maps) = loader::load(settings)?;
         let maps = Arc::new(maps);
-        targets::install_static(&maps, cfg).map_err(|source| Error::Map {
-            name: names::TARGETS,
-            source,
+        let local_addresses = maps.with_targets(|map| {
+            targets::install_static(map, cfg)?;
+            if local::wanted(cfg) {
+                local::install_initial(map, cfg)
+            } else {
+                Ok(Default::default())
+            }
         })?;
         let loaded = loader::attach(loaded, &cgroup_dir, &cfg.pin_dir)?;
         Ok((
             Interceptor {
                 loaded,
                 pin_dir: cfg.pin_dir.clone(),
+                maps: maps.clone(),
+                local_addresses,
             },
             maps,
         ))
@@ -119,6 +201,7 @@ impl Interceptor {
         match mode {
             FailMode::Closed => {
                 tracing::info!(pin_dir = %self.pin_dir.display(), "fail_mode closed: programs stay attached; target connections are refused until the agent returns");
+                self.maps.revoke_bypass()?;
                 drop(self.loaded);
                 Ok(())
             }
@@ -133,10 +216,11 @@ impl Interceptor {
     }
 }
 
-fn settings_for(cfg: &Config) -> Settings {
+fn settings_for(cfg: &Config, agent_tgid: u32) -> Settings {
     let mut s = Settings {
         bypass_mark: cfg.bypass_mark,
         flags: agent_common::SETTINGS_ENABLED,
+        agent_tgid,
         ..Default::default()
     };
     if let SocketAddr::V4(v4) = cfg.listen {

@@ -453,6 +453,7 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
         k(0),
         k(1) + k(2)
     );
+    println!("{}", status.target_map_line());
     ExitCode::SUCCESS
 }
 

@@ -34,6 +34,8 @@ impl Workload {
         }
     }
 
+    /// Blocking: reads /proc. Called from `intercept::orig_dst::attribute` on the blocking
+    /// pool.
     pub fn from_meta(meta: &ConnMeta) -> Self {
         let comm_len = meta
             .comm

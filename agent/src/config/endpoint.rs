@@ -1,10 +1,14 @@
 //! The address grammar of targets and upstreams.
 //!
-//! target `match`: `ip:port`, `[v6]:port`, `cidr:port`, `[v6cidr]:port` or `hostname:port`,
-//! where port may be a range `8000-8002`. upstream: `ip:port`, `[v6]:port` or `hostname:port`.
+//! target `match`: `ip:port`, `[v6]:port`, `cidr:port`, `[v6cidr]:port`, `hostname:port` or
+//! `local:port`, where port may be a range `8000-8002`. `local` is a reserved word, not a
+//! hostname: every address of this host (loopback, the unspecified address, and the addresses
+//! of its interfaces, kept current by the agent). upstream: `ip:port`, `[v6]:port` or
+//! `hostname:port`.
 use std::{
+    collections::BTreeSet,
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::RangeInclusive,
 };
 
@@ -15,7 +19,13 @@ use serde::Deserialize;
 pub enum HostSpec {
     Net(IpNet),
     Name(String),
+    /// Every address of this host: loopback, the unspecified address (which the hooks look
+    /// up as the address it becomes) and the host's interface addresses as they change.
+    Local,
 }
+
+/// The `match` host word for [`HostSpec::Local`].
+pub const LOCAL: &str = "local";
 
 /// Which destinations a target covers.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -42,7 +52,9 @@ impl TryFrom<String> for TargetMatch {
     fn try_from(s: String) -> Result<Self, String> {
         let (host, port) = split_host_port(&s)?;
         let ports = parse_ports(port).map_err(|e| format!("{s:?}: {e}"))?;
-        let host = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let host = if host == LOCAL {
+            HostSpec::Local
+        } else if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             HostSpec::Net(parse_net(inner, true).map_err(|e| format!("{s:?}: {e}"))?)
         } else if host.contains('/') || host.parse::<IpAddr>().is_ok() {
             let net = parse_net(host, false).map_err(|e| format!("{s:?}: {e}"))?;
@@ -154,17 +166,51 @@ fn check_hostname(h: &str) -> Result<(), String> {
     }
 }
 
+/// The loopback networks a `local` target covers without asking the host.
+pub const LOOPBACK_NETS: [IpNet; 2] = [
+    IpNet::V4(match ipnet::Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8) {
+        Ok(n) => n,
+        Err(_) => panic!("127.0.0.0/8"),
+    }),
+    IpNet::V6(match ipnet::Ipv6Net::new(Ipv6Addr::LOCALHOST, 128) {
+        Ok(n) => n,
+        Err(_) => panic!("::1/128"),
+    }),
+];
+
 impl TargetMatch {
     /// Whether `addr` is one of the destinations this target intercepts (static nets only:
-    /// hostnames are checked after resolution).
+    /// hostnames are checked after resolution, interface addresses by the agent).
     pub fn covers(&self, addr: SocketAddr) -> bool {
+        let ip = canonical(addr.ip());
+        self.ports.contains(&addr.port())
+            && (self.static_nets().iter().any(|n| n.contains(&ip))
+                || (self.host == HostSpec::Local && ip.is_unspecified()))
+    }
+
+    /// The networks known from the config alone; hostnames and interface addresses are
+    /// added by the agent as it learns them.
+    pub fn static_nets(&self) -> Vec<IpNet> {
         match &self.host {
-            HostSpec::Net(net) => {
-                self.ports.contains(&addr.port()) && net.contains(&canonical(addr.ip()))
-            }
-            HostSpec::Name(_) => false,
+            HostSpec::Net(net) => vec![*net],
+            HostSpec::Name(_) => Vec::new(),
+            HostSpec::Local => LOOPBACK_NETS.to_vec(),
         }
     }
+}
+
+/// How many entries (one per network and port; shared ones once) the config's own networks
+/// take in the kernel's target map. Hostname answers and interface addresses come on top.
+pub fn static_entry_count<'a>(matches: impl IntoIterator<Item = &'a TargetMatch>) -> usize {
+    let mut seen = BTreeSet::new();
+    for m in matches {
+        for net in m.static_nets() {
+            for port in m.ports.clone() {
+                seen.insert((net, port));
+            }
+        }
+    }
+    seen.len()
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4.
@@ -183,6 +229,7 @@ impl fmt::Display for TargetMatch {
             HostSpec::Net(IpNet::V4(n)) if n.prefix_len() == 32 => write!(f, "{}", n.addr())?,
             HostSpec::Net(n) => write!(f, "{n}")?,
             HostSpec::Name(h) => f.write_str(h)?,
+            HostSpec::Local => f.write_str(LOCAL)?,
         }
         if self.ports.start() == self.ports.end() {
             write!(f, ":{}", self.ports.start())

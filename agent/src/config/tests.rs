@@ -10,7 +10,26 @@ fn builtin_default_is_valid() {
     assert!(
         cfg.targets
             .iter()
-            .any(|t| t.matches.to_string() == "127.0.0.0/8:11434")
+            .any(|t| t.matches.to_string() == "local:11434" && t.matches.host == HostSpec::Local)
+    );
+    // Every shipped target covers the whole host, and keeps its protocol.
+    assert!(
+        cfg.targets
+            .iter()
+            .all(|t| t.matches.host == HostSpec::Local)
+    );
+    let protocols: Vec<(&str, Protocol)> = cfg
+        .targets
+        .iter()
+        .map(|t| (t.name.as_str(), t.protocol))
+        .collect();
+    assert_eq!(
+        protocols,
+        [
+            ("ollama", Protocol::Http),
+            ("vllm-tgi-triton", Protocol::Tcp),
+            ("llama-cpp", Protocol::Tcp)
+        ]
     );
     assert_eq!(cfg.fail_mode, FailMode::Closed);
     let policy = crate::policy::load_paths(&cfg.policies).expect("built-in packs load");
@@ -103,5 +122,74 @@ fn syntax_error_has_location() {
             Error::Syntax { line: 2, .. } | Error::Syntax { line: 1, .. }
         ),
         "{err}"
+    );
+}
+
+#[test]
+fn local_match_covers_loopback_and_the_unspecified_address() {
+    let cfg = parse("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: local:8000-8001\n")
+        .expect("valid");
+    let m = &cfg.targets[0].matches;
+    assert_eq!(m.host, HostSpec::Local);
+    assert_eq!(m.to_string(), "local:8000-8001");
+    for covered in [
+        "127.0.0.1:8000",
+        "127.9.9.9:8001",
+        "[::1]:8000",
+        "0.0.0.0:8000",
+        "[::]:8001",
+        "[::ffff:127.0.0.1]:8000",
+    ] {
+        assert!(m.covers(covered.parse().expect("addr")), "{covered}");
+    }
+    for not in ["127.0.0.1:8002", "10.0.0.1:8000", "[fd00::1]:8000"] {
+        assert!(!m.covers(not.parse().expect("addr")), "{not}");
+    }
+    // Two loopback networks per port are known from the config alone.
+    assert_eq!(static_entry_count([m]), 4);
+    // `local` on the listener's port covers the listener.
+    let err = parse("listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: local:15001\n")
+        .expect_err("covers listener");
+    assert!(
+        err.to_string().contains("covers the agent's own listener"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_target_map_capacity_counts_entries_not_targets() {
+    // One target of 64 ports on 64 addresses would be 4096 entries; 65 such targets do not
+    // fit, whatever the number of targets.
+    let targets = |n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "  - name: t{i}\n    match: \"[fd00::{:x}]:1000-1063\"\n",
+                    i + 1
+                )
+            })
+            .collect()
+    };
+    parse(&format!(
+        "listen: 127.0.0.1:15001\ntargets:\n{}",
+        targets(64)
+    ))
+    .expect("4096 entries fit");
+    let err = parse(&format!(
+        "listen: 127.0.0.1:15001\ntargets:\n{}",
+        targets(65)
+    ))
+    .expect_err("4160 entries do not fit");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("holds 4096 entries") && msg.contains("need 4160"),
+        "{msg}"
+    );
+    // Targets sharing a network and port share the entry.
+    let dup = "listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: local:80\n  - name: b\n    match: 127.0.0.0/8:80\n";
+    let cfg = parse(dup).expect("valid");
+    assert_eq!(
+        static_entry_count(cfg.targets.iter().map(|t| &t.matches)),
+        2
     );
 }

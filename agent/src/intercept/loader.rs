@@ -4,7 +4,6 @@ use std::{
     fs,
     os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use agent_common::{Settings, names};
@@ -68,12 +67,7 @@ pub(super) fn load(settings: Settings) -> Result<(Loaded, Maps), Error> {
             ebpf,
             links: Vec::new(),
         },
-        Maps {
-            targets: Mutex::new(targets),
-            by_peer: Mutex::new(by_peer),
-            stats,
-            _settings: settings_map,
-        },
+        Maps::new(targets, by_peer, stats, settings_map),
     ))
 }
 

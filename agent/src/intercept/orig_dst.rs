@@ -1,14 +1,39 @@
 //! Finding the original destination and caller of an accepted connection: the sock_ops hook
 //! stored them under the client's (address, port), which is the accepted socket's peer.
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use agent_common::{ConnMeta, PeerKey, v4_mapped};
 
 use super::Maps;
+use crate::workload::Workload;
+
+/// Who made the connection accepted from `peer` and where it was going, or `None` if it did
+/// not come through redirection (it must be refused). Both steps block (a map syscall under a
+/// mutex, a /proc read), so they run on the blocking pool, never on a runtime worker; the
+/// number waiting is bounded by the connections being served.
+pub async fn attribute(maps: Arc<Maps>, peer: SocketAddr) -> Option<(ConnMeta, Workload)> {
+    match tokio::task::spawn_blocking(move || {
+        let meta = take(&maps, peer)?;
+        let workload = Workload::from_meta(&meta);
+        Some((meta, workload))
+    })
+    .await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "attributing a connection failed");
+            None
+        }
+    }
+}
 
 /// Takes (reads and deletes) the metadata for a connection accepted from `peer`. `None` means
-/// the connection did not come through redirection and must be refused.
-pub fn take(maps: &Maps, peer: SocketAddr) -> Option<ConnMeta> {
+/// the connection did not come through redirection and must be refused. Blocking: see
+/// [`attribute`].
+fn take(maps: &Maps, peer: SocketAddr) -> Option<ConnMeta> {
     let key = PeerKey {
         addr: match peer.ip() {
             IpAddr::V4(v4) => v4_mapped(v4.octets()),
