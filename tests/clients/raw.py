@@ -13,9 +13,15 @@ import sys
 import time
 
 host, port, plan = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-s = socket.create_connection((host, port), timeout=10)
-t0 = time.monotonic()
 out = {"reads": [], "closed": False, "closed_after": None}
+t0 = time.monotonic()
+try:
+    s = socket.create_connection((host, port), timeout=10)
+except OSError as e:
+    # Refused or reset before the handshake finished: that is an answer too.
+    out.update(closed=True, closed_after=0.0, connect_error=str(e), reads=[""])
+    print(json.dumps(out))
+    sys.exit(0)
 for step in plan:
     kind = step[0]
     if kind == "send":
