@@ -333,11 +333,9 @@ fn oversized_and_malformed_requests_get_4xx_while_other_connections_continue() {
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(40_000)
     );
-    let status = raw_status(&cg, &vip, &huge_header);
-    assert!(
-        status == "HTTP/1.1 431 Request Header Fields Too Large"
-            || status == "HTTP/1.1 400 Bad Request",
-        "{status}"
+    assert_eq!(
+        raw_status(&cg, &vip, &huge_header),
+        "HTTP/1.1 431 Request Header Fields Too Large"
     );
     let out = curl(
         &cg,
@@ -401,11 +399,9 @@ fn oversized_and_malformed_requests_get_4xx_while_other_connections_continue() {
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
         body.len()
     );
-    let status = raw_status(&cg, &vip, &smuggle);
-    assert!(
-        status == "HTTP/1.1 200 OK" || status == "HTTP/1.1 400 Bad Request",
-        "{status}"
-    );
+    // hyper reads the body as chunked (Transfer-Encoding wins, RFC 9112 §6.3) and Sluice
+    // forwards it with the length it read: the server sees one well-framed request.
+    assert_eq!(raw_status(&cg, &vip, &smuggle), "HTTP/1.1 200 OK");
     let seen: Vec<String> = server
         .seen
         .requests
