@@ -21,12 +21,14 @@ use hyper::body::Incoming;
 use record::{Record, Recorded};
 
 use crate::{
+    adapter::{self, Server},
     connection::{Conn, Ctx},
     policy::{Decision, Permit, Query},
     respond::{self, Body, Refusal},
     upstream::http::strip_hop_by_hop,
 };
 
+pub mod decode;
 mod record;
 
 enum ReqBody {
@@ -48,20 +50,30 @@ pub async fn handle(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Response<
         );
     };
     let server = target.server;
-    let grpc = is_grpc(req.headers());
+    // Only a server that speaks gRPC gets a gRPC body streamed past the read; any other
+    // refuses it in `admit`.
+    let grpc = is_grpc(req.headers()) && adapter::speaks_grpc(server);
     let policy = ctx.policy.current();
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path().to_string();
 
     let outcome = async {
-        admit(&parts, ctx.max_request_body)?;
-        let (body, json) = read(body, grpc, &parts.headers, ctx.max_request_body).await?;
+        // Classification and policy see the decoded path; the request goes on as sent.
+        let decoded = admit(&parts, server, ctx.max_request_body)?;
+        let (body, json) = read(
+            body,
+            grpc,
+            (server, &method, &decoded),
+            &parts.headers,
+            ctx.max_request_body,
+        )
+        .await?;
         let (op, decision) = policy.decide(&Query {
             target: &target.name,
             server,
             method: &method,
-            path: &path,
+            path: &decoded,
             body: json.as_ref(),
             default: target.default,
             workload: Some(&conn.workload),
@@ -108,22 +120,15 @@ fn is_grpc(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// Rejects what could make Sluice and the server disagree about what a request is.
-fn admit(parts: &Parts, max_body: usize) -> Result<(), Refusal> {
-    let raw = parts.uri.path();
-    let lower = raw.to_ascii_lowercase();
-    // Encoded slashes and dots, dot segments and empty segments are spellings a server may
-    // normalise differently from Sluice (e.g. FastAPI's slash redirects): refuse them.
-    if lower.contains("%2f")
-        || lower.contains("%2e")
-        || lower.contains("%5c")
-        || raw.contains("//")
-        || raw.split('/').any(|s| s == ".." || s == ".")
-    {
+/// Rejects what could make Sluice and the server disagree about what a request is; returns
+/// the decoded path (`decode::path`).
+fn admit(parts: &Parts, server: Server, max_body: usize) -> Result<String, Refusal> {
+    let path = decode::path(parts.uri.path())?;
+    if !adapter::speaks_grpc(server) && decode::is_grpc_content_type(&parts.headers) {
         return Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_bad_path",
-            format!("request path {raw:?} is not in normal form"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "sluice_grpc_unsupported",
+            format!("this target's server ({server}) does not speak gRPC"),
         ));
     }
     if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
@@ -143,7 +148,7 @@ fn admit(parts: &Parts, max_body: usize) -> Result<(), Refusal> {
     if declared.is_some_and(|n| n > max_body as u64) {
         return Err(too_large(max_body));
     }
-    Ok(())
+    Ok(path)
 }
 
 fn too_large(max: usize) -> Refusal {
@@ -158,6 +163,7 @@ fn too_large(max: usize) -> Refusal {
 async fn read(
     body: Incoming,
     grpc: bool,
+    (server, method, path): (Server, &str, &str),
     headers: &HeaderMap,
     max: usize,
 ) -> Result<(ReqBody, Option<serde_json::Value>), Refusal> {
@@ -175,33 +181,8 @@ async fn read(
             ));
         }
     };
-    if bytes.is_empty() {
-        return Ok((ReqBody::Buffered(bytes), None));
-    }
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ctype.starts_with("multipart/") || ctype.starts_with("application/octet-stream") {
-        return Ok((ReqBody::Buffered(bytes), None));
-    }
-    // A body Sluice cannot parse could still be parsed leniently by the server: refuse it
-    // rather than decide without seeing the model. Likewise a top-level key given twice:
-    // parsers disagree on which copy wins, so `"model"` could say one thing to Sluice and
-    // another to the server.
-    match parse_json(&bytes) {
-        Ok((v, None)) => Ok((ReqBody::Buffered(bytes), Some(v))),
-        Ok((_, Some(key))) => Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_ambiguous_json",
-            format!("request body gives the key {key:?} more than once"),
-        )),
-        Err(e) => Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_bad_json",
-            format!("request body is not valid JSON: {e}"),
-        )),
-    }
+    let json = decode::body(server, method, path, headers, &bytes)?;
+    Ok((ReqBody::Buffered(bytes), json))
 }
 
 /// Sends a permitted request upstream, trying the target's backends in order. Only
@@ -278,77 +259,4 @@ async fn send(
             conn.target
         ),
     ))
-}
-
-/// Parses a JSON body in one pass, also returning the first top-level key given twice.
-fn parse_json(bytes: &[u8]) -> Result<(serde_json::Value, Option<String>), serde_json::Error> {
-    use serde::de::{Deserializer as _, MapAccess, Visitor};
-
-    struct Object;
-    impl<'de> Visitor<'de> for Object {
-        type Value = (serde_json::Map<String, serde_json::Value>, Option<String>);
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = serde_json::Map::new();
-            let mut dup = None;
-            while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
-                if let Some(_earlier) = out.insert(k.clone(), v)
-                    && dup.is_none()
-                {
-                    dup = Some(k);
-                }
-            }
-            Ok((out, dup))
-        }
-    }
-    let is_object = bytes
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'{');
-    if !is_object {
-        return serde_json::from_slice(bytes).map(|v| (v, None));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let (map, dup) = de.deserialize_map(Object)?;
-    de.end()?;
-    Ok((serde_json::Value::Object(map), dup))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_json;
-
-    fn duplicate_top_level_key(bytes: &[u8]) -> Option<String> {
-        parse_json(bytes).ok().and_then(|(_, dup)| dup)
-    }
-
-    #[test]
-    fn parses_objects_and_other_values_and_rejects_trailing_data() {
-        let (v, dup) = parse_json(br#" {"model":"a","n":[1,2]} "#).expect("valid");
-        assert_eq!((v["model"].as_str(), dup), (Some("a"), None));
-        assert_eq!(parse_json(b"[1,2]").expect("array").0[1], 2);
-        assert!(parse_json(br#"{"model":"a"} x"#).is_err());
-        assert!(parse_json(br#"{"model":"a""#).is_err());
-    }
-
-    #[test]
-    fn finds_duplicate_top_level_keys_only() {
-        assert_eq!(
-            duplicate_top_level_key(br#"{"model":"a","x":1,"model":"b"}"#),
-            Some("model".into())
-        );
-        assert_eq!(
-            duplicate_top_level_key(br#"{"model":"a","m":{"k":1,"k":2}}"#),
-            None
-        );
-        assert_eq!(duplicate_top_level_key(br#"[{"a":1,"a":2}]"#), None);
-        assert_eq!(duplicate_top_level_key(br#"{"model":"a"}"#), None);
-        assert_eq!(
-            duplicate_top_level_key(br#"{"model":"test-model","model":"gpt-4o","messages":[]}"#),
-            Some("model".into())
-        );
-        assert_eq!(duplicate_top_level_key(b"not json"), None);
-    }
 }
