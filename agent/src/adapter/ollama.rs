@@ -384,11 +384,11 @@ impl Name {
         // Go's strings.LastIndex: -1 when absent.
         let last = |c: char| s.rfind(c).map_or(-1, |i| i as isize);
         let (mut rest, mut tag) = (s.to_string(), String::new());
-        if last(':') > last('/') {
-            if let Some((before, after)) = s.rsplit_once(':') {
-                rest = or_missing(before);
-                tag = or_missing(after);
-            }
+        if last(':') > last('/')
+            && let Some((before, after)) = s.rsplit_once(':')
+        {
+            rest = or_missing(before);
+            tag = or_missing(after);
         }
         let (mut host, mut namespace) = (String::new(), String::new());
         let model;
