@@ -94,28 +94,34 @@ fn seen(server: &Server) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Sends every hostile case, checks its status, then that none reached the server.
+/// Sends every hostile case and checks its status and that it never reached the server;
+/// reports every case that failed, not only the first.
 fn refuse_all(cg: &TestCgroup, vip: &str, server: &Server, agent: &Agent, cases: &[Case]) {
+    let mut failed = Vec::new();
     for c in cases {
+        let before = seen(server).len();
         let resp = raw(cg, vip, &c.bytes);
-        assert_eq!(
-            status(&resp),
-            c.status,
-            "{}: {resp}\nagent log:\n{}",
-            c.what,
-            agent.log_text()
-        );
-        if let Some(text) = c.says {
-            assert!(resp.contains(text), "{}: {resp}", c.what);
+        let reached = seen(server).len() > before;
+        let said = c.says.is_none_or(|text| resp.contains(text));
+        if status(&resp) != c.status || !said || reached {
+            failed.push(format!(
+                "{}: want {}{}, got (reached the server: {reached}):\n{resp}",
+                c.what,
+                c.status,
+                c.says.map_or(String::new(), |t| format!(" saying {t:?}")),
+            ));
         }
-        assert!(
-            seen(server).is_empty(),
-            "{} reached the server: {:?}",
-            c.what,
-            seen(server)
-        );
     }
-    // Still up, and still counting.
+    assert!(
+        failed.is_empty(),
+        "{} of {} hostile requests were not refused as expected:\n{}\nagent log:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n---\n"),
+        agent.log_text()
+    );
+    assert!(seen(server).is_empty(), "{:?}", seen(server));
+    // Still up.
     agent
         .status()
         .expect("agent answers after the hostile requests");
