@@ -300,6 +300,17 @@ fn ollama_hostile_requests_are_refused_and_never_reach_the_server() {
             Some("gRPC"),
         ),
         case(
+            "multipart transcription naming a cloud model in its form",
+            request(
+                "POST",
+                "/v1/audio/transcriptions",
+                &["Content-Type: multipart/form-data; boundary=b0und"],
+                b"--b0und\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nx:cloud\r\n--b0und\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\x00\x01\r\n--b0und--\r\n",
+            ),
+            403,
+            cloud,
+        ),
+        case(
             "keep_alive 0 without a prompt (unload)",
             request(
                 "POST",

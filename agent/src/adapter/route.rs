@@ -66,6 +66,12 @@ impl Route {
         }
     }
 
+    /// Whether the route's model is named in its body (a JSON field, or a form field of a
+    /// multipart body).
+    pub fn model_in_body(&self) -> bool {
+        matches!(self.model, ModelFrom::Body(_) | ModelFrom::BodyOr(..))
+    }
+
     /// A route whose body is not JSON (see [`BodyKind::Raw`]).
     pub const fn raw_body(self) -> Route {
         Route {

@@ -75,9 +75,12 @@ pub fn body(
         return Ok(None);
     }
     let route = adapter::route(server, method, path);
-    let json = match route.map(|r| r.body) {
-        Some(BodyKind::Raw) => return Ok(None),
-        Some(BodyKind::Json) => json_part(server, headers, bytes)?,
+    let json = match route.map(|r| (r.body, r.model_in_body())) {
+        // Multipart uploads that name their model in a form field (audio transcription on
+        // Ollama runs `x:cloud` in the cloud just as a JSON chat does).
+        Some((BodyKind::Raw, true)) => return form(headers, bytes),
+        Some((BodyKind::Raw, false)) => return Ok(None),
+        Some((BodyKind::Json, _)) => json_part(server, headers, bytes)?,
         // A route no adapter knows is `unknown` to policy; only a body that says it is not
         // JSON is left unparsed there.
         None if declares_non_json(headers) => return Ok(None),
@@ -112,6 +115,63 @@ pub fn body(
         })?;
     }
     Ok(Some(value))
+}
+
+/// The text fields of a `multipart/form-data` body as a JSON object (file parts left out), so
+/// the adapter finds the model where the server does (`FormValue("model")`). A field given
+/// twice is refused (Go takes the first, Python frameworks the last), as is a body the
+/// multipart parser rejects. Other bodies are not forms to the server either: `None`.
+fn form(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Value>, Refusal> {
+    use futures_util::FutureExt as _;
+
+    let Some(boundary) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+    else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_form",
+            format!("multipart request body: {why}"),
+        )
+    };
+    let data = bytes::Bytes::copy_from_slice(bytes);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let fields = async move {
+        let mut out = serde_json::Map::new();
+        while let Some(field) = parts.next_field().await? {
+            let name = field.name().map(str::to_string);
+            let is_file = field.file_name().is_some_and(|f| !f.is_empty());
+            let value = field.bytes().await?;
+            let Some(name) = name.filter(|_| !is_file) else {
+                continue;
+            };
+            let Ok(text) = String::from_utf8(value.to_vec()) else {
+                return Ok(Err(format!("form field {name:?} is not UTF-8")));
+            };
+            if out.contains_key(&name) {
+                return Ok(Err(format!("form field {name:?} is given more than once")));
+            }
+            out.insert(name, Value::String(text));
+        }
+        Ok::<_, multer::Error>(Ok(Value::Object(out)))
+    };
+    // The whole body is already in memory, so the parse never waits: no executor needed.
+    match fields.now_or_never() {
+        Some(Ok(Ok(v))) => Ok(Some(v)),
+        Some(Ok(Err(why))) => Err(bad(why)),
+        Some(Err(e)) => Err(bad(e.to_string())),
+        None => Err(bad("incomplete".into())),
+    }
 }
 
 /// Whether the `Content-Type` is gRPC (any case, any `+proto`/`-web` variant).
@@ -492,6 +552,68 @@ mod tests {
         assert_eq!(r.code, "sluice_ambiguous_request");
         let v = body(Server::Ollama, "POST", "/api/chat", &h, br#"{"MODEL":"x"}"#).expect("ok");
         assert_eq!(v, Some(json!({"model": "x"})));
+    }
+
+    #[test]
+    fn multipart_uploads_show_their_model_form_field() {
+        let h = headers(&[("content-type", "multipart/form-data; boundary=XyZ")]);
+        let part = |name: &str, extra: &str, value: &str| {
+            format!(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\n\r\n{value}\r\n"
+            )
+        };
+        let body_of = |parts: &[String]| format!("{}--XyZ--\r\n", parts.concat());
+        let ok = body_of(&[
+            part("model", "", "x:cloud "),
+            part("file", "; filename=\"a.wav\"", "RIFF\u{1}"),
+        ]);
+        let v = body(
+            Server::Ollama,
+            "POST",
+            "/v1/audio/transcriptions",
+            &h,
+            ok.as_bytes(),
+        )
+        .expect("parsed");
+        assert_eq!(v, Some(json!({"model": "x:cloud "})));
+        let op = adapter::classify(
+            Server::Ollama,
+            "POST",
+            "/v1/audio/transcriptions",
+            v.as_ref(),
+        );
+        assert_eq!(op.model.as_deref(), Some("x:latest:cloud"));
+        let twice = body_of(&[part("model", "", "a"), part("model", "", "x:cloud")]);
+        let r = body(
+            Server::Ollama,
+            "POST",
+            "/v1/audio/transcriptions",
+            &h,
+            twice.as_bytes(),
+        )
+        .expect_err("twice");
+        assert_eq!(r.code, "sluice_bad_form");
+        let r = body(
+            Server::Openai,
+            "POST",
+            "/v1/audio/transcriptions",
+            &h,
+            b"--XyZ\r\nnonsense",
+        )
+        .expect_err("broken");
+        assert_eq!(r.code, "sluice_bad_form");
+        // Not a form: the server cannot read a model from it either.
+        assert_eq!(
+            body(
+                Server::Openai,
+                "POST",
+                "/v1/audio/transcriptions",
+                &HeaderMap::new(),
+                b"x"
+            )
+            .expect("raw"),
+            None
+        );
     }
 
     #[test]
