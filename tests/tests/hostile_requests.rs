@@ -311,6 +311,17 @@ fn ollama_hostile_requests_are_refused_and_never_reach_the_server() {
             cloud,
         ),
         case(
+            "multipart transcription taking its model from the query string",
+            request(
+                "POST",
+                "/v1/audio/transcriptions?model=x:cloud",
+                &["Content-Type: multipart/form-data; boundary=b0und"],
+                b"--b0und\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--b0und--\r\n",
+            ),
+            400,
+            Some("query string"),
+        ),
+        case(
             "keep_alive 0 without a prompt (unload)",
             request(
                 "POST",

@@ -59,6 +59,32 @@ pub fn path(raw: &str) -> Result<String, Refusal> {
     Ok(decoded.into_owned())
 }
 
+/// Refuses a query string that names a form field on a route whose model is read from a
+/// multipart form: Go's `FormValue` (Ollama's transcription) falls back to the query, so
+/// `?model=x:cloud` would pick a model that the body does not show.
+pub fn query(server: Server, method: &str, path: &str, query: Option<&str>) -> Result<(), Refusal> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(());
+    };
+    let form_route = adapter::route(server, method, path)
+        .is_some_and(|r| r.body == BodyKind::Raw && r.model_in_body());
+    if !form_route {
+        return Ok(());
+    }
+    let names_model = query.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or("").replace('+', " ");
+        percent_decode_str(&key).decode_utf8_lossy() == "model"
+    });
+    if names_model {
+        return Err(Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_ambiguous_request",
+            "the model of a form upload must be in its body, not its query string",
+        ));
+    }
+    Ok(())
+}
+
 /// Parses the body as `server` will read it: JSON on JSON routes whatever the
 /// `Content-Type`, nothing on routes whose body is not JSON (multipart uploads, blobs).
 /// Keys that collide under the server's key matching are refused at every level, and the
@@ -614,6 +640,17 @@ mod tests {
             .expect("raw"),
             None
         );
+    }
+
+    #[test]
+    fn form_routes_refuse_a_model_in_the_query() {
+        let t = "/v1/audio/transcriptions";
+        assert!(query(Server::Ollama, "POST", t, Some("model=x:cloud")).is_err());
+        assert!(query(Server::Ollama, "POST", t, Some("a=1&%6Dodel=x")).is_err());
+        assert!(query(Server::Ollama, "POST", t, Some("language=en")).is_ok());
+        assert!(query(Server::Ollama, "POST", t, None).is_ok());
+        // JSON routes read the model from the body only.
+        assert!(query(Server::Ollama, "POST", "/api/chat", Some("model=x")).is_ok());
     }
 
     #[test]
