@@ -106,6 +106,13 @@ pub fn speaks_grpc(server: Server) -> bool {
     server == Server::Triton
 }
 
+/// Whether the server routes on the percent-decoded path. Triton matches its route regexes on
+/// the raw path and TGI's router (axum) matches raw segments, so an escape there names
+/// something other than what Sluice's decoded path shows: such paths are refused.
+pub fn decodes_path(server: Server) -> bool {
+    !matches!(server, Server::Triton | Server::Tgi)
+}
+
 /// How the server matches JSON object keys to the fields it reads.
 pub fn key_match(server: Server) -> keys::KeyMatch {
     match server {

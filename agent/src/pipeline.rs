@@ -124,6 +124,7 @@ fn is_grpc(h: &HeaderMap) -> bool {
 /// the decoded path (`decode::path`).
 fn admit(parts: &Parts, server: Server, max_body: usize) -> Result<String, Refusal> {
     let path = decode::path(parts.uri.path())?;
+    decode::raw_path_escapes(server, parts.uri.path())?;
     decode::query(server, parts.method.as_str(), &path, parts.uri.query())?;
     if !adapter::speaks_grpc(server) && decode::is_grpc_content_type(&parts.headers) {
         return Err(Refusal::client(

@@ -465,3 +465,60 @@ fn openai_hostile_requests_are_refused_and_never_reach_the_server() {
     assert!(ok.contains("echo: hi"), "{ok}");
     assert_eq!(seen(&server), vec!["POST /v1/chat/completions".to_string()]);
 }
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn triton_paths_with_escapes_are_refused_since_triton_routes_on_the_raw_path() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("hostile-triton");
+    let agent = start(&cg, &vip, &server, "triton", "triton-safe");
+    let cases = vec![
+        case(
+            "escaped model name (Triton would look up the raw spelling)",
+            request(
+                "POST",
+                "/v2/models/re%73net/infer",
+                &[JSON],
+                br#"{"inputs":[]}"#,
+            ),
+            400,
+            Some("does not decode"),
+        ),
+        case(
+            "escaped repository route",
+            request("POST", "/v2/repository/models/m/%6Coad", &[JSON], b"{}"),
+            400,
+            None,
+        ),
+        case(
+            "duplicate keys in an inference request",
+            request(
+                "POST",
+                "/v2/models/resnet/infer",
+                &[JSON],
+                br#"{"inputs":[],"inputs":[{"name":"x"}]}"#,
+            ),
+            400,
+            Some("more than once"),
+        ),
+    ];
+    refuse_all(&cg, &vip, &server, &agent, &cases);
+    // The test server does not serve /v2 (404), but the request reaches it.
+    let ok = raw(
+        &cg,
+        &vip,
+        &request(
+            "POST",
+            "/v2/models/resnet/infer",
+            &[JSON],
+            br#"{"inputs":[]}"#,
+        ),
+    );
+    assert_ne!(status(&ok), 0, "{ok}");
+    assert_eq!(
+        seen(&server),
+        vec!["POST /v2/models/resnet/infer".to_string()]
+    );
+}

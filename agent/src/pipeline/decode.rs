@@ -59,6 +59,20 @@ pub fn path(raw: &str) -> Result<String, Refusal> {
     Ok(decoded.into_owned())
 }
 
+/// Refuses any percent-escape in the path of a server that routes on the raw path
+/// (`adapter::decodes_path`): decoding it for policy would judge another path than the one
+/// the server serves.
+pub fn raw_path_escapes(server: Server, raw: &str) -> Result<(), Refusal> {
+    if adapter::decodes_path(server) || !raw.contains('%') {
+        return Ok(());
+    }
+    Err(Refusal::client(
+        StatusCode::BAD_REQUEST,
+        "sluice_bad_path",
+        format!("request path {raw:?} has percent-escapes, which {server} does not decode"),
+    ))
+}
+
 /// Refuses a query string that names a form field on a route whose model is read from a
 /// multipart form: Go's `FormValue` (Ollama's transcription) falls back to the query, so
 /// `?model=x:cloud` would pick a model that the body does not show.
@@ -640,6 +654,15 @@ mod tests {
             .expect("raw"),
             None
         );
+    }
+
+    #[test]
+    fn servers_that_route_on_the_raw_path_get_no_escapes() {
+        let p = "/v2/models/re%73net/infer";
+        assert!(raw_path_escapes(Server::Triton, p).is_err());
+        assert!(raw_path_escapes(Server::Tgi, "/gen%65rate").is_err());
+        assert!(raw_path_escapes(Server::Triton, "/v2/models/resnet/infer").is_ok());
+        assert!(raw_path_escapes(Server::Ollama, "/v1/models/x%3Acloud").is_ok());
     }
 
     #[test]
