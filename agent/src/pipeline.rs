@@ -121,11 +121,9 @@ fn is_grpc(h: &HeaderMap) -> bool {
 }
 
 /// Rejects what could make Sluice and the server disagree about what a request is; returns
-/// the decoded path (`decode::path`).
+/// the decoded path (`decode::request_target`).
 fn admit(parts: &Parts, server: Server, max_body: usize) -> Result<String, Refusal> {
-    let path = decode::path(parts.uri.path())?;
-    decode::raw_path_escapes(server, parts.uri.path())?;
-    decode::query(server, parts.method.as_str(), &path, parts.uri.query())?;
+    let path = decode::request_target(server, parts.method.as_str(), &parts.uri)?;
     if !adapter::speaks_grpc(server) && decode::is_grpc_content_type(&parts.headers) {
         return Err(Refusal::client(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

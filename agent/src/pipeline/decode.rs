@@ -59,6 +59,15 @@ pub fn path(raw: &str) -> Result<String, Refusal> {
     Ok(decoded.into_owned())
 }
 
+/// The request target as `server` reads it: [`path`], plus what depends on the server and
+/// route ([`raw_path_escapes`], [`query`]). Returns the decoded path.
+pub fn request_target(server: Server, method: &str, uri: &http::Uri) -> Result<String, Refusal> {
+    let decoded = path(uri.path())?;
+    raw_path_escapes(server, uri.path())?;
+    query(server, method, &decoded, uri.query())?;
+    Ok(decoded)
+}
+
 /// Refuses any percent-escape in the path of a server that routes on the raw path
 /// (`adapter::decodes_path`): decoding it for policy would judge another path than the one
 /// the server serves.
@@ -654,6 +663,19 @@ mod tests {
             .expect("raw"),
             None
         );
+    }
+
+    #[test]
+    fn request_target_applies_every_path_and_query_rule() {
+        let uri = |s: &str| s.parse::<http::Uri>().expect(s);
+        let t = |server, m, u: &str| request_target(server, m, &uri(u));
+        assert_eq!(
+            t(Server::Ollama, "GET", "/v1/models/x%3Acloud?a=1").expect("ok"),
+            "/v1/models/x:cloud"
+        );
+        assert!(t(Server::Ollama, "GET", "/v1/models/x%252F").is_err());
+        assert!(t(Server::Triton, "POST", "/v2/models/m%31/infer").is_err());
+        assert!(t(Server::Ollama, "POST", "/v1/audio/transcriptions?model=x").is_err());
     }
 
     #[test]
