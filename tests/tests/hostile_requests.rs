@@ -443,6 +443,19 @@ fn openai_hostile_requests_are_refused_and_never_reach_the_server() {
             Some("sluice_bad_path"),
         ),
         case(
+            "raw non-UTF-8 byte in the request line",
+            b"GET /v1/models/caf\xe9 HTTP/1.1\r\nHost: models\r\nConnection: close\r\n\r\n"
+                .to_vec(),
+            400,
+            None,
+        ),
+        case(
+            "escaped newline and header text in the path",
+            request("GET", "/v1/models/x%0d%0aX-Injected:%201", &[], b""),
+            400,
+            Some("sluice_bad_path"),
+        ),
+        case(
             "files reached through an encoded path are still files",
             request("GET", "/v1/%66iles", &[], b""),
             403,
