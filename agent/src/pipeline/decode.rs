@@ -198,12 +198,25 @@ fn form(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Value>, Refusal> {
     let fields = async move {
         let mut out = serde_json::Map::new();
         while let Some(field) = parts.next_field().await? {
-            let name = field.name().map(str::to_string);
+            // Go decodes quoted-printable parts and RFC 2231 `name*=` parameters; Sluice would
+            // read those differently, so it refuses them rather than miss a field.
+            let encoding = field
+                .headers()
+                .get("content-transfer-encoding")
+                .map(|v| v.as_bytes().trim_ascii().to_ascii_lowercase());
+            if encoding.is_some_and(|e| !matches!(&e[..], b"7bit" | b"8bit" | b"binary")) {
+                return Ok(Err(
+                    "parts with a Content-Transfer-Encoding are not read".into()
+                ));
+            }
+            let Some(name) = field.name().map(str::to_string) else {
+                return Ok(Err("a part has no name Sluice can read".into()));
+            };
             let is_file = field.file_name().is_some_and(|f| !f.is_empty());
             let value = field.bytes().await?;
-            let Some(name) = name.filter(|_| !is_file) else {
+            if is_file {
                 continue;
-            };
+            }
             let Ok(text) = String::from_utf8(value.to_vec()) else {
                 return Ok(Err(format!("form field {name:?} is not UTF-8")));
             };
@@ -642,6 +655,20 @@ mod tests {
         )
         .expect_err("twice");
         assert_eq!(r.code, "sluice_bad_form");
+        for odd in [
+            "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nx=3Acloud\r\n--XyZ--\r\n",
+            "--XyZ\r\nContent-Disposition: form-data; name*=UTF-8''model\r\n\r\nx:cloud\r\n--XyZ--\r\n",
+        ] {
+            let r = body(
+                Server::Ollama,
+                "POST",
+                "/v1/audio/transcriptions",
+                &h,
+                odd.as_bytes(),
+            )
+            .expect_err(odd);
+            assert_eq!(r.code, "sluice_bad_form", "{odd}");
+        }
         let r = body(
             Server::Openai,
             "POST",
