@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 mod anthropic;
+pub mod keys;
 mod llamacpp;
 mod ollama;
 mod openai;
@@ -15,7 +16,7 @@ mod tgi;
 mod triton;
 mod vllm;
 
-pub use route::Route;
+pub use route::{BodyKind, Route};
 
 /// Which API family a target speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
@@ -62,6 +63,27 @@ pub fn classify(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Operation {
+    let Some((route, segments)) = find(server, method, path) else {
+        return Operation {
+            class: OpClass::Unknown,
+            route: "unknown",
+            model: None,
+            streaming: false,
+        };
+    };
+    let mut op = route.operation(server, &segments, body);
+    if server == Server::Ollama {
+        ollama::refine(&mut op, body);
+    }
+    op
+}
+
+/// The route a request takes on `server`, if an adapter knows it.
+pub fn route(server: Server, method: &str, path: &str) -> Option<&'static Route> {
+    find(server, method, path).map(|(r, _)| r)
+}
+
+fn find<'p>(server: Server, method: &str, path: &'p str) -> Option<(&'static Route, Vec<&'p str>)> {
     let tables: &[&[Route]] = match server {
         Server::Openai => &[openai::ROUTES],
         Server::Anthropic => &[anthropic::ROUTES],
@@ -72,23 +94,65 @@ pub fn classify(
         Server::Triton => &[triton::ROUTES],
         Server::LlamaCpp => &[llamacpp::ROUTES, openai::ROUTES],
     };
-    let found = tables
+    tables
         .iter()
         .flat_map(|t| t.iter())
-        .find_map(|r| r.matches(method, path).map(|segs| (r, segs)));
-    let Some((route, segments)) = found else {
-        return Operation {
-            class: OpClass::Unknown,
-            route: "unknown",
-            model: None,
-            streaming: false,
-        };
-    };
-    let mut op = route.operation(&segments, body);
-    if server == Server::Ollama {
-        ollama::refine(&mut op, body);
+        .find_map(|r| r.matches(method, path).map(|segs| (r, segs)))
+}
+
+/// Whether the server answers gRPC on an HTTP target. Only Triton does; any other server
+/// would get a gRPC body Sluice cannot read, so the pipeline refuses it instead.
+pub fn speaks_grpc(server: Server) -> bool {
+    server == Server::Triton
+}
+
+/// Whether the server routes on the percent-decoded path. Triton matches its route regexes on
+/// the raw path and TGI's router (axum) matches raw segments, so an escape there names
+/// something other than what Sluice's decoded path shows: such paths are refused.
+pub fn decodes_path(server: Server) -> bool {
+    !matches!(server, Server::Triton | Server::Tgi)
+}
+
+/// How the server matches JSON object keys to the fields it reads.
+pub fn key_match(server: Server) -> keys::KeyMatch {
+    match server {
+        // Go `encoding/json`: an exact match first, else a case-insensitive one; with keys
+        // that collide, the last one wins.
+        Server::Ollama => keys::KeyMatch::GoFold,
+        // Python (json / pydantic), Rust serde, C++ JSON libraries: exact keys; which copy of
+        // a duplicate wins differs between them.
+        _ => keys::KeyMatch::Exact,
     }
-    op
+}
+
+/// A top-level field of a JSON object body, found the way `server` finds it.
+pub fn field<'v>(
+    server: Server,
+    body: &'v serde_json::Value,
+    name: &str,
+) -> Option<&'v serde_json::Value> {
+    let obj = body.as_object()?;
+    if let Some(v) = obj.get(name) {
+        return Some(v);
+    }
+    match key_match(server) {
+        keys::KeyMatch::Exact => None,
+        keys::KeyMatch::GoFold => {
+            let want = keys::go_fold(name);
+            obj.iter()
+                .find(|(k, _)| keys::go_fold(k) == want)
+                .map(|(_, v)| v)
+        }
+    }
+}
+
+/// Fields of a JSON body that Sluice and the server could read differently, e.g. Ollama's
+/// `model` and deprecated `name` naming two different models. `Err` says what disagrees.
+pub fn check_body(server: Server, route: &Route, body: &serde_json::Value) -> Result<(), String> {
+    if server == Server::Ollama {
+        return ollama::check(route, body);
+    }
+    Ok(())
 }
 
 /// The kebab-case name serde uses, so logs, CLI and policy files spell values alike.

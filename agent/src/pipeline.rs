@@ -4,8 +4,8 @@
 //!
 //! | stage | module | reads | writes | can end the request |
 //! |---|---|---|---|---|
-//! | admit | `admit.rs` | method, path, headers | decoded path | 400, 403 (protocol switch), 413, 415 |
-//! | read | `read.rs` | body (bounded: size, deadline, memory budget) | body bytes, JSON | 400, 408, 413, 503 |
+//! | admit | `admit.rs`, `decode.rs` | method, path, query, headers | decoded path | 400, 403 (protocol switch), 413, 415 |
+//! | read | `read.rs`, `decode.rs` | body (bounded: size, deadline, memory budget), read as the server reads it | body bytes, JSON | 400, 408, 413, 503 |
 //! | classify | `adapter` | method, decoded path, JSON | operation | no |
 //! | identify | `identify` below | connection's workload | subject | no (tokens come with #14) |
 //! | decide | `policy` | operation, subject, JSON | decision | no (the next stage acts on it) |
@@ -34,7 +34,7 @@ use crate::{
 
 mod admit;
 pub mod context;
-mod json;
+pub mod decode;
 mod read;
 mod send;
 

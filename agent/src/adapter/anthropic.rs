@@ -68,7 +68,8 @@ pub const ROUTES: &[Route] = &[
         Files,
         M::None,
         S::Never,
-    ),
+    )
+    .raw_body(),
     r(
         "anthropic.files",
         ANY,
@@ -76,7 +77,8 @@ pub const ROUTES: &[Route] = &[
         Files,
         M::None,
         S::Never,
-    ),
+    )
+    .raw_body(),
     r(
         "anthropic.organizations",
         ANY,

@@ -64,6 +64,25 @@ pub const ROUTES: &[Route] = &[
         MODEL,
         S::Never,
     ),
+    // Transcription, translation and image edits are multipart uploads, not JSON.
+    r(
+        "openai.audio",
+        POST,
+        "/v1/audio/transcriptions",
+        Inference,
+        MODEL,
+        STREAM,
+    )
+    .raw_body(),
+    r(
+        "openai.audio",
+        POST,
+        "/v1/audio/translations",
+        Inference,
+        MODEL,
+        STREAM,
+    )
+    .raw_body(),
     r(
         "openai.audio",
         POST,
@@ -72,6 +91,24 @@ pub const ROUTES: &[Route] = &[
         MODEL,
         STREAM,
     ),
+    r(
+        "openai.images",
+        POST,
+        "/v1/images/edits",
+        Inference,
+        MODEL,
+        S::Never,
+    )
+    .raw_body(),
+    r(
+        "openai.images",
+        POST,
+        "/v1/images/variations",
+        Inference,
+        MODEL,
+        S::Never,
+    )
+    .raw_body(),
     r(
         "openai.images",
         POST,
@@ -111,8 +148,9 @@ pub const ROUTES: &[Route] = &[
         Files,
         M::None,
         S::Never,
-    ),
-    r("openai.files", ANY, "/v1/files", Files, M::None, S::Never),
+    )
+    .raw_body(),
+    r("openai.files", ANY, "/v1/files", Files, M::None, S::Never).raw_body(),
     r(
         "openai.uploads",
         ANY,
@@ -120,7 +158,8 @@ pub const ROUTES: &[Route] = &[
         Files,
         M::None,
         S::Never,
-    ),
+    )
+    .raw_body(),
     r(
         "openai.batches",
         ANY,

@@ -2,13 +2,16 @@
 //! live. Patterns are `/`-separated; `*` matches one segment, `**` the rest of the path.
 //! Hand-written because the tables are static and tiny, and a router crate would add
 //! allocation and a second notion of path normalisation to the hot path.
-use super::{OpClass, Operation};
+use super::{OpClass, Operation, Server, field};
 
 #[derive(Debug, Clone, Copy)]
 pub enum ModelFrom {
     None,
     /// A top-level JSON body field.
     Body(&'static str),
+    /// The first field that is a non-empty string (Ollama's `cmp.Or(req.Model, req.Name)`:
+    /// the deprecated `name` still counts when `model` is empty).
+    BodyOr(&'static str, &'static str),
     /// The n-th `*` of the pattern.
     Segment(usize),
 }
@@ -21,6 +24,17 @@ pub enum StreamFrom {
     Body(&'static str, bool),
 }
 
+/// What the route's server makes of the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// JSON, whatever the `Content-Type` says: the servers decode these bodies as JSON
+    /// without looking at it (an `application/octet-stream` body to Ollama's `/api/chat`
+    /// is still a chat request).
+    Json,
+    /// Not JSON (multipart uploads, raw blobs): Sluice does not parse it.
+    Raw,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Route {
     pub id: &'static str,
@@ -29,6 +43,7 @@ pub struct Route {
     pub class: OpClass,
     pub model: ModelFrom,
     pub stream: StreamFrom,
+    pub body: BodyKind,
 }
 
 impl Route {
@@ -51,20 +66,44 @@ impl Route {
         }
     }
 
-    pub fn operation(&self, segments: &[&str], body: Option<&serde_json::Value>) -> Operation {
+    /// Whether the route's model is named in its body (a JSON field, or a form field of a
+    /// multipart body).
+    pub fn model_in_body(&self) -> bool {
+        matches!(self.model, ModelFrom::Body(_) | ModelFrom::BodyOr(..))
+    }
+
+    /// A route whose body is not JSON (see [`BodyKind::Raw`]).
+    pub const fn raw_body(self) -> Route {
+        Route {
+            body: BodyKind::Raw,
+            ..self
+        }
+    }
+
+    pub fn operation(
+        &self,
+        server: Server,
+        segments: &[&str],
+        body: Option<&serde_json::Value>,
+    ) -> Operation {
+        let text = |name: &str| {
+            body.and_then(|b| field(server, b, name))
+                .and_then(|v| v.as_str())
+        };
         let model = match self.model {
             ModelFrom::None => None,
-            ModelFrom::Body(field) => body
-                .and_then(|b| b.get(field))
-                .and_then(|v| v.as_str())
+            ModelFrom::Body(name) => text(name).map(str::to_string),
+            ModelFrom::BodyOr(first, second) => text(first)
+                .filter(|m| !m.is_empty())
+                .or_else(|| text(second))
                 .map(str::to_string),
             ModelFrom::Segment(i) => segments.get(i).map(|s| s.to_string()),
         };
         let streaming = match self.stream {
             StreamFrom::Never => false,
             StreamFrom::Always => true,
-            StreamFrom::Body(field, default) => body
-                .and_then(|b| b.get(field))
+            StreamFrom::Body(name, default) => body
+                .and_then(|b| field(server, b, name))
                 .and_then(|v| v.as_bool())
                 .unwrap_or(default),
         };
@@ -93,6 +132,7 @@ pub const fn r(
         class,
         model,
         stream,
+        body: BodyKind::Json,
     }
 }
 

@@ -155,3 +155,194 @@ fn unknown_routes_and_methods_are_unknown() {
     );
     assert!(op(Server::Tgi, "POST", "/generate_stream", json!({})).streaming);
 }
+
+#[test]
+fn ollama_model_is_the_one_ollama_runs() {
+    let model = |path: &str, body: serde_json::Value| op(Server::Ollama, "POST", path, body).model;
+    let chat = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        model("/api/chat", chat("x:cloud ")).as_deref(),
+        Some("x:latest:cloud")
+    );
+    assert_eq!(
+        model("/api/chat", chat("llama3")).as_deref(),
+        Some("llama3:latest")
+    );
+    assert_eq!(
+        model("/v1/chat/completions", chat("gpt-oss:120b-cloud")).as_deref(),
+        Some("gpt-oss:120b:cloud")
+    );
+    // Go matches keys case-insensitively, so "Model" is the model.
+    assert_eq!(
+        model("/api/chat", json!({"Model": "x:cloud", "messages": [1]})).as_deref(),
+        Some("x:latest:cloud")
+    );
+    // The deprecated `name` counts where the server still reads it, only when `model` is empty.
+    assert_eq!(
+        model("/api/show", json!({"name": "x:cloud"})).as_deref(),
+        Some("x:latest:cloud")
+    );
+    assert_eq!(
+        model("/api/pull", json!({"model": "", "name": "x:cloud"})).as_deref(),
+        Some("x:latest:cloud")
+    );
+    assert_eq!(
+        model("/api/show", json!({"model": "llama3", "name": "x:cloud"})).as_deref(),
+        Some("llama3:latest")
+    );
+    assert_eq!(
+        model("/api/chat", json!({"name": "x:cloud", "messages": [1]})),
+        None
+    );
+    // A model taken from a (decoded) path segment is canonical too.
+    let get = classify(Server::Ollama, "GET", "/v1/models/x:cloud", None);
+    assert_eq!(get.model.as_deref(), Some("x:latest:cloud"));
+    // Other servers compare model names exactly as sent.
+    let v = op(
+        Server::Vllm,
+        "POST",
+        "/v1/chat/completions",
+        chat("x:cloud "),
+    );
+    assert_eq!(v.model.as_deref(), Some("x:cloud "));
+}
+
+#[test]
+fn ollama_load_and_unload_are_management() {
+    let class = |path: &str, body: serde_json::Value| op(Server::Ollama, "POST", path, body).class;
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    for (path, body) in [
+        ("/api/generate", json!({"model": "x"})),
+        ("/api/generate", json!({"model": "x", "prompt": ""})),
+        (
+            "/api/generate",
+            json!({"model": "x", "prompt": "hi", "keep_alive": 0}),
+        ),
+        (
+            "/api/generate",
+            json!({"model": "x", "prompt": "hi", "keep_alive": "0s"}),
+        ),
+        (
+            "/api/generate",
+            json!({"model": "x", "prompt": "hi", "KEEP_ALIVE": "0"}),
+        ),
+        ("/api/chat", json!({"model": "x"})),
+        ("/api/chat", json!({"model": "x", "messages": []})),
+        (
+            "/api/chat",
+            json!({"model": "x", "messages": msgs, "keep_alive": 0}),
+        ),
+        ("/api/embed", json!({"model": "x"})),
+        ("/api/embed", json!({"model": "x", "input": []})),
+        ("/api/embed", json!({"model": "x", "input": ""})),
+        (
+            "/api/embed",
+            json!({"model": "x", "input": "a", "keep_alive": "0ms"}),
+        ),
+        ("/api/embeddings", json!({"model": "x"})),
+        (
+            "/api/embeddings",
+            json!({"model": "x", "prompt": "a", "keep_alive": 0.0}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "x", "messages": []}),
+        ),
+        ("/v1/completions", json!({"model": "x"})),
+    ] {
+        assert_eq!(
+            class(path, body.clone()),
+            OpClass::Management,
+            "{path} {body}"
+        );
+    }
+    for (path, body, want) in [
+        (
+            "/api/generate",
+            json!({"model": "x", "prompt": "hi"}),
+            OpClass::Inference,
+        ),
+        (
+            "/api/generate",
+            json!({"model": "x", "prompt": "hi", "keep_alive": "5m"}),
+            OpClass::Inference,
+        ),
+        (
+            "/api/generate",
+            json!({"model": "x", "prompt": "hi", "keep_alive": -1}),
+            OpClass::Inference,
+        ),
+        (
+            "/api/chat",
+            json!({"model": "x", "messages": msgs}),
+            OpClass::Inference,
+        ),
+        (
+            "/api/embed",
+            json!({"model": "x", "input": ["a"]}),
+            OpClass::Embedding,
+        ),
+        (
+            "/api/embeddings",
+            json!({"model": "x", "prompt": "a"}),
+            OpClass::Embedding,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "x", "messages": msgs}),
+            OpClass::Inference,
+        ),
+    ] {
+        assert_eq!(class(path, body.clone()), want, "{path} {body}");
+    }
+    // Only Ollama loads on an empty request.
+    assert_eq!(
+        op(
+            Server::Vllm,
+            "POST",
+            "/v1/chat/completions",
+            json!({"model": "x", "messages": []})
+        )
+        .class,
+        OpClass::Inference
+    );
+}
+
+#[test]
+fn grpc_body_kinds_and_key_matching_per_server() {
+    assert!(speaks_grpc(Server::Triton));
+    for s in [
+        Server::Openai,
+        Server::Anthropic,
+        Server::Ollama,
+        Server::Vllm,
+        Server::Tgi,
+        Server::LlamaCpp,
+    ] {
+        assert!(!speaks_grpc(s), "{s}");
+        let go = key_match(s) == keys::KeyMatch::GoFold;
+        assert_eq!(go, s == Server::Ollama, "{s}");
+    }
+    let kind = |s, m, p| route(s, m, p).map(|r| r.body);
+    assert_eq!(
+        kind(Server::Ollama, "POST", "/api/chat"),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(
+        kind(Server::Ollama, "POST", "/api/blobs/sha256:1"),
+        Some(BodyKind::Raw)
+    );
+    assert_eq!(
+        kind(Server::Openai, "POST", "/v1/audio/transcriptions"),
+        Some(BodyKind::Raw)
+    );
+    assert_eq!(
+        kind(Server::Openai, "POST", "/v1/audio/speech"),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(
+        kind(Server::Openai, "POST", "/v1/images/generations"),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(kind(Server::Openai, "POST", "/v1/nope"), None);
+}

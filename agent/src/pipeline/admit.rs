@@ -7,7 +7,8 @@ use super::Request;
 use crate::{connection::Ctx, respond::Refusal};
 
 pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
-    let decoded = path(rq.parts.uri.path())?;
+    let server = rq.conn.target.server;
+    let decoded = super::decode::request_target(server, rq.parts.method.as_str(), &rq.parts.uri)?;
     rq.record().set_path(&decoded);
     rq.path = decoded;
     protocol_switch(&rq.parts.method, &rq.parts.headers)?;
@@ -21,15 +22,12 @@ pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
             "compressed request bodies are not accepted: Sluice must read the request to apply policy",
         ));
     }
-    if rq.grpc && !speaks_grpc(rq.conn.target.server) {
+    if !crate::adapter::speaks_grpc(server) && super::decode::is_grpc_content_type(h) {
         // Its body would stream past classification unread.
         return Err(Refusal::client(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "sluice_unexpected_grpc",
-            format!(
-                "this target's server ({}) does not speak gRPC",
-                rq.conn.target.server
-            ),
+            "sluice_grpc_unsupported",
+            format!("this target's server ({server}) does not speak gRPC"),
         ));
     }
     let declared = h
@@ -63,32 +61,6 @@ fn protocol_switch(method: &Method, headers: &HeaderMap) -> Result<(), Refusal> 
     }
 }
 
-/// The path as policy sees it. Decoding rules live in `decode` (#11: read each request as
-/// its server will).
-fn path(raw: &str) -> Result<String, Refusal> {
-    let lower = raw.to_ascii_lowercase();
-    // Encoded slashes and dots, dot segments and empty segments are spellings a server may
-    // normalise differently from Sluice (e.g. FastAPI's slash redirects): refuse them.
-    if lower.contains("%2f")
-        || lower.contains("%2e")
-        || lower.contains("%5c")
-        || raw.contains("//")
-        || raw.split('/').any(|s| s == ".." || s == ".")
-    {
-        return Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_bad_path",
-            format!("request path {raw:?} is not in normal form"),
-        ));
-    }
-    Ok(raw.to_string())
-}
-
-/// Of the servers Sluice knows, only Triton serves gRPC.
-fn speaks_grpc(server: crate::adapter::Server) -> bool {
-    server == crate::adapter::Server::Triton
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,14 +79,5 @@ mod tests {
         let r = protocol_switch(&Method::GET, &h).expect_err("upgrade");
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(r.message.contains("switch protocols"));
-    }
-
-    #[test]
-    fn only_triton_takes_grpc() {
-        use crate::adapter::Server::*;
-        for s in [Openai, Anthropic, Ollama, Vllm, Tgi, LlamaCpp] {
-            assert!(!speaks_grpc(s), "{s}");
-        }
-        assert!(speaks_grpc(Triton));
     }
 }

@@ -85,11 +85,10 @@ impl Request {
             parts.method.as_str(),
             parts.uri.path(),
         );
-        let grpc = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+        // Only a server that speaks gRPC gets gRPC-shaped refusals and an unread body; gRPC
+        // to any other is refused by admit, in that server's own shape.
+        let grpc = super::decode::is_grpc_content_type(&parts.headers)
+            && crate::adapter::speaks_grpc(conn.target.server);
         Request {
             conn: conn.clone(),
             policy: ctx.policy.current(),

@@ -98,36 +98,15 @@ pub fn too_large(max: usize) -> Refusal {
     )
 }
 
-/// The body's JSON, read the way the target's server reads it.
+/// The body's JSON, read the way the target's server reads it (`decode::body`).
 fn json(rq: &Request, bytes: &[u8]) -> Result<Option<serde_json::Value>, Refusal> {
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    let ctype = rq
-        .parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ctype.starts_with("multipart/") || ctype.starts_with("application/octet-stream") {
-        return Ok(None);
-    }
-    // A body Sluice cannot parse could still be parsed leniently by the server: refuse it
-    // rather than decide without seeing the model. Likewise a top-level key given twice:
-    // parsers disagree on which copy wins.
-    match super::json::parse(bytes) {
-        Ok((v, None)) => Ok(Some(v)),
-        Ok((_, Some(key))) => Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_ambiguous_json",
-            format!("request body gives the key {key:?} more than once"),
-        )),
-        Err(e) => Err(Refusal::client(
-            StatusCode::BAD_REQUEST,
-            "sluice_bad_json",
-            format!("request body is not valid JSON: {e}"),
-        )),
-    }
+    super::decode::body(
+        rq.conn.target.server,
+        rq.parts.method.as_str(),
+        &rq.path,
+        &rq.parts.headers,
+        bytes,
+    )
 }
 
 /// Whether a body read failed because the client went away (closed or reset mid-body),

@@ -1,0 +1,764 @@
+//! Reading a request the way its server will: the path decoded once, the body parsed as the
+//! server parses it. What the two could read differently is refused, never guessed
+//! (docs/policy.md, "Reading requests as the server does").
+use std::{cell::RefCell, collections::HashMap, fmt};
+
+use http::{HeaderMap, StatusCode, header};
+use percent_encoding::percent_decode_str;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::{
+    adapter::{self, BodyKind, Server, keys::KeyMatch},
+    respond::Refusal,
+};
+
+/// Decodes the request path's percent-escapes exactly once and returns the path that
+/// classification and policy use (the request itself is forwarded with its original bytes).
+///
+/// Refused, because servers and the proxies in front of them disagree about such spellings:
+/// escapes that do not decode to UTF-8; an encoded `/` or `\`; a `%` left after decoding
+/// (double encoding, or a `%` that starts no escape); `.` and `..` segments and empty
+/// segments (`//`, a trailing `/`) before or after decoding; control characters.
+pub fn path(raw: &str) -> Result<String, Refusal> {
+    let bad = |why: &str| {
+        Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_path",
+            format!("request path {raw:?} {why}"),
+        )
+    };
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err(bad("encodes a '/' or '\\' (%2F, %5C)"));
+    }
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| bad("does not decode to UTF-8"))?;
+    if decoded.contains('%') {
+        return Err(bad(
+            "still holds a '%' after decoding once (double encoding or a stray '%')",
+        ));
+    }
+    if decoded.contains('\\') {
+        return Err(bad("holds a '\\'"));
+    }
+    if decoded.chars().any(char::is_control) {
+        return Err(bad("holds control characters"));
+    }
+    let Some(rest) = decoded.strip_prefix('/') else {
+        return Err(bad("does not start with '/'"));
+    };
+    if !rest.is_empty()
+        && rest
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(bad("has empty, '.' or '..' segments"));
+    }
+    Ok(decoded.into_owned())
+}
+
+/// The request target as `server` reads it: [`path`], plus what depends on the server and
+/// route ([`raw_path_escapes`], [`query`]). Returns the decoded path.
+pub fn request_target(server: Server, method: &str, uri: &http::Uri) -> Result<String, Refusal> {
+    let decoded = path(uri.path())?;
+    raw_path_escapes(server, uri.path())?;
+    query(server, method, &decoded, uri.query())?;
+    Ok(decoded)
+}
+
+/// Refuses any percent-escape in the path of a server that routes on the raw path
+/// (`adapter::decodes_path`): decoding it for policy would judge another path than the one
+/// the server serves.
+pub fn raw_path_escapes(server: Server, raw: &str) -> Result<(), Refusal> {
+    if adapter::decodes_path(server) || !raw.contains('%') {
+        return Ok(());
+    }
+    Err(Refusal::client(
+        StatusCode::BAD_REQUEST,
+        "sluice_bad_path",
+        format!("request path {raw:?} has percent-escapes, which {server} does not decode"),
+    ))
+}
+
+/// Refuses a query string that names a form field on a route whose model is read from a
+/// multipart form: Go's `FormValue` (Ollama's transcription) falls back to the query, so
+/// `?model=x:cloud` would pick a model that the body does not show.
+pub fn query(server: Server, method: &str, path: &str, query: Option<&str>) -> Result<(), Refusal> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(());
+    };
+    let form_route = adapter::route(server, method, path)
+        .is_some_and(|r| r.body == BodyKind::Raw && r.model_in_body());
+    if !form_route {
+        return Ok(());
+    }
+    let names_model = query.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or("").replace('+', " ");
+        percent_decode_str(&key).decode_utf8_lossy() == "model"
+    });
+    if names_model {
+        return Err(Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_ambiguous_request",
+            "the model of a form upload must be in its body, not its query string",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the body as `server` will read it: JSON on JSON routes whatever the
+/// `Content-Type`, nothing on routes whose body is not JSON (multipart uploads, blobs).
+/// Keys that collide under the server's key matching are refused at every level, and the
+/// object keys of a case-folding (Go) server come back in their folded, lower-case form,
+/// so policy `body` pointers match however the client spelled them.
+pub fn body(
+    server: Server,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<Option<Value>, Refusal> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let route = adapter::route(server, method, path);
+    let json = match route.map(|r| (r.body, r.model_in_body())) {
+        // Multipart uploads that name their model in a form field (audio transcription on
+        // Ollama runs `x:cloud` in the cloud just as a JSON chat does).
+        Some((BodyKind::Raw, true)) => return form(headers, bytes),
+        Some((BodyKind::Raw, false)) => return Ok(None),
+        Some((BodyKind::Json, _)) => json_part(server, headers, bytes)?,
+        // A route no adapter knows is `unknown` to policy; only a body that says it is not
+        // JSON is left unparsed there.
+        None if declares_non_json(headers) => return Ok(None),
+        None => bytes,
+    };
+    let keys = adapter::key_match(server);
+    let value = parse_json(json, keys).map_err(|e| match e {
+        JsonError::Syntax(e) => Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_json",
+            format!("request body is not valid JSON: {e}"),
+        ),
+        JsonError::Collision { first, second } => Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_ambiguous_json",
+            if first == second {
+                format!("request body gives the key {first:?} more than once")
+            } else {
+                format!(
+                    "request body gives the keys {first:?} and {second:?}, which {server} reads as the same field"
+                )
+            },
+        ),
+    })?;
+    if let Some(route) = route {
+        adapter::check_body(server, route, &value).map_err(|why| {
+            Refusal::client(
+                StatusCode::BAD_REQUEST,
+                "sluice_ambiguous_request",
+                format!("request body is ambiguous: {why}"),
+            )
+        })?;
+    }
+    Ok(Some(value))
+}
+
+/// The text fields of a `multipart/form-data` body as a JSON object (file parts left out), so
+/// the adapter finds the model where the server does (`FormValue("model")`). A field given
+/// twice is refused (Go takes the first, Python frameworks the last), as is a body the
+/// multipart parser rejects. Other bodies are not forms to the server either: `None`.
+fn form(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Value>, Refusal> {
+    use futures_util::FutureExt as _;
+
+    let Some(boundary) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+    else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_form",
+            format!("multipart request body: {why}"),
+        )
+    };
+    let data = bytes::Bytes::copy_from_slice(bytes);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let fields = async move {
+        let mut out = serde_json::Map::new();
+        while let Some(field) = parts.next_field().await? {
+            // Go decodes quoted-printable parts and RFC 2231 `name*=` parameters; Sluice would
+            // read those differently, so it refuses them rather than miss a field.
+            let encoding = field
+                .headers()
+                .get("content-transfer-encoding")
+                .map(|v| v.as_bytes().trim_ascii().to_ascii_lowercase());
+            if encoding.is_some_and(|e| !matches!(&e[..], b"7bit" | b"8bit" | b"binary")) {
+                return Ok(Err(
+                    "parts with a Content-Transfer-Encoding are not read".into()
+                ));
+            }
+            let Some(name) = field.name().map(str::to_string) else {
+                return Ok(Err("a part has no name Sluice can read".into()));
+            };
+            let is_file = field.file_name().is_some_and(|f| !f.is_empty());
+            let value = field.bytes().await?;
+            if is_file {
+                continue;
+            }
+            let Ok(text) = String::from_utf8(value.to_vec()) else {
+                return Ok(Err(format!("form field {name:?} is not UTF-8")));
+            };
+            if out.contains_key(&name) {
+                return Ok(Err(format!("form field {name:?} is given more than once")));
+            }
+            out.insert(name, Value::String(text));
+        }
+        Ok::<_, multer::Error>(Ok(Value::Object(out)))
+    };
+    // The whole body is already in memory, so the parse never waits: no executor needed.
+    match fields.now_or_never() {
+        Some(Ok(Ok(v))) => Ok(Some(v)),
+        Some(Ok(Err(why))) => Err(bad(why)),
+        Some(Err(e)) => Err(bad(e.to_string())),
+        None => Err(bad("incomplete".into())),
+    }
+}
+
+/// Whether the `Content-Type` is gRPC (any case, any `+proto`/`-web` variant).
+pub fn is_grpc_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().trim_ascii_start())
+        .is_some_and(|v| v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc"))
+}
+
+fn declares_non_json(headers: &HeaderMap) -> bool {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim_start()
+        .to_ascii_lowercase();
+    ctype.starts_with("multipart/") || ctype.starts_with("application/octet-stream")
+}
+
+/// Triton's binary tensor extension: a JSON header of `Inference-Header-Content-Length`
+/// bytes, then raw tensor data. Triton reads only that prefix as JSON.
+fn json_part<'b>(
+    server: Server,
+    headers: &HeaderMap,
+    bytes: &'b [u8],
+) -> Result<&'b [u8], Refusal> {
+    if server != Server::Triton {
+        return Ok(bytes);
+    }
+    let Some(v) = headers.get("inference-header-content-length") else {
+        return Ok(bytes);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .and_then(|n| bytes.get(..n))
+        .ok_or_else(|| {
+            Refusal::client(
+                StatusCode::BAD_REQUEST,
+                "sluice_bad_body",
+                "Inference-Header-Content-Length is not a length within the body",
+            )
+        })
+}
+
+#[derive(Debug)]
+pub enum JsonError {
+    Syntax(serde_json::Error),
+    /// Two keys of one object that the server reads as the same field.
+    Collision {
+        first: String,
+        second: String,
+    },
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonError::Syntax(e) => e.fmt(f),
+            JsonError::Collision { first, second } => {
+                write!(f, "keys {first:?} and {second:?} collide")
+            }
+        }
+    }
+}
+
+/// Parses JSON in one pass, refusing keys that collide under `keys` in any object. Object keys
+/// come back in `keys`' canonical form. serde_json's own limits apply (nesting depth 128,
+/// strict UTF-8, no trailing data). Hand-written as a serde visitor because serde_json keeps
+/// only the last of duplicate keys and says nothing.
+pub fn parse_json(bytes: &[u8], keys: KeyMatch) -> Result<Value, JsonError> {
+    let collision = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Seed {
+        keys,
+        collision: &collision,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    match (parsed, collision.into_inner()) {
+        (_, Some((first, second))) => Err(JsonError::Collision { first, second }),
+        (Ok(v), None) => Ok(v),
+        (Err(e), None) => Err(JsonError::Syntax(e)),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Seed<'a> {
+    keys: KeyMatch,
+    collision: &'a RefCell<Option<(String, String)>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(self)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        // Canonical key -> the key as the client wrote it, to name both in a refusal.
+        let mut seen: HashMap<String, String> = HashMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let canonical = self.keys.canonical(&key).into_owned();
+            if let Some(first) = seen.get(&canonical) {
+                *self.collision.borrow_mut() = Some((first.clone(), key));
+                return Err(de::Error::custom("colliding keys"));
+            }
+            let value = map.next_value_seed(self)?;
+            seen.insert(canonical.clone(), key);
+            out.insert(canonical, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+    use serde_json::json;
+
+    use super::*;
+
+    fn collision(bytes: &[u8], keys: KeyMatch) -> Option<(String, String)> {
+        match parse_json(bytes, keys) {
+            Err(JsonError::Collision { first, second }) => Some((first, second)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parses_objects_and_other_values_and_rejects_trailing_data() {
+        let v = parse_json(br#" {"model":"a","n":[1,2.5,null,true]} "#, KeyMatch::Exact)
+            .expect("valid");
+        assert_eq!(v, json!({"model": "a", "n": [1, 2.5, null, true]}));
+        assert_eq!(parse_json(b"[1,2]", KeyMatch::Exact).expect("array")[1], 2);
+        for bad in [
+            &br#"{"model":"a"} x"#[..],
+            br#"{"model":"a""#,
+            b"",
+            b"\xef\xbb\xbf{}",
+            br#"{"a":"\ud800"}"#,
+            b"{\"a\":\"\xff\"}",
+            b"NaN",
+        ] {
+            assert!(
+                matches!(parse_json(bad, KeyMatch::Exact), Err(JsonError::Syntax(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(parse_json(deep.as_bytes(), KeyMatch::Exact).is_err());
+    }
+
+    #[test]
+    fn exact_duplicates_are_refused_at_every_level() {
+        let exact = KeyMatch::Exact;
+        assert_eq!(
+            collision(br#"{"model":"a","x":1,"model":"b"}"#, exact),
+            Some(("model".into(), "model".into()))
+        );
+        assert!(collision(br#"{"model":"a","m":{"k":1,"k":2}}"#, exact).is_some());
+        assert!(collision(br#"[{"a":1,"a":2}]"#, exact).is_some());
+        assert!(collision(br#"{"m":[{"role":"user","role":"system"}]}"#, exact).is_some());
+        // Different case is a different key for exact-matching servers.
+        assert_eq!(collision(br#"{"model":"a","Model":"b"}"#, exact), None);
+        assert_eq!(collision(br#"{"model":"a"}"#, exact), None);
+    }
+
+    #[test]
+    fn go_servers_refuse_case_insensitive_collisions_and_see_folded_keys() {
+        let go = KeyMatch::GoFold;
+        assert_eq!(
+            collision(br#"{"model":"llama3","Model":"x:cloud"}"#, go),
+            Some(("model".into(), "Model".into()))
+        );
+        assert!(collision(br#"{"a":{"keep_alive":1,"KEEP_ALIVE":0}}"#, go).is_some());
+        assert!(collision("{\"stream\":true,\"\u{17F}tream\":false}".as_bytes(), go).is_some());
+        assert!(collision("{\"keep_alive\":5,\"\u{212A}eep_alive\":0}".as_bytes(), go).is_some());
+        let v = parse_json(br#"{"Model":"x","Options":{"Num_Ctx":1}}"#, go).expect("valid");
+        assert_eq!(v, json!({"model": "x", "options": {"num_ctx": 1}}));
+    }
+
+    #[test]
+    fn paths_are_decoded_once_and_odd_spellings_refused() {
+        let ok = |p: &str| path(p).expect(p);
+        assert_eq!(ok("/"), "/");
+        assert_eq!(ok("/api/chat"), "/api/chat");
+        assert_eq!(ok("/v1/models/x%3Acloud"), "/v1/models/x:cloud");
+        assert_eq!(ok("/v1/models/x%3acloud"), "/v1/models/x:cloud");
+        assert_eq!(ok("/api/%63hat"), "/api/chat");
+        assert_eq!(ok("/v1/models/llama3%2e2"), "/v1/models/llama3.2");
+        assert_eq!(ok("/v1/models/caf%C3%A9"), "/v1/models/café");
+        for bad in [
+            "/api%2Fchat",
+            "/api%2fchat",
+            "/api%5Cchat",
+            "/v1/models/x%252Fcloud",
+            "/v1/models/x%253Acloud",
+            "/v1/models/%",
+            "/v1/models/%zz",
+            "/v1/models/%ff",
+            "/v1/models/%C3",
+            "/api//chat",
+            "/api/chat/",
+            "/api/./chat",
+            "/api/../api/chat",
+            "/api/%2e%2e/chat",
+            "/api/%2E/chat",
+            "/api/chat%0a",
+            "/api/chat%00",
+            "/api/chat%7f",
+            "/api/chat%C2%85",
+            "*",
+            "",
+        ] {
+            let r = path(bad).expect_err(bad);
+            assert_eq!(
+                (r.status, r.code),
+                (StatusCode::BAD_REQUEST, "sluice_bad_path"),
+                "{bad}"
+            );
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn json_routes_are_parsed_whatever_the_content_type() {
+        let h = headers(&[("content-type", "application/octet-stream")]);
+        let v = body(
+            Server::Ollama,
+            "POST",
+            "/api/chat",
+            &h,
+            br#"{"model":"x:cloud","messages":[]}"#,
+        )
+        .expect("parsed");
+        assert_eq!(v.expect("json")["model"], "x:cloud");
+        let r =
+            body(Server::Ollama, "POST", "/api/chat", &h, b"\x00\x01binary").expect_err("not json");
+        assert_eq!(r.code, "sluice_bad_json");
+        let mp = headers(&[("content-type", "multipart/form-data; boundary=x")]);
+        let r = body(
+            Server::Openai,
+            "POST",
+            "/v1/chat/completions",
+            &mp,
+            b"--x\r\n",
+        )
+        .expect_err("json route");
+        assert_eq!(r.code, "sluice_bad_json");
+    }
+
+    #[test]
+    fn non_json_routes_and_unknown_non_json_bodies_are_left_alone() {
+        let none = HeaderMap::new();
+        for (server, path) in [
+            (Server::Ollama, "/api/blobs/sha256:abc"),
+            (Server::Openai, "/v1/audio/transcriptions"),
+            (Server::Vllm, "/v1/audio/translations"),
+            (Server::Openai, "/v1/files"),
+            (Server::Anthropic, "/v1/files"),
+            (Server::Openai, "/v1/images/edits"),
+        ] {
+            assert_eq!(
+                body(server, "POST", path, &none, b"GGUF\x00").expect(path),
+                None
+            );
+        }
+        let oct = headers(&[("content-type", "Application/Octet-Stream")]);
+        assert_eq!(
+            body(Server::Ollama, "POST", "/api/new-thing", &oct, b"\x00").expect("raw"),
+            None
+        );
+        assert!(body(Server::Ollama, "POST", "/api/new-thing", &none, b"\x00").is_err());
+        assert_eq!(
+            body(Server::Ollama, "POST", "/api/chat", &none, b"").expect("empty"),
+            None
+        );
+    }
+
+    #[test]
+    fn ollama_bodies_are_refused_when_fields_collide_or_disagree() {
+        let h = HeaderMap::new();
+        let r = body(
+            Server::Ollama,
+            "POST",
+            "/api/chat",
+            &h,
+            br#"{"model":"llama3","Model":"x:cloud"}"#,
+        )
+        .expect_err("collision");
+        assert_eq!(
+            (r.status, r.code),
+            (StatusCode::BAD_REQUEST, "sluice_ambiguous_json")
+        );
+        // The same body is fine for an exact-matching server.
+        assert!(
+            body(
+                Server::Vllm,
+                "POST",
+                "/v1/chat/completions",
+                &h,
+                br#"{"model":"llama3","Model":"x"}"#
+            )
+            .is_ok()
+        );
+        let r = body(
+            Server::Ollama,
+            "POST",
+            "/api/show",
+            &h,
+            br#"{"model":"llama3","name":"x:cloud"}"#,
+        )
+        .expect_err("disagree");
+        assert_eq!(r.code, "sluice_ambiguous_request");
+        let r = body(
+            Server::Ollama,
+            "POST",
+            "/api/chat",
+            &h,
+            br#"{"model":["x:cloud"]}"#,
+        )
+        .expect_err("type");
+        assert_eq!(r.code, "sluice_ambiguous_request");
+        let v = body(Server::Ollama, "POST", "/api/chat", &h, br#"{"MODEL":"x"}"#).expect("ok");
+        assert_eq!(v, Some(json!({"model": "x"})));
+    }
+
+    #[test]
+    fn multipart_uploads_show_their_model_form_field() {
+        let h = headers(&[("content-type", "multipart/form-data; boundary=XyZ")]);
+        let part = |name: &str, extra: &str, value: &str| {
+            format!(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\n\r\n{value}\r\n"
+            )
+        };
+        let body_of = |parts: &[String]| format!("{}--XyZ--\r\n", parts.concat());
+        let ok = body_of(&[
+            part("model", "", "x:cloud "),
+            part("file", "; filename=\"a.wav\"", "RIFF\u{1}"),
+        ]);
+        let v = body(
+            Server::Ollama,
+            "POST",
+            "/v1/audio/transcriptions",
+            &h,
+            ok.as_bytes(),
+        )
+        .expect("parsed");
+        assert_eq!(v, Some(json!({"model": "x:cloud "})));
+        let op = adapter::classify(
+            Server::Ollama,
+            "POST",
+            "/v1/audio/transcriptions",
+            v.as_ref(),
+        );
+        assert_eq!(op.model.as_deref(), Some("x:latest:cloud"));
+        let twice = body_of(&[part("model", "", "a"), part("model", "", "x:cloud")]);
+        let r = body(
+            Server::Ollama,
+            "POST",
+            "/v1/audio/transcriptions",
+            &h,
+            twice.as_bytes(),
+        )
+        .expect_err("twice");
+        assert_eq!(r.code, "sluice_bad_form");
+        for odd in [
+            "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nx=3Acloud\r\n--XyZ--\r\n",
+            "--XyZ\r\nContent-Disposition: form-data; name*=UTF-8''model\r\n\r\nx:cloud\r\n--XyZ--\r\n",
+        ] {
+            let r = body(
+                Server::Ollama,
+                "POST",
+                "/v1/audio/transcriptions",
+                &h,
+                odd.as_bytes(),
+            )
+            .expect_err(odd);
+            assert_eq!(r.code, "sluice_bad_form", "{odd}");
+        }
+        let r = body(
+            Server::Openai,
+            "POST",
+            "/v1/audio/transcriptions",
+            &h,
+            b"--XyZ\r\nnonsense",
+        )
+        .expect_err("broken");
+        assert_eq!(r.code, "sluice_bad_form");
+        // Not a form: the server cannot read a model from it either.
+        assert_eq!(
+            body(
+                Server::Openai,
+                "POST",
+                "/v1/audio/transcriptions",
+                &HeaderMap::new(),
+                b"x"
+            )
+            .expect("raw"),
+            None
+        );
+    }
+
+    #[test]
+    fn request_target_applies_every_path_and_query_rule() {
+        let uri = |s: &str| s.parse::<http::Uri>().expect(s);
+        let t = |server, m, u: &str| request_target(server, m, &uri(u));
+        assert_eq!(
+            t(Server::Ollama, "GET", "/v1/models/x%3Acloud?a=1").expect("ok"),
+            "/v1/models/x:cloud"
+        );
+        assert!(t(Server::Ollama, "GET", "/v1/models/x%252F").is_err());
+        assert!(t(Server::Triton, "POST", "/v2/models/m%31/infer").is_err());
+        assert!(t(Server::Ollama, "POST", "/v1/audio/transcriptions?model=x").is_err());
+    }
+
+    #[test]
+    fn servers_that_route_on_the_raw_path_get_no_escapes() {
+        let p = "/v2/models/re%73net/infer";
+        assert!(raw_path_escapes(Server::Triton, p).is_err());
+        assert!(raw_path_escapes(Server::Tgi, "/gen%65rate").is_err());
+        assert!(raw_path_escapes(Server::Triton, "/v2/models/resnet/infer").is_ok());
+        assert!(raw_path_escapes(Server::Ollama, "/v1/models/x%3Acloud").is_ok());
+    }
+
+    #[test]
+    fn form_routes_refuse_a_model_in_the_query() {
+        let t = "/v1/audio/transcriptions";
+        assert!(query(Server::Ollama, "POST", t, Some("model=x:cloud")).is_err());
+        assert!(query(Server::Ollama, "POST", t, Some("a=1&%6Dodel=x")).is_err());
+        assert!(query(Server::Ollama, "POST", t, Some("language=en")).is_ok());
+        assert!(query(Server::Ollama, "POST", t, None).is_ok());
+        // JSON routes read the model from the body only.
+        assert!(query(Server::Ollama, "POST", "/api/chat", Some("model=x")).is_ok());
+    }
+
+    #[test]
+    fn triton_binary_tensors_parse_only_the_json_header() {
+        let h = headers(&[("inference-header-content-length", "13")]);
+        let v = body(
+            Server::Triton,
+            "POST",
+            "/v2/models/m/infer",
+            &h,
+            b"{\"inputs\":[]}\x00\x01\x02",
+        )
+        .expect("parsed");
+        assert_eq!(v, Some(json!({"inputs": []})));
+        let h = headers(&[("inference-header-content-length", "99")]);
+        assert!(body(Server::Triton, "POST", "/v2/models/m/infer", &h, b"{}").is_err());
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        assert!(is_grpc_content_type(&headers(&[(
+            "content-type",
+            "application/grpc"
+        )])));
+        assert!(is_grpc_content_type(&headers(&[(
+            "content-type",
+            "Application/GRPC+proto"
+        )])));
+        assert!(is_grpc_content_type(&headers(&[(
+            "content-type",
+            "application/grpc-web"
+        )])));
+        assert!(!is_grpc_content_type(&headers(&[(
+            "content-type",
+            "application/json"
+        )])));
+        assert!(!is_grpc_content_type(&HeaderMap::new()));
+    }
+}
