@@ -7,11 +7,12 @@ use super::Request;
 use crate::{connection::Ctx, respond::Refusal};
 
 pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
+    // First: a CONNECT has no path to decode, and the switch is the refusal to explain.
+    protocol_switch(&rq.parts.method, &rq.parts.headers)?;
     let server = rq.conn.target.server;
     let decoded = super::decode::request_target(server, rq.parts.method.as_str(), &rq.parts.uri)?;
     rq.record().set_path(&decoded);
     rq.path = decoded;
-    protocol_switch(&rq.parts.method, &rq.parts.headers)?;
     let h = &rq.parts.headers;
     if let Some(enc) = h.get(header::CONTENT_ENCODING)
         && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
