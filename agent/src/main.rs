@@ -61,7 +61,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate policy files (exit 0 when valid; errors carry file:line:column).
+    /// Validate policy files and the case files beside them (exit 0 when valid, 2 when not;
+    /// errors carry file:line:column).
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -233,17 +234,37 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
         })
     };
     match cmd {
-        PolicyCommand::Check { paths } => match load(&paths) {
-            Ok(p) => {
-                println!(
-                    "ok: {} rule(s) in pack(s) {}",
-                    p.rule_count(),
-                    p.packs.join(", ")
-                );
-                ExitCode::SUCCESS
+        PolicyCommand::Check { paths } => {
+            let p = match load(&paths) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let cases = match policy::cases::check_all(&paths) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            for e in &cases.errors {
+                eprintln!("sluice: {e}");
             }
-            Err(code) => code,
-        },
+            if !cases.errors.is_empty() {
+                eprintln!(
+                    "sluice: {} of {} case file(s) broken",
+                    cases.errors.len(),
+                    cases.files
+                );
+                return ExitCode::from(2);
+            }
+            println!(
+                "ok: {} rule(s) in pack(s) {}; {} case file(s)",
+                p.rule_count(),
+                p.packs.join(", "),
+                cases.files
+            );
+            ExitCode::SUCCESS
+        }
         PolicyCommand::Test { paths } => {
             let outcomes = match policy::cases::run_all(&paths) {
                 Ok(o) => o,
