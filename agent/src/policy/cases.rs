@@ -281,6 +281,105 @@ mod tests {
         assert!(failures.is_empty(), "{failures:#?}");
     }
 
+    /// A temporary pack directory with one rule `only-rule` and the given case files.
+    fn pack_with_cases(tag: &str, cases: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-cases-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cases")).expect("dir");
+        std::fs::write(
+            dir.join("pack.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: only-rule\n      action: allow\n      match: {servers: [ollama]}\n",
+        )
+        .expect("write pack");
+        for (name, text) in cases {
+            std::fs::write(dir.join("cases").join(name), text).expect("write case");
+        }
+        dir
+    }
+
+    const GOOD_CASE: &str = "description: ok\nserver: ollama\nrequest:\n  method: GET\n  path: /api/tags\nexpect:\n  decision: allow\n  rules: [only-rule]\n";
+
+    #[test]
+    fn check_accepts_the_shipped_cases_and_a_good_one() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let checked = check_all(&[root]).expect("shipped packs load");
+        assert!(checked.files >= 15, "only {} case files", checked.files);
+        assert!(checked.errors.is_empty(), "{:#?}", checked.errors);
+        let dir = pack_with_cases("good", &[("a.yaml", GOOD_CASE)]);
+        let checked = check_all(std::slice::from_ref(&dir)).expect("pack loads");
+        assert_eq!(
+            (checked.files, checked.errors.len()),
+            (1, 0),
+            "{:?}",
+            checked.errors
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn check_reports_each_broken_case_with_file_line_column() {
+        let broken = [
+            // YAML syntax: an unclosed flow sequence.
+            (
+                "1-syntax.yaml",
+                "description: x\nrequest: {method: GET, path: /\nexpect: {decision: allow}\n",
+                ":3:",
+                "did not find expected",
+            ),
+            // An unknown field, e.g. a typo of `expect`.
+            (
+                "2-field.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nexpct: {decision: allow}\n",
+                ":3:1:",
+                "unknown field `expct`",
+            ),
+            // An enum value no server has.
+            (
+                "3-server.yaml",
+                "description: x\nserver: olama\nrequest: {method: GET, path: /}\nexpect: {decision: allow}\n",
+                ":2:9:",
+                "unknown variant `olama`",
+            ),
+            (
+                "4-decision.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nexpect:\n  decision: permit\n",
+                ":4:13:",
+                "unknown variant `permit`",
+            ),
+            // A rule id the pack does not define, pointed at exactly.
+            (
+                "5-rule.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nexpect:\n  decision: allow\n  rules: [only-rule, no-such-rule]\n",
+                ":5:22:",
+                "unknown rule id \"no-such-rule\"; the pack defines: only-rule",
+            ),
+        ];
+        let files: Vec<(&str, &str)> = broken.iter().map(|(n, t, _, _)| (*n, *t)).collect();
+        let mut all = files.clone();
+        all.push(("6-good.yaml", GOOD_CASE));
+        let dir = pack_with_cases("broken", &all);
+        let checked = check_all(std::slice::from_ref(&dir)).expect("pack loads");
+        assert_eq!(checked.files, 6);
+        let msgs: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), broken.len(), "{msgs:#?}");
+        for ((name, _, at, what), msg) in broken.iter().zip(&msgs) {
+            assert!(
+                msg.contains(&format!("{name}{at}")),
+                "{name}: want {at} in {msg}"
+            );
+            assert!(msg.contains(what), "{name}: want {what:?} in {msg}");
+        }
+        // `policy test` reports the same errors as failures instead of running the case.
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter_map(|o| o.failure.as_deref())
+            .collect();
+        assert_eq!(failed.len(), broken.len(), "{failed:#?}");
+        assert!(failed[4].contains("unknown rule id"), "{}", failed[4]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn broken_pack_reports_file_line_column() {
         let dir = std::env::temp_dir().join(format!("sluice-pack-{}", std::process::id()));
