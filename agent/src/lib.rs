@@ -20,6 +20,7 @@ pub mod forward;
 pub mod http;
 #[allow(unsafe_code)]
 pub mod intercept;
+pub mod logging;
 pub mod pipeline;
 pub mod policy;
 pub mod respond;

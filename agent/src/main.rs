@@ -2,8 +2,8 @@
 //! 3 host not ready (privileges, kernel, cgroup v2), 4 agent not running (for clients).
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use sluice::{admin, app, config::Config, doctor, intercept};
+use clap::{Parser, Subcommand};
+use sluice::{admin, app, config::Config, doctor, intercept, logging::Format as LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -12,16 +12,11 @@ use sluice::{admin, app, config::Config, doctor, intercept};
     about = "Transparent, policy-enforcing proxy for AI model servers"
 )]
 struct Cli {
+    /// text: one line per event, field values escaped; json: one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -113,7 +108,7 @@ fn serde_arg<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    sluice::logging::init(cli.log_format);
     match cli.command {
         Command::Run { config } => {
             let cfg = match load(config) {
@@ -466,18 +461,6 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
         k(1) + k(2)
     );
     ExitCode::SUCCESS
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }
 
 /// An error and its causes on one line, skipping causes that repeat their parent's text
