@@ -7,7 +7,10 @@
 //! controls, and the Unicode bidi and line/paragraph separator characters that reorder or
 //! break what a reader sees. The JSON format escapes by itself (serde_json); bidi characters
 //! stay inside their quoted string there.
-use std::fmt::{self, Write as _};
+use std::{
+    fmt::{self, Write as _},
+    io::IsTerminal as _,
+};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::{
@@ -25,8 +28,12 @@ pub enum Format {
 /// Installs the global subscriber: level from `SLUICE_LOG` (default `info`), to stderr.
 pub fn init(format: Format) {
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: in a file or the journal, ANSI sequences are
+    // noise, and a log whose own lines carry ESC hides the escaped ones among them.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         Format::Text => builder.fmt_fields(EscapedFields).init(),
