@@ -502,7 +502,8 @@ pub fn server() -> impl Strategy<Value = Server> {
 
 pub fn method() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => select(METHODS).prop_map(String::from),
+        4 => select(&["GET", "POST", "DELETE", "HEAD"][..]).prop_map(String::from),
+        3 => select(METHODS).prop_map(String::from),
         1 => "[A-Za-z]{0,8}",
     ]
 }
@@ -542,7 +543,12 @@ pub fn path() -> impl Strategy<Value = String> {
         (select(ROUTE_TEMPLATES), vec(segment(), 1..4)).prop_map(|(t, segs)| fill(t, &segs));
     let free = vec(segment(), 0..8).prop_map(|s| format!("/{}", s.join("/")));
     let base = prop_oneof![3 => templated, 2 => free, 1 => any::<String>()];
-    (base, edits(PATH_TOKENS, 4)).prop_map(|(b, e)| apply(&b, &e))
+    prop_oneof![
+        // Half the paths are left as generated, so real routes are hit with hostile
+        // wildcards and bodies; the other half are edited into near misses.
+        1 => base.clone(),
+        1 => (base, edits(PATH_TOKENS, 4)).prop_map(|(b, e)| apply(&b, &e)),
+    ]
 }
 
 fn json_key() -> impl Strategy<Value = String> {
@@ -628,12 +634,235 @@ pub fn json_text() -> impl Strategy<Value = String> {
     (base, edits(JSON_TOKENS, 4)).prop_map(|(b, e)| apply(&b, &e))
 }
 
+/// A YAML double-quoted scalar (JSON's string syntax is a subset of it).
+fn quoted(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+fn quoted_list(items: &[&str]) -> String {
+    let q: Vec<String> = items.iter().map(|s| quoted(s)).collect();
+    format!("[{}]", q.join(", "))
+}
+
+/// Patterns and names that glob compilers, JSON pointers and enum parsers reject or misread.
+const GLOBS: &[&str] = &[
+    "*",
+    "**",
+    "*:cloud",
+    "[",
+    "]",
+    "{a,b}",
+    "{a,{b,c}}",
+    "{",
+    "\\",
+    "a\\",
+    "[!]",
+    "[z-a]",
+    "**/",
+    "/**/**",
+    "?",
+    "x\u{0}",
+    "\u{202e}*",
+    "ſ*",
+    "*\u{212a}*",
+    "",
+    " ",
+    "a/../b",
+];
+const POINTERS: &[&str] = &[
+    "/keep_alive",
+    "keep_alive",
+    "",
+    "/",
+    "/a~0b~1c",
+    "/~2",
+    "/options/num_ctx",
+    "/messages/0",
+    "/messages/-",
+    "/\u{0}",
+];
+const ENUM_WORDS: &[&str] = &[
+    "ollama",
+    "OLLAMA",
+    "openai",
+    "llama-cpp",
+    "llama_cpp",
+    "triton",
+    "inference",
+    "management",
+    "model-export",
+    "unknown",
+    "Unknown",
+    "",
+    "allow",
+    "deny",
+    "Deny",
+    "permit",
+];
+const NAMES: &[&str] = &[
+    "a",
+    "a",
+    "b",
+    "",
+    " ",
+    "a\nb",
+    "\u{202e}",
+    "ollama-deny-pull",
+];
+
+const SERVER_NAMES: &[&str] = &[
+    "openai",
+    "anthropic",
+    "ollama",
+    "vllm",
+    "tgi",
+    "triton",
+    "llama-cpp",
+];
+const OPERATIONS: &[&str] = &[
+    "inference",
+    "embedding",
+    "tokenize",
+    "listing",
+    "health",
+    "management",
+    "model-export",
+    "config-change",
+    "files",
+    "unknown",
+];
+
+/// Lists of valid enum values, now and then with a wrong one: every wrong value fails the
+/// whole file, so they must be rare for the rest of the file to be reached.
+fn mostly(valid: &'static [&'static str]) -> impl Strategy<Value = Vec<&'static str>> {
+    prop_oneof![
+        6 => vec(select(valid), 0..3),
+        1 => vec(select(ENUM_WORDS), 0..3),
+    ]
+}
+
+/// Packs built field by field, so that most parse and the semantic checks (patterns,
+/// pointers, duplicate ids, enum values) get fuzzed too; then lightly edited.
+fn structured_pack() -> impl Strategy<Value = String> {
+    let list = |dict: &'static [&'static str]| vec(select(dict), 0..3);
+    let rule = (
+        select(NAMES),
+        prop_oneof![6 => select(&["allow", "deny"][..]), 1 => select(ENUM_WORDS)],
+        (list(GLOBS), list(GLOBS), list(GLOBS), list(GLOBS)),
+        (mostly(SERVER_NAMES), mostly(OPERATIONS)),
+        (list(POINTERS), select(NUMBERS)),
+        (
+            prop_oneof![3 => select(&["0", "1000", "4294967295"][..]), 1 => select(NUMBERS)],
+            list(GLOBS),
+        ),
+    )
+        .prop_map(
+            |(id, action, (models, paths, routes, comms), (servers, ops), (ptrs, n), (uid, exes))| {
+                let body: Vec<String> =
+                    ptrs.iter().map(|p| format!("{}: {n}", quoted(p))).collect();
+                format!(
+                    "    - id: {}\n      action: {action}\n      match:\n        models: {}\n        exceptModels: {}\n        paths: {}\n        routes: {}\n        servers: [{}]\n        operations: [{}]\n        body: {{{}}}\n        workload: {{uids: [{uid}], comms: {}, exes: {}}}\n",
+                    quoted(id),
+                    quoted_list(&models),
+                    quoted_list(&comms),
+                    quoted_list(&paths),
+                    quoted_list(&routes),
+                    servers.join(", "),
+                    ops.join(", "),
+                    body.join(", "),
+                    quoted_list(&comms),
+                    quoted_list(&exes),
+                )
+            },
+        );
+    (vec(rule, 0..5), edits(YAML_TOKENS, 1)).prop_map(|(rules, e)| {
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {{name: fuzz}}\nspec:\n  rules:\n{}",
+            rules.concat()
+        );
+        apply(&text, &e)
+    })
+}
+
 pub fn pack_text() -> impl Strategy<Value = String> {
-    edited(PACK_SEEDS, YAML_TOKENS, 6)
+    prop_oneof![
+        1 => edited(PACK_SEEDS, YAML_TOKENS, 6),
+        1 => structured_pack(),
+    ]
+}
+
+/// Addresses that the target and upstream grammar must refuse or read exactly.
+const ADDRESSES: &[&str] = &[
+    "127.0.0.1:11434",
+    "127.0.0.0/8:8000-8002",
+    "[::1]:11434",
+    "[::]:0",
+    "0.0.0.0/0:1-65535",
+    "0.0.0.0:80",
+    "[::ffff:127.0.0.1]:80",
+    "[::ffff:0.0.0.0/96]:80",
+    "1.2.3.4/33:80",
+    "127.0.0.1:1-100000",
+    "127.0.0.1:9-1",
+    "127.0.0.1:0",
+    "127.0.0.1:65536",
+    "127.0.0.1:",
+    ":80",
+    "::1:80",
+    "[::1]",
+    "[::1]:80-",
+    "host:80",
+    "host..name:80",
+    "-host:80",
+    "h\u{0}:80",
+    "xn--fiq228c.example:443",
+    "a.b.c.d.e.f:1",
+    "localhost:15001",
+    "127.0.0.1:15001",
+    "127.0.0.1:1-64",
+    "127.0.0.1:1-65",
+];
+
+/// Configs built field by field with hostile addresses and numbers, then lightly edited.
+fn structured_config() -> impl Strategy<Value = String> {
+    let target = (
+        select(NAMES),
+        select(ADDRESSES),
+        vec(select(ADDRESSES), 0..3),
+        select(&["tcp", "http", "HTTP", "grpc", ""][..]),
+        select(ENUM_WORDS),
+        select(ENUM_WORDS),
+    )
+        .prop_map(|(name, m, up, proto, server, default)| {
+            format!(
+                "  - name: {}\n    match: {}\n    upstream: {}\n    protocol: {proto}\n    server: {server}\n    default: {default}\n",
+                quoted(name),
+                quoted(m),
+                quoted_list(&up),
+            )
+        });
+    (
+        (select(ADDRESSES), select(ADDRESSES)),
+        (select(NUMBERS), select(NUMBERS), select(NUMBERS)),
+        vec(target, 0..5),
+        edits(YAML_TOKENS, 2),
+    )
+        .prop_map(|((listen, v6), (mark, secs, bytes), targets, e)| {
+            let text = format!(
+                "listen: {}\nlisten_v6: {}\nbypass_mark: {mark}\ndrain_timeout_secs: {secs}\nmax_request_body_bytes: {bytes}\ntargets:\n{}",
+                quoted(listen),
+                quoted(v6),
+                targets.concat()
+            );
+            apply(&text, &e)
+        })
 }
 
 pub fn config_text() -> impl Strategy<Value = String> {
-    edited(CONFIG_SEEDS, YAML_TOKENS, 6)
+    prop_oneof![
+        1 => edited(CONFIG_SEEDS, YAML_TOKENS, 6),
+        1 => structured_config(),
+    ]
 }
 
 pub fn case_text() -> impl Strategy<Value = String> {
