@@ -214,12 +214,12 @@ impl Config {
     /// `origin` names the source in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
         let cfg: Config = serde_norway::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            let (line, column) = crate::yaml::location(text, &e);
             Error::Syntax {
                 path: origin.to_string(),
                 line,
                 column,
-                message: strip_location(&e.to_string()),
+                message: crate::yaml::message(&e),
             }
         })?;
         cfg.validate().map_err(|message| Error::Invalid {
@@ -280,14 +280,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-}
-
-/// serde_norway appends " at line L column C" to its messages; we print the location first.
-fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
     }
 }
 

@@ -5,7 +5,7 @@
 //! `workload` identity) → either `forward` (layer 4 relay) or `http` → `pipeline`, which runs
 //! `adapter` (classify) → `policy` (decide) → `upstream` (send) → `respond` (refusals).
 //! `config` reads the agent's file, `admin` shows what is live, `drain` stops it all,
-//! `doctor` checks the host, `app` wires everything together.
+//! `doctor` checks the host, `app` wires everything together; `yaml` places YAML errors.
 // unsafe is confined to the kernel boundary (intercept/: eBPF loading, fd registration).
 #![deny(unsafe_code)]
 
@@ -22,9 +22,11 @@ pub mod http;
 #[allow(unsafe_code)]
 pub mod intercept;
 pub mod limits;
+pub mod logging;
 pub mod pipeline;
 pub mod policy;
 pub mod record;
 pub mod respond;
 pub mod upstream;
 pub mod workload;
+mod yaml;

@@ -2,8 +2,8 @@
 //! 3 host not ready (privileges, kernel, cgroup v2), 4 agent not running (for clients).
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use sluice::{admin, app, config::Config, doctor, intercept};
+use clap::{Parser, Subcommand};
+use sluice::{admin, app, config::Config, doctor, intercept, logging::Format as LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -12,16 +12,11 @@ use sluice::{admin, app, config::Config, doctor, intercept};
     about = "Transparent, policy-enforcing proxy for AI model servers"
 )]
 struct Cli {
+    /// text: one line per event, field values escaped; json: one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -61,7 +56,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate policy files (exit 0 when valid; errors carry file:line:column).
+    /// Validate policy files and the case files beside them (exit 0 when valid, 2 when not;
+    /// errors carry file:line:column).
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -112,7 +108,7 @@ fn serde_arg<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    sluice::logging::init(cli.log_format);
     match cli.command {
         Command::Run { config } => {
             let cfg = match load(config) {
@@ -233,17 +229,37 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
         })
     };
     match cmd {
-        PolicyCommand::Check { paths } => match load(&paths) {
-            Ok(p) => {
-                println!(
-                    "ok: {} rule(s) in pack(s) {}",
-                    p.rule_count(),
-                    p.packs.join(", ")
-                );
-                ExitCode::SUCCESS
+        PolicyCommand::Check { paths } => {
+            let p = match load(&paths) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let cases = match policy::cases::check_all(&paths) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            for e in &cases.errors {
+                eprintln!("sluice: {e}");
             }
-            Err(code) => code,
-        },
+            if !cases.errors.is_empty() {
+                eprintln!(
+                    "sluice: {} of {} case file(s) broken",
+                    cases.errors.len(),
+                    cases.files
+                );
+                return ExitCode::from(2);
+            }
+            println!(
+                "ok: {} rule(s) in pack(s) {}; {} case file(s)",
+                p.rule_count(),
+                p.packs.join(", "),
+                cases.files
+            );
+            ExitCode::SUCCESS
+        }
         PolicyCommand::Test { paths } => {
             let outcomes = match policy::cases::run_all(&paths) {
                 Ok(o) => o,
@@ -455,18 +471,6 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
     );
     println!("{}", status.target_map_line());
     ExitCode::SUCCESS
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }
 
 /// An error and its causes on one line, skipping causes that repeat their parent's text

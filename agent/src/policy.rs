@@ -13,7 +13,7 @@ mod eval;
 mod pack;
 
 pub use eval::{Decision, Denial, Facts, Hold, Permit, Query};
-pub use pack::{Action, Policy, load_paths};
+pub use pack::{Action, Policy, load_paths, parse_pack};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

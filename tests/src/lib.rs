@@ -156,6 +156,9 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     pub listen_port: u16,
     pub log: PathBuf,
+    /// `--log-format`: "json" (what the helpers here parse) unless started with
+    /// `start_with_log_format`.
+    pub log_format: &'static str,
 }
 
 impl Agent {
@@ -177,6 +180,11 @@ impl Agent {
     }
 
     pub fn start(spec: &AgentSpec) -> Agent {
+        Self::start_with_log_format(spec, "json")
+    }
+
+    /// `start` with `--log-format text` or `json`.
+    pub fn start_with_log_format(spec: &AgentSpec, log_format: &'static str) -> Agent {
         let dir = std::env::temp_dir().join(unique("agent"));
         fs::create_dir_all(&dir).expect("agent temp dir");
         let listen_port = free_port();
@@ -196,6 +204,7 @@ impl Agent {
             pin_dir,
             listen_port,
             log: dir.join("agent.log"),
+            log_format,
         };
         agent.spawn();
         agent
@@ -209,7 +218,7 @@ impl Agent {
             .open(&self.log)
             .expect("agent log");
         let child = Command::new(sluice_bin())
-            .args(["--log-format", "json", "run", "--config"])
+            .args(["--log-format", self.log_format, "run", "--config"])
             .arg(&self.config)
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())

@@ -42,17 +42,53 @@ fn start(cg_rel: &str, targets: String, extra: &str) -> Agent {
     })
 }
 
-/// Runs tests/clients/raw.py with `plan` from inside the cgroup directory `cg_dir`.
-fn raw(cg_dir: &std::path::Path, vip: &str, plan: Value) -> Value {
-    let out = run_ok(
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg("echo $$ > \"$0/cgroup.procs\" && exec python3 \"$@\"")
-            .arg(cg_dir)
-            .arg(client_script("raw.py"))
-            .args([vip, "8000", &plan.to_string()]),
-    );
+/// A command that moves itself into the cgroup directory `dir`, then runs python3 `args`.
+fn python_in(dir: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec python3 \"$@\"")
+        .arg(dir);
+    c
+}
+
+/// tests/clients/raw.py with `plan`, from inside the cgroup directory `dir`.
+fn raw_client(dir: &std::path::Path, vip: &str, plan: &Value) -> std::process::Command {
+    let mut c = python_in(dir);
+    c.arg(client_script("raw.py"))
+        .args([vip, "8000", &plan.to_string()]);
+    c
+}
+
+/// Runs tests/clients/raw.py with `plan` and returns what it saw.
+fn raw(dir: &std::path::Path, vip: &str, plan: Value) -> Value {
+    let out = run_ok(&mut raw_client(dir, vip, &plan));
     serde_json::from_str(out.trim()).expect("raw.py json")
+}
+
+/// An agent in front of the test model server, for one test. Fields drop in order: the
+/// agent first, then its cgroup, then the server.
+struct Setup {
+    agent: Agent,
+    cg: TestCgroup,
+    vip: String,
+    server: servers::Server,
+}
+
+fn setup(tag: &str, extra: &str) -> Setup {
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new(tag);
+    let agent = start(
+        &cg.rel,
+        target("models", &vip, &server.addr.to_string(), "openai", ""),
+        extra,
+    );
+    Setup {
+        agent,
+        cg,
+        vip,
+        server,
+    }
 }
 
 fn chat(model: &str, stream: bool) -> String {
@@ -159,12 +195,13 @@ fn requests_abandoned_while_uploading_or_waiting_for_the_upstream_are_recorded_o
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn silent_slow_and_idle_clients_are_closed_by_the_timeouts() {
     require_root();
-    let server = servers::http("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("timeouts");
-    let agent = start(
-        &cg.rel,
-        target("models", &vip, &server.addr.to_string(), "openai", ""),
+    let Setup {
+        agent,
+        cg,
+        vip,
+        server,
+    } = setup(
+        "timeouts",
         "header_timeout_ms: 800\nbody_timeout_ms: 800\nidle_timeout_secs: 1\n",
     );
     let closed = |plan: Value, what: &str| {
@@ -286,11 +323,8 @@ fn a_cgroup_at_its_connection_cap_is_refused_while_others_are_served() {
     let hold = format!(
         "import socket,sys,time\nss=[socket.create_connection(('{vip}',8000)) for _ in range(4)]\nprint('ready',flush=True)\nsys.stdin.read()\n"
     );
-    let mut holder = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("echo $$ > \"$0/cgroup.procs\" && exec python3 -c \"$1\"")
-        .arg(&greedy.0)
-        .arg(&hold)
+    let mut holder = python_in(&greedy.0)
+        .args(["-c", &hold])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -338,23 +372,19 @@ fn a_cgroup_at_its_connection_cap_is_refused_while_others_are_served() {
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn buffered_bodies_share_a_memory_budget_and_over_it_get_503_with_retry_after() {
     require_root();
-    let server = servers::http("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("budget");
-    let agent = start(
-        &cg.rel,
-        target("models", &vip, &server.addr.to_string(), "openai", ""),
+    let Setup {
+        agent,
+        cg,
+        vip,
+        server,
+    } = setup(
+        "budget",
         "max_buffered_body_bytes: 2000\nmax_request_body_bytes: 1500\n",
     );
     // A client that declares 1500 bytes and stalls holds 1500 of the 2000.
     let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: models\r\nContent-Type: application/json\r\nContent-Length: 1500\r\n\r\n{";
-    let plan = json!([["send", head], ["sleep", 3], ["close"]]).to_string();
-    let mut staller = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("echo $$ > \"$0/cgroup.procs\" && exec python3 \"$@\"")
-        .arg(&cg.dir)
-        .arg(client_script("raw.py"))
-        .args([vip.as_str(), "8000", &plan])
+    let plan = json!([["send", head], ["sleep", 3], ["close"]]);
+    let mut staller = raw_client(&cg.dir, &vip, &plan)
         .stdout(Stdio::null())
         .spawn()
         .expect("staller");
@@ -402,14 +432,12 @@ fn buffered_bodies_share_a_memory_budget_and_over_it_get_503_with_retry_after() 
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn http2_connections_advertise_the_stream_cap() {
     require_root();
-    let server = servers::http("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("h2cap");
-    let _agent = start(
-        &cg.rel,
-        target("models", &vip, &server.addr.to_string(), "openai", ""),
-        "max_h2_streams: 3\n",
-    );
+    let Setup {
+        agent: _agent,
+        cg,
+        vip,
+        server: _server,
+    } = setup("h2cap", "max_h2_streams: 3\n");
     let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\u{0}\u{0}\u{0}\u{4}\u{0}\u{0}\u{0}\u{0}\u{0}";
     let r = raw(&cg.dir, &vip, json!([["send", preface], ["read", 1]]));
     let bytes: Vec<u8> = r["reads"][0]
@@ -443,14 +471,12 @@ fn http2_connections_advertise_the_stream_cap() {
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn connection_named_headers_are_dropped_and_protocol_switches_refused() {
     require_root();
-    let server = servers::http("127.0.0.1:0");
-    let vip = virtual_ip();
-    let cg = TestCgroup::new("hops");
-    let agent = start(
-        &cg.rel,
-        target("models", &vip, &server.addr.to_string(), "openai", ""),
-        "",
-    );
+    let Setup {
+        agent,
+        cg,
+        vip,
+        server,
+    } = setup("hops", "");
     let out = curl(
         &cg,
         &[

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz`.
 //!
 //! `setup` installs what building the eBPF programs needs, idempotently: either a nightly with
 //! rust-src and bpf-linker already exist, or it installs Debian's rustc-web (rustc with its
@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod setup;
 
 #[derive(Parser)]
@@ -44,6 +45,18 @@ enum Task {
     Bench {
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run the fuzz targets (agent/tests/fuzz) long, then print executions and crashes per
+    /// target. `cargo xtask test` runs the same targets briefly. Default: 60 s per target.
+    Fuzz {
+        /// Inputs per target.
+        #[arg(long, conflicts_with = "seconds")]
+        cases: Option<u64>,
+        /// Seconds per target.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Only the targets whose name contains this (e.g. `classify`).
+        target: Option<String>,
     },
 }
 
@@ -96,6 +109,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             run_tests(cmd)
         }
+        Task::Fuzz {
+            cases,
+            seconds,
+            target,
+        } => {
+            let budget = match (cases, seconds) {
+                (Some(n), _) => fuzz::Budget::Cases(n),
+                (None, Some(s)) => fuzz::Budget::Seconds(s),
+                (None, None) => fuzz::Budget::Seconds(60),
+            };
+            fuzz::run(cargo_cmd(), budget, target.as_deref())
+        }
         Task::Bench { args } => {
             setup::run(true)?;
             cargo(&["build", "--release", "-p", "sluice", "-p", "sluice-tests"])?;
@@ -115,7 +140,7 @@ fn workspace_root() -> Result<PathBuf> {
         .context("xtask has no parent directory")
 }
 
-fn cargo_cmd() -> Command {
+pub(crate) fn cargo_cmd() -> Command {
     let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.env("PATH", setup::build_path());
     c

@@ -1,11 +1,17 @@
 //! Policy test cases: YAML files beside a pack (`<pack>/cases/*.yaml`), each a request in and
 //! the decision and rule ids expected out. `sluice policy test` runs them, so teams can gate
-//! policy changes in their own CI.
-use std::path::{Path, PathBuf};
+//! policy changes in their own CI. `sluice policy check` validates them as it validates packs:
+//! YAML syntax, unknown fields, enum values and rule ids the pack does not define are errors
+//! with file:line:column.
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-use super::{Action, Error, Policy, Query, load_paths, pack::pack_files};
+use super::{Action, Error, Policy, Query, load_paths, pack::pack_files, pack::syntax_error};
 use crate::{adapter::Server, workload::Workload};
 
 #[derive(Debug, Deserialize)]
@@ -53,7 +59,45 @@ pub struct CaseRequest {
 pub struct Expect {
     pub decision: Action,
     #[serde(default)]
-    pub rules: Vec<String>,
+    pub rules: Vec<RuleId>,
+}
+
+/// A rule id a case expects; while `parse_case` runs it must be one its pack defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleId(pub String);
+
+thread_local! {
+    /// The rule ids of the pack whose case is being parsed. Checked inside deserialization,
+    /// not after it, because only there does the YAML parser know where the value stands and
+    /// attach line:column to the error; serde offers no other way to hand a value's
+    /// deserializer this context through the derived structs above it.
+    static KNOWN_RULES: RefCell<Option<HashSet<String>>> = const { RefCell::new(None) };
+}
+
+impl<'de> Deserialize<'de> for RuleId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RuleId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a rule id")
+            }
+            fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<RuleId, E> {
+                KNOWN_RULES.with_borrow(|known| match known {
+                    Some(known) if !known.contains(id) => {
+                        let mut ids: Vec<&str> = known.iter().map(String::as_str).collect();
+                        ids.sort_unstable();
+                        Err(E::custom(format!(
+                            "unknown rule id {id:?}; the pack defines: {}",
+                            ids.join(", ")
+                        )))
+                    }
+                    _ => Ok(RuleId(id.to_string())),
+                })
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
 }
 
 fn default_target() -> String {
@@ -81,6 +125,28 @@ pub fn case_files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Parses one case file; `path` names it in errors. With `known_rules`, the rule ids it
+/// expects must be among them.
+pub fn parse_case(
+    text: &str,
+    path: &Path,
+    known_rules: Option<&HashSet<String>>,
+) -> Result<Case, Error> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            KNOWN_RULES.set(None);
+        }
+    }
+    KNOWN_RULES.set(known_rules.cloned());
+    let _reset = Reset;
+    serde_norway::from_str(text).map_err(|e| syntax_error(path, text, &e))
+}
+
+fn rule_ids(policy: &Policy) -> HashSet<String> {
+    policy.rules.iter().map(|r| r.id.clone()).collect()
+}
+
 /// Runs one case file against `policy`.
 pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
     let fail = |description: String, msg: String| Outcome {
@@ -92,14 +158,9 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         Ok(t) => t,
         Err(e) => return fail(String::new(), format!("cannot read: {e}")),
     };
-    let case: Case = match serde_norway::from_str(&text) {
+    let case = match parse_case(&text, file, Some(&rule_ids(policy))) {
         Ok(c) => c,
-        Err(e) => {
-            let loc = e
-                .location()
-                .map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
-            return fail(String::new(), format!("{}{loc}: {e}", file.display()));
-        }
+        Err(e) => return fail(String::new(), e.to_string()),
     };
     let method = case.request.method.to_ascii_uppercase();
     let workload = case
@@ -116,13 +177,14 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         workload: workload.as_ref(),
     });
     let got_rules = decision.rule_ids();
-    if decision.action() != case.expect.decision || got_rules != case.expect.rules {
+    let want_rules: Vec<&str> = case.expect.rules.iter().map(|r| r.0.as_str()).collect();
+    if decision.action() != case.expect.decision || got_rules != want_rules {
         return fail(
             case.description,
             format!(
                 "expected {:?} by {:?}, got {:?} by {:?} (operation {} {}, route {})",
                 case.expect.decision,
-                case.expect.rules,
+                want_rules,
                 decision.action(),
                 got_rules,
                 op.class,
@@ -138,11 +200,10 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
     }
 }
 
-/// Validates every pack under `paths`, then runs each case file against its own pack
-/// (`<pack>/cases/<case>.yaml`), so a pack's cases hold whatever else is loaded beside it.
-pub fn run_all(paths: &[PathBuf]) -> Result<Vec<Outcome>, Error> {
-    load_paths(paths)?;
-    let mut packs: std::collections::HashMap<PathBuf, Policy> = Default::default();
+/// Every case file under `paths`, each with its own pack (`<pack>/cases/<case>.yaml`): a
+/// pack's cases hold whatever else is loaded beside it.
+fn cases_with_packs(paths: &[PathBuf]) -> Result<Vec<(PathBuf, std::rc::Rc<Policy>)>, Error> {
+    let mut packs: HashMap<PathBuf, std::rc::Rc<Policy>> = HashMap::new();
     let mut out = Vec::new();
     for file in paths.iter().flat_map(|p| case_files(p)) {
         let dir = file
@@ -150,15 +211,53 @@ pub fn run_all(paths: &[PathBuf]) -> Result<Vec<Outcome>, Error> {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        if !packs.contains_key(&dir) {
-            let p = load_paths(std::slice::from_ref(&dir))?;
-            packs.insert(dir.clone(), p);
-        }
-        if let Some(p) = packs.get(&dir) {
-            out.push(run_case(p, &file));
-        }
+        let pack = match packs.get(&dir) {
+            Some(p) => p.clone(),
+            None => {
+                let p = std::rc::Rc::new(load_paths(std::slice::from_ref(&dir))?);
+                packs.insert(dir, p.clone());
+                p
+            }
+        };
+        out.push((file, pack));
     }
     Ok(out)
+}
+
+/// Validates every pack under `paths`, then runs each case file against its own pack.
+pub fn run_all(paths: &[PathBuf]) -> Result<Vec<Outcome>, Error> {
+    load_paths(paths)?;
+    Ok(cases_with_packs(paths)?
+        .iter()
+        .map(|(file, pack)| run_case(pack, file))
+        .collect())
+}
+
+/// What `policy check` found in the case files.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub files: usize,
+    /// One error per broken file, each with file:line:column where the YAML parser knows it.
+    pub errors: Vec<Error>,
+}
+
+/// Validates every case file beside the packs under `paths` without running it: syntax,
+/// fields, enum values, and rule ids against its own pack. The packs must load.
+pub fn check_all(paths: &[PathBuf]) -> Result<Checked, Error> {
+    let mut checked = Checked::default();
+    for (file, pack) in cases_with_packs(paths)? {
+        checked.files += 1;
+        let result = std::fs::read_to_string(&file)
+            .map_err(|source| Error::Read {
+                path: file.clone(),
+                source,
+            })
+            .and_then(|text| parse_case(&text, &file, Some(&rule_ids(&pack))));
+        if let Err(e) = result {
+            checked.errors.push(e);
+        }
+    }
+    Ok(checked)
 }
 
 #[cfg(test)]
@@ -180,6 +279,105 @@ mod tests {
             })
             .collect();
         assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// A temporary pack directory with one rule `only-rule` and the given case files.
+    fn pack_with_cases(tag: &str, cases: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-cases-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cases")).expect("dir");
+        std::fs::write(
+            dir.join("pack.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: only-rule\n      action: allow\n      match: {servers: [ollama]}\n",
+        )
+        .expect("write pack");
+        for (name, text) in cases {
+            std::fs::write(dir.join("cases").join(name), text).expect("write case");
+        }
+        dir
+    }
+
+    const GOOD_CASE: &str = "description: ok\nserver: ollama\nrequest:\n  method: GET\n  path: /api/tags\nexpect:\n  decision: allow\n  rules: [only-rule]\n";
+
+    #[test]
+    fn check_accepts_the_shipped_cases_and_a_good_one() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let checked = check_all(&[root]).expect("shipped packs load");
+        assert!(checked.files >= 15, "only {} case files", checked.files);
+        assert!(checked.errors.is_empty(), "{:#?}", checked.errors);
+        let dir = pack_with_cases("good", &[("a.yaml", GOOD_CASE)]);
+        let checked = check_all(std::slice::from_ref(&dir)).expect("pack loads");
+        assert_eq!(
+            (checked.files, checked.errors.len()),
+            (1, 0),
+            "{:?}",
+            checked.errors
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn check_reports_each_broken_case_with_file_line_column() {
+        let broken = [
+            // YAML syntax: an unclosed flow sequence.
+            (
+                "1-syntax.yaml",
+                "description: x\nrequest: {method: GET, path: /\nexpect: {decision: allow}\n",
+                ":3:",
+                "did not find expected",
+            ),
+            // An unknown field, e.g. a typo of `expect`.
+            (
+                "2-field.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nexpct: {decision: allow}\n",
+                ":3:1:",
+                "unknown field `expct`",
+            ),
+            // An enum value no server has.
+            (
+                "3-server.yaml",
+                "description: x\nserver: olama\nrequest: {method: GET, path: /}\nexpect: {decision: allow}\n",
+                ":2:9:",
+                "unknown variant `olama`",
+            ),
+            (
+                "4-decision.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nexpect:\n  decision: permit\n",
+                ":4:13:",
+                "unknown variant `permit`",
+            ),
+            // A rule id the pack does not define, pointed at exactly.
+            (
+                "5-rule.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nexpect:\n  decision: allow\n  rules: [only-rule, no-such-rule]\n",
+                ":5:22:",
+                "unknown rule id \"no-such-rule\"; the pack defines: only-rule",
+            ),
+        ];
+        let files: Vec<(&str, &str)> = broken.iter().map(|(n, t, _, _)| (*n, *t)).collect();
+        let mut all = files.clone();
+        all.push(("6-good.yaml", GOOD_CASE));
+        let dir = pack_with_cases("broken", &all);
+        let checked = check_all(std::slice::from_ref(&dir)).expect("pack loads");
+        assert_eq!(checked.files, 6);
+        let msgs: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), broken.len(), "{msgs:#?}");
+        for ((name, _, at, what), msg) in broken.iter().zip(&msgs) {
+            assert!(
+                msg.contains(&format!("{name}{at}")),
+                "{name}: want {at} in {msg}"
+            );
+            assert!(msg.contains(what), "{name}: want {what:?} in {msg}");
+        }
+        // `policy test` reports the same errors as failures instead of running the case.
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter_map(|o| o.failure.as_deref())
+            .collect();
+        assert_eq!(failed.len(), broken.len(), "{failed:#?}");
+        assert!(failed[4].contains("unknown rule id"), "{}", failed[4]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -239,6 +239,14 @@ fn load_file(path: &Path, policy: &mut Policy, ids: &mut HashSet<String>) -> Res
     parse(&text, path, policy, ids)
 }
 
+/// Parses one pack from text, alone, as loading a file of it would; `origin` names it in
+/// errors. The entry point for tools and the fuzz targets, which have text and no file.
+pub fn parse_pack(text: &str, origin: &Path) -> Result<Policy, Error> {
+    let mut policy = Policy::default();
+    parse(text, origin, &mut policy, &mut HashSet::new())?;
+    Ok(policy)
+}
+
 /// Parses one pack; `path` names it in errors.
 fn parse(
     text: &str,
@@ -246,19 +254,7 @@ fn parse(
     policy: &mut Policy,
     ids: &mut HashSet<String>,
 ) -> Result<(), Error> {
-    let file: PackFile = serde_norway::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        let msg = e.to_string();
-        let message = msg
-            .rfind(" at line ")
-            .map_or(msg.clone(), |i| msg[..i].to_string());
-        Error::Syntax {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message,
-        }
-    })?;
+    let file: PackFile = serde_norway::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
     let pack = file.metadata.name;
     for spec in file.spec.rules {
         let invalid = |message: String| Error::Invalid {
@@ -308,6 +304,17 @@ fn parse(
     }
     policy.packs.push(pack);
     Ok(())
+}
+
+/// A YAML error of a policy or case file, with the location first as `file:line:column`.
+pub(super) fn syntax_error(path: &Path, text: &str, e: &serde_norway::Error) -> Error {
+    let (line, column) = crate::yaml::location(text, e);
+    Error::Syntax {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: crate::yaml::message(e),
+    }
 }
 
 /// `literal_separator`: whether `*` stops at `/` (paths) or not (model names, ids).

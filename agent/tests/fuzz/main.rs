@@ -1,0 +1,234 @@
+//! Fuzz targets: what hostile input reaches first. Each `#[test]` is one target; `cargo test`
+//! runs each for a short while (256 cases), `cargo xtask fuzz` for much longer
+//! (see harness.rs for the settings). Properties beyond "never panics" are stated per target.
+//!
+//! Adding a target is a few lines: pick or write a generator in input.rs and call
+//! `fuzz("name", generator, |input| { ...; Ok(()) })`.
+use std::{collections::HashSet, path::Path, sync::LazyLock};
+
+use proptest::{option, prelude::*};
+use serde_json::Value;
+use sluice::{
+    adapter::{self, OpClass},
+    config::{self, Config},
+    policy::{self, Action, Facts, Policy},
+};
+
+mod harness;
+mod input;
+
+use harness::fuzz;
+
+/// The shipped packs, loaded once: the policy hostile bodies and paths are decided by.
+static SHIPPED: LazyLock<Policy> = LazyLock::new(|| {
+    let packs: Vec<_> = [
+        "ollama-safe",
+        "openai-safe",
+        "vllm-safe",
+        "llamacpp-safe",
+        "tgi-safe",
+        "triton-safe",
+    ]
+    .iter()
+    .map(|p| format!("{}{p}", "builtin:").into())
+    .collect();
+    policy::load_paths(&packs).expect("shipped packs load")
+});
+
+fn decide(
+    policy: &Policy,
+    server: adapter::Server,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> policy::Decision {
+    let op = adapter::classify(server, method, path, body);
+    policy.evaluate(&Facts {
+        target: "fuzz",
+        server,
+        method,
+        path,
+        operation: &op,
+        body,
+        default: Action::Deny,
+        workload: None,
+    })
+}
+
+#[test]
+fn classify() {
+    let methods: HashSet<&str> = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"].into();
+    let first: HashSet<&str> = input::FIRST_SEGMENTS.iter().copied().collect();
+    fuzz(
+        "classify",
+        (
+            input::server(),
+            input::method(),
+            input::path(),
+            option::of(input::json_value()),
+        ),
+        |(server, method, path, body)| {
+            let body = body.as_ref();
+            let first_segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
+            // Every server family and the common methods on each input: a path hits a real
+            // route far more often than a random (server, method) pair would let it.
+            for server in std::iter::once(server).chain(input::SERVERS.iter().copied()) {
+                for method in [method.as_str(), "GET", "POST", "DELETE"] {
+                    let op = adapter::classify(server, method, &path, body);
+                    let again = adapter::classify(server, method, &path, body);
+                    prop_assert_eq!(&op, &again, "classify is not deterministic");
+                    if op.route == "unknown" {
+                        prop_assert!(
+                            op.class == OpClass::Unknown && op.model.is_none() && !op.streaming
+                        );
+                    } else {
+                        prop_assert!(!op.route.is_empty());
+                    }
+                    if !methods.contains(method) || !first.contains(first_segment) {
+                        prop_assert_eq!(op.route, "unknown", "a path in no table was classified");
+                    }
+                    let d = decide(&SHIPPED, server, method, &path, body);
+                    prop_assert_eq!(&d, &decide(&SHIPPED, server, method, &path, body));
+                    if op.route == "unknown" {
+                        prop_assert_eq!(d.action(), Action::Deny, "an unknown route was allowed");
+                    }
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Request bodies as the agent reads them (serde_json), then classified and decided.
+#[test]
+fn json_body() {
+    fuzz(
+        "json_body",
+        (
+            input::server(),
+            prop::sample::select(input::ROUTE_TEMPLATES),
+            input::json_text(),
+        ),
+        |(server, path, text)| {
+            let Ok(body) = serde_json::from_slice::<Value>(text.as_bytes()) else {
+                return Ok(());
+            };
+            let op = adapter::classify(server, "POST", path, Some(&body));
+            // Classification depends on the value only: the same value written again, as a
+            // client or a re-encoding proxy might, classifies the same.
+            let reparsed: Value = serde_json::from_str(&body.to_string())
+                .map_err(|e| TestCaseError::fail(format!("re-encoded body does not parse: {e}")))?;
+            prop_assert_eq!(
+                &op,
+                &adapter::classify(server, "POST", path, Some(&reparsed))
+            );
+            let d = decide(&SHIPPED, server, "POST", path, Some(&body));
+            prop_assert_eq!(&d, &decide(&SHIPPED, server, "POST", path, Some(&reparsed)));
+            Ok(())
+        },
+    );
+}
+
+/// A YAML loader's error: where it promises a location, one inside the text.
+fn check_location(
+    text: &str,
+    origin: &str,
+    err: &dyn std::fmt::Display,
+    loc: Option<(usize, usize)>,
+) -> Result<(), TestCaseError> {
+    let msg = err.to_string();
+    if let Some((line, column)) = loc {
+        // Lines as YAML counts them: a lone CR, NEL, LS and PS break lines too.
+        let lines = text
+            .replace("\r\n", "\n")
+            .split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
+            .count();
+        prop_assert!(
+            line >= 1 && column >= 1 && line <= lines + 1,
+            "syntax error without a usable location ({line}:{column}, text has {lines} lines): {msg}"
+        );
+        let prefix = format!("{origin}:{line}:{column}: ");
+        prop_assert!(
+            msg.starts_with(&prefix),
+            "error does not start with {prefix:?}: {msg}"
+        );
+    }
+    prop_assert!(!msg.is_empty());
+    Ok(())
+}
+
+#[test]
+fn policy_pack() {
+    let origin = Path::new("fuzz/pack.yaml");
+    fuzz("policy_pack", input::pack_text(), |text| {
+        let result = policy::parse_pack(&text, origin);
+        let again = policy::parse_pack(&text, origin);
+        match (&result, &again) {
+            (Ok(p), Ok(q)) => prop_assert_eq!(p.rule_count(), q.rule_count()),
+            (Err(e), Err(f)) => prop_assert_eq!(e.to_string(), f.to_string()),
+            _ => prop_assert!(false, "policy loading is not deterministic"),
+        }
+        match result {
+            Err(e) => {
+                let loc = match &e {
+                    policy::Error::Syntax { line, column, .. } => Some((*line, *column)),
+                    _ => None,
+                };
+                check_location(&text, "fuzz/pack.yaml", &e, loc)?;
+            }
+            // Whatever patterns and body matchers a pack compiled, deciding never panics.
+            Ok(p) => {
+                let body: Value =
+                    serde_json::json!({"model": "x:cloud", "keep_alive": 0, "messages": []});
+                for server in input::SERVERS {
+                    decide(&p, *server, "POST", "/api/chat", Some(&body));
+                    decide(&p, *server, "GET", "/v1/models/x%3Acloud", None);
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn config() {
+    fuzz("config", input::config_text(), |text| {
+        let result = Config::parse(&text, "fuzz.yaml");
+        let again = Config::parse(&text, "fuzz.yaml");
+        prop_assert_eq!(
+            result
+                .as_ref()
+                .map(|c| c.targets.len())
+                .map_err(ToString::to_string),
+            again
+                .as_ref()
+                .map(|c| c.targets.len())
+                .map_err(ToString::to_string),
+            "config loading is not deterministic"
+        );
+        if let Err(e) = &result {
+            let loc = match e {
+                config::Error::Syntax { line, column, .. } => Some((*line, *column)),
+                _ => None,
+            };
+            check_location(&text, "fuzz.yaml", e, loc)?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn policy_case() {
+    let origin = Path::new("fuzz/cases/case.yaml");
+    let known: HashSet<String> = SHIPPED.rules.iter().map(|r| r.id.clone()).collect();
+    fuzz("policy_case", input::case_text(), |text| {
+        if let Err(e) = policy::cases::parse_case(&text, origin, Some(&known)) {
+            let loc = match &e {
+                policy::Error::Syntax { line, column, .. } => Some((*line, *column)),
+                _ => None,
+            };
+            check_location(&text, "fuzz/cases/case.yaml", &e, loc)?;
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,90 @@
+//! `sluice policy check` as a user runs it: the real binary (cargo builds it for this test),
+//! no root needed. Broken case files beside a pack fail the check like a broken pack does.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+struct TempPack(PathBuf);
+
+impl TempPack {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sluice-check-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cases")).expect("temp pack dir");
+        std::fs::write(
+            dir.join("pack.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: checked}\nspec:\n  rules:\n    - id: allow-tags\n      action: allow\n      match: {servers: [ollama], routes: [ollama.tags]}\n",
+        )
+        .expect("write pack");
+        TempPack(dir)
+    }
+
+    fn case(&self, name: &str, text: &str) {
+        std::fs::write(self.0.join("cases").join(name), text).expect("write case");
+    }
+}
+
+impl Drop for TempPack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn check(path: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["policy", "check"])
+        .arg(path)
+        .output()
+        .expect("run sluice");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = "description: listing is allowed\nserver: ollama\nrequest: {method: GET, path: /api/tags}\nexpect:\n  decision: allow\n  rules: [allow-tags]\n";
+
+#[test]
+fn policy_check_validates_the_case_files_beside_the_packs() {
+    let pack = TempPack::new("cases");
+    pack.case("good.yaml", GOOD);
+    let (code, out, err) = check(&pack.0);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("1 rule(s)") && out.contains("1 case file(s)"),
+        "{out}"
+    );
+
+    pack.case(
+        "typo.yaml",
+        "description: x\nrequest: {method: GET, path: /api/tags}\nexpect:\n  decision: allow\n  rules: [allow-tag]\n",
+    );
+    pack.case(
+        "syntax.yaml",
+        "description: x\nrequest: {method: GET, path: /api/tags\nexpect: {decision: allow}\n",
+    );
+    let (code, out, err) = check(&pack.0);
+    assert_eq!(code, Some(2), "stdout: {out}\nstderr: {err}");
+    let typo = pack.0.join("cases/typo.yaml");
+    assert!(
+        err.contains(&format!(
+            "{}:5:11: expect.rules[0]: unknown rule id \"allow-tag\"",
+            typo.display()
+        )),
+        "{err}"
+    );
+    let syntax = pack.0.join("cases/syntax.yaml");
+    assert!(err.contains(&format!("{}:3:", syntax.display())), "{err}");
+    assert!(err.contains("2 of 3 case file(s) broken"), "{err}");
+    assert!(!out.contains("ok:"), "{out}");
+}
+
+#[test]
+fn policy_check_passes_the_shipped_packs_and_their_cases() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let (code, out, err) = check(&root);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.starts_with("ok: "), "{out}");
+}
