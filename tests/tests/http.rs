@@ -1,6 +1,6 @@
 //! End-to-end HTTP-aware interception with policy: real clients (the OpenAI Python SDK,
 //! curl, raw sockets) inside a test cgroup, the real agent, a real OpenAI/Ollama-compatible
-//! server with real SSE/NDJSON streaming. Needs root; SLUICE_E2E_SKIP=1 skips loudly.
+//! server with real SSE/NDJSON streaming. Needs root: `#[ignore]`d, run by `cargo xtask test` as root.
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,

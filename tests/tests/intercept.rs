@@ -1,6 +1,6 @@
 //! End-to-end interception: real eBPF programs attached to real child cgroups, the real
 //! agent binary, unmodified clients (curl, Python) and real servers, all on loopback.
-//! See tests/README.md. Needs root; SLUICE_E2E_SKIP=1 skips loudly.
+//! See tests/README.md. Needs root: `#[ignore]`d, run by `cargo xtask test` as root.
 use std::{
     net::SocketAddr,
     process::Stdio,

@@ -1,7 +1,7 @@
 //! End-to-end: what a workload controls cannot forge agent log lines. A real process renames
 //! itself (prctl(PR_SET_NAME), the kernel's comm that the eBPF hook records) to
 //! `a\nINFO forged` and sends a hostile model name, through an agent logging in the text
-//! format. Needs root; SLUICE_E2E_SKIP=1 skips loudly.
+//! format. Needs root: `#[ignore]`d, run by `cargo xtask test` as root.
 use std::{
     thread,
     time::{Duration, Instant},
