@@ -252,6 +252,17 @@ impl Config {
         if self.targets.is_empty() {
             return Err("targets: at least one target is required".into());
         }
+        if self.max_buffered_body_bytes < self.max_request_body_bytes {
+            // A body within its own limit could then never fit the shared budget: it would
+            // get 503 forever instead of a clear answer.
+            return Err(format!(
+                "max_buffered_body_bytes: {} is smaller than max_request_body_bytes ({}); one largest body must fit the shared budget",
+                self.max_buffered_body_bytes, self.max_request_body_bytes
+            ));
+        }
+        if self.max_h2_streams == 0 {
+            return Err("max_h2_streams: must be at least 1".into());
+        }
         let entries = endpoint::static_entry_count(self.targets.iter().map(|t| &t.matches));
         if entries > agent_common::MAX_TARGETS as usize {
             return Err(format!(

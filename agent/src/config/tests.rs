@@ -193,3 +193,13 @@ fn the_target_map_capacity_counts_entries_not_targets() {
         2
     );
 }
+
+#[test]
+fn the_body_budget_must_hold_one_largest_body() {
+    let err = Config::parse(
+        "listen: 127.0.0.1:15001\nmax_request_body_bytes: 2000\nmax_buffered_body_bytes: 1000\ntargets:\n  - name: a\n    match: 127.0.0.5:8000\n",
+        "t.yaml",
+    )
+    .expect_err("budget smaller than one body");
+    assert!(err.to_string().contains("max_buffered_body_bytes"), "{err}");
+}
