@@ -78,7 +78,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ),
         recorder,
         connections: connections.clone(),
-        body_budget: limits::BodyBudget::new(cfg.max_buffered_body_bytes),
+        body_budget: limits::BodyBudget::new(
+            cfg.max_buffered_body_bytes,
+            cfg.max_buffered_body_bytes_per_cgroup,
+            cfg.max_request_body_bytes,
+        ),
         timeouts: crate::http::Timeouts {
             header: cfg.header_timeout,
             body: cfg.body_timeout,

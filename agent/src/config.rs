@@ -110,6 +110,10 @@ pub struct Config {
     /// `Retry-After` in the server's dialect.
     #[serde(default = "default_body_budget")]
     pub max_buffered_body_bytes: usize,
+    /// The part of that budget one cgroup may hold; 0 = a quarter of it, and never less
+    /// than one largest body.
+    #[serde(default)]
+    pub max_buffered_body_bytes_per_cgroup: usize,
     /// From accept to the end of the first request head (and, for HTTP/1.1, from the end of
     /// one response to the end of the next head).
     #[serde(
@@ -258,6 +262,14 @@ impl Config {
             return Err(format!(
                 "max_buffered_body_bytes: {} is smaller than max_request_body_bytes ({}); one largest body must fit the shared budget",
                 self.max_buffered_body_bytes, self.max_request_body_bytes
+            ));
+        }
+        if self.max_buffered_body_bytes_per_cgroup != 0
+            && self.max_buffered_body_bytes_per_cgroup < self.max_request_body_bytes
+        {
+            return Err(format!(
+                "max_buffered_body_bytes_per_cgroup: {} is smaller than max_request_body_bytes ({}); one largest body must fit a cgroup's share",
+                self.max_buffered_body_bytes_per_cgroup, self.max_request_body_bytes
             ));
         }
         if self.max_h2_streams == 0 {

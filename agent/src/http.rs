@@ -116,6 +116,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: Can
     });
     let shutdown = ctx.shutdown.clone();
     let (max_header, max_streams) = (ctx.max_header, ctx.max_h2_streams);
+    let (recorder, rec_conn) = (ctx.recorder.clone(), conn.clone());
     let svc = {
         let activity = activity.clone();
         service_fn(move |req: hyper::Request<Incoming>| {
@@ -133,7 +134,8 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: Can
                 .max_buf_size(max_header.max(8192))
                 .keep_alive(true)
                 .serve_connection(io, svc);
-            drive(c, shutdown, force, &activity, timeouts.idle).await;
+            let ended = drive(c, shutdown, force, &activity, timeouts.idle).await;
+            record_malformed(&recorder, &rec_conn, ended).await;
         }
         Proto::H2 => {
             let c = http2::Builder::new(TokioExecutor::new())
@@ -143,9 +145,32 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: Can
                 .keep_alive_interval(Some(timeouts.idle.min(Duration::from_secs(30))))
                 .keep_alive_timeout(timeouts.header)
                 .serve_connection(io, svc);
-            drive(c, shutdown, force, &activity, timeouts.idle).await;
+            let ended = drive(c, shutdown, force, &activity, timeouts.idle).await;
+            record_malformed(&recorder, &rec_conn, ended).await;
         }
     }
+}
+
+/// A request head hyper refused itself (it answers 400 or 431 and closes) never reaches the
+/// pipeline: it still gets its one record, so the audit trail shows the attempt.
+async fn record_malformed(
+    recorder: &crate::record::Recorder,
+    conn: &Conn,
+    ended: Option<hyper::Error>,
+) {
+    let Some(e) = ended else { return };
+    let status = if e.is_parse_too_large() {
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    } else if e.is_parse() {
+        http::StatusCode::BAD_REQUEST
+    } else {
+        return;
+    };
+    let mut g = recorder
+        .start(&conn.target.name, &conn.workload, "-", "-")
+        .await;
+    g.set_status(status);
+    g.finish(crate::record::Outcome::Malformed(e.to_string()));
 }
 
 /// Peeks until the bytes are (or cannot be) the HTTP/2 preface. Peeking leaves them for
@@ -197,14 +222,14 @@ where
 }
 
 /// Runs a connection until it ends, closing it gracefully on shutdown or when idle, and
-/// cutting it when the drain deadline fires.
+/// cutting it when the drain deadline fires. Returns the error it ended with, if any.
 async fn drive<C: Graceful>(
     conn: C,
     shutdown: CancellationToken,
     force: CancellationToken,
     activity: &Activity,
     idle: Duration,
-) {
+) -> Option<hyper::Error> {
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -215,18 +240,16 @@ async fn drive<C: Graceful>(
             .unwrap_or_else(|| Instant::now() + idle);
         tokio::select! {
             r = conn.as_mut() => {
-                if let Err(e) = r {
-                    // Malformed requests get their 4xx from hyper; this only records why
-                    // the connection ended.
-                    tracing::debug!(error = %e, "http connection ended");
-                }
-                return;
+                let Err(e) = r else { return None };
+                // Malformed requests get their 4xx from hyper; the caller records them.
+                tracing::debug!(error = %e, "http connection ended");
+                return Some(e);
             }
             () = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful();
             }
-            () = force.cancelled() => return,
+            () = force.cancelled() => return None,
             () = tokio::time::sleep_until(wake), if !closing => {
                 if activity.idle_deadline(idle).is_some_and(|d| d <= Instant::now()) {
                     tracing::debug!("closing an idle http connection");

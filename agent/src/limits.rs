@@ -154,40 +154,65 @@ impl Drop for ConnectionSlot {
 
 /// Memory for request bodies being buffered (Sluice reads a body whole to find the model in
 /// it). Bytes are charged as they arrive, or up front when the length is declared, and given
-/// back when the request's context lets go of the body.
+/// back when the request's context lets go of the body. One cgroup may hold only its share,
+/// so a workload that stalls large uploads cannot take the budget from the others.
 pub struct BodyBudget {
     bytes: Arc<Semaphore>,
     total: usize,
+    per_cgroup: usize,
+    held: Mutex<HashMap<u64, usize>>,
 }
 
 /// Bytes held against the budget; returned on drop.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct BodyCharge {
     permit: Option<OwnedSemaphorePermit>,
     held: usize,
+    cgroup: Option<(Arc<BodyBudget>, u64)>,
+}
+
+impl std::fmt::Debug for BodyCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyCharge")
+            .field("held", &self.held)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("request bodies already hold the {total} bytes Sluice buffers at once")]
-pub struct OverBudget {
-    pub total: usize,
+pub enum OverBudget {
+    #[error("request bodies already hold the {total} bytes Sluice buffers at once")]
+    Global { total: usize },
+    #[error("this workload's request bodies already hold its share of {share} bytes")]
+    Cgroup { share: usize },
 }
 
 impl BodyBudget {
-    pub fn new(total: usize) -> Arc<Self> {
+    /// `per_cgroup` 0 means a quarter of the total, but never less than one largest body
+    /// (`max_body`).
+    pub fn new(total: usize, per_cgroup: usize, max_body: usize) -> Arc<Self> {
         // The semaphore counts in units of one byte; its ceiling is far above any budget.
         let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        let per_cgroup = if per_cgroup == 0 {
+            (total / 4).max(max_body)
+        } else {
+            per_cgroup
+        }
+        .min(total);
         Arc::new(BodyBudget {
             bytes: Arc::new(Semaphore::new(total)),
             total,
+            per_cgroup,
+            held: Mutex::new(HashMap::new()),
         })
     }
 
-    /// An empty charge, grown as bytes arrive.
-    pub fn charge(&self) -> BodyCharge {
+    /// An empty charge for a request from `cgroup`, grown as bytes arrive.
+    pub fn charge(self: &Arc<Self>, cgroup: u64) -> BodyCharge {
         BodyCharge {
             permit: None,
             held: 0,
+            cgroup: Some((self.clone(), cgroup)),
         }
     }
 
@@ -196,15 +221,28 @@ impl BodyBudget {
         if len <= charge.held {
             return Ok(());
         }
-        let more =
-            u32::try_from(len - charge.held).map_err(|_| OverBudget { total: self.total })?;
+        let more = len - charge.held;
+        let global = OverBudget::Global { total: self.total };
+        let cgroup = charge.cgroup.as_ref().map(|(_, c)| *c);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cgroup
+            && held.get(&c).copied().unwrap_or(0) + more > self.per_cgroup
+        {
+            return Err(OverBudget::Cgroup {
+                share: self.per_cgroup,
+            });
+        }
+        let n = u32::try_from(more).map_err(|_| global)?;
         let p = self
             .bytes
             .clone()
-            .try_acquire_many_owned(more)
-            .map_err(|_| OverBudget { total: self.total })?;
+            .try_acquire_many_owned(n)
+            .map_err(|_| global)?;
+        if let Some(c) = cgroup {
+            *held.entry(c).or_insert(0) += more;
+        }
         match charge.permit.as_mut() {
-            Some(held) => held.merge(p),
+            Some(h) => h.merge(p),
             None => charge.permit = Some(p),
         }
         charge.held = len;
@@ -214,11 +252,29 @@ impl BodyBudget {
     pub fn available(&self) -> usize {
         self.bytes.available_permits()
     }
+
+    pub fn per_cgroup(&self) -> usize {
+        self.per_cgroup
+    }
 }
 
 impl BodyCharge {
     pub fn held(&self) -> usize {
         self.held
+    }
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        if let Some((budget, cgroup)) = self.cgroup.take() {
+            let mut held = budget.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = held.get_mut(&cgroup) {
+                *n = n.saturating_sub(self.held);
+                if *n == 0 {
+                    held.remove(&cgroup);
+                }
+            }
+        }
     }
 }
 
@@ -265,17 +321,41 @@ mod tests {
 
     #[test]
     fn body_budget_is_charged_and_given_back() {
-        let budget = BodyBudget::new(100);
-        let mut a = budget.charge();
+        let budget = BodyBudget::new(100, 100, 10);
+        let mut a = budget.charge(1);
         budget.grow(&mut a, 60).expect("fits");
         budget.grow(&mut a, 50).expect("shrinking asks nothing");
         assert_eq!((a.held(), budget.available()), (60, 40));
-        let mut b = budget.charge();
-        assert_eq!(budget.grow(&mut b, 41), Err(OverBudget { total: 100 }));
+        let mut b = budget.charge(2);
+        assert_eq!(
+            budget.grow(&mut b, 41),
+            Err(OverBudget::Global { total: 100 })
+        );
         budget.grow(&mut b, 40).expect("fits exactly");
         drop(a);
         assert_eq!(budget.available(), 60);
         drop(b);
         assert_eq!(budget.available(), 100);
+    }
+
+    #[test]
+    fn one_cgroup_cannot_take_the_whole_body_budget() {
+        let budget = BodyBudget::new(100, 0, 20);
+        assert_eq!(budget.per_cgroup(), 25);
+        let mut a1 = budget.charge(7);
+        let mut a2 = budget.charge(7);
+        budget.grow(&mut a1, 20).expect("fits the share");
+        assert_eq!(
+            budget.grow(&mut a2, 10),
+            Err(OverBudget::Cgroup { share: 25 })
+        );
+        let mut b = budget.charge(8);
+        budget
+            .grow(&mut b, 25)
+            .expect("another cgroup still has its share");
+        drop(a1);
+        budget.grow(&mut a2, 10).expect("the share came back");
+        // The share is never smaller than one largest body.
+        assert_eq!(BodyBudget::new(100, 0, 60).per_cgroup(), 60);
     }
 }

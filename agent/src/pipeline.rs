@@ -48,7 +48,7 @@ pub async fn handle(
     req: http::Request<Incoming>,
     in_flight: InFlight,
 ) -> Response<Body> {
-    let mut rq = Request::start(ctx, conn, req, in_flight);
+    let mut rq = Request::start(ctx, conn, req, in_flight).await;
     let (response, chain) = match stages(ctx, &mut rq).await {
         Ok(ok) => ok,
         Err(refusal) => (

@@ -5,6 +5,11 @@
 //! upstream, or the agent's drain cut it). Finished records go through a bounded channel to
 //! one writer task (`writer.rs`).
 //!
+//! A request reserves its record's place in that channel before its first stage runs, so a
+//! finished record is never dropped: when the writer falls behind, new requests wait for a
+//! place instead (a flood slows the flooder; it cannot push other requests out of the audit
+//! trail). The queue therefore also bounds the requests in flight.
+//!
 //! A record holds what policy saw and decided, never credentials or bodies.
 use std::{
     fmt,
@@ -25,8 +30,8 @@ mod writer;
 
 pub use writer::run as writer;
 
-/// Records waiting for the writer; past this the newest are dropped and counted.
-pub const QUEUE: usize = 4096;
+/// Places in the writer's queue: requests in flight plus finished records not yet written.
+pub const QUEUE: usize = 16_384;
 
 /// Where a request was when it ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +59,8 @@ pub enum Outcome {
     Ended(String),
     /// The agent's drain deadline cut the request.
     Drained(Phase),
+    /// hyper refused the request head itself (400/431) before any stage saw it.
+    Malformed(String),
 }
 
 impl fmt::Display for Outcome {
@@ -67,6 +74,7 @@ impl fmt::Display for Outcome {
             Outcome::UpstreamError => f.write_str("upstream error"),
             Outcome::Ended(why) => write!(f, "ended by sluice: {why}"),
             Outcome::Drained(_) => f.write_str("cut by drain"),
+            Outcome::Malformed(why) => write!(f, "malformed: {why}"),
         }
     }
 }
@@ -133,9 +141,20 @@ impl Recorder {
         )
     }
 
-    /// Starts the record of a request that has just arrived.
-    pub fn start(&self, target: &str, workload: &Workload, method: &str, path: &str) -> Guard {
+    /// Starts the record of a request that has just arrived, once the queue has a place for
+    /// it (see the module docs).
+    pub async fn start(
+        &self,
+        target: &str,
+        workload: &Workload,
+        method: &str,
+        path: &str,
+    ) -> Guard {
+        // Closed only when the writer is gone (agent stopping): the record is then counted
+        // as dropped when it finishes.
+        let slot = self.tx.clone().reserve_owned().await.ok();
         Guard {
+            slot,
             started: Instant::now(),
             headers_at: None,
             phase: Phase::Upload,
@@ -160,12 +179,13 @@ impl Recorder {
         }
     }
 
-    fn submit(&self, record: Record) {
+    fn submit(&self, slot: Option<mpsc::OwnedPermit<Record>>, record: Record) {
         self.table.count_request(record.action());
-        if self.tx.try_send(record).is_err() {
-            // The writer is behind by QUEUE records (or gone at shutdown): say so rather than
-            // wait on a runtime worker.
-            self.table.count_record_dropped();
+        match slot {
+            Some(slot) => {
+                slot.send(record);
+            }
+            None => self.table.count_record_dropped(),
         }
     }
 }
@@ -173,6 +193,8 @@ impl Recorder {
 /// The open record of one request. Finished exactly once: by `finish`, or on drop.
 pub struct Guard {
     recorder: Recorder,
+    /// This record's place in the writer's queue.
+    slot: Option<mpsc::OwnedPermit<Record>>,
     record: Option<Record>,
     started: Instant,
     headers_at: Option<Instant>,
@@ -222,7 +244,7 @@ impl Guard {
             .headers_at
             .map(|h| (h - self.started).as_millis() as u64);
         r.duration_ms = self.started.elapsed().as_millis() as u64;
-        self.recorder.submit(r);
+        self.recorder.submit(self.slot.take(), r);
     }
 
     pub fn is_finished(&self) -> bool {
@@ -262,10 +284,10 @@ mod tests {
         (r, rx, table, stop)
     }
 
-    #[test]
-    fn a_guard_is_finished_exactly_once() {
+    #[tokio::test]
+    async fn a_guard_is_finished_exactly_once() {
         let (rec, mut rx, table, _) = recorder();
-        let mut g = rec.start("t", &workload(), "POST", "/api/chat");
+        let mut g = rec.start("t", &workload(), "POST", "/api/chat").await;
         g.set_status(StatusCode::OK);
         g.add_bytes(10);
         g.finish(Outcome::Complete);
@@ -281,12 +303,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn dropping_an_open_guard_records_where_the_client_left() {
+    #[tokio::test]
+    async fn dropping_an_open_guard_records_where_the_client_left() {
         let (rec, mut rx, table, _) = recorder();
-        let g = rec.start("t", &workload(), "POST", "/v1/chat/completions");
+        let g = rec
+            .start("t", &workload(), "POST", "/v1/chat/completions")
+            .await;
         drop(g);
-        let mut g = rec.start("t", &workload(), "POST", "/v1/chat/completions");
+        let mut g = rec
+            .start("t", &workload(), "POST", "/v1/chat/completions")
+            .await;
         g.set_decision(&Decision::Deny(Denial {
             rule: Some("r".into()),
             reason: "x".into(),
@@ -305,10 +331,10 @@ mod tests {
         assert_eq!(table.cancelled(), 1);
     }
 
-    #[test]
-    fn drain_is_told_apart_from_a_client_leaving() {
+    #[tokio::test]
+    async fn drain_is_told_apart_from_a_client_leaving() {
         let (rec, mut rx, _, stop) = recorder();
-        let mut g = rec.start("t", &workload(), "GET", "/");
+        let mut g = rec.start("t", &workload(), "GET", "/").await;
         g.set_status(StatusCode::OK);
         stop.cancel();
         drop(g);
@@ -317,13 +343,35 @@ mod tests {
         assert_eq!(r.outcome.to_string(), "cut by drain");
     }
 
-    #[test]
-    fn a_full_queue_drops_and_counts_instead_of_waiting() {
-        let (rec, _rx, table, _) = recorder();
-        for _ in 0..QUEUE + 3 {
-            rec.start("t", &workload(), "GET", "/")
-                .finish(Outcome::Complete);
+    #[tokio::test]
+    async fn a_full_queue_makes_new_requests_wait_and_loses_no_record() {
+        let (rec, mut rx, table, _) = recorder();
+        let mut open = Vec::new();
+        for _ in 0..QUEUE {
+            open.push(rec.start("t", &workload(), "GET", "/").await);
         }
-        assert_eq!(table.records_dropped(), 3);
+        // Every place is taken: the next request waits for one.
+        let w = workload();
+        let waiting = rec.start("t", &w, "GET", "/next");
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), waiting.as_mut())
+                .await
+                .is_err(),
+            "a request started without a place for its record"
+        );
+        for mut g in open {
+            g.finish(Outcome::Complete);
+        }
+        // The writer takes one record: a place frees up and the waiting request starts.
+        assert!(rx.recv().await.is_some());
+        let mut g = waiting.await;
+        g.finish(Outcome::Complete);
+        let mut n = 1;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, QUEUE + 1, "every record reached the writer");
+        assert_eq!(table.records_dropped(), 0);
     }
 }

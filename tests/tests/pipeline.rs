@@ -193,6 +193,47 @@ fn requests_abandoned_while_uploading_or_waiting_for_the_upstream_are_recorded_o
 
 #[test]
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn request_heads_hyper_refuses_are_recorded_too() {
+    require_root();
+    let Setup {
+        agent,
+        cg,
+        vip,
+        server,
+    } = setup("malformed", "max_header_bytes: 16384\n");
+    for bytes in [
+        "BLAH BLAH\r\n\r\n".to_string(),
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_string(),
+        format!("GET /v1/models HTTP/1.1\r\nHost: m\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000)),
+    ] {
+        let r = raw(&cg.dir, &vip, json!([["send", bytes], ["read", 3]]));
+        assert!(r["reads"][0].as_str().unwrap_or_default().starts_with("HTTP/1.1 4"), "{r}");
+    }
+    let recs = wait_log_events(&agent, "request", 3);
+    let statuses: Vec<u64> = recs.iter().filter_map(|r| r["status"].as_u64()).collect();
+    assert_eq!(statuses, vec![400, 400, 431], "{recs:?}");
+    for r in &recs {
+        assert_eq!(r["decision"], "refuse", "{r}");
+        assert!(
+            r["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("malformed")),
+            "{r}"
+        );
+        assert_eq!(r["comm"], "python3", "{r}");
+    }
+    assert!(
+        server
+            .seen
+            .requests
+            .lock()
+            .map(|r| r.is_empty())
+            .unwrap_or(false)
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn silent_slow_and_idle_clients_are_closed_by_the_timeouts() {
     require_root();
     let Setup {

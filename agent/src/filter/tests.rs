@@ -34,17 +34,19 @@ fn data(s: &'static str) -> Result<Frame<Bytes>, BodyError> {
     Ok(Frame::data(Bytes::from_static(s.as_bytes())))
 }
 
-fn body(
+async fn body(
     frames: Vec<Result<Frame<Bytes>, BodyError>>,
     chain: Chain,
 ) -> (ResponseBody, mpsc::Receiver<Record>) {
     let (rec, rx) = Recorder::new(Arc::new(Table::default()), CancellationToken::new());
-    let mut g = rec.start(
-        "t",
-        &Workload::described(0, 0, "c".into(), None),
-        "POST",
-        "/v1/chat/completions",
-    );
+    let mut g = rec
+        .start(
+            "t",
+            &Workload::described(0, 0, "c".into(), None),
+            "POST",
+            "/v1/chat/completions",
+        )
+        .await;
     g.set_status(StatusCode::OK);
     let inner = Frames(frames.into()).boxed();
     (
@@ -82,7 +84,7 @@ fn sse_chain(max: u64) -> Chain {
 
 #[tokio::test]
 async fn without_filters_frames_pass_unchanged_and_the_record_is_complete() {
-    let (b, mut rx) = body(vec![data("a"), data("bc")], Chain::default());
+    let (b, mut rx) = body(vec![data("a"), data("bc")], Chain::default()).await;
     let (out, _, err) = drain(b).await;
     assert_eq!((out.concat(), err), (b"abc".to_vec(), None));
     let r = rx.try_recv().expect("record");
@@ -98,7 +100,8 @@ async fn an_over_long_stream_ends_with_an_error_event() {
             data("data: [DONE]\n\n"),
         ],
         sse_chain(20),
-    );
+    )
+    .await;
     let (out, _, err) = drain(b).await;
     assert_eq!(
         out.len(),
@@ -122,7 +125,7 @@ async fn a_plain_body_over_the_limit_fails_instead_of_ending_cleanly() {
         max_response_bytes: Some(3),
     }
     .chain(Server::Openai, Framing::Json);
-    let (b, mut rx) = body(vec![data("ab"), data("cdef")], chain);
+    let (b, mut rx) = body(vec![data("ab"), data("cdef")], chain).await;
     let (out, _, err) = drain(b).await;
     assert_eq!(out, vec![Bytes::from_static(b"ab")]);
     assert!(err.is_some_and(|e| e.contains("max_response_bytes")));
@@ -137,7 +140,8 @@ async fn an_upstream_error_is_passed_on_and_recorded() {
     let (b, mut rx) = body(
         vec![data("x"), Err(BodyError::Sluice("boom".into()))],
         Chain::default(),
-    );
+    )
+    .await;
     let (_, _, err) = drain(b).await;
     assert!(err.is_some());
     assert_eq!(
@@ -148,7 +152,7 @@ async fn an_upstream_error_is_passed_on_and_recorded() {
 
 #[tokio::test]
 async fn a_body_dropped_mid_stream_is_recorded_as_cut() {
-    let (mut b, mut rx) = body(vec![data("a"), data("b")], sse_chain(100));
+    let (mut b, mut rx) = body(vec![data("a"), data("b")], sse_chain(100)).await;
     let first = b.frame().await;
     assert!(first.is_some());
     drop(b);
@@ -182,7 +186,8 @@ async fn held_bytes_are_flushed_before_trailers() {
             Ok(Frame::trailers(HeaderMap::new())),
         ],
         chain,
-    );
+    )
+    .await;
     let (out, trailers, err) = drain(b).await;
     assert_eq!(
         (out, trailers, err),
@@ -193,7 +198,7 @@ async fn held_bytes_are_flushed_before_trailers() {
 
 #[tokio::test]
 async fn an_empty_body_that_is_never_polled_is_complete() {
-    let (b, mut rx) = body(Vec::new(), Chain::default());
+    let (b, mut rx) = body(Vec::new(), Chain::default()).await;
     assert!(b.is_end_stream());
     drop(b);
     assert_eq!(rx.try_recv().expect("record").outcome, Outcome::Complete);

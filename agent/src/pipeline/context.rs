@@ -71,20 +71,23 @@ pub struct Request {
 }
 
 impl Request {
-    /// Opens the request: its record starts now.
-    pub fn start(
+    /// Opens the request: its record starts now (once the writer's queue has a place).
+    pub async fn start(
         ctx: &Ctx,
         conn: &Arc<Conn>,
         req: http::Request<Incoming>,
         in_flight: InFlight,
     ) -> Self {
         let (parts, body) = req.into_parts();
-        let record = ctx.recorder.start(
-            &conn.target.name,
-            &conn.workload,
-            parts.method.as_str(),
-            parts.uri.path(),
-        );
+        let record = ctx
+            .recorder
+            .start(
+                &conn.target.name,
+                &conn.workload,
+                parts.method.as_str(),
+                parts.uri.path(),
+            )
+            .await;
         // Only a server that speaks gRPC gets gRPC-shaped refusals and an unread body; gRPC
         // to any other is refused by admit, in that server's own shape.
         let grpc = super::decode::is_grpc_content_type(&parts.headers)

@@ -33,7 +33,7 @@ pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n <= max);
-    let mut charge = ctx.body_budget.charge();
+    let mut charge = ctx.body_budget.charge(rq.conn.workload.cgroup_id);
     let busy = |e: crate::limits::OverBudget| {
         Refusal::busy(
             "sluice_busy",

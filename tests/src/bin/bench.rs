@@ -525,12 +525,15 @@ fn filter_cost(n: usize) {
             std::sync::Arc::new(sluice::admin::Table::default()),
             Default::default(),
         );
-        let guard = rec.start(
-            "bench",
-            &sluice::workload::Workload::described(0, 0, "bench".into(), None),
-            "POST",
-            "/v1/chat/completions",
-        );
+        let guard = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(rec.start(
+                "bench",
+                &sluice::workload::Workload::described(0, 0, "bench".into(), None),
+                "POST",
+                "/v1/chat/completions",
+            ));
         let chunk = bytes::Bytes::from_static(
             b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
         );
