@@ -780,7 +780,7 @@ fn an_upstream_that_switches_protocols_unasked_opens_no_tunnel() {
 }
 
 #[test]
-#[ignore = "GAP: an upstream's unsolicited 101 Switching Protocols (Sluice strips Upgrade, so it never asked) is passed to the client as the response to its chat; the client's connection is then dead and its pipelined next request gets no answer. Fix: pipeline.rs `response()` should refuse any 1xx head from the upstream with a 502 in the server's dialect"]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn an_upstream_101_is_a_bad_gateway() {
     require_root();
     let (addr, _) = fixed_upstream(
@@ -797,7 +797,17 @@ fn an_upstream_101_is_a_bad_gateway() {
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn broken_upstream_responses_end_in_a_gateway_error_not_a_hang() {
     require_root();
-    let cases: [(&str, &'static [u8]); 3] = [
+    let huge: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\n{}Content-Length: 5\r\n\r\nhello",
+            "X-Big: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"
+                .repeat(20_000)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    let cases: [(&str, &'static [u8]); 4] = [
+        ("1.4 MB of response headers", huge),
         (
             "invalid chunk size",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
@@ -1031,7 +1041,7 @@ fn hostile_http2_frames_reach_nothing_and_leave_the_agent_serving() {
 }
 
 #[test]
-#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+#[ignore = "GAP: records are dropped under a flood: 8 connections x 1500 pipelined refused requests from one workload lost 5470 of 12000 `request` records (records_dropped counts them). Recorder::submit (record.rs) uses try_send on the QUEUE=4096 channel and drops when the writer is behind, so a workload can hide its requests from the audit trail by flooding. Fix: reserve the record's slot when the request starts (Sender::reserve_owned().await in Recorder::start, kept in the Guard, sent with the permit on finish), which also bounds requests in flight by the writer's pace"]
 fn a_flood_of_pipelined_refusals_loses_no_record() {
     require_root();
     let s = ollama("adv-flood");
