@@ -141,6 +141,17 @@ fn response(
     head: Response<Incoming>,
 ) -> Result<(Response<Body>, Chain), Refusal> {
     let (mut parts, body) = head.into_parts();
+    // Sluice strips `Upgrade` and never asks for a switch; hyper's client skips other 1xx
+    // heads, so one here is an upstream switching protocols on its own: not passed on.
+    if parts.status.is_informational() {
+        return Err(Refusal::upstream(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the upstream answered {} to a request that asked for no protocol switch",
+                parts.status
+            ),
+        ));
+    }
     strip_hop_by_hop(&mut parts.headers, true);
     let filters = rq.conn.filters();
     let mut chain = Chain::default();
