@@ -16,7 +16,7 @@ mod tgi;
 mod triton;
 mod vllm;
 
-pub use route::{BodyKind, Route};
+pub use route::{BodyKind, Route, StreamFrom};
 
 /// Which API family a target speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]

@@ -35,6 +35,7 @@ use crate::{
 mod admit;
 pub mod context;
 pub mod decode;
+mod grpc;
 mod read;
 mod send;
 

@@ -177,8 +177,10 @@ pub const ROUTES: &[Route] = &[
         S::Never,
     ),
     r("triton.metrics", GET, "/metrics", Health, M::None, S::Never),
-    // The same service over gRPC (KServe v2 `inference.GRPCInferenceService`). The model
-    // name is inside the protobuf body, which Sluice does not read for gRPC.
+    // The same service over gRPC (KServe v2 `inference.GRPCInferenceService`). The read
+    // stage turns a unary call's message into its string fields by number
+    // (pipeline/grpc.rs): the model is field 1 (`model_name`, or `name`), or field 2 for the
+    // repository calls (after `repository_name`). ModelStreamInfer streams and is not read.
     r(
         "triton.grpc.health",
         POST,
@@ -200,7 +202,7 @@ pub const ROUTES: &[Route] = &[
         POST,
         "/inference.GRPCInferenceService/ModelReady",
         Health,
-        M::None,
+        M::Body("1"),
         S::Never,
     ),
     r(
@@ -216,7 +218,7 @@ pub const ROUTES: &[Route] = &[
         POST,
         "/inference.GRPCInferenceService/ModelMetadata",
         Listing,
-        M::None,
+        M::Body("1"),
         S::Never,
     ),
     r(
@@ -224,7 +226,7 @@ pub const ROUTES: &[Route] = &[
         POST,
         "/inference.GRPCInferenceService/ModelConfig",
         Listing,
-        M::None,
+        M::Body("1"),
         S::Never,
     ),
     r(
@@ -232,7 +234,7 @@ pub const ROUTES: &[Route] = &[
         POST,
         "/inference.GRPCInferenceService/ModelStatistics",
         Listing,
-        M::None,
+        M::Body("1"),
         S::Never,
     ),
     r(
@@ -248,7 +250,7 @@ pub const ROUTES: &[Route] = &[
         POST,
         "/inference.GRPCInferenceService/ModelInfer",
         Inference,
-        M::None,
+        M::Body("1"),
         S::Never,
     ),
     r(
@@ -264,7 +266,7 @@ pub const ROUTES: &[Route] = &[
         POST,
         "/inference.GRPCInferenceService/RepositoryModelLoad",
         Management,
-        M::None,
+        M::Body("2"),
         S::Never,
     ),
     r(
@@ -272,7 +274,7 @@ pub const ROUTES: &[Route] = &[
         POST,
         "/inference.GRPCInferenceService/RepositoryModelUnload",
         Management,
-        M::None,
+        M::Body("2"),
         S::Never,
     ),
 ];

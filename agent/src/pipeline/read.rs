@@ -20,8 +20,9 @@ pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
             return Ok(());
         }
     };
-    if rq.grpc {
-        // Only targets that speak gRPC get here (admit): the stream goes through unread.
+    if rq.grpc && streams(rq) {
+        // A streaming call (Triton's ModelStreamInfer) goes through unread: its messages
+        // come and go while it runs. Only targets that speak gRPC get here (admit).
         rq.body = RequestBody::Streaming(body);
         return Ok(());
     }
@@ -98,8 +99,19 @@ pub fn too_large(max: usize) -> Refusal {
     )
 }
 
-/// The body's JSON, read the way the target's server reads it (`decode::body`).
+/// Whether a gRPC call streams: its route says so, or no route knows it (unknown routes are
+/// denied anyway, and a stream must not be waited for whole).
+fn streams(rq: &Request) -> bool {
+    crate::adapter::route(rq.conn.target.server, rq.parts.method.as_str(), &rq.path)
+        .is_none_or(|r| matches!(r.stream, crate::adapter::StreamFrom::Always))
+}
+
+/// The body's JSON, read the way the target's server reads it (`decode::body`); for a unary
+/// gRPC call, its message's string fields by number (`grpc.rs`).
 fn json(rq: &Request, bytes: &[u8]) -> Result<Option<serde_json::Value>, Refusal> {
+    if rq.grpc {
+        return super::grpc::message_strings(bytes).map(Some);
+    }
     super::decode::body(
         rq.conn.target.server,
         rq.parts.method.as_str(),

@@ -44,7 +44,9 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
     let body = match std::mem::replace(&mut rq.body, RequestBody::Taken) {
         RequestBody::Buffered { bytes, charge } => {
             parts.headers.remove(header::TRANSFER_ENCODING);
-            if !bytes.is_empty() || parts.headers.contains_key(header::CONTENT_LENGTH) {
+            // gRPC frames its own messages; HTTP/2 needs no declared length.
+            if !rq.grpc && (!bytes.is_empty() || parts.headers.contains_key(header::CONTENT_LENGTH))
+            {
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
