@@ -8,7 +8,7 @@ use std::{
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use super::Error;
+use super::{Error, index::Index};
 use crate::adapter::{OpClass, Server};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
@@ -134,6 +134,18 @@ pub struct Rule {
     pub(super) gids: Vec<u32>,
     pub(super) comms: Option<GlobSet>,
     pub(super) exes: Option<GlobSet>,
+    /// The glob patterns as written, for the index to compile into its combined automata.
+    pub(super) patterns: Patterns,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Patterns {
+    pub(super) targets: Vec<String>,
+    pub(super) routes: Vec<String>,
+    pub(super) models: Vec<String>,
+    pub(super) paths: Vec<String>,
+    pub(super) comms: Vec<String>,
+    pub(super) exes: Vec<String>,
 }
 
 /// Every loaded rule, in file order.
@@ -141,6 +153,8 @@ pub struct Rule {
 pub struct Policy {
     pub rules: Vec<Rule>,
     pub packs: Vec<String>,
+    /// Built once all packs are loaded; evaluation looks rules up here.
+    pub(super) index: Index,
 }
 
 impl Policy {
@@ -201,6 +215,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Policy, Error> {
             load_file(&file, &mut policy, &mut ids)?;
         }
     }
+    policy.index = Index::build(&policy.rules);
     Ok(policy)
 }
 
@@ -244,6 +259,7 @@ fn load_file(path: &Path, policy: &mut Policy, ids: &mut HashSet<String>) -> Res
 pub fn parse_pack(text: &str, origin: &Path) -> Result<Policy, Error> {
     let mut policy = Policy::default();
     parse(text, origin, &mut policy, &mut HashSet::new())?;
+    policy.index = Index::build(&policy.rules);
     Ok(policy)
 }
 
@@ -299,6 +315,14 @@ fn parse(
             gids: w.workload.gids,
             comms: globs(&w.workload.comms, false).map_err(&invalid)?,
             exes: globs(&w.workload.exes, true).map_err(&invalid)?,
+            patterns: Patterns {
+                targets: w.targets,
+                routes: w.routes,
+                models: w.models,
+                paths: w.paths,
+                comms: w.workload.comms,
+                exes: w.workload.exes,
+            },
         };
         policy.rules.push(rule);
     }
