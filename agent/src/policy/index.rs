@@ -10,7 +10,10 @@ use std::{collections::HashMap, hash::Hash};
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
-use super::{Facts, pack::Rule};
+use super::{
+    Facts,
+    pack::{Rule, fold_model, fold_pattern},
+};
 use crate::adapter::{OpClass, Server};
 
 /// Rule positions in load order.
@@ -182,14 +185,6 @@ impl GlobDim {
     }
 }
 
-/// A model pattern's lower-case form, when matching it case-sensitively against a lower-cased
-/// ASCII model gives the same answer as matching the pattern case-insensitively against the
-/// model: ASCII patterns without character classes (a class such as `[A-z]` changes meaning
-/// when lower-cased).
-fn fold_pattern(p: &str) -> Option<String> {
-    (p.is_ascii() && !p.contains('[')).then(|| p.to_ascii_lowercase())
-}
-
 /// Patterns that match every value select nothing; filing a rule under one would make it a
 /// candidate for every request anyway.
 fn matches_all(p: &str) -> bool {
@@ -264,14 +259,10 @@ impl Index {
         self.routes.gather(op.route, &mut scratch, &mut out);
         self.paths.gather(f.path, &mut scratch, &mut out);
         if let Some(model) = op.model.as_deref() {
-            if model.is_ascii() {
-                let folded = model.to_ascii_lowercase();
-                self.models.gather(&folded, &mut scratch, &mut out);
-            } else {
-                // Unicode case folding can match non-ASCII letters to ASCII patterns (the
-                // Kelvin sign to `k`): check every model rule rather than reason about it.
-                out.extend_from_slice(&self.models.all);
-            }
+            // Folding keeps the answers of the case-insensitive patterns too: it only maps
+            // a character to another of its cases.
+            self.models
+                .gather(&fold_model(model), &mut scratch, &mut out);
         }
         self.servers.gather(&f.server, &mut out);
         self.operations.gather(&op.class, &mut out);
@@ -504,6 +495,25 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Lower-cased patterns against folded models answer as case-insensitive globs do.
+        #[test]
+        fn folding_keeps_case_insensitive_answers(
+            pattern in "[aAkKsSzZ*?.:{},-]{0,6}",
+            model in "[aAkKsSzZ.:\u{212A}\u{17F}\u{0130}\u{0131}éÉß-]{0,6}",
+        ) {
+            use globset::GlobBuilder;
+            use super::super::pack::{fold_model, fold_pattern};
+            let Ok(ci) = GlobBuilder::new(&pattern).case_insensitive(true).build() else {
+                return Ok(());
+            };
+            let folded = fold_pattern(&pattern).expect("ASCII pattern without a class");
+            let folded = GlobBuilder::new(&folded).build().expect("folded pattern compiles");
+            prop_assert_eq!(
+                ci.compile_matcher().is_match(&model),
+                folded.compile_matcher().is_match(fold_model(&model).as_ref())
+            );
+        }
 
         /// The indexed evaluation decides every request as the walk over all rules does:
         /// same action, same rules named, in the same order.

@@ -124,8 +124,8 @@ pub struct Rule {
     pub(super) servers: Vec<Server>,
     pub(super) operations: Vec<OpClass>,
     pub(super) routes: Option<GlobSet>,
-    pub(super) models: Option<GlobSet>,
-    pub(super) except_models: Option<GlobSet>,
+    pub(super) models: Option<ModelGlobs>,
+    pub(super) except_models: Option<ModelGlobs>,
     pub(super) methods: Vec<String>,
     pub(super) paths: Option<GlobSet>,
     pub(super) body: Vec<(String, serde_json::Value)>,
@@ -305,8 +305,8 @@ fn parse(
             routes: globs(&w.routes, false).map_err(&invalid)?,
             // Model names compare case-insensitively: servers such as Ollama normalise case,
             // so "Forbidden:CLOUD" must not slip past a rule written for "*:cloud".
-            models: globs_ci(&w.models).map_err(&invalid)?,
-            except_models: globs_ci(&w.except_models).map_err(&invalid)?,
+            models: ModelGlobs::new(&w.models).map_err(&invalid)?,
+            except_models: ModelGlobs::new(&w.except_models).map_err(&invalid)?,
             methods: w.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
             paths: globs(&w.paths, true).map_err(&invalid)?,
             body: w.body.into_iter().collect(),
@@ -346,8 +346,53 @@ fn globs(patterns: &[String], literal_separator: bool) -> Result<Option<GlobSet>
     build_globs(patterns, literal_separator, false)
 }
 
-fn globs_ci(patterns: &[String]) -> Result<Option<GlobSet>, String> {
-    build_globs(patterns, false, true)
+/// Model patterns, which match case-insensitively.
+#[derive(Debug)]
+pub(super) enum ModelGlobs {
+    /// Every pattern is ASCII without a character class: compiled lower-cased and
+    /// case-sensitive, and matched against the folded model (`fold_model`). Same answers as
+    /// the case-insensitive glob, but literal, prefix and suffix patterns then compile to
+    /// hash and Aho-Corasick lookups instead of a regex each, which is most of what loading
+    /// thousands of rules cost.
+    Folded(GlobSet),
+    /// Matched as written, case-insensitively.
+    Exact(GlobSet),
+}
+
+impl ModelGlobs {
+    fn new(patterns: &[String]) -> Result<Option<ModelGlobs>, String> {
+        let folded: Option<Vec<String>> = patterns.iter().map(|p| fold_pattern(p)).collect();
+        Ok(match folded {
+            Some(folded) => build_globs(&folded, false, false)?.map(ModelGlobs::Folded),
+            None => build_globs(patterns, false, true)?.map(ModelGlobs::Exact),
+        })
+    }
+
+    pub(super) fn is_match(&self, model: &str) -> bool {
+        match self {
+            ModelGlobs::Folded(g) => g.is_match(fold_model(model).as_ref()),
+            ModelGlobs::Exact(g) => g.is_match(model),
+        }
+    }
+}
+
+/// A model pattern's lower-case form, when matching it case-sensitively against the folded
+/// model answers as the case-insensitive pattern does against the model: ASCII patterns
+/// without character classes (`[A-z]` changes meaning when lower-cased).
+pub(super) fn fold_pattern(p: &str) -> Option<String> {
+    (p.is_ascii() && !p.contains('[')).then(|| p.to_ascii_lowercase())
+}
+
+/// A model name folded for the lower-cased patterns: ASCII lower case, every other character
+/// left alone. globset's case-insensitive matching folds ASCII letters only (the Kelvin sign
+/// does not match `k`), so this keeps every answer; the property test
+/// `folding_keeps_case_insensitive_answers` checks it against the case-insensitive globs.
+pub(super) fn fold_model(model: &str) -> std::borrow::Cow<'_, str> {
+    if model.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(model.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(model)
+    }
 }
 
 fn build_globs(
