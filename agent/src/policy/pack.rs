@@ -120,20 +120,20 @@ pub struct Rule {
     pub pack: String,
     pub description: Option<String>,
     pub action: Action,
-    pub(super) targets: Option<GlobSet>,
+    pub(super) targets: Option<Globs>,
     pub(super) servers: Vec<Server>,
     pub(super) operations: Vec<OpClass>,
-    pub(super) routes: Option<GlobSet>,
+    pub(super) routes: Option<Globs>,
     pub(super) models: Option<ModelGlobs>,
     pub(super) except_models: Option<ModelGlobs>,
     pub(super) methods: Vec<String>,
-    pub(super) paths: Option<GlobSet>,
+    pub(super) paths: Option<Globs>,
     pub(super) body: Vec<(String, serde_json::Value)>,
     pub(super) streaming: Option<bool>,
     pub(super) uids: Vec<u32>,
     pub(super) gids: Vec<u32>,
-    pub(super) comms: Option<GlobSet>,
-    pub(super) exes: Option<GlobSet>,
+    pub(super) comms: Option<Globs>,
+    pub(super) exes: Option<Globs>,
     /// The glob patterns as written, for the index to compile into its combined automata.
     pub(super) patterns: Patterns,
 }
@@ -342,7 +342,7 @@ pub(super) fn syntax_error(path: &Path, text: &str, e: &serde_norway::Error) -> 
 }
 
 /// `literal_separator`: whether `*` stops at `/` (paths) or not (model names, ids).
-fn globs(patterns: &[String], literal_separator: bool) -> Result<Option<GlobSet>, String> {
+fn globs(patterns: &[String], literal_separator: bool) -> Result<Option<Globs>, String> {
     build_globs(patterns, literal_separator, false)
 }
 
@@ -354,9 +354,9 @@ pub(super) enum ModelGlobs {
     /// the case-insensitive glob, but literal, prefix and suffix patterns then compile to
     /// hash and Aho-Corasick lookups instead of a regex each, which is most of what loading
     /// thousands of rules cost.
-    Folded(GlobSet),
+    Folded(Globs),
     /// Matched as written, case-insensitively.
-    Exact(GlobSet),
+    Exact(Globs),
 }
 
 impl ModelGlobs {
@@ -395,22 +395,120 @@ pub(super) fn fold_model(model: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn build_globs(
+/// One matcher's patterns. globset compiles even one literal or prefix pattern into an
+/// Aho-Corasick automaton, tens of microseconds each, which for thousands of rules was most
+/// of the load time; the shapes most rules use (a literal, `prefix*`, `*suffix` where `*` may
+/// cross `/`) are answered here with a string comparison instead, and only the others go to
+/// globset. The property test `simple_patterns_answer_as_globset_does` holds the two equal.
+#[derive(Debug)]
+pub(super) struct Globs {
+    simple: Vec<Simple>,
+    set: Option<GlobSet>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Simple {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+impl Simple {
+    fn parse(p: &str, literal_separator: bool, case_insensitive: bool) -> Option<Simple> {
+        let plain = |s: &str| !s.contains(['*', '?', '[', ']', '{', '}', '\\']);
+        if case_insensitive {
+            return None;
+        }
+        if plain(p) {
+            return Some(Simple::Exact(p.to_string()));
+        }
+        if literal_separator {
+            return None;
+        }
+        if let Some(lit) = p.strip_suffix('*').filter(|l| plain(l)) {
+            return Some(Simple::Prefix(lit.to_string()));
+        }
+        p.strip_prefix('*')
+            .filter(|l| plain(l))
+            .map(|l| Simple::Suffix(l.to_string()))
+    }
+
+    fn is_match(&self, v: &str) -> bool {
+        match self {
+            Simple::Exact(l) => v == l,
+            Simple::Prefix(l) => v.starts_with(l.as_str()),
+            Simple::Suffix(l) => v.ends_with(l.as_str()),
+        }
+    }
+}
+
+impl Globs {
+    pub(super) fn is_match(&self, v: &str) -> bool {
+        self.simple.iter().any(|s| s.is_match(v))
+            || self.set.as_ref().is_some_and(|g| g.is_match(v))
+    }
+}
+
+pub(super) fn build_globs(
     patterns: &[String],
     literal_separator: bool,
     case_insensitive: bool,
-) -> Result<Option<GlobSet>, String> {
+) -> Result<Option<Globs>, String> {
     if patterns.is_empty() {
         return Ok(None);
     }
+    let mut simple = Vec::new();
     let mut b = GlobSetBuilder::new();
+    let mut complex = false;
     for p in patterns {
         let g: Glob = GlobBuilder::new(p)
             .literal_separator(literal_separator)
             .case_insensitive(case_insensitive)
             .build()
             .map_err(|e| format!("bad pattern {p:?}: {e}"))?;
-        b.add(g);
+        match Simple::parse(p, literal_separator, case_insensitive) {
+            Some(s) => simple.push(s),
+            None => {
+                b.add(g);
+                complex = true;
+            }
+        }
     }
-    b.build().map(Some).map_err(|e| e.to_string())
+    let set = if complex {
+        Some(b.build().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    Ok(Some(Globs { simple, set }))
+}
+
+#[cfg(test)]
+mod tests {
+    use globset::GlobBuilder;
+    use proptest::prelude::*;
+
+    use super::build_globs;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn simple_patterns_answer_as_globset_does(
+            pattern in "[ab/.*?]{0,5}",
+            value in "[ab/.]{0,6}",
+            sep in any::<bool>(),
+        ) {
+            let Ok(g) = GlobBuilder::new(&pattern).literal_separator(sep).build() else {
+                return Ok(());
+            };
+            let ours = build_globs(std::slice::from_ref(&pattern), sep, false)
+                .expect("compiles")
+                .expect("one pattern");
+            // The oracle is what every matcher was before: a GlobSet.
+            let mut set = globset::GlobSetBuilder::new();
+            set.add(g);
+            let set = set.build().expect("one glob builds");
+            prop_assert_eq!(ours.is_match(&value), set.is_match(&value));
+        }
+    }
 }
