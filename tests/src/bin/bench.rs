@@ -84,7 +84,7 @@ fn main() -> Result<()> {
             "--bulk-mb" => p.bulk_mb = val()?,
             "--workers" => p.workers = val()?,
             other => bail!(
-                "unknown argument {other}; use --setups N --requests N --bulk-mb N --workers N"
+                "unknown argument {other}; use --setups N --requests N --bulk-mb N --workers N, or --policy-only alone"
             ),
         }
     }
