@@ -195,8 +195,7 @@ impl Index {
     pub(super) fn build(rules: &[Rule]) -> Index {
         // How many rules share each value, per matcher: the cost of filing a rule there.
         let mut freq: HashMap<(u8, String), usize> = HashMap::new();
-        let keys = |r: &Rule| -> Vec<(Dim, Vec<String>)> { anchors(r) };
-        let all_keys: Vec<Vec<(Dim, Vec<String>)>> = rules.iter().map(keys).collect();
+        let all_keys: Vec<Vec<(Dim, Vec<String>)>> = rules.iter().map(anchors).collect();
         for rk in &all_keys {
             for (dim, ks) in rk {
                 for k in ks {
@@ -299,7 +298,6 @@ fn anchors(r: &Rule) -> Vec<(Dim, Vec<String>)> {
             })
             .collect()
     };
-    let shown = |v: &[String]| v.to_vec();
     vec![
         (Dim::Models, globs(&p.models, true)),
         (Dim::Routes, globs(&p.routes, false)),
@@ -309,7 +307,7 @@ fn anchors(r: &Rule) -> Vec<(Dim, Vec<String>)> {
         (Dim::Exes, globs(&p.exes, false)),
         (Dim::Targets, globs(&p.targets, false)),
         (Dim::Paths, globs(&p.paths, false)),
-        (Dim::Methods, shown(&r.methods)),
+        (Dim::Methods, r.methods.clone()),
         (
             Dim::Operations,
             r.operations.iter().map(|o| format!("{o:?}")).collect(),
