@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 pub mod cases;
 mod eval;
+mod index;
 mod pack;
 
 pub use eval::{Decision, Denial, Facts, Hold, Permit, Query};

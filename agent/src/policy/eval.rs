@@ -113,44 +113,60 @@ impl Policy {
         (operation, decision)
     }
 
+    /// Decides over the rules the index names as candidates: every rule that can match, in
+    /// load order, so the outcome is the one a walk over all rules gives.
     pub fn evaluate(&self, f: &Facts<'_>) -> Decision {
-        let mut allows = Vec::new();
-        for rule in &self.rules {
-            if !rule.matches(f) {
-                continue;
+        let candidates = self.index.candidates(f);
+        decide_over(candidates.iter().map(|&i| &self.rules[i as usize]), f)
+    }
+
+    /// The walk over every rule that the index replaces, kept as the reference it is tested
+    /// against.
+    #[cfg(test)]
+    pub(super) fn evaluate_linear(&self, f: &Facts<'_>) -> Decision {
+        decide_over(self.rules.iter(), f)
+    }
+}
+
+/// Precedence (docs/policy.md): the first matching deny in load order decides; otherwise every
+/// matching allow, in load order; otherwise the target default.
+fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Decision {
+    let mut allows = Vec::new();
+    for rule in rules {
+        if !rule.matches(f) {
+            continue;
+        }
+        match rule.action {
+            Action::Deny => {
+                let reason = rule.description.clone().unwrap_or_else(|| {
+                    format!("{} on this server is not allowed", f.operation.class)
+                });
+                return Decision::Deny(Denial {
+                    rule: Some(rule.id.clone()),
+                    reason,
+                });
             }
-            match rule.action {
-                Action::Deny => {
-                    let reason = rule.description.clone().unwrap_or_else(|| {
-                        format!("{} on this server is not allowed", f.operation.class)
-                    });
-                    return Decision::Deny(Denial {
-                        rule: Some(rule.id.clone()),
-                        reason,
-                    });
-                }
-                Action::Allow => allows.push(rule.id.clone()),
-            }
+            Action::Allow => allows.push(rule.id.clone()),
         }
-        if !allows.is_empty() {
-            return Decision::Permit(Permit {
-                rules: allows,
-                by_default: false,
-            });
-        }
-        match f.default {
-            Action::Allow => Decision::Permit(Permit {
-                rules: Vec::new(),
-                by_default: true,
-            }),
-            Action::Deny => Decision::Deny(Denial {
-                rule: None,
-                reason: format!(
-                    "no policy rule allows {} {} ({}) on target {}",
-                    f.method, f.path, f.operation.class, f.target
-                ),
-            }),
-        }
+    }
+    if !allows.is_empty() {
+        return Decision::Permit(Permit {
+            rules: allows,
+            by_default: false,
+        });
+    }
+    match f.default {
+        Action::Allow => Decision::Permit(Permit {
+            rules: Vec::new(),
+            by_default: true,
+        }),
+        Action::Deny => Decision::Deny(Denial {
+            rule: None,
+            reason: format!(
+                "no policy rule allows {} {} ({}) on target {}",
+                f.method, f.path, f.operation.class, f.target
+            ),
+        }),
     }
 }
 

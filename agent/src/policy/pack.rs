@@ -8,7 +8,7 @@ use std::{
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use super::Error;
+use super::{Error, index::Index};
 use crate::adapter::{OpClass, Server};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
@@ -120,20 +120,32 @@ pub struct Rule {
     pub pack: String,
     pub description: Option<String>,
     pub action: Action,
-    pub(super) targets: Option<GlobSet>,
+    pub(super) targets: Option<Globs>,
     pub(super) servers: Vec<Server>,
     pub(super) operations: Vec<OpClass>,
-    pub(super) routes: Option<GlobSet>,
-    pub(super) models: Option<GlobSet>,
-    pub(super) except_models: Option<GlobSet>,
+    pub(super) routes: Option<Globs>,
+    pub(super) models: Option<ModelGlobs>,
+    pub(super) except_models: Option<ModelGlobs>,
     pub(super) methods: Vec<String>,
-    pub(super) paths: Option<GlobSet>,
+    pub(super) paths: Option<Globs>,
     pub(super) body: Vec<(String, serde_json::Value)>,
     pub(super) streaming: Option<bool>,
     pub(super) uids: Vec<u32>,
     pub(super) gids: Vec<u32>,
-    pub(super) comms: Option<GlobSet>,
-    pub(super) exes: Option<GlobSet>,
+    pub(super) comms: Option<Globs>,
+    pub(super) exes: Option<Globs>,
+    /// The glob patterns as written, for the index to compile into its combined automata.
+    pub(super) patterns: Patterns,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Patterns {
+    pub(super) targets: Vec<String>,
+    pub(super) routes: Vec<String>,
+    pub(super) models: Vec<String>,
+    pub(super) paths: Vec<String>,
+    pub(super) comms: Vec<String>,
+    pub(super) exes: Vec<String>,
 }
 
 /// Every loaded rule, in file order.
@@ -141,6 +153,8 @@ pub struct Rule {
 pub struct Policy {
     pub rules: Vec<Rule>,
     pub packs: Vec<String>,
+    /// Built once all packs are loaded; evaluation looks rules up here.
+    pub(super) index: Index,
 }
 
 impl Policy {
@@ -201,6 +215,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Policy, Error> {
             load_file(&file, &mut policy, &mut ids)?;
         }
     }
+    policy.index = Index::build(&policy.rules);
     Ok(policy)
 }
 
@@ -244,6 +259,7 @@ fn load_file(path: &Path, policy: &mut Policy, ids: &mut HashSet<String>) -> Res
 pub fn parse_pack(text: &str, origin: &Path) -> Result<Policy, Error> {
     let mut policy = Policy::default();
     parse(text, origin, &mut policy, &mut HashSet::new())?;
+    policy.index = Index::build(&policy.rules);
     Ok(policy)
 }
 
@@ -289,8 +305,8 @@ fn parse(
             routes: globs(&w.routes, false).map_err(&invalid)?,
             // Model names compare case-insensitively: servers such as Ollama normalise case,
             // so "Forbidden:CLOUD" must not slip past a rule written for "*:cloud".
-            models: globs_ci(&w.models).map_err(&invalid)?,
-            except_models: globs_ci(&w.except_models).map_err(&invalid)?,
+            models: ModelGlobs::new(&w.models).map_err(&invalid)?,
+            except_models: ModelGlobs::new(&w.except_models).map_err(&invalid)?,
             methods: w.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
             paths: globs(&w.paths, true).map_err(&invalid)?,
             body: w.body.into_iter().collect(),
@@ -299,6 +315,14 @@ fn parse(
             gids: w.workload.gids,
             comms: globs(&w.workload.comms, false).map_err(&invalid)?,
             exes: globs(&w.workload.exes, true).map_err(&invalid)?,
+            patterns: Patterns {
+                targets: w.targets,
+                routes: w.routes,
+                models: w.models,
+                paths: w.paths,
+                comms: w.workload.comms,
+                exes: w.workload.exes,
+            },
         };
         policy.rules.push(rule);
     }
@@ -318,30 +342,173 @@ pub(super) fn syntax_error(path: &Path, text: &str, e: &serde_norway::Error) -> 
 }
 
 /// `literal_separator`: whether `*` stops at `/` (paths) or not (model names, ids).
-fn globs(patterns: &[String], literal_separator: bool) -> Result<Option<GlobSet>, String> {
+fn globs(patterns: &[String], literal_separator: bool) -> Result<Option<Globs>, String> {
     build_globs(patterns, literal_separator, false)
 }
 
-fn globs_ci(patterns: &[String]) -> Result<Option<GlobSet>, String> {
-    build_globs(patterns, false, true)
+/// Model patterns, which match case-insensitively.
+#[derive(Debug)]
+pub(super) enum ModelGlobs {
+    /// Every pattern is ASCII without a character class: compiled lower-cased and
+    /// case-sensitive, and matched against the folded model (`fold_model`). Same answers as
+    /// the case-insensitive glob, but literal, prefix and suffix patterns then compile to
+    /// hash and Aho-Corasick lookups instead of a regex each, which is most of what loading
+    /// thousands of rules cost.
+    Folded(Globs),
+    /// Matched as written, case-insensitively.
+    Exact(Globs),
 }
 
-fn build_globs(
+impl ModelGlobs {
+    fn new(patterns: &[String]) -> Result<Option<ModelGlobs>, String> {
+        let folded: Option<Vec<String>> = patterns.iter().map(|p| fold_pattern(p)).collect();
+        Ok(match folded {
+            Some(folded) => build_globs(&folded, false, false)?.map(ModelGlobs::Folded),
+            None => build_globs(patterns, false, true)?.map(ModelGlobs::Exact),
+        })
+    }
+
+    pub(super) fn is_match(&self, model: &str) -> bool {
+        match self {
+            ModelGlobs::Folded(g) => g.is_match(fold_model(model).as_ref()),
+            ModelGlobs::Exact(g) => g.is_match(model),
+        }
+    }
+}
+
+/// A model pattern's lower-case form, when matching it case-sensitively against the folded
+/// model answers as the case-insensitive pattern does against the model: ASCII patterns
+/// without character classes (`[A-z]` changes meaning when lower-cased).
+pub(super) fn fold_pattern(p: &str) -> Option<String> {
+    (p.is_ascii() && !p.contains('[')).then(|| p.to_ascii_lowercase())
+}
+
+/// A model name folded for the lower-cased patterns: ASCII lower case, every other character
+/// left alone. globset's case-insensitive matching folds ASCII letters only (the Kelvin sign
+/// does not match `k`), so this keeps every answer; the property test
+/// `folding_keeps_case_insensitive_answers` checks it against the case-insensitive globs.
+pub(super) fn fold_model(model: &str) -> std::borrow::Cow<'_, str> {
+    if model.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(model.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(model)
+    }
+}
+
+/// One matcher's patterns. globset compiles even one literal or prefix pattern into an
+/// Aho-Corasick automaton, tens of microseconds each, which for thousands of rules was most
+/// of the load time; the shapes most rules use (a literal, `prefix*`, `*suffix` where `*` may
+/// cross `/`) are answered here with a string comparison instead, and only the others go to
+/// globset. The property test `simple_patterns_answer_as_globset_does` holds the two equal.
+#[derive(Debug)]
+pub(super) struct Globs {
+    simple: Vec<Simple>,
+    set: Option<GlobSet>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Simple {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+impl Simple {
+    fn parse(p: &str, literal_separator: bool, case_insensitive: bool) -> Option<Simple> {
+        let plain = |s: &str| !s.contains(['*', '?', '[', ']', '{', '}', '\\']);
+        if case_insensitive {
+            return None;
+        }
+        if plain(p) {
+            return Some(Simple::Exact(p.to_string()));
+        }
+        if literal_separator {
+            return None;
+        }
+        if let Some(lit) = p.strip_suffix('*').filter(|l| plain(l)) {
+            return Some(Simple::Prefix(lit.to_string()));
+        }
+        p.strip_prefix('*')
+            .filter(|l| plain(l))
+            .map(|l| Simple::Suffix(l.to_string()))
+    }
+
+    fn is_match(&self, v: &str) -> bool {
+        match self {
+            Simple::Exact(l) => v == l,
+            Simple::Prefix(l) => v.starts_with(l.as_str()),
+            Simple::Suffix(l) => v.ends_with(l.as_str()),
+        }
+    }
+}
+
+impl Globs {
+    pub(super) fn is_match(&self, v: &str) -> bool {
+        self.simple.iter().any(|s| s.is_match(v))
+            || self.set.as_ref().is_some_and(|g| g.is_match(v))
+    }
+}
+
+pub(super) fn build_globs(
     patterns: &[String],
     literal_separator: bool,
     case_insensitive: bool,
-) -> Result<Option<GlobSet>, String> {
+) -> Result<Option<Globs>, String> {
     if patterns.is_empty() {
         return Ok(None);
     }
+    let mut simple = Vec::new();
     let mut b = GlobSetBuilder::new();
+    let mut complex = false;
     for p in patterns {
         let g: Glob = GlobBuilder::new(p)
             .literal_separator(literal_separator)
             .case_insensitive(case_insensitive)
             .build()
             .map_err(|e| format!("bad pattern {p:?}: {e}"))?;
-        b.add(g);
+        match Simple::parse(p, literal_separator, case_insensitive) {
+            Some(s) => simple.push(s),
+            None => {
+                b.add(g);
+                complex = true;
+            }
+        }
     }
-    b.build().map(Some).map_err(|e| e.to_string())
+    let set = if complex {
+        Some(b.build().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    Ok(Some(Globs { simple, set }))
+}
+
+#[cfg(test)]
+mod tests {
+    use globset::GlobBuilder;
+    use proptest::prelude::*;
+
+    use super::build_globs;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn simple_patterns_answer_as_globset_does(
+            pattern in "[ab/.*?]{0,5}",
+            value in "[ab/.]{0,6}",
+            sep in any::<bool>(),
+        ) {
+            let Ok(g) = GlobBuilder::new(&pattern).literal_separator(sep).build() else {
+                return Ok(());
+            };
+            let ours = build_globs(std::slice::from_ref(&pattern), sep, false)
+                .expect("compiles")
+                .expect("one pattern");
+            // The oracle is what every matcher was before: a GlobSet.
+            let mut set = globset::GlobSetBuilder::new();
+            set.add(g);
+            let set = set.build().expect("one glob builds");
+            prop_assert_eq!(ours.is_match(&value), set.is_match(&value));
+        }
+    }
 }

@@ -51,6 +51,11 @@ struct Params {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    // In process, no root, no agent: `cargo run --release -p sluice-tests --bin sluice-bench
+    // -- --policy-only`.
+    if args.get(1).map(String::as_str) == Some("--policy-only") {
+        return policy_scaling();
+    }
     if args.get(1).map(String::as_str) == Some("client") {
         let via: SocketAddr = args.get(2).context("client VIA")?.parse()?;
         let direct: SocketAddr = args.get(3).context("client DIRECT")?.parse()?;
@@ -79,7 +84,7 @@ fn main() -> Result<()> {
             "--bulk-mb" => p.bulk_mb = val()?,
             "--workers" => p.workers = val()?,
             other => bail!(
-                "unknown argument {other}; use --setups N --requests N --bulk-mb N --workers N"
+                "unknown argument {other}; use --setups N --requests N --bulk-mb N --workers N, or --policy-only alone"
             ),
         }
     }
@@ -624,4 +629,82 @@ fn policy_cost(n: usize) -> Result<()> {
         policy.rule_count()
     );
     Ok(())
+}
+
+/// A pack of `n` rules as large organisations write them: one deny per team and model (a
+/// model glob and a uid each), then one allow for everything else.
+fn scaling_pack(n: usize) -> String {
+    let mut t = String::from(
+        "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata:\n  name: scale\nspec:\n  rules:\n",
+    );
+    for i in 0..n.saturating_sub(1) {
+        t.push_str(&format!(
+            "    - id: deny-{i}\n      action: deny\n      match:\n        models: [\"team{i}-*\"]\n        workload:\n          uids: [{}]\n",
+            10_000 + i
+        ));
+    }
+    t.push_str("    - id: allow-rest\n      action: allow\n      match:\n        operations: [inference]\n");
+    t
+}
+
+/// Decision cost and load time at 10, 100, 1,000 and 10,000 rules, in process.
+fn policy_scaling() -> Result<()> {
+    use sluice::{
+        adapter::Server,
+        policy::{Action, Query, parse_pack},
+        workload::Workload,
+    };
+    let body: serde_json::Value = serde_json::from_str(CHAT)?;
+    let denied: serde_json::Value =
+        serde_json::from_str(r#"{"model":"team7-llama","messages":[]}"#)?;
+    let workload = Workload::described(10_007, 100, "python3".into(), None);
+    println!("policy scaling: deny rules with a model glob and a uid each, plus one allow");
+    println!(
+        "{:>7} {:>10} {:>14} {:>14}",
+        "rules", "load", "decide allow", "decide deny"
+    );
+    for n in [10usize, 100, 1_000, 10_000] {
+        let text = scaling_pack(n);
+        let origin = std::path::Path::new("scale.yaml");
+        let loads = if n >= 10_000 { 3 } else { 10 };
+        let mut load = f64::INFINITY;
+        let mut policy = parse_pack(&text, origin)?;
+        for _ in 0..loads {
+            let t0 = Instant::now();
+            policy = parse_pack(&text, origin)?;
+            load = load.min(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let time = |body: &serde_json::Value, want: Action| -> Result<f64> {
+            let q = Query {
+                target: "bench-http",
+                server: Server::Openai,
+                method: "POST",
+                path: "/v1/chat/completions",
+                body: Some(body),
+                default: Action::Deny,
+                workload: Some(&workload),
+            };
+            if policy.decide(&q).1.action() != want {
+                bail!("{n} rules: expected {want:?}");
+            }
+            // Enough rounds for a stable mean without minutes at the slow end.
+            let rounds = (2_000_000 / n).clamp(200, 200_000);
+            let t0 = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(policy.decide(std::hint::black_box(&q)));
+            }
+            Ok(t0.elapsed().as_secs_f64() * 1e6 / rounds as f64)
+        };
+        let allow = time(&body, Action::Allow)?;
+        let deny = time(&denied, Action::Deny)?;
+        println!(
+            "{:>7} {:>7.1} ms {:>11.2} µs {:>11.2} µs",
+            policy.rule_count(),
+            load,
+            allow,
+            deny
+        );
+    }
+    // The shipped packs, as the full bench measures them.
+    policy_cost(100_000)
 }
