@@ -401,6 +401,33 @@ pub fn status_u64(agent: &Agent, field: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Sends `bytes` to `vip:8000` from a Python socket inside the cgroup and returns what came
+/// back until the agent closed, reset, or stayed silent for `silence_secs`.
+pub fn send_raw(cg: &TestCgroup, vip: &str, bytes: &[u8], silence_secs: u32) -> String {
+    let mut child = cg
+        .command("python3")
+        .arg(client_script("send_raw.py"))
+        .args([vip, "8000", &silence_secs.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bytes)
+        .expect("write request");
+    let out = child.wait_with_output().expect("python3");
+    assert!(
+        out.status.success(),
+        "raw client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `curl -sS -g -m 10 ARGS...` inside the cgroup.
 pub fn curl(cg: &TestCgroup, args: &[&str]) -> Output {
     cg.command("curl")

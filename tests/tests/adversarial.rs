@@ -8,7 +8,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpListener,
-    process::{Command, Stdio},
     thread,
     time::Duration,
 };
@@ -18,44 +17,8 @@ use sluice_tests::{
     servers::Server, virtual_ip, wait_log_events,
 };
 
-/// Sends stdin to `argv[1]:argv[2]`, half-closes, and prints whatever comes back until the
-/// peer closes or 5 s of silence.
-const RAW_CLIENT: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.sendall(sys.stdin.buffer.read())
-out = b""
-try:
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        out += b
-except (socket.timeout, ConnectionResetError):
-    pass
-sys.stdout.buffer.write(out)
-"#;
-
 fn raw(cg: &TestCgroup, vip: &str, bytes: &[u8]) -> String {
-    let mut cmd: Command = cg.command("python3");
-    cmd.args(["-c", RAW_CLIENT, vip, "8000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(bytes)
-        .expect("write request");
-    let out = child.wait_with_output().expect("python3");
-    assert!(
-        out.status.success(),
-        "raw client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    sluice_tests::send_raw(cg, vip, bytes, 5)
 }
 
 /// An HTTP/1.1 request line, `Host`, `Connection: close`, the extra header lines, a

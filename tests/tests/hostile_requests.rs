@@ -3,49 +3,12 @@
 //! interception reaches, with the shipped packs. Each must be refused with the right status,
 //! never reach the upstream server, and leave the agent serving good requests.
 //! Needs root.
-use std::{
-    io::Write as _,
-    process::{Command, Stdio},
-};
-
 use sluice_tests::{
     Agent, AgentSpec, TestCgroup, policies_dir, require_root, servers, servers::Server, virtual_ip,
 };
 
-/// Sends `bytes` to `vip:8000` from inside the cgroup and returns the whole response.
-const RAW_CLIENT: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-s.sendall(sys.stdin.buffer.read())
-out = b""
-while True:
-    b = s.recv(65536)
-    if not b:
-        break
-    out += b
-sys.stdout.buffer.write(out)
-"#;
-
 fn raw(cg: &TestCgroup, vip: &str, bytes: &[u8]) -> String {
-    let mut cmd: Command = cg.command("python3");
-    cmd.args(["-c", RAW_CLIENT, vip, "8000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(bytes)
-        .expect("write request");
-    let out = child.wait_with_output().expect("python3");
-    assert!(
-        out.status.success(),
-        "raw client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    sluice_tests::send_raw(cg, vip, bytes, 10)
 }
 
 /// An HTTP/1.1 request with the given path (sent as is), extra header lines and body.
