@@ -89,9 +89,11 @@ fn curl_and_python_reach_a_virtual_address_only_the_agent_serves() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let live = loop {
         let st = agent.status().expect("status");
+        // A connection is listed from accept on; its upstream appears once dialled.
         if let Some(c) = st["connections"]
             .as_array()
             .and_then(|a| a.first())
+            .filter(|c| !c["upstream"].is_null())
             .cloned()
         {
             break c;
