@@ -372,7 +372,20 @@ fn a_cgroup_at_its_connection_cap_is_refused_while_others_are_served() {
         .expect("holder");
     let mut line = [0u8; 6];
     std::io::Read::read_exact(holder.stdout.as_mut().expect("stdout"), &mut line).expect("ready");
-    thread::sleep(Duration::from_millis(300));
+    // The four must hold their slots (accepted and attributed) before the fifth dials.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while agent
+        .status()
+        .ok()
+        .and_then(|st| st["connections"].as_array().map(Vec::len))
+        != Some(4)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the four connections never showed up"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 
     let fifth = raw(
         &greedy.0,
@@ -424,12 +437,13 @@ fn buffered_bodies_share_a_memory_budget_and_over_it_get_503_with_retry_after() 
     );
     // A client that declares 1500 bytes and stalls holds 1500 of the 2000.
     let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: models\r\nContent-Type: application/json\r\nContent-Length: 1500\r\n\r\n{";
-    let plan = json!([["send", head], ["sleep", 3], ["close"]]);
+    let plan = json!([["send", head], ["sleep", 5], ["close"]]);
     let mut staller = raw_client(&cg.dir, &vip, &plan)
         .stdout(Stdio::null())
         .spawn()
         .expect("staller");
-    thread::sleep(Duration::from_millis(700));
+    // Time for the agent to read the staller's head and charge its declared length.
+    thread::sleep(Duration::from_millis(1500));
     let body = format!(
         "{{\"model\":\"test-model\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
         "x".repeat(900)
@@ -447,20 +461,25 @@ fn buffered_bodies_share_a_memory_budget_and_over_it_get_503_with_retry_after() 
         "in the OpenAI error shape: {got}"
     );
     let _ = staller.wait();
-    thread::sleep(Duration::from_millis(300));
-    // The budget came back: the same request now goes through.
-    let r = raw(
-        &cg.dir,
-        &vip,
-        json!([["send", post("/v1/chat/completions", &body)], ["read", 5]]),
-    );
-    assert!(
-        r["reads"][0]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("HTTP/1.1 200"),
-        "{r}"
-    );
+    // The budget comes back once the agent has seen the staller leave: the same request
+    // then goes through (a 503 meanwhile reaches no server, so asking again is safe).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = raw(
+            &cg.dir,
+            &vip,
+            json!([["send", post("/v1/chat/completions", &body)], ["read", 5]]),
+        );
+        let got = r["reads"][0].as_str().unwrap_or_default().to_string();
+        if got.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            got.starts_with("HTTP/1.1 503") && std::time::Instant::now() < deadline,
+            "{got}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         server.seen.requests.lock().map(|r| r.len()).unwrap_or(0),
         1,
