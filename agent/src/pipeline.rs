@@ -157,12 +157,7 @@ fn response(
     let filters = rq.conn.filters();
     let mut chain = Chain::default();
     if filters.may_change_body() {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match (declared, filters.max_response_bytes) {
+        match (declared_length(&parts.headers), filters.max_response_bytes) {
             (Some(n), Some(max)) if n > max => {
                 return Err(Refusal::upstream(
                     StatusCode::BAD_GATEWAY,
@@ -184,6 +179,13 @@ fn response(
         Response::from_parts(parts, http_body_util::BodyExt::boxed(body)),
         chain,
     ))
+}
+
+/// The `Content-Length` a message declares, if it is a number.
+fn declared_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 impl Request {

@@ -246,10 +246,6 @@ impl Guard {
         r.duration_ms = self.started.elapsed().as_millis() as u64;
         self.recorder.submit(self.slot.take(), r);
     }
-
-    pub fn is_finished(&self) -> bool {
-        self.record.is_none()
-    }
 }
 
 impl Drop for Guard {

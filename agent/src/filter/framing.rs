@@ -109,10 +109,6 @@ impl Units {
             Framing::Json | Framing::Other => None,
         }
     }
-
-    pub fn held(&self) -> usize {
-        self.buf.len()
-    }
 }
 
 /// A filter over whole units (events, lines, a JSON body) rather than bytes.

@@ -31,11 +31,7 @@ pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
             format!("this target's server ({server}) does not speak gRPC"),
         ));
     }
-    let declared = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > ctx.max_request_body as u64) {
+    if super::declared_length(h).is_some_and(|n| n > ctx.max_request_body as u64) {
         return Err(super::read::too_large(ctx.max_request_body));
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! in it. Bounded three ways: its size (413), a deadline for the whole body (408), and the
 //! agent-wide memory budget for buffered bodies (503 with Retry-After, never an abort).
 use bytes::{Bytes, BytesMut};
-use http::{StatusCode, header};
+use http::StatusCode;
 use http_body_util::BodyExt as _;
 
 use super::{Request, context::RequestBody};
@@ -27,12 +27,8 @@ pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
         return Ok(());
     }
     let max = ctx.max_request_body;
-    let declared = rq
-        .parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
+    let declared = super::declared_length(&rq.parts.headers)
+        .and_then(|n| usize::try_from(n).ok())
         .filter(|n| *n <= max);
     let mut charge = ctx.body_budget.charge(rq.conn.workload.cgroup_id);
     let busy = |e: crate::limits::OverBudget| {
