@@ -498,6 +498,11 @@ mod tests {
             value in "[ab/.]{0,6}",
             sep in any::<bool>(),
         ) {
+            // globset reads values as file paths: a value whose last component is `..` has
+            // no file name to it, so its `*.ext` shortcut never matches one (`*.` misses
+            // `..`). Sluice's values are model names and paths already refused for dot
+            // segments, and `*` means any characters, so that quirk is not the oracle.
+            prop_assume!(value.rsplit('/').next() != Some(".."));
             let Ok(g) = GlobBuilder::new(&pattern).literal_separator(sep).build() else {
                 return Ok(());
             };
@@ -510,5 +515,15 @@ mod tests {
             let set = set.build().expect("one glob builds");
             prop_assert_eq!(ours.is_match(&value), set.is_match(&value));
         }
+    }
+
+    #[test]
+    fn a_star_means_any_characters_even_where_globset_sees_a_path() {
+        let g = build_globs(&["*.".to_string()], false, false)
+            .expect("compiles")
+            .expect("one pattern");
+        assert!(g.is_match(".."));
+        assert!(g.is_match("model."));
+        assert!(!g.is_match("model"));
     }
 }
