@@ -9,7 +9,7 @@ use tokio::{
 
 use crate::{
     admin::{self, Table},
-    config::Config,
+    config::{Config, Runtime},
     connection, doctor,
     drain::Drain,
     intercept::{self, Interceptor},
@@ -46,12 +46,35 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     // Listeners come up before the hooks point at them.
-    let mut listeners = vec![(cfg.listen, bind(cfg.listen)?)];
-    if let Some(v6) = cfg.listen_v6 {
-        listeners.push((v6, bind(v6)?));
-    } else {
+    let shards = shard_count(&cfg);
+    let mut listeners: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
+        (0..shards.max(1)).map(|_| Vec::new()).collect();
+    for addr in std::iter::once(cfg.listen).chain(cfg.listen_v6) {
+        let bound = if shards == 0 {
+            vec![
+                intercept::listener::bind_one(addr)
+                    .with_context(|| format!("binding listener {addr}"))?,
+            ]
+        } else {
+            intercept::listener::bind_shards(addr, shards)
+                .with_context(|| format!("binding listener {addr}"))?
+        };
+        for (shard, l) in listeners.iter_mut().zip(bound) {
+            shard.push((addr, l));
+        }
+    }
+    if cfg.listen_v6.is_none() {
         tracing::warn!("listen_v6 is null: IPv6 targets are NOT intercepted");
     }
+    // Built here so a failure stops the start before anything is intercepted.
+    let runtimes = (0..shards)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("building the per-core runtimes")?;
     let (interceptor, maps) = Interceptor::start(&cfg).context("starting interception")?;
     tracing::info!(
         cgroup = %cfg.cgroup.display(), listen = %cfg.listen,
@@ -75,24 +98,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (recorder, records) = record::Recorder::new(table.clone(), drain.shutdown_signal());
     // The writer outlives the drain: records of requests cut by it still get written.
     let writer = tokio::spawn(record::writer(records));
-    let ctx = Arc::new(connection::Ctx {
+    let upstreams = Arc::new(Upstreams::new(&cfg));
+    let targets: Vec<_> = cfg.targets.iter().cloned().map(Arc::new).collect();
+    let body_budget = limits::BodyBudget::new(
+        cfg.max_buffered_body_bytes,
+        cfg.max_buffered_body_bytes_per_cgroup,
+        cfg.max_request_body_bytes,
+    );
+    // One per runtime: each has its own upstream pools (a pooled connection is driven by the
+    // runtime that opened it), everything else is shared.
+    let make_ctx = || connection::Ctx {
         maps: maps.clone(),
-        upstreams: Upstreams::new(&cfg),
+        upstreams: upstreams.clone(),
         table: table.clone(),
-        targets: cfg.targets.iter().cloned().map(Arc::new).collect(),
+        targets: targets.clone(),
         policy: policy.clone(),
         http: upstream::http::Client::new(
             cfg.bypass_mark,
             cfg.connect_timeout,
             cfg.upstream_max_idle,
         ),
-        recorder,
+        recorder: recorder.clone(),
         connections: connections.clone(),
-        body_budget: limits::BodyBudget::new(
-            cfg.max_buffered_body_bytes,
-            cfg.max_buffered_body_bytes_per_cgroup,
-            cfg.max_request_body_bytes,
-        ),
+        body_budget: body_budget.clone(),
         timeouts: crate::http::Timeouts {
             header: cfg.header_timeout,
             body: cfg.body_timeout,
@@ -103,7 +131,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_h2_streams: cfg.max_h2_streams,
         overhead_header: cfg.overhead_header,
         shutdown: drain.shutdown_signal(),
-    });
+    };
     if let Some((listener, m)) = metrics_listener {
         tracing::info!(listen = ?cfg.metrics_listen, "serving /metrics");
         tokio::spawn(metrics::server::serve(listener, m, drain.shutdown_signal()));
@@ -127,10 +155,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.fail_mode.to_string(),
         drain.shutdown_signal(),
     ));
-    for (addr, listener) in listeners {
-        tokio::spawn(accept_loop(addr, listener, ctx.clone(), drain.clone()));
+    // Per-core threads run until the drain is over (their runtimes drive the connections).
+    let cores_done = tokio_util::sync::CancellationToken::new();
+    let mut cores = Vec::new();
+    if runtimes.is_empty() {
+        let ctx = Arc::new(make_ctx());
+        tokio::spawn(heartbeat(drain.shutdown_signal()));
+        for (addr, l) in listeners.into_iter().flatten() {
+            let l = TcpListener::from_std(l).with_context(|| format!("listener {addr}"))?;
+            tokio::spawn(accept_loop(addr, l, ctx.clone(), drain.clone()));
+        }
+    } else {
+        tracing::info!(threads = shards, "per-core runtimes");
+        for (i, (rt, shard)) in runtimes.into_iter().zip(listeners).enumerate() {
+            let (ctx, drain, done) = (Arc::new(make_ctx()), drain.clone(), cores_done.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("sluice-core-{i}"))
+                .spawn(move || rt.block_on(core(shard, ctx, drain, done)))
+                .context("starting a per-core thread")?;
+            cores.push(thread);
+        }
     }
-    drop(ctx);
+    drop(recorder);
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -141,6 +187,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let in_flight = drain.in_flight();
     let forced = drain.drain(cfg.drain_timeout).await;
     tracing::info!(in_flight, forced, "connections drained");
+    cores_done.cancel();
+    let _ = tokio::task::spawn_blocking(move || {
+        for c in cores {
+            let _ = c.join();
+        }
+    })
+    .await;
     // Every request's record has been queued by now (connection tasks are gone); once the
     // last sender is dropped the writer finishes the queue and ends.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
@@ -165,8 +218,54 @@ impl std::fmt::Display for PreflightFailed {
 
 impl std::error::Error for PreflightFailed {}
 
-fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    intercept::listener::bind(addr).with_context(|| format!("binding listener {addr}"))
+/// Threads with a runtime of their own (`runtime: per-core`), or 0 for one shared runtime.
+fn shard_count(cfg: &Config) -> usize {
+    match cfg.runtime {
+        Runtime::Shared => 0,
+        Runtime::PerCore if cfg.worker_threads > 0 => cfg.worker_threads,
+        Runtime::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// One per-core runtime's life: accept on its own listeners until shutdown, then keep
+/// driving its connections until the drain is over.
+async fn core(
+    listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    ctx: Arc<connection::Ctx>,
+    drain: Drain,
+    done: tokio_util::sync::CancellationToken,
+) {
+    for (addr, l) in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::spawn(accept_loop(addr, l, ctx.clone(), drain.clone()));
+            }
+            // Registering an already-bound socket with epoll does not fail in practice; if
+            // it did, this thread's share of connections would queue unanswered: say so.
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "listener not served by this thread")
+            }
+        }
+    }
+    drop(ctx);
+    tokio::spawn(heartbeat(done.clone()));
+    done.cancelled().await;
+}
+
+/// tokio's time driver wakes itself (an eventfd write and one more epoll_wait) whenever a
+/// new timer is due before its planned wakeup. Every keep-alive request arms hyper's header
+/// timer (30 s) while the planned wakeup is usually the idle timer's (120 s): one extra
+/// syscall per request, measured with strace. A timer due every second keeps the planned
+/// wakeup near, so request timers never need the self-wake; it costs one wakeup a second.
+async fn heartbeat(stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+    }
 }
 
 async fn accept_loop(
@@ -236,7 +335,7 @@ async fn policy_reloader(store: Arc<policy::Store>, stop: tokio_util::sync::Canc
             }
         };
         // Reading and parsing YAML is blocking work: keep it off the runtime's workers, so
-        // a reload never stalls proxying (even with worker_threads: 1).
+        // a reload never stalls proxying (even on a single-threaded runtime).
         let s = store.clone();
         let reloaded = tokio::task::spawn_blocking(move || s.reload()).await;
         let Ok(reloaded) = reloaded else {

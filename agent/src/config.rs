@@ -142,10 +142,12 @@ pub struct Config {
     /// Idle pooled connections kept per upstream.
     #[serde(default = "default_upstream_idle")]
     pub upstream_max_idle: usize,
-    /// Runtime threads: 0 = one per CPU, 1 = a single thread (lowest latency: no
-    /// cross-thread wakeups), n = n worker threads.
+    /// Threads serving connections: 0 = one per CPU.
     #[serde(default)]
     pub worker_threads: usize,
+    /// How those threads share work (see `Runtime`).
+    #[serde(default)]
+    pub runtime: Runtime,
     /// Address of the Prometheus `/metrics` endpoint; `null` (the default) turns metrics
     /// off. Must be a loopback address: the series name targets and rules.
     #[serde(default)]
@@ -189,6 +191,19 @@ pub struct Target {
     /// stream is ended with an error in the server's own stream format.
     #[serde(default)]
     pub max_response_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// One single-threaded runtime per worker thread, each with its own `SO_REUSEPORT`
+    /// listeners and upstream pools: a connection lives on one thread from accept to close,
+    /// so a request never wakes another thread (the kernel spreads connections by hash).
+    #[default]
+    PerCore,
+    /// One multi-threaded runtime with work stealing (tokio's default): an idle thread may
+    /// take over a busy one's connections, at the price of cross-thread wakeups.
+    Shared,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]

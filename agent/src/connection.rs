@@ -20,7 +20,7 @@ use crate::{
 /// Shared state every connection task needs.
 pub struct Ctx {
     pub maps: Arc<Maps>,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
     pub table: Arc<Table>,
     pub targets: Vec<Arc<Target>>,
     pub policy: Arc<policy::Store>,

@@ -115,15 +115,18 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let mut builder = if cfg.worker_threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
-            } else {
-                let mut b = tokio::runtime::Builder::new_multi_thread();
-                if cfg.worker_threads > 1 {
-                    b.worker_threads(cfg.worker_threads);
-                }
-                b
-            };
+            // Per-core: connections get threads of their own (app::run); this runtime only
+            // runs the control plane (admin, reloads, DNS, metrics, the record writer).
+            let mut builder =
+                if cfg.worker_threads == 1 || cfg.runtime == sluice::config::Runtime::PerCore {
+                    tokio::runtime::Builder::new_current_thread()
+                } else {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    if cfg.worker_threads > 1 {
+                        b.worker_threads(cfg.worker_threads);
+                    }
+                    b
+                };
             let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -230,3 +230,15 @@ fn metrics_are_off_by_default_and_only_served_on_loopback() {
         .to_string();
     assert!(e.contains("intercept listener"), "{e}");
 }
+
+#[test]
+fn runtimes_default_to_per_core_and_shared_is_spelled_out() {
+    let base = "listen: 127.0.0.1:15001\ntargets: [{name: a, match: 10.0.0.1:80}]\n";
+    assert_eq!(parse(base).expect("valid").runtime, Runtime::PerCore);
+    let shared = parse(&format!("{base}runtime: shared\n")).expect("shared");
+    assert_eq!(shared.runtime, Runtime::Shared);
+    let e = parse(&format!("{base}runtime: per-thread\n"))
+        .expect_err("unknown runtime")
+        .to_string();
+    assert!(e.contains("per-core") && e.contains("shared"), "{e}");
+}
