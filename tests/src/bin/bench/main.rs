@@ -254,11 +254,12 @@ fn parent(p: &Params) -> Result<()> {
     );
     report::http(&rows, direct);
     println!(
-        "\nConcurrency {}: wrk, {} threads, chat completions on keep-alive connections, {} rounds of {} s per path, interleaved; requests/s over all rounds, latency the median of the rounds' percentiles. RSS (VmRSS) after the latency runs and before / after all load.\n",
+        "\nConcurrency {}: wrk, {} threads, chat completions on keep-alive connections, {} rounds of {} s per path, interleaved; requests/s over all rounds, latency the median of the rounds' percentiles (wrk's own, `--timeout {}s`). RSS (VmRSS): idle after start, before any request; after all latency and load runs.\n",
         p.load_connections,
         threads.min(p.load_connections),
         p.load_rounds,
-        p.load_seconds
+        p.load_seconds,
+        wrk.timeout_secs
     );
     report::load(&rows, direct, p.load_connections);
     println!("\n## Layer 4 (`protocol: tcp`)\n");

@@ -30,7 +30,7 @@ pub fn run(p: &Params) -> Result<()> {
             "  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
             server.addr
         ),
-        listen_v6: false,
+        listen_v6: true,
         extra: format!(
             "policies: [\"{}\"]\nworker_threads: {}\n",
             sluice_tests::policies_dir().display(),
