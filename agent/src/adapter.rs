@@ -169,9 +169,24 @@ impl fmt::Display for OpClass {
     }
 }
 
+impl Server {
+    /// The name config files use (`llama-cpp`), without allocating: metrics label with it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Openai => "openai",
+            Server::Anthropic => "anthropic",
+            Server::Ollama => "ollama",
+            Server::Vllm => "vllm",
+            Server::Tgi => "tgi",
+            Server::Triton => "triton",
+            Server::LlamaCpp => "llama-cpp",
+        }
+    }
+}
+
 impl fmt::Display for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&serde_name(self))
+        f.write_str(self.name())
     }
 }
 

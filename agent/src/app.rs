@@ -14,7 +14,7 @@ use crate::{
     drain::Drain,
     intercept::{self, Interceptor},
     limits::{self, Connections},
-    policy, record,
+    metrics, policy, record,
     upstream::{self, Upstreams},
 };
 
@@ -35,6 +35,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(rules = loaded.rule_count(), packs = ?loaded.packs, "policies loaded");
     // The admin socket doubles as the single-instance lock: bind it before touching the kernel.
     let admin_listener = admin::bind(&cfg.admin_socket).await?;
+    // Metrics are bound before interception too: a taken port stops the start, loudly.
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some((
+            metrics::server::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen {addr}"))?,
+            metrics::install(),
+        )),
+        None => None,
+    };
     // Listeners come up before the hooks point at them.
     let mut listeners = vec![(cfg.listen, bind(cfg.listen)?)];
     if let Some(v6) = cfg.listen_v6 {
@@ -91,8 +101,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_request_body: cfg.max_request_body_bytes,
         max_header: cfg.max_header_bytes,
         max_h2_streams: cfg.max_h2_streams,
+        overhead_header: cfg.overhead_header,
         shutdown: drain.shutdown_signal(),
     });
+    if let Some((listener, m)) = metrics_listener {
+        tracing::info!(listen = ?cfg.metrics_listen, "serving /metrics");
+        tokio::spawn(metrics::server::serve(listener, m, drain.shutdown_signal()));
+    }
     tokio::spawn(policy_reloader(policy.clone(), drain.shutdown_signal()));
     tokio::spawn(intercept::targets::refresh_hostnames(
         maps.clone(),
@@ -173,6 +188,7 @@ async fn accept_loop(
                     Err(over) => {
                         // Dropping it unattributed leaves its metadata to the LRU map.
                         ctx.table.count_over_limit();
+                        metrics::refused("sluice_connection_cap");
                         tracing::warn!(%peer, limit = %over, "connection refused: the agent is at its connection cap");
                         connection::reset(&stream);
                         continue;
@@ -225,8 +241,14 @@ async fn policy_reloader(store: Arc<policy::Store>, stop: tokio_util::sync::Canc
         let reloaded = tokio::task::spawn_blocking(move || s.reload()).await;
         let Ok(reloaded) = reloaded else {
             tracing::error!(why, "policy reload task failed; keeping the running policy");
+            if let Some(m) = metrics::get() {
+                m.reload(false);
+            }
             continue;
         };
+        if let Some(m) = metrics::get() {
+            m.reload(reloaded.is_ok());
+        }
         match reloaded {
             Ok(rules) => tracing::info!(why, rules, "policy reloaded"),
             Err(e) => {

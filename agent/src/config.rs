@@ -146,6 +146,14 @@ pub struct Config {
     /// cross-thread wakeups), n = n worker threads.
     #[serde(default)]
     pub worker_threads: usize,
+    /// Address of the Prometheus `/metrics` endpoint; `null` (the default) turns metrics
+    /// off. Must be a loopback address: the series name targets and rules.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Adds `x-sluice-overhead-us` to every HTTP response: the microseconds the agent itself
+    /// spent on the request, without the upstream's time.
+    #[serde(default)]
+    pub overhead_header: bool,
     pub targets: Vec<Target>,
 }
 
@@ -252,6 +260,21 @@ impl Config {
             return Err(format!(
                 "listen_v6: {v6} must be the IPv6 loopback, e.g. \"[::1]:15001\""
             ));
+        }
+        if let Some(m) = self.metrics_listen {
+            if !m.ip().is_loopback() {
+                return Err(format!(
+                    "metrics_listen: {m} is not a loopback address; /metrics names targets and rules, so it is served on loopback only (scrape it through a local agent or a port-forward)"
+                ));
+            }
+            if std::iter::once(self.listen)
+                .chain(self.listen_v6)
+                .any(|l| l == m)
+            {
+                return Err(format!(
+                    "metrics_listen: {m} is the agent's intercept listener; pick another port"
+                ));
+            }
         }
         if self.targets.is_empty() {
             return Err("targets: at least one target is required".into());

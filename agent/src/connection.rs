@@ -11,6 +11,7 @@ use crate::{
     filter, forward, http,
     intercept::{Maps, orig_dst},
     limits::{BodyBudget, ConnectionSlot, Connections},
+    metrics::ConnPath,
     policy, record, upstream,
     upstream::Upstreams,
     workload::Workload,
@@ -31,6 +32,8 @@ pub struct Ctx {
     pub max_request_body: usize,
     pub max_header: usize,
     pub max_h2_streams: u32,
+    /// Add `x-sluice-overhead-us` to every HTTP response.
+    pub overhead_header: bool,
     pub shutdown: CancellationToken,
 }
 
@@ -63,6 +66,7 @@ pub async fn serve(
     let Some((meta, workload)) = orig_dst::attribute(ctx.maps.clone(), peer).await else {
         // Not redirected by our hooks (a direct dial of the listener, or metadata lost).
         ctx.table.count_refused();
+        crate::metrics::refused("sluice_not_redirected");
         tracing::warn!(%peer, "refused connection to the listener that was not redirected by Sluice");
         reset(&client);
         return;
@@ -70,12 +74,14 @@ pub async fn serve(
     let orig = orig_dst::original_destination(&meta);
     let Some(target_cfg) = ctx.targets.get(meta.target_id as usize).cloned() else {
         ctx.table.count_refused();
+        crate::metrics::refused("sluice_unknown_target");
         tracing::error!(%peer, target_id = meta.target_id, "redirected connection names no configured target; refused");
         reset(&client);
         return;
     };
     if let Err(over) = ctx.connections.charge(&mut slot, workload.cgroup_id) {
         ctx.table.count_over_limit();
+        crate::metrics::refused("sluice_cgroup_connection_cap");
         tracing::warn!(
             target_name = %target_cfg.name, tgid = workload.tgid, uid = workload.uid,
             cgroup_id = workload.cgroup_id, comm = %workload.comm, limit = %over,
@@ -96,6 +102,7 @@ pub async fn serve(
     });
     let _ = client.set_nodelay(true);
     if protocol == Protocol::Http {
+        let _gauge = crate::metrics::connection(&target, ConnPath::Http);
         let conn = Arc::new(Conn {
             target_id: meta.target_id,
             target: target_cfg,
@@ -111,6 +118,7 @@ pub async fn serve(
         Ok(u) => u,
         Err(e) => {
             ctx.table.count_upstream_failure();
+            crate::metrics::refused("sluice_upstream_unavailable");
             tracing::warn!(
                 target_name = %target, pid = workload.tgid, uid = workload.uid, comm = %workload.comm,
                 original_dst = %orig, error = %e, "upstream unavailable; closing client connection"
@@ -120,6 +128,7 @@ pub async fn serve(
         }
     };
     entry.set_upstream(upstream_addr);
+    let _gauge = crate::metrics::connection(&target, ConnPath::L4Splice);
     tracing::info!(
         target_name = %target, pid = workload.pid, tgid = workload.tgid, uid = workload.uid,
         gid = workload.gid, cgroup_id = workload.cgroup_id, comm = %workload.comm,
@@ -132,11 +141,16 @@ pub async fn serve(
     };
     let ms = started.elapsed().as_millis() as u64;
     match outcome {
-        Ok(t) => tracing::info!(
+        Ok(t) => {
+            if let Some(m) = crate::metrics::get() {
+                m.add_bytes(&target, t.up, t.down);
+            }
+            tracing::info!(
             target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
             original_dst = %orig, upstream = %upstream_addr, bytes_up = t.up, bytes_down = t.down,
             duration_ms = ms, "connection closed"
-        ),
+            );
+        }
         Err(e) => tracing::info!(
             target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
             original_dst = %orig, upstream = %upstream_addr, duration_ms = ms, error = %e,

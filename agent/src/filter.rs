@@ -59,7 +59,18 @@ impl Chain {
         self.0.is_empty()
     }
 
-    fn run(&mut self, mut data: Bytes, end: bool) -> Result<Bytes, Stop> {
+    fn run(&mut self, data: Bytes, end: bool) -> Result<Bytes, Stop> {
+        let timed = crate::metrics::get()
+            .filter(|_| !self.0.is_empty())
+            .map(|m| (m, std::time::Instant::now()));
+        let out = self.run_filters(data, end);
+        if let Some((m, t)) = timed {
+            m.observe(crate::metrics::Stage::Filters, t.elapsed());
+        }
+        out
+    }
+
+    fn run_filters(&mut self, mut data: Bytes, end: bool) -> Result<Bytes, Stop> {
         for f in &mut self.0 {
             // A filter's held-back bytes must reach the later filters at the end even if
             // nothing new arrived, so the end call is never skipped.

@@ -167,9 +167,16 @@ async fn record_malformed(
         return;
     };
     let mut g = recorder
-        .start(&conn.target.name, &conn.workload, "-", "-")
+        .start(
+            &conn.target.name,
+            conn.target.server,
+            &conn.workload,
+            "-",
+            "-",
+        )
         .await;
     g.set_status(status);
+    crate::metrics::refused("sluice_malformed_head");
     g.finish(crate::record::Outcome::Malformed(e.to_string()));
 }
 

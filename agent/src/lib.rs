@@ -23,6 +23,7 @@ pub mod http;
 pub mod intercept;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod record;

@@ -26,6 +26,7 @@ use crate::{
     connection::{Conn, Ctx},
     filter::{Chain, Framing, RequestEnd, ResponseBody},
     http::InFlight,
+    metrics::Stage,
     policy::{Decision, Facts, Permit},
     record::Phase,
     respond::{self, Body, Refusal},
@@ -52,26 +53,40 @@ pub async fn handle(
     let mut rq = Request::start(ctx, conn, req, in_flight).await;
     let (response, chain) = match stages(ctx, &mut rq).await {
         Ok(ok) => ok,
-        Err(refusal) => (
-            respond::render(conn.target.server, rq.grpc, &refusal),
-            Chain::default(),
-        ),
+        Err(refusal) => {
+            crate::metrics::refused(refusal.code);
+            (
+                respond::render(conn.target.server, rq.grpc, &refusal),
+                Chain::default(),
+            )
+        }
     };
     rq.respond(response, chain)
 }
 
+/// The stages in order; each `lap` closes the one before it for the latency metrics.
 async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), Refusal> {
     admit::admit(rq, ctx)?;
+    rq.lap(Stage::Admit);
     read::read(rq, ctx).await?;
+    rq.lap(Stage::Read);
     rq.phase(Phase::Decide);
     classify(rq);
+    rq.lap(Stage::Classify);
     identify(rq);
+    rq.lap(Stage::Identify);
     decide(rq);
+    rq.lap(Stage::Decide);
     let permit = approve(rq.decision.as_ref())?;
+    rq.lap(Stage::Approve);
     let forward = send::prepare(rq, permit);
+    rq.lap(Stage::Prepare);
     rq.phase(Phase::Upstream);
     let head = send::send(ctx, &rq.conn, forward).await?;
-    response(rq, head)
+    rq.lap(Stage::UpstreamWait);
+    let response = response(rq, head)?;
+    rq.lap(Stage::Respond);
+    Ok(response)
 }
 
 /// What the request does, as the target's adapter reads it.
@@ -181,6 +196,11 @@ fn response(
     ))
 }
 
+/// The microseconds the agent spent on a request before its response head (without the
+/// upstream's time); sent when `overhead_header` is on.
+pub const OVERHEAD_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-sluice-overhead-us");
+
 /// The `Content-Length` a message declares, if it is a number.
 fn declared_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)
@@ -190,7 +210,15 @@ fn declared_length(h: &http::HeaderMap) -> Option<u64> {
 
 impl Request {
     /// The last step: the response's body takes over the end of the request.
-    fn respond(self, response: Response<Body>, chain: Chain) -> Response<Body> {
+    fn respond(mut self, mut response: Response<Body>, chain: Chain) -> Response<Body> {
+        if let Some(spent) = self.clock.overhead()
+            && self.overhead_header
+        {
+            response.headers_mut().insert(
+                OVERHEAD_HEADER,
+                header::HeaderValue::from(spent.as_micros() as u64),
+            );
+        }
         let mut end: RequestEnd = self.into_end();
         end.record.set_status(response.status());
         response.map(|body| ResponseBody::new(body, chain, end).boxed())

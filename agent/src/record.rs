@@ -24,7 +24,12 @@ use http::StatusCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{adapter::Operation, admin::Table, policy::Decision, workload::Workload};
+use crate::{
+    adapter::{Operation, Server},
+    admin::Table,
+    policy::Decision,
+    workload::Workload,
+};
 
 mod writer;
 
@@ -85,12 +90,15 @@ pub struct Record {
     pub id: u64,
     pub unix_ms: u64,
     pub target: String,
+    pub server: Server,
     pub workload: Workload,
     pub method: String,
     pub path: String,
     pub operation: Option<Operation>,
     pub decision: Option<Decision>,
     pub status: Option<StatusCode>,
+    /// Request body bytes Sluice read (a body passed through unread counts 0).
+    pub request_bytes: u64,
     pub response_bytes: u64,
     pub outcome: Outcome,
     pub headers_ms: Option<u64>,
@@ -146,6 +154,7 @@ impl Recorder {
     pub async fn start(
         &self,
         target: &str,
+        server: Server,
         workload: &Workload,
         method: &str,
         path: &str,
@@ -165,12 +174,14 @@ impl Recorder {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
                 target: target.to_string(),
+                server,
                 workload: workload.clone(),
                 method: method.to_string(),
                 path: path.to_string(),
                 operation: None,
                 decision: None,
                 status: None,
+                request_bytes: 0,
                 response_bytes: 0,
                 outcome: Outcome::Complete,
                 headers_ms: None,
@@ -231,6 +242,10 @@ impl Guard {
         self.with(|r| r.status = Some(status));
     }
 
+    pub fn set_request_bytes(&mut self, n: usize) {
+        self.with(|r| r.request_bytes = n as u64);
+    }
+
     pub fn add_bytes(&mut self, n: usize) {
         self.with(|r| r.response_bytes += n as u64);
     }
@@ -283,7 +298,9 @@ mod tests {
     #[tokio::test]
     async fn a_guard_is_finished_exactly_once() {
         let (rec, mut rx, table, _) = recorder();
-        let mut g = rec.start("t", &workload(), "POST", "/api/chat").await;
+        let mut g = rec
+            .start("t", Server::Ollama, &workload(), "POST", "/api/chat")
+            .await;
         g.set_status(StatusCode::OK);
         g.add_bytes(10);
         g.finish(Outcome::Complete);
@@ -303,11 +320,23 @@ mod tests {
     async fn dropping_an_open_guard_records_where_the_client_left() {
         let (rec, mut rx, table, _) = recorder();
         let g = rec
-            .start("t", &workload(), "POST", "/v1/chat/completions")
+            .start(
+                "t",
+                Server::Ollama,
+                &workload(),
+                "POST",
+                "/v1/chat/completions",
+            )
             .await;
         drop(g);
         let mut g = rec
-            .start("t", &workload(), "POST", "/v1/chat/completions")
+            .start(
+                "t",
+                Server::Ollama,
+                &workload(),
+                "POST",
+                "/v1/chat/completions",
+            )
             .await;
         g.set_decision(&Decision::Deny(Denial {
             rule: Some("r".into()),
@@ -330,7 +359,9 @@ mod tests {
     #[tokio::test]
     async fn drain_is_told_apart_from_a_client_leaving() {
         let (rec, mut rx, _, stop) = recorder();
-        let mut g = rec.start("t", &workload(), "GET", "/").await;
+        let mut g = rec
+            .start("t", Server::Ollama, &workload(), "GET", "/")
+            .await;
         g.set_status(StatusCode::OK);
         stop.cancel();
         drop(g);
@@ -344,11 +375,14 @@ mod tests {
         let (rec, mut rx, table, _) = recorder();
         let mut open = Vec::new();
         for _ in 0..QUEUE {
-            open.push(rec.start("t", &workload(), "GET", "/").await);
+            open.push(
+                rec.start("t", Server::Ollama, &workload(), "GET", "/")
+                    .await,
+            );
         }
         // Every place is taken: the next request waits for one.
         let w = workload();
-        let waiting = rec.start("t", &w, "GET", "/next");
+        let waiting = rec.start("t", Server::Ollama, &w, "GET", "/next");
         tokio::pin!(waiting);
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(50), waiting.as_mut())

@@ -346,3 +346,18 @@ fn grpc_body_kinds_and_key_matching_per_server() {
     );
     assert_eq!(kind(Server::Openai, "POST", "/v1/nope"), None);
 }
+
+#[test]
+fn server_names_are_the_config_spelling() {
+    for s in [
+        Server::Openai,
+        Server::Anthropic,
+        Server::Ollama,
+        Server::Vllm,
+        Server::Tgi,
+        Server::Triton,
+        Server::LlamaCpp,
+    ] {
+        assert_eq!(s.name(), super::serde_name(&s));
+    }
+}

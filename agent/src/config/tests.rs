@@ -203,3 +203,30 @@ fn the_body_budget_must_hold_one_largest_body() {
     .expect_err("budget smaller than one body");
     assert!(err.to_string().contains("max_buffered_body_bytes"), "{err}");
 }
+
+#[test]
+fn metrics_are_off_by_default_and_only_served_on_loopback() {
+    let base = "listen: 127.0.0.1:15001\ntargets: [{name: a, match: 10.0.0.1:80}]\n";
+    let cfg = parse(base).expect("valid");
+    assert_eq!((cfg.metrics_listen, cfg.overhead_header), (None, false));
+    let on = parse(&format!(
+        "{base}metrics_listen: 127.0.0.1:9464\noverhead_header: true\n"
+    ))
+    .expect("loopback metrics");
+    assert_eq!(
+        on.metrics_listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    assert!(on.overhead_header);
+    let e = parse(&format!("{base}metrics_listen: 0.0.0.0:9464\n"))
+        .expect_err("all interfaces refused")
+        .to_string();
+    assert!(
+        e.contains("metrics_listen") && e.contains("loopback"),
+        "{e}"
+    );
+    let e = parse(&format!("{base}metrics_listen: 127.0.0.1:15001\n"))
+        .expect_err("the intercept listener refused")
+        .to_string();
+    assert!(e.contains("intercept listener"), "{e}");
+}

@@ -42,6 +42,7 @@ async fn body(
     let mut g = rec
         .start(
             "t",
+            crate::adapter::Server::Openai,
             &Workload::described(0, 0, "c".into(), None),
             "POST",
             "/v1/chat/completions",

@@ -319,6 +319,7 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(target_name = %target.name, host, error = %e, "resolving target failed; keeping previous addresses");
+                    dns_metric(&target.name, "failed");
                     due.insert(*id, now + Duration::from_secs(1).max(max_wait / 4));
                     continue;
                 }
@@ -329,6 +330,7 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
             due.insert(*id, next);
             let old = current.get(id).cloned().unwrap_or_default();
             if resolved == old {
+                dns_metric(&target.name, "unchanged");
                 continue;
             }
             let add = named_entries(target, *id, &resolved);
@@ -337,10 +339,12 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
             match update(&maps, move |m| m.apply(&origin, &add, &del)).await {
                 Some(Ok(())) => {
                     tracing::info!(target_name = %target.name, host, addresses = ?resolved, "target addresses updated");
+                    dns_metric(&target.name, "changed");
                     current.insert(*id, resolved);
                 }
                 Some(Err(e)) => {
-                    tracing::error!(target_name = %target.name, host, addresses = ?resolved, error = %e, "target map update refused")
+                    tracing::error!(target_name = %target.name, host, addresses = ?resolved, error = %e, "target map update refused");
+                    dns_metric(&target.name, "refused");
                 }
                 None => {}
             }
@@ -350,6 +354,12 @@ pub async fn refresh_hostnames(maps: Arc<Maps>, cfg: Arc<Config>, stop: Cancella
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(wake) => {}
         }
+    }
+}
+
+fn dns_metric(target: &str, result: &'static str) {
+    if let Some(m) = crate::metrics::get() {
+        m.dns(target, result);
     }
 }
 

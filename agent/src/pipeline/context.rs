@@ -13,6 +13,7 @@ use crate::{
     filter::RequestEnd,
     http::InFlight,
     limits::BodyCharge,
+    metrics::{Clock, Stage},
     policy::{Decision, Policy},
     record::{Guard, Phase},
 };
@@ -67,6 +68,10 @@ pub struct Request {
     pub decision: Option<Decision>,
     pub approval: Approval,
     pub credential: Option<Credential>,
+    /// Times the stages when metrics or the overhead header want it.
+    pub clock: Clock,
+    /// Add `x-sluice-overhead-us` to the response.
+    pub overhead_header: bool,
     end: RequestEnd,
 }
 
@@ -78,11 +83,14 @@ impl Request {
         req: http::Request<Incoming>,
         in_flight: InFlight,
     ) -> Self {
+        // Started before anything else: waiting for a record slot is the agent's time too.
+        let clock = Clock::new(ctx.overhead_header || crate::metrics::get().is_some());
         let (parts, body) = req.into_parts();
         let record = ctx
             .recorder
             .start(
                 &conn.target.name,
+                conn.target.server,
                 &conn.workload,
                 parts.method.as_str(),
                 parts.uri.path(),
@@ -105,6 +113,8 @@ impl Request {
             decision: None,
             approval: Approval::default(),
             credential: None,
+            clock,
+            overhead_header: ctx.overhead_header,
             end: RequestEnd {
                 record,
                 in_flight: Some(in_flight),
@@ -119,6 +129,11 @@ impl Request {
 
     pub fn phase(&mut self, phase: Phase) {
         self.record().set_phase(phase);
+    }
+
+    /// The stage that just ran has ended.
+    pub fn lap(&mut self, stage: Stage) {
+        self.clock.lap(stage);
     }
 
     /// Hands the end of the request (record, in-flight mark) to the response body.

@@ -83,6 +83,7 @@ pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
     }
     let bytes: Bytes = buf.freeze();
     rq.json = json(rq, &bytes)?;
+    rq.record().set_request_bytes(bytes.len());
     rq.body = RequestBody::Buffered { bytes, charge };
     Ok(())
 }

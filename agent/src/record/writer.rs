@@ -8,6 +8,18 @@ use super::Record;
 pub async fn run(mut rx: mpsc::Receiver<Record>) {
     while let Some(r) = rx.recv().await {
         write(&r);
+        // Counted here, off the request path, from the same record the log line shows.
+        if let Some(m) = crate::metrics::get() {
+            m.request(&crate::metrics::RequestSample {
+                target: &r.target,
+                server: r.server.name(),
+                operation: r.operation.as_ref().map_or("none", |o| o.route),
+                decision: r.action(),
+                rule: r.rules(),
+                bytes_up: r.request_bytes,
+                bytes_down: r.response_bytes,
+            });
+        }
     }
 }
 
@@ -25,7 +37,7 @@ fn write(r: &Record) {
         streaming = op.is_some_and(|o| o.streaming),
         decision = r.action(), rules = %r.rules(),
         status = r.status.map_or(0, |s| s.as_u16()),
-        response_bytes = r.response_bytes, outcome = %r.outcome,
+        request_bytes = r.request_bytes, response_bytes = r.response_bytes, outcome = %r.outcome,
         headers_ms = r.headers_ms, duration_ms = r.duration_ms,
         "request"
     );

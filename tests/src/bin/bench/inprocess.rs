@@ -20,6 +20,7 @@ pub fn filter_cost(n: usize) {
             .expect("runtime")
             .block_on(rec.start(
                 "bench",
+                sluice::adapter::Server::Openai,
                 &sluice::workload::Workload::described(0, 0, "bench".into(), None),
                 "POST",
                 "/v1/chat/completions",
