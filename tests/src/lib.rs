@@ -356,6 +356,9 @@ pub struct Seen {
     pub stop: Arc<AtomicBool>,
     /// Opened by `GET /release`; a gated stream waits for it after its first chunk.
     pub gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    /// Keep none of the above lists (peers, requests, headers): a benchmark's millions of
+    /// requests would grow them without bound.
+    pub unrecorded: bool,
 }
 
 /// A client script in tests/clients.

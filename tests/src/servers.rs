@@ -36,9 +36,12 @@ impl Drop for Server {
 }
 
 fn serve(bind: &str, handler: fn(TcpStream, &Seen) -> io::Result<()>) -> Server {
+    serve_with(bind, handler, Seen::default())
+}
+
+fn serve_with(bind: &str, handler: fn(TcpStream, &Seen) -> io::Result<()>, seen: Seen) -> Server {
     let listener = TcpListener::bind(bind).expect("bind test server");
     let addr = listener.local_addr().expect("local addr");
-    let seen = Seen::default();
     let s2 = seen.clone();
     thread::spawn(move || {
         for conn in listener.incoming() {
@@ -46,7 +49,9 @@ fn serve(bind: &str, handler: fn(TcpStream, &Seen) -> io::Result<()>) -> Server 
                 return;
             }
             let Ok(conn) = conn else { continue };
-            if let (Ok(peer), Ok(mut peers)) = (conn.peer_addr(), s2.peers.lock()) {
+            if !s2.unrecorded
+                && let (Ok(peer), Ok(mut peers)) = (conn.peer_addr(), s2.peers.lock())
+            {
                 peers.push(peer);
             }
             let seen = s2.clone();
@@ -62,6 +67,16 @@ fn serve(bind: &str, handler: fn(TcpStream, &Seen) -> io::Result<()>) -> Server 
 /// `POST /sink` reads the body and answers with its length, anything else a short greeting.
 pub fn http(bind: &str) -> Server {
     serve(bind, handle_http)
+}
+
+/// `http` that keeps no record of peers, requests or headers (`Seen::unrecorded`), for
+/// benchmarks.
+pub fn http_unrecorded(bind: &str) -> Server {
+    let seen = Seen {
+        unrecorded: true,
+        ..Seen::default()
+    };
+    serve_with(bind, handle_http, seen)
 }
 
 /// Echoes every byte; when the client half-closes, finishes sending and closes too.
@@ -104,7 +119,9 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
             }
             if let Some((k, v)) = h.split_once(':') {
                 let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                if let Ok(mut hs) = seen.headers.lock() {
+                if !seen.unrecorded
+                    && let Ok(mut hs) = seen.headers.lock()
+                {
                     hs.push(format!("{k}: {v}"));
                 }
                 if k == "content-length" {
@@ -114,7 +131,9 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
                 }
             }
         }
-        if let Ok(mut reqs) = seen.requests.lock() {
+        if !seen.unrecorded
+            && let Ok(mut reqs) = seen.requests.lock()
+        {
             reqs.push(format!("{method} {path}"));
         }
         let mut body = Vec::new();

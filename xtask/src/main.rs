@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench [--stress] | fuzz`.
 //!
 //! `setup` installs what building the eBPF programs needs, idempotently: either a nightly with
 //! rust-src and bpf-linker already exist, or it installs Debian's rustc-web (rustc with its
@@ -41,8 +41,13 @@ enum Task {
         #[arg(long)]
         no_lint: bool,
     },
-    /// Set up, build release binaries and run the benchmarks (intercepted vs direct).
+    /// Set up, build release binaries and run the benchmarks (Sluice vs HAProxy, nginx and
+    /// direct). Arguments after `--` go to the bench (docs/benchmarks.md).
     Bench {
+        /// Instead: wrk at 256 connections for 60 s through HTTP-aware interception; fails if
+        /// any request fails. `-- --seconds S --connections N` change both.
+        #[arg(long)]
+        stress: bool,
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -121,12 +126,15 @@ fn run(cli: Cli) -> Result<()> {
             };
             fuzz::run(cargo_cmd(), budget, target.as_deref())
         }
-        Task::Bench { args } => {
+        Task::Bench { stress, args } => {
             setup::run(true)?;
             cargo(&["build", "--release", "-p", "sluice", "-p", "sluice-tests"])?;
             let mut cmd = as_root(&root.join("target/release/sluice-bench"));
-            cmd.env("SLUICE_BIN", root.join("target/release/sluice"))
-                .args(&args);
+            cmd.env("SLUICE_BIN", root.join("target/release/sluice"));
+            if stress {
+                cmd.arg("--stress");
+            }
+            cmd.args(&args);
             run_status(cmd)
         }
     }

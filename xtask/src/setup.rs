@@ -21,6 +21,13 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 ];
 /// Tools the end-to-end tests drive: real clients, bpftool to inspect attachments.
 const TEST_PACKAGES: &[&str] = &["curl", "bpftool", "iproute2", "util-linux", "python3"];
+/// The benchmark's peers (real proxies in front of the same server) and its load generator.
+/// haproxy and nginx ship system services; they are installed without starting them.
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "wrk"];
+/// Services of BENCH_PACKAGES, disabled right after they are installed.
+const BENCH_SERVICES: &[&str] = &["haproxy", "nginx"];
+/// Debian's hook that invoke-rc.d asks before it starts a service; exit 101 means "no".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn is_root() -> bool {
     Command::new("id")
@@ -116,11 +123,86 @@ fn apt_install(pkgs: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Installs packages that ship a service (nginx, haproxy) so that no service starts and none
+/// listens on port 80: a temporary policy-rc.d refuses the start during installation (unless
+/// one already exists, as in most containers), and the services are disabled afterwards so
+/// that a reboot does not start them either. Packages already installed are left alone.
+fn install_without_services(pkgs: &[String]) -> Result<()> {
+    if pkgs.is_empty() {
+        return Ok(());
+    }
+    let guard = PolicyGuard::install()?;
+    let installed = apt_install(pkgs);
+    drop(guard);
+    installed?;
+    let systemd = Path::new("/run/systemd/system").exists();
+    for svc in BENCH_SERVICES
+        .iter()
+        .filter(|s| pkgs.iter().any(|p| p == *s))
+    {
+        if systemd {
+            // Also stops it, should a unit have been started outside invoke-rc.d.
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", "--quiet", svc])
+                .status();
+            continue;
+        }
+        if Path::new("/usr/sbin/update-rc.d").exists() {
+            let _ = Command::new("update-rc.d")
+                .args([svc, "disable"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        // Only if the service did start anyway (its pid file exists): stop it by its script.
+        if Path::new(&format!("/run/{svc}.pid")).exists()
+            && Path::new(&format!("/etc/init.d/{svc}")).exists()
+        {
+            let _ = Command::new(format!("/etc/init.d/{svc}"))
+                .arg("stop")
+                .status();
+        }
+    }
+    Ok(())
+}
+
+/// A policy-rc.d that refuses every service start, removed on drop; none if one exists.
+struct PolicyGuard(Option<PathBuf>);
+
+impl PolicyGuard {
+    fn install() -> Result<Self> {
+        let path = Path::new(POLICY_RC_D);
+        if path.exists() || !is_root() {
+            return Ok(PolicyGuard(None));
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while installing\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {POLICY_RC_D}"))?;
+        Ok(PolicyGuard(Some(path.to_path_buf())))
+    }
+}
+
+impl Drop for PolicyGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take()
+            && let Err(e) = std::fs::remove_file(&p)
+        {
+            eprintln!("xtask setup: could not remove {}: {e}", p.display());
+        }
+    }
+}
+
 /// `with_test_tools` also installs what the end-to-end tests and benchmarks use.
 pub fn run(with_test_tools: bool) -> Result<()> {
     let on_debian = Path::new("/usr/bin/dpkg-query").exists();
     if with_test_tools && on_debian {
         apt_install(&missing_packages(TEST_PACKAGES))?;
+        install_without_services(&missing_packages(BENCH_PACKAGES))?;
     }
     if with_test_tools {
         python_packages()?;

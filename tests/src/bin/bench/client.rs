@@ -1,0 +1,270 @@
+//! The client side of the latency rows: plain blocking HTTP/1.1 on loopback, run inside the
+//! test cgroup (so connections to the virtual address are redirected), one connection at a
+//! time, every path measured in interleaved blocks so all see the same machine noise.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// What the client measures, passed to it as JSON on its command line.
+#[derive(Serialize, Deserialize)]
+pub struct Plan {
+    /// Sluice L4 (`protocol: tcp`), compared with `direct` on connection setup, keep-alive
+    /// requests and bulk transfer.
+    pub l4: SocketAddr,
+    pub direct: SocketAddr,
+    /// Every path of the HTTP comparison, in report order (name, address).
+    pub http_paths: Vec<(String, SocketAddr)>,
+    /// Sluice HTTP-aware with a pass-through response filter.
+    pub filtered: SocketAddr,
+    pub setups: usize,
+    pub requests: usize,
+    pub bulk_mb: usize,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct PathResult {
+    pub connect_us: Vec<f64>,
+    pub first_response_us: Vec<f64>,
+    pub request_us: Vec<f64>,
+    pub download_mb_s: f64,
+    pub upload_mb_s: f64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct HttpResult {
+    /// Non-streamed chat completion on a keep-alive connection.
+    pub chat_us: Vec<f64>,
+    /// Streamed chat completion: time to the first SSE chunk, and to the end.
+    pub ttfb_us: Vec<f64>,
+    pub stream_total_us: Vec<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Results {
+    pub l4: PathResult,
+    pub direct: PathResult,
+    /// One per `Plan::http_paths`, same order.
+    pub http: Vec<HttpResult>,
+    pub filtered: HttpResult,
+}
+
+pub fn run(plan: &Plan) -> Result<Results> {
+    let mut r = Results {
+        l4: PathResult::default(),
+        direct: PathResult::default(),
+        http: plan
+            .http_paths
+            .iter()
+            .map(|_| HttpResult::default())
+            .collect(),
+        filtered: HttpResult::default(),
+    };
+    const BLOCK: usize = 100;
+    for round in 0..plan.setups.div_ceil(BLOCK) {
+        let n = BLOCK.min(plan.setups - round * BLOCK);
+        for _ in 0..n {
+            one_setup(plan.l4, &mut r.l4)?;
+        }
+        for _ in 0..n {
+            one_setup(plan.direct, &mut r.direct)?;
+        }
+    }
+    const REQ_BLOCK: usize = 1000;
+    for round in 0..plan.requests.div_ceil(REQ_BLOCK) {
+        let n = REQ_BLOCK.min(plan.requests - round * REQ_BLOCK);
+        requests(plan.l4, n, &mut r.l4)?;
+        requests(plan.direct, n, &mut r.direct)?;
+    }
+    bulk(plan.l4, plan.bulk_mb, &mut r.l4)?;
+    bulk(plan.direct, plan.bulk_mb, &mut r.direct)?;
+    for round in 0..plan.requests.div_ceil(REQ_BLOCK) {
+        let n = REQ_BLOCK.min(plan.requests - round * REQ_BLOCK);
+        for ((name, addr), out) in plan.http_paths.iter().zip(r.http.iter_mut()) {
+            chats(*addr, n, out).with_context(|| format!("{name} ({addr})"))?;
+        }
+        streams(plan.filtered, n / 4, &mut r.filtered).context("filtered")?;
+    }
+    Ok(r)
+}
+
+/// Reads one HTTP/1.1 response (headers + Content-Length body); returns body length.
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<usize> {
+    let mut len = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("connection closed mid-response");
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line
+            .to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().to_string())
+        {
+            len = Some(v.parse::<usize>()?);
+        }
+    }
+    let n = len.context("no content-length")?;
+    let copied = std::io::copy(&mut r.by_ref().take(n as u64), &mut std::io::sink())?;
+    if copied as usize != n {
+        bail!("short body");
+    }
+    Ok(n)
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+
+fn one_setup(addr: SocketAddr, out: &mut PathResult) -> Result<()> {
+    let t0 = Instant::now();
+    let s = TcpStream::connect(addr)?;
+    let t1 = Instant::now();
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    w.write_all(GET)?;
+    read_response(&mut r)?;
+    let t2 = Instant::now();
+    out.connect_us.push((t1 - t0).as_secs_f64() * 1e6);
+    out.first_response_us.push((t2 - t0).as_secs_f64() * 1e6);
+    Ok(())
+}
+
+fn requests(addr: SocketAddr, n: usize, out: &mut PathResult) -> Result<()> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    // Warm the connection (and the agent's upstream connection) before timing.
+    for _ in 0..50 {
+        w.write_all(GET)?;
+        read_response(&mut r)?;
+    }
+    for _ in 0..n {
+        let t0 = Instant::now();
+        w.write_all(GET)?;
+        read_response(&mut r)?;
+        out.request_us.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(())
+}
+
+fn bulk(addr: SocketAddr, mb: usize, out: &mut PathResult) -> Result<()> {
+    let bytes = mb * 1024 * 1024;
+    // Download.
+    let s = TcpStream::connect(addr)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::with_capacity(1 << 20, s);
+    let t0 = Instant::now();
+    write!(w, "GET /bytes/{bytes} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    read_response(&mut r)?;
+    out.download_mb_s = bytes as f64 / 1e6 / t0.elapsed().as_secs_f64();
+    // Upload.
+    let s = TcpStream::connect(addr)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let chunk = vec![b'y'; 1 << 20];
+    let t0 = Instant::now();
+    write!(
+        w,
+        "POST /sink HTTP/1.1\r\nHost: bench\r\nContent-Length: {bytes}\r\n\r\n"
+    )?;
+    for _ in 0..mb {
+        w.write_all(&chunk)?;
+    }
+    read_response(&mut r)?;
+    out.upload_mb_s = bytes as f64 / 1e6 / t0.elapsed().as_secs_f64();
+    Ok(())
+}
+
+pub const CHAT: &str = r#"{"model":"test-model","messages":[{"role":"user","content":"hello"}]}"#;
+const CHAT_STREAM: &str =
+    r#"{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+
+fn post(w: &mut TcpStream, body: &str) -> Result<()> {
+    write!(
+        w,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
+}
+
+/// Reads a chunked response; returns (time of the first data chunk, time of the end).
+fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<(Instant, Instant)> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("closed in headers");
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut first = None;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let n = usize::from_str_radix(line.trim(), 16)?;
+        if n == 0 {
+            line.clear();
+            r.read_line(&mut line)?;
+            return Ok((first.unwrap_or_else(Instant::now), Instant::now()));
+        }
+        let mut buf = vec![0u8; n + 2];
+        r.read_exact(&mut buf)?;
+        first.get_or_insert_with(Instant::now);
+    }
+}
+
+/// `n` chat completions, then `n / 4` streamed ones, on one keep-alive connection.
+fn chats(addr: SocketAddr, n: usize, out: &mut HttpResult) -> Result<()> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    for _ in 0..50 {
+        post(&mut w, CHAT)?;
+        read_response(&mut r)?;
+    }
+    for _ in 0..n {
+        let t0 = Instant::now();
+        post(&mut w, CHAT)?;
+        read_response(&mut r)?;
+        out.chat_us.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    for _ in 0..n / 4 {
+        let t0 = Instant::now();
+        post(&mut w, CHAT_STREAM)?;
+        let (first, end) = read_chunked(&mut r)?;
+        out.ttfb_us.push((first - t0).as_secs_f64() * 1e6);
+        out.stream_total_us.push((end - t0).as_secs_f64() * 1e6);
+    }
+    Ok(())
+}
+
+/// Streamed completions only (for the filtered target).
+fn streams(addr: SocketAddr, n: usize, out: &mut HttpResult) -> Result<()> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    for i in 0..n + 20 {
+        let t0 = Instant::now();
+        post(&mut w, CHAT_STREAM)?;
+        let (first, end) = read_chunked(&mut r)?;
+        if i >= 20 {
+            out.ttfb_us.push((first - t0).as_secs_f64() * 1e6);
+            out.stream_total_us.push((end - t0).as_secs_f64() * 1e6);
+        }
+    }
+    Ok(())
+}

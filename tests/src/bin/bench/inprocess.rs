@@ -1,0 +1,196 @@
+//! In-process costs, no root and no agent: the response body wrapper per chunk, one policy
+//! decision against the shipped packs, and policy decisions at 10 to 10,000 rules.
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::client::CHAT;
+
+/// In-process cost per chunk of the response body Sluice wraps every response in, without
+/// filters and with one pass-through filter (max_response_bytes, never reached).
+pub fn filter_cost(n: usize) {
+    use sluice::filter::{Chain, Framing, RequestEnd, ResponseBody, Settings};
+    let run = |chain: fn() -> Chain| {
+        let (rec, _rx) = sluice::record::Recorder::new(
+            std::sync::Arc::new(sluice::admin::Table::default()),
+            Default::default(),
+        );
+        let guard = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(rec.start(
+                "bench",
+                sluice::adapter::Server::Openai,
+                &sluice::workload::Workload::described(0, 0, "bench".into(), None),
+                "POST",
+                "/v1/chat/completions",
+            ));
+        let chunk = bytes::Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+        );
+        let inner = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+            futures_util::stream::iter(ChunkStream { left: n, chunk }),
+        ));
+        let mut body = ResponseBody::new(
+            inner,
+            chain(),
+            RequestEnd {
+                record: guard,
+                in_flight: None,
+            },
+        );
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let t0 = Instant::now();
+        let mut frames = 0usize;
+        while let std::task::Poll::Ready(Some(Ok(_))) =
+            http_body::Body::poll_frame(std::pin::Pin::new(&mut body), &mut cx)
+        {
+            frames += 1;
+        }
+        (
+            t0.elapsed().as_secs_f64() * 1e9 / frames.max(1) as f64,
+            frames,
+        )
+    };
+    let (none, frames) = run(Chain::default);
+    let (one, _) = run(|| {
+        Settings {
+            max_response_bytes: Some(u64::MAX),
+        }
+        .chain(sluice::adapter::Server::Openai, Framing::Sse)
+    });
+    println!(
+        "response body per chunk ({frames} chunks, in process): {none:.0} ns without filters, {one:.0} ns with a pass-through filter (+{:.0} ns)",
+        one - none
+    );
+}
+
+/// `n` copies of one chunk, as body frames.
+struct ChunkStream {
+    left: usize,
+    chunk: bytes::Bytes,
+}
+
+impl Iterator for ChunkStream {
+    type Item = Result<http_body::Frame<bytes::Bytes>, sluice::respond::BodyError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        (self.left > 0).then(|| {
+            self.left -= 1;
+            Ok(http_body::Frame::data(self.chunk.clone()))
+        })
+    }
+}
+
+/// In-process cost of classifying and deciding one request against the shipped packs.
+pub fn policy_cost(n: usize) -> Result<()> {
+    use sluice::{
+        adapter::Server,
+        policy::{Action, Query, load_paths},
+    };
+    let policy = load_paths(&[sluice_tests::policies_dir()])?;
+    let body: serde_json::Value = serde_json::from_str(CHAT)?;
+    let t0 = Instant::now();
+    let mut allowed = 0usize;
+    for _ in 0..n {
+        let (_, d) = policy.decide(&Query {
+            target: "bench-http",
+            server: Server::Openai,
+            method: "POST",
+            path: "/v1/chat/completions",
+            body: Some(&body),
+            default: Action::Deny,
+            workload: None,
+        });
+        allowed += usize::from(d.action() == Action::Allow);
+    }
+    let per = t0.elapsed().as_secs_f64() * 1e9 / n as f64;
+    let parse_t0 = Instant::now();
+    for _ in 0..n {
+        let v: serde_json::Value = serde_json::from_str(CHAT)?;
+        std::hint::black_box(v);
+    }
+    let parse = parse_t0.elapsed().as_secs_f64() * 1e9 / n as f64;
+    println!(
+        "policy decision (classify + evaluate, {} rules): {per:.0} ns/request; JSON body parse: {parse:.0} ns ({allowed}/{n} allowed)",
+        policy.rule_count()
+    );
+    Ok(())
+}
+
+/// A pack of `n` rules as large organisations write them: one deny per team and model (a
+/// model glob and a uid each), then one allow for everything else.
+fn scaling_pack(n: usize) -> String {
+    let mut t = String::from(
+        "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata:\n  name: scale\nspec:\n  rules:\n",
+    );
+    for i in 0..n.saturating_sub(1) {
+        t.push_str(&format!(
+            "    - id: deny-{i}\n      action: deny\n      match:\n        models: [\"team{i}-*\"]\n        workload:\n          uids: [{}]\n",
+            10_000 + i
+        ));
+    }
+    t.push_str("    - id: allow-rest\n      action: allow\n      match:\n        operations: [inference]\n");
+    t
+}
+
+/// Decision cost and load time at 10, 100, 1,000 and 10,000 rules, in process.
+pub fn policy_scaling() -> Result<()> {
+    use sluice::{
+        adapter::Server,
+        policy::{Action, Query, parse_pack},
+        workload::Workload,
+    };
+    let body: serde_json::Value = serde_json::from_str(CHAT)?;
+    let denied: serde_json::Value =
+        serde_json::from_str(r#"{"model":"team7-llama","messages":[]}"#)?;
+    let workload = Workload::described(10_007, 100, "python3".into(), None);
+    println!("\n### Policy at scale (in process)\n");
+    println!("Deny rules with a model glob and a uid each, plus one allow.\n");
+    println!("| rules | load | decide (allow) | decide (deny) |");
+    println!("|---|---|---|---|");
+    for n in [10usize, 100, 1_000, 10_000] {
+        let text = scaling_pack(n);
+        let origin = std::path::Path::new("scale.yaml");
+        let loads = if n >= 10_000 { 3 } else { 10 };
+        let mut load = f64::INFINITY;
+        let mut policy = parse_pack(&text, origin)?;
+        for _ in 0..loads {
+            let t0 = Instant::now();
+            policy = parse_pack(&text, origin)?;
+            load = load.min(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let time = |body: &serde_json::Value, want: Action| -> Result<f64> {
+            let q = Query {
+                target: "bench-http",
+                server: Server::Openai,
+                method: "POST",
+                path: "/v1/chat/completions",
+                body: Some(body),
+                default: Action::Deny,
+                workload: Some(&workload),
+            };
+            if policy.decide(&q).1.action() != want {
+                bail!("{n} rules: expected {want:?}");
+            }
+            // Enough rounds for a stable mean without minutes at the slow end.
+            let rounds = (2_000_000 / n).clamp(200, 200_000);
+            let t0 = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(policy.decide(std::hint::black_box(&q)));
+            }
+            Ok(t0.elapsed().as_secs_f64() * 1e6 / rounds as f64)
+        };
+        let allow = time(&body, Action::Allow)?;
+        let deny = time(&denied, Action::Deny)?;
+        println!(
+            "| {} | {:.1} ms | {:.2} µs | {:.2} µs |",
+            policy.rule_count(),
+            load,
+            allow,
+            deny
+        );
+    }
+    // The shipped packs, as the full bench measures them.
+    println!();
+    policy_cost(100_000)
+}

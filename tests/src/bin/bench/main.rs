@@ -1,0 +1,305 @@
+//! `cargo xtask bench`: Sluice, its peers and the direct path, side by side in one run, to the
+//! same server.
+//!
+//! The parent sets up a test cgroup, a real HTTP server, the agent (release build), HAProxy and
+//! nginx in front of that server, then runs this binary again as the client *inside* the
+//! cgroup. The client alternates, in interleaved blocks, between every path: the virtual
+//! address (redirected by eBPF through the agent, L4 or HTTP-aware), each peer's port and the
+//! server's real address (neither is a target, so both are dialled directly), so all paths
+//! see the same machine noise. Then wrk (also inside the cgroup) loads every path in turn.
+//! The report is markdown, ready for docs/benchmarks.md.
+//!
+//! `--stress` instead runs wrk with many connections for a long while through HTTP-aware
+//! interception (stress.rs); `--policy-only` runs the in-process policy numbers alone.
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use sluice_tests::{Agent, AgentSpec, TestCgroup, servers, virtual_ip};
+
+mod client;
+mod inprocess;
+mod peers;
+mod report;
+mod stress;
+mod wrk;
+
+struct Params {
+    workers: usize,
+    setups: usize,
+    requests: usize,
+    bulk_mb: usize,
+    /// wrk: connections, seconds per round, rounds per path.
+    load_connections: usize,
+    load_seconds: u64,
+    load_rounds: usize,
+}
+
+const USAGE: &str = "use --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only alone";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    // In process, no root, no agent: `cargo run --release -p sluice-tests --bin sluice-bench
+    // -- --policy-only`.
+    match args.get(1).map(String::as_str) {
+        Some("--policy-only") => return inprocess::policy_scaling(),
+        Some("client") => {
+            let plan: client::Plan =
+                serde_json::from_str(args.get(2).context("client PLAN")?).context("plan")?;
+            let r = client::run(&plan)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        Some("--stress") => return stress::run(&stress_params(&args[2..])?),
+        _ => {}
+    }
+    let mut p = Params {
+        workers: 0,
+        setups: 1000,
+        requests: 20000,
+        bulk_mb: 512,
+        load_connections: 32,
+        load_seconds: 5,
+        load_rounds: 3,
+    };
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || -> Result<usize> { Ok(it.next().context("missing value")?.parse()?) };
+        match a.as_str() {
+            "--setups" => p.setups = val()?,
+            "--requests" => p.requests = val()?,
+            "--bulk-mb" => p.bulk_mb = val()?,
+            "--workers" => p.workers = val()?,
+            "--load-connections" => p.load_connections = val()?,
+            "--load-seconds" => p.load_seconds = val()? as u64,
+            "--load-rounds" => p.load_rounds = val()?,
+            other => bail!("unknown argument {other}; {USAGE}"),
+        }
+    }
+    parent(&p)
+}
+
+fn stress_params(args: &[String]) -> Result<stress::Params> {
+    let mut p = stress::Params {
+        seconds: 60,
+        connections: 256,
+        workers: 0,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || -> Result<usize> { Ok(it.next().context("missing value")?.parse()?) };
+        match a.as_str() {
+            "--seconds" => p.seconds = val()? as u64,
+            "--connections" => p.connections = val()?,
+            "--workers" => p.workers = val()?,
+            other => bail!("unknown argument {other}; {USAGE}"),
+        }
+    }
+    Ok(p)
+}
+
+/// CPUs this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// One path from the client to the test server.
+struct Route {
+    name: &'static str,
+    addr: SocketAddr,
+    /// The process whose memory the row reports (with its children), if any.
+    pid: Option<u32>,
+    /// Said under the load table.
+    note: Option<&'static str>,
+}
+
+fn parent(p: &Params) -> Result<()> {
+    sluice_tests::require_root();
+    let server = servers::http_unrecorded("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("bench");
+    let agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-http-filtered\n    match: \"{vip}:8002\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n    max_response_bytes: 1000000000\n",
+            server.addr
+        ),
+        listen_v6: true,
+        extra: format!(
+            "policies: [\"{}\"]\nworker_threads: {}\n",
+            sluice_tests::policies_dir().display(),
+            p.workers
+        ),
+    });
+    let agent_pid = agent.child.as_ref().map(|c| c.id()).context("agent pid")?;
+    // The peers get as many threads / workers as the agent's runtime.
+    let threads = if p.workers == 0 { cores() } else { p.workers };
+    let haproxy = peers::Peer::haproxy(server.addr, threads)?;
+    let nginx = peers::Peer::nginx(server.addr, threads)?;
+    let at = |port: u16| -> Result<SocketAddr> { Ok(format!("{vip}:{port}").parse()?) };
+    // Report order. Another path is one more entry here.
+    let routes = [
+        Route {
+            name: "Sluice HTTP-aware",
+            addr: at(8001)?,
+            pid: Some(agent_pid),
+            note: Some("RSS is the whole agent, which serves both Sluice rows"),
+        },
+        Route {
+            name: "Sluice L4",
+            addr: at(8000)?,
+            pid: Some(agent_pid),
+            note: None,
+        },
+        Route {
+            name: "HAProxy",
+            addr: haproxy.addr,
+            pid: Some(haproxy.pid()),
+            note: None,
+        },
+        Route {
+            name: "nginx",
+            addr: nginx.addr,
+            pid: Some(nginx.pid()),
+            note: Some("RSS is the master and its workers together"),
+        },
+        Route {
+            name: "direct",
+            addr: server.addr,
+            pid: None,
+            note: None,
+        },
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_rss: Vec<Option<u64>> = routes
+        .iter()
+        .map(|r| r.pid.map(peers::tree_rss_kib))
+        .collect();
+    let plan = client::Plan {
+        l4: at(8000)?,
+        direct: server.addr,
+        http_paths: routes
+            .iter()
+            .map(|r| (r.name.to_string(), r.addr))
+            .collect(),
+        filtered: at(8002)?,
+        setups: p.setups,
+        requests: p.requests,
+        bulk_mb: p.bulk_mb,
+    };
+    let exe = std::env::current_exe()?;
+    let out = cg
+        .command(exe.to_str().context("exe path")?)
+        .arg("client")
+        .arg(serde_json::to_string(&plan)?)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let r: client::Results = serde_json::from_slice(&out.stdout)?;
+    let wrk = wrk::Wrk::new(threads)?;
+    let mut rounds: Vec<Vec<wrk::Load>> = routes.iter().map(|_| Vec::new()).collect();
+    for _ in 0..p.load_rounds {
+        for (route, out) in routes.iter().zip(rounds.iter_mut()) {
+            out.push(
+                wrk.run(&cg, route.addr, p.load_connections, p.load_seconds)
+                    .with_context(|| format!("wrk on {}", route.name))?,
+            );
+        }
+    }
+    let after_rss: Vec<Option<u64>> = routes
+        .iter()
+        .map(|r| r.pid.map(peers::tree_rss_kib))
+        .collect();
+    let rows: Vec<report::HttpRow<'_>> = routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| report::HttpRow {
+            name: route.name,
+            latency: &r.http[i],
+            load: wrk::merge(&rounds[i]),
+            rss_idle: idle_rss[i],
+            rss_after: after_rss[i],
+            rss_note: route.note.map(str::to_string),
+        })
+        .collect();
+    let direct = rows
+        .iter()
+        .find(|r| r.name == "direct")
+        .context("no direct row")?;
+    println!("## Sluice, HAProxy, nginx and direct (one run)\n");
+    println!(
+        "{} cores, kernel {}; agent worker_threads {}, HAProxy nbthread {threads}, nginx worker_processes {threads}; {}.\n",
+        cores(),
+        command_line(&["uname", "-r"]),
+        if p.workers == 0 {
+            format!("0 (one per CPU = {threads})")
+        } else {
+            p.workers.to_string()
+        },
+        [
+            command_line(&["haproxy", "-v"]),
+            command_line(&["nginx", "-v"]),
+            command_line(&["wrk", "-v"]),
+        ]
+        .join(", ")
+    );
+    println!(
+        "Concurrency 1, keep-alive: per path {} chat completions (POST, not streamed) and {} streamed ones, in interleaved blocks of 1000; added = path − direct.\n",
+        p.requests,
+        p.requests / 4
+    );
+    report::http(&rows, direct);
+    println!(
+        "\nConcurrency {}: wrk, {} threads, chat completions on keep-alive connections, {} rounds of {} s per path, interleaved; requests/s over all rounds, latency the median of the rounds' percentiles (wrk's own, `--timeout {}s`). RSS (VmRSS): idle after start, before any request; after all latency and load runs.\n",
+        p.load_connections,
+        threads.min(p.load_connections),
+        p.load_rounds,
+        p.load_seconds,
+        wrk.timeout_secs
+    );
+    report::load(&rows, direct, p.load_connections);
+    println!("\n## Layer 4 (`protocol: tcp`)\n");
+    println!(
+        "Concurrency 1: {} fresh connections, {} keep-alive requests (`GET /`), {} MiB each way, per path, interleaved.\n",
+        p.setups, p.requests, p.bulk_mb
+    );
+    report::l4(&r.l4, &r.direct);
+    let sluice_http = &r.http[0];
+    println!("\n### A pass-through response filter\n");
+    println!(
+        "`max_response_bytes: 1000000000` (runs on every chunk, never triggers) vs none, both Sluice HTTP-aware, same run.\n"
+    );
+    report::filtered(&r.filtered, sluice_http);
+    if let Ok(st) = agent.status() {
+        println!(
+            "\nagent counters: accepted {}, refused {}, kernel redirected {}",
+            st["accepted_total"], st["refused_unattributed"], st["kernel"][0]
+        );
+    }
+    println!();
+    inprocess::policy_cost(p.requests.max(10_000))?;
+    inprocess::filter_cost(200_000);
+    drop((haproxy, nginx));
+    Ok(())
+}
+
+/// The first line a tool prints about itself (stdout or stderr), or "?".
+fn command_line(cmd: &[&str]) -> String {
+    std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines().next().map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".to_string())
+}
