@@ -25,6 +25,8 @@ mod wrk;
 
 struct Params {
     workers: usize,
+    /// The agent's `runtime:` (per-core or shared).
+    runtime: String,
     setups: usize,
     requests: usize,
     bulk_mb: usize,
@@ -34,7 +36,7 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only alone";
+const USAGE: &str = "use --runtime per-core|shared --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only alone";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -54,6 +56,7 @@ fn main() -> Result<()> {
     }
     let mut p = Params {
         workers: 0,
+        runtime: "per-core".into(),
         setups: 1000,
         requests: 20000,
         bulk_mb: 512,
@@ -63,6 +66,10 @@ fn main() -> Result<()> {
     };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
+        if a == "--runtime" {
+            p.runtime = it.next().context("--runtime per-core|shared")?.clone();
+            continue;
+        }
         let mut val = || -> Result<usize> { Ok(it.next().context("missing value")?.parse()?) };
         match a.as_str() {
             "--setups" => p.setups = val()?,
@@ -126,9 +133,10 @@ fn parent(p: &Params) -> Result<()> {
         ),
         listen_v6: true,
         extra: format!(
-            "policies: [\"{}\"]\nworker_threads: {}\n",
+            "policies: [\"{}\"]\nworker_threads: {}\nruntime: {}\n",
             sluice_tests::policies_dir().display(),
-            p.workers
+            p.workers,
+            p.runtime
         ),
     });
     let agent_pid = agent.child.as_ref().map(|c| c.id()).context("agent pid")?;
@@ -232,9 +240,10 @@ fn parent(p: &Params) -> Result<()> {
         .context("no direct row")?;
     println!("## Sluice, HAProxy, nginx and direct (one run)\n");
     println!(
-        "{} cores, kernel {}; agent worker_threads {}, HAProxy nbthread {threads}, nginx worker_processes {threads}; {}.\n",
+        "{} cores, kernel {}; agent runtime {}, worker_threads {}, HAProxy nbthread {threads}, nginx worker_processes {threads}; {}.\n",
         cores(),
         command_line(&["uname", "-r"]),
+        p.runtime,
         if p.workers == 0 {
             format!("0 (one per CPU = {threads})")
         } else {
