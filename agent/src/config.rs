@@ -146,6 +146,10 @@ pub struct Config {
     /// cross-thread wakeups), n = n worker threads.
     #[serde(default)]
     pub worker_threads: usize,
+    /// How `protocol: tcp` connections move their bytes: in the kernel (sockmap redirect),
+    /// with splice(2), or `auto` (the kernel when its program loaded, else splice).
+    #[serde(default)]
+    pub l4_relay: L4Relay,
     pub targets: Vec<Target>,
 }
 
@@ -157,6 +161,20 @@ pub enum FailMode {
     Closed,
     /// Programs are detached on exit: target connections go straight to the server.
     Open,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Relay {
+    /// The kernel relay when its program loaded and the connection fits its maps; splice
+    /// otherwise.
+    #[default]
+    Auto,
+    /// The kernel relay; the agent refuses to start without it, and a connection that does
+    /// not fit its maps falls back to splice with a warning.
+    Kernel,
+    /// splice(2) through a pipe for every connection.
+    Splice,
 }
 
 #[derive(Debug, Clone, Deserialize)]

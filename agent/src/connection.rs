@@ -8,10 +8,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{ConnInfo, Table},
     config::{Protocol, Target},
-    filter, forward, http,
+    filter, http,
     intercept::{Maps, orig_dst},
     limits::{BodyBudget, ConnectionSlot, Connections},
-    policy, record, upstream,
+    policy, record, relay, upstream,
     upstream::Upstreams,
     workload::Workload,
 };
@@ -32,6 +32,8 @@ pub struct Ctx {
     pub max_header: usize,
     pub max_h2_streams: u32,
     pub shutdown: CancellationToken,
+    /// The in-kernel L4 relay (`l4_relay: kernel`); `None`: splice.
+    pub kernel_relay: Option<Arc<relay::KernelRelay>>,
 }
 
 /// What is known about an accepted connection; shared by all its requests.
@@ -93,6 +95,7 @@ pub async fn serve(
         upstream: None,
         workload: workload.clone(),
         started_unix_ms: 0,
+        path: (protocol == Protocol::Http).then_some(relay::Path::Http),
     });
     let _ = client.set_nodelay(true);
     if protocol == Protocol::Http {
@@ -126,20 +129,26 @@ pub async fn serve(
         exe = workload.exe.as_deref().unwrap_or("?"), client = %peer, original_dst = %orig,
         upstream = %upstream_addr, "connection intercepted"
     );
+    let chosen = std::sync::OnceLock::new();
+    let on_path = |p| {
+        entry.set_path(p);
+        let _ = chosen.set(p);
+    };
     let outcome = tokio::select! {
-        r = forward::relay(&client, &upstream) => r.map_err(|e| e.to_string()),
+        r = relay::relay(ctx.kernel_relay.as_ref(), &client, &upstream, on_path) => r,
         () = force.cancelled() => Err("agent shutting down".to_string()),
     };
     let ms = started.elapsed().as_millis() as u64;
+    let path = chosen.get().map_or("-".to_string(), ToString::to_string);
     match outcome {
         Ok(t) => tracing::info!(
             target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
             original_dst = %orig, upstream = %upstream_addr, bytes_up = t.up, bytes_down = t.down,
-            duration_ms = ms, "connection closed"
+            duration_ms = ms, path, "connection closed"
         ),
         Err(e) => tracing::info!(
             target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
-            original_dst = %orig, upstream = %upstream_addr, duration_ms = ms, error = %e,
+            original_dst = %orig, upstream = %upstream_addr, duration_ms = ms, error = %e, path,
             "connection ended with error"
         ),
     }
