@@ -3,8 +3,8 @@ use agent_common::{
     ConnMeta, MAX_PENDING, MAX_TARGETS, OrigDst, PeerKey, Settings, TargetKey, TargetValue, stat,
 };
 use aya_ebpf::{
-    macros::map,
     bindings::BPF_F_NO_PREALLOC,
+    macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash, lpm_trie::LpmTrie},
 };
 

@@ -17,6 +17,13 @@ pub fn sluice_relay(ctx: SkBuffContext) -> u32 {
         // Not paired (yet, or any more): userspace reads it like any socket data.
         return sk_action::SK_PASS;
     };
+    if ctx.len() == 0 {
+        // A bare FIN. Its state change is already done (userspace sees POLLRDHUP and sends
+        // the peer's FIN itself); redirected, the empty skb would make the peer's send
+        // loop report EPIPE (skb_send_sock sends 0 bytes, read as a hard error) and stop
+        // the peer's queue.
+        return sk_action::SK_DROP;
+    }
     let mut peer = *peer;
     // SK_PASS when queued on the peer; SK_DROP when the peer has left RELAY_SOCKS, which
     // only happens while the agent tears the connection down.

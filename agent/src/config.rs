@@ -150,6 +150,10 @@ pub struct Config {
     /// with splice(2), or `auto` (the kernel when its program loaded, else splice).
     #[serde(default)]
     pub l4_relay: L4Relay,
+    /// With `l4_relay: kernel`: most bytes the kernel may hold queued for one direction of a
+    /// connection (its redirect queue has no back-pressure); past it the connection is reset.
+    #[serde(default = "default_kernel_queue")]
+    pub l4_kernel_max_queue_bytes: u64,
     pub targets: Vec<Target>,
 }
 
@@ -385,6 +389,9 @@ fn default_h2_streams() -> u32 {
 }
 fn default_upstream_idle() -> usize {
     64
+}
+fn default_kernel_queue() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)

@@ -186,7 +186,8 @@ impl Interceptor {
         };
         let (mut loaded, maps) = loader::load(settings, entries)?;
         let kernel_relay = if wanted {
-            let r = loader::load_relay(&mut loaded, max_connections)?;
+            let r =
+                loader::load_relay(&mut loaded, max_connections, cfg.l4_kernel_max_queue_bytes)?;
             tracing::info!(
                 max_connections,
                 "kernel L4 relay loaded: protocol tcp connections are relayed in the kernel"

@@ -72,23 +72,26 @@ pub async fn relay(
 ) -> Result<Transferred, String> {
     let pairing = match kernel {
         None => None,
-        Some(k) => match pair(k, client, upstream).await {
-            Ok(p) => p,
-            Err(e) => {
-                reset(client);
-                reset(upstream);
-                return Err(e.to_string());
+        Some(k) => {
+            let start = kernel::Start::take(client, upstream).map_err(|e| e.to_string())?;
+            match pair(k, client, upstream).await {
+                Ok(p) => p.map(|p| (p, start, k.max_queue)),
+                Err(e) => {
+                    reset(client);
+                    reset(upstream);
+                    return Err(e.to_string());
+                }
             }
-        },
+        }
     };
-    let Some(pairing) = pairing else {
+    let Some((pairing, start, limit)) = pairing else {
         on_path(Path::Splice);
         return forward::relay(client, upstream)
             .await
             .map_err(|e| e.to_string());
     };
     on_path(Path::Kernel);
-    let r = kernel::run(client, upstream).await;
+    let r = kernel::run(client, upstream, start, limit).await;
     if r.is_err() {
         reset(client);
         reset(upstream);

@@ -102,6 +102,7 @@ fn open_object_sized(relay_entries: u32) -> Result<Ebpf, Error> {
 pub(super) fn load_relay(
     loaded: &mut Loaded,
     capacity: usize,
+    max_queue: u64,
 ) -> Result<crate::relay::KernelRelay, Error> {
     let on: SockHash<_, u64> = take(&mut loaded.ebpf, names::RELAY_ON)?;
     let socks: SockHash<_, u64> = take(&mut loaded.ebpf, names::RELAY_SOCKS)?;
@@ -122,6 +123,7 @@ pub(super) fn load_relay(
     Ok(crate::relay::KernelRelay::new(
         crate::relay::table::Maps { on, socks, peer },
         capacity,
+        max_queue,
     ))
 }
 

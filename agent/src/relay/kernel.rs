@@ -7,9 +7,9 @@
 //!   The other direction keeps flowing.
 //! - An error on either side ends both (the caller resets them).
 //! - The kernel's redirect queue has no limit and no back-pressure: a reader that stops
-//!   reading does not slow the writer. A direction whose queue passes `MAX_BACKLOG` ends the
-//!   connection rather than let kernel memory grow without bound (`l4_relay: auto` splices
-//!   for that reason; see docs/architecture.md).
+//!   reading does not slow the writer. A direction whose queue passes its limit
+//!   (`l4_kernel_max_queue_bytes`) ends the connection rather than let kernel memory grow
+//!   without bound (`l4_relay: auto` splices for that reason; see docs/architecture.md).
 use std::{
     io,
     os::fd::{AsFd as _, BorrowedFd},
@@ -20,9 +20,6 @@ use tokio::{io::Interest, net::TcpStream};
 
 use super::sock::{self, Snapshot};
 use crate::forward::Transferred;
-
-/// Most bytes one direction may have redirected and not yet in the destination's send queue.
-pub const MAX_BACKLOG: u64 = 16 * 1024 * 1024;
 
 /// How often a direction that is draining is looked at (doubling while nothing changes).
 const MIN_TICK: Duration = Duration::from_millis(1);
@@ -36,9 +33,13 @@ pub enum Error {
         source: io::Error,
     },
     #[error(
-        "the {side} stopped reading: {backlog} bytes queued in the kernel for it (the kernel relay's limit is {MAX_BACKLOG}; l4_relay: splice applies back-pressure instead)"
+        "the {side} reads too slowly for the kernel relay: {backlog} bytes queued in the kernel for it, over l4_kernel_max_queue_bytes ({limit}); l4_relay: splice applies back-pressure instead"
     )]
-    Overflow { side: &'static str, backlog: u64 },
+    Overflow {
+        side: &'static str,
+        backlog: u64,
+        limit: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,10 @@ pub enum Action {
 #[derive(Debug, Clone, Copy)]
 pub struct Direction {
     flow: Flow,
+    /// Most bytes redirected and not yet in the destination's send queue.
+    limit: u64,
+    /// The most seen queued, for the log.
+    pub peak: u64,
     base_consumed: u64,
     base_written: u64,
     /// We sent the destination's FIN (it counts one in its written bytes).
@@ -71,9 +76,11 @@ pub struct Direction {
 }
 
 impl Direction {
-    pub fn new(src: &Snapshot, dst: &Snapshot) -> Self {
+    pub fn new(src: &Snapshot, dst: &Snapshot, limit: u64) -> Self {
         Direction {
             flow: Flow::Open,
+            limit,
+            peak: 0,
             base_consumed: src.consumed(),
             base_written: dst.written(),
             shut: false,
@@ -108,7 +115,8 @@ impl Direction {
             return Action::Wait;
         }
         let backlog = self.consumed(src).saturating_sub(self.written(dst));
-        if backlog > MAX_BACKLOG {
+        self.peak = self.peak.max(backlog);
+        if backlog > self.limit {
             return Action::Overflow(backlog);
         }
         if src.read_closed {
@@ -126,12 +134,34 @@ impl Direction {
     }
 }
 
+/// Both sockets as they were before pairing: the counts every later look is measured from.
+/// Taken before the sockets enter the maps because SIOCINQ then reports the socket's own
+/// receive queue; once a socket is in a sockmap it reports the sockmap's queue instead
+/// (`tcp_bpf_ioctl`), which would hide bytes that arrived before pairing.
+pub struct Start {
+    client: Snapshot,
+    upstream: Snapshot,
+}
+
+impl Start {
+    pub fn take(client: &TcpStream, upstream: &TcpStream) -> Result<Self, Error> {
+        Ok(Start {
+            client: look(client.as_fd(), "client")?,
+            upstream: look(upstream.as_fd(), "upstream")?,
+        })
+    }
+}
+
 /// Runs a paired connection to its end. The sockets must already be in the relay maps.
-pub async fn run(client: &TcpStream, upstream: &TcpStream) -> Result<Transferred, Error> {
+pub async fn run(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    start: Start,
+    limit: u64,
+) -> Result<Transferred, Error> {
     let (a, b) = (client.as_fd(), upstream.as_fd());
-    let (sa, sb) = (look(a, "client")?, look(b, "upstream")?);
-    let mut up = Direction::new(&sa, &sb);
-    let mut down = Direction::new(&sb, &sa);
+    let mut up = Direction::new(&start.client, &start.upstream, limit);
+    let mut down = Direction::new(&start.upstream, &start.client, limit);
     // Bytes that arrived before pairing are only looked at on the next packet otherwise.
     sock::kick(a).map_err(|source| Error::Socket {
         side: "client",
@@ -152,6 +182,14 @@ pub async fn run(client: &TcpStream, upstream: &TcpStream) -> Result<Transferred
         apply(&mut up, &sa, &sb, b, "upstream")?;
         apply(&mut down, &sb, &sa, a, "client")?;
         if up.done() && down.done() {
+            // Looked at again: the FINs just sent are in these counts, and `written` takes
+            // them out.
+            let (sa, sb) = (look(a, "client")?, look(b, "upstream")?);
+            tracing::debug!(
+                queue_peak_up = up.peak,
+                queue_peak_down = down.peak,
+                "kernel relay finished"
+            );
             return Ok(Transferred {
                 up: up.written(&sb),
                 down: down.written(&sa),
@@ -179,9 +217,12 @@ pub async fn run(client: &TcpStream, upstream: &TcpStream) -> Result<Transferred
             }
             () = tokio::time::sleep(tick), if ticking => {}
             else => {
-                // Both sources ended and neither is draining: both directions are done,
-                // which the check above returns on. Kept as a guard against a busy loop.
-                return Ok(Transferred { up: up.written(&sb), down: down.written(&sa) });
+                // Both sources ended and neither is draining means both directions are
+                // done, which returns above; never spin if that ever stops holding.
+                return Err(Error::Socket {
+                    side: "relay",
+                    source: io::Error::other("both sides ended but the relay did not finish"),
+                });
             }
         }
     }
@@ -210,6 +251,7 @@ fn apply(
         Action::Overflow(backlog) => Err(Error::Overflow {
             side: dst_side,
             backlog,
+            limit: dir.limit,
         }),
         Action::Shutdown => {
             match socket2::SockRef::from(&dst_fd).shutdown(std::net::Shutdown::Write) {
@@ -251,7 +293,7 @@ mod tests {
 
     #[test]
     fn the_fin_waits_until_every_redirected_byte_is_in_the_send_queue() {
-        let mut d = Direction::new(&snap(1, 0, 1, 0, false), &snap(1, 0, 1, 0, false));
+        let mut d = Direction::new(&snap(1, 0, 1, 0, false), &snap(1, 0, 1, 0, false), 1 << 20);
         // 1000 bytes taken from the source, 600 of them written to the destination.
         let src = snap(1001, 0, 1, 0, false);
         assert_eq!(d.step(&src, &snap(1, 0, 1, 600, false)), Action::Wait);
@@ -272,7 +314,7 @@ mod tests {
 
     #[test]
     fn an_open_direction_never_shuts_down() {
-        let mut d = Direction::new(&snap(1, 0, 1, 0, false), &snap(1, 0, 1, 0, false));
+        let mut d = Direction::new(&snap(1, 0, 1, 0, false), &snap(1, 0, 1, 0, false), 1 << 20);
         assert_eq!(
             d.step(&snap(101, 0, 1, 0, false), &snap(1, 0, 101, 0, false)),
             Action::Wait
@@ -282,15 +324,17 @@ mod tests {
 
     #[test]
     fn a_backlog_past_the_limit_ends_the_connection() {
-        let mut d = Direction::new(&snap(0, 0, 0, 0, false), &snap(0, 0, 0, 0, false));
-        let src = snap(MAX_BACKLOG + 2, 0, 0, 0, false);
+        const LIMIT: u64 = 1 << 20;
+        let mut d = Direction::new(&snap(0, 0, 0, 0, false), &snap(0, 0, 0, 0, false), LIMIT);
         assert_eq!(
-            d.step(&src, &snap(0, 0, 0, 1, false)),
-            Action::Overflow(MAX_BACKLOG + 1)
-        );
-        assert_eq!(
-            d.step(&snap(MAX_BACKLOG, 0, 0, 0, false), &snap(0, 0, 0, 0, false)),
+            d.step(&snap(LIMIT, 0, 0, 0, false), &snap(0, 0, 0, 0, false)),
             Action::Wait
         );
+        let src = snap(LIMIT + 2, 0, 0, 0, false);
+        assert_eq!(
+            d.step(&src, &snap(0, 0, 0, 1, false)),
+            Action::Overflow(LIMIT + 1)
+        );
+        assert_eq!(d.peak, LIMIT + 1);
     }
 }

@@ -26,7 +26,9 @@ pub struct Snapshot {
     pub received: u64,
     /// `tcpi_bytes_acked`.
     pub acked: u64,
-    /// SIOCINQ: received bytes not yet consumed (by the verdict program or a reader).
+    /// SIOCINQ: received bytes not yet read. For a socket in a sockmap the kernel reports
+    /// the sockmap's own queue (`tcp_bpf_ioctl`), not bytes waiting for the verdict program,
+    /// so `consumed` then counts those as taken: an overestimate, on the safe side.
     pub inq: u64,
     /// SIOCOUTQ: bytes written and not yet acknowledged (a sent FIN counts one).
     pub outq: u64,
@@ -217,6 +219,9 @@ mod tests {
         // Written counts the data and our FIN.
         let c1 = Snapshot::take(fd(&c)).expect("c1");
         assert_eq!(c1.written() - c0.written(), 1001);
-        assert_ne!(cookie(fd(&c)).expect("cookie"), cookie(fd(&s)).expect("cookie"));
+        assert_ne!(
+            cookie(fd(&c)).expect("cookie"),
+            cookie(fd(&s)).expect("cookie")
+        );
     }
 }

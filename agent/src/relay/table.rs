@@ -174,14 +174,17 @@ pub struct KernelRelay {
     maps: Mutex<Maps>,
     slots: Arc<Slots>,
     fallbacks: AtomicU64,
+    /// `l4_kernel_max_queue_bytes`.
+    pub max_queue: u64,
 }
 
 impl KernelRelay {
-    pub fn new(maps: Maps, capacity: usize) -> Self {
+    pub fn new(maps: Maps, capacity: usize, max_queue: u64) -> Self {
         KernelRelay {
             maps: Mutex::new(maps),
             slots: Slots::new(capacity),
             fallbacks: AtomicU64::new(0),
+            max_queue,
         }
     }
 
