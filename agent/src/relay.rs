@@ -131,7 +131,15 @@ async fn pair(
         Ok(p) => Ok(Some(p)),
         Err(table::Error::Fallback(e)) => {
             k.count_fallback();
-            tracing::warn!(error = %e, "kernel L4 relay: pairing failed; this connection is spliced");
+            // The kernel only takes established sockets: a client that half-closed before
+            // the upstream was dialled is spliced, an ordinary case not worth a warning.
+            if e.contains("os error 95") {
+                let client_state = sock::state(client.as_fd());
+                let upstream_state = sock::state(upstream.as_fd());
+                tracing::info!(error = %e, ?client_state, ?upstream_state, "kernel L4 relay: socket no longer established; this connection is spliced");
+            } else {
+                tracing::warn!(error = %e, "kernel L4 relay: pairing failed; this connection is spliced");
+            }
             Ok(None)
         }
         Err(e) => Err(e),

@@ -182,17 +182,17 @@ pub async fn run(
         apply(&mut up, &sa, &sb, b, "upstream")?;
         apply(&mut down, &sb, &sa, a, "client")?;
         if up.done() && down.done() {
-            // Looked at again: the FINs just sent are in these counts, and `written` takes
-            // them out.
-            let (sa, sb) = (look(a, "client")?, look(b, "upstream")?);
+            // Counted where the bytes came from (tcpi_bytes_received less the FIN): final
+            // once both FINs are in, and every one of them reached the other send queue
+            // before that side's FIN was sent.
             tracing::debug!(
                 queue_peak_up = up.peak,
                 queue_peak_down = down.peak,
                 "kernel relay finished"
             );
             return Ok(Transferred {
-                up: up.written(&sb),
-                down: down.written(&sa),
+                up: up.consumed(&sa),
+                down: down.consumed(&sb),
             });
         }
         let now = (

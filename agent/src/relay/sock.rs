@@ -118,6 +118,11 @@ fn ioctl_len(fd: BorrowedFd<'_>, req: libc::Ioctl) -> io::Result<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// The TCP state (`tcpi_state`, e.g. 1 established, 8 close-wait), for logs.
+pub fn state(fd: BorrowedFd<'_>) -> Option<u8> {
+    tcp_info(fd).ok().map(|i| i.head[0])
+}
+
 /// The socket cookie, the key of the relay maps.
 pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut c: u64 = 0;
