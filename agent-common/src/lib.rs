@@ -16,6 +16,10 @@ pub mod names {
     pub const GETPEERNAME4: &str = "sluice_getpeername4";
     pub const GETPEERNAME6: &str = "sluice_getpeername6";
     pub const ORIG_DST: &str = "ORIG_DST";
+    pub const RELAY_ON: &str = "RELAY_ON";
+    pub const RELAY_SOCKS: &str = "RELAY_SOCKS";
+    pub const RELAY_PEER: &str = "RELAY_PEER";
+    pub const RELAY: &str = "sluice_relay";
 }
 
 /// Bounds of the maps. PENDING and BY_PEER are LRU: an entry whose connection never reached

@@ -8,6 +8,7 @@
 
 mod connect;
 mod maps;
+mod relay;
 mod release;
 mod sockops;
 

@@ -3,8 +3,9 @@ use agent_common::{
     ConnMeta, MAX_PENDING, MAX_TARGETS, OrigDst, PeerKey, Settings, TargetKey, TargetValue, stat,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash, lpm_trie::LpmTrie},
 };
 
 /// Written by the agent: which (port, address prefix) pairs are targets.
@@ -27,6 +28,22 @@ pub static BY_PEER: LruHashMap<PeerKey, ConnMeta> = LruHashMap::with_max_entries
 /// client still sees the address it dialled; deleted by sock_release.
 #[map(name = "ORIG_DST")]
 pub static ORIG_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// In-kernel L4 relay (relay.rs). The sizes here are placeholders: the agent sets all three
+/// from its connection cap at load time. Written by the agent only.
+///
+/// Sockets whose incoming data the verdict program redirects (the program is attached to
+/// this map). A socket leaves it while its direction is paused for back-pressure.
+#[map(name = "RELAY_ON")]
+pub static RELAY_ON: SockHash<u64> = SockHash::with_max_entries(2, 0);
+
+/// Every socket of a relayed connection, keyed by socket cookie: the redirect targets.
+#[map(name = "RELAY_SOCKS")]
+pub static RELAY_SOCKS: SockHash<u64> = SockHash::with_max_entries(2, 0);
+
+/// Socket cookie -> the cookie of the other socket of the same connection.
+#[map(name = "RELAY_PEER")]
+pub static RELAY_PEER: HashMap<u64, u64> = HashMap::with_max_entries(2, BPF_F_NO_PREALLOC);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

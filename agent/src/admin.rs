@@ -18,7 +18,10 @@ pub mod table;
 
 pub use table::{ConnInfo, Table};
 
-use crate::intercept::{Maps, targets::MapStatus};
+use crate::{
+    intercept::{Maps, targets::MapStatus},
+    relay::KernelRelay,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,6 +67,18 @@ pub struct Status {
     /// The kernel's target map: size, capacity, `local` interface addresses, refused updates.
     #[serde(default)]
     pub target_map: MapStatus,
+    /// The in-kernel L4 relay, when loaded (`l4_relay: kernel`).
+    #[serde(default)]
+    pub kernel_relay: Option<RelayStatus>,
+}
+
+/// Places in the kernel relay's maps, in connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayStatus {
+    pub in_use: usize,
+    pub capacity: usize,
+    /// Connections spliced because they did not fit the maps or could not be paired.
+    pub fallbacks: u64,
 }
 
 impl Status {
@@ -117,6 +132,7 @@ pub async fn serve(
     listener: UnixListener,
     table: Arc<Table>,
     maps: Arc<Maps>,
+    relay: Option<Arc<KernelRelay>>,
     fail_mode: String,
     stop: CancellationToken,
 ) {
@@ -127,6 +143,11 @@ pub async fn serve(
         };
         let Ok((stream, _)) = conn else { continue };
         let (table, maps, fail_mode) = (table.clone(), maps.clone(), fail_mode.clone());
+        let relay = relay.as_ref().map(|r| RelayStatus {
+            in_use: r.in_use(),
+            capacity: r.capacity(),
+            fallbacks: r.fallbacks(),
+        });
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -152,6 +173,7 @@ pub async fn serve(
                     connections_over_limit: table.over_limit(),
                     kernel: maps.stats(),
                     target_map: maps.target_status(),
+                    kernel_relay: relay,
                 })
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
                 other => format!(

@@ -75,7 +75,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })
         .collect::<Result<Vec<_>, _>>()
         .context("building the per-core runtimes")?;
-    let (interceptor, maps) = Interceptor::start(&cfg).context("starting interception")?;
+    let fd_limit = limits::raise_fd_limit();
+    let max_connections = limits::connection_cap(cfg.max_connections, fd_limit);
+    let (interceptor, maps) =
+        Interceptor::start(&cfg, max_connections).context("starting interception")?;
     tracing::info!(
         cgroup = %cfg.cgroup.display(), listen = %cfg.listen,
         listen_v6 = ?cfg.listen_v6, targets = cfg.targets.len(), fail_mode = %cfg.fail_mode,
@@ -84,11 +87,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let drain = Drain::new();
     let table = Arc::new(Table::default());
-    let fd_limit = limits::raise_fd_limit();
-    let connections = Connections::new(
-        limits::connection_cap(cfg.max_connections, fd_limit),
-        cfg.max_connections_per_cgroup,
-    );
+    let connections = Connections::new(max_connections, cfg.max_connections_per_cgroup);
     tracing::info!(
         fd_limit,
         max_connections = connections.max_global(),
@@ -131,6 +130,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_h2_streams: cfg.max_h2_streams,
         overhead_header: cfg.overhead_header,
         shutdown: drain.shutdown_signal(),
+        kernel_relay: interceptor.kernel_relay.clone(),
     };
     if let Some((listener, m)) = metrics_listener {
         tracing::info!(listen = ?cfg.metrics_listen, "serving /metrics");
@@ -152,6 +152,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         admin_listener,
         table.clone(),
         maps.clone(),
+        interceptor.kernel_relay.clone(),
         cfg.fail_mode.to_string(),
         drain.shutdown_signal(),
     ));

@@ -156,6 +156,14 @@ pub struct Config {
     /// spent on the request, without the upstream's time.
     #[serde(default)]
     pub overhead_header: bool,
+    /// How `protocol: tcp` connections move their bytes: in the kernel (sockmap redirect),
+    /// with splice(2), or `auto` (splice until the kernel path has back-pressure).
+    #[serde(default)]
+    pub l4_relay: L4Relay,
+    /// With `l4_relay: kernel`: most bytes the kernel may hold queued for one direction of a
+    /// connection (its redirect queue has no back-pressure); past it the connection is reset.
+    #[serde(default = "default_kernel_queue")]
+    pub l4_kernel_max_queue_bytes: u64,
     pub targets: Vec<Target>,
 }
 
@@ -167,6 +175,20 @@ pub enum FailMode {
     Closed,
     /// Programs are detached on exit: target connections go straight to the server.
     Open,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Relay {
+    /// What keeps every L4 guarantee on this kernel: splice today, because the kernel's
+    /// redirect queue gives no back-pressure (docs/architecture.md, "In-kernel L4 relay").
+    #[default]
+    Auto,
+    /// The kernel relay; the agent refuses to start without it, and a connection that does
+    /// not fit its maps falls back to splice with a warning.
+    Kernel,
+    /// splice(2) through a pipe for every connection.
+    Splice,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -405,6 +427,9 @@ fn default_h2_streams() -> u32 {
 }
 fn default_upstream_idle() -> usize {
     64
+}
+fn default_kernel_queue() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)

@@ -8,11 +8,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{ConnInfo, Table},
     config::{Protocol, Target},
-    filter, forward, http,
+    filter, http,
     intercept::{Maps, orig_dst},
     limits::{BodyBudget, ConnectionSlot, Connections},
     metrics::ConnPath,
-    policy, record, upstream,
+    policy, record, relay, upstream,
     upstream::Upstreams,
     workload::Workload,
 };
@@ -35,6 +35,8 @@ pub struct Ctx {
     /// Add `x-sluice-overhead-us` to every HTTP response.
     pub overhead_header: bool,
     pub shutdown: CancellationToken,
+    /// The in-kernel L4 relay (`l4_relay: kernel`); `None`: splice.
+    pub kernel_relay: Option<Arc<relay::KernelRelay>>,
 }
 
 /// What is known about an accepted connection; shared by all its requests.
@@ -99,6 +101,7 @@ pub async fn serve(
         upstream: None,
         workload: workload.clone(),
         started_unix_ms: 0,
+        path: (protocol == Protocol::Http).then_some(relay::Path::Http),
     });
     let _ = client.set_nodelay(true);
     if protocol == Protocol::Http {
@@ -128,18 +131,33 @@ pub async fn serve(
         }
     };
     entry.set_upstream(upstream_addr);
-    let _gauge = crate::metrics::connection(&target, ConnPath::L4Splice);
     tracing::info!(
         target_name = %target, pid = workload.pid, tgid = workload.tgid, uid = workload.uid,
         gid = workload.gid, cgroup_id = workload.cgroup_id, comm = %workload.comm,
         exe = workload.exe.as_deref().unwrap_or("?"), client = %peer, original_dst = %orig,
         upstream = %upstream_addr, "connection intercepted"
     );
+    let chosen = std::sync::OnceLock::new();
+    // Counted in the metrics on the path the relay chose, until the connection closes.
+    let gauge = std::sync::OnceLock::new();
+    let on_path = |p| {
+        entry.set_path(p);
+        let _ = chosen.set(p);
+        let kind = match p {
+            relay::Path::Kernel => ConnPath::L4Kernel,
+            relay::Path::Splice => ConnPath::L4Splice,
+            relay::Path::Http => ConnPath::Http,
+        };
+        if let Some(g) = crate::metrics::connection(&target, kind) {
+            let _ = gauge.set(g);
+        }
+    };
     let outcome = tokio::select! {
-        r = forward::relay(&client, &upstream) => r.map_err(|e| e.to_string()),
+        r = relay::relay(ctx.kernel_relay.as_ref(), &client, &upstream, on_path) => r,
         () = force.cancelled() => Err("agent shutting down".to_string()),
     };
     let ms = started.elapsed().as_millis() as u64;
+    let path = chosen.get().map_or("-".to_string(), ToString::to_string);
     match outcome {
         Ok(t) => {
             if let Some(m) = crate::metrics::get() {
@@ -148,12 +166,12 @@ pub async fn serve(
             tracing::info!(
             target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
             original_dst = %orig, upstream = %upstream_addr, bytes_up = t.up, bytes_down = t.down,
-            duration_ms = ms, "connection closed"
+            duration_ms = ms, path, "connection closed"
             );
         }
         Err(e) => tracing::info!(
             target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
-            original_dst = %orig, upstream = %upstream_addr, duration_ms = ms, error = %e,
+            original_dst = %orig, upstream = %upstream_addr, duration_ms = ms, error = %e, path,
             "connection ended with error"
         ),
     }

@@ -166,16 +166,36 @@ pub struct Interceptor {
     maps: Arc<Maps>,
     /// Interface addresses installed for `local` targets at start; the watcher takes over.
     pub local_addresses: std::collections::BTreeSet<std::net::IpAddr>,
+    /// The in-kernel L4 relay, when configured and loaded.
+    pub kernel_relay: Option<Arc<crate::relay::KernelRelay>>,
 }
 
 impl Interceptor {
     /// Loads the programs, writes settings and the targets known now (the config's networks
     /// and, for `local` targets, the host's addresses), attaches to the configured cgroup and
-    /// replaces any links a previous agent pinned. Blocking: run it before serving.
-    pub fn start(cfg: &Config) -> Result<(Self, Arc<Maps>), Error> {
+    /// replaces any links a previous agent pinned. `max_connections` sizes the kernel relay's
+    /// maps. Blocking: run it before serving.
+    pub fn start(cfg: &Config, max_connections: usize) -> Result<(Self, Arc<Maps>), Error> {
         let cgroup_dir = cgroup::resolve(&cfg.cgroup)?;
         let settings = settings_for(cfg, identity::agent_tgid()?);
-        let (loaded, maps) = loader::load(settings)?;
+        let wanted = crate::relay::wanted(cfg.l4_relay);
+        let entries = if wanted {
+            crate::relay::map_entries(max_connections)
+        } else {
+            2
+        };
+        let (mut loaded, maps) = loader::load(settings, entries)?;
+        let kernel_relay = if wanted {
+            let r =
+                loader::load_relay(&mut loaded, max_connections, cfg.l4_kernel_max_queue_bytes)?;
+            tracing::info!(
+                max_connections,
+                "kernel L4 relay loaded: protocol tcp connections are relayed in the kernel"
+            );
+            Some(Arc::new(r))
+        } else {
+            None
+        };
         let maps = Arc::new(maps);
         let local_addresses = maps.with_targets(|map| {
             targets::install_static(map, cfg)?;
@@ -192,6 +212,7 @@ impl Interceptor {
                 pin_dir: cfg.pin_dir.clone(),
                 maps: maps.clone(),
                 local_addresses,
+                kernel_relay,
             },
             maps,
         ))

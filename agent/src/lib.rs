@@ -6,7 +6,8 @@
 //! `adapter` (classify) → `policy` (decide) → `upstream` (send) → `respond` (refusals).
 //! `config` reads the agent's file, `admin` shows what is live, `drain` stops it all,
 //! `doctor` checks the host, `app` wires everything together; `yaml` places YAML errors.
-// unsafe is confined to the kernel boundary (intercept/: eBPF loading, fd registration).
+// unsafe is confined to the kernel boundary (intercept/: eBPF loading, fd registration;
+// relay/sock.rs: TCP_INFO, socket cookie and queue ioctls).
 #![deny(unsafe_code)]
 
 pub mod adapter;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod record;
+pub mod relay;
 pub mod respond;
 pub mod upstream;
 pub mod workload;

@@ -434,14 +434,15 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<6} {:<18} {:<8} {:<6} {:<16} {:<24} {:<24} EXE",
-        "ID", "TARGET", "PID", "UID", "COMM", "ORIGINAL DST", "UPSTREAM"
+        "{:<6} {:<18} {:<7} {:<8} {:<6} {:<16} {:<24} {:<24} EXE",
+        "ID", "TARGET", "PATH", "PID", "UID", "COMM", "ORIGINAL DST", "UPSTREAM"
     );
     for c in &status.connections {
         println!(
-            "{:<6} {:<18} {:<8} {:<6} {:<16} {:<24} {:<24} {}",
+            "{:<6} {:<18} {:<7} {:<8} {:<6} {:<16} {:<24} {:<24} {}",
             c.id,
             c.target,
+            c.path.map_or("-".to_string(), |p| p.to_string()),
             c.workload.tgid,
             c.workload.uid,
             c.workload.comm,
@@ -473,6 +474,12 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
         k(1) + k(2)
     );
     println!("{}", status.target_map_line());
+    if let Some(r) = &status.kernel_relay {
+        println!(
+            "kernel L4 relay: {} of {} connections; {} spliced because they did not fit",
+            r.in_use, r.capacity, r.fallbacks
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -6,6 +6,9 @@ import sys
 import threading
 
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+# "echo-first": half-close only after the echo has come back (the connection is then fully
+# open while the agent sets it up).
+echo_first = len(sys.argv) > 4 and sys.argv[4] == "echo-first"
 barrier = threading.Barrier(n)
 ok = []
 errors = []
@@ -17,9 +20,19 @@ def one(i):
         s = socket.create_connection((host, port), timeout=30)
         barrier.wait(timeout=60)
         msg = f"connection {i} says hello\n".encode()
+        got_head = b""
         s.sendall(msg)
+        if echo_first:
+            # Keep the connection fully open until the echo is back.
+            head = b""
+            while len(head) < len(msg):
+                b = s.recv(4096)
+                if not b:
+                    break
+                head += b
+            got_head = head
         s.shutdown(socket.SHUT_WR)
-        got = b""
+        got = got_head if echo_first else b""
         while True:
             b = s.recv(4096)
             if not b:

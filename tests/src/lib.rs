@@ -168,8 +168,16 @@ impl Agent {
         } else {
             "null".to_string()
         };
+        // SLUICE_TEST_L4_RELAY runs the whole suite on one L4 relay path (kernel, splice);
+        // a test that names its own `l4_relay` keeps it.
+        let relay = match std::env::var("SLUICE_TEST_L4_RELAY") {
+            Ok(mode) if !mode.is_empty() && !spec.extra.contains("l4_relay:") => {
+                format!("l4_relay: {mode}\n")
+            }
+            _ => String::new(),
+        };
         format!(
-            "listen: 127.0.0.1:{listen_port}\nlisten_v6: {v6}\ncgroup: /{}\nfail_mode: {}\npin_dir: {}\nadmin_socket: {}\ndrain_timeout_secs: 2\n{}targets:\n{}",
+            "listen: 127.0.0.1:{listen_port}\nlisten_v6: {v6}\ncgroup: /{}\nfail_mode: {}\npin_dir: {}\nadmin_socket: {}\ndrain_timeout_secs: 2\n{relay}{}targets:\n{}",
             spec.cgroup,
             spec.fail_mode,
             pin_dir.display(),

@@ -25,6 +25,9 @@ pub struct ConnInfo {
     pub upstream: Option<SocketAddr>,
     pub workload: Workload,
     pub started_unix_ms: u64,
+    /// How its bytes move: kernel, splice or http; unknown until the upstream is dialled.
+    #[serde(default)]
+    pub path: Option<crate::relay::Path>,
 }
 
 #[derive(Default)]
@@ -144,6 +147,12 @@ impl Table {
 }
 
 impl Entry {
+    pub fn set_path(&self, path: crate::relay::Path) {
+        if let Some(c) = self.table.lock().get_mut(&self.id) {
+            c.path = Some(path);
+        }
+    }
+
     pub fn set_upstream(&self, addr: SocketAddr) {
         if let Some(c) = self.table.lock().get_mut(&self.id) {
             c.upstream = Some(addr);

@@ -9,9 +9,9 @@ use std::{
 use agent_common::{Settings, names};
 use aya::{
     Ebpf,
-    maps::Array,
+    maps::{Array, SockHash},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SkSkb, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -43,11 +43,12 @@ pub struct Loaded {
     links: Vec<PinnedLink>,
 }
 
-pub(super) fn load(settings: Settings) -> Result<(Loaded, Maps), Error> {
+/// `relay_entries` sizes the kernel relay's maps (sockets, two per connection).
+pub(super) fn load(settings: Settings, relay_entries: u32) -> Result<(Loaded, Maps), Error> {
     if OBJECT.is_empty() {
         return Err(Error::NoObject);
     }
-    let mut ebpf = open_object()?;
+    let mut ebpf = open_object_sized(relay_entries)?;
     match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => spawn_logger(logger),
         Err(e) => tracing::warn!(error = %e, "eBPF log forwarding unavailable"),
@@ -81,9 +82,49 @@ pub(super) fn load(settings: Settings) -> Result<(Loaded, Maps), Error> {
 /// dynamic mmap and trim thresholds, so the ~2 MiB of the parse that landed on the heap
 /// would stay resident for the agent's whole life though nothing uses it; hand it back.
 fn open_object() -> Result<Ebpf, Error> {
-    let ebpf = aya::EbpfLoader::new().btf(None).load(OBJECT)?;
+    open_object_sized(2)
+}
+
+fn open_object_sized(relay_entries: u32) -> Result<Ebpf, Error> {
+    let ebpf = aya::EbpfLoader::new()
+        .btf(None)
+        .map_max_entries(names::RELAY_ON, relay_entries)
+        .map_max_entries(names::RELAY_SOCKS, relay_entries)
+        .map_max_entries(names::RELAY_PEER, relay_entries)
+        .load(OBJECT)?;
     release_free_heap();
     Ok(ebpf)
+}
+
+/// Loads the kernel relay's verdict program and attaches it to RELAY_ON. The attachment
+/// lives as long as the loaded object (the agent): nothing is pinned, since a relayed
+/// connection never outlives the agent that owns its sockets.
+pub(super) fn load_relay(
+    loaded: &mut Loaded,
+    capacity: usize,
+    max_queue: u64,
+) -> Result<crate::relay::KernelRelay, Error> {
+    let on: SockHash<_, u64> = take(&mut loaded.ebpf, names::RELAY_ON)?;
+    let socks: SockHash<_, u64> = take(&mut loaded.ebpf, names::RELAY_SOCKS)?;
+    let peer = take(&mut loaded.ebpf, names::RELAY_PEER)?;
+    let name = names::RELAY;
+    let program: &mut SkSkb = loaded
+        .ebpf
+        .program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| Error::Program { name, source })?;
+    program
+        .attach(on.fd())
+        .map_err(|source| Error::Program { name, source })?;
+    Ok(crate::relay::KernelRelay::new(
+        crate::relay::table::Maps { on, socks, peer },
+        capacity,
+        max_queue,
+    ))
 }
 
 /// Returns the allocator's free memory to the kernel. Only free pages are given back: live

@@ -1,0 +1,395 @@
+//! The kernel relay's maps and their bookkeeping: which connections hold a place in them,
+//! pairing a connection's two sockets, pausing one direction, and removing every entry when
+//! the connection ends (a closing socket leaves the socket maps by itself; the peer map is
+//! ours to clean).
+//!
+//! Entries are written in an order that keeps every intermediate state safe: the peer map and
+//! the socket map first (nothing is redirected yet), RELAY_ON last; removal goes the other
+//! way. Until the first socket is in RELAY_ON a failure rolls back and the connection is
+//! spliced instead.
+use std::{
+    os::fd::{AsRawFd as _, OwnedFd, RawFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use aya::maps::{HashMap, MapData, MapError, SockHash};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing was redirected: the connection can still be spliced.
+    #[error("pairing the sockets in the relay maps: {0}")]
+    Fallback(String),
+    /// Some bytes may already sit in the kernel's queue for the peer: the connection cannot
+    /// move to splice and must be ended.
+    #[error("enabling the kernel relay half way: {0}")]
+    Broken(String),
+    #[error("relay map task failed: {0}")]
+    Task(String),
+}
+
+/// The two socket maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// RELAY_ON: sockets whose incoming data the verdict program redirects.
+    On,
+    /// RELAY_SOCKS: every paired socket (the redirect targets).
+    Socks,
+}
+
+/// The map operations the bookkeeping needs; the aya maps in the agent, a plain model in the
+/// unit tests.
+pub trait SockTable {
+    fn insert_sock(&mut self, which: Which, cookie: u64, fd: RawFd) -> Result<(), String>;
+    fn remove_sock(&mut self, which: Which, cookie: u64);
+    fn insert_peer(&mut self, cookie: u64, peer: u64) -> Result<(), String>;
+    fn remove_peer(&mut self, cookie: u64);
+}
+
+/// Pairs `a` and `b` (cookie, fd) so that each one's data goes out of the other.
+pub fn pair<T: SockTable>(t: &mut T, a: (u64, RawFd), b: (u64, RawFd)) -> Result<(), Error> {
+    let staged = (|| {
+        t.insert_peer(a.0, b.0)?;
+        t.insert_peer(b.0, a.0)?;
+        t.insert_sock(Which::Socks, a.0, a.1)?;
+        t.insert_sock(Which::Socks, b.0, b.1)?;
+        t.insert_sock(Which::On, a.0, a.1)
+    })();
+    if let Err(e) = staged {
+        unpair(t, a.0, b.0);
+        return Err(Error::Fallback(e));
+    }
+    if let Err(e) = t.insert_sock(Which::On, b.0, b.1) {
+        unpair(t, a.0, b.0);
+        return Err(Error::Broken(e));
+    }
+    Ok(())
+}
+
+/// Removes every entry of the pair; entries already gone (a closed socket) are fine.
+pub fn unpair<T: SockTable>(t: &mut T, a: u64, b: u64) {
+    for c in [a, b] {
+        t.remove_sock(Which::On, c);
+    }
+    for c in [a, b] {
+        t.remove_sock(Which::Socks, c);
+    }
+    for c in [a, b] {
+        t.remove_peer(c);
+    }
+}
+
+/// The aya handles on the three relay maps.
+pub struct Maps {
+    pub on: SockHash<MapData, u64>,
+    pub socks: SockHash<MapData, u64>,
+    pub peer: HashMap<MapData, u64, u64>,
+}
+
+impl SockTable for Maps {
+    fn insert_sock(&mut self, which: Which, cookie: u64, fd: RawFd) -> Result<(), String> {
+        let map = match which {
+            Which::On => &mut self.on,
+            Which::Socks => &mut self.socks,
+        };
+        map.insert(cookie, fd, 0).map_err(|e| describe(&e))
+    }
+
+    fn remove_sock(&mut self, which: Which, cookie: u64) {
+        let map = match which {
+            Which::On => &mut self.on,
+            Which::Socks => &mut self.socks,
+        };
+        let _ = map.remove(&cookie);
+    }
+
+    fn insert_peer(&mut self, cookie: u64, peer: u64) -> Result<(), String> {
+        self.peer.insert(cookie, peer, 0).map_err(|e| describe(&e))
+    }
+
+    fn remove_peer(&mut self, cookie: u64) {
+        let _ = self.peer.remove(&cookie);
+    }
+}
+
+fn describe(e: &MapError) -> String {
+    match e {
+        MapError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
+        other => other.to_string(),
+    }
+}
+
+/// Places in the maps, counted in connections, so a full map is known before any write.
+#[derive(Debug)]
+pub struct Slots {
+    used: AtomicUsize,
+    capacity: usize,
+}
+
+/// One connection's place; given back on drop.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<Slots>,
+}
+
+impl Slots {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Slots {
+            used: AtomicUsize::new(0),
+            capacity,
+        })
+    }
+
+    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot {
+                slots: self.clone(),
+            })
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The loaded relay: its maps, their places, and how often a connection had to be spliced
+/// because it did not fit.
+pub struct KernelRelay {
+    maps: Mutex<Maps>,
+    slots: Arc<Slots>,
+    fallbacks: AtomicU64,
+    /// `l4_kernel_max_queue_bytes`.
+    pub max_queue: u64,
+}
+
+impl KernelRelay {
+    pub fn new(maps: Maps, capacity: usize, max_queue: u64) -> Self {
+        KernelRelay {
+            maps: Mutex::new(maps),
+            slots: Slots::new(capacity),
+            fallbacks: AtomicU64::new(0),
+            max_queue,
+        }
+    }
+
+    pub fn try_slot(&self) -> Option<Slot> {
+        self.slots.try_take()
+    }
+
+    pub fn count_fallback(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.slots.in_use()
+    }
+
+    fn with_maps<R>(&self, f: impl FnOnce(&mut Maps) -> R) -> R {
+        let mut m = self
+            .maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut m)
+    }
+
+    /// Pairs the two sockets (cookie, own duplicate of the fd). Map syscalls under a mutex:
+    /// run on the blocking pool. The duplicates keep the sockets alive until the maps hold
+    /// them, whatever happens to the caller meanwhile.
+    pub async fn pair(
+        self: &Arc<Self>,
+        slot: Slot,
+        a: (u64, OwnedFd),
+        b: (u64, OwnedFd),
+    ) -> Result<Pairing, Error> {
+        let relay = self.clone();
+        let (ca, cb) = (a.0, b.0);
+        tokio::task::spawn_blocking(move || {
+            relay.with_maps(|m| pair(m, (a.0, a.1.as_raw_fd()), (b.0, b.1.as_raw_fd())))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        Ok(Pairing {
+            relay: self.clone(),
+            cookies: (ca, cb),
+            _slot: slot,
+            released: false,
+        })
+    }
+}
+
+/// A connection's two sockets paired in the maps. `release` removes the entries; dropping it
+/// unreleased (a cancelled relay) removes them from the blocking pool.
+pub struct Pairing {
+    relay: Arc<KernelRelay>,
+    cookies: (u64, u64),
+    _slot: Slot,
+    released: bool,
+}
+
+impl Pairing {
+    pub async fn release(mut self) {
+        self.released = true;
+        let (relay, (a, b)) = (self.relay.clone(), self.cookies);
+        let _ = tokio::task::spawn_blocking(move || relay.with_maps(|m| unpair(m, a, b))).await;
+    }
+}
+
+impl Drop for Pairing {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (relay, (a, b)) = (self.relay.clone(), self.cookies);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || relay.with_maps(|m| unpair(m, a, b)));
+            }
+            Err(_) => relay.with_maps(|m| unpair(m, a, b)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// The maps as sets, with a capacity per map and an optional failure on one insert.
+    #[derive(Default)]
+    struct Model {
+        on: BTreeSet<u64>,
+        socks: BTreeSet<u64>,
+        peer: BTreeMap<u64, u64>,
+        cap: usize,
+        fail_on: Option<(Which, u64)>,
+    }
+
+    impl SockTable for Model {
+        fn insert_sock(&mut self, which: Which, cookie: u64, _fd: RawFd) -> Result<(), String> {
+            if self.fail_on == Some((which, cookie)) {
+                return Err("injected".into());
+            }
+            let (set, cap) = match which {
+                Which::On => (&mut self.on, self.cap),
+                Which::Socks => (&mut self.socks, self.cap),
+            };
+            if set.len() >= cap {
+                return Err("full".into());
+            }
+            set.insert(cookie);
+            Ok(())
+        }
+        fn remove_sock(&mut self, which: Which, cookie: u64) {
+            match which {
+                Which::On => self.on.remove(&cookie),
+                Which::Socks => self.socks.remove(&cookie),
+            };
+        }
+        fn insert_peer(&mut self, cookie: u64, peer: u64) -> Result<(), String> {
+            if self.peer.len() >= self.cap {
+                return Err("full".into());
+            }
+            self.peer.insert(cookie, peer);
+            Ok(())
+        }
+        fn remove_peer(&mut self, cookie: u64) {
+            self.peer.remove(&cookie);
+        }
+    }
+
+    fn empty(m: &Model) -> bool {
+        m.on.is_empty() && m.socks.is_empty() && m.peer.is_empty()
+    }
+
+    #[test]
+    fn pairing_links_both_ways_and_unpairing_leaves_nothing() {
+        let mut m = Model {
+            cap: 4,
+            ..Default::default()
+        };
+        pair(&mut m, (1, 10), (2, 11)).expect("pair");
+        assert_eq!(m.peer.get(&1), Some(&2));
+        assert_eq!(m.peer.get(&2), Some(&1));
+        assert_eq!(m.on.len(), 2);
+        assert_eq!(m.socks.len(), 2);
+        unpair(&mut m, 1, 2);
+        assert!(empty(&m));
+    }
+
+    #[test]
+    fn a_failure_before_anything_is_redirected_rolls_back_for_splice() {
+        for fail in [(Which::Socks, 1), (Which::Socks, 2), (Which::On, 1)] {
+            let mut m = Model {
+                cap: 4,
+                fail_on: Some(fail),
+                ..Default::default()
+            };
+            let e = pair(&mut m, (1, 10), (2, 11)).expect_err("injected failure");
+            assert!(matches!(e, Error::Fallback(_)), "{fail:?}: {e}");
+            assert!(empty(&m), "{fail:?} left entries");
+        }
+    }
+
+    #[test]
+    fn a_failure_after_one_direction_is_live_is_not_a_fallback() {
+        let mut m = Model {
+            cap: 4,
+            fail_on: Some((Which::On, 2)),
+            ..Default::default()
+        };
+        let e = pair(&mut m, (1, 10), (2, 11)).expect_err("injected failure");
+        assert!(matches!(e, Error::Broken(_)), "{e}");
+        assert!(empty(&m));
+    }
+
+    #[test]
+    fn a_full_map_rolls_back_and_keeps_other_pairs() {
+        let mut m = Model {
+            cap: 2,
+            ..Default::default()
+        };
+        pair(&mut m, (1, 10), (2, 11)).expect("first pair fits");
+        let e = pair(&mut m, (3, 12), (4, 13)).expect_err("map full");
+        assert!(matches!(e, Error::Fallback(_)), "{e}");
+        assert_eq!(m.peer.len(), 2);
+        assert_eq!(m.socks.len(), 2);
+        assert_eq!(m.on.len(), 2);
+    }
+
+    #[test]
+    fn slots_are_bounded_and_given_back_on_drop() {
+        let slots = Slots::new(2);
+        let a = slots.try_take().expect("first");
+        let _b = slots.try_take().expect("second");
+        assert!(slots.try_take().is_none());
+        assert_eq!(slots.in_use(), 2);
+        drop(a);
+        assert_eq!(slots.in_use(), 1);
+        assert!(slots.try_take().is_some());
+    }
+}
