@@ -27,6 +27,8 @@ struct Params {
     workers: usize,
     /// The agent's `runtime:` (per-core or shared).
     runtime: String,
+    /// More agent configuration (`--agent-yaml "l4_relay: kernel"`), one `key: value`.
+    agent_yaml: Vec<String>,
     setups: usize,
     requests: usize,
     bulk_mb: usize,
@@ -36,7 +38,7 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --runtime per-core|shared --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only alone";
+const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only alone";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -57,6 +59,7 @@ fn main() -> Result<()> {
     let mut p = Params {
         workers: 0,
         runtime: "per-core".into(),
+        agent_yaml: Vec::new(),
         setups: 1000,
         requests: 20000,
         bulk_mb: 512,
@@ -68,6 +71,11 @@ fn main() -> Result<()> {
     while let Some(a) = it.next() {
         if a == "--runtime" {
             p.runtime = it.next().context("--runtime per-core|shared")?.clone();
+            continue;
+        }
+        if a == "--agent-yaml" {
+            p.agent_yaml
+                .push(it.next().context("--agent-yaml \"key: value\"")?.clone());
             continue;
         }
         let mut val = || -> Result<usize> { Ok(it.next().context("missing value")?.parse()?) };
@@ -133,10 +141,18 @@ fn parent(p: &Params) -> Result<()> {
         ),
         listen_v6: true,
         extra: format!(
-            "policies: [\"{}\"]\nworker_threads: {}\nruntime: {}\n",
+            "policies: [\"{}\"]\nworker_threads: {}\nruntime: {}\n{}",
             sluice_tests::policies_dir().display(),
             p.workers,
-            p.runtime
+            p.runtime,
+            p.agent_yaml
+                .iter()
+                .map(|l| format!(", {l}"))
+                .collect::<String>(),
+            p.agent_yaml
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
         ),
     });
     let agent_pid = agent.child.as_ref().map(|c| c.id()).context("agent pid")?;
@@ -240,7 +256,7 @@ fn parent(p: &Params) -> Result<()> {
         .context("no direct row")?;
     println!("## Sluice, HAProxy, nginx and direct (one run)\n");
     println!(
-        "{} cores, kernel {}; agent runtime {}, worker_threads {}, HAProxy nbthread {threads}, nginx worker_processes {threads}; {}.\n",
+        "{} cores, kernel {}; agent runtime {}{}, worker_threads {}, HAProxy nbthread {threads}, nginx worker_processes {threads}; {}.\n",
         cores(),
         command_line(&["uname", "-r"]),
         p.runtime,
