@@ -147,10 +147,6 @@ fn parent(p: &Params) -> Result<()> {
             p.runtime,
             p.agent_yaml
                 .iter()
-                .map(|l| format!(", {l}"))
-                .collect::<String>(),
-            p.agent_yaml
-                .iter()
                 .map(|l| format!("{l}\n"))
                 .collect::<String>()
         ),
@@ -260,6 +256,10 @@ fn parent(p: &Params) -> Result<()> {
         cores(),
         command_line(&["uname", "-r"]),
         p.runtime,
+        p.agent_yaml
+            .iter()
+            .map(|l| format!(", {l}"))
+            .collect::<String>(),
         if p.workers == 0 {
             format!("0 (one per CPU = {threads})")
         } else {
