@@ -71,6 +71,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .map(|_| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Attribution and name lookups run here; bounded per thread, so N threads
+                // never add up to N x tokio's default of 512.
+                .max_blocking_threads(BLOCKING_THREADS_PER_CORE)
                 .build()
         })
         .collect::<Result<Vec<_>, _>>()
@@ -158,24 +161,46 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     // Per-core threads run until the drain is over (their runtimes drive the connections).
     let cores_done = tokio_util::sync::CancellationToken::new();
+    // Fires when a per-core thread ends before it was told to: the agent then drains and
+    // stops rather than serve on fewer threads with one listener gone.
+    let core_lost = tokio_util::sync::CancellationToken::new();
     let mut cores = Vec::new();
-    if runtimes.is_empty() {
-        let ctx = Arc::new(make_ctx());
-        tokio::spawn(heartbeat(drain.shutdown_signal()));
-        for (addr, l) in listeners.into_iter().flatten() {
-            let l = TcpListener::from_std(l).with_context(|| format!("listener {addr}"))?;
-            tokio::spawn(accept_loop(addr, l, ctx.clone(), drain.clone()));
+    let started: anyhow::Result<()> = (|| {
+        if runtimes.is_empty() {
+            let ctx = Arc::new(make_ctx());
+            tokio::spawn(heartbeat(drain.shutdown_signal()));
+            for (addr, l) in listeners.into_iter().flatten() {
+                let l = TcpListener::from_std(l).with_context(|| format!("listener {addr}"))?;
+                tokio::spawn(accept_loop(addr, l, ctx.clone(), drain.clone()));
+            }
+            return Ok(());
         }
-    } else {
         tracing::info!(threads = shards, "per-core runtimes");
         for (i, (rt, shard)) in runtimes.into_iter().zip(listeners).enumerate() {
             let (ctx, drain, done) = (Arc::new(make_ctx()), drain.clone(), cores_done.clone());
+            let lost = core_lost.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-core-{i}"))
-                .spawn(move || rt.block_on(core(shard, ctx, drain, done)))
+                .spawn(move || {
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        rt.block_on(core(shard, ctx, drain, done.clone()))
+                    }));
+                    if ran.is_err() || !done.is_cancelled() {
+                        tracing::error!(thread = i, "a per-core thread stopped early; draining");
+                        lost.cancel();
+                    }
+                    // Blocking jobs (a slow name lookup) must not hold the exit forever.
+                    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+                })
                 .context("starting a per-core thread")?;
             cores.push(thread);
         }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        // Nothing serves the listeners: do not leave the hooks pointing at them.
+        let _ = interceptor.shutdown(cfg.fail_mode);
+        return Err(e);
     }
     drop(recorder);
 
@@ -184,17 +209,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
+        () = core_lost.cancelled() => tracing::error!("a per-core thread stopped: draining"),
     }
     let in_flight = drain.in_flight();
     let forced = drain.drain(cfg.drain_timeout).await;
     tracing::info!(in_flight, forced, "connections drained");
     cores_done.cancel();
-    let _ = tokio::task::spawn_blocking(move || {
+    let joined = tokio::task::spawn_blocking(move || {
         for c in cores {
             let _ = c.join();
         }
-    })
-    .await;
+    });
+    // Each thread gives its runtime at most 500 ms to stop; this bounds the wait anyway.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("per-core threads did not stop within 5 s; detaching anyway");
+    }
     // Every request's record has been queued by now (connection tasks are gone); once the
     // last sender is dropped the writer finishes the queue and ends.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
@@ -218,6 +250,9 @@ impl std::fmt::Display for PreflightFailed {
 }
 
 impl std::error::Error for PreflightFailed {}
+
+/// Blocking-pool threads each per-core runtime may start.
+const BLOCKING_THREADS_PER_CORE: usize = 64;
 
 /// Threads with a runtime of their own (`runtime: per-core`), or 0 for one shared runtime.
 fn shard_count(cfg: &Config) -> usize {

@@ -82,8 +82,10 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     let forward = send::prepare(rq, permit);
     rq.lap(Stage::Prepare);
     rq.phase(Phase::Upstream);
-    let head = send::send(ctx, &rq.conn, forward).await?;
+    let head = send::send(ctx, &rq.conn, forward).await;
+    // Lapped before `?`: a failed attempt's time is the upstream's too, not the agent's.
     rq.lap(Stage::UpstreamWait);
+    let head = head?;
     let response = response(rq, head)?;
     rq.lap(Stage::Respond);
     Ok(response)

@@ -116,6 +116,19 @@ impl Record {
         }
     }
 
+    /// The rule that decided (the first of them), for the metrics' `rule` label: one
+    /// series per rule, not per combination of rules that matched.
+    pub fn deciding_rule(&self) -> String {
+        match &self.decision {
+            Some(d) => d
+                .rule_ids()
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "(target default)".to_string()),
+            None => String::new(),
+        }
+    }
+
     /// The rules that decided, comma-separated.
     pub fn rules(&self) -> String {
         match &self.decision {
@@ -354,6 +367,32 @@ mod tests {
         );
         assert_eq!((b.action(), b.rules()), ("deny", "r".to_string()));
         assert_eq!(table.cancelled(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_metrics_rule_is_the_deciding_one_not_the_combination() {
+        let (rec, mut rx, _, _) = recorder();
+        let mut g = rec
+            .start("t", Server::Openai, &workload(), "POST", "/")
+            .await;
+        g.set_decision(&Decision::Permit(crate::policy::Permit {
+            rules: vec!["team-a".into(), "everyone".into()],
+            by_default: false,
+        }));
+        g.finish(Outcome::Complete);
+        let r = rx.try_recv().expect("record");
+        assert_eq!(r.rules(), "team-a,everyone");
+        assert_eq!(r.deciding_rule(), "team-a");
+        let mut g = rec
+            .start("t", Server::Openai, &workload(), "POST", "/")
+            .await;
+        g.set_decision(&Decision::Permit(crate::policy::Permit {
+            rules: vec![],
+            by_default: true,
+        }));
+        g.finish(Outcome::Complete);
+        let r = rx.try_recv().expect("record");
+        assert_eq!(r.deciding_rule(), "(target default)");
     }
 
     #[tokio::test]

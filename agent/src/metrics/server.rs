@@ -1,7 +1,7 @@
 //! The `/metrics` endpoint: plain HTTP/1.1 on a loopback address (config validation refuses
 //! any other), answering `GET /metrics` with the OpenMetrics text and 404 otherwise. Scrapes
-//! are few: a small bounded number are served at once, each with a header deadline, so a
-//! stuck scraper cannot hold the agent's resources.
+//! are few: a small bounded number are served at once, each with a deadline for its head
+//! and one for the whole exchange, so a stuck scraper cannot hold the agent's resources.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -17,6 +17,8 @@ use super::Metrics;
 /// Scrapes served at once; more wait in the listen backlog.
 const CONCURRENT: usize = 8;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole exchange, so a scraper that never reads its answer cannot keep a slot.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -55,7 +57,7 @@ pub async fn serve(listener: TcpListener, metrics: &'static Metrics, stop: Cance
                     ),
                 );
             tokio::select! {
-                _ = conn => {}
+                _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn) => {}
                 () = stop.cancelled() => {}
             }
             drop(permit);

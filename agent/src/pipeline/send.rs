@@ -103,8 +103,9 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incom
             // A streamed body went to a backend that failed: it cannot be sent again.
             (None, None) => break,
         };
-        // Only a backend that may be followed by another needs a copy of the head.
-        let head = if n + 1 < tries {
+        // Only a backend that may be followed by another needs a copy of the head (a
+        // streamed body cannot be sent twice, so it never is).
+        let head = if n + 1 < tries && buffered.is_some() {
             parts.clone()
         } else {
             parts.take()

@@ -15,11 +15,18 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub async fn run(mut rx: mpsc::Receiver<Record>) {
     let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    loop {
+        let n = rx.recv_many(&mut batch, BATCH).await;
+        if n == 0 {
+            return;
+        }
         for r in batch.drain(..) {
             record(&r);
         }
-        tokio::time::sleep(GATHER).await;
+        // A full batch means more are waiting: take them now.
+        if n < BATCH {
+            tokio::time::sleep(GATHER).await;
+        }
     }
 }
 
@@ -32,7 +39,7 @@ fn record(r: &Record) {
             server: r.server.name(),
             operation: r.operation.as_ref().map_or("none", |o| o.route),
             decision: r.action(),
-            rule: r.rules(),
+            rule: r.deciding_rule(),
             bytes_up: r.request_bytes,
             bytes_down: r.response_bytes,
         });
