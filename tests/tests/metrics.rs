@@ -59,6 +59,20 @@ fn scrape_until(port: u16, ok: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// The agent with one OpenAI target `models` on `vip:8000` in front of `server`.
+fn start(cg: &TestCgroup, vip: &str, server: &servers::Server, extra: &str) -> Agent {
+    Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
+            server.addr
+        ),
+        listen_v6: false,
+        extra: extra.to_string(),
+    })
+}
+
 const ALLOWED: &str = r#"sluice_requests_total{target="models",server="openai",operation="openai.chat.completions",decision="allow",rule="openai-allow-use"}"#;
 const DENIED: &str = r#"sluice_requests_total{target="models",server="openai",operation="openai.models.delete",decision="deny",rule="openai-deny-management"}"#;
 
@@ -75,19 +89,15 @@ fn metrics_count_requests_stages_and_reloads_and_never_carry_secrets() {
         fs::read_to_string(policies_dir().join("openai-safe/pack.yaml")).expect("openai-safe pack");
     fs::write(&pack, &pack_text).expect("write pack");
     let port = free_port();
-    let agent = Agent::start(&AgentSpec {
-        cgroup: cg.rel.clone(),
-        fail_mode: "open",
-        targets: format!(
-            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
-            server.addr
-        ),
-        listen_v6: false,
-        extra: format!(
+    let agent = start(
+        &cg,
+        &vip,
+        &server,
+        &format!(
             "policies: [\"{}\"]\nmetrics_listen: 127.0.0.1:{port}\noverhead_header: true\n",
             pack.display()
         ),
-    });
+    );
 
     // Before any request: every stage's histogram exists (at zero), no request series yet.
     let (status, text) = scrape(port, "/metrics");
@@ -251,19 +261,15 @@ fn without_configuration_there_is_no_endpoint_and_no_header() {
     let server = servers::http("127.0.0.1:0");
     let vip = virtual_ip();
     let cg = TestCgroup::new("metrics-off");
-    let agent = Agent::start(&AgentSpec {
-        cgroup: cg.rel.clone(),
-        fail_mode: "open",
-        targets: format!(
-            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
-            server.addr
-        ),
-        listen_v6: false,
-        extra: format!(
+    let agent = start(
+        &cg,
+        &vip,
+        &server,
+        &format!(
             "policies: [\"{}\"]\n",
             policies_dir().join("openai-safe").display()
         ),
-    });
+    );
     let out = curl(
         &cg,
         &[
