@@ -52,9 +52,9 @@ pub async fn serve(listener: TcpListener, metrics: &'static Metrics, stop: Cance
                 .keep_alive(false)
                 .serve_connection(
                     TokioIo::new(stream),
-                    service_fn(
-                        move |req| async move { Ok::<_, Infallible>(answer(metrics, &req)) },
-                    ),
+                    service_fn(move |req: Request<Incoming>| async move {
+                        Ok::<_, Infallible>(answer(metrics, req.method(), req.uri().path()))
+                    }),
                 );
             tokio::select! {
                 _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn) => {}
@@ -65,8 +65,8 @@ pub async fn serve(listener: TcpListener, metrics: &'static Metrics, stop: Cance
     }
 }
 
-fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+fn answer(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (method, path) {
         (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.encode()),
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -85,4 +85,49 @@ fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    async fn body(r: Response<Full<Bytes>>) -> String {
+        let b = r.into_body().collect().await.expect("full body").to_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    #[tokio::test]
+    async fn only_get_metrics_is_served() {
+        let m = Metrics::new();
+        m.refusal("sluice_policy_denied");
+        let ok = answer(&m, &Method::GET, "/metrics");
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(
+            ok.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            Some(CONTENT_TYPE.as_bytes())
+        );
+        let text = body(ok).await;
+        assert!(
+            text.contains(r#"sluice_refusals_total{reason="sluice_policy_denied"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics text ends with EOF: {text}"
+        );
+        assert_eq!(
+            answer(&m, &Method::POST, "/metrics").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            answer(&m, &Method::GET, "/").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            answer(&m, &Method::GET, "/metrics/../admin").status(),
+            StatusCode::NOT_FOUND
+        );
+    }
 }
