@@ -118,25 +118,32 @@ impl Client {
 /// the `Connection` header names: a client must not be able to make Sluice drop a header
 /// the server needs, or pass one only this hop should see.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
-    let named: Vec<header::HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        // `Connection: te` must not remove the `te: trailers` gRPC needs.
-        if !(keep_te_trailers && name == header::TE) {
-            h.remove(name);
+    // Runs twice per request: names as constants (a `&str` key is parsed on every call)
+    // and no list at all when there is no `Connection` header.
+    const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: header::HeaderName =
+        header::HeaderName::from_static("proxy-connection");
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<header::HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            // `Connection: te` must not remove the `te: trailers` gRPC needs.
+            if !(keep_te_trailers && name == header::TE) {
+                h.remove(name);
+            }
         }
     }
     for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
     ] {
         h.remove(name);
     }
