@@ -13,6 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{Config, Endpoint};
 
+mod h1;
 pub mod http;
 
 #[derive(Debug, thiserror::Error)]

@@ -55,9 +55,28 @@ impl tower_service::Service<Uri> for MarkedConnector {
     }
 }
 
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    H1(#[from] super::h1::Error),
+    #[error("{0}")]
+    H2(#[from] hyper_util::client::legacy::Error),
+}
+
+impl Error {
+    /// Nothing reached the server: another backend may be tried.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Error::H1(e) => e.is_connect(),
+            Error::H2(e) => e.is_connect(),
+        }
+    }
+}
+
 /// HTTP/1.1 and HTTP/2 (for gRPC) pools.
 pub struct Client {
-    h1: HyperClient<MarkedConnector, Body>,
+    h1: super::h1::Pool,
     h2: HyperClient<MarkedConnector, Body>,
 }
 
@@ -66,10 +85,7 @@ impl Client {
     pub fn new(mark: u32, timeout: Duration, max_idle: usize) -> Self {
         let c = MarkedConnector { mark, timeout };
         Client {
-            h1: HyperClient::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(max_idle)
-                .build(c.clone()),
+            h1: super::h1::Pool::new(mark, timeout, max_idle),
             h2: HyperClient::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(max_idle)
@@ -85,32 +101,40 @@ impl Client {
         authority: &str,
         mut req: Request<Body>,
         grpc: bool,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
-        if let Ok(uri) = format!("http://{authority}{pq}").parse::<Uri>() {
-            *req.uri_mut() = uri;
-        }
+    ) -> Result<Response<Incoming>, Error> {
         strip_hop_by_hop(req.headers_mut(), grpc);
         if grpc {
-            *req.version_mut() = Version::HTTP_2;
-            self.h2.request(req).await
-        } else {
-            if req.version() == Version::HTTP_2 {
-                // An HTTP/2 client has no Host header; HTTP/1.1 needs one.
-                if let Some(a) = req.uri().authority().cloned()
-                    && !req.headers().contains_key(header::HOST)
-                    && let Ok(v) = header::HeaderValue::from_str(a.as_str())
-                {
-                    req.headers_mut().insert(header::HOST, v);
-                }
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_string();
+            if let Ok(uri) = format!("http://{authority}{pq}").parse::<Uri>() {
+                *req.uri_mut() = uri;
             }
-            *req.version_mut() = Version::HTTP_11;
-            self.h1.request(req).await
+            *req.version_mut() = Version::HTTP_2;
+            return Ok(self.h2.request(req).await?);
         }
+        // HTTP/1.1 on the wire: the request line carries the origin form (an HTTP/2
+        // client's URI is absolute), and a request without `Host` (HTTP/2, HTTP/1.0) gets
+        // the backend's.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let origin = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .parse::<Uri>();
+            if let Ok(uri) = origin {
+                *req.uri_mut() = uri;
+            }
+        }
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(v) = header::HeaderValue::from_str(authority)
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        *req.version_mut() = Version::HTTP_11;
+        Ok(self.h1.send(authority, req).await?)
     }
 }
 

@@ -1,0 +1,318 @@
+//! HTTP/1.1 connections to model servers, pooled per runtime thread, on hyper's own client
+//! connections.
+//!
+//! Written here rather than using hyper-util's pooled client because that client did more
+//! per request than a proxy in front of a few model servers needs: a checkout racing a lazy
+//! connect, pool keys and extensions per request, large futures boxed and moved; it was ~8%
+//! of a request's CPU in the profile (docs/benchmarks.md). What is needed is small: keep the
+//! senders of open connections per backend, take one whose previous exchange is over, else
+//! dial a new one. With `runtime: per-core` each thread has its own pool, so the lock below
+//! is never contended.
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response};
+use hyper::{
+    body::Incoming,
+    client::conn::http1::{self, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+
+use crate::respond::Body;
+
+/// A pooled connection unused this long is closed instead of reused: servers close idle
+/// connections too, and a request sent on one that is closing would be lost.
+const IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connect {authority}: {source}")]
+    Connect {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("handshake with {authority}: {source}")]
+    Handshake {
+        authority: String,
+        source: hyper::Error,
+    },
+    #[error("{0}")]
+    Request(hyper::Error),
+}
+
+impl Error {
+    /// Nothing reached the server: another backend may be tried.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Handshake { .. })
+    }
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+pub struct Pool {
+    mark: u32,
+    timeout: Duration,
+    max_idle: usize,
+    conns: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+impl Pool {
+    pub fn new(mark: u32, timeout: Duration, max_idle: usize) -> Self {
+        Pool {
+            mark,
+            timeout,
+            max_idle,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection, or on
+    /// a new one. A pooled connection the server closed before the request went out hands
+    /// the request back; it is then sent once more, on a new connection.
+    pub async fn send(
+        &self,
+        authority: &str,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, Error> {
+        if let Some(mut sender) = self.take(authority) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.put(authority, sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(Error::Request(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(authority).await?;
+        let resp = sender.send_request(req).await.map_err(Error::Request)?;
+        self.put(authority, sender);
+        Ok(resp)
+    }
+
+    /// A pooled sender whose connection is open and whose last exchange is over.
+    fn take(&self, authority: &str) -> Option<SendRequest<Body>> {
+        let mut conns = self.conns.lock().ok()?;
+        let list = conns.get_mut(authority)?;
+        list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE);
+        let i = list.iter().position(|c| c.sender.is_ready())?;
+        Some(list.swap_remove(i).sender)
+    }
+
+    /// Back into the pool right after sending: it is taken again only once its response
+    /// has been read to the end (`is_ready`). Past `max_idle` it is dropped, and hyper closes
+    /// the connection when its exchange is over.
+    fn put(&self, authority: &str, sender: SendRequest<Body>) {
+        let Ok(mut conns) = self.conns.lock() else {
+            return;
+        };
+        if let Some(list) = conns.get_mut(authority) {
+            if list.len() < self.max_idle {
+                list.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+            return;
+        }
+        if self.max_idle > 0 {
+            conns.insert(
+                authority.to_string(),
+                vec![Idle {
+                    sender,
+                    since: Instant::now(),
+                }],
+            );
+        }
+    }
+
+    async fn connect(&self, authority: &str) -> Result<SendRequest<Body>, Error> {
+        let connect_err = |source| Error::Connect {
+            authority: authority.to_string(),
+            source,
+        };
+        let (host, port) = split_authority(authority).ok_or_else(|| {
+            connect_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not host:port",
+            ))
+        })?;
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        let mut stream = None;
+        // An IP literal is parsed, not looked up; a name goes to the resolver off-thread.
+        for addr in tokio::net::lookup_host((host, port))
+            .await
+            .map_err(connect_err)?
+        {
+            match super::dial(addr, self.mark, self.timeout).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let stream = stream.ok_or_else(|| connect_err(last))?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| Error::Handshake {
+                authority: authority.to_string(),
+                source,
+            })?;
+        // The connection's own task on this thread; it ends when the server closes or the
+        // last sender is dropped.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// `host:port`, `[v6]:port` → (host, port).
+fn split_authority(a: &str) -> Option<(&str, u16)> {
+    let (host, port) = a.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host, port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A real HTTP/1.1 server on loopback answering every request with `ok`; it counts
+    /// connections and closes each after `per_conn` requests.
+    async fn server(per_conn: usize) -> (String, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for _ in 0..per_conn {
+                        loop {
+                            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                                break;
+                            }
+                            let mut chunk = [0u8; 1024];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(authority: &str) -> Request<Body> {
+        let body = http_body_util::Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        Request::builder()
+            .uri("/v1/models")
+            .header(http::header::HOST, authority)
+            .body(body)
+            .expect("request")
+    }
+
+    async fn ok(pool: &Pool, authority: &str) {
+        let resp = pool
+            .send(authority, get(authority))
+            .await
+            .expect("answered");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    // Upstream sockets carry the bypass mark (SO_MARK needs CAP_NET_ADMIN).
+    #[tokio::test]
+    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
+    async fn connections_are_reused_and_a_closed_one_is_replaced() {
+        let (authority, accepted) = server(usize::MAX).await;
+        let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
+        for _ in 0..5 {
+            ok(&pool, &authority).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for five requests"
+        );
+
+        // A server that closes after every answer: each request still succeeds, on a new
+        // connection (a pooled one found closed is never used).
+        let (authority, accepted) = server(1).await;
+        for _ in 0..3 {
+            ok(&pool, &authority).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+        // Without the pause the closing connection may still look open when it is taken:
+        // the request comes back unsent and goes out on a new connection.
+        for _ in 0..20 {
+            ok(&pool, &authority).await;
+        }
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
+    async fn a_dead_backend_is_a_connect_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
+        let authority = format!("127.0.0.1:{port}");
+        let e = pool
+            .send(&authority, get(&authority))
+            .await
+            .expect_err("nothing listens");
+        assert!(e.is_connect(), "{e}");
+        assert!(e.to_string().contains(&authority), "{e}");
+    }
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        assert_eq!(split_authority("127.0.0.1:8000"), Some(("127.0.0.1", 8000)));
+        assert_eq!(split_authority("[::1]:11434"), Some(("::1", 11434)));
+        assert_eq!(
+            split_authority("models.internal:443"),
+            Some(("models.internal", 443))
+        );
+        assert_eq!(split_authority("no-port"), None);
+        assert_eq!(split_authority("host:http"), None);
+    }
+}
