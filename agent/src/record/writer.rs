@@ -20,9 +20,11 @@ pub async fn run(mut rx: mpsc::Receiver<Record>) {
         if n == 0 {
             return;
         }
-        for r in batch.drain(..) {
-            record(&r);
-        }
+        crate::logging::batched(|| {
+            for r in batch.drain(..) {
+                record(&r);
+            }
+        });
         // A full batch means more are waiting: take them now.
         if n < BATCH {
             tokio::time::sleep(GATHER).await;
