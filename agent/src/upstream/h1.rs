@@ -98,39 +98,40 @@ impl Pool {
         Ok(resp)
     }
 
-    /// A pooled sender whose connection is open and whose last exchange is over.
+    /// A pooled sender whose connection is open and whose last exchange is over. Idle ones
+    /// past `max_idle` are dropped here (hyper then closes their connections); busy ones
+    /// stay: each is a request in flight, bounded by the agent's connection caps.
     fn take(&self, authority: &str) -> Option<SendRequest<Body>> {
         let mut conns = self.conns.lock().ok()?;
         let list = conns.get_mut(authority)?;
         list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE);
-        let i = list.iter().position(|c| c.sender.is_ready())?;
+        let mut idle = 0;
+        list.retain(|c| {
+            if !c.sender.is_ready() {
+                return true;
+            }
+            idle += 1;
+            idle <= self.max_idle.max(1)
+        });
+        let i = list.iter().rposition(|c| c.sender.is_ready())?;
         Some(list.swap_remove(i).sender)
     }
 
     /// Back into the pool right after sending: it is taken again only once its response
-    /// has been read to the end (`is_ready`). Past `max_idle` it is dropped, and hyper closes
-    /// the connection when its exchange is over.
+    /// has been read to the end (`is_ready`).
     fn put(&self, authority: &str, sender: SendRequest<Body>) {
         let Ok(mut conns) = self.conns.lock() else {
             return;
         };
-        if let Some(list) = conns.get_mut(authority) {
-            if list.len() < self.max_idle {
-                list.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
+        let idle = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        match conns.get_mut(authority) {
+            Some(list) => list.push(idle),
+            None => {
+                conns.insert(authority.to_string(), vec![idle]);
             }
-            return;
-        }
-        if self.max_idle > 0 {
-            conns.insert(
-                authority.to_string(),
-                vec![Idle {
-                    sender,
-                    since: Instant::now(),
-                }],
-            );
         }
     }
 
