@@ -132,8 +132,8 @@ async fn pair(
         Err(table::Error::Fallback(e)) => {
             k.count_fallback();
             // The kernel only takes established sockets: a client that half-closed before
-            // the upstream was dialled is spliced, an ordinary case not worth a warning.
-            if e.contains("os error 95") {
+            // the agent got to pairing is spliced, an ordinary case not worth a warning.
+            if e.not_established() {
                 let client_state = sock::state(client.as_fd());
                 let upstream_state = sock::state(upstream.as_fd());
                 tracing::info!(error = %e, ?client_state, ?upstream_state, "kernel L4 relay: socket no longer established; this connection is spliced");
