@@ -106,6 +106,17 @@ fn a_gigabyte_each_way_is_intact_in_the_kernel() {
             .args([vip.as_str(), "9000", &SIZE.to_string()]),
     );
     let r: Value = serde_json::from_str(out.trim()).expect("transfer.py json");
+    if !r["error"].is_null() {
+        // The one accepted failure: this kernel sometimes sends one redirected skb twice
+        // (docs/architecture.md, "Duplicated bytes"); the agent sees the destination count
+        // more than the source sent and resets both sides instead of ending cleanly.
+        let ended = wait_log_events(&agent, "connection ended with error", 1);
+        assert_eq!(ended.len(), 1, "{r}: {}", agent.log_text());
+        let error = ended[0]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("cannot be trusted"), "{r}: {error}");
+        eprintln!("the kernel duplicated bytes; the agent reset the connection: {error}");
+        return;
+    }
     assert_eq!(r["sent"].as_u64(), Some(SIZE));
     assert_eq!(r["received"].as_u64(), Some(SIZE));
     assert_eq!(r["sent_sha256"], r["recv_sha256"]);
@@ -275,8 +286,10 @@ fn a_client_that_stops_reading_blocks_the_upstream_with_splice() {
 fn a_client_that_stops_reading_is_reset_at_the_kernel_queue_limit() {
     require_root();
     let (written, mut client, agent, _cg) = stalled_upstream("kernel");
-    // The default limit is 64 MiB a direction; the upstream stops a few socket buffers past it.
-    assert!(written < 256 * MIB, "upstream wrote {written} bytes");
+    // The default limit is 64 MiB a direction, looked at every 8 MiB the kernel redirects;
+    // the upstream stops a few socket buffers past that.
+    eprintln!("upstream wrote {written} bytes");
+    assert!(written < 128 * MIB, "upstream wrote {written} bytes");
     let ended = wait_log_events(&agent, "connection ended with error", 1);
     assert_eq!(ended.len(), 1, "{}", agent.log_text());
     let error = ended[0]["error"].as_str().unwrap_or_default();
@@ -493,7 +506,8 @@ fn relay_map_entries(pid: u32) -> Vec<(String, usize)> {
             .expect("bpftool");
         let show: Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
         let name = show["name"].as_str().unwrap_or_default().to_string();
-        if !name.starts_with("RELAY_") {
+        // RELAY_WAKE is a ring buffer of notes, not entries.
+        if !["RELAY_ON", "RELAY_SOCKS", "RELAY_PEER"].contains(&name.as_str()) {
             continue;
         }
         let dump = Command::new("bpftool")

@@ -187,6 +187,7 @@ pub async fn run(
     upstream: &TcpStream,
     start: Start,
     limit: u64,
+    wake: &tokio::sync::Notify,
 ) -> Result<Transferred, Error> {
     let (a, b) = (client.as_fd(), upstream.as_fd());
     let mut up = Direction::new(&start.client, &start.upstream, limit);
@@ -255,6 +256,8 @@ pub async fn run(
             r = upstream.ready(Interest::READABLE), if !sb.read_closed => {
                 r.map_err(|source| Error::Socket { side: "upstream", source })?;
             }
+            // The kernel moved another `wake_every` bytes (see `wake.rs`): look at the queues.
+            () = wake.notified() => {}
             () = tokio::time::sleep(tick), if ticking => {}
             else => {
                 // Both sources ended and neither is draining means both directions are

@@ -15,7 +15,11 @@ use std::{
     },
 };
 
+use agent_common::RelayPeer;
 use aya::maps::{HashMap, MapData, MapError, SockHash};
+use tokio::sync::Notify;
+
+use super::wake::Wakers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -116,7 +120,9 @@ pub fn unpair<T: SockTable>(t: &mut T, a: u64, b: u64) {
 pub struct Maps {
     pub on: SockHash<MapData, u64>,
     pub socks: SockHash<MapData, u64>,
-    pub peer: HashMap<MapData, u64, u64>,
+    pub peer: HashMap<MapData, u64, RelayPeer>,
+    /// Redirected bytes between two wake-up notes of one socket (see `wake.rs`).
+    pub wake_every: u64,
 }
 
 impl SockTable for Maps {
@@ -137,8 +143,13 @@ impl SockTable for Maps {
     }
 
     fn insert_peer(&mut self, cookie: u64, peer: u64) -> Result<(), MapFailure> {
+        let entry = RelayPeer {
+            peer,
+            redirected: 0,
+            wake_every: self.wake_every,
+        };
         self.peer
-            .insert(cookie, peer, 0)
+            .insert(cookie, entry, 0)
             .map_err(|e| MapFailure::from(&e))
     }
 
@@ -199,6 +210,7 @@ impl Drop for Slot {
 pub struct KernelRelay<T = Maps> {
     maps: Mutex<T>,
     slots: Arc<Slots>,
+    wakers: Arc<Wakers>,
     fallbacks: AtomicU64,
     /// `l4_kernel_max_queue_bytes`.
     pub max_queue: u64,
@@ -209,6 +221,7 @@ impl<T: SockTable + Send + 'static> KernelRelay<T> {
         KernelRelay {
             maps: Mutex::new(maps),
             slots: Slots::new(capacity),
+            wakers: Arc::default(),
             fallbacks: AtomicU64::new(0),
             max_queue,
         }
@@ -232,6 +245,11 @@ impl<T: SockTable + Send + 'static> KernelRelay<T> {
 
     pub fn in_use(&self) -> usize {
         self.slots.in_use()
+    }
+
+    /// For the thread that reads the wake-up notes: it stops once the relay is gone.
+    pub fn wakers(&self) -> std::sync::Weak<Wakers> {
+        Arc::downgrade(&self.wakers)
     }
 
     fn with_maps<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
@@ -258,10 +276,19 @@ impl<T: SockTable + Send + 'static> KernelRelay<T> {
     ) -> Result<Pairing<T>, Error> {
         let relay = self.clone();
         let entries = tokio::task::spawn_blocking(move || {
-            relay.with_maps(|m| pair(m, (a.0, a.1.as_raw_fd()), (b.0, b.1.as_raw_fd())))?;
-            Ok::<_, Error>(Entries {
+            let (cookies, task) = ((a.0, b.0), Arc::new(Notify::new()));
+            // Registered first: a note written as soon as the sockets are live finds its task.
+            relay.wakers.add(cookies, &task);
+            let paired =
+                relay.with_maps(|m| pair(m, (a.0, a.1.as_raw_fd()), (b.0, b.1.as_raw_fd())));
+            if let Err(e) = paired {
+                relay.wakers.remove(cookies);
+                return Err(e);
+            }
+            Ok(Entries {
                 relay,
-                cookies: (a.0, b.0),
+                cookies,
+                task,
                 _slot: slot,
             })
         })
@@ -279,6 +306,7 @@ impl<T: SockTable + Send + 'static> KernelRelay<T> {
 struct Entries<T: SockTable + Send + 'static> {
     relay: Arc<KernelRelay<T>>,
     cookies: (u64, u64),
+    task: Arc<Notify>,
     _slot: Slot,
 }
 
@@ -286,6 +314,7 @@ impl<T: SockTable + Send + 'static> Drop for Entries<T> {
     fn drop(&mut self) {
         let (a, b) = self.cookies;
         self.relay.with_maps(|m| unpair(m, a, b));
+        self.relay.wakers.remove(self.cookies);
     }
 }
 
@@ -296,6 +325,13 @@ pub struct Pairing<T: SockTable + Send + 'static = Maps> {
 }
 
 impl<T: SockTable + Send + 'static> Pairing<T> {
+    /// Notified when the kernel has redirected another `wake_every` bytes from either socket.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.entries
+            .as_ref()
+            .map_or_else(|| Arc::new(Notify::new()), |e| e.task.clone())
+    }
+
     pub async fn release(mut self) {
         let entries = self.entries.take();
         // Cancelled or refused (runtime shutdown), the task drops the closure, and with it
@@ -475,7 +511,7 @@ mod tests {
     }
 
     fn no_entries(relay: &KernelRelay<Model>) -> bool {
-        relay.with_maps(|m| empty(m)) && relay.in_use() == 0
+        relay.with_maps(|m| empty(m)) && relay.in_use() == 0 && relay.wakers.is_empty()
     }
 
     #[test]
