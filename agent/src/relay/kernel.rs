@@ -41,7 +41,7 @@ pub enum Error {
         limit: u64,
     },
     #[error(
-        "the {side}'s send counters show {written} bytes relayed of {consumed} sent to it: the counts cannot be trusted to tell when the stream is complete"
+        "the {side} was handed {written} bytes, more than the {consumed} sent to it: the kernel duplicated redirected bytes (docs/architecture.md, \"Duplicated bytes\")"
     )]
     Miscount {
         side: &'static str,
@@ -66,9 +66,9 @@ pub enum Action {
     Shutdown,
     /// The kernel queue passed its limit.
     Overflow(u64),
-    /// The source has ended and the destination counts more bytes than it sent (written,
-    /// consumed): impossible with exact counters, so they are not; ending with a reset beats
-    /// a FIN that might cut the stream.
+    /// The source has ended and the destination was handed more bytes than it sent
+    /// (written, consumed): the kernel sent some twice. A reset, not a FIN, so the corrupted
+    /// stream never looks complete.
     Miscount(u64, u64),
 }
 
@@ -128,9 +128,8 @@ impl Direction {
     /// really is in the destination's send queue, since the agent itself never writes to
     /// it and SIOCOUTQ can only shrink between the two reads. So "written ≥ consumed" then
     /// means every byte is there. Mid-stream `written` may pass `consumed` (bytes moved
-    /// between the two looks); after the FIN it cannot, and if it does the counters are
-    /// wrong in an unknown way: `Miscount` ends the connection with a reset rather than
-    /// guess. Why it cannot wait forever: the redirect queue drains into the destination
+    /// between the two looks); after the FIN it cannot unless the kernel handed the
+    /// destination some bytes twice, which this kernel does (`Miscount`, a reset). Why it cannot wait forever: the redirect queue drains into the destination
     /// as fast as its reader reads (bounded by `limit` meanwhile), and a destination that
     /// fails reports POLLERR, which ends the connection.
     pub fn step(&mut self, src: &Snapshot, dst: &Snapshot) -> Action {
