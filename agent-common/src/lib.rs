@@ -19,6 +19,7 @@ pub mod names {
     pub const RELAY_ON: &str = "RELAY_ON";
     pub const RELAY_SOCKS: &str = "RELAY_SOCKS";
     pub const RELAY_PEER: &str = "RELAY_PEER";
+    pub const RELAY_WAKE: &str = "RELAY_WAKE";
     pub const RELAY: &str = "sluice_relay";
 }
 
@@ -121,6 +122,24 @@ pub struct PeerKey {
     pub port: u16,
     pub _pad: u16,
 }
+
+/// A relayed socket's entry in RELAY_PEER. Written by the agent at pairing; `redirected` is
+/// then counted by the verdict program (one socket's verdicts never run concurrently: they
+/// run under that socket's lock).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayPeer {
+    /// Cookie of the other socket of the connection.
+    pub peer: u64,
+    /// Bytes redirected from this socket since pairing.
+    pub redirected: u64,
+    /// Every time `redirected` passes a multiple of this, the program writes this socket's
+    /// cookie to RELAY_WAKE so the agent looks at the connection (0: never).
+    pub wake_every: u64,
+}
+
+/// Bytes of the RELAY_WAKE ring buffer (a record is 16 bytes with its header).
+pub const RELAY_WAKE_BYTES: u32 = 64 * 1024;
 
 /// Indexes into the STATS per-CPU counter array.
 pub mod stat {
@@ -257,4 +276,5 @@ mod pod {
     unsafe impl aya::Pod for super::ConnMeta {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::RelayPeer {}
 }

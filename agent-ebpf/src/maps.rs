@@ -1,11 +1,12 @@
 //! Maps shared by the hooks. Each is written by one side only, named in its doc.
 use agent_common::{
-    ConnMeta, MAX_PENDING, MAX_TARGETS, OrigDst, PeerKey, Settings, TargetKey, TargetValue, stat,
+    ConnMeta, MAX_PENDING, MAX_TARGETS, OrigDst, PeerKey, RELAY_WAKE_BYTES, RelayPeer, Settings,
+    TargetKey, TargetValue, stat,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash, lpm_trie::LpmTrie},
 };
 
 /// Written by the agent: which (port, address prefix) pairs are targets.
@@ -41,9 +42,14 @@ pub static RELAY_ON: SockHash<u64> = SockHash::with_max_entries(2, 0);
 #[map(name = "RELAY_SOCKS")]
 pub static RELAY_SOCKS: SockHash<u64> = SockHash::with_max_entries(2, 0);
 
-/// Socket cookie -> the cookie of the other socket of the same connection.
+/// Socket cookie -> the other socket of the same connection, and the bytes redirected.
 #[map(name = "RELAY_PEER")]
-pub static RELAY_PEER: HashMap<u64, u64> = HashMap::with_max_entries(2, BPF_F_NO_PREALLOC);
+pub static RELAY_PEER: HashMap<u64, RelayPeer> = HashMap::with_max_entries(2, BPF_F_NO_PREALLOC);
+
+/// Cookies of relayed sockets whose redirected bytes passed a wake mark: the agent's relay
+/// task cannot see redirected data any other way (the socket is never readable).
+#[map(name = "RELAY_WAKE")]
+pub static RELAY_WAKE: RingBuf = RingBuf::with_byte_size(RELAY_WAKE_BYTES, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

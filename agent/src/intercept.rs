@@ -75,6 +75,8 @@ pub enum Error {
     LocalAddresses(std::io::Error),
     #[error("telling the agent's own sockets apart: {0}")]
     Identity(#[from] identity::Error),
+    #[error("starting the kernel relay's wake-up thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Handles on the maps the agent reads and writes while running.

@@ -16,6 +16,8 @@ pub mod kernel;
 #[allow(unsafe_code)]
 mod sock;
 pub mod table;
+#[allow(unsafe_code)]
+pub mod wake;
 
 pub use table::{KernelRelay, Pairing};
 
@@ -60,6 +62,13 @@ pub fn map_entries(max_connections: usize) -> u32 {
         .max(2)
 }
 
+/// Redirected bytes of one socket between two wake-ups of its connection's task: an eighth
+/// of the queue limit, so the limit is checked at least eight times while a queue fills, and
+/// no less than 64 KiB, so a fast transfer wakes its task at most every 64 KiB.
+pub fn wake_every(max_queue: u64) -> u64 {
+    (max_queue / 8).max(64 * 1024)
+}
+
 /// Relays both ways until both sides are done, on the kernel path when `kernel` is loaded and
 /// the pair fits, else with splice. `on_path` learns the path before any byte moves. A
 /// kernel-path error resets both sockets: the redirect queue may hold bytes that will never
@@ -91,7 +100,7 @@ pub async fn relay(
             .map_err(|e| e.to_string());
     };
     on_path(Path::Kernel);
-    let r = kernel::run(client, upstream, start, limit).await;
+    let r = kernel::run(client, upstream, start, limit, &pairing.wake()).await;
     if r.is_err() {
         reset(client);
         reset(upstream);
@@ -132,8 +141,8 @@ async fn pair(
         Err(table::Error::Fallback(e)) => {
             k.count_fallback();
             // The kernel only takes established sockets: a client that half-closed before
-            // the upstream was dialled is spliced, an ordinary case not worth a warning.
-            if e.contains("os error 95") {
+            // the agent got to pairing is spliced, an ordinary case not worth a warning.
+            if e.not_established() {
                 let client_state = sock::state(client.as_fd());
                 let upstream_state = sock::state(upstream.as_fd());
                 tracing::info!(error = %e, ?client_state, ?upstream_state, "kernel L4 relay: socket no longer established; this connection is spliced");
@@ -160,6 +169,12 @@ mod tests {
         assert!(!wanted(L4Relay::Splice));
         assert!(!wanted(L4Relay::Auto));
         assert!(wanted(L4Relay::Kernel));
+    }
+
+    #[test]
+    fn the_queue_limit_is_looked_at_eight_times_while_it_fills() {
+        assert_eq!(wake_every(64 << 20), 8 << 20);
+        assert_eq!(wake_every(1), 64 * 1024);
     }
 
     #[test]

@@ -6,9 +6,13 @@ import sys
 import threading
 
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-# "echo-first": half-close only after the echo has come back (the connection is then fully
-# open while the agent sets it up).
-echo_first = len(sys.argv) > 4 and sys.argv[4] == "echo-first"
+# Mode "echo-first": half-close only after the echo has come back (the connection is then
+# fully open while the agent sets it up). "fin-at-once" (the default): half-close right after
+# sending, which may reach the agent before it has set the connection up.
+mode = sys.argv[4] if len(sys.argv) > 4 else "fin-at-once"
+if mode not in ("echo-first", "fin-at-once"):
+    sys.exit(f"unknown mode {mode!r}")
+echo_first = mode == "echo-first"
 barrier = threading.Barrier(n)
 ok = []
 errors = []

@@ -32,6 +32,16 @@ fn agent_for(
     port: u16,
     relay: &str,
 ) -> (String, TestCgroup, Agent) {
+    agent_with(upstream, tag, port, &format!("l4_relay: {relay}\n"))
+}
+
+/// `agent_for` with the settings given as YAML lines.
+fn agent_with(
+    upstream: SocketAddr,
+    tag: &str,
+    port: u16,
+    settings: &str,
+) -> (String, TestCgroup, Agent) {
     let vip = virtual_ip();
     let cg = TestCgroup::new(tag);
     let agent = Agent::start(&AgentSpec {
@@ -41,7 +51,7 @@ fn agent_for(
             "  - name: {tag}\n    match: \"{vip}:{port}\"\n    upstream: \"{upstream}\"\n    protocol: tcp\n"
         ),
         listen_v6: false,
-        extra: format!("l4_relay: {relay}\n"),
+        extra: settings.to_string(),
     });
     (vip, cg, agent)
 }
@@ -81,13 +91,32 @@ fn a_gigabyte_each_way_is_intact_in_the_kernel() {
     require_root();
     const SIZE: u64 = 1024 * MIB;
     let echo = servers::echo("127.0.0.1:0");
-    let (vip, cg, agent) = agent_for(echo.addr, "gib", 9000, "kernel");
+    // The Python client hashes what it reads more slowly than the echo server answers, so
+    // the queue toward it has been seen past 60 MiB: above the default limit, that would test
+    // the limit (its own test) rather than the bytes.
+    let (vip, cg, agent) = agent_with(
+        echo.addr,
+        "gib",
+        9000,
+        "l4_relay: kernel\nl4_kernel_max_queue_bytes: 1073741824\n",
+    );
     let out = run_ok(
         cg.command("python3")
             .arg(client_script("transfer.py"))
             .args([vip.as_str(), "9000", &SIZE.to_string()]),
     );
     let r: Value = serde_json::from_str(out.trim()).expect("transfer.py json");
+    if !r["error"].is_null() {
+        // The one accepted failure: this kernel sometimes sends one redirected skb twice
+        // (docs/architecture.md, "Duplicated bytes"); the agent sees the destination count
+        // more than the source sent and resets both sides instead of ending cleanly.
+        let ended = wait_log_events(&agent, "connection ended with error", 1);
+        assert_eq!(ended.len(), 1, "{r}: {}", agent.log_text());
+        let error = ended[0]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("duplicated"), "{r}: {error}");
+        eprintln!("the kernel duplicated bytes; the agent reset the connection: {error}");
+        return;
+    }
     assert_eq!(r["sent"].as_u64(), Some(SIZE));
     assert_eq!(r["received"].as_u64(), Some(SIZE));
     assert_eq!(r["sent_sha256"], r["recv_sha256"]);
@@ -257,8 +286,10 @@ fn a_client_that_stops_reading_blocks_the_upstream_with_splice() {
 fn a_client_that_stops_reading_is_reset_at_the_kernel_queue_limit() {
     require_root();
     let (written, mut client, agent, _cg) = stalled_upstream("kernel");
-    // The default limit is 64 MiB a direction; the upstream stops a few socket buffers past it.
-    assert!(written < 256 * MIB, "upstream wrote {written} bytes");
+    // The default limit is 64 MiB a direction, looked at every 8 MiB the kernel redirects;
+    // the upstream stops a few socket buffers past that.
+    eprintln!("upstream wrote {written} bytes");
+    assert!(written < 128 * MIB, "upstream wrote {written} bytes");
     let ended = wait_log_events(&agent, "connection ended with error", 1);
     assert_eq!(ended.len(), 1, "{}", agent.log_text());
     let error = ended[0]["error"].as_str().unwrap_or_default();
@@ -318,14 +349,8 @@ fn socket_linger_zero(s: &TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-#[test]
-#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
-fn a_thousand_connections_leave_no_map_entry_behind() {
-    require_root();
-    const N: u64 = 1000;
-    raise_fd_limit();
-    let echo = servers::echo("127.0.0.1:0");
-    let (vip, cg, agent) = agent_for(echo.addr, "thousand", 9000, "kernel");
+/// Runs many_connections.py with `n` connections at once from `cg` and returns its JSON.
+fn many_connections(cg: &TestCgroup, vip: &str, n: u64, mode: &str) -> Value {
     // The client holds all N sockets at once: lift its own open-file limit first.
     let out = run_ok(
         cg.command("sh").args([
@@ -335,23 +360,69 @@ fn a_thousand_connections_leave_no_map_entry_behind() {
             client_script("many_connections.py")
                 .to_str()
                 .expect("utf-8 path"),
-            &vip,
+            vip,
             "9000",
-            &N.to_string(),
+            &n.to_string(),
+            mode,
         ]),
     );
-    let r: Value = serde_json::from_str(out.trim()).expect("many_connections.py json");
+    serde_json::from_str(out.trim()).expect("many_connections.py json")
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_thousand_connections_take_the_kernel_path_and_leave_no_map_entry_behind() {
+    require_root();
+    const N: u64 = 1000;
+    raise_fd_limit();
+    let echo = servers::echo("127.0.0.1:0");
+    let (vip, cg, agent) = agent_for(echo.addr, "thousand", 9000, "kernel");
+
+    // Clients that keep their connection open until the echo is back: the echo can only come
+    // back once the agent has chosen the path, so every socket is still established when it
+    // is paired and every connection must take the kernel path.
+    let r = many_connections(&cg, &vip, N, "echo-first");
     assert_eq!(r["ok"].as_u64(), Some(N), "{r}");
     let closed = wait_log_events(&agent, "connection closed", N as usize);
     assert_eq!(closed.len(), N as usize, "{}", agent.log_text());
-    // The kernel only pairs established sockets; a connection whose client already sent its
-    // FIN when the agent got to it is spliced (and counted as a fallback).
     let kernel = closed.iter().filter(|c| c["path"] == "kernel").count();
-    let spliced = closed.iter().filter(|c| c["path"] == "splice").count();
+    assert_eq!(
+        kernel, N as usize,
+        "echo-first connections not on the kernel path"
+    );
+    assert_eq!(status_u64_relay(&agent, "fallbacks"), 0);
+    assert_no_relay_entries(&agent);
+
+    // Clients that send their FIN right behind their message. Their connect returns once
+    // the kernel has finished the handshake, long before the agent has accepted, attributed
+    // and dialled the upstream for the last of a thousand; by then such a client socket is
+    // in CLOSE_WAIT, the sockmap refuses it (EOPNOTSUPP), and the connection is spliced. How
+    // many is a race with the client, so only the accounting is asserted.
+    let r = many_connections(&cg, &vip, N, "fin-at-once");
+    assert_eq!(r["ok"].as_u64(), Some(N), "{r}");
+    let closed = wait_log_events(&agent, "connection closed", 2 * N as usize);
+    assert_eq!(closed.len(), 2 * N as usize, "{}", agent.log_text());
+    let second = &closed[N as usize..];
+    let kernel = second.iter().filter(|c| c["path"] == "kernel").count();
+    let spliced = second.iter().filter(|c| c["path"] == "splice").count();
     assert_eq!(kernel + spliced, N as usize);
-    assert!(kernel > 0, "no connection took the kernel path");
-    eprintln!("{kernel} kernel, {spliced} spliced");
-    // Every pairing is released when its connection closes.
+    eprintln!("FIN at once: {kernel} kernel, {spliced} spliced");
+    assert_eq!(status_u64_relay(&agent, "fallbacks"), spliced as u64);
+    let not_established = log_events(
+        &agent,
+        "kernel L4 relay: socket no longer established; this connection is spliced",
+    );
+    assert_eq!(not_established.len(), spliced, "{}", agent.log_text());
+    assert_no_relay_entries(&agent);
+}
+
+fn status_u64_relay(agent: &Agent, field: &str) -> u64 {
+    let status = agent.status().expect("status");
+    status["kernel_relay"][field].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Every pairing is released when its connection closes: the three relay maps end empty.
+fn assert_no_relay_entries(agent: &Agent) {
     let pid = agent.child.as_ref().expect("agent running").id();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -363,13 +434,7 @@ fn a_thousand_connections_leave_no_map_entry_behind() {
         assert!(Instant::now() < deadline, "entries left: {entries:?}");
         thread::sleep(Duration::from_millis(100));
     }
-    let status = agent.status().expect("status");
-    assert_eq!(status["kernel_relay"]["in_use"], 0, "{status}");
-    assert_eq!(
-        status["kernel_relay"]["fallbacks"].as_u64(),
-        Some(spliced as u64),
-        "{status}"
-    );
+    assert_eq!(status_u64_relay(agent, "in_use"), 0);
 }
 
 #[test]
@@ -441,7 +506,8 @@ fn relay_map_entries(pid: u32) -> Vec<(String, usize)> {
             .expect("bpftool");
         let show: Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
         let name = show["name"].as_str().unwrap_or_default().to_string();
-        if !name.starts_with("RELAY_") {
+        // RELAY_WAKE is a ring buffer of notes, not entries.
+        if !["RELAY_ON", "RELAY_SOCKS", "RELAY_PEER"].contains(&name.as_str()) {
             continue;
         }
         let dump = Command::new("bpftool")

@@ -107,6 +107,7 @@ pub(super) fn load_relay(
     let on: SockHash<_, u64> = take(&mut loaded.ebpf, names::RELAY_ON)?;
     let socks: SockHash<_, u64> = take(&mut loaded.ebpf, names::RELAY_SOCKS)?;
     let peer = take(&mut loaded.ebpf, names::RELAY_PEER)?;
+    let ring: aya::maps::RingBuf<_> = take(&mut loaded.ebpf, names::RELAY_WAKE)?;
     let name = names::RELAY;
     let program: &mut SkSkb = loaded
         .ebpf
@@ -120,11 +121,18 @@ pub(super) fn load_relay(
     program
         .attach(on.fd())
         .map_err(|source| Error::Program { name, source })?;
-    Ok(crate::relay::KernelRelay::new(
-        crate::relay::table::Maps { on, socks, peer },
+    let relay = crate::relay::KernelRelay::new(
+        crate::relay::table::Maps {
+            on,
+            socks,
+            peer,
+            wake_every: crate::relay::wake_every(max_queue),
+        },
         capacity,
         max_queue,
-    ))
+    );
+    crate::relay::wake::spawn(ring, relay.wakers()).map_err(Error::Thread)?;
+    Ok(relay)
 }
 
 /// Returns the allocator's free memory to the kernel. Only free pages are given back: live

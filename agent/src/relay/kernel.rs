@@ -40,6 +40,14 @@ pub enum Error {
         backlog: u64,
         limit: u64,
     },
+    #[error(
+        "the {side} was handed {written} bytes, more than the {consumed} sent to it: the kernel duplicated redirected bytes (docs/architecture.md, \"Duplicated bytes\")"
+    )]
+    Miscount {
+        side: &'static str,
+        written: u64,
+        consumed: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +66,10 @@ pub enum Action {
     Shutdown,
     /// The kernel queue passed its limit.
     Overflow(u64),
+    /// The source has ended and the destination was handed more bytes than it sent
+    /// (written, consumed): the kernel sent some twice. A reset, not a FIN, so the corrupted
+    /// stream never looks complete.
+    Miscount(u64, u64),
 }
 
 /// One direction (source socket → destination socket), in counts relative to the moment
@@ -108,13 +120,24 @@ impl Direction {
     }
 
     /// Decides from a look at both sockets (source first, then destination: see
-    /// `Snapshot::take`). Counts read that way never exceed the truth, so "written ≥
-    /// consumed" after the source's FIN means every byte really is in the send queue.
+    /// `Snapshot::take`).
+    ///
+    /// Why the FIN cannot go early: once the source's FIN is known (read before its
+    /// counter) and nothing waits in its queue, `consumed` is every data byte it will ever
+    /// send, exactly; `written` (acked + SIOCOUTQ, acked read first) never exceeds what
+    /// really is in the destination's send queue, since the agent itself never writes to
+    /// it and SIOCOUTQ can only shrink between the two reads. So "written ≥ consumed" then
+    /// means every byte is there. Mid-stream `written` may pass `consumed` (bytes moved
+    /// between the two looks); after the FIN it cannot unless the kernel handed the
+    /// destination some bytes twice, which this kernel does (`Miscount`, a reset). Why it cannot wait forever: the redirect queue drains into the destination
+    /// as fast as its reader reads (bounded by `limit` meanwhile), and a destination that
+    /// fails reports POLLERR, which ends the connection.
     pub fn step(&mut self, src: &Snapshot, dst: &Snapshot) -> Action {
         if self.flow == Flow::Done {
             return Action::Wait;
         }
-        let backlog = self.consumed(src).saturating_sub(self.written(dst));
+        let (consumed, written) = (self.consumed(src), self.written(dst));
+        let backlog = consumed.saturating_sub(written);
         self.peak = self.peak.max(backlog);
         if backlog > self.limit {
             return Action::Overflow(backlog);
@@ -122,8 +145,13 @@ impl Direction {
         if src.read_closed {
             self.flow = Flow::Draining;
         }
-        if self.flow == Flow::Draining && src.inq == 0 && backlog == 0 {
-            return Action::Shutdown;
+        if self.flow == Flow::Draining && src.inq == 0 {
+            if written > consumed {
+                return Action::Miscount(written, consumed);
+            }
+            if backlog == 0 {
+                return Action::Shutdown;
+            }
         }
         Action::Wait
     }
@@ -158,6 +186,7 @@ pub async fn run(
     upstream: &TcpStream,
     start: Start,
     limit: u64,
+    wake: &tokio::sync::Notify,
 ) -> Result<Transferred, Error> {
     let (a, b) = (client.as_fd(), upstream.as_fd());
     let mut up = Direction::new(&start.client, &start.upstream, limit);
@@ -208,6 +237,17 @@ pub async fn run(
         };
         last = now;
         let ticking = up.draining() || down.draining();
+        if tick == MAX_TICK {
+            // Draining and nothing moved for a while: bytes left in a source's own receive
+            // queue (counted as taken, see `Snapshot::inq`) would wait for a packet that will
+            // never come after its FIN; the nudge is harmless when there are none.
+            if up.draining() {
+                let _ = sock::kick(a);
+            }
+            if down.draining() {
+                let _ = sock::kick(b);
+            }
+        }
         tokio::select! {
             r = client.ready(Interest::READABLE), if !sa.read_closed => {
                 r.map_err(|source| Error::Socket { side: "client", source })?;
@@ -215,6 +255,8 @@ pub async fn run(
             r = upstream.ready(Interest::READABLE), if !sb.read_closed => {
                 r.map_err(|source| Error::Socket { side: "upstream", source })?;
             }
+            // The kernel moved another `wake_every` bytes (see `wake.rs`): look at the queues.
+            () = wake.notified() => {}
             () = tokio::time::sleep(tick), if ticking => {}
             else => {
                 // Both sources ended and neither is draining means both directions are
@@ -252,6 +294,11 @@ fn apply(
             side: dst_side,
             backlog,
             limit: dir.limit,
+        }),
+        Action::Miscount(written, consumed) => Err(Error::Miscount {
+            side: dst_side,
+            written,
+            consumed,
         }),
         Action::Shutdown => {
             match socket2::SockRef::from(&dst_fd).shutdown(std::net::Shutdown::Write) {
@@ -320,6 +367,21 @@ mod tests {
             Action::Wait
         );
         assert!(!d.done());
+    }
+
+    #[test]
+    fn counters_that_claim_more_than_was_sent_end_the_connection() {
+        let mut d = Direction::new(&snap(1, 0, 1, 0, false), &snap(1, 0, 1, 0, false), 1 << 20);
+        // Mid-stream the destination may be ahead of an older look at the source.
+        assert_eq!(
+            d.step(&snap(101, 0, 1, 0, false), &snap(1, 0, 151, 0, false)),
+            Action::Wait
+        );
+        // After the source's FIN every count is final: more written than sent is a miscount.
+        assert_eq!(
+            d.step(&snap(202, 0, 1, 0, true), &snap(1, 0, 251, 0, false)),
+            Action::Miscount(250, 200)
+        );
     }
 
     #[test]
