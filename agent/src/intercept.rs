@@ -194,6 +194,11 @@ impl Interceptor {
                 max_connections,
                 "kernel L4 relay loaded: protocol tcp connections are relayed in the kernel"
             );
+            // Chosen explicitly, so said once, loudly: what this path does not guarantee.
+            tracing::warn!(
+                max_queue_bytes = cfg.l4_kernel_max_queue_bytes,
+                "l4_relay: kernel gives no back-pressure (a slow reader's connection is reset past max_queue_bytes) and this kernel's redirect can duplicate bytes (detected connections are reset); use l4_relay: auto for traffic whose integrity matters"
+            );
             Some(Arc::new(r))
         } else {
             None
