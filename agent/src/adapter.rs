@@ -170,6 +170,17 @@ impl fmt::Display for OpClass {
 }
 
 impl Server {
+    /// Every server family, in declaration order.
+    pub const ALL: [Server; 7] = [
+        Server::Openai,
+        Server::Anthropic,
+        Server::Ollama,
+        Server::Vllm,
+        Server::Tgi,
+        Server::Triton,
+        Server::LlamaCpp,
+    ];
+
     /// The name config files use (`llama-cpp`), without allocating: metrics label with it.
     pub fn name(self) -> &'static str {
         match self {

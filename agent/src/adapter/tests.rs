@@ -311,14 +311,7 @@ fn ollama_load_and_unload_are_management() {
 #[test]
 fn grpc_body_kinds_and_key_matching_per_server() {
     assert!(speaks_grpc(Server::Triton));
-    for s in [
-        Server::Openai,
-        Server::Anthropic,
-        Server::Ollama,
-        Server::Vllm,
-        Server::Tgi,
-        Server::LlamaCpp,
-    ] {
+    for s in Server::ALL.into_iter().filter(|s| *s != Server::Triton) {
         assert!(!speaks_grpc(s), "{s}");
         let go = key_match(s) == keys::KeyMatch::GoFold;
         assert_eq!(go, s == Server::Ollama, "{s}");
@@ -349,15 +342,7 @@ fn grpc_body_kinds_and_key_matching_per_server() {
 
 #[test]
 fn server_names_are_the_config_spelling() {
-    for s in [
-        Server::Openai,
-        Server::Anthropic,
-        Server::Ollama,
-        Server::Vllm,
-        Server::Tgi,
-        Server::Triton,
-        Server::LlamaCpp,
-    ] {
+    for s in Server::ALL {
         assert_eq!(s.name(), super::serde_name(&s));
     }
 }

@@ -12,15 +12,7 @@ use sluice::adapter::Server;
 /// Texts are capped so that a `Repeat` edit cannot eat the machine.
 const MAX_TEXT: usize = 256 * 1024;
 
-pub const SERVERS: &[Server] = &[
-    Server::Openai,
-    Server::Anthropic,
-    Server::Ollama,
-    Server::Vllm,
-    Server::Tgi,
-    Server::Triton,
-    Server::LlamaCpp,
-];
+pub const SERVERS: &[Server] = &Server::ALL;
 
 /// Methods the route tables use, and ones they must not accept.
 pub const METHODS: &[&str] = &[
