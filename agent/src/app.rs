@@ -374,16 +374,13 @@ async fn policy_reloader(store: Arc<policy::Store>, stop: tokio_util::sync::Canc
         // a reload never stalls proxying (even on a single-threaded runtime).
         let s = store.clone();
         let reloaded = tokio::task::spawn_blocking(move || s.reload()).await;
+        if let Some(m) = metrics::get() {
+            m.reload(matches!(reloaded, Ok(Ok(_))));
+        }
         let Ok(reloaded) = reloaded else {
             tracing::error!(why, "policy reload task failed; keeping the running policy");
-            if let Some(m) = metrics::get() {
-                m.reload(false);
-            }
             continue;
         };
-        if let Some(m) = metrics::get() {
-            m.reload(reloaded.is_ok());
-        }
         match reloaded {
             Ok(rules) => tracing::info!(why, rules, "policy reloaded"),
             Err(e) => {

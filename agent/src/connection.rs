@@ -11,7 +11,6 @@ use crate::{
     filter, http,
     intercept::{Maps, orig_dst},
     limits::{BodyBudget, ConnectionSlot, Connections},
-    metrics::ConnPath,
     policy, record, relay, upstream,
     upstream::Upstreams,
     workload::Workload,
@@ -105,7 +104,7 @@ pub async fn serve(
     });
     let _ = client.set_nodelay(true);
     if protocol == Protocol::Http {
-        let _gauge = crate::metrics::connection(&target, ConnPath::Http);
+        let _gauge = crate::metrics::connection(&target, relay::Path::Http);
         let conn = Arc::new(Conn {
             target_id: meta.target_id,
             target: target_cfg,
@@ -143,12 +142,7 @@ pub async fn serve(
     let on_path = |p| {
         entry.set_path(p);
         let _ = chosen.set(p);
-        let kind = match p {
-            relay::Path::Kernel => ConnPath::L4Kernel,
-            relay::Path::Splice => ConnPath::L4Splice,
-            relay::Path::Http => ConnPath::Http,
-        };
-        if let Some(g) = crate::metrics::connection(&target, kind) {
+        if let Some(g) = crate::metrics::connection(&target, p) {
             let _ = gauge.set(g);
         }
     };

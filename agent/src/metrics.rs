@@ -28,6 +28,8 @@ use prometheus_client::{
 
 pub mod server;
 
+use crate::relay::Path;
+
 static GLOBAL: OnceLock<Metrics> = OnceLock::new();
 
 /// The agent's metrics, if they are on.
@@ -93,24 +95,12 @@ impl Stage {
     }
 }
 
-/// How a connection's bytes move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnPath {
-    /// The HTTP pipeline reads every request.
-    Http,
-    /// Layer 4, relayed by splice(2) through the agent.
-    L4Splice,
-    /// Layer 4, redirected socket to socket inside the kernel.
-    L4Kernel,
-}
-
-impl ConnPath {
-    pub fn name(self) -> &'static str {
-        match self {
-            ConnPath::Http => "http",
-            ConnPath::L4Splice => "l4_splice",
-            ConnPath::L4Kernel => "l4_kernel",
-        }
+/// The `path` label of a connection: the relay's path, with the layer said for L4.
+fn path_label(path: Path) -> &'static str {
+    match path {
+        Path::Http => "http",
+        Path::Splice => "l4_splice",
+        Path::Kernel => "l4_kernel",
     }
 }
 
@@ -299,10 +289,10 @@ impl Metrics {
     }
 
     /// Counts the connection as open on `path` until the returned guard is dropped.
-    pub fn connection(&self, target: &str, path: ConnPath) -> ConnGauge {
+    pub fn connection(&self, target: &str, path: Path) -> ConnGauge {
         let gauge = self.connections.get_or_create_owned(&ConnLabels {
             target: target.to_string(),
-            path: path.name(),
+            path: path_label(path),
         });
         gauge.inc();
         ConnGauge { gauge }
@@ -340,7 +330,7 @@ impl Drop for ConnGauge {
 }
 
 /// Counts a connection on `path` when metrics are on.
-pub fn connection(target: &str, path: ConnPath) -> Option<ConnGauge> {
+pub fn connection(target: &str, path: Path) -> Option<ConnGauge> {
     get().map(|m| m.connection(target, path))
 }
 
@@ -490,8 +480,8 @@ mod tests {
     fn a_connection_is_counted_while_its_guard_lives() {
         let m = Metrics::new();
         let series = r#"sluice_active_connections{target="t",path="http"}"#;
-        let a = m.connection("t", ConnPath::Http);
-        let b = m.connection("t", ConnPath::Http);
+        let a = m.connection("t", Path::Http);
+        let b = m.connection("t", Path::Http);
         assert_eq!(value_of(&m.encode(), series), Some(2.0));
         drop(a);
         assert_eq!(value_of(&m.encode(), series), Some(1.0));

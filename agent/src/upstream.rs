@@ -142,26 +142,35 @@ impl Upstreams {
     }
 
     async fn dial_endpoint(&self, ep: &Endpoint) -> std::io::Result<(TcpStream, SocketAddr)> {
-        let addrs: Vec<SocketAddr> = match ep {
-            Endpoint::Addr(a) => vec![*a],
-            Endpoint::Name { host, port } => tokio::net::lookup_host((host.as_str(), *port))
-                .await?
-                .collect(),
-        };
-        let mut last =
-            std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
-        for a in addrs {
-            match self.dial(a).await {
-                Ok(s) => return Ok((s, a)),
-                Err(e) => last = e,
+        match ep {
+            Endpoint::Addr(a) => Ok((self.dial(*a).await?, *a)),
+            Endpoint::Name { host, port } => {
+                dial_host(host, *port, self.mark, self.connect_timeout).await
             }
         }
-        Err(last)
     }
 
     async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
         dial(addr, self.mark, self.connect_timeout).await
     }
+}
+
+/// Resolves `host` (an IP literal is parsed, a name goes to the resolver off-thread) and
+/// dials its addresses in order with the bypass mark until one answers.
+pub async fn dial_host(
+    host: &str,
+    port: u16,
+    mark: u32,
+    timeout: Duration,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match dial(addr, mark, timeout).await {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Dials `addr` with the bypass mark, so the connect hooks let it through.

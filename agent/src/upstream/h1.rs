@@ -146,22 +146,9 @@ impl Pool {
                 "not host:port",
             ))
         })?;
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-        let mut stream = None;
-        // An IP literal is parsed, not looked up; a name goes to the resolver off-thread.
-        for addr in tokio::net::lookup_host((host, port))
+        let (stream, _) = super::dial_host(host, port, self.mark, self.timeout)
             .await
-            .map_err(connect_err)?
-        {
-            match super::dial(addr, self.mark, self.timeout).await {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let stream = stream.ok_or_else(|| connect_err(last))?;
+            .map_err(connect_err)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| Error::Handshake {

@@ -15,7 +15,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
-use super::dial;
+use super::dial_host;
 use crate::respond::Body;
 
 /// Dials `host:port` of the request URI with the bypass mark.
@@ -43,14 +43,8 @@ impl tower_service::Service<Uri> for MarkedConnector {
                 .trim_matches(['[', ']'])
                 .to_string();
             let port = uri.port_u16().unwrap_or(80);
-            let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-            for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
-                match dial(addr, mark, timeout).await {
-                    Ok(s) => return Ok(TokioIo::new(s)),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
+            let (s, _) = dial_host(&host, port, mark, timeout).await?;
+            Ok(TokioIo::new(s))
         })
     }
 }
