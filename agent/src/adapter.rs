@@ -155,7 +155,9 @@ pub fn check_body(server: Server, route: &Route, body: &serde_json::Value) -> Re
     Ok(())
 }
 
-/// The kebab-case name serde uses, so logs, CLI and policy files spell values alike.
+/// The kebab-case name serde uses: the hand-written names must spell values as policy files
+/// do.
+#[cfg(test)]
 fn serde_name<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
@@ -163,9 +165,28 @@ fn serde_name<T: Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
+impl OpClass {
+    /// The name policy files and logs use (the serde name), without a serde round trip:
+    /// every request record writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpClass::Inference => "inference",
+            OpClass::Embedding => "embedding",
+            OpClass::Tokenize => "tokenize",
+            OpClass::Listing => "listing",
+            OpClass::Health => "health",
+            OpClass::Management => "management",
+            OpClass::ModelExport => "model-export",
+            OpClass::ConfigChange => "config-change",
+            OpClass::Files => "files",
+            OpClass::Unknown => "unknown",
+        }
+    }
+}
+
 impl fmt::Display for OpClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&serde_name(self))
+        f.write_str(self.as_str())
     }
 }
 

@@ -67,7 +67,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!("listen_v6 is null: IPv6 targets are NOT intercepted");
     }
     // Built here so a failure stops the start before anything is intercepted.
-    let runtimes = (0..shards)
+    let mut runtimes = (0..shards)
         .map(|_| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -77,6 +77,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .build()
         })
         .collect::<Result<Vec<_>, _>>()
+        .map(Runtimes)
         .context("building the per-core runtimes")?;
     let fd_limit = limits::raise_fd_limit();
     let max_connections = limits::connection_cap(cfg.max_connections, fd_limit);
@@ -176,7 +177,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             return Ok(());
         }
         tracing::info!(threads = shards, "per-core runtimes");
-        for (i, (rt, shard)) in runtimes.into_iter().zip(listeners).enumerate() {
+        for (i, (rt, shard)) in runtimes.take().into_iter().zip(listeners).enumerate() {
             let (ctx, drain, done) = (Arc::new(make_ctx()), drain.clone(), cores_done.clone());
             let lost = core_lost.clone();
             let thread = std::thread::Builder::new()
@@ -233,6 +234,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     interceptor.shutdown(cfg.fail_mode).context("detaching")?;
     let _ = std::fs::remove_file(&cfg.admin_socket);
     Ok(())
+}
+
+/// The per-core runtimes until their threads take them. A start that fails before then
+/// drops them here, on the main runtime, where a plain drop would panic (it blocks on the
+/// runtimes' blocking pools) and hide the error that stopped the start.
+struct Runtimes(Vec<tokio::runtime::Runtime>);
+
+impl Runtimes {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<tokio::runtime::Runtime> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Runtimes {
+    fn drop(&mut self) {
+        for rt in self.0.drain(..) {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A preflight failure; main maps it to its own exit code.

@@ -45,6 +45,8 @@ pub struct Conn {
     pub target: Arc<Target>,
     pub workload: Workload,
     pub orig: SocketAddr,
+    /// `orig` as the HTTP pool's key, for targets that forward to the dialled address.
+    pub orig_authority: Arc<str>,
 }
 
 impl Conn {
@@ -110,6 +112,7 @@ pub async fn serve(
             target: target_cfg,
             workload,
             orig,
+            orig_authority: orig.to_string().into(),
         });
         http::serve(ctx, conn, client, force).await;
         drop((entry, slot));

@@ -8,7 +8,6 @@
 //! break what a reader sees. The JSON format escapes by itself (serde_json); bidi characters
 //! stay inside their quoted string there.
 use std::{
-    cell::RefCell,
     fmt::{self, Write as _},
     io::{IsTerminal as _, Write as _},
 };
@@ -26,8 +25,16 @@ pub enum Format {
     Json,
 }
 
+static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// The format `init` installed (text when it was not called, as in unit tests).
+pub fn format() -> Format {
+    FORMAT.get().copied().unwrap_or(Format::Text)
+}
+
 /// Installs the global subscriber: level from `SLUICE_LOG` (default `info`), to stderr.
 pub fn init(format: Format) {
+    let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal: in a file or the journal, ANSI sequences are
     // noise, and a log whose own lines carry ESC hides the escaped ones among them.
@@ -42,28 +49,16 @@ pub fn init(format: Format) {
     }
 }
 
-thread_local! {
-    /// Lines this thread is gathering for one write (see `batched`).
-    static GATHERED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
-}
-
-/// Runs `f`, writing every log line it emits on this thread to stderr in one `write` at
-/// the end instead of one per line. The record writer logs its batches this way: under
-/// load a write per request was a syscall per request on a thread that shares the CPUs
-/// with the requests.
-pub fn batched<R>(f: impl FnOnce() -> R) -> R {
-    GATHERED.with(|g| *g.borrow_mut() = Some(Vec::with_capacity(64 * 1024)));
-    let out = f();
-    if let Some(lines) = GATHERED.with(|g| g.borrow_mut().take())
-        && !lines.is_empty()
-    {
+/// Writes whole log lines formatted elsewhere (the request records) to stderr in one
+/// `write`: under load a write per line was a syscall per request.
+pub fn write_lines(lines: &[u8]) {
+    if !lines.is_empty() {
         // Logging has nowhere to report its own failure; stderr gone means no log at all.
-        let _ = std::io::stderr().lock().write_all(&lines);
+        let _ = std::io::stderr().lock().write_all(lines);
     }
-    out
 }
 
-/// stderr, or this thread's gathered lines while `batched` runs.
+/// stderr, one line per write.
 struct Stderr;
 
 struct StderrLine;
@@ -78,27 +73,12 @@ impl<'a> MakeWriter<'a> for Stderr {
 
 impl std::io::Write for StderrLine {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let gathered = GATHERED.with(|g| match g.borrow_mut().as_mut() {
-            Some(v) => {
-                v.extend_from_slice(buf);
-                true
-            }
-            None => false,
-        });
-        if gathered {
-            Ok(buf.len())
-        } else {
-            std::io::stderr().write(buf)
-        }
+        std::io::stderr().write(buf)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         // One line per event: through the lock in one go, as `io::stderr` does.
-        if GATHERED.with(|g| g.borrow().is_some()) {
-            self.write(buf).map(|_| ())
-        } else {
-            std::io::stderr().lock().write_all(buf)
-        }
+        std::io::stderr().lock().write_all(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -214,6 +194,11 @@ fn must_escape(c: char) -> bool {
         )
 }
 
+/// Writes `v` escaped as the text log escapes every field value.
+pub fn write_escaped<W: fmt::Write>(w: &mut W, v: impl fmt::Display) -> fmt::Result {
+    write!(Escaper(w), "{v}")
+}
+
 /// Escapes one value as the text log does.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -223,7 +208,7 @@ pub fn escape(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -251,7 +236,7 @@ mod tests {
         }
     }
 
-    fn logged(f: impl FnOnce()) -> String {
+    pub(crate) fn logged(f: impl FnOnce()) -> String {
         let buf = Buffer::default();
         tracing::subscriber::with_default(text_subscriber(buf.clone()), f);
         let bytes = buf.0.lock().expect("buffer").clone();
@@ -266,20 +251,6 @@ mod tests {
             !line.chars().any(must_escape),
             "raw control character in {line:?}"
         );
-    }
-
-    #[test]
-    fn lines_logged_in_a_batch_are_gathered_then_written_once() {
-        use std::io::Write as _;
-        let seen = batched(|| {
-            let mut w = StderrLine;
-            w.write_all(b"first\n").expect("gathered");
-            w.write_all(b"second\n").expect("gathered");
-            GATHERED.with(|g| g.borrow().clone())
-        });
-        assert_eq!(seen.as_deref(), Some(&b"first\nsecond\n"[..]));
-        // Outside a batch nothing is gathered.
-        assert!(GATHERED.with(|g| g.borrow().is_none()));
     }
 
     #[test]

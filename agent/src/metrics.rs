@@ -153,7 +153,7 @@ pub struct RequestSample<'a> {
     pub server: &'static str,
     pub operation: &'static str,
     pub decision: &'static str,
-    pub rule: String,
+    pub rule: &'a str,
     pub bytes_up: u64,
     pub bytes_down: u64,
 }
@@ -258,7 +258,7 @@ impl Metrics {
                 server: r.server,
                 operation: r.operation,
                 decision: r.decision,
-                rule: r.rule.clone(),
+                rule: r.rule.to_string(),
             })
             .inc();
         self.add_bytes(r.target, r.bytes_up, r.bytes_down);
@@ -417,7 +417,7 @@ mod tests {
             server: "ollama",
             operation: "ollama.pull",
             decision: "deny",
-            rule: "no-pull".into(),
+            rule: "no-pull",
             bytes_up: 10,
             bytes_down: 0,
         });

@@ -31,6 +31,7 @@ use crate::{
     workload::Workload,
 };
 
+mod line;
 mod writer;
 
 pub use writer::run as writer;
@@ -118,24 +119,41 @@ impl Record {
 
     /// The rule that decided (the first of them), for the metrics' `rule` label: one
     /// series per rule, not per combination of rules that matched.
-    pub fn deciding_rule(&self) -> String {
+    pub fn deciding_rule(&self) -> &str {
         match &self.decision {
-            Some(d) => d
-                .rule_ids()
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| "(target default)".to_string()),
-            None => String::new(),
+            Some(d) => d.rules().next().unwrap_or(TARGET_DEFAULT),
+            None => "",
         }
     }
 
-    /// The rules that decided, comma-separated.
-    pub fn rules(&self) -> String {
-        match &self.decision {
-            Some(d) if d.rule_ids().is_empty() => "(target default)".into(),
-            Some(d) => d.rule_ids().join(","),
-            None => String::new(),
+    /// The rules that decided, comma-separated when displayed.
+    pub fn rules(&self) -> Rules<'_> {
+        Rules(self.decision.as_ref())
+    }
+}
+
+/// What a decision made by the target's default, with no rule, is called in records.
+const TARGET_DEFAULT: &str = "(target default)";
+
+/// The rules that decided a request, displayed comma-separated without building a string.
+#[derive(Clone, Copy)]
+pub struct Rules<'a>(Option<&'a Decision>);
+
+impl fmt::Display for Rules<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(d) = self.0 else {
+            return Ok(());
+        };
+        let mut rules = d.rules();
+        let Some(first) = rules.next() else {
+            return f.write_str(TARGET_DEFAULT);
+        };
+        f.write_str(first)?;
+        for r in rules {
+            f.write_str(",")?;
+            f.write_str(r)?;
         }
+        Ok(())
     }
 }
 
@@ -365,7 +383,10 @@ mod tests {
             b.outcome.to_string(),
             "cancelled while waiting for the upstream"
         );
-        assert_eq!((b.action(), b.rules()), ("deny", "r".to_string()));
+        assert_eq!(
+            (b.action(), b.rules().to_string()),
+            ("deny", "r".to_string())
+        );
         assert_eq!(table.cancelled(), 1);
     }
 
@@ -381,7 +402,7 @@ mod tests {
         }));
         g.finish(Outcome::Complete);
         let r = rx.try_recv().expect("record");
-        assert_eq!(r.rules(), "team-a,everyone");
+        assert_eq!(r.rules().to_string(), "team-a,everyone");
         assert_eq!(r.deciding_rule(), "team-a");
         let mut g = rec
             .start("t", Server::Openai, &workload(), "POST", "/")

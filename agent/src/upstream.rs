@@ -3,7 +3,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -26,6 +26,8 @@ pub enum Error {
 struct Backends {
     name: String,
     endpoints: Vec<Endpoint>,
+    /// Each endpoint as `host:port`, the HTTP pool's key: formatted once, not per request.
+    authorities: Vec<Arc<str>>,
     next: AtomicUsize,
     dead_until: Mutex<Vec<Option<Instant>>>,
 }
@@ -46,6 +48,7 @@ impl Upstreams {
                 .map(|t| Backends {
                     name: t.name.clone(),
                     endpoints: t.upstream.clone(),
+                    authorities: t.upstream.iter().map(|e| e.to_string().into()).collect(),
                     next: AtomicUsize::new(0),
                     dead_until: Mutex::new(vec![None; t.upstream.len()]),
                 })
@@ -64,7 +67,7 @@ impl Upstreams {
 
     /// Backends of a target in the order to try them: round-robin from the next one, backends
     /// that failed recently last. Empty when the target forwards to the dialled address.
-    pub fn order(&self, target_id: u32) -> Vec<(usize, Endpoint)> {
+    fn order(&self, target_id: u32) -> Vec<usize> {
         let Some(b) = self.targets.get(target_id as usize) else {
             return Vec::new();
         };
@@ -73,20 +76,29 @@ impl Upstreams {
             return Vec::new();
         }
         let start = b.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
         let dead = b
             .dead_until
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (alive, resting): (Vec<usize>, Vec<usize>) = (0..n)
-            .map(|i| (start + i) % n)
-            .partition(|i| dead[*i].is_none_or(|t| t <= now));
-        // Resting backends are still tried last: refusing outright when all look dead would
-        // turn a blip into an outage.
-        alive
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        if dead.iter().any(Option::is_some) {
+            let now = Instant::now();
+            // Resting backends are still tried last: refusing outright when all look dead
+            // would turn a blip into an outage. The sort is stable: round-robin order holds
+            // within each group.
+            order.sort_by_key(|i| dead[*i].is_some_and(|t| t > now));
+        }
+        order
+    }
+
+    /// `order` as the HTTP pool's authorities (`host:port`).
+    pub fn order_authorities(&self, target_id: u32) -> Vec<(usize, Arc<str>)> {
+        let Some(b) = self.targets.get(target_id as usize) else {
+            return Vec::new();
+        };
+        self.order(target_id)
             .into_iter()
-            .chain(resting)
-            .map(|i| (i, b.endpoints[i].clone()))
+            .map(|i| (i, b.authorities[i].clone()))
             .collect()
     }
 
@@ -125,8 +137,16 @@ impl Upstreams {
                 });
         }
         let mut last = String::new();
-        for (i, ep) in order {
-            match self.dial_endpoint(&ep).await {
+        let endpoints = self
+            .targets
+            .get(target_id as usize)
+            .map_or(&[][..], |b| &b.endpoints[..]);
+        for ep in order
+            .into_iter()
+            .filter_map(|i| Some((i, endpoints.get(i)?)))
+        {
+            let (i, ep) = ep;
+            match self.dial_endpoint(ep).await {
                 Ok(ok) => {
                     self.report(target_id, i, true);
                     return Ok(ok);

@@ -474,6 +474,21 @@ fn bad_config_and_missing_prerequisites_are_explained() {
         String::from_utf8_lossy(&out.stderr).contains("does not exist under the cgroup v2 mount")
     );
 
+    // A start that fails late (listeners bound, per-core runtimes built, then the pin
+    // directory is not on bpffs) still exits with its own error, not a panic that hides it.
+    let cg = TestCgroup::new("late-fail");
+    let late = dir.join("late.yaml");
+    std::fs::write(&late, format!("listen: 127.0.0.1:{}\nlisten_v6: null\ncgroup: {}\npin_dir: {}\nruntime: per-core\nadmin_socket: {}\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n", free_port(), cg.rel, dir.join("not-bpffs").display(), dir.join("c.sock").display())).expect("write");
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&late)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not on a bpf filesystem"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
     // Without privileges both run and doctor say what is missing. setpriv drops to nobody.
     let good = dir.join("good.yaml");
     std::fs::write(&good, format!("listen: 127.0.0.1:{}\nadmin_socket: {}\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n", free_port(), dir.join("b.sock").display())).expect("write");

@@ -346,3 +346,25 @@ fn server_names_are_the_config_spelling() {
         assert_eq!(s.name(), super::serde_name(&s));
     }
 }
+
+#[test]
+fn operation_class_names_are_the_policy_spelling() {
+    use super::OpClass::*;
+    let all = [
+        Inference,
+        Embedding,
+        Tokenize,
+        Listing,
+        Health,
+        Management,
+        ModelExport,
+        ConfigChange,
+        Files,
+        Unknown,
+    ];
+    for c in all {
+        // A variant added without a name here fails to compile in `as_str`; this pins the
+        // spelling.
+        assert_eq!(c.as_str(), super::serde_name(&c));
+    }
+}

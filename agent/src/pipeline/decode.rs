@@ -1,7 +1,7 @@
 //! Reading a request the way its server will: the path decoded once, the body parsed as the
 //! server parses it. What the two could read differently is refused, never guessed
 //! (docs/policy.md, "Reading requests as the server does").
-use std::{cell::RefCell, collections::HashMap, fmt};
+use std::{borrow::Cow, cell::RefCell, fmt};
 
 use http::{HeaderMap, StatusCode, header};
 use percent_encoding::percent_decode_str;
@@ -379,16 +379,31 @@ impl<'de> Visitor<'de> for Seed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = serde_json::Map::new();
-        // Canonical key -> the key as the client wrote it, to name both in a refusal.
-        let mut seen: HashMap<String, String> = HashMap::new();
+        // (canonical, as written) for the keys the client wrote in another form, to name
+        // both keys in a refusal. Looked at only when a collision is found; a key already in
+        // canonical form (every key of a well-behaved client) costs nothing here.
+        let mut spelled: Vec<(String, String)> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
-            let canonical = self.keys.canonical(&key).into_owned();
-            if let Some(first) = seen.get(&canonical) {
-                *self.collision.borrow_mut() = Some((first.clone(), key));
+            let folded = match self.keys.canonical(&key) {
+                Cow::Owned(c) => Some(c),
+                Cow::Borrowed(_) => None,
+            };
+            let (canonical, written) = match folded {
+                Some(c) => (c, Some(key)),
+                None => (key, None),
+            };
+            if out.contains_key(&canonical) {
+                let first = spelled
+                    .iter()
+                    .find(|(c, _)| *c == canonical)
+                    .map_or_else(|| canonical.clone(), |(_, w)| w.clone());
+                *self.collision.borrow_mut() = Some((first, written.unwrap_or(canonical)));
                 return Err(de::Error::custom("colliding keys"));
             }
             let value = map.next_value_seed(self)?;
-            seen.insert(canonical.clone(), key);
+            if let Some(w) = written {
+                spelled.push((canonical.clone(), w));
+            }
             out.insert(canonical, value);
         }
         Ok(Value::Object(out))

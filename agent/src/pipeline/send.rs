@@ -1,6 +1,8 @@
 //! Prepare and send: the permitted request as the upstream gets it, then the upstream's
 //! response head. Only connection failures are retried on the next backend, and only for
 //! buffered bodies, since nothing was sent.
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header, request::Parts};
 use http_body_util::BodyExt as _;
@@ -74,14 +76,11 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
 
 /// Sends to the target's backends in order (or to the address the client dialled).
 pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incoming>, Refusal> {
-    let order = ctx.upstreams.order(conn.target_id);
-    let candidates: Vec<(Option<usize>, String)> = if order.is_empty() {
-        vec![(None, conn.orig.to_string())]
+    let order = ctx.upstreams.order_authorities(conn.target_id);
+    let candidates: Vec<(Option<usize>, Arc<str>)> = if order.is_empty() {
+        vec![(None, conn.orig_authority.clone())]
     } else {
-        order
-            .iter()
-            .map(|(i, ep)| (Some(*i), ep.to_string()))
-            .collect()
+        order.into_iter().map(|(i, a)| (Some(i), a)).collect()
     };
     let Forward {
         permit,

@@ -86,7 +86,18 @@ impl Decision {
         }
     }
 
-    /// Rule ids that decided: the allow rules, the deny rule, or the hold rule.
+    /// Rule ids that decided: the allow rules, the deny rule, or the hold rule (none when
+    /// the target default decided).
+    pub fn rules(&self) -> impl Iterator<Item = &str> {
+        let (many, one): (&[String], Option<&String>) = match self {
+            Decision::Permit(p) => (&p.rules, None),
+            Decision::Deny(d) => (&[], d.rule.as_ref()),
+            Decision::Hold(h) => (&[], Some(&h.rule)),
+        };
+        many.iter().chain(one).map(String::as_str)
+    }
+
+    /// `rules`, owned.
     pub fn rule_ids(&self) -> Vec<String> {
         match self {
             Decision::Permit(p) => p.rules.clone(),

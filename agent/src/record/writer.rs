@@ -1,9 +1,12 @@
 //! The one task that writes finished records. For now a record is one structured log line
-//! ("request"); the recording store (tamper-evident, replayable) will take this task's place
+//! ("request", formatted by `line.rs`); the recording store (tamper-evident, replayable) will take this task's place
 //! without the request path noticing.
+use std::time::SystemTime;
+
 use tokio::sync::mpsc;
 
 use super::Record;
+use crate::logging::Format;
 
 /// Records taken from the queue at once.
 const BATCH: usize = 256;
@@ -15,16 +18,24 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub async fn run(mut rx: mpsc::Receiver<Record>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut lines = Vec::with_capacity(64 * 1024);
     loop {
         let n = rx.recv_many(&mut batch, BATCH).await;
         if n == 0 {
             return;
         }
-        crate::logging::batched(|| {
-            for r in batch.drain(..) {
-                record(&r);
+        let format = enabled().then(crate::logging::format);
+        let now = SystemTime::now();
+        for r in batch.drain(..) {
+            match format {
+                Some(Format::Json) => super::line::json(&mut lines, &r, now),
+                Some(Format::Text) => super::line::text(&mut lines, &r, now),
+                None => {}
             }
-        });
+            count(&r);
+        }
+        crate::logging::write_lines(&lines);
+        lines.clear();
         // A full batch means more are waiting: take them now.
         if n < BATCH {
             tokio::time::sleep(GATHER).await;
@@ -32,9 +43,14 @@ pub async fn run(mut rx: mpsc::Receiver<Record>) {
     }
 }
 
-fn record(r: &Record) {
-    write(r);
-    // Counted here, off the request path, from the same record the log line shows.
+/// Whether the log level lets records through: they are `info` events of this module, and
+/// `SLUICE_LOG` filters them as it filters any other event.
+fn enabled() -> bool {
+    tracing::enabled!(tracing::Level::INFO)
+}
+
+/// Counted here, off the request path, from the same record the log line shows.
+fn count(r: &Record) {
     if let Some(m) = crate::metrics::get() {
         m.request(&crate::metrics::RequestSample {
             target: &r.target,
@@ -46,24 +62,4 @@ fn record(r: &Record) {
             bytes_down: r.response_bytes,
         });
     }
-}
-
-fn write(r: &Record) {
-    let op = r.operation.as_ref();
-    let w = &r.workload;
-    tracing::info!(
-        request_id = r.id, unix_ms = r.unix_ms,
-        target_name = %r.target, pid = w.pid, tgid = w.tgid, uid = w.uid, gid = w.gid,
-        cgroup_id = w.cgroup_id, comm = %w.comm, exe = w.exe.as_deref().unwrap_or("?"),
-        method = %r.method, path = %r.path,
-        operation = %op.map_or("-".to_string(), |o| o.class.to_string()),
-        route = op.map_or("-", |o| o.route),
-        model = op.and_then(|o| o.model.as_deref()).unwrap_or("-"),
-        streaming = op.is_some_and(|o| o.streaming),
-        decision = r.action(), rules = %r.rules(),
-        status = r.status.map_or(0, |s| s.as_u16()),
-        request_bytes = r.request_bytes, response_bytes = r.response_bytes, outcome = %r.outcome,
-        headers_ms = r.headers_ms, duration_ms = r.duration_ms,
-        "request"
-    );
 }
