@@ -170,6 +170,8 @@ pub struct Interceptor {
     pub local_addresses: std::collections::BTreeSet<std::net::IpAddr>,
     /// The in-kernel L4 relay, when configured and loaded.
     pub kernel_relay: Option<Arc<crate::relay::KernelRelay>>,
+    /// The cgroup v2 mount the programs' cgroup was found under.
+    pub cgroup_root: Arc<std::path::Path>,
 }
 
 impl Interceptor {
@@ -178,6 +180,7 @@ impl Interceptor {
     /// replaces any links a previous agent pinned. `max_connections` sizes the kernel relay's
     /// maps. Blocking: run it before serving.
     pub fn start(cfg: &Config, max_connections: usize) -> Result<(Self, Arc<Maps>), Error> {
+        let cgroup_root: Arc<std::path::Path> = cgroup::cgroup2_mount()?.into();
         let cgroup_dir = cgroup::resolve(&cfg.cgroup)?;
         let settings = settings_for(cfg, identity::agent_tgid()?);
         let wanted = crate::relay::wanted(cfg.l4_relay);
@@ -220,6 +223,7 @@ impl Interceptor {
                 maps: maps.clone(),
                 local_addresses,
                 kernel_relay,
+                cgroup_root,
             },
             maps,
         ))

@@ -2,6 +2,7 @@
 //! stored them under the client's (address, port), which is the accepted socket's peer.
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::Path,
     sync::Arc,
 };
 
@@ -12,12 +13,17 @@ use crate::workload::Workload;
 
 /// Who made the connection accepted from `peer` and where it was going, or `None` if it did
 /// not come through redirection (it must be refused). Both steps block (a map syscall under a
-/// mutex, a /proc read), so they run on the blocking pool, never on a runtime worker; the
-/// number waiting is bounded by the connections being served.
-pub async fn attribute(maps: Arc<Maps>, peer: SocketAddr) -> Option<(ConnMeta, Workload)> {
+/// mutex, /proc reads), so they run on the blocking pool, never on a runtime worker; the
+/// number waiting is bounded by the connections being served. `cgroup_root` is the cgroup2
+/// mount, where the caller's cgroup is checked.
+pub async fn attribute(
+    maps: Arc<Maps>,
+    cgroup_root: Arc<Path>,
+    peer: SocketAddr,
+) -> Option<(ConnMeta, Workload)> {
     match tokio::task::spawn_blocking(move || {
         let meta = take(&maps, peer)?;
-        let workload = Workload::from_meta(&meta);
+        let workload = Workload::from_meta(&meta, &cgroup_root);
         Some((meta, workload))
     })
     .await

@@ -21,7 +21,12 @@ pub fn filter_cost(n: usize) {
             .block_on(rec.start(
                 "bench",
                 sluice::adapter::Server::Openai,
-                &sluice::workload::Workload::described(0, 0, "bench".into(), None),
+                &std::sync::Arc::new(sluice::workload::Workload::described(
+                    0,
+                    0,
+                    "bench".into(),
+                    None,
+                )),
                 "POST",
                 "/v1/chat/completions",
             ));
