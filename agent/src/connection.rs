@@ -19,8 +19,8 @@ use crate::{
 /// Shared state every connection task needs.
 pub struct Ctx {
     pub maps: Arc<Maps>,
-    /// The cgroup2 mount, where each caller's cgroup path is checked (`workload`).
-    pub cgroup_root: Arc<std::path::Path>,
+    /// The cgroup2 mount, where each caller's cgroup is looked up by id (`workload`).
+    pub cgroups: Arc<crate::workload::CgroupRoot>,
     pub upstreams: Arc<Upstreams>,
     pub table: Arc<Table>,
     pub targets: Vec<Arc<Target>>,
@@ -68,7 +68,7 @@ pub async fn serve(
     force: CancellationToken,
 ) {
     let Some((meta, workload)) =
-        orig_dst::attribute(ctx.maps.clone(), ctx.cgroup_root.clone(), peer).await
+        orig_dst::attribute(ctx.maps.clone(), ctx.cgroups.clone(), peer).await
     else {
         // Not redirected by our hooks (a direct dial of the listener, or metadata lost).
         ctx.table.count_refused();

@@ -2,28 +2,26 @@
 //! stored them under the client's (address, port), which is the accepted socket's peer.
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    path::Path,
     sync::Arc,
 };
 
 use agent_common::{ConnMeta, PeerKey, v4_mapped};
 
 use super::Maps;
-use crate::workload::Workload;
+use crate::workload::{CgroupRoot, Workload};
 
 /// Who made the connection accepted from `peer` and where it was going, or `None` if it did
 /// not come through redirection (it must be refused). Both steps block (a map syscall under a
-/// mutex, /proc reads), so they run on the blocking pool, never on a runtime worker; the
-/// number waiting is bounded by the connections being served. `cgroup_root` is the cgroup2
-/// mount, where the caller's cgroup is checked.
+/// mutex, a /proc read, the cgroup lookup), so they run on the blocking pool, never on a
+/// runtime worker; the number waiting is bounded by the connections being served.
 pub async fn attribute(
     maps: Arc<Maps>,
-    cgroup_root: Arc<Path>,
+    cgroups: Arc<CgroupRoot>,
     peer: SocketAddr,
 ) -> Option<(ConnMeta, Workload)> {
     match tokio::task::spawn_blocking(move || {
         let meta = take(&maps, peer)?;
-        let workload = Workload::from_meta(&meta, &cgroup_root);
+        let workload = Workload::from_meta(&meta, &cgroups);
         Some((meta, workload))
     })
     .await
