@@ -58,9 +58,10 @@ impl Workload {
 
     /// Places a described workload in `path`: container and pod as the agent would read
     /// them from that path.
-    pub fn in_cgroup(mut self, path: &str) -> Self {
-        let id = container::parse(path);
-        self.cgroup = Some(path.to_string());
+    pub fn in_cgroup(mut self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        let id = container::parse(&path);
+        self.cgroup = Some(path);
         self.container = id.container;
         self.pod_uid = id.pod_uid;
         self
@@ -107,7 +108,7 @@ impl Workload {
         w.tgid = meta.tgid;
         w.cgroup_id = meta.cgroup_id;
         if let Some(path) = cgroups.path_of(meta.cgroup_id) {
-            w = w.in_cgroup(&path);
+            w = w.in_cgroup(path);
         }
         w
     }
@@ -121,7 +122,7 @@ mod tests {
     fn a_described_cgroup_is_read_as_the_agent_reads_it() {
         let id = "ab".repeat(32);
         let w = Workload::described(0, 0, "c".into(), None)
-            .in_cgroup(&format!("/system.slice/docker-{id}.scope"));
+            .in_cgroup(format!("/system.slice/docker-{id}.scope"));
         assert_eq!(
             w.container,
             Some(Container {

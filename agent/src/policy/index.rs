@@ -524,7 +524,7 @@ mod tests {
                 .prop_map(|(uid, gid, comm, exe, cgroup)| {
                     let w = Workload::described(uid, gid, comm.into(), exe.map(String::from));
                     match cgroup {
-                        Some(path) => w.in_cgroup(&path),
+                        Some(path) => w.in_cgroup(path),
                         None => w,
                     }
                 }),
@@ -696,7 +696,7 @@ mod tests {
             model: None,
             streaming: false,
         };
-        let w = Workload::described(0, 0, "python3".into(), None).in_cgroup(&format!(
+        let w = Workload::described(0, 0, "python3".into(), None).in_cgroup(format!(
             "/kubepods.slice/kubepods-pod00000007_0000_0000_0000_000000000000.slice/cri-containerd-{:012x}{}.scope",
             7,
             "0".repeat(52)
