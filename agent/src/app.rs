@@ -112,6 +112,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // runtime that opened it), everything else is shared.
     let make_ctx = || connection::Ctx {
         maps: maps.clone(),
+        cgroups: interceptor.cgroups.clone(),
         upstreams: upstreams.clone(),
         table: table.clone(),
         targets: targets.clone(),

@@ -19,6 +19,8 @@ use crate::{
 /// Shared state every connection task needs.
 pub struct Ctx {
     pub maps: Arc<Maps>,
+    /// The cgroup2 mount, where each caller's cgroup is looked up by id (`workload`).
+    pub cgroups: Arc<crate::workload::CgroupRoot>,
     pub upstreams: Arc<Upstreams>,
     pub table: Arc<Table>,
     pub targets: Vec<Arc<Target>>,
@@ -43,7 +45,8 @@ pub struct Conn {
     pub target_id: u32,
     /// Resolved once, at accept.
     pub target: Arc<Target>,
-    pub workload: Workload,
+    /// Shared with every request's record: one reference count per request, no copies.
+    pub workload: Arc<Workload>,
     pub orig: SocketAddr,
     /// `orig` as the HTTP pool's key, for targets that forward to the dialled address.
     pub orig_authority: Arc<str>,
@@ -66,7 +69,9 @@ pub async fn serve(
     mut slot: ConnectionSlot,
     force: CancellationToken,
 ) {
-    let Some((meta, workload)) = orig_dst::attribute(ctx.maps.clone(), peer).await else {
+    let Some((meta, workload)) =
+        orig_dst::attribute(ctx.maps.clone(), ctx.cgroups.clone(), peer).await
+    else {
         // Not redirected by our hooks (a direct dial of the listener, or metadata lost).
         ctx.table.count_refused();
         crate::metrics::refused("sluice_not_redirected");
@@ -110,7 +115,7 @@ pub async fn serve(
         let conn = Arc::new(Conn {
             target_id: meta.target_id,
             target: target_cfg,
-            workload,
+            workload: Arc::new(workload),
             orig,
             orig_authority: orig.to_string().into(),
         });
@@ -136,8 +141,10 @@ pub async fn serve(
     tracing::info!(
         target_name = %target, pid = workload.pid, tgid = workload.tgid, uid = workload.uid,
         gid = workload.gid, cgroup_id = workload.cgroup_id, comm = %workload.comm,
-        exe = workload.exe.as_deref().unwrap_or("?"), client = %peer, original_dst = %orig,
-        upstream = %upstream_addr, "connection intercepted"
+        exe = workload.exe.as_deref().unwrap_or("?"), cgroup = workload.cgroup.as_deref().unwrap_or("?"),
+        container_id = workload.container.as_ref().map_or("-", |c| c.id.as_str()),
+        pod_uid = workload.pod_uid.as_deref().unwrap_or("-"),
+        client = %peer, original_dst = %orig, upstream = %upstream_addr, "connection intercepted"
     );
     let chosen = std::sync::OnceLock::new();
     // Counted in the metrics on the path the relay chose, until the connection closes.

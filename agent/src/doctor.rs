@@ -32,6 +32,7 @@ impl fmt::Display for Check {
     }
 }
 
+const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
@@ -94,7 +95,14 @@ fn privileges() -> Check {
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
     }
-    if missing.is_empty() {
+    if missing.is_empty() && !has(CAP_DAC_READ_SEARCH) {
+        // Interception works without it; only the cgroup lookup by id does not.
+        check(
+            "privileges",
+            Level::Warn,
+            "CAP_BPF and CAP_NET_ADMIN present; CAP_DAC_READ_SEARCH missing: connections will carry no cgroup path, container or pod (the agent looks cgroups up by id with open_by_handle_at), and policy rules selecting on them will not match",
+        )
+    } else if missing.is_empty() {
         let who = if nix::unistd::geteuid().is_root() {
             "root"
         } else {
@@ -103,7 +111,7 @@ fn privileges() -> Check {
         check(
             "privileges",
             Level::Ok,
-            format!("{who}: CAP_BPF and CAP_NET_ADMIN present"),
+            format!("{who}: CAP_BPF, CAP_NET_ADMIN and CAP_DAC_READ_SEARCH present"),
         )
     } else {
         check(

@@ -73,6 +73,8 @@ pub enum Error {
     Targets(#[from] targets::Error),
     #[error("reading the host's interface addresses for local targets: {0}")]
     LocalAddresses(std::io::Error),
+    #[error("{0}")]
+    Cgroups(#[from] crate::workload::cgroup::Error),
     #[error("telling the agent's own sockets apart: {0}")]
     Identity(#[from] identity::Error),
     #[error("starting the kernel relay's wake-up thread: {0}")]
@@ -170,6 +172,8 @@ pub struct Interceptor {
     pub local_addresses: std::collections::BTreeSet<std::net::IpAddr>,
     /// The in-kernel L4 relay, when configured and loaded.
     pub kernel_relay: Option<Arc<crate::relay::KernelRelay>>,
+    /// The cgroup v2 mount, open for looking callers' cgroups up by id.
+    pub cgroups: Arc<crate::workload::CgroupRoot>,
 }
 
 impl Interceptor {
@@ -178,6 +182,7 @@ impl Interceptor {
     /// replaces any links a previous agent pinned. `max_connections` sizes the kernel relay's
     /// maps. Blocking: run it before serving.
     pub fn start(cfg: &Config, max_connections: usize) -> Result<(Self, Arc<Maps>), Error> {
+        let cgroups = Arc::new(crate::workload::CgroupRoot::open(&cgroup::cgroup2_mount()?)?);
         let cgroup_dir = cgroup::resolve(&cfg.cgroup)?;
         let settings = settings_for(cfg, identity::agent_tgid()?);
         let wanted = crate::relay::wanted(cfg.l4_relay);
@@ -220,6 +225,7 @@ impl Interceptor {
                 maps: maps.clone(),
                 local_addresses,
                 kernel_relay,
+                cgroups,
             },
             maps,
         ))

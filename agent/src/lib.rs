@@ -7,7 +7,8 @@
 //! `config` reads the agent's file, `admin` shows what is live, `drain` stops it all,
 //! `doctor` checks the host, `app` wires everything together; `yaml` places YAML errors.
 // unsafe is confined to the kernel boundary (intercept/: eBPF loading, fd registration;
-// relay/sock.rs: TCP_INFO, socket cookie and queue ioctls).
+// relay/sock.rs: TCP_INFO, socket cookie and queue ioctls; workload/cgroup.rs:
+// open_by_handle_at).
 #![deny(unsafe_code)]
 
 pub mod adapter;

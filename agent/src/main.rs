@@ -90,14 +90,61 @@ enum PolicyCommand {
         /// The target's default action: allow or deny.
         #[arg(long, default_value = "deny", value_parser = serde_arg::<sluice::policy::Action>)]
         default: sluice::policy::Action,
-        /// The calling workload's uid (with --comm/--exe: workload matchers apply).
-        #[arg(long)]
-        uid: Option<u32>,
-        #[arg(long)]
-        comm: Option<String>,
-        #[arg(long)]
-        exe: Option<String>,
+        #[command(flatten)]
+        workload: Box<WorkloadArgs>,
     },
+}
+
+/// The calling workload `policy explain` asks about; with any of these given, workload
+/// matchers apply.
+#[derive(clap::Args)]
+struct WorkloadArgs {
+    #[arg(long)]
+    uid: Option<u32>,
+    #[arg(long)]
+    comm: Option<String>,
+    #[arg(long)]
+    exe: Option<String>,
+    /// The workload's cgroup v2 path; its container and pod are read from it as the agent
+    /// reads them.
+    #[arg(long)]
+    cgroup: Option<String>,
+    /// The full 64-digit container id (replaces the one --cgroup names).
+    #[arg(long, value_parser = sluice::policy::container::parse_full_container_id)]
+    container_id: Option<String>,
+    /// docker, podman, containerd or cri-o.
+    #[arg(long, requires = "container_id", value_parser = serde_arg::<sluice::workload::Runtime>)]
+    container_runtime: Option<sluice::workload::Runtime>,
+    /// The Kubernetes pod uid, with dashes (replaces the one --cgroup names).
+    #[arg(long, value_parser = sluice::policy::container::parse_pod_uid)]
+    pod_uid: Option<String>,
+}
+
+impl WorkloadArgs {
+    fn workload(self) -> Option<sluice::workload::Workload> {
+        let described = self.uid.is_some()
+            || self.comm.is_some()
+            || self.exe.is_some()
+            || self.cgroup.is_some()
+            || self.container_id.is_some()
+            || self.pod_uid.is_some();
+        if !described {
+            return None;
+        }
+        let container = self.container_id.map(|id| sluice::workload::Container {
+            id,
+            runtime: self.container_runtime,
+        });
+        Some(
+            sluice::workload::Workload::described(
+                self.uid.unwrap_or(0),
+                0,
+                self.comm.unwrap_or_default(),
+                self.exe,
+            )
+            .placed(self.cgroup.as_deref(), container, self.pod_uid),
+        )
+    }
 }
 
 /// Parses a CLI value with the type's serde names, so the CLI spells values as policy
@@ -308,9 +355,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
             server,
             target,
             default,
-            uid,
-            comm,
-            exe,
+            workload,
         } => {
             let (paths, server, default) = match &config {
                 None => (paths, server, default),
@@ -347,14 +392,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-            let workload = (uid.is_some() || comm.is_some() || exe.is_some()).then(|| {
-                sluice::workload::Workload::described(
-                    uid.unwrap_or(0),
-                    0,
-                    comm.unwrap_or_default(),
-                    exe,
-                )
-            });
+            let workload = workload.workload();
             let method = method.to_ascii_uppercase();
             let (op, d) = p.decide(&Query {
                 target: &target,
@@ -366,6 +404,19 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 workload: workload.as_ref(),
             });
             println!("request:   {method} {path} on {target} ({server})");
+            if let Some(w) = &workload {
+                println!(
+                    "workload:  cgroup {}, container {}, pod {}",
+                    w.cgroup.as_deref().unwrap_or("-"),
+                    w.container
+                        .as_ref()
+                        .map_or("-".to_string(), |c| match c.runtime {
+                            Some(r) => format!("{} ({r})", c.id),
+                            None => c.id.clone(),
+                        }),
+                    w.pod_uid.as_deref().unwrap_or("-")
+                );
+            }
             println!(
                 "operation: {} (route {}, model {}, streaming {})",
                 op.class,
@@ -433,22 +484,36 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    // The container by the short id `docker ps` shows; the full id, its runtime and the
+    // cgroup path are in --json.
     println!(
-        "{:<6} {:<18} {:<7} {:<8} {:<6} {:<16} {:<24} {:<24} EXE",
-        "ID", "TARGET", "PATH", "PID", "UID", "COMM", "ORIGINAL DST", "UPSTREAM"
+        "{:<6} {:<18} {:<7} {:<8} {:<6} {:<16} {:<24} {:<24} {:<12} {:<36} EXE",
+        "ID",
+        "TARGET",
+        "PATH",
+        "PID",
+        "UID",
+        "COMM",
+        "ORIGINAL DST",
+        "UPSTREAM",
+        "CONTAINER",
+        "POD"
     );
     for c in &status.connections {
+        let w = &c.workload;
         println!(
-            "{:<6} {:<18} {:<7} {:<8} {:<6} {:<16} {:<24} {:<24} {}",
+            "{:<6} {:<18} {:<7} {:<8} {:<6} {:<16} {:<24} {:<24} {:<12} {:<36} {}",
             c.id,
             c.target,
             c.path.map_or("-".to_string(), |p| p.to_string()),
-            c.workload.tgid,
-            c.workload.uid,
-            c.workload.comm,
+            w.tgid,
+            w.uid,
+            w.comm,
             c.original_dst.to_string(),
             c.upstream.map_or("-".to_string(), |u| u.to_string()),
-            c.workload.exe.as_deref().unwrap_or("?")
+            w.container.as_ref().map_or("-", |k| k.short_id()),
+            w.pod_uid.as_deref().unwrap_or("-"),
+            w.exe.as_deref().unwrap_or("?")
         );
     }
     let k = |i: usize| status.kernel.get(i).copied().unwrap_or(0);

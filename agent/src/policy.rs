@@ -9,6 +9,7 @@ use std::{path::PathBuf, sync::Arc};
 use arc_swap::ArcSwap;
 
 pub mod cases;
+pub mod container;
 mod eval;
 mod index;
 mod pack;

@@ -92,7 +92,7 @@ pub struct Record {
     pub unix_ms: u64,
     pub target: String,
     pub server: Server,
-    pub workload: Workload,
+    pub workload: Arc<Workload>,
     pub method: String,
     pub path: String,
     pub operation: Option<Operation>,
@@ -186,7 +186,7 @@ impl Recorder {
         &self,
         target: &str,
         server: Server,
-        workload: &Workload,
+        workload: &Arc<Workload>,
         method: &str,
         path: &str,
     ) -> Guard {
@@ -310,8 +310,8 @@ mod tests {
     use super::*;
     use crate::policy::{Decision, Denial};
 
-    fn workload() -> Workload {
-        Workload::described(1000, 1000, "curl".into(), None)
+    fn workload() -> Arc<Workload> {
+        Arc::new(Workload::described(1000, 1000, "curl".into(), None))
     }
 
     fn recorder() -> (

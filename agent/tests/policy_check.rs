@@ -88,3 +88,67 @@ fn policy_check_passes_the_shipped_packs_and_their_cases() {
     assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     assert!(out.starts_with("ok: "), "{out}");
 }
+
+/// `sluice policy explain` describes a workload by its cgroup path, or by container id and
+/// pod uid given directly, and decides on the examples pack's container and pod rules.
+#[test]
+fn policy_explain_describes_containers_and_pods() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples");
+    let explain = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["policy", "explain"])
+            .arg(&examples)
+            .args([
+                "--target",
+                "example-cluster",
+                "--path",
+                "/v1/chat/completions",
+                "--body",
+                r#"{"model":"llama3","messages":[]}"#,
+            ])
+            .args(args)
+            .output()
+            .expect("run sluice");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let uid = "6a7f5c1e-2b3d-4c5e-8f90-a1b2c3d4e5f6";
+    let other = "f".repeat(64);
+    let cgroup = format!(
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{other}.scope",
+        uid.replace('-', "_")
+    );
+    let (code, out, err) = explain(&["--cgroup", &cgroup]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("container {other} (containerd), pod {uid}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("allow by example-allow-pod-inference"),
+        "{out}"
+    );
+    // The short id the pack names selects the full id given here, inside the same pod.
+    let (code, out, err) = explain(&[
+        "--cgroup",
+        &cgroup,
+        "--container-id",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "--container-runtime",
+        "docker",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("deny by example-deny-one-container"), "{out}");
+    // Without a known container or pod, no container rule applies: the default decides.
+    let (code, out, _) = explain(&["--uid", "1000"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("container -, pod -"), "{out}");
+    assert!(out.contains("deny by target default"), "{out}");
+    // A value that could never match what the agent reads is refused.
+    let (code, _, err) = explain(&["--pod-uid", &uid.replace('-', "_")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("with dashes"), "{err}");
+}

@@ -102,6 +102,70 @@ impl TestCgroup {
     }
 }
 
+impl TestCgroup {
+    /// A cgroup at `rel` below this one (e.g. a runtime-shaped path such as
+    /// `system.slice/docker-<id>.scope`), made with every missing parent; all of them are
+    /// removed on drop. Drop it before the `TestCgroup` it is under.
+    pub fn nested(&self, rel: &str) -> NestedCgroup {
+        let mut made = Vec::new();
+        let mut dir = self.dir.clone();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                fs::create_dir(&dir).expect("create nested cgroup");
+                made.push(dir.clone());
+            }
+        }
+        NestedCgroup {
+            rel: format!("/{}/{}", self.rel, rel.trim_matches('/')),
+            dir,
+            made,
+        }
+    }
+}
+
+/// A cgroup below a `TestCgroup`, with the parents it had to create.
+pub struct NestedCgroup {
+    /// The path as `/proc/<pid>/cgroup` shows it (from the cgroup2 root).
+    pub rel: String,
+    pub dir: PathBuf,
+    made: Vec<PathBuf>,
+}
+
+impl NestedCgroup {
+    /// A command that moves itself into this cgroup, then execs `program`.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.dir)
+            .arg(program);
+        c
+    }
+}
+
+impl Drop for NestedCgroup {
+    fn drop(&mut self) {
+        for dir in self.made.iter().rev() {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: plain syscall on a pid this test put into its own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let removed = (0..50).any(|_| {
+                let ok = fs::remove_dir(dir).is_ok();
+                if !ok {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                ok
+            });
+            if !removed {
+                eprintln!("warning: could not remove cgroup {}", dir.display());
+            }
+        }
+    }
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         for pid in self.pids() {

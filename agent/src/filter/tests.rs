@@ -43,7 +43,7 @@ async fn body(
         .start(
             "t",
             crate::adapter::Server::Openai,
-            &Workload::described(0, 0, "c".into(), None),
+            &Arc::new(Workload::described(0, 0, "c".into(), None)),
             "POST",
             "/v1/chat/completions",
         )

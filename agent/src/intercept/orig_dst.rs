@@ -8,16 +8,20 @@ use std::{
 use agent_common::{ConnMeta, PeerKey, v4_mapped};
 
 use super::Maps;
-use crate::workload::Workload;
+use crate::workload::{CgroupRoot, Workload};
 
 /// Who made the connection accepted from `peer` and where it was going, or `None` if it did
 /// not come through redirection (it must be refused). Both steps block (a map syscall under a
-/// mutex, a /proc read), so they run on the blocking pool, never on a runtime worker; the
-/// number waiting is bounded by the connections being served.
-pub async fn attribute(maps: Arc<Maps>, peer: SocketAddr) -> Option<(ConnMeta, Workload)> {
+/// mutex, a /proc read, the cgroup lookup), so they run on the blocking pool, never on a
+/// runtime worker; the number waiting is bounded by the connections being served.
+pub async fn attribute(
+    maps: Arc<Maps>,
+    cgroups: Arc<CgroupRoot>,
+    peer: SocketAddr,
+) -> Option<(ConnMeta, Workload)> {
     match tokio::task::spawn_blocking(move || {
         let meta = take(&maps, peer)?;
-        let workload = Workload::from_meta(&meta);
+        let workload = Workload::from_meta(&meta, &cgroups);
         Some((meta, workload))
     })
     .await

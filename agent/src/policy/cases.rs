@@ -11,8 +11,17 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-use super::{Action, Error, Policy, Query, load_paths, pack::pack_files, pack::syntax_error};
-use crate::{adapter::Server, workload::Workload};
+use super::{
+    Action, Error, Policy, Query,
+    container::{FullContainerId, PodUid},
+    load_paths,
+    pack::pack_files,
+    pack::syntax_error,
+};
+use crate::{
+    adapter::Server,
+    workload::{Container, Runtime, Workload},
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +52,38 @@ pub struct CaseWorkload {
     pub comm: String,
     #[serde(default)]
     pub exe: Option<String>,
+    /// The cgroup v2 path; the container and pod are read from it as the agent reads them.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Given here, it replaces the one the cgroup path names.
+    #[serde(default)]
+    pub container: Option<CaseContainer>,
+    /// Given here, it replaces the one the cgroup path names.
+    #[serde(default, rename = "podUid")]
+    pub pod_uid: Option<PodUid>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseContainer {
+    pub id: FullContainerId,
+    #[serde(default)]
+    pub runtime: Option<Runtime>,
+}
+
+impl CaseWorkload {
+    /// The workload the case describes.
+    pub fn workload(&self) -> Workload {
+        let container = self.container.as_ref().map(|c| Container {
+            id: c.id.0.clone(),
+            runtime: c.runtime,
+        });
+        Workload::described(self.uid, self.gid, self.comm.clone(), self.exe.clone()).placed(
+            self.cgroup.as_deref(),
+            container,
+            self.pod_uid.as_ref().map(|u| u.0.clone()),
+        )
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,10 +204,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         Err(e) => return fail(String::new(), e.to_string()),
     };
     let method = case.request.method.to_ascii_uppercase();
-    let workload = case
-        .workload
-        .as_ref()
-        .map(|w| Workload::described(w.uid, w.gid, w.comm.clone(), w.exe.clone()));
+    let workload = case.workload.as_ref().map(CaseWorkload::workload);
     let (op, decision) = policy.decide(&Query {
         target: &case.target,
         server: case.server,
@@ -353,13 +391,32 @@ mod tests {
                 ":5:22:",
                 "unknown rule id \"no-such-rule\"; the pack defines: only-rule",
             ),
+            // A workload's container is named by its full id, its pod uid with dashes.
+            (
+                "7-container.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nworkload:\n  container: {id: 0123456789ab}\nexpect: {decision: allow}\n",
+                ":4:19:",
+                "the full 64 lower-case hex digits",
+            ),
+            (
+                "8-pod.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nworkload:\n  podUid: 6a7f5c1e_2b3d_4c5e_8f90_a1b2c3d4e5f6\nexpect: {decision: allow}\n",
+                ":4:11:",
+                "with dashes",
+            ),
+            (
+                "9-runtime.yaml",
+                "description: x\nrequest: {method: GET, path: /}\nworkload:\n  container: {id: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef, runtime: lxc}\nexpect: {decision: allow}\n",
+                ":4:",
+                "unknown variant `lxc`",
+            ),
         ];
         let files: Vec<(&str, &str)> = broken.iter().map(|(n, t, _, _)| (*n, *t)).collect();
         let mut all = files.clone();
         all.push(("6-good.yaml", GOOD_CASE));
         let dir = pack_with_cases("broken", &all);
         let checked = check_all(std::slice::from_ref(&dir)).expect("pack loads");
-        assert_eq!(checked.files, 6);
+        assert_eq!(checked.files, broken.len() + 1);
         let msgs: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
         assert_eq!(msgs.len(), broken.len(), "{msgs:#?}");
         for ((name, _, at, what), msg) in broken.iter().zip(&msgs) {

@@ -210,7 +210,11 @@ impl Rule {
         let constrained = !self.uids.is_empty()
             || !self.gids.is_empty()
             || self.comms.is_some()
-            || self.exes.is_some();
+            || self.exes.is_some()
+            || self.cgroups.is_some()
+            || self.container_ids.is_some()
+            || !self.container_runtimes.is_empty()
+            || self.pod_uids.is_some();
         if !constrained {
             return true;
         }
@@ -222,5 +226,27 @@ impl Rule {
                 .exes
                 .as_ref()
                 .is_none_or(|g| w.exe.as_deref().is_some_and(|e| g.is_match(e)))
+            && self.matches_container(w)
+    }
+
+    /// A workload whose cgroup, container or pod is not known matches none of these: the
+    /// agent never guesses them (`workload::container`).
+    fn matches_container(&self, w: &Workload) -> bool {
+        let container = w.container.as_ref();
+        self.cgroups
+            .as_ref()
+            .is_none_or(|g| w.cgroup.as_deref().is_some_and(|p| g.is_match(p)))
+            && self
+                .container_ids
+                .as_ref()
+                .is_none_or(|g| container.is_some_and(|c| g.is_match(&c.id)))
+            && (self.container_runtimes.is_empty()
+                || container
+                    .and_then(|c| c.runtime)
+                    .is_some_and(|r| self.container_runtimes.contains(&r)))
+            && self
+                .pod_uids
+                .as_ref()
+                .is_none_or(|g| w.pod_uid.as_deref().is_some_and(|u| g.is_match(u)))
     }
 }

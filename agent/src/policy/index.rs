@@ -14,7 +14,10 @@ use super::{
     Facts,
     pack::{Rule, fold_model, fold_pattern},
 };
-use crate::adapter::{OpClass, Server};
+use crate::{
+    adapter::{OpClass, Server},
+    workload::Runtime,
+};
 
 /// Rule positions in load order.
 type Ids = Vec<u32>;
@@ -30,11 +33,15 @@ pub(super) struct Index {
     paths: GlobDim,
     comms: GlobDim,
     exes: GlobDim,
+    cgroups: GlobDim,
+    container_ids: GlobDim,
+    pod_uids: GlobDim,
     servers: ExactDim<Server>,
     operations: ExactDim<OpClass>,
     methods: ExactDim<String>,
     uids: ExactDim<u32>,
     gids: ExactDim<u32>,
+    container_runtimes: ExactDim<Runtime>,
 }
 
 /// The matchers a rule can be filed under, in the order ties are broken.
@@ -46,6 +53,10 @@ enum Dim {
     Gids,
     Comms,
     Exes,
+    ContainerIds,
+    PodUids,
+    Cgroups,
+    ContainerRuntimes,
     Targets,
     Paths,
     Methods,
@@ -203,7 +214,7 @@ impl Index {
                 }
             }
         }
-        let mut globs: [GlobDimBuilder; 6] = Default::default();
+        let mut globs: [GlobDimBuilder; 9] = Default::default();
         let mut ix = Index::default();
         for (i, (rule, rk)) in rules.iter().zip(&all_keys).enumerate() {
             let id = i as u32;
@@ -230,6 +241,12 @@ impl Index {
                 Dim::Paths => globs[3].file(&p.paths, true, false, id),
                 Dim::Comms => globs[4].file(&p.comms, false, false, id),
                 Dim::Exes => globs[5].file(&p.exes, true, false, id),
+                Dim::Cgroups => globs[6].file(&p.cgroups, true, false, id),
+                Dim::ContainerIds => globs[7].file(&p.container_ids, false, false, id),
+                Dim::PodUids => globs[8].file(&p.pod_uids, false, false, id),
+                Dim::ContainerRuntimes => ix
+                    .container_runtimes
+                    .file(rule.container_runtimes.iter().copied(), id),
                 Dim::Servers => ix.servers.file(rule.servers.iter().copied(), id),
                 Dim::Operations => ix.operations.file(rule.operations.iter().copied(), id),
                 Dim::Methods => ix.methods.file(rule.methods.iter().cloned(), id),
@@ -237,7 +254,17 @@ impl Index {
                 Dim::Gids => ix.gids.file(rule.gids.iter().copied(), id),
             }
         }
-        let [models, routes, targets, paths, comms, exes] = globs.map(GlobDimBuilder::build);
+        let [
+            models,
+            routes,
+            targets,
+            paths,
+            comms,
+            exes,
+            cgroups,
+            container_ids,
+            pod_uids,
+        ] = globs.map(GlobDimBuilder::build);
         Index {
             models,
             routes,
@@ -245,6 +272,9 @@ impl Index {
             paths,
             comms,
             exes,
+            cgroups,
+            container_ids,
+            pod_uids,
             ..ix
         }
     }
@@ -272,6 +302,18 @@ impl Index {
             self.comms.gather(&w.comm, &mut scratch, &mut out);
             if let Some(exe) = w.exe.as_deref() {
                 self.exes.gather(exe, &mut scratch, &mut out);
+            }
+            if let Some(cgroup) = w.cgroup.as_deref() {
+                self.cgroups.gather(cgroup, &mut scratch, &mut out);
+            }
+            if let Some(c) = &w.container {
+                self.container_ids.gather(&c.id, &mut scratch, &mut out);
+                if let Some(r) = &c.runtime {
+                    self.container_runtimes.gather(r, &mut out);
+                }
+            }
+            if let Some(uid) = w.pod_uid.as_deref() {
+                self.pod_uids.gather(uid, &mut scratch, &mut out);
             }
         }
         out.sort_unstable();
@@ -305,6 +347,13 @@ fn anchors(r: &Rule) -> Vec<(Dim, Vec<String>)> {
         (Dim::Gids, r.gids.iter().map(u32::to_string).collect()),
         (Dim::Comms, globs(&p.comms, false)),
         (Dim::Exes, globs(&p.exes, false)),
+        (Dim::ContainerIds, globs(&p.container_ids, false)),
+        (Dim::PodUids, globs(&p.pod_uids, false)),
+        (Dim::Cgroups, globs(&p.cgroups, false)),
+        (
+            Dim::ContainerRuntimes,
+            r.container_runtimes.iter().map(|r| r.to_string()).collect(),
+        ),
         (Dim::Targets, globs(&p.targets, false)),
         (Dim::Paths, globs(&p.paths, false)),
         (Dim::Methods, r.methods.clone()),
@@ -348,6 +397,17 @@ mod tests {
     const COMMS: &[&str] = &["py*", "curl", "*"];
     const EXES: &[&str] = &["/usr/bin/*", "/opt/**", "*"];
     const SERVERS: &[&str] = &["openai", "ollama", "vllm"];
+    const ID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const ID_B: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    const CGROUPS: &[&str] = &["/system.slice/*", "/kubepods.slice/**", "/t/**", "*"];
+    const CONTAINER_IDS: &[&str] = &["0123456789ab", ID_B, "0*", "*", "[ef]*"];
+    const RUNTIMES: &[&str] = &["docker", "containerd", "cri-o", "podman"];
+    const POD_UIDS: &[&str] = &[
+        "6a7f5c1e-2b3d-4c5e-8f90-a1b2c3d4e5f6",
+        "00000000-*",
+        "2e5b0b3b2d6b4f8ba2cb6d8d1a3e4f5a",
+        "*",
+    ];
     const OPS: &[&str] = &["inference", "management", "unknown"];
 
     fn pick(pool: &'static [&'static str]) -> impl Strategy<Value = Vec<&'static str>> {
@@ -361,6 +421,12 @@ mod tests {
             (pick(ROUTES), pick(MODELS), pick(MODELS), pick(METHODS)),
             (pick(PATHS), pick(COMMS), pick(EXES)),
             (
+                pick(CGROUPS),
+                pick(CONTAINER_IDS),
+                pick(RUNTIMES),
+                pick(POD_UIDS),
+            ),
+            (
                 prop::option::weighted(0.2, any::<bool>()),
                 prop::option::weighted(0.2, any::<bool>()),
                 prop::option::weighted(0.3, 1u32..4),
@@ -372,6 +438,7 @@ mod tests {
                     (allow, targets, servers, ops),
                     (routes, models, except, methods),
                     (paths, comms, exes),
+                    (cgroups, container_ids, runtimes, pod_uids),
                     (streaming, body, uid, gid),
                 )| {
                     let mut m = json!({
@@ -382,6 +449,8 @@ mod tests {
                             "comms": comms, "exes": exes,
                             "uids": uid.into_iter().collect::<Vec<_>>(),
                             "gids": gid.into_iter().collect::<Vec<_>>(),
+                            "cgroups": cgroups, "containerIds": container_ids,
+                            "containerRuntimes": runtimes, "podUids": pod_uids,
                         },
                     });
                     if let Some(s) = streaming {
@@ -441,9 +510,23 @@ mod tests {
                     "/opt/x/bin/y",
                     "/usr/local/bin/z",
                 ])),
+                prop::option::of(prop::sample::select(vec![
+                    format!("/system.slice/docker-{ID_A}.scope"),
+                    format!("/t/system.slice/cri-containerd-{ID_B}.scope"),
+                    format!("/kubepods/besteffort/pod6a7f5c1e-2b3d-4c5e-8f90-a1b2c3d4e5f6/{ID_A}"),
+                    format!(
+                        "/kubepods.slice/kubepods-pod00000000_0000_0000_0000_000000000000.slice/crio-{ID_B}.scope"
+                    ),
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod2e5b0b3b2d6b4f8ba2cb6d8d1a3e4f5a.slice".to_string(),
+                    "/user.slice".to_string(),
+                ])),
             )
-                .prop_map(|(uid, gid, comm, exe)| {
-                    Workload::described(uid, gid, comm.into(), exe.map(String::from))
+                .prop_map(|(uid, gid, comm, exe, cgroup)| {
+                    let w = Workload::described(uid, gid, comm.into(), exe.map(String::from));
+                    match cgroup {
+                        Some(path) => w.in_cgroup(path),
+                        None => w,
+                    }
                 }),
         );
         (
@@ -592,5 +675,46 @@ mod tests {
         // d7 by its model (or its uid), and the unanchored allow.
         assert_eq!(policy.index.candidates(&f), vec![7, 2000]);
         assert_eq!(policy.evaluate(&f).rule_ids(), vec!["d7".to_string()]);
+    }
+
+    /// A grant per container and per pod among thousands: a request is checked against its
+    /// own container's and pod's rules, not all of them.
+    #[test]
+    fn container_and_pod_rules_are_looked_up() {
+        let mut text = String::from(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata:\n  name: s\nspec:\n  rules:\n",
+        );
+        for i in 0..1000 {
+            text.push_str(&format!(
+                "    - id: c{i}\n      action: allow\n      match:\n        workload: {{ containerIds: [\"{i:012x}\"] }}\n    - id: p{i}\n      action: allow\n      match:\n        workload: {{ podUids: [\"{i:08x}-0000-0000-0000-000000000000\"] }}\n"
+            ));
+        }
+        let policy = parse_pack(&text, Path::new("s.yaml")).expect("pack loads");
+        let operation = Operation {
+            class: OpClass::Inference,
+            route: "openai.chat.completions",
+            model: None,
+            streaming: false,
+        };
+        let w = Workload::described(0, 0, "python3".into(), None).in_cgroup(format!(
+            "/kubepods.slice/kubepods-pod00000007_0000_0000_0000_000000000000.slice/cri-containerd-{:012x}{}.scope",
+            7,
+            "0".repeat(52)
+        ));
+        let f = Facts {
+            target: "t",
+            server: Server::Openai,
+            method: "POST",
+            path: "/v1/chat/completions",
+            operation: &operation,
+            body: None,
+            default: Action::Deny,
+            workload: Some(&w),
+        };
+        assert_eq!(policy.index.candidates(&f), vec![14, 15]);
+        assert_eq!(
+            policy.evaluate(&f).rule_ids(),
+            vec!["c7".to_string(), "p7".to_string()]
+        );
     }
 }

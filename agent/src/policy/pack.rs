@@ -8,8 +8,15 @@ use std::{
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use super::{Error, index::Index};
-use crate::adapter::{OpClass, Server};
+use super::{
+    Error,
+    container::{ContainerIdPattern, PodUidPattern},
+    index::Index,
+};
+use crate::{
+    adapter::{OpClass, Server},
+    workload::Runtime,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -111,6 +118,17 @@ struct WorkloadSpec {
     /// Executable paths, globs (`*` stops at `/`).
     #[serde(default)]
     exes: Vec<String>,
+    /// cgroup v2 paths as `/proc/<pid>/cgroup` shows them, globs (`*` stops at `/`).
+    #[serde(default)]
+    cgroups: Vec<String>,
+    /// Container ids: a short or full id selects the ids starting with it; globs.
+    #[serde(default, rename = "containerIds")]
+    container_ids: Vec<ContainerIdPattern>,
+    #[serde(default, rename = "containerRuntimes")]
+    container_runtimes: Vec<Runtime>,
+    /// Kubernetes pod uids (with dashes), globs.
+    #[serde(default, rename = "podUids")]
+    pod_uids: Vec<PodUidPattern>,
 }
 
 /// One compiled rule. Empty matchers match anything.
@@ -134,6 +152,10 @@ pub struct Rule {
     pub(super) gids: Vec<u32>,
     pub(super) comms: Option<Globs>,
     pub(super) exes: Option<Globs>,
+    pub(super) cgroups: Option<Globs>,
+    pub(super) container_ids: Option<Globs>,
+    pub(super) container_runtimes: Vec<Runtime>,
+    pub(super) pod_uids: Option<Globs>,
     /// The glob patterns as written, for the index to compile into its combined automata.
     pub(super) patterns: Patterns,
 }
@@ -146,6 +168,10 @@ pub(super) struct Patterns {
     pub(super) paths: Vec<String>,
     pub(super) comms: Vec<String>,
     pub(super) exes: Vec<String>,
+    pub(super) cgroups: Vec<String>,
+    /// As compiled: a short id is the prefix glob `<id>*`.
+    pub(super) container_ids: Vec<String>,
+    pub(super) pod_uids: Vec<String>,
 }
 
 /// Every loaded rule, in file order.
@@ -294,6 +320,9 @@ fn parse(
             }
         }
         let w = spec.when;
+        let container_ids: Vec<String> =
+            w.workload.container_ids.into_iter().map(|p| p.0).collect();
+        let pod_uids: Vec<String> = w.workload.pod_uids.into_iter().map(|p| p.0).collect();
         let rule = Rule {
             id: spec.id.clone(),
             pack: pack.clone(),
@@ -315,6 +344,10 @@ fn parse(
             gids: w.workload.gids,
             comms: globs(&w.workload.comms, false).map_err(&invalid)?,
             exes: globs(&w.workload.exes, true).map_err(&invalid)?,
+            cgroups: globs(&w.workload.cgroups, true).map_err(&invalid)?,
+            container_ids: globs(&container_ids, false).map_err(&invalid)?,
+            container_runtimes: w.workload.container_runtimes,
+            pod_uids: globs(&pod_uids, false).map_err(&invalid)?,
             patterns: Patterns {
                 targets: w.targets,
                 routes: w.routes,
@@ -322,6 +355,9 @@ fn parse(
                 paths: w.paths,
                 comms: w.workload.comms,
                 exes: w.workload.exes,
+                cgroups: w.workload.cgroups,
+                container_ids,
+                pod_uids,
             },
         };
         policy.rules.push(rule);

@@ -39,6 +39,10 @@ pub fn json(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         cgroup_id: r.workload.cgroup_id,
         comm: &r.workload.comm,
         exe: f.exe,
+        cgroup: f.cgroup,
+        container_id: f.container_id,
+        container_runtime: f.container_runtime,
+        pod_uid: f.pod_uid,
         method: &r.method,
         path: &r.path,
         operation: f.operation,
@@ -84,6 +88,10 @@ pub fn text(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         )?;
         crate::logging::write_escaped(&mut s, &w.comm)?;
         quoted(&mut s, " exe=", f.exe)?;
+        quoted(&mut s, " cgroup=", f.cgroup)?;
+        quoted(&mut s, " container_id=", f.container_id)?;
+        quoted(&mut s, " container_runtime=", f.container_runtime)?;
+        quoted(&mut s, " pod_uid=", f.pod_uid)?;
         s.push_str(" method=");
         crate::logging::write_escaped(&mut s, &r.method)?;
         s.push_str(" path=");
@@ -119,6 +127,10 @@ fn quoted(s: &mut String, name: &str, value: &str) -> fmt::Result {
 /// The record's fields that need a choice made for a missing value.
 struct Fields<'a> {
     exe: &'a str,
+    cgroup: &'a str,
+    container_id: &'a str,
+    container_runtime: &'static str,
+    pod_uid: &'a str,
     operation: &'static str,
     route: &'static str,
     model: &'a str,
@@ -128,9 +140,17 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn of(r: &'a Record) -> Self {
-        let op = r.operation.as_ref();
+        let (op, w) = (r.operation.as_ref(), &r.workload);
         Fields {
-            exe: r.workload.exe.as_deref().unwrap_or("?"),
+            exe: w.exe.as_deref().unwrap_or("?"),
+            cgroup: w.cgroup.as_deref().unwrap_or("?"),
+            container_id: w.container.as_ref().map_or(NONE, |c| c.id.as_str()),
+            container_runtime: w
+                .container
+                .as_ref()
+                .and_then(|c| c.runtime)
+                .map_or(NONE, |r| r.name()),
+            pod_uid: w.pod_uid.as_deref().unwrap_or(NONE),
             operation: op.map_or(NONE, |o| o.class.as_str()),
             route: op.map_or(NONE, |o| o.route),
             model: op.and_then(|o| o.model.as_deref()).unwrap_or(NONE),
@@ -156,6 +176,10 @@ struct Json<'a> {
     cgroup_id: u64,
     comm: &'a str,
     exe: &'a str,
+    cgroup: &'a str,
+    container_id: &'a str,
+    container_runtime: &'static str,
+    pod_uid: &'a str,
     method: &'a str,
     path: &'a str,
     operation: &'static str,
@@ -194,7 +218,7 @@ mod tests {
         adapter::{OpClass, Operation, Server},
         policy::{Decision, Permit},
         record::Outcome,
-        workload::Workload,
+        workload::{Container, Runtime, Workload},
     };
 
     fn record() -> Record {
@@ -203,7 +227,7 @@ mod tests {
             unix_ms: 1_795_661_930_593,
             target: "m".into(),
             server: Server::Openai,
-            workload: Workload {
+            workload: std::sync::Arc::new(Workload {
                 pid: 11,
                 tgid: 10,
                 uid: 1000,
@@ -211,7 +235,13 @@ mod tests {
                 cgroup_id: 42,
                 comm: "a\nINFO forged \"x\"".into(),
                 exe: Some("/usr/bin/py\u{202e}thon".into()),
-            },
+                cgroup: Some(format!("/system.slice/docker-{}.scope", "ab".repeat(32))),
+                container: Some(Container {
+                    id: "ab".repeat(32),
+                    runtime: Some(Runtime::Docker),
+                }),
+                pod_uid: None,
+            }),
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
             operation: Some(Operation {
@@ -252,6 +282,9 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
         assert_eq!(v["exe"], "/usr/bin/py\u{202e}thon");
+        assert_eq!(v["container_id"], "ab".repeat(32));
+        assert_eq!(v["container_runtime"], "docker");
+        assert_eq!(v["pod_uid"], "-");
         assert_eq!(v["operation"], "model-export");
         assert_eq!(v["model"], "gpt-4o\n\"");
         assert_eq!(v["streaming"], true);
@@ -271,7 +304,7 @@ mod tests {
         r.decision = None;
         r.status = None;
         r.headers_ms = None;
-        r.workload.exe = None;
+        std::sync::Arc::make_mut(&mut r.workload).exe = None;
         let mut out = Vec::new();
         json(&mut out, &r, UNIX_EPOCH + NOW);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
@@ -294,7 +327,10 @@ mod tests {
             line,
             "2026-11-26T02:58:50.720561Z  INFO sluice::record::writer: request request_id=7 \
              unix_ms=1795661930593 target_name=m pid=11 tgid=10 uid=1000 gid=1001 cgroup_id=42 \
-             comm=a\\nINFO forged \"x\" exe=\"/usr/bin/py\\u{202e}thon\" method=POST \
+             comm=a\\nINFO forged \"x\" exe=\"/usr/bin/py\\u{202e}thon\" \
+             cgroup=\"/system.slice/docker-abababababababababababababababababababababababababababababababab.scope\" \
+             container_id=\"abababababababababababababababababababababababababababababababab\" \
+             container_runtime=\"docker\" pod_uid=\"-\" method=POST \
              path=/v1/chat/completions operation=model-export route=\"openai.chat.completions\" \
              model=\"gpt-4o\\n\\\"\" streaming=true decision=\"allow\" rules=a,b status=200 \
              request_bytes=62 response_bytes=130 outcome=ended by sluice: too \"long\" \
@@ -317,7 +353,9 @@ mod tests {
                 target: "sluice::record::writer",
                 request_id = r.id, unix_ms = r.unix_ms,
                 target_name = %r.target, pid = w.pid, tgid = w.tgid, uid = w.uid, gid = w.gid,
-                cgroup_id = w.cgroup_id, comm = %w.comm, exe = f.exe,
+                cgroup_id = w.cgroup_id, comm = %w.comm, exe = f.exe, cgroup = f.cgroup,
+                container_id = f.container_id, container_runtime = f.container_runtime,
+                pod_uid = f.pod_uid,
                 method = %r.method, path = %r.path,
                 operation = %f.operation, route = f.route, model = f.model,
                 streaming = f.streaming, decision = r.action(), rules = %r.rules(),

@@ -21,7 +21,12 @@ pub fn filter_cost(n: usize) {
             .block_on(rec.start(
                 "bench",
                 sluice::adapter::Server::Openai,
-                &sluice::workload::Workload::described(0, 0, "bench".into(), None),
+                &std::sync::Arc::new(sluice::workload::Workload::described(
+                    0,
+                    0,
+                    "bench".into(),
+                    None,
+                )),
                 "POST",
                 "/v1/chat/completions",
             ));
@@ -193,4 +198,59 @@ pub fn policy_scaling() -> Result<()> {
     // The shipped packs, as the full bench measures them.
     println!();
     policy_cost(100_000)
+}
+
+/// What attributing one connection costs on the blocking pool, in process, for this bench
+/// process itself: the executable link alone (before container identity), then everything
+/// `Workload::from_meta` does (the executable, the cgroup looked up by id, its path parsed).
+/// Once per connection. Needs root, as the agent does.
+pub fn identity_cost(n: usize) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mount = sluice::intercept::cgroup::cgroup2_mount()?;
+    let root = sluice::workload::CgroupRoot::open(&mount)?;
+    let tgid = std::process::id();
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))?;
+    let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+        bail!("no cgroup v2 line in /proc/{tgid}/cgroup");
+    };
+    let cgroup_id = std::fs::metadata(mount.join(path.trim_start_matches('/')))?.ino();
+    let mut comm = [0u8; 16];
+    comm[..5].copy_from_slice(b"bench");
+    let meta = agent_common::ConnMeta {
+        orig_addr: [0; 16],
+        orig_port: 0,
+        hook_family: 4,
+        target_id: 0,
+        pid: tgid,
+        tgid,
+        uid: 0,
+        gid: 0,
+        cgroup_id,
+        socket_cookie: 0,
+        netns_cookie: 0,
+        comm,
+    };
+    if sluice::workload::Workload::from_meta(&meta, &root)
+        .cgroup
+        .is_none()
+    {
+        bail!("the bench's own cgroup was not found by its id (root?)");
+    }
+    let t0 = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(std::fs::read_link(format!("/proc/{tgid}/exe")).ok());
+    }
+    let exe = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(sluice::workload::Workload::from_meta(
+            std::hint::black_box(&meta),
+            &root,
+        ));
+    }
+    let all = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "attribution per connection (blocking pool, {n} rounds, in process): {all:.1} µs with cgroup, container and pod; the executable link alone {exe:.1} µs"
+    );
+    Ok(())
 }

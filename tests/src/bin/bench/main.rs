@@ -10,7 +10,8 @@
 //! The report is markdown, ready for docs/benchmarks.md.
 //!
 //! `--stress` instead runs wrk with many connections for a long while through HTTP-aware
-//! interception (stress.rs); `--policy-only` runs the in-process policy numbers alone.
+//! interception (stress.rs); `--policy-only` runs the in-process policy numbers alone,
+//! `--identity-only` the in-process cost of attributing a connection (cgroup, container, pod).
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
@@ -38,7 +39,7 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only alone";
+const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only or --identity-only alone";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -46,6 +47,7 @@ fn main() -> Result<()> {
     // -- --policy-only`.
     match args.get(1).map(String::as_str) {
         Some("--policy-only") => return inprocess::policy_scaling(),
+        Some("--identity-only") => return inprocess::identity_cost(20_000),
         Some("client") => {
             let plan: client::Plan =
                 serde_json::from_str(args.get(2).context("client PLAN")?).context("plan")?;
@@ -308,6 +310,7 @@ fn parent(p: &Params) -> Result<()> {
     println!();
     inprocess::policy_cost(p.requests.max(10_000))?;
     inprocess::filter_cost(200_000);
+    inprocess::identity_cost(20_000)?;
     drop((haproxy, nginx));
     Ok(())
 }
