@@ -141,6 +141,19 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
     const PROXY_CONNECTION: header::HeaderName =
         header::HeaderName::from_static("proxy-connection");
+    // One pass over the names first: most messages carry none of these, and a removal is a
+    // hash lookup each (seven of them, twice per request).
+    let hop = |n: &header::HeaderName| {
+        *n == header::CONNECTION
+            || *n == header::TRANSFER_ENCODING
+            || *n == header::UPGRADE
+            || *n == header::TE
+            || *n == KEEP_ALIVE
+            || *n == PROXY_CONNECTION
+    };
+    if !h.keys().any(hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<header::HeaderName> = h
             .get_all(header::CONNECTION)
@@ -191,5 +204,33 @@ mod tests {
         assert_eq!(left, vec!["x-kept"]);
         strip_hop_by_hop(&mut grpc, true);
         assert!(grpc.contains_key(header::TE) && !grpc.contains_key("x-secret-hop"));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed_and_others_are_left_alone() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", "application/json".parse().expect("hv"));
+            h.insert(
+                header::HeaderName::from_static(name),
+                "x".parse().expect("hv"),
+            );
+            strip_hop_by_hop(&mut h, false);
+            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, vec!["content-type"], "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().expect("hv"));
+        h.insert("x-other", "1".parse().expect("hv"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 }
