@@ -384,21 +384,33 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            let body: Option<serde_json::Value> =
-                match body.as_deref().map(serde_json::from_str).transpose() {
-                    Ok(b) => b,
-                    Err(e) => {
-                        eprintln!("sluice: --body is not valid JSON: {e}");
-                        return ExitCode::from(2);
-                    }
-                };
             let workload = workload.workload();
             let method = method.to_ascii_uppercase();
+            // Read as a live request is read (decoded path, body parsed as the server
+            // parses it): what the pipeline would refuse before policy is said so.
+            let (decoded, body) = match sluice::pipeline::decode::sample(
+                server,
+                &method,
+                &path,
+                body.as_deref().map(str::as_bytes),
+            ) {
+                Ok(read) => read,
+                Err(r) => {
+                    println!("request:   {method} {path} on {target} ({server})");
+                    println!(
+                        "decision:  refused before policy — {} {}: {}",
+                        r.status.as_u16(),
+                        r.code,
+                        r.message
+                    );
+                    return ExitCode::SUCCESS;
+                }
+            };
             let (op, d) = p.decide(&Query {
                 target: &target,
                 server,
                 method: &method,
-                path: &path,
+                path: &decoded,
                 body: body.as_ref(),
                 default,
                 workload: workload.as_ref(),

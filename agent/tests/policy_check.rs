@@ -152,3 +152,70 @@ fn policy_explain_describes_containers_and_pods() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("with dashes"), "{err}");
 }
+
+/// `sluice policy test` and `explain` read a sample request the way the live pipeline reads
+/// it: keys folded as the server folds them (Ollama reads `Model` as `model`, so a body rule
+/// on `/model` sees it), and what the pipeline refuses before policy (colliding keys, a `..`
+/// path) is a refusal there too, not a decision on a body no server would see.
+#[test]
+fn policy_test_and_explain_read_samples_as_the_pipeline_does() {
+    let dir = std::env::temp_dir().join(format!("sluice-sample-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("cases")).expect("dir");
+    std::fs::write(
+        dir.join("pack.yaml"),
+        "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: sample}\nspec:\n  rules:\n    - id: no-cloud\n      action: deny\n      description: cloud models are not allowed\n      match: {servers: [ollama], body: {/model: \"x:cloud\"}}\n    - id: chat\n      action: allow\n      match: {servers: [ollama], routes: [ollama.chat]}\n",
+    )
+    .expect("pack");
+    let case = |name: &str, text: &str| {
+        std::fs::write(dir.join("cases").join(name), text).expect("case");
+    };
+    // Folded key: the live pipeline hands policy {"model": "x:cloud"}.
+    case(
+        "folded.yaml",
+        "description: Model is model to ollama\nserver: ollama\nrequest: {method: POST, path: /api/chat, body: {Model: \"x:cloud\", messages: []}}\nexpect: {decision: deny, rules: [no-cloud]}\n",
+    );
+    // Refused before policy: deny by no rule.
+    case(
+        "dotdot.yaml",
+        "description: dot segments are refused\nserver: ollama\nrequest: {method: POST, path: /api/../api/chat, body: {model: llama3}}\nexpect: {decision: deny}\n",
+    );
+    // A case that expects an allow for a request the pipeline refuses fails, saying why.
+    case(
+        "wrong.yaml",
+        "description: escaped slash\nserver: ollama\nrequest: {method: POST, path: /api%2Fchat, body: {model: llama3}}\nexpect: {decision: allow, rules: [chat]}\n",
+    );
+    let bin = env!("CARGO_BIN_EXE_sluice");
+    let out = Command::new(bin)
+        .args(["policy", "test"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("2 passed, 1 failed"), "{text}");
+    assert!(
+        text.contains("refused before policy (400 sluice_bad_path"),
+        "{text}"
+    );
+
+    let explain = |body: &str| {
+        let out = Command::new(bin)
+            .args(["policy", "explain"])
+            .arg(&dir)
+            .args(["--server", "ollama", "--path", "/api/chat", "--body", body])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = explain(r#"{"Model":"x:cloud","messages":[]}"#);
+    assert!(out.contains("deny by no-cloud"), "{out}");
+    let out = explain(r#"{"model":"llama3","Model":"x:cloud"}"#);
+    assert!(
+        out.contains("refused before policy") && out.contains("sluice_ambiguous_json"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -68,6 +68,36 @@ pub fn request_target(server: Server, method: &str, uri: &http::Uri) -> Result<S
     Ok(decoded)
 }
 
+/// A sample request read the way the pipeline reads a live one (path and query, then the
+/// body as `server` parses it), for the offline tools (`sluice policy test` and `explain`):
+/// a case must see what a live request would, folded keys and refusals included. The body is
+/// JSON text; `Err` is the refusal a live request would get before policy.
+pub fn sample(
+    server: Server,
+    method: &str,
+    target: &str,
+    body: Option<&[u8]>,
+) -> Result<(String, Option<Value>), Refusal> {
+    let uri: http::Uri = target.parse().map_err(|e| {
+        Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_path",
+            format!("request target {target:?} is not a valid origin-form target: {e}"),
+        )
+    })?;
+    let path = request_target(server, method, &uri)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let json = match body {
+        Some(bytes) => self::body(server, method, &path, &headers, bytes)?,
+        None => None,
+    };
+    Ok((path, json))
+}
+
 /// Refuses any percent-escape in the path of a server that routes on the raw path
 /// (`adapter::decodes_path`): decoding it for policy would judge another path than the one
 /// the server serves.

@@ -205,12 +205,52 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
     };
     let method = case.request.method.to_ascii_uppercase();
     let workload = case.workload.as_ref().map(CaseWorkload::workload);
+    // Read as a live request is read: the decoded path, the body as the server parses it.
+    let body = case
+        .request
+        .body
+        .as_ref()
+        .map(|b| serde_json::to_vec(b).unwrap_or_default());
+    let (path, body) = match crate::pipeline::decode::sample(
+        case.server,
+        &method,
+        &case.request.path,
+        body.as_deref(),
+    ) {
+        Ok(read) => read,
+        // Refused before policy: what the client gets is a refusal, which a case states
+        // as deny by no rule.
+        Err(_) if case.expect.decision == Action::Deny && case.expect.rules.is_empty() => {
+            return Outcome {
+                file: file.to_path_buf(),
+                description: case.description,
+                failure: None,
+            };
+        }
+        Err(r) => {
+            return fail(
+                case.description,
+                format!(
+                    "expected {:?} by {:?}, but a live request would be refused before policy ({} {}: {})",
+                    case.expect.decision,
+                    case.expect
+                        .rules
+                        .iter()
+                        .map(|r| r.0.as_str())
+                        .collect::<Vec<_>>(),
+                    r.status.as_u16(),
+                    r.code,
+                    r.message
+                ),
+            );
+        }
+    };
     let (op, decision) = policy.decide(&Query {
         target: &case.target,
         server: case.server,
         method: &method,
-        path: &case.request.path,
-        body: case.request.body.as_ref(),
+        path: &path,
+        body: body.as_ref(),
         default: case.default,
         workload: workload.as_ref(),
     });
