@@ -156,27 +156,28 @@ pub async fn serve(
             let _ = gauge.set(g);
         }
     };
+    let moved = crate::forward::Moved::default();
     let outcome = tokio::select! {
-        r = relay::relay(ctx.kernel_relay.as_ref(), &client, &upstream, on_path) => r,
+        r = relay::relay(ctx.kernel_relay.as_ref(), &client, &upstream, on_path, &moved) => r,
         () = force.cancelled() => Err("agent shutting down".to_string()),
     };
     let ms = started.elapsed().as_millis() as u64;
     let path = chosen.get().map_or("-".to_string(), ToString::to_string);
+    // Counted however the connection ended: a reset or a drain still carried these bytes.
+    let t = moved.get();
+    if let Some(m) = crate::metrics::get() {
+        m.add_bytes(&target, t.up, t.down);
+    }
     match outcome {
-        Ok(t) => {
-            if let Some(m) = crate::metrics::get() {
-                m.add_bytes(&target, t.up, t.down);
-            }
-            tracing::info!(
+        Ok(()) => tracing::info!(
             target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
             original_dst = %orig, upstream = %upstream_addr, bytes_up = t.up, bytes_down = t.down,
             duration_ms = ms, path, "connection closed"
-            );
-        }
+        ),
         Err(e) => tracing::info!(
             target_name = %target, tgid = workload.tgid, uid = workload.uid, comm = %workload.comm,
-            original_dst = %orig, upstream = %upstream_addr, duration_ms = ms, error = %e, path,
-            "connection ended with error"
+            original_dst = %orig, upstream = %upstream_addr, bytes_up = t.up, bytes_down = t.down,
+            duration_ms = ms, error = %e, path, "connection ended with error"
         ),
     }
     drop((entry, slot));

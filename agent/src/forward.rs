@@ -5,7 +5,11 @@
 //! nothing more is read from one side until the pipe has drained into the other. A FIN from
 //! one side becomes a write shutdown on the other (half-close); an error on either side ends
 //! both directions. Written by hand because tokio offers only buffered copies.
-use std::{io, net::Shutdown};
+use std::{
+    io,
+    net::Shutdown,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use nix::{
     fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice},
@@ -23,17 +27,42 @@ pub struct Transferred {
     pub down: u64,
 }
 
-pub async fn relay(client: &TcpStream, upstream: &TcpStream) -> io::Result<Transferred> {
-    let (up, down) = tokio::try_join!(pump(client, upstream), pump(upstream, client))?;
-    Ok(Transferred { up, down })
+/// Bytes moved so far, kept up to date while the relay runs: a connection that ends in an
+/// error (a reset, the agent's drain) still reports what it carried.
+#[derive(Debug, Default)]
+pub struct Moved {
+    up: AtomicU64,
+    down: AtomicU64,
 }
 
-async fn pump(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+impl Moved {
+    pub fn get(&self) -> Transferred {
+        Transferred {
+            up: self.up.load(Ordering::Relaxed),
+            down: self.down.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Both totals, as the kernel relay measures them.
+    pub fn set(&self, t: Transferred) {
+        self.up.store(t.up, Ordering::Relaxed);
+        self.down.store(t.down, Ordering::Relaxed);
+    }
+}
+
+pub async fn relay(client: &TcpStream, upstream: &TcpStream, moved: &Moved) -> io::Result<()> {
+    tokio::try_join!(
+        pump(client, upstream, &moved.up),
+        pump(upstream, client, &moved.down)
+    )?;
+    Ok(())
+}
+
+async fn pump(from: &TcpStream, to: &TcpStream, moved: &AtomicU64) -> io::Result<()> {
     let (pipe_r, pipe_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
     // A bigger pipe means fewer wakeups for bulk transfers; the default (64 KiB) still works.
     let _ = fcntl(&pipe_w, FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let mut total = 0u64;
     loop {
         from.readable().await?;
         let n = match from.try_io(Interest::READABLE, || {
@@ -55,10 +84,10 @@ async fn pump(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
                 Err(e) => return Err(e),
             }
         }
-        total += n as u64;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
     }
     match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
-        _ => Ok(total),
+        _ => Ok(()),
     }
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     config::L4Relay,
-    forward::{self, Transferred},
+    forward::{self, Moved},
 };
 
 pub mod kernel;
@@ -78,7 +78,8 @@ pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     on_path: impl FnOnce(Path),
-) -> Result<Transferred, String> {
+    moved: &Moved,
+) -> Result<(), String> {
     let pairing = match kernel {
         None => None,
         Some(k) => {
@@ -95,12 +96,12 @@ pub async fn relay(
     };
     let Some((pairing, start, limit)) = pairing else {
         on_path(Path::Splice);
-        return forward::relay(client, upstream)
+        return forward::relay(client, upstream, moved)
             .await
             .map_err(|e| e.to_string());
     };
     on_path(Path::Kernel);
-    let r = kernel::run(client, upstream, start, limit, &pairing.wake()).await;
+    let r = kernel::run(client, upstream, start, limit, &pairing.wake(), moved).await;
     if r.is_err() {
         reset(client);
         reset(upstream);

@@ -321,6 +321,14 @@ fn the_upstream_dying_mid_transfer_never_looks_complete() {
         let ended = wait_log_events(&agent, "connection ended with error", 1);
         assert_eq!(ended.len(), 1, "{relay}: {}", agent.log_text());
         assert_eq!(ended[0]["path"], relay);
+        // The bytes it did carry are reported (and counted in the metrics) although it
+        // ended in an error: at least what reached the client.
+        let carried = ended[0]["bytes_down"].as_u64().unwrap_or(0);
+        assert!(
+            carried > 0 && carried >= got,
+            "{relay}: {} got {got}",
+            ended[0]
+        );
         if relay == "kernel" {
             // The agent resets the client: an error, not an EOF that could pass for the end.
             assert!(r["error"].is_string(), "{relay}: {r}");

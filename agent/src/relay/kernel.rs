@@ -19,7 +19,7 @@ use std::{
 use tokio::{io::Interest, net::TcpStream};
 
 use super::sock::{self, Snapshot};
-use crate::forward::Transferred;
+use crate::forward::{Moved, Transferred};
 
 /// How often a direction that is draining is looked at (doubling while nothing changes).
 const MIN_TICK: Duration = Duration::from_millis(1);
@@ -187,7 +187,8 @@ pub async fn run(
     start: Start,
     limit: u64,
     wake: &tokio::sync::Notify,
-) -> Result<Transferred, Error> {
+    moved: &Moved,
+) -> Result<(), Error> {
     let (a, b) = (client.as_fd(), upstream.as_fd());
     let mut up = Direction::new(&start.client, &start.upstream, limit);
     let mut down = Direction::new(&start.upstream, &start.client, limit);
@@ -219,10 +220,11 @@ pub async fn run(
                 queue_peak_down = down.peak,
                 "kernel relay finished"
             );
-            return Ok(Transferred {
+            moved.set(Transferred {
                 up: up.consumed(&sa),
                 down: down.consumed(&sb),
             });
+            return Ok(());
         }
         let now = (
             up.consumed(&sa),
@@ -230,6 +232,11 @@ pub async fn run(
             down.consumed(&sb),
             down.written(&sa),
         );
+        // Taken from the sources so far: what an error ending reports.
+        moved.set(Transferred {
+            up: now.0,
+            down: now.2,
+        });
         tick = if now == last {
             (tick * 2).min(MAX_TICK)
         } else {
