@@ -173,10 +173,14 @@ pub struct Start {
 
 impl Start {
     pub fn take(client: &TcpStream, upstream: &TcpStream) -> Result<Self, Error> {
-        Ok(Start {
-            client: look(client.as_fd(), "client")?,
-            upstream: look(upstream.as_fd(), "upstream")?,
-        })
+        let (a, b) = (client.as_fd(), upstream.as_fd());
+        let start = Start {
+            client: look(a, "client")?,
+            upstream: look(b, "upstream")?,
+        };
+        failed(&start.client, a, "client")?;
+        failed(&start.upstream, b, "upstream")?;
+        Ok(start)
     }
 }
 
@@ -209,6 +213,14 @@ pub async fn run(
         clear(upstream);
         let sa = look(a, "client")?;
         let sb = look(b, "upstream")?;
+        // Taken from the sources so far, before anything can fail: a socket's counters
+        // survive its error, and an error ending reports these.
+        moved.set(Transferred {
+            up: up.consumed(&sa),
+            down: down.consumed(&sb),
+        });
+        failed(&sa, a, "client")?;
+        failed(&sb, b, "upstream")?;
         apply(&mut up, &sa, &sb, b, "upstream")?;
         apply(&mut down, &sb, &sa, a, "client")?;
         if up.done() && down.done() {
@@ -232,11 +244,6 @@ pub async fn run(
             down.consumed(&sb),
             down.written(&sa),
         );
-        // Taken from the sources so far: what an error ending reports.
-        moved.set(Transferred {
-            up: now.0,
-            down: now.2,
-        });
         tick = if now == last {
             (tick * 2).min(MAX_TICK)
         } else {
@@ -278,14 +285,18 @@ pub async fn run(
 }
 
 fn look(fd: BorrowedFd<'_>, side: &'static str) -> Result<Snapshot, Error> {
-    let s = Snapshot::take(fd).map_err(|source| Error::Socket { side, source })?;
+    Snapshot::take(fd).map_err(|source| Error::Socket { side, source })
+}
+
+/// The socket's pending error, if the look saw one.
+fn failed(s: &Snapshot, fd: BorrowedFd<'_>, side: &'static str) -> Result<(), Error> {
     if s.failed {
         return Err(Error::Socket {
             side,
             source: sock::error(fd),
         });
     }
-    Ok(s)
+    Ok(())
 }
 
 fn apply(
