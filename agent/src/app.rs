@@ -80,8 +80,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("building the per-core runtimes")?;
     let fd_limit = limits::raise_fd_limit();
     let max_connections = limits::connection_cap(cfg.max_connections, fd_limit);
-    let (interceptor, maps) =
-        Interceptor::start(&cfg, max_connections).context("starting interception")?;
+    let (interceptor, maps) = match Interceptor::start(&cfg, max_connections) {
+        Ok(started) => started,
+        Err(e) => {
+            // Dropping a runtime inside this async context panics (tokio waits for its
+            // blocking pool), which would hide the error: let them go without waiting.
+            runtimes
+                .into_iter()
+                .for_each(tokio::runtime::Runtime::shutdown_background);
+            return Err(e).context("starting interception");
+        }
+    };
     tracing::info!(
         cgroup = %cfg.cgroup.display(), listen = %cfg.listen,
         listen_v6 = ?cfg.listen_v6, targets = cfg.targets.len(), fail_mode = %cfg.fail_mode,
