@@ -661,6 +661,12 @@ fn the_container_image_intercepts_and_judges_a_host_client() {
         }
     }
     let _detach = Detach(on_host.clone());
+    // The readiness probe says no while no agent serves this configuration.
+    let probe = run(Command::new(sluice_bin())
+        .args(["doctor", "--ready", "--config"])
+        .arg(&on_host));
+    assert_eq!(probe.status.code(), Some(3), "{}", text(&probe));
+    assert!(text(&probe).contains("not ready"), "{}", text(&probe));
     let image_cmd = [
         c.image.clone(),
         "--log-format".into(),

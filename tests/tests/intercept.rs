@@ -474,6 +474,36 @@ fn bad_config_and_missing_prerequisites_are_explained() {
         String::from_utf8_lossy(&out.stderr).contains("does not exist under the cgroup v2 mount")
     );
 
+    // A start that fails after the per-core runtimes exist (here: pin_dir off bpffs) says
+    // why and exits 1; it used to panic dropping those runtimes, hiding the reason.
+    let off_bpffs = dir.join("off-bpffs.yaml");
+    std::fs::write(
+        &off_bpffs,
+        format!(
+            "listen: 127.0.0.1:{}
+runtime: per-core
+pin_dir: {}
+admin_socket: {}
+targets:
+  - name: a
+    match: 127.0.0.1:80
+",
+            free_port(),
+            dir.join("pins").display(),
+            dir.join("o.sock").display()
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&off_bpffs)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not on a bpf filesystem"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
     // Without privileges both run and doctor say what is missing. setpriv drops to nobody.
     let good = dir.join("good.yaml");
     std::fs::write(&good, format!("listen: 127.0.0.1:{}\nadmin_socket: {}\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n", free_port(), dir.join("b.sock").display())).expect("write");
