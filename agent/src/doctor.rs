@@ -34,7 +34,9 @@ impl fmt::Display for Check {
 
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Kernel with bpf_link for cgroup programs (needed for pinning links).
@@ -95,32 +97,51 @@ fn privileges() -> Check {
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
     }
-    if missing.is_empty() && !has(CAP_DAC_READ_SEARCH) {
-        // Interception works without it; only the cgroup lookup by id does not.
-        check(
+    // Without it the verifier treats the programs as unprivileged and refuses their stack
+    // pointer arithmetic ("pointer arithmetic ... prohibited for !root"): measured.
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if !missing.is_empty() {
+        return check(
             "privileges",
-            Level::Warn,
-            "CAP_BPF and CAP_NET_ADMIN present; CAP_DAC_READ_SEARCH missing: connections will carry no cgroup path, container or pod (the agent looks cgroups up by id with open_by_handle_at), and policy rules selecting on them will not match",
-        )
-    } else if missing.is_empty() {
-        let who = if nix::unistd::geteuid().is_root() {
-            "root"
-        } else {
-            "capabilities"
-        };
+            Level::Fail,
+            format!(
+                "missing {}: run as root (sudo) or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8); loading and attaching cgroup eBPF programs and marking upstream sockets need them",
+                missing.join(", ")
+            ),
+        );
+    }
+    let who = if nix::unistd::geteuid().is_root() {
+        "root"
+    } else {
+        "capabilities"
+    };
+    // Interception works without these two; what they give is identity.
+    let mut lacking = Vec::new();
+    if !has(CAP_SYS_PTRACE) {
+        lacking.push(
+            "no CAP_SYS_PTRACE: the executable of a caller of another user, or with capabilities this agent lacks, is unknown (`?`), and policy `exes` matchers never match it",
+        );
+    }
+    if !has(CAP_DAC_READ_SEARCH) {
+        lacking.push(
+            "no CAP_DAC_READ_SEARCH: connections carry no cgroup path, container or pod (the agent looks cgroups up by id with open_by_handle_at), and policy rules selecting on them never match",
+        );
+    }
+    if lacking.is_empty() {
         check(
             "privileges",
             Level::Ok,
-            format!("{who}: CAP_BPF, CAP_NET_ADMIN and CAP_DAC_READ_SEARCH present"),
+            format!(
+                "{who}: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH present"
+            ),
         )
     } else {
         check(
             "privileges",
-            Level::Fail,
-            format!(
-                "missing {}: run as root (sudo) or grant CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (to mount bpffs); loading and attaching cgroup eBPF programs and marking upstream sockets need them",
-                missing.join(", ")
-            ),
+            Level::Warn,
+            format!("{who}: {}", lacking.join("; ")),
         )
     }
 }
@@ -293,25 +314,67 @@ fn target_map(cfg: &Config) -> Check {
     check("target map", level, detail)
 }
 
-/// The running agent's view of its target map, when one answers on the admin socket: a
-/// refused update means interception is narrower than configured.
-fn running_target_map(cfg: &Config) -> Option<Check> {
+/// What a readiness probe asks (`sluice doctor --ready`): does an agent with this config
+/// answer on its admin socket, and are its programs still attached? Cheap enough to run every
+/// few seconds: one admin query and a look at the pin directory, no program load.
+pub fn ready(cfg: &Config) -> Vec<Check> {
+    let agent = match query_status(cfg) {
+        Ok(status) => running_agent(&status),
+        Err(why) => check("running agent", Level::Fail, why),
+    };
+    let pinned = intercept::pinned_links(&cfg.pin_dir).len();
+    // The admin socket is served only once the programs are attached, so an answering agent
+    // with no pinned link was detached behind its back (`sluice detach`, a cleared bpffs).
+    let links = if pinned == 0 {
+        check(
+            "pinned links",
+            Level::Fail,
+            format!(
+                "none in {}: nothing is intercepted; restart the agent",
+                cfg.pin_dir.display()
+            ),
+        )
+    } else {
+        check(
+            "pinned links",
+            Level::Ok,
+            format!("{pinned} in {}", cfg.pin_dir.display()),
+        )
+    };
+    vec![agent, links]
+}
+
+/// The status of the agent answering on the config's admin socket, within 2 s.
+fn query_status(cfg: &Config) -> Result<crate::admin::Status, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .ok()?;
-    let status = rt
-        .block_on(async {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                crate::admin::query(&cfg.admin_socket),
-            )
-            .await
-        })
-        .ok()?
-        .ok()?;
+        .map_err(|e| format!("cannot start a runtime to ask the agent: {e}"))?;
+    rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            crate::admin::query(&cfg.admin_socket),
+        )
+        .await
+    })
+    .map_err(|_| {
+        format!(
+            "admin socket {}: no answer within 2 s",
+            cfg.admin_socket.display()
+        )
+    })?
+    .map_err(|e| e.to_string())
+}
+
+/// The running agent's view of its target map, when one answers on the admin socket: a
+/// refused update means interception is narrower than configured.
+fn running_target_map(cfg: &Config) -> Option<Check> {
+    query_status(cfg).ok().map(|s| running_agent(&s))
+}
+
+fn running_agent(status: &crate::admin::Status) -> Check {
     let m = &status.target_map;
-    Some(if m.refused_updates > 0 {
+    if m.refused_updates > 0 {
         check(
             "running agent",
             Level::Warn,
@@ -327,7 +390,10 @@ fn running_target_map(cfg: &Config) -> Option<Check> {
         check(
             "running agent",
             Level::Ok,
-            format!("target map {} of {} entries", m.entries, m.capacity),
+            format!(
+                "version {}, fail_mode {}, target map {} of {} entries",
+                status.version, status.fail_mode, m.entries, m.capacity
+            ),
         )
-    })
+    }
 }

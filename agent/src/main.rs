@@ -39,6 +39,10 @@ enum Command {
     Doctor {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Instead: is the agent of this config serving, with its programs attached? Exit 0
+        /// when ready, 3 when not (a readiness probe; no program is loaded).
+        #[arg(long)]
+        ready: bool,
     },
     /// Detach programs left pinned by an agent stopped with fail_mode closed.
     Detach {
@@ -204,11 +208,24 @@ fn main() -> ExitCode {
             };
             connections(&cfg, json)
         }
-        Command::Doctor { config } => {
+        Command::Doctor { config, ready } => {
             let cfg = match load(config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if ready {
+                let checks = doctor::ready(&cfg);
+                for c in &checks {
+                    println!("{c}");
+                }
+                return if doctor::failures(&checks).is_empty() {
+                    println!("ready");
+                    ExitCode::SUCCESS
+                } else {
+                    println!("not ready");
+                    ExitCode::from(3)
+                };
+            }
             let checks = doctor::full(&cfg, true);
             for c in &checks {
                 println!("{c}");

@@ -26,6 +26,15 @@ const TEST_PACKAGES: &[&str] = &["curl", "bpftool", "iproute2", "util-linux", "p
 const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "wrk"];
 /// Services of BENCH_PACKAGES, disabled right after they are installed.
 const BENCH_SERVICES: &[&str] = &["haproxy", "nginx"];
+/// What the deployment tests build and check with: podman and buildah (the container image;
+/// runc, since Debian 12's crun refuses hybrid cgroup hosts), dpkg-dev and binutils (the
+/// Debian package: dpkg-shlibdeps, objcopy), systemd (systemd-analyze). Installed without
+/// starting any service they ship.
+const DEPLOY_PACKAGES: &[&str] = &[
+    "podman", "buildah", "runc", "dpkg-dev", "binutils", "systemd",
+];
+/// cargo-deb, pinned: `cargo xtask package` and the package test depend on its behaviour.
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian's hook that invoke-rc.d asks before it starts a service; exit 101 means "no".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
@@ -203,9 +212,11 @@ pub fn run(with_test_tools: bool) -> Result<()> {
     if with_test_tools && on_debian {
         apt_install(&missing_packages(TEST_PACKAGES))?;
         install_without_services(&missing_packages(BENCH_PACKAGES))?;
+        install_without_services(&missing_packages(DEPLOY_PACKAGES))?;
     }
     if with_test_tools {
         python_packages()?;
+        cargo_deb()?;
     }
     let nightly_ready = toolchain_has_src("nightly") && have_bpf_linker();
     let linked_ready = toolchain_has_src(LINKED_TOOLCHAIN) && have_bpf_linker();
@@ -253,8 +264,45 @@ pub fn run(with_test_tools: bool) -> Result<()> {
     Ok(())
 }
 
-/// Python packages the end-to-end tests drive as real clients.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("openai", "openai"), ("grpc", "grpcio")];
+/// Python packages the end-to-end tests drive as real clients, and the Kubernetes schema
+/// validator the manifest test runs.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("openai", "openai"),
+    ("grpc", "grpcio"),
+    ("kubernetes_validate", "kubernetes-validate"),
+];
+
+/// Whether `cargo deb` is the pinned cargo-deb.
+pub fn have_cargo_deb() -> bool {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["deb", "--version"])
+        .env("PATH", build_path())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION))
+}
+
+/// Installs the pinned cargo-deb from crates.io (a minute or two, once).
+pub fn cargo_deb() -> Result<()> {
+    if have_cargo_deb() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing cargo-deb {CARGO_DEB_VERSION}");
+    let status = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ])
+        .env("PATH", build_path())
+        .status()
+        .context("cargo install cargo-deb")?;
+    if !status.success() {
+        bail!("cargo install cargo-deb failed: {status}");
+    }
+    Ok(())
+}
 
 fn python_packages() -> Result<()> {
     for (module, package) in PYTHON_PACKAGES {
