@@ -16,7 +16,9 @@ use hyper_util::{
 };
 
 use super::dial_host;
+use crate::intercept::netns::Served;
 use crate::respond::Body;
+use std::sync::Arc;
 
 /// Dials `host:port` of the request URI with the bypass mark.
 #[derive(Clone)]
@@ -43,7 +45,8 @@ impl tower_service::Service<Uri> for MarkedConnector {
                 .trim_matches(['[', ']'])
                 .to_string();
             let port = uri.port_u16().unwrap_or(80);
-            let (s, _) = dial_host(&host, port, mark, timeout).await?;
+            // gRPC (this HTTP/2 client) dials from the agent's namespace only.
+            let (s, _) = dial_host(&host, port, mark, timeout, None).await?;
             Ok(TokioIo::new(s))
         })
     }
@@ -89,10 +92,12 @@ impl Client {
     }
 
     /// Sends a permitted request to `authority` ("host:port"). gRPC goes over HTTP/2, the
-    /// rest over HTTP/1.1 whatever the client spoke (model servers speak HTTP/1.1).
+    /// rest over HTTP/1.1 whatever the client spoke (model servers speak HTTP/1.1), dialled
+    /// from the client's namespace `ns` (HTTP/1.1 only; `None`: the agent's own).
     pub async fn send(
         &self,
         authority: &str,
+        ns: Option<&Arc<Served>>,
         mut req: Request<Body>,
         grpc: bool,
     ) -> Result<Response<Incoming>, Error> {
@@ -128,7 +133,7 @@ impl Client {
             req.headers_mut().insert(header::HOST, v);
         }
         *req.version_mut() = Version::HTTP_11;
-        Ok(self.h1.send(authority, req).await?)
+        Ok(self.h1.send(authority, ns, req).await?)
     }
 }
 
