@@ -62,7 +62,8 @@ pub struct Status {
     #[serde(default)]
     pub connections_over_limit: u64,
     /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed,
-    /// no_v6_listener, mark_not_agent, unspecified (`agent_common::stat` order).
+    /// no_v6_listener, mark_not_agent, unspecified, netns_refused, netns_passed
+    /// (`agent_common::stat` order).
     pub kernel: Vec<u64>,
     /// The kernel's target map: size, capacity, `local` interface addresses, refused updates.
     #[serde(default)]

@@ -178,6 +178,56 @@ fn an_unmodified_client_in_its_own_namespace_is_intercepted_judged_and_served() 
 
 #[test]
 #[ignore = "end-to-end: needs root, cgroup v2 and network namespaces (cargo xtask test runs it as root)"]
+fn grpc_from_a_namespace_reaches_its_own_sidecar_and_is_judged() {
+    require_root();
+    let (vip, grpc_port) = (virtual_ip(), free_port());
+    assert_no_host_listener(grpc_port);
+    let cg = TestCgroup::new("netns-grpc");
+    let agent = start(
+        &cg,
+        "closed",
+        format!(
+            "  - name: triton\n    match: \"{vip}:{VPORT}\"\n    upstream: \"127.0.0.1:{grpc_port}\"\n    protocol: http\n    server: triton\n"
+        ),
+        &format!(
+            "policies: [\"{}\"]\n",
+            sluice_tests::policies_dir().join("triton-safe").display()
+        ),
+    );
+    let tmp = sluice_tests::TempDir::new("netns-grpc");
+    let port_file = tmp.path().join("port");
+    let grpc = client_script("grpc_echo.py");
+    // A gRPC server on the namespace's own loopback, then two calls through the agent.
+    let script = format!(
+        "python3 {g} serve 127.0.0.1:{grpc_port} > {p} & while [ ! -s {p} ]; do sleep 0.05; done; python3 {g} call {vip}:{VPORT} /inference.GRPCInferenceService/ModelInfer; python3 {g} call {vip}:{VPORT} /inference.GRPCInferenceService/RepositoryModelLoad; kill $!",
+        g = grpc.display(),
+        p = port_file.display()
+    );
+    // The sidecar port given to the driver is unused here (its HTTP sidecar is not the
+    // upstream); a free one keeps it off the gRPC server's port.
+    let out = in_netns(&cg, free_port(), "ns-g", &vip, &["run", "sh", "-c", &script])
+        .output()
+        .expect("netns client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log_text()
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("grpc_echo json"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["ok"], true, "{text}\n{}", agent.log_text());
+    assert_eq!(lines[0]["echoed"], true, "{text}");
+    assert_eq!(lines[1]["code"], "PERMISSION_DENIED", "{text}");
+    wait_all_released(&agent);
+}
+
+#[test]
+#[ignore = "end-to-end: needs root, cgroup v2 and network namespaces (cargo xtask test runs it as root)"]
 fn two_namespaces_using_the_same_client_address_and_port_are_told_apart() {
     require_root();
     let (vip, sidecar, local) = (virtual_ip(), free_port(), free_port());

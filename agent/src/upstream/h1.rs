@@ -195,7 +195,7 @@ impl Pool {
 }
 
 /// `host:port`, `[v6]:port` → (host, port).
-fn split_authority(a: &str) -> Option<(&str, u16)> {
+pub(super) fn split_authority(a: &str) -> Option<(&str, u16)> {
     let (host, port) = a.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Some((host, port.parse().ok()?))
@@ -265,7 +265,7 @@ mod tests {
 
     async fn ok(pool: &Pool, authority: &str) {
         let resp = pool
-            .send(authority, get(authority))
+            .send(authority, None, get(authority))
             .await
             .expect("answered");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
