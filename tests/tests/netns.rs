@@ -205,9 +205,15 @@ fn grpc_from_a_namespace_reaches_its_own_sidecar_and_is_judged() {
     );
     // The sidecar port given to the driver is unused here (its HTTP sidecar is not the
     // upstream); a free one keeps it off the gRPC server's port.
-    let out = in_netns(&cg, free_port(), "ns-g", &vip, &["run", "sh", "-c", &script])
-        .output()
-        .expect("netns client");
+    let out = in_netns(
+        &cg,
+        free_port(),
+        "ns-g",
+        &vip,
+        &["run", "sh", "-c", &script],
+    )
+    .output()
+    .expect("netns client");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

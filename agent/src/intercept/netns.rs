@@ -394,6 +394,7 @@ impl Manager {
     }
 
     fn prepare(&mut self, cookie: u64, pid: u32) -> Result<(), Error> {
+        let started = Instant::now();
         let ns = File::open(format!("/proc/{pid}/ns/net"))
             .map_err(|source| Error::Open { pid, source })?;
         let inode = ns
@@ -454,6 +455,7 @@ impl Manager {
             netns_inode = inode,
             lo_raised,
             served = self.ns.served(),
+            prepare_us = started.elapsed().as_micros() as u64,
             "network namespace served"
         );
         self.count_entries();
@@ -556,4 +558,35 @@ fn live_netns_inodes() -> HashSet<u64> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_own_namespace_has_a_cookie() {
+        let a = current_cookie().expect("SO_NETNS_COOKIE");
+        assert_ne!(a, 0);
+        assert_eq!(
+            current_cookie().expect("again"),
+            a,
+            "one namespace, one cookie"
+        );
+    }
+
+    #[test]
+    fn a_child_process_keeps_its_namespace_live() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let ino = std::fs::metadata(format!("/proc/{}/ns/net", child.id()))
+            .expect("child's netns")
+            .ino();
+        let live = live_netns_inodes();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(live.contains(&ino));
+    }
 }
