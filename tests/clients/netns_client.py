@@ -66,7 +66,10 @@ def serve(bind, port, tag):
         def log_message(self, *a):
             pass
 
-    srv = http.server.ThreadingHTTPServer((bind, port), H)
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+
+    srv = Server((bind, port), H)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 
@@ -76,7 +79,7 @@ def connect(vip, vport, local_port=None):
     errors = {}
     deadline = time.time() + float(os.environ.get("NETNS_CLIENT_DEADLINE", "10"))
     while True:
-        s = socket.socket()
+        s = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET)
         if local_port:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", local_port))

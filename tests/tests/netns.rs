@@ -353,6 +353,43 @@ fn two_namespaces_using_the_same_client_address_and_port_are_told_apart() {
 
 #[test]
 #[ignore = "end-to-end: needs root, cgroup v2 and network namespaces (cargo xtask test runs it as root)"]
+fn ipv6_from_a_namespace_lands_on_its_ipv6_listener() {
+    require_root();
+    // ::1 inside the client's own namespace: the target, and its "direct" server.
+    let (port, sidecar) = (free_port(), free_port());
+    let cg = TestCgroup::new("netns-v6");
+    let agent = start(
+        &cg,
+        "closed",
+        format!(
+            "  - name: v6\n    match: \"[::1]:{port}\"\n    upstream: \"127.0.0.1:{sidecar}\"\n    protocol: tcp\n"
+        ),
+        "",
+    );
+    let mut c = cg.command("unshare");
+    c.args(["--net", "python3"])
+        .arg(client_script("netns_client.py"))
+        .args([
+            &sidecar.to_string(),
+            "ns-6",
+            "::1",
+            &port.to_string(),
+            "gets",
+            "3",
+        ]);
+    let v = json_out(&mut c);
+    assert_eq!(
+        v["froms"],
+        serde_json::json!(["ns-6", "ns-6", "ns-6"]),
+        "{v}"
+    );
+    let errors = v["errors"].as_object().expect("errors");
+    assert!(errors.keys().all(|k| k == "EPERM"), "{v}");
+    wait_all_released(&agent);
+}
+
+#[test]
+#[ignore = "end-to-end: needs root, cgroup v2 and network namespaces (cargo xtask test runs it as root)"]
 fn a_namespace_outside_the_intercepted_cgroup_is_untouched() {
     require_root();
     let (vip, sidecar) = (virtual_ip(), free_port());
