@@ -23,6 +23,7 @@ pub mod names {
     pub const RELAY: &str = "sluice_relay";
     pub const NETNS_READY: &str = "NETNS_READY";
     pub const NETNS_SEEN: &str = "NETNS_SEEN";
+    pub const NETNS_WAKE: &str = "NETNS_WAKE";
 }
 
 /// Bounds of the maps. PENDING and BY_PEER are LRU: an entry whose connection never reached
@@ -32,6 +33,8 @@ pub const MAX_PENDING: u32 = 65536;
 /// Network namespaces (other than the agent's own) the maps can track: an upper bound for
 /// the `max_namespaces` setting.
 pub const MAX_NETNS: u32 = 4096;
+/// Bytes of the NETNS_WAKE ring buffer (a record is 16 bytes with its header).
+pub const NETNS_WAKE_BYTES: u32 = 16 * 1024;
 
 /// LPM-trie key data: the destination port then the address, so a prefix always covers the
 /// whole port (32 bits) plus the address prefix. IPv4 addresses are stored IPv4-mapped

@@ -20,7 +20,12 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use crate::maps::{NETNS_READY, NETNS_SEEN, ORIG_DST, PENDING, TARGETS, count, settings};
+use crate::maps::{
+    NETNS_READY, NETNS_SEEN, NETNS_WAKE, ORIG_DST, PENDING, TARGETS, count, settings,
+};
+
+/// bpf_map_update_elem flag: only insert a key that is not there yet.
+const BPF_NOEXIST: u64 = 1;
 
 const SOCK_STREAM: u32 = 1;
 /// cgroup/connect return value that lets connect() proceed.
@@ -56,7 +61,11 @@ fn netns_verdict(ctx: &SockAddrContext, cfg: &Settings) -> Netns {
         return Netns::Served(ns);
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = NETNS_SEEN.insert(&ns, &tgid, 0);
+    // Only the first connection of a namespace not yet taken up by the agent wakes it; the
+    // retries of a client refused meanwhile find the entry there.
+    if NETNS_SEEN.insert(&ns, &tgid, BPF_NOEXIST).is_ok() {
+        let _ = NETNS_WAKE.output::<u64>(&ns, 0);
+    }
     if cfg.flags & SETTINGS_NETNS_FAIL_CLOSED != 0 {
         count(stat::NETNS_REFUSED);
         Netns::Unprepared(REFUSE)

@@ -1,7 +1,7 @@
 //! Maps shared by the hooks. Each is written by one side only, named in its doc.
 use agent_common::{
-    ConnMeta, MAX_NETNS, MAX_PENDING, MAX_TARGETS, OrigDst, PeerKey, RELAY_WAKE_BYTES, RelayPeer,
-    Settings, TargetKey, TargetValue, stat,
+    ConnMeta, MAX_NETNS, MAX_PENDING, MAX_TARGETS, NETNS_WAKE_BYTES, OrigDst, PeerKey,
+    RELAY_WAKE_BYTES, RelayPeer, Settings, TargetKey, TargetValue, stat,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -61,6 +61,12 @@ pub static NETNS_READY: HashMap<u64, u32> = HashMap::with_max_entries(MAX_NETNS,
 /// /proc/<tgid>/ns/net and deletes the entry once it is served (or refused).
 #[map(name = "NETNS_SEEN")]
 pub static NETNS_SEEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_NETNS, 0);
+
+/// Written by connect4/6 when a namespace first lands in NETNS_SEEN: its cookie, so the
+/// agent prepares it at once instead of at its next poll. A full buffer loses the note; the
+/// agent's poll (every second) still finds the NETNS_SEEN entry.
+#[map(name = "NETNS_WAKE")]
+pub static NETNS_WAKE: RingBuf = RingBuf::with_byte_size(NETNS_WAKE_BYTES, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

@@ -100,6 +100,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let namespaces = intercept::netns::start(intercept::netns::Setup {
         ready: netns_maps.ready,
         seen: netns_maps.seen,
+        wake: netns_maps.wake,
         maps: maps.clone(),
         addrs: std::iter::once(cfg.listen).chain(cfg.listen_v6).collect(),
         max: cfg.max_namespaces,

@@ -90,6 +90,7 @@ pub enum Error {
 pub struct NetnsMaps {
     pub ready: HashMap<MapData, u64, u32>,
     pub seen: HashMap<MapData, u64, u32>,
+    pub wake: aya::maps::RingBuf<MapData>,
 }
 
 /// Handles on the maps the agent reads and writes while running.

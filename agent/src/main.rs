@@ -547,7 +547,7 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
     }
     let n = &status.netns;
     println!(
-        "network namespaces: {} served of {} allowed, {} times not served over the limit; kernel: {} refused, {} let through while their namespace was being prepared",
+        "network namespaces: {} served of {} allowed, {} not served because of the limit; kernel: {} refused, {} let through while their namespace was being prepared",
         n.served,
         n.max_namespaces,
         n.refused_over_max,

@@ -68,6 +68,7 @@ pub(super) fn load(settings: Settings, relay_entries: u32) -> Result<(Loaded, Ma
     let netns = super::NetnsMaps {
         ready: take(&mut ebpf, names::NETNS_READY)?,
         seen: take(&mut ebpf, names::NETNS_SEEN)?,
+        wake: take(&mut ebpf, names::NETNS_WAKE)?,
     };
     Ok((
         Loaded {

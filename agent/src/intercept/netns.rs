@@ -7,7 +7,8 @@
 //! 1. the hook meets a target connection from a namespace that is not in NETNS_READY: it
 //!    notes (netns cookie -> caller's tgid) in NETNS_SEEN and refuses the connect (fail
 //!    closed: EPERM) or lets it through unredirected (fail open);
-//! 2. the manager thread here polls NETNS_SEEN, opens the namespace through
+//! 2. the manager thread here reads NETNS_SEEN when the hook's note in NETNS_WAKE wakes it
+//!    (and every second, in case a note was lost), opens the namespace through
 //!    /proc/<tgid>/ns/net, checks it is the one the hook saw (its cookie), `setns()`es into
 //!    it, brings `lo` up if it is down, binds the same listen addresses there (one
 //!    SO_REUSEPORT shard per runtime) and `setns()`es back;
@@ -41,9 +42,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Maps, listener};
 
-/// How often NETNS_SEEN is read: the longest a first connection from a new namespace waits
-/// (refused, under fail closed) before its namespace has a listener.
-const POLL: Duration = Duration::from_millis(20);
+/// How long the manager waits for a note in NETNS_WAKE before reading NETNS_SEEN anyway
+/// (a note is lost when the ring buffer is full).
+const POLL_MS: i32 = 1000;
 /// How often the manager looks for namespaces that have emptied.
 const REAP: Duration = Duration::from_secs(1);
 /// Upstream sockets waiting to be created in a namespace; a full queue fails the dial.
@@ -137,7 +138,8 @@ pub struct Status {
     /// Namespaces with a listener of their own now.
     pub served: usize,
     pub max_namespaces: usize,
-    /// Times a namespace was not served because `max_namespaces` were.
+    /// Namespaces not served because `max_namespaces` were (each counted once while it
+    /// waits; it is served when another is released).
     pub refused_over_max: u64,
     /// NETNS_READY entries (equals `served` when the kernel and the agent agree).
     pub ready_entries: u64,
@@ -183,6 +185,8 @@ impl Namespaces {
 pub struct Setup {
     pub ready: BpfHashMap<MapData, u64, u32>,
     pub seen: BpfHashMap<MapData, u64, u32>,
+    /// Notes from the hook: a namespace has just been seen.
+    pub wake: aya::maps::RingBuf<MapData>,
     pub maps: Arc<Maps>,
     /// The listen addresses (IPv4, and IPv6 if configured).
     pub addrs: Vec<SocketAddr>,
@@ -226,6 +230,7 @@ pub fn start(setup: Setup) -> std::io::Result<Arc<Namespaces>> {
                 sockets,
                 ns: shared,
                 last_warn: None,
+                over_max: HashSet::new(),
             }
             .run()
         })?;
@@ -328,12 +333,15 @@ struct Manager {
     sockets: SyncSender<SocketJob>,
     ns: Arc<Namespaces>,
     last_warn: Option<Instant>,
+    /// Namespaces waiting in NETNS_SEEN because `max_namespaces` are served: counted once.
+    over_max: HashSet<u64>,
 }
 
 impl Manager {
     fn run(mut self) {
         let mut last_reap = Instant::now();
         while !self.setup.stop.is_cancelled() {
+            self.wait_for_note();
             if let Err(e) = self.poll() {
                 tracing::error!(error = %e, "network namespace manager stopped; connections from namespaces not served yet stay refused (fail closed) or direct (fail open)");
                 return;
@@ -342,12 +350,25 @@ impl Manager {
                 self.reap();
                 last_reap = Instant::now();
             }
-            std::thread::sleep(POLL);
         }
         let all: Vec<u64> = self.ns.lock().keys().copied().collect();
         for cookie in all {
             self.release(cookie);
         }
+    }
+
+    /// Sleeps until the hook notes a new namespace, or a second has passed. The notes only
+    /// wake the thread: NETNS_SEEN says which namespaces to prepare.
+    fn wait_for_note(&mut self) {
+        let mut p = libc::pollfd {
+            fd: self.setup.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd. An error (EINTR) is a spurious wake-up: NETNS_SEEN is
+        // read either way.
+        unsafe { libc::poll(&mut p, 1, POLL_MS) };
+        while self.setup.wake.next().is_some() {}
     }
 
     /// Serves the namespaces the hooks have seen since the last poll. Only `Stuck` is fatal.
@@ -359,29 +380,23 @@ impl Manager {
             .filter_map(Result::ok)
             .take(agent_common::MAX_NETNS as usize)
             .collect();
+        let mut waiting = HashSet::new();
         for (cookie, tgid) in seen {
-            // Deleted first: a connect after a failure below notes the namespace again.
-            let _ = self.setup.seen.remove(&cookie);
             if self.ns.lock().contains_key(&cookie) {
+                let _ = self.setup.seen.remove(&cookie);
                 continue;
             }
             if self.ns.served() >= self.ns.max {
-                let n = self.ns.refused_over_max.fetch_add(1, Ordering::Relaxed) + 1;
-                if self
-                    .last_warn
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-                {
-                    self.last_warn = Some(Instant::now());
-                    tracing::warn!(
-                        netns_cookie = cookie,
-                        pid = tgid,
-                        max_namespaces = self.ns.max,
-                        refused_total = n,
-                        "network namespace not served: max_namespaces reached; its target connections stay refused (fail closed) or direct (fail open)"
-                    );
+                // Left in NETNS_SEEN (so its connects wake nobody) and looked at again every
+                // poll: served once another namespace is released.
+                waiting.insert(cookie);
+                if self.over_max.insert(cookie) {
+                    self.warn_over_max(cookie, tgid);
                 }
                 continue;
             }
+            // Deleted first: a connect after a failure below notes the namespace again.
+            let _ = self.setup.seen.remove(&cookie);
             match self.prepare(cookie, tgid) {
                 Ok(()) => {}
                 Err(e @ Error::Stuck(_)) => return Err(e),
@@ -390,7 +405,25 @@ impl Manager {
                 }
             }
         }
+        self.over_max.retain(|c| waiting.contains(c));
         Ok(())
+    }
+
+    fn warn_over_max(&mut self, cookie: u64, tgid: u32) {
+        let n = self.ns.refused_over_max.fetch_add(1, Ordering::Relaxed) + 1;
+        if self
+            .last_warn
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_warn = Some(Instant::now());
+            tracing::warn!(
+                netns_cookie = cookie,
+                pid = tgid,
+                max_namespaces = self.ns.max,
+                refused_total = n,
+                "network namespace not served: max_namespaces reached; its target connections stay refused (fail closed) or direct (fail open)"
+            );
+        }
     }
 
     fn prepare(&mut self, cookie: u64, pid: u32) -> Result<(), Error> {
