@@ -60,7 +60,9 @@ pub enum Error {
     Enter(std::io::Error),
     #[error("returning to the agent's own namespace failed ({0}); this thread stops")]
     Stuck(std::io::Error),
-    #[error("pid {pid} is no longer in the namespace that was seen (it moved or exited)")]
+    #[error(
+        "pid {pid} is no longer in the namespace that was seen, and no other process is (it exited or moved)"
+    )]
     Moved { pid: u32 },
     #[error("bringing lo up: {0}")]
     LoopbackUp(std::io::Error),
@@ -207,6 +209,12 @@ pub fn current_cookie() -> Result<u64, Error> {
 pub fn start(setup: Setup) -> std::io::Result<Arc<Namespaces>> {
     let agent_cookie = current_cookie().map_err(std::io::Error::other)?;
     let home = File::open("/proc/thread-self/ns/net")?;
+    // setns() into the agent's own namespace changes nothing but needs what entering any
+    // other does (CAP_SYS_ADMIN): say at start, once, if namespaces cannot be served.
+    if let Err(e) = setns(&home) {
+        tracing::warn!(error = %e,
+            "cannot enter network namespaces (setns needs CAP_SYS_ADMIN): workloads in containers and pods are not served; their target connections are refused (fail_mode closed) or go direct (open)");
+    }
     let (sockets, jobs) = sync_channel(SOCKET_QUEUE);
     let socket_home = home.try_clone()?;
     std::thread::Builder::new()
@@ -426,10 +434,49 @@ impl Manager {
         }
     }
 
+    /// The namespace with this cookie, through the pid the hook saw in it; if that process
+    /// has exited already (a one-shot client refused while its namespace was new) or moved,
+    /// through any other process found in it.
+    fn open(&self, cookie: u64, pid: u32) -> Result<(File, &'static str), Error> {
+        if let Ok(ns) = File::open(format!("/proc/{pid}/ns/net"))
+            && in_netns(&ns, &self.home, current_cookie)?? == cookie
+        {
+            return Ok((ns, "pid"));
+        }
+        let skip: HashSet<u64> = self.ns.lock().values().map(|s| s.inode).collect();
+        match self.find(cookie, &skip)? {
+            Some(ns) => Ok((ns, "scan")),
+            None => Err(Error::Moved { pid }),
+        }
+    }
+
+    /// Looks for a process in the namespace with `cookie`: every namespace some process is in
+    /// (but the agent's and those in `skip`) is entered once to read its cookie. Bounded by
+    /// the number of namespaces on the host; runs only when the hook's pid is gone.
+    fn find(&self, cookie: u64, skip: &HashSet<u64>) -> Result<Option<File>, Error> {
+        let own = self.home.metadata().map(|m| m.ino()).unwrap_or(0);
+        let mut tried = HashSet::new();
+        for (pid, ino) in process_netns() {
+            if ino == own || skip.contains(&ino) || !tried.insert(ino) {
+                continue;
+            }
+            let Ok(ns) = File::open(format!("/proc/{pid}/ns/net")) else {
+                continue;
+            };
+            // The process may have moved on between the readlink and the open.
+            if ns.metadata().map(|m| m.ino()).ok() != Some(ino) {
+                continue;
+            }
+            if in_netns(&ns, &self.home, current_cookie)?? == cookie {
+                return Ok(Some(ns));
+            }
+        }
+        Ok(None)
+    }
+
     fn prepare(&mut self, cookie: u64, pid: u32) -> Result<(), Error> {
         let started = Instant::now();
-        let ns = File::open(format!("/proc/{pid}/ns/net"))
-            .map_err(|source| Error::Open { pid, source })?;
+        let (ns, found_by) = self.open(cookie, pid)?;
         let inode = ns
             .metadata()
             .map_err(|source| Error::Open { pid, source })?
@@ -437,9 +484,6 @@ impl Manager {
         let shards = self.setup.runtimes.len().max(1);
         let addrs = self.setup.addrs.clone();
         let (bound, lo_raised) = in_netns(&ns, &self.home, || -> Result<_, Error> {
-            if current_cookie()? != cookie {
-                return Err(Error::Moved { pid });
-            }
             let raised = loopback_up().map_err(Error::LoopbackUp)?;
             let mut bound = Vec::new();
             for addr in addrs {
@@ -487,6 +531,7 @@ impl Manager {
             pid,
             netns_inode = inode,
             lo_raised,
+            found_by,
             served = self.ns.served(),
             prepare_us = started.elapsed().as_micros() as u64,
             "network namespace served"
@@ -568,29 +613,31 @@ fn purge_by_peer(maps: &Maps, cookie: u64) -> usize {
 
 /// Inode numbers of the network namespaces some process (other than the agent) is in.
 fn live_netns_inodes() -> HashSet<u64> {
-    let me = std::process::id().to_string();
-    let mut out = HashSet::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        // "net:[4026532000]"
-        if let Ok(link) = std::fs::read_link(entry.path().join("ns/net"))
-            && let Some(ino) = link
-                .to_str()
-                .and_then(|l| l.strip_prefix("net:["))
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|n| n.parse().ok())
-        {
-            out.insert(ino);
-        }
-    }
-    out
+    process_netns().map(|(_, ino)| ino).collect()
+}
+
+/// (pid, network namespace inode) of every process but the agent.
+fn process_netns() -> impl Iterator<Item = (u32, u64)> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            if pid == me {
+                return None;
+            }
+            // "net:[4026532000]"
+            let link = std::fs::read_link(entry.path().join("ns/net")).ok()?;
+            let ino = link
+                .to_str()?
+                .strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((pid, ino))
+        })
 }
 
 #[cfg(test)]
