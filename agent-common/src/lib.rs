@@ -21,12 +21,20 @@ pub mod names {
     pub const RELAY_PEER: &str = "RELAY_PEER";
     pub const RELAY_WAKE: &str = "RELAY_WAKE";
     pub const RELAY: &str = "sluice_relay";
+    pub const NETNS_READY: &str = "NETNS_READY";
+    pub const NETNS_SEEN: &str = "NETNS_SEEN";
+    pub const NETNS_WAKE: &str = "NETNS_WAKE";
 }
 
 /// Bounds of the maps. PENDING and BY_PEER are LRU: an entry whose connection never reached
 /// the agent (SYN lost, client killed) is evicted instead of filling the map.
 pub const MAX_TARGETS: u32 = 4096;
 pub const MAX_PENDING: u32 = 65536;
+/// Network namespaces (other than the agent's own) the maps can track: an upper bound for
+/// the `max_namespaces` setting.
+pub const MAX_NETNS: u32 = 4096;
+/// Bytes of the NETNS_WAKE ring buffer (a record is 16 bytes with its header).
+pub const NETNS_WAKE_BYTES: u32 = 16 * 1024;
 
 /// LPM-trie key data: the destination port then the address, so a prefix always covers the
 /// whole port (32 bits) plus the address prefix. IPv4 addresses are stored IPv4-mapped
@@ -72,6 +80,10 @@ pub struct Settings {
     /// The agent's process id as `bpf_get_current_pid_tgid() >> 32` reports it: the tgid in
     /// the initial pid namespace. 0: nobody may bypass (an agent that has stopped).
     pub agent_tgid: u32,
+    /// `bpf_get_netns_cookie` of the agent's own network namespace, where its main
+    /// listeners are. Connections from any other namespace are redirected only once that
+    /// namespace is in NETNS_READY (it has a listener of its own).
+    pub agent_netns_cookie: u64,
 }
 
 /// The hooks do nothing until the agent has written the settings.
@@ -79,6 +91,9 @@ pub const SETTINGS_ENABLED: u32 = 1;
 /// An IPv6 listener exists; without it IPv6 targets are not redirected (fail-open is logged by
 /// the agent at start, since it is a configuration choice).
 pub const SETTINGS_HAVE_V6: u32 = 2;
+/// A target connection from a namespace that has no listener yet is refused (connect()
+/// fails with EPERM) instead of going straight to the server.
+pub const SETTINGS_NETNS_FAIL_CLOSED: u32 = 4;
 
 /// What the connect hook learnt about one redirected connection.
 #[repr(C)]
@@ -112,15 +127,20 @@ pub struct OrigDst {
     pub port: u32,
 }
 
-/// The client's own (address, port): the peer address of the socket the agent accepts.
+/// The client's own (network namespace, address, port): the namespace of the listener that
+/// accepted the connection and the accepted socket's peer address. Two namespaces can use
+/// the same address and port at once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
+    /// `bpf_get_netns_cookie` of the client's namespace (`SO_NETNS_COOKIE` of the listener).
+    pub netns_cookie: u64,
     /// Network order, IPv4 mapped into IPv6.
     pub addr: [u8; 16],
     /// Host order.
     pub port: u16,
     pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// A relayed socket's entry in RELAY_PEER. Written by the agent at pairing; `redirected` is
@@ -159,7 +179,12 @@ pub mod stat {
     /// Connections to an unspecified address (0.0.0.0, ::, ::ffff:0.0.0.0) that were
     /// looked up as the address the kernel turns them into.
     pub const UNSPECIFIED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Target connections from a network namespace without a listener yet, refused
+    /// (fail_mode closed) while the agent prepares one.
+    pub const NETNS_REFUSED: u32 = 7;
+    /// The same, let through unredirected (fail_mode open).
+    pub const NETNS_PASSED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Builds an IPv4-mapped IPv6 address from IPv4 octets.

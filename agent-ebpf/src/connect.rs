@@ -1,8 +1,9 @@
 //! cgroup/connect4 and cgroup/connect6: rewrite the destination of target connections to the
 //! agent's listener and remember who called and where they meant to go.
 use agent_common::{
-    ConnMeta, SETTINGS_ENABLED, SETTINGS_HAVE_V6, Settings, TARGET_KEY_PORT_BITS, TargetKey,
-    V4_MAPPED_PREFIX_BITS, V4_MAPPED_WORD, effective_dst4, effective_dst6, stat, v4_mapped,
+    ConnMeta, SETTINGS_ENABLED, SETTINGS_HAVE_V6, SETTINGS_NETNS_FAIL_CLOSED, Settings,
+    TARGET_KEY_PORT_BITS, TargetKey, V4_MAPPED_PREFIX_BITS, V4_MAPPED_WORD, effective_dst4,
+    effective_dst6, stat, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -19,28 +20,65 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use crate::maps::{ORIG_DST, PENDING, TARGETS, count, settings};
+use crate::maps::{
+    NETNS_READY, NETNS_SEEN, NETNS_WAKE, ORIG_DST, PENDING, TARGETS, count, settings,
+};
+
+/// bpf_map_update_elem flag: only insert a key that is not there yet.
+const BPF_NOEXIST: u64 = 1;
 
 const SOCK_STREAM: u32 = 1;
 /// cgroup/connect return value that lets connect() proceed.
 const ALLOW: i32 = 1;
+/// cgroup/connect return value that makes connect() fail with EPERM.
+const REFUSE: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sluice_connect4(ctx: SockAddrContext) -> i32 {
-    try_connect4(&ctx);
-    ALLOW
+    try_connect4(&ctx)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn sluice_connect6(ctx: SockAddrContext) -> i32 {
-    try_connect6(&ctx);
-    ALLOW
+    try_connect6(&ctx)
 }
 
-fn try_connect4(ctx: &SockAddrContext) {
+/// Where a target connection from the caller's namespace may go.
+enum Netns {
+    /// The agent's namespace or one with its own listener: redirect (the cookie is kept).
+    Served(u64),
+    /// No listener there yet: the agent has been told; connect() gets this verdict.
+    Unprepared(i32),
+}
+
+/// A target connection from a namespace without a listener would be rewritten to a loopback
+/// where nothing listens: note the namespace for the agent, and refuse (fail closed) or let
+/// it through unredirected (fail open) until the agent has prepared it.
+#[inline(always)]
+fn netns_verdict(ctx: &SockAddrContext, cfg: &Settings) -> Netns {
+    let ns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if ns == cfg.agent_netns_cookie || unsafe { NETNS_READY.get(&ns) }.is_some() {
+        return Netns::Served(ns);
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Only the first connection of a namespace not yet taken up by the agent wakes it; the
+    // retries of a client refused meanwhile find the entry there.
+    if NETNS_SEEN.insert(&ns, &tgid, BPF_NOEXIST).is_ok() {
+        let _ = NETNS_WAKE.output::<u64>(&ns, 0);
+    }
+    if cfg.flags & SETTINGS_NETNS_FAIL_CLOSED != 0 {
+        count(stat::NETNS_REFUSED);
+        Netns::Unprepared(REFUSE)
+    } else {
+        count(stat::NETNS_PASSED);
+        Netns::Unprepared(ALLOW)
+    }
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let Some((cfg, sk)) = eligible(sa) else {
-        return;
+        return ALLOW;
     };
     // Context fields are read with 4-byte loads: the verifier rejects narrower or merged
     // accesses to bpf_sock_addr.
@@ -54,21 +92,26 @@ fn try_connect4(ctx: &SockAddrContext) {
         count(stat::UNSPECIFIED);
     }
     if ip4 == cfg.listen_ip4 && port_word == cfg.listen_port4 {
-        return;
+        return ALLOW;
     }
     let addr = v4_mapped(ip4.to_ne_bytes());
     let Some(target_id) = lookup(addr, port_word as u16, V4_MAPPED_PREFIX_BITS + 32) else {
-        return;
+        return ALLOW;
     };
-    remember(ctx, addr, port_word as u16, 4, target_id);
+    let ns = match netns_verdict(ctx, cfg) {
+        Netns::Served(ns) => ns,
+        Netns::Unprepared(verdict) => return verdict,
+    };
+    remember(ctx, addr, port_word as u16, 4, target_id, ns);
     set_dst4(sa, cfg.listen_ip4, cfg.listen_port4);
     count(stat::REDIRECTED);
+    ALLOW
 }
 
-fn try_connect6(ctx: &SockAddrContext) {
+fn try_connect6(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let Some((cfg, sk)) = eligible(sa) else {
-        return;
+        return ALLOW;
     };
     // One 4-byte load per word at a constant offset: see try_connect4 (and sockops.rs: the
     // verifier also rejects loads through a modified socket pointer).
@@ -103,19 +146,23 @@ fn try_connect6(ctx: &SockAddrContext) {
     if mapped {
         let ip4 = w6[3];
         if ip4 == cfg.listen_ip4 && port_word == cfg.listen_port4 {
-            return;
+            return ALLOW;
         }
     } else if w6 == cfg.listen_ip6 && port_word == cfg.listen_port6 {
-        return;
+        return ALLOW;
     }
     let Some(target_id) = lookup(addr, port_word as u16, 128) else {
-        return;
+        return ALLOW;
     };
     if !mapped && cfg.flags & SETTINGS_HAVE_V6 == 0 {
         count(stat::NO_V6_LISTENER);
-        return;
+        return ALLOW;
     }
-    remember(ctx, addr, port_word as u16, 6, target_id);
+    let ns = match netns_verdict(ctx, cfg) {
+        Netns::Served(ns) => ns,
+        Netns::Unprepared(verdict) => return verdict,
+    };
+    remember(ctx, addr, port_word as u16, 6, target_id, ns);
     // A dual-stack socket dialling ::ffff:a.b.c.d is really IPv4: answer with the
     // v4-mapped IPv4 listener so the kernel keeps it on the IPv4 path.
     let (dst, port) = if mapped {
@@ -125,6 +172,7 @@ fn try_connect6(ctx: &SockAddrContext) {
     };
     set_dst6(sa, dst, port);
     count(stat::REDIRECTED);
+    ALLOW
 }
 
 /// TCP only, settings present, and not one of the agent's own upstream sockets. Returns the
@@ -177,7 +225,14 @@ fn is_v4_mapped(addr: &[u8; 16]) -> bool {
 
 /// Stores who connected and where to; failures are counted, never block the redirect.
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, addr: [u8; 16], port_net: u16, family: u16, target_id: u32) {
+fn remember(
+    ctx: &SockAddrContext,
+    addr: [u8; 16],
+    port_net: u16,
+    family: u16,
+    target_id: u32,
+    netns_cookie: u64,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -192,7 +247,7 @@ fn remember(ctx: &SockAddrContext, addr: [u8; 16], port_net: u16, family: u16, t
         gid: (uid_gid >> 32) as u32,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         socket_cookie: cookie,
-        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        netns_cookie,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     let _ = ORIG_DST.insert(

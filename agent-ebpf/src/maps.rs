@@ -1,7 +1,7 @@
 //! Maps shared by the hooks. Each is written by one side only, named in its doc.
 use agent_common::{
-    ConnMeta, MAX_PENDING, MAX_TARGETS, OrigDst, PeerKey, RELAY_WAKE_BYTES, RelayPeer, Settings,
-    TargetKey, TargetValue, stat,
+    ConnMeta, MAX_NETNS, MAX_PENDING, MAX_TARGETS, NETNS_WAKE_BYTES, OrigDst, PeerKey,
+    RELAY_WAKE_BYTES, RelayPeer, Settings, TargetKey, TargetValue, stat,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -50,6 +50,23 @@ pub static RELAY_PEER: HashMap<u64, RelayPeer> = HashMap::with_max_entries(2, BP
 /// task cannot see redirected data any other way (the socket is never readable).
 #[map(name = "RELAY_WAKE")]
 pub static RELAY_WAKE: RingBuf = RingBuf::with_byte_size(RELAY_WAKE_BYTES, 0);
+
+/// Written by the agent: network namespaces (by netns cookie) that have a listener of their
+/// own. A target connection from any other namespace but the agent's is not redirected.
+#[map(name = "NETNS_READY")]
+pub static NETNS_READY: HashMap<u64, u32> = HashMap::with_max_entries(MAX_NETNS, 0);
+
+/// Written by connect4/6: netns cookie -> a tgid seen connecting to a target from that
+/// namespace before it was ready. The agent polls it, opens the namespace through
+/// /proc/<tgid>/ns/net and deletes the entry once it is served (or refused).
+#[map(name = "NETNS_SEEN")]
+pub static NETNS_SEEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_NETNS, 0);
+
+/// Written by connect4/6 when a namespace first lands in NETNS_SEEN: its cookie, so the
+/// agent prepares it at once instead of at its next poll. A full buffer loses the note; the
+/// agent's poll (every second) still finds the NETNS_SEEN entry.
+#[map(name = "NETNS_WAKE")]
+pub static NETNS_WAKE: RingBuf = RingBuf::with_byte_size(NETNS_WAKE_BYTES, 0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

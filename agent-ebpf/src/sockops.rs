@@ -61,9 +61,11 @@ fn try_connect_cb(ctx: &SockOpsContext) {
         a
     };
     let key = PeerKey {
+        netns_cookie: meta.netns_cookie,
         addr,
         port: port as u16,
         _pad: 0,
+        _pad2: 0,
     };
     if BY_PEER.insert(&key, &meta, 0).is_err() {
         count(stat::PEER_STORE_FAILED);

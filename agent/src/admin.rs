@@ -62,7 +62,8 @@ pub struct Status {
     #[serde(default)]
     pub connections_over_limit: u64,
     /// Kernel counters: redirected, meta_store_failed, peer_store_failed, bypassed,
-    /// no_v6_listener, mark_not_agent, unspecified (`agent_common::stat` order).
+    /// no_v6_listener, mark_not_agent, unspecified, netns_refused, netns_passed
+    /// (`agent_common::stat` order).
     pub kernel: Vec<u64>,
     /// The kernel's target map: size, capacity, `local` interface addresses, refused updates.
     #[serde(default)]
@@ -70,6 +71,9 @@ pub struct Status {
     /// The in-kernel L4 relay, when loaded (`l4_relay: kernel`).
     #[serde(default)]
     pub kernel_relay: Option<RelayStatus>,
+    /// Other network namespaces served with listeners of their own.
+    #[serde(default)]
+    pub netns: crate::intercept::netns::Status,
 }
 
 /// Places in the kernel relay's maps, in connections.
@@ -133,6 +137,7 @@ pub async fn serve(
     table: Arc<Table>,
     maps: Arc<Maps>,
     relay: Option<Arc<KernelRelay>>,
+    namespaces: Arc<crate::intercept::netns::Namespaces>,
     fail_mode: String,
     stop: CancellationToken,
 ) {
@@ -148,6 +153,7 @@ pub async fn serve(
             capacity: r.capacity(),
             fallbacks: r.fallbacks(),
         });
+        let netns = namespaces.status();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -174,6 +180,7 @@ pub async fn serve(
                     kernel: maps.stats(),
                     target_map: maps.target_status(),
                     kernel_relay: relay,
+                    netns,
                 })
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
                 other => format!(

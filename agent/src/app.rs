@@ -12,7 +12,7 @@ use crate::{
     config::{Config, Runtime},
     connection, doctor,
     drain::Drain,
-    intercept::{self, Interceptor},
+    intercept::{self, Interceptor, netns::NsListener},
     limits::{self, Connections},
     metrics, policy, record,
     upstream::{self, Upstreams},
@@ -81,7 +81,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("building the per-core runtimes")?;
     let fd_limit = limits::raise_fd_limit();
     let max_connections = limits::connection_cap(cfg.max_connections, fd_limit);
-    let (interceptor, maps) =
+    let (mut interceptor, maps) =
         Interceptor::start(&cfg, max_connections).context("starting interception")?;
     tracing::info!(
         cgroup = %cfg.cgroup.display(), listen = %cfg.listen,
@@ -90,6 +90,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let drain = Drain::new();
+    // Namespaces' listeners go to the runtimes through these, one per runtime.
+    let (ns_senders, mut ns_receivers): (Vec<_>, Vec<_>) = (0..shards.max(1))
+        .map(|_| tokio::sync::mpsc::channel(intercept::netns::HANDOFF_QUEUE))
+        .unzip();
+    let netns_maps = interceptor
+        .take_netns_maps()
+        .context("network namespace maps already taken")?;
+    let namespaces = intercept::netns::start(intercept::netns::Setup {
+        ready: netns_maps.ready,
+        seen: netns_maps.seen,
+        wake: netns_maps.wake,
+        maps: maps.clone(),
+        addrs: std::iter::once(cfg.listen).chain(cfg.listen_v6).collect(),
+        max: cfg.max_namespaces,
+        runtimes: ns_senders,
+        stop: drain.shutdown_signal(),
+    })
+    .context("starting the network namespace manager")?;
+    tracing::info!(
+        max_namespaces = namespaces.max(),
+        agent_netns_cookie = namespaces.agent_cookie,
+        "serving other network namespaces with listeners of their own"
+    );
     let table = Arc::new(Table::default());
     let connections = Connections::new(max_connections, cfg.max_connections_per_cgroup);
     tracing::info!(
@@ -136,6 +159,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         overhead_header: cfg.overhead_header,
         shutdown: drain.shutdown_signal(),
         kernel_relay: interceptor.kernel_relay.clone(),
+        agent_netns: namespaces.agent_cookie,
     };
     if let Some((listener, m)) = metrics_listener {
         tracing::info!(listen = ?cfg.metrics_listen, "serving /metrics");
@@ -158,6 +182,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         table.clone(),
         maps.clone(),
         interceptor.kernel_relay.clone(),
+        namespaces.clone(),
         cfg.fail_mode.to_string(),
         drain.shutdown_signal(),
     ));
@@ -173,19 +198,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tokio::spawn(heartbeat(drain.shutdown_signal()));
             for (addr, l) in listeners.into_iter().flatten() {
                 let l = TcpListener::from_std(l).with_context(|| format!("listener {addr}"))?;
-                tokio::spawn(accept_loop(addr, l, ctx.clone(), drain.clone()));
+                tokio::spawn(accept_loop(addr, l, None, ctx.clone(), drain.clone()));
+            }
+            if let Some(rx) = ns_receivers.pop() {
+                tokio::spawn(adopt(rx, ctx, drain.clone()));
             }
             return Ok(());
         }
         tracing::info!(threads = shards, "per-core runtimes");
-        for (i, (rt, shard)) in runtimes.take().into_iter().zip(listeners).enumerate() {
+        let shards_and_ns = listeners.into_iter().zip(ns_receivers.drain(..));
+        for (i, (rt, (shard, ns_rx))) in runtimes.take().into_iter().zip(shards_and_ns).enumerate()
+        {
             let (ctx, drain, done) = (Arc::new(make_ctx()), drain.clone(), cores_done.clone());
             let lost = core_lost.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-core-{i}"))
                 .spawn(move || {
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        rt.block_on(core(shard, ctx, drain, done.clone()))
+                        rt.block_on(core(shard, ns_rx, ctx, drain, done.clone()))
                     }));
                     if ran.is_err() || !done.is_cancelled() {
                         tracing::error!(thread = i, "a per-core thread stopped early; draining");
@@ -292,14 +322,16 @@ fn shard_count(cfg: &Config) -> usize {
 /// driving its connections until the drain is over.
 async fn core(
     listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    ns_listeners: tokio::sync::mpsc::Receiver<NsListener>,
     ctx: Arc<connection::Ctx>,
     drain: Drain,
     done: tokio_util::sync::CancellationToken,
 ) {
+    tokio::spawn(adopt(ns_listeners, ctx.clone(), drain.clone()));
     for (addr, l) in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                tokio::spawn(accept_loop(addr, l, ctx.clone(), drain.clone()));
+                tokio::spawn(accept_loop(addr, l, None, ctx.clone(), drain.clone()));
             }
             // Registering an already-bound socket with epoll does not fail in practice; if
             // it did, this thread's share of connections would queue unanswered: say so.
@@ -329,16 +361,58 @@ async fn heartbeat(stop: tokio_util::sync::CancellationToken) {
     }
 }
 
-async fn accept_loop(
-    addr: SocketAddr,
-    listener: TcpListener,
+/// Serves the listeners the namespace manager binds in other network namespaces, on this
+/// runtime, until shutdown.
+async fn adopt(
+    mut rx: tokio::sync::mpsc::Receiver<NsListener>,
     ctx: Arc<connection::Ctx>,
     drain: Drain,
 ) {
     let stop = drain.shutdown_signal();
     loop {
+        let got = tokio::select! {
+            () = stop.cancelled() => return,
+            l = rx.recv() => l,
+        };
+        let Some(NsListener {
+            addr,
+            listener,
+            served,
+        }) = got
+        else {
+            return;
+        };
+        match TcpListener::from_std(listener) {
+            Ok(l) => {
+                tokio::spawn(accept_loop(
+                    addr,
+                    l,
+                    Some(served),
+                    ctx.clone(),
+                    drain.clone(),
+                ));
+            }
+            Err(e) => tracing::error!(listen = %addr, netns_cookie = served.cookie, error = %e,
+                "a namespace's listener is not served by this thread"),
+        }
+    }
+}
+
+/// Accepts on one listener: the agent's own (`netns` None) or one in another network
+/// namespace, which stops when that namespace is released.
+async fn accept_loop(
+    addr: SocketAddr,
+    listener: TcpListener,
+    netns: Option<Arc<intercept::netns::Served>>,
+    ctx: Arc<connection::Ctx>,
+    drain: Drain,
+) {
+    let stop = drain.shutdown_signal();
+    let released = netns.as_ref().map(|n| n.stop.clone()).unwrap_or_default();
+    loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
+            () = released.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
@@ -355,7 +429,8 @@ async fn accept_loop(
                     }
                 };
                 let (ctx, force) = (ctx.clone(), drain.force_signal());
-                drain.spawn(connection::serve(ctx, stream, peer, slot, force));
+                let netns = netns.clone();
+                drain.spawn(connection::serve(ctx, stream, peer, netns, slot, force));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.

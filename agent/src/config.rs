@@ -106,6 +106,11 @@ pub struct Config {
     /// Live connections one cgroup may hold; 0 = a quarter of `max_connections`.
     #[serde(default)]
     pub max_connections_per_cgroup: usize,
+    /// Network namespaces (containers, pods) other than the agent's own that get a listener
+    /// of their own; 0 serves none. Beyond it, a namespace's target connections are refused
+    /// (`fail_mode: closed`) or go direct (`open`), counted and logged.
+    #[serde(default = "default_max_namespaces")]
+    pub max_namespaces: usize,
     /// Memory all buffered request bodies may hold together; past it requests get 503 with
     /// `Retry-After` in the server's dialect.
     #[serde(default = "default_body_budget")]
@@ -316,6 +321,13 @@ impl Config {
         if self.targets.is_empty() {
             return Err("targets: at least one target is required".into());
         }
+        if self.max_namespaces > agent_common::MAX_NETNS as usize {
+            return Err(format!(
+                "max_namespaces: {} is more than the {} the kernel maps can track",
+                self.max_namespaces,
+                agent_common::MAX_NETNS
+            ));
+        }
         if self.max_buffered_body_bytes < self.max_request_body_bytes {
             // A body within its own limit could then never fit the shared budget: it would
             // get 503 forever instead of a clear answer.
@@ -377,6 +389,10 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, 
         OneOrMany::One(e) => vec![e],
         OneOrMany::Many(v) => v,
     })
+}
+
+fn default_max_namespaces() -> usize {
+    256
 }
 
 fn default_listen_v6() -> Option<SocketAddr> {

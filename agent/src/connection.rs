@@ -9,7 +9,7 @@ use crate::{
     admin::{ConnInfo, Table},
     config::{Protocol, Target},
     filter, http,
-    intercept::{Maps, orig_dst},
+    intercept::{Maps, netns::Served, orig_dst},
     limits::{BodyBudget, ConnectionSlot, Connections},
     policy, record, relay, upstream,
     upstream::Upstreams,
@@ -38,6 +38,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// The in-kernel L4 relay (`l4_relay: kernel`); `None`: splice.
     pub kernel_relay: Option<Arc<relay::KernelRelay>>,
+    /// Cookie of the agent's own network namespace (where the main listeners are).
+    pub agent_netns: u64,
 }
 
 /// What is known about an accepted connection; shared by all its requests.
@@ -50,6 +52,9 @@ pub struct Conn {
     pub orig: SocketAddr,
     /// `orig` as the HTTP pool's key, for targets that forward to the dialled address.
     pub orig_authority: Arc<str>,
+    /// The client's network namespace when it is not the agent's: upstreams are dialled
+    /// from there.
+    pub netns: Option<Arc<Served>>,
 }
 
 impl Conn {
@@ -61,16 +66,19 @@ impl Conn {
 }
 
 /// Handles one accepted connection. Never returns an error: every outcome is logged here.
-/// `slot` is the connection's place under the global cap, taken at accept.
+/// `slot` is the connection's place under the global cap, taken at accept. `netns` is the
+/// namespace whose listener accepted it (`None`: the agent's own).
 pub async fn serve(
     ctx: Arc<Ctx>,
     client: TcpStream,
     peer: SocketAddr,
+    netns: Option<Arc<Served>>,
     mut slot: ConnectionSlot,
     force: CancellationToken,
 ) {
+    let cookie = netns.as_ref().map_or(ctx.agent_netns, |n| n.cookie);
     let Some((meta, workload)) =
-        orig_dst::attribute(ctx.maps.clone(), ctx.cgroups.clone(), peer).await
+        orig_dst::attribute(ctx.maps.clone(), ctx.cgroups.clone(), cookie, peer).await
     else {
         // Not redirected by our hooks (a direct dial of the listener, or metadata lost).
         ctx.table.count_refused();
@@ -118,13 +126,18 @@ pub async fn serve(
             workload: Arc::new(workload),
             orig,
             orig_authority: orig.to_string().into(),
+            netns,
         });
         http::serve(ctx, conn, client, force).await;
         drop((entry, slot));
         return;
     }
     let started = Instant::now();
-    let (upstream, upstream_addr) = match ctx.upstreams.connect(meta.target_id, orig).await {
+    let (upstream, upstream_addr) = match ctx
+        .upstreams
+        .connect(meta.target_id, orig, netns.as_deref())
+        .await
+    {
         Ok(u) => u,
         Err(e) => {
             ctx.table.count_upstream_failure();
@@ -144,7 +157,7 @@ pub async fn serve(
         exe = workload.exe.as_deref().unwrap_or("?"), cgroup = workload.cgroup.as_deref().unwrap_or("?"),
         container_id = workload.container.as_ref().map_or("-", |c| c.id.as_str()),
         pod_uid = workload.pod_uid.as_deref().unwrap_or("-"),
-        client = %peer, original_dst = %orig, upstream = %upstream_addr, "connection intercepted"
+        client = %peer, netns_cookie = cookie, original_dst = %orig, upstream = %upstream_addr, "connection intercepted"
     );
     let chosen = std::sync::OnceLock::new();
     // Counted in the metrics on the path the relay chose, until the connection closes.

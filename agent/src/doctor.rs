@@ -117,11 +117,17 @@ fn privileges() -> Check {
     } else {
         "capabilities"
     };
-    // Interception works without these two; what they give is identity.
+    // Interception of the host namespace works without these; what they give is identity
+    // and containers.
     let mut lacking = Vec::new();
     if !has(CAP_SYS_PTRACE) {
         lacking.push(
             "no CAP_SYS_PTRACE: the executable of a caller of another user, or with capabilities this agent lacks, is unknown (`?`), and policy `exes` matchers never match it",
+        );
+    }
+    if !has(CAP_SYS_ADMIN) {
+        lacking.push(
+            "no CAP_SYS_ADMIN: clients in their own network namespace (containers, pods) are not served (setns into their namespace needs it): refused under fail_mode closed, direct under open",
         );
     }
     if !has(CAP_DAC_READ_SEARCH) {
@@ -134,7 +140,7 @@ fn privileges() -> Check {
             "privileges",
             Level::Ok,
             format!(
-                "{who}: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH present"
+                "{who}: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_SYS_ADMIN present"
             ),
         )
     } else {

@@ -15,8 +15,10 @@
 //! - While the agent is down, `fail_mode: closed` keeps the hooks pinned and pointing at a
 //!   listener that is gone (targets are refused); `open` detaches them (targets go direct).
 //! - A restart replaces pinned links; it never stacks a second copy of the programs.
-//! - Connections from another network namespace are rewritten to that namespace's loopback,
-//!   where no Sluice listener runs: they are refused, never let through.
+//! - Connections from another network namespace are redirected to that namespace's loopback,
+//!   where the agent binds a listener of its own once it has seen the namespace (`netns.rs`).
+//!   Until then they are refused (`fail_mode: closed`, connect() gets EPERM) or go direct
+//!   (`open`); past `max_namespaces` they stay so, counted and logged.
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -31,6 +33,7 @@ pub mod identity;
 pub mod listener;
 mod loader;
 pub mod local;
+pub mod netns;
 pub mod orig_dst;
 pub mod targets;
 
@@ -79,6 +82,15 @@ pub enum Error {
     Identity(#[from] identity::Error),
     #[error("starting the kernel relay's wake-up thread: {0}")]
     Thread(std::io::Error),
+    #[error("network namespaces: {0}")]
+    Netns(#[from] netns::Error),
+}
+
+/// The namespace maps, owned by the namespace manager's thread.
+pub struct NetnsMaps {
+    pub ready: HashMap<MapData, u64, u32>,
+    pub seen: HashMap<MapData, u64, u32>,
+    pub wake: aya::maps::RingBuf<MapData>,
 }
 
 /// Handles on the maps the agent reads and writes while running.
@@ -184,7 +196,7 @@ impl Interceptor {
     pub fn start(cfg: &Config, max_connections: usize) -> Result<(Self, Arc<Maps>), Error> {
         let cgroups = Arc::new(crate::workload::CgroupRoot::open(&cgroup::cgroup2_mount()?)?);
         let cgroup_dir = cgroup::resolve(&cfg.cgroup)?;
-        let settings = settings_for(cfg, identity::agent_tgid()?);
+        let settings = settings_for(cfg, identity::agent_tgid()?, netns::current_cookie()?);
         let wanted = crate::relay::wanted(cfg.l4_relay);
         let entries = if wanted {
             crate::relay::map_entries(max_connections)
@@ -231,6 +243,11 @@ impl Interceptor {
         ))
     }
 
+    /// The namespace maps, once, for `netns::start`.
+    pub fn take_netns_maps(&mut self) -> Option<NetnsMaps> {
+        self.loaded.netns.take()
+    }
+
     pub fn shutdown(self, mode: FailMode) -> Result<(), Error> {
         match mode {
             FailMode::Closed => {
@@ -250,13 +267,17 @@ impl Interceptor {
     }
 }
 
-fn settings_for(cfg: &Config, agent_tgid: u32) -> Settings {
+fn settings_for(cfg: &Config, agent_tgid: u32, agent_netns_cookie: u64) -> Settings {
     let mut s = Settings {
         bypass_mark: cfg.bypass_mark,
         flags: agent_common::SETTINGS_ENABLED,
         agent_tgid,
+        agent_netns_cookie,
         ..Default::default()
     };
+    if cfg.fail_mode == FailMode::Closed {
+        s.flags |= agent_common::SETTINGS_NETNS_FAIL_CLOSED;
+    }
     if let SocketAddr::V4(v4) = cfg.listen {
         s.listen_ip4 = u32::from_ne_bytes(v4.ip().octets());
         s.listen_port4 = u32::from(v4.port().to_be());

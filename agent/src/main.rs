@@ -574,6 +574,15 @@ fn connections(cfg: &Config, json: bool) -> ExitCode {
             r.in_use, r.capacity, r.fallbacks
         );
     }
+    let n = &status.netns;
+    println!(
+        "network namespaces: {} served of {} allowed, {} not served because of the limit; kernel: {} refused, {} let through while their namespace was being prepared",
+        n.served,
+        n.max_namespaces,
+        n.refused_over_max,
+        k(7),
+        k(8)
+    );
     ExitCode::SUCCESS
 }
 

@@ -11,7 +11,10 @@ use std::{
 
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::config::{Config, Endpoint};
+use crate::{
+    config::{Config, Endpoint},
+    intercept::netns::Served,
+};
 
 mod h1;
 pub mod http;
@@ -115,11 +118,13 @@ impl Upstreams {
         }
     }
 
-    /// Connects to the target's upstream, or to `orig_dst` when the target names none.
+    /// Connects to the target's upstream, or to `orig_dst` when the target names none, from
+    /// the client's network namespace `ns` (`None`: the agent's own).
     pub async fn connect(
         &self,
         target_id: u32,
         orig_dst: SocketAddr,
+        ns: Option<&Served>,
     ) -> Result<(TcpStream, SocketAddr), Error> {
         let name = self
             .target_name(target_id)
@@ -127,8 +132,7 @@ impl Upstreams {
             .to_string();
         let order = self.order(target_id);
         if order.is_empty() {
-            return self
-                .dial(orig_dst)
+            return dial(orig_dst, self.mark, self.connect_timeout, ns)
                 .await
                 .map(|s| (s, orig_dst))
                 .map_err(|e| Error::AllFailed {
@@ -146,7 +150,7 @@ impl Upstreams {
             .filter_map(|i| Some((i, endpoints.get(i)?)))
         {
             let (i, ep) = ep;
-            match self.dial_endpoint(ep).await {
+            match self.dial_endpoint(ep, ns).await {
                 Ok(ok) => {
                     self.report(target_id, i, true);
                     return Ok(ok);
@@ -161,31 +165,34 @@ impl Upstreams {
         Err(Error::AllFailed { target: name, last })
     }
 
-    async fn dial_endpoint(&self, ep: &Endpoint) -> std::io::Result<(TcpStream, SocketAddr)> {
+    async fn dial_endpoint(
+        &self,
+        ep: &Endpoint,
+        ns: Option<&Served>,
+    ) -> std::io::Result<(TcpStream, SocketAddr)> {
         match ep {
-            Endpoint::Addr(a) => Ok((self.dial(*a).await?, *a)),
+            Endpoint::Addr(a) => Ok((dial(*a, self.mark, self.connect_timeout, ns).await?, *a)),
             Endpoint::Name { host, port } => {
-                dial_host(host, *port, self.mark, self.connect_timeout).await
+                dial_host(host, *port, self.mark, self.connect_timeout, ns).await
             }
         }
-    }
-
-    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        dial(addr, self.mark, self.connect_timeout).await
     }
 }
 
 /// Resolves `host` (an IP literal is parsed, a name goes to the resolver off-thread) and
-/// dials its addresses in order with the bypass mark until one answers.
+/// dials its addresses in order with the bypass mark until one answers. Names are resolved
+/// by the agent's resolver, also for a client in another namespace (`ns`), whose sockets
+/// then dial the addresses from that namespace.
 pub async fn dial_host(
     host: &str,
     port: u16,
     mark: u32,
     timeout: Duration,
+    ns: Option<&Served>,
 ) -> std::io::Result<(TcpStream, SocketAddr)> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     for addr in tokio::net::lookup_host((host, port)).await? {
-        match dial(addr, mark, timeout).await {
+        match dial(addr, mark, timeout, ns).await {
             Ok(s) => return Ok((s, addr)),
             Err(e) => last = e,
         }
@@ -193,12 +200,19 @@ pub async fn dial_host(
     Err(last)
 }
 
-/// Dials `addr` with the bypass mark, so the connect hooks let it through.
-pub async fn dial(addr: SocketAddr, mark: u32, timeout: Duration) -> std::io::Result<TcpStream> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+/// Dials `addr` with the bypass mark, so the connect hooks let it through, from a socket
+/// created in the client's namespace `ns` (`None`: the agent's own): a container's loopback
+/// and addresses are then the ones it meant.
+pub async fn dial(
+    addr: SocketAddr,
+    mark: u32,
+    timeout: Duration,
+    ns: Option<&Served>,
+) -> std::io::Result<TcpStream> {
+    let sock = match ns {
+        Some(ns) => TcpSocket::from_std_stream(ns.socket(addr.is_ipv6()).await?.into()),
+        None if addr.is_ipv4() => TcpSocket::new_v4()?,
+        None => TcpSocket::new_v6()?,
     };
     socket2::SockRef::from(&sock).set_mark(mark)?;
     sock.set_nodelay(true)?;

@@ -1,5 +1,6 @@
 """A real gRPC peer (grpcio) over cleartext HTTP/2, with no generated code.
-serve:            runs a server whose every unary method echoes the request bytes; prints its port.
+serve [ADDR]:     runs a server whose every unary method echoes the request bytes on ADDR
+                  (default 127.0.0.1:0); prints its port.
 call ADDR METHOD: calls METHOD with a fixed payload; prints JSON {ok, echoed} or {ok, code, details}."""
 import json
 import sys
@@ -19,7 +20,7 @@ class Echo(grpc.GenericRpcHandler):
 if sys.argv[1] == "serve":
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers((Echo(),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1:0")
     server.start()
     print(port, flush=True)
     server.wait_for_termination()

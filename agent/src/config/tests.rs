@@ -242,3 +242,16 @@ fn runtimes_default_to_per_core_and_shared_is_spelled_out() {
         .to_string();
     assert!(e.contains("per-core") && e.contains("shared"), "{e}");
 }
+
+#[test]
+fn max_namespaces_defaults_and_is_bounded_by_the_kernel_maps() {
+    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.5:8000\n";
+    assert_eq!(parse(base).expect("valid").max_namespaces, 256);
+    let zero = parse(&format!("max_namespaces: 0\n{base}")).expect("0 serves none");
+    assert_eq!(zero.max_namespaces, 0);
+    let over = parse(&format!("max_namespaces: 4097\n{base}"));
+    assert!(
+        over.is_err_and(|e| e.to_string().contains("max_namespaces")),
+        "4097 is more than the maps hold"
+    );
+}

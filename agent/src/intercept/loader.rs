@@ -41,6 +41,8 @@ const PROGRAMS: [(&str, &str, Kind); 6] = [
 pub struct Loaded {
     ebpf: Ebpf,
     links: Vec<PinnedLink>,
+    /// Until the namespace manager takes them.
+    pub(super) netns: Option<super::NetnsMaps>,
 }
 
 /// `relay_entries` sizes the kernel relay's maps (sockets, two per connection).
@@ -63,10 +65,16 @@ pub(super) fn load(settings: Settings, relay_entries: u32) -> Result<(Loaded, Ma
     let targets = take(&mut ebpf, names::TARGETS)?;
     let by_peer = take(&mut ebpf, names::BY_PEER)?;
     let stats = take(&mut ebpf, names::STATS)?;
+    let netns = super::NetnsMaps {
+        ready: take(&mut ebpf, names::NETNS_READY)?,
+        seen: take(&mut ebpf, names::NETNS_SEEN)?,
+        wake: take(&mut ebpf, names::NETNS_WAKE)?,
+    };
     Ok((
         Loaded {
             ebpf,
             links: Vec::new(),
+            netns: Some(netns),
         },
         Maps::new(targets, by_peer, stats, settings_map),
     ))

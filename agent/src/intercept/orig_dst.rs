@@ -10,17 +10,19 @@ use agent_common::{ConnMeta, PeerKey, v4_mapped};
 use super::Maps;
 use crate::workload::{CgroupRoot, Workload};
 
-/// Who made the connection accepted from `peer` and where it was going, or `None` if it did
+/// Who made the connection accepted from `peer` by a listener in the namespace with cookie
+/// `netns_cookie`, and where it was going, or `None` if it did
 /// not come through redirection (it must be refused). Both steps block (a map syscall under a
 /// mutex, a /proc read, the cgroup lookup), so they run on the blocking pool, never on a
 /// runtime worker; the number waiting is bounded by the connections being served.
 pub async fn attribute(
     maps: Arc<Maps>,
     cgroups: Arc<CgroupRoot>,
+    netns_cookie: u64,
     peer: SocketAddr,
 ) -> Option<(ConnMeta, Workload)> {
     match tokio::task::spawn_blocking(move || {
-        let meta = take(&maps, peer)?;
+        let meta = take(&maps, netns_cookie, peer)?;
         let workload = Workload::from_meta(&meta, &cgroups);
         Some((meta, workload))
     })
@@ -37,14 +39,16 @@ pub async fn attribute(
 /// Takes (reads and deletes) the metadata for a connection accepted from `peer`. `None` means
 /// the connection did not come through redirection and must be refused. Blocking: see
 /// [`attribute`].
-fn take(maps: &Maps, peer: SocketAddr) -> Option<ConnMeta> {
+fn take(maps: &Maps, netns_cookie: u64, peer: SocketAddr) -> Option<ConnMeta> {
     let key = PeerKey {
+        netns_cookie,
         addr: match peer.ip() {
             IpAddr::V4(v4) => v4_mapped(v4.octets()),
             IpAddr::V6(v6) => v6.octets(),
         },
         port: peer.port(),
         _pad: 0,
+        _pad2: 0,
     };
     let mut map = maps
         .by_peer

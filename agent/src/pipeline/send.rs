@@ -111,7 +111,7 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incom
         };
         let Some(head) = head else { break };
         let req = http::Request::from_parts(head, b);
-        match ctx.http.send(&auth, req, grpc).await {
+        match ctx.http.send(&auth, conn.netns.as_ref(), req, grpc).await {
             Ok(resp) => {
                 if let Some(i) = i {
                     ctx.upstreams.report(conn.target_id, i, true);

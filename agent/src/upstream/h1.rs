@@ -10,7 +10,7 @@
 //! is never contended.
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -21,7 +21,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use crate::respond::Body;
+use crate::{intercept::netns::Served, respond::Body};
 
 /// A pooled connection unused this long is closed instead of reused: servers close idle
 /// connections too, and a request sent on one that is closing would be lost.
@@ -59,7 +59,9 @@ pub struct Pool {
     mark: u32,
     timeout: Duration,
     max_idle: usize,
-    conns: Mutex<HashMap<String, Vec<Idle>>>,
+    /// Keyed by (client's network namespace cookie, 0 for the agent's own; authority): a
+    /// connection dialled from one namespace is never reused for another.
+    conns: Mutex<HashMap<u64, HashMap<String, Vec<Idle>>>>,
 }
 
 impl Pool {
@@ -78,12 +80,14 @@ impl Pool {
     pub async fn send(
         &self,
         authority: &str,
+        ns: Option<&Arc<Served>>,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, Error> {
-        if let Some(mut sender) = self.take(authority) {
+        let key = ns.map_or(0, |n| n.cookie);
+        if let Some(mut sender) = self.take(key, authority) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.put(authority, sender);
+                    self.put(key, authority, sender);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -92,19 +96,28 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(authority).await?;
+        let mut sender = self.connect(authority, ns.map(|n| &**n)).await?;
         let resp = sender.send_request(req).await.map_err(Error::Request)?;
-        self.put(authority, sender);
+        self.put(key, authority, sender);
         Ok(resp)
     }
 
     /// A pooled sender whose connection is open and whose last exchange is over. Idle ones
     /// past `max_idle` are dropped here (hyper then closes their connections); busy ones
     /// stay: each is a request in flight, bounded by the agent's connection caps.
-    fn take(&self, authority: &str) -> Option<SendRequest<Body>> {
-        let mut conns = self.conns.lock().ok()?;
+    fn take(&self, ns: u64, authority: &str) -> Option<SendRequest<Body>> {
+        let mut all = self.conns.lock().ok()?;
+        let conns = all.get_mut(&ns)?;
         let list = conns.get_mut(authority)?;
         list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE);
+        if list.is_empty() && ns != 0 {
+            // Namespaces come and go: forget their empty entries, or the map grows forever.
+            conns.remove(authority);
+            if conns.is_empty() {
+                all.remove(&ns);
+            }
+            return None;
+        }
         let mut idle = 0;
         list.retain(|c| {
             if !c.sender.is_ready() {
@@ -119,10 +132,21 @@ impl Pool {
 
     /// Back into the pool right after sending: it is taken again only once its response
     /// has been read to the end (`is_ready`).
-    fn put(&self, authority: &str, sender: SendRequest<Body>) {
-        let Ok(mut conns) = self.conns.lock() else {
+    fn put(&self, ns: u64, authority: &str, sender: SendRequest<Body>) {
+        let Ok(mut all) = self.conns.lock() else {
             return;
         };
+        // Entries of namespaces with nothing open any more are dropped as others are added.
+        if ns != 0 {
+            all.retain(|k, m| {
+                *k == 0
+                    || *k == ns
+                    || m.values()
+                        .flatten()
+                        .any(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE)
+            });
+        }
+        let conns = all.entry(ns).or_default();
         let idle = Idle {
             sender,
             since: Instant::now(),
@@ -135,7 +159,11 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, authority: &str) -> Result<SendRequest<Body>, Error> {
+    async fn connect(
+        &self,
+        authority: &str,
+        ns: Option<&Served>,
+    ) -> Result<SendRequest<Body>, Error> {
         let connect_err = |source| Error::Connect {
             authority: authority.to_string(),
             source,
@@ -146,7 +174,7 @@ impl Pool {
                 "not host:port",
             ))
         })?;
-        let (stream, _) = super::dial_host(host, port, self.mark, self.timeout)
+        let (stream, _) = super::dial_host(host, port, self.mark, self.timeout, ns)
             .await
             .map_err(connect_err)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -167,7 +195,7 @@ impl Pool {
 }
 
 /// `host:port`, `[v6]:port` → (host, port).
-fn split_authority(a: &str) -> Option<(&str, u16)> {
+pub(super) fn split_authority(a: &str) -> Option<(&str, u16)> {
     let (host, port) = a.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Some((host, port.parse().ok()?))
@@ -237,7 +265,7 @@ mod tests {
 
     async fn ok(pool: &Pool, authority: &str) {
         let resp = pool
-            .send(authority, get(authority))
+            .send(authority, None, get(authority))
             .await
             .expect("answered");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
@@ -285,7 +313,7 @@ mod tests {
         let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
         let authority = format!("127.0.0.1:{port}");
         let e = pool
-            .send(&authority, get(&authority))
+            .send(&authority, None, get(&authority))
             .await
             .expect_err("nothing listens");
         assert!(e.is_connect(), "{e}");

@@ -16,7 +16,9 @@ use hyper_util::{
 };
 
 use super::dial_host;
+use crate::intercept::netns::Served;
 use crate::respond::Body;
+use std::sync::Arc;
 
 /// Dials `host:port` of the request URI with the bypass mark.
 #[derive(Clone)]
@@ -43,7 +45,8 @@ impl tower_service::Service<Uri> for MarkedConnector {
                 .trim_matches(['[', ']'])
                 .to_string();
             let port = uri.port_u16().unwrap_or(80);
-            let (s, _) = dial_host(&host, port, mark, timeout).await?;
+            // The pooled client: the agent's namespace only (`Client::h2_from` serves the others).
+            let (s, _) = dial_host(&host, port, mark, timeout, None).await?;
             Ok(TokioIo::new(s))
         })
     }
@@ -56,6 +59,11 @@ pub enum Error {
     H1(#[from] super::h1::Error),
     #[error("{0}")]
     H2(#[from] hyper_util::client::legacy::Error),
+    /// HTTP/2 from another network namespace (not pooled): connect or handshake failed.
+    #[error("connect {authority}: {message}")]
+    H2Connect { authority: String, message: String },
+    #[error("{0}")]
+    H2Request(hyper::Error),
 }
 
 impl Error {
@@ -64,6 +72,8 @@ impl Error {
         match self {
             Error::H1(e) => e.is_connect(),
             Error::H2(e) => e.is_connect(),
+            Error::H2Connect { .. } => true,
+            Error::H2Request(_) => false,
         }
     }
 }
@@ -72,6 +82,8 @@ impl Error {
 pub struct Client {
     h1: super::h1::Pool,
     h2: HyperClient<MarkedConnector, Body>,
+    mark: u32,
+    timeout: Duration,
 }
 
 impl Client {
@@ -85,14 +97,18 @@ impl Client {
                 .pool_max_idle_per_host(max_idle)
                 .http2_only(true)
                 .build(c),
+            mark,
+            timeout,
         }
     }
 
     /// Sends a permitted request to `authority` ("host:port"). gRPC goes over HTTP/2, the
-    /// rest over HTTP/1.1 whatever the client spoke (model servers speak HTTP/1.1).
+    /// rest over HTTP/1.1 whatever the client spoke (model servers speak HTTP/1.1), dialled
+    /// from the client's namespace `ns` (`None`: the agent's own).
     pub async fn send(
         &self,
         authority: &str,
+        ns: Option<&Arc<Served>>,
         mut req: Request<Body>,
         grpc: bool,
     ) -> Result<Response<Incoming>, Error> {
@@ -107,6 +123,9 @@ impl Client {
                 *req.uri_mut() = uri;
             }
             *req.version_mut() = Version::HTTP_2;
+            if let Some(ns) = ns {
+                return self.h2_from(ns, authority, req).await;
+            }
             return Ok(self.h2.request(req).await?);
         }
         // HTTP/1.1 on the wire: the request line carries the origin form (an HTTP/2
@@ -128,7 +147,39 @@ impl Client {
             req.headers_mut().insert(header::HOST, v);
         }
         *req.version_mut() = Version::HTTP_11;
-        Ok(self.h1.send(authority, req).await?)
+        Ok(self.h1.send(authority, ns, req).await?)
+    }
+}
+
+impl Client {
+    /// HTTP/2 to `authority` from a socket in the client's namespace `ns`: one connection
+    /// per request, not pooled (the pooled client dials from the agent's namespace only).
+    async fn h2_from(
+        &self,
+        ns: &Served,
+        authority: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, Error> {
+        let connect_err = |message: String| Error::H2Connect {
+            authority: authority.to_string(),
+            message,
+        };
+        let (host, port) = super::h1::split_authority(authority)
+            .ok_or_else(|| connect_err("not host:port".to_string()))?;
+        let (stream, _) = dial_host(host, port, self.mark, self.timeout, Some(ns))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+        // Ends when the response's stream is over and the sender is gone.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        sender.send_request(req).await.map_err(Error::H2Request)
     }
 }
 

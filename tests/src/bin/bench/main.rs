@@ -11,7 +11,9 @@
 //!
 //! `--stress` instead runs wrk with many connections for a long while through HTTP-aware
 //! interception (stress.rs); `--policy-only` runs the in-process policy numbers alone,
-//! `--identity-only` the in-process cost of attributing a connection (cgroup, container, pod).
+//! `--identity-only` the in-process cost of attributing a connection (cgroup, container, pod),
+//! `--netns-only` the added latency from a container's network namespace vs the host's
+//! (netns.rs; also part of the full run).
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
@@ -19,6 +21,7 @@ use sluice_tests::{Agent, AgentSpec, TestCgroup, servers, virtual_ip};
 
 mod client;
 mod inprocess;
+mod netns;
 mod peers;
 mod report;
 mod stress;
@@ -39,7 +42,7 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only or --identity-only alone";
+const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only or --netns-only alone";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -55,6 +58,14 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
+        Some("netns-client") => {
+            let plan: netns::Plan =
+                serde_json::from_str(args.get(2).context("netns-client PLAN")?).context("plan")?;
+            let r = netns::child(&plan)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        Some("--netns-only") => return netns_only(),
         Some("--stress") => return stress::run(&stress_params(&args[2..])?),
         _ => {}
     }
@@ -129,17 +140,37 @@ struct Route {
     note: Option<&'static str>,
 }
 
+/// `--netns-only`: the agent and the namespace comparison alone.
+fn netns_only() -> Result<()> {
+    sluice_tests::require_root();
+    let (vip, port) = (virtual_ip(), sluice_tests::free_port());
+    let cg = TestCgroup::new("bench-netns");
+    let _agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "closed",
+        targets: netns::targets(&vip, port),
+        listen_v6: true,
+        extra: format!(
+            "policies: [\"{}\"]\n",
+            sluice_tests::policies_dir().display()
+        ),
+    });
+    netns::compare(&cg, &vip, port, 1000, 10_000)
+}
+
 fn parent(p: &Params) -> Result<()> {
     sluice_tests::require_root();
     let server = servers::http_unrecorded("127.0.0.1:0");
     let vip = virtual_ip();
+    let netns_port = sluice_tests::free_port();
     let cg = TestCgroup::new("bench");
     let agent = Agent::start(&AgentSpec {
         cgroup: cg.rel.clone(),
         fail_mode: "open",
         targets: format!(
-            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-http-filtered\n    match: \"{vip}:8002\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n    max_response_bytes: 1000000000\n",
-            server.addr
+            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-http-filtered\n    match: \"{vip}:8002\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n    max_response_bytes: 1000000000\n{1}",
+            server.addr,
+            netns::targets(&vip, netns_port)
         ),
         listen_v6: true,
         extra: format!(
@@ -307,6 +338,7 @@ fn parent(p: &Params) -> Result<()> {
             st["accepted_total"], st["refused_unattributed"], st["kernel"][0]
         );
     }
+    netns::compare(&cg, &vip, netns_port, p.setups, p.requests.min(10_000))?;
     println!();
     inprocess::policy_cost(p.requests.max(10_000))?;
     inprocess::filter_cost(200_000);
