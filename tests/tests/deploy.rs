@@ -21,7 +21,7 @@ use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 use sluice_tests::{
     Agent, AgentSpec, TempDir, TestCgroup, curl, free_port, log_events, require_root, servers,
-    servers::Server, sluice_bin, unique, virtual_ip,
+    servers::Server, sluice_bin, unique, virtual_ip, wait_log_events,
 };
 
 /// The capabilities the agent needs, as the DaemonSet and podman spell them. The unit, the
@@ -799,4 +799,116 @@ fn the_container_image_intercepts_and_judges_a_host_client() {
         logs.contains("replaced links pinned by a previous agent"),
         "{logs}"
     );
+}
+
+/// The client side of #13 with a real container runtime: an unmodified client (busybox
+/// `wget`) runs in a podman container with a network namespace of its own (`--network=none`:
+/// nothing but its loopback) and a cgroup below the test's (`--cgroup-parent`, the
+/// `libpod-<id>` shape). It dials the target's address as it would dial Ollama. The agent
+/// (on the host) serves that namespace, judges each request with `ollama-safe`, and dials
+/// the upstream from inside the container, where a sidecar (busybox `httpd`) answers on the
+/// container's own loopback: no route exists from there to anything else. The records name
+/// the container by the id podman gave it.
+#[test]
+#[ignore = "end-to-end: needs root, podman, buildah and busybox-static (cargo xtask test runs it as root)"]
+fn a_client_in_a_podman_container_is_intercepted_and_judged() {
+    require_root();
+    let cg = TestCgroup::new("podman-client");
+    let vip = virtual_ip();
+    let sidecar = free_port();
+    let agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "closed",
+        targets: format!(
+            "  - name: ollama\n    match: \"{vip}:11434\"\n    upstream: \"127.0.0.1:{sidecar}\"\n    protocol: http\n    server: ollama\n"
+        ),
+        listen_v6: false,
+        extra: "policies: [\"builtin:ollama-safe\"]\n".into(),
+    });
+
+    // The image: busybox alone, and the sidecar's one file.
+    let tmp = TempDir::new("podman-client");
+    let root = tmp.path().join("rootfs");
+    fs::create_dir_all(root.join("bin")).expect("bin");
+    fs::create_dir_all(root.join("www/api")).expect("www");
+    fs::create_dir_all(root.join("tmp")).expect("tmp");
+    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
+    symlink("busybox", root.join("bin/sh")).expect("sh");
+    fs::write(root.join("www/api/tags"), "{\"models\":[]}").expect("tags");
+    fs::write(
+        tmp.path().join("Containerfile"),
+        "FROM scratch\nCOPY rootfs/ /\n",
+    )
+    .expect("Containerfile");
+    let tag = unique("client").replace("sluice-test-", "");
+    let c = Container {
+        image: format!("localhost/sluice-test-client:{tag}"),
+        name: unique("client"),
+    };
+    run_ok(
+        Command::new("buildah")
+            .args(["bud", "--quiet", "--layers=false", "-t", &c.image, "-f"])
+            .arg(tmp.path().join("Containerfile"))
+            .arg(tmp.path()),
+    );
+
+    // The first connection from a namespace the agent has not prepared is refused (EPERM,
+    // fail closed), so the client retries, as a client of a starting server would.
+    let script = format!(
+        r#"busybox httpd -p 127.0.0.1:{sidecar} -h /www
+i=0
+until busybox timeout 10 busybox wget -q -O /tmp/tags http://{vip}:11434/api/tags 2>/tmp/first; do
+  i=$((i+1)); [ $i -ge 50 ] && {{ echo "never served: $(busybox cat /tmp/first)"; exit 9; }}
+  busybox sleep 0.1
+done
+echo "tags: $(busybox cat /tmp/tags) after $i refused"
+if busybox timeout 10 busybox wget -q -O - --header 'Content-Type: application/json' --post-data '{{"model":"llama3"}}' http://{vip}:11434/api/pull 2>/tmp/err; then
+  echo "pull: allowed"
+else
+  echo "pull: refused: $(busybox cat /tmp/err)"
+fi"#
+    );
+    let cidfile = tmp.path().join("cid");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--rm".into(),
+        format!("--name={}", c.name),
+        format!("--cidfile={}", cidfile.display()),
+        "--network=none".into(),
+        "--cgroup-manager=cgroupfs".into(),
+        format!("--cgroup-parent=/{}", cg.rel),
+    ];
+    args.extend(test_host_args());
+    args.extend([c.image.clone(), "/bin/sh".into(), "-c".into(), script]);
+    let out = podman(&args);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}\n{}", agent.log_text());
+    let id = fs::read_to_string(&cidfile)
+        .expect("cid")
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "{id}");
+
+    // Served from the sidecar inside the container, through the agent.
+    assert!(said.contains("tags: {\"models\":[]}"), "{said}");
+    // Refused by ollama-safe in Ollama's shape (busybox prints the status line).
+    assert!(
+        said.contains("pull: refused") && said.contains("403"),
+        "{said}"
+    );
+    let recs = wait_log_events(&agent, "request", 2);
+    let find = |path: &str| {
+        recs.iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("no record for {path}: {recs:?}"))
+            .clone()
+    };
+    let (tags, pull) = (find("/api/tags"), find("/api/pull"));
+    assert_eq!(tags["decision"], "allow", "{tags}");
+    assert_eq!(pull["decision"], "deny", "{pull}");
+    for r in [&tags, &pull] {
+        assert_eq!(r["container_id"], id.as_str(), "{r}");
+        assert_eq!(r["container_runtime"], "podman", "{r}");
+        assert_eq!(r["exe"], "/bin/busybox", "{r}");
+    }
 }

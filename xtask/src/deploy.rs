@@ -70,6 +70,24 @@ pub fn unrunnable() -> Vec<(&'static str, String)> {
             format!("{} not installed", missing.join(", ")),
         ));
     }
+    let mut missing: Vec<&str> = [
+        ("podman", "--version"),
+        ("buildah", "--version"),
+        ("runc", "--version"),
+    ]
+    .into_iter()
+    .filter(|(t, a)| !found(t, a))
+    .map(|(t, _)| t)
+    .collect();
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("busybox-static");
+    }
+    if !missing.is_empty() {
+        out.push((
+            "a_client_in_a_podman_container_is_intercepted_and_judged",
+            format!("{} not installed", missing.join(", ")),
+        ));
+    }
     let deb = "the_debian_package_installs_without_starting_and_purges_clean";
     let missing: Vec<&str> = [("dpkg-deb", "--version"), ("systemd-analyze", "--version")]
         .into_iter()

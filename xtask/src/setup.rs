@@ -28,10 +28,17 @@ const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "wrk"];
 const BENCH_SERVICES: &[&str] = &["haproxy", "nginx"];
 /// What the deployment tests build and check with: podman and buildah (the container image;
 /// runc, since Debian 12's crun refuses hybrid cgroup hosts), dpkg-dev and binutils (the
-/// Debian package: dpkg-shlibdeps, objcopy), systemd (systemd-analyze). Installed without
+/// Debian package: dpkg-shlibdeps, objcopy), systemd (systemd-analyze), busybox-static (the
+/// client and sidecar inside the test container: one static binary). Installed without
 /// starting any service they ship.
 const DEPLOY_PACKAGES: &[&str] = &[
-    "podman", "buildah", "runc", "dpkg-dev", "binutils", "systemd",
+    "podman",
+    "buildah",
+    "runc",
+    "dpkg-dev",
+    "binutils",
+    "systemd",
+    "busybox-static",
 ];
 /// cargo-deb, pinned: `cargo xtask package` and the package test depend on its behaviour.
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
