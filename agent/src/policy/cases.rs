@@ -38,7 +38,31 @@ pub struct Case {
     /// The calling workload, if the case is about one.
     #[serde(default)]
     pub workload: Option<CaseWorkload>,
+    /// The verified token's identity, if the case is about one (none: unauthenticated).
+    #[serde(default)]
+    pub identity: Option<CaseIdentity>,
     pub expect: Expect,
+}
+
+/// What a verified token would name: the case stands for a request whose token passed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseIdentity {
+    #[serde(default)]
+    pub issuer: String,
+    pub subject: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl CaseIdentity {
+    pub fn principal(&self) -> crate::identity::Principal {
+        crate::identity::Principal {
+            issuer: self.issuer.as_str().into(),
+            subject: self.subject.clone(),
+            groups: self.groups.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +229,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
     };
     let method = case.request.method.to_ascii_uppercase();
     let workload = case.workload.as_ref().map(CaseWorkload::workload);
+    let principal = case.identity.as_ref().map(CaseIdentity::principal);
     // Read as a live request is read: the decoded path, the body as the server parses it.
     let body = case
         .request
@@ -253,6 +278,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         body: body.as_ref(),
         default: case.default,
         workload: workload.as_ref(),
+        identity: principal.as_ref(),
     });
     let got_rules = decision.rule_ids();
     let want_rules: Vec<&str> = case.expect.rules.iter().map(|r| r.0.as_str()).collect();
