@@ -385,6 +385,38 @@ mod tests {
         assert!(failures.is_empty(), "{failures:#?}");
     }
 
+    #[test]
+    fn cases_state_a_tokens_identity() {
+        let dir = std::env::temp_dir().join(format!("sluice-cases-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cases")).expect("dir");
+        std::fs::write(
+            dir.join("pack.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: ml-eng\n      action: allow\n      match: {identity: {groups: [ml-eng]}}\n",
+        )
+        .expect("write pack");
+        let case = |groups: &str, decision: &str, rules: &str| {
+            format!(
+                "description: x\nrequest: {{method: POST, path: /v1/chat/completions, body: {{model: m}}}}\nidentity: {{issuer: \"http://127.0.0.1:1\", subject: alice, groups: {groups}}}\nexpect: {{decision: {decision}, rules: {rules}}}\n"
+            )
+        };
+        std::fs::write(
+            dir.join("cases/a.yaml"),
+            case("[ml-eng]", "allow", "[ml-eng]"),
+        )
+        .expect("a");
+        std::fs::write(dir.join("cases/b.yaml"), case("[ops]", "deny", "[]")).expect("b");
+        std::fs::write(
+            dir.join("cases/c.yaml"),
+            "description: no token\nrequest: {method: POST, path: /v1/chat/completions}\nexpect: {decision: deny}\n",
+        )
+        .expect("c");
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let failures: Vec<_> = outcomes.iter().filter_map(|o| o.failure.clone()).collect();
+        assert_eq!((outcomes.len(), failures), (3, vec![]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A temporary pack directory with one rule `only-rule` and the given case files.
     fn pack_with_cases(tag: &str, cases: &[(&str, &str)]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sluice-cases-{tag}-{}", std::process::id()));
