@@ -479,3 +479,49 @@ async fn hmac_needs_the_configured_secret_and_the_request_path_reads_the_sdk_hea
         Ok(None)
     );
 }
+
+/// Many requests with unknown kids at once: one fetch; the others wait for it, then find
+/// the set just fetched.
+#[tokio::test]
+async fn concurrent_unknown_kids_share_one_fetch() {
+    let ks = KeyServer::start(vec![jwk(RSA_A, Algorithm::RS256, "a")]).await;
+    let id = identity(&settings(&ks.issuer, 1));
+    let t = sign(rs256("x"), &claims(&ks.issuer), RSA_A);
+    let body = t.split_once('.').map_or("", |(_, rest)| rest).to_string();
+    let tokens: Vec<String> = (0..32)
+        .map(|i| {
+            format!(
+                "{}.{body}",
+                b64(&json!({"alg": "RS256", "kid": format!("k{i}")}))
+            )
+        })
+        .collect();
+    let results = futures_util::future::join_all(tokens.iter().map(|t| id.verify_token(t))).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().err() == Some(&Rejection::UnknownKey))
+    );
+    assert_eq!(ks.fetches(), 1, "one fetch for 32 concurrent unknown kids");
+}
+
+#[test]
+fn an_unauthenticated_refusal_is_a_401_in_the_servers_shape_with_a_challenge() {
+    use crate::{adapter::Server, respond};
+    let r = respond::Refusal::unauthenticated(Rejection::Expired);
+    let resp = respond::render(Server::Anthropic, false, &r);
+    assert_eq!(resp.status(), http::StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        resp.headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer error=\"invalid_token\"")
+    );
+    let grpc = respond::render(Server::Triton, true, &r);
+    assert_eq!(
+        grpc.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()),
+        Some("16")
+    );
+}
