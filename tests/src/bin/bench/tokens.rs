@@ -136,6 +136,7 @@ fn settings_for(issuer: &str) -> Result<sluice::identity::Settings> {
     let v = json!({
         "issuers": [{
             "issuer": issuer, "audiences": ["sluice"], "groups_claim": "groups",
+            "jwks_uri": format!("{issuer}/jwks"),
             "algorithms": ["RS256", "ES256", "EdDSA"],
         }],
     });
