@@ -125,6 +125,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The writer outlives the drain: records of requests cut by it still get written.
     let writer = tokio::spawn(record::writer(records));
     let upstreams = Arc::new(Upstreams::new(&cfg));
+    let identity =
+        crate::identity::Identity::new(&cfg.identity, cfg.bypass_mark, cfg.connect_timeout)
+            .context("loading identity settings")?;
+    if let Some(id) = &identity {
+        id.prefetch();
+    }
     let targets: Vec<_> = cfg.targets.iter().cloned().map(Arc::new).collect();
     let body_budget = limits::BodyBudget::new(
         cfg.max_buffered_body_bytes,
@@ -140,6 +146,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         table: table.clone(),
         targets: targets.clone(),
         policy: policy.clone(),
+        identity: identity.clone(),
         http: upstream::http::Client::new(
             cfg.bypass_mark,
             cfg.connect_timeout,

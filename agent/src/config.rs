@@ -169,6 +169,9 @@ pub struct Config {
     /// connection (its redirect queue has no back-pressure); past it the connection is reset.
     #[serde(default = "default_kernel_queue")]
     pub l4_kernel_max_queue_bytes: u64,
+    /// Token issuers whose JWTs name the caller (docs/configuration.md, "Identity").
+    #[serde(default)]
+    pub identity: crate::identity::Settings,
     pub targets: Vec<Target>,
 }
 
@@ -218,6 +221,10 @@ pub struct Target {
     /// stream is ended with an error in the server's own stream format.
     #[serde(default)]
     pub max_response_bytes: Option<u64>,
+    /// Whether requests must carry a valid token (`required`) or may come as their workload
+    /// alone (`optional`, the default). A token that is sent is always checked.
+    #[serde(default)]
+    pub identity: crate::identity::Requirement,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -354,8 +361,23 @@ impl Config {
                 agent_common::MAX_TARGETS
             ));
         }
+        self.identity.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
+            if t.identity == crate::identity::Requirement::Required {
+                if self.identity.issuers.is_empty() {
+                    return Err(format!(
+                        "targets[{i}] ({}): identity: required needs at least one identity.issuers entry",
+                        t.name
+                    ));
+                }
+                if t.protocol != Protocol::Http {
+                    return Err(format!(
+                        "targets[{i}] ({}): identity: required needs protocol: http (a tcp target's bytes are not read)",
+                        t.name
+                    ));
+                }
+            }
             if t.name.is_empty() {
                 return Err(format!("targets[{i}].name: must not be empty"));
             }

@@ -25,6 +25,8 @@ pub struct Ctx {
     pub table: Arc<Table>,
     pub targets: Vec<Arc<Target>>,
     pub policy: Arc<policy::Store>,
+    /// Token verification; `None` when no issuer is configured (requests then skip it).
+    pub identity: Option<Arc<crate::identity::Identity>>,
     pub http: upstream::http::Client,
     pub recorder: record::Recorder,
     pub connections: Arc<Connections>,

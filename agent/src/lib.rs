@@ -21,6 +21,7 @@ pub mod drain;
 pub mod filter;
 pub mod forward;
 pub mod http;
+pub mod identity;
 #[allow(unsafe_code)]
 pub mod intercept;
 pub mod limits;

@@ -96,7 +96,34 @@ enum PolicyCommand {
         default: sluice::policy::Action,
         #[command(flatten)]
         workload: Box<WorkloadArgs>,
+        #[command(flatten)]
+        identity: Box<IdentityArgs>,
     },
+}
+
+/// The verified token `policy explain` asks about; with --subject given, the request is
+/// taken as authenticated (as if its token had passed), otherwise as carrying none.
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// The token's subject (as the issuer's subject_claim names it).
+    #[arg(long)]
+    subject: Option<String>,
+    /// The token's groups, comma-separated.
+    #[arg(long, requires = "subject", value_delimiter = ',')]
+    groups: Vec<String>,
+    /// The token's issuer, as configured in identity.issuers[].issuer.
+    #[arg(long, requires = "subject")]
+    issuer: Option<String>,
+}
+
+impl IdentityArgs {
+    fn principal(self) -> Option<sluice::identity::Principal> {
+        Some(sluice::identity::Principal {
+            issuer: self.issuer.unwrap_or_default().into(),
+            subject: self.subject?,
+            groups: self.groups,
+        })
+    }
 }
 
 /// The calling workload `policy explain` asks about; with any of these given, workload
@@ -373,6 +400,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
             target,
             default,
             workload,
+            identity,
         } => {
             let (paths, server, default) = match &config {
                 None => (paths, server, default),
@@ -402,6 +430,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 Err(code) => return code,
             };
             let workload = workload.workload();
+            let principal = identity.principal();
             let method = method.to_ascii_uppercase();
             // Read as a live request is read (decoded path, body parsed as the server
             // parses it): what the pipeline would refuse before policy is said so.
@@ -431,8 +460,18 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 body: body.as_ref(),
                 default,
                 workload: workload.as_ref(),
+                identity: principal.as_ref(),
             });
             println!("request:   {method} {path} on {target} ({server})");
+            match &principal {
+                Some(p) => println!(
+                    "identity:  subject {}, groups [{}], issuer {}",
+                    p.subject,
+                    p.groups.join(", "),
+                    if p.issuer.is_empty() { "-" } else { &p.issuer }
+                ),
+                None => println!("identity:  no token (unauthenticated)"),
+            }
             if let Some(w) = &workload {
                 println!(
                     "workload:  cgroup {}, container {}, pod {}",

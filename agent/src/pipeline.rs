@@ -7,7 +7,7 @@
 //! | admit | `admit.rs`, `decode.rs` | method, path, query, headers | decoded path | 400, 403 (protocol switch), 413, 415 |
 //! | read | `read.rs`, `decode.rs` | body (bounded: size, deadline, memory budget), read as the server reads it | body bytes, JSON | 400, 408, 413, 503 |
 //! | classify | `adapter` | method, decoded path, JSON | operation | no |
-//! | identify | `identify` below | connection's workload | subject | no (tokens come with #14) |
+//! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
 //! | decide | `policy` | operation, subject, JSON | decision | no (the next stage acts on it) |
 //! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
 //! | prepare | `send.rs` | parts, body, `Permit`, filters | the upstream request | no |
@@ -73,7 +73,7 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     rq.phase(Phase::Decide);
     classify(rq);
     rq.lap(Stage::Classify);
-    identify(rq);
+    identify(ctx, rq).await?;
     rq.lap(Stage::Identify);
     decide(rq);
     rq.lap(Stage::Decide);
@@ -103,10 +103,29 @@ fn classify(rq: &mut Request) {
     rq.operation = Some(op);
 }
 
-/// Who is asking. Today: the workload the connect hook saw. Tokens (OIDC) add a subject of
-/// their own here.
-fn identify(rq: &mut Request) {
-    rq.subject = Some(Subject::Workload);
+/// Who is asking: the workload the connect hook saw, and, when issuers are configured and
+/// the request carries a token, the token's verified principal. Without issuers this is one
+/// branch: no header is read.
+async fn identify(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
+    let Some(identity) = ctx.identity.as_ref() else {
+        rq.subject = Some(Subject::Workload);
+        return Ok(());
+    };
+    match identity.authenticate(&rq.parts).await {
+        Ok(Some(principal)) => {
+            rq.record().set_principal(&principal);
+            rq.subject = Some(Subject::Token(principal));
+            Ok(())
+        }
+        Ok(None) if rq.conn.target.identity == crate::identity::Requirement::Required => Err(
+            Refusal::unauthenticated(crate::identity::Rejection::Missing),
+        ),
+        Ok(None) => {
+            rq.subject = Some(Subject::Workload);
+            Ok(())
+        }
+        Err(why) => Err(Refusal::unauthenticated(why)),
+    }
 }
 
 fn decide(rq: &mut Request) {
@@ -122,9 +141,10 @@ fn decide(rq: &mut Request) {
         operation: op,
         body: rq.json.as_ref(),
         default: target.default,
-        workload: match rq.subject {
-            Some(Subject::Workload) => Some(&rq.conn.workload),
-            None => None,
+        workload: rq.subject.as_ref().map(|_| &*rq.conn.workload),
+        identity: match &rq.subject {
+            Some(Subject::Token(p)) => Some(p),
+            _ => None,
         },
     });
     rq.record().set_decision(&decision);

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     adapter::{Operation, Server},
     admin::Table,
+    identity::Principal,
     policy::Decision,
     workload::Workload,
 };
@@ -93,6 +94,8 @@ pub struct Record {
     pub target: String,
     pub server: Server,
     pub workload: Arc<Workload>,
+    /// The verified token's issuer, subject and groups (never the token).
+    pub principal: Option<Arc<Principal>>,
     pub method: String,
     pub path: String,
     pub operation: Option<Operation>,
@@ -207,6 +210,7 @@ impl Recorder {
                 target: target.to_string(),
                 server,
                 workload: workload.clone(),
+                principal: None,
                 method: method.to_string(),
                 path: path.to_string(),
                 operation: None,
@@ -260,6 +264,10 @@ impl Guard {
 
     pub fn set_operation(&mut self, op: &Operation) {
         self.with(|r| r.operation = Some(op.clone()));
+    }
+
+    pub fn set_principal(&mut self, p: &Arc<Principal>) {
+        self.with(|r| r.principal = Some(p.clone()));
     }
 
     pub fn set_decision(&mut self, d: &Decision) {

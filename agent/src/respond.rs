@@ -77,6 +77,19 @@ impl Refusal {
         }
     }
 
+    /// A credential that did not verify, or none where the target requires one. The message
+    /// is the rejection's fixed text: it never repeats the token.
+    pub fn unauthenticated(why: crate::identity::Rejection) -> Self {
+        Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            side: Side::Client,
+            code: "sluice_unauthenticated",
+            message: format!("Sluice refused the request's credential: {why}"),
+            rule: None,
+            retry_after: None,
+        }
+    }
+
     pub fn policy(rule: Option<String>, reason: &str) -> Self {
         let message = match &rule {
             Some(r) => format!("blocked by Sluice policy rule {r}: {reason}"),
@@ -128,6 +141,12 @@ pub fn render(server: Server, grpc: bool, r: &Refusal) -> Response<Body> {
     {
         h.insert("x-sluice-rule", rule);
     }
+    if r.status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
     if let Some(secs) = r.retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
@@ -137,6 +156,7 @@ pub fn render(server: Server, grpc: bool, r: &Refusal) -> Response<Body> {
 fn openai_type(status: StatusCode, side: Side) -> &'static str {
     match (status, side) {
         (StatusCode::FORBIDDEN, _) => "permission_error",
+        (StatusCode::UNAUTHORIZED, _) => "authentication_error",
         (_, Side::Upstream) => "api_error",
         (s, _) if s.is_client_error() => "invalid_request_error",
         _ => "api_error",
@@ -146,6 +166,7 @@ fn openai_type(status: StatusCode, side: Side) -> &'static str {
 fn anthropic_type(status: StatusCode) -> &'static str {
     match status {
         StatusCode::FORBIDDEN => "permission_error",
+        StatusCode::UNAUTHORIZED => "authentication_error",
         StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
         StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
         s if s.is_client_error() => "invalid_request_error",
@@ -154,9 +175,11 @@ fn anthropic_type(status: StatusCode) -> &'static str {
 }
 
 fn grpc_status(r: &Refusal) -> Response<Body> {
-    // gRPC codes: 7 PERMISSION_DENIED, 3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE.
+    // gRPC codes: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED, 3 INVALID_ARGUMENT,
+    // 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE.
     let code = match r.status {
         StatusCode::FORBIDDEN => "7",
+        StatusCode::UNAUTHORIZED => "16",
         StatusCode::PAYLOAD_TOO_LARGE => "8",
         s if s.is_client_error() => "3",
         _ => "14",

@@ -224,6 +224,7 @@ pub fn run(with_test_tools: bool) -> Result<()> {
     if with_test_tools {
         python_packages()?;
         cargo_deb()?;
+        oidc_provider(on_debian)?;
     }
     let nightly_ready = toolchain_has_src("nightly") && have_bpf_linker();
     let linked_ready = toolchain_has_src(LINKED_TOOLCHAIN) && have_bpf_linker();
@@ -336,4 +337,46 @@ fn python_packages() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The OpenID provider the identity tests run (tests/oidc: npm's oidc-provider under node),
+/// installed from the lock file beside it.
+fn oidc_provider(on_debian: bool) -> Result<()> {
+    let dir = workspace_dir().join("tests/oidc");
+    let have = |tool: &str| succeeds(Command::new(tool).arg("--version"));
+    if on_debian {
+        let mut pkgs = Vec::new();
+        if !have("node") {
+            pkgs.push("nodejs".to_string());
+        }
+        if !have("npm") {
+            pkgs.push("npm".to_string());
+        }
+        apt_install(&pkgs)?;
+    }
+    if dir.join("node_modules/oidc-provider/package.json").exists() {
+        return Ok(());
+    }
+    if !have("npm") {
+        bail!(
+            "npm is missing: install Node.js and npm, then run `cargo xtask setup` again (the identity tests run an OpenID provider under node)"
+        );
+    }
+    eprintln!("xtask setup: installing the test OpenID provider (npm ci in tests/oidc)");
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("npm ci in tests/oidc")?;
+    if !status.success() {
+        bail!("npm ci in {} failed: {status}", dir.display());
+    }
+    Ok(())
+}
+
+/// The workspace root (xtask's parent directory).
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }

@@ -255,3 +255,40 @@ fn max_namespaces_defaults_and_is_bounded_by_the_kernel_maps() {
         "4097 is more than the maps hold"
     );
 }
+
+#[test]
+fn identity_settings_parse_and_errors_name_the_setting() {
+    let base = "listen: 127.0.0.1:15001\nidentity:\n  issuers:\n    - issuer: http://127.0.0.1:9000\n      audiences: [sluice]\n";
+    let http = "targets:\n  - name: a\n    match: 127.0.0.1:80\n    protocol: http\n    identity: required\n";
+    let cfg = parse(&format!("{base}{http}")).expect("valid");
+    assert_eq!(cfg.identity.issuers.len(), 1);
+    assert_eq!(
+        cfg.targets[0].identity,
+        crate::identity::Requirement::Required
+    );
+    // A typo inside an issuer is placed by line and column.
+    let err = parse(&format!("{base}      audience: [x]\n{http}")).expect_err("typo");
+    let msg = err.to_string();
+    assert!(msg.starts_with("test.yaml:6:7: "), "{msg}");
+    assert!(msg.contains("unknown field `audience`"), "{msg}");
+    // `required` needs an issuer and an HTTP target.
+    let err = parse(&format!("listen: 127.0.0.1:15001\n{http}")).expect_err("no issuer");
+    assert!(
+        err.to_string()
+            .contains("needs at least one identity.issuers"),
+        "{err}"
+    );
+    let tcp = http.replace("protocol: http", "protocol: tcp");
+    let err = parse(&format!("{base}{tcp}")).expect_err("tcp target");
+    assert!(err.to_string().contains("needs protocol: http"), "{err}");
+    let err = parse(&format!(
+        "{}{http}",
+        base.replace("[sluice]", "[sluice]\n      algorithms: [none]")
+    ))
+    .expect_err("alg none");
+    assert!(
+        err.to_string()
+            .contains("identity.issuers[0].algorithms: \"none\" is never accepted"),
+        "{err}"
+    );
+}

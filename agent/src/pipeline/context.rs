@@ -32,10 +32,12 @@ pub enum RequestBody {
 }
 
 /// Who the request is from, as far as the identify stage could tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
     /// Only the workload the eBPF hook attributed the connection to (no token).
     Workload,
+    /// A verified token's principal, sent by that workload.
+    Token(Arc<crate::identity::Principal>),
 }
 
 /// Where an approval stands. Requests the policy holds will wait here for a person.

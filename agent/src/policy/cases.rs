@@ -38,7 +38,31 @@ pub struct Case {
     /// The calling workload, if the case is about one.
     #[serde(default)]
     pub workload: Option<CaseWorkload>,
+    /// The verified token's identity, if the case is about one (none: unauthenticated).
+    #[serde(default)]
+    pub identity: Option<CaseIdentity>,
     pub expect: Expect,
+}
+
+/// What a verified token would name: the case stands for a request whose token passed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseIdentity {
+    #[serde(default)]
+    pub issuer: String,
+    pub subject: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl CaseIdentity {
+    pub fn principal(&self) -> crate::identity::Principal {
+        crate::identity::Principal {
+            issuer: self.issuer.as_str().into(),
+            subject: self.subject.clone(),
+            groups: self.groups.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +229,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
     };
     let method = case.request.method.to_ascii_uppercase();
     let workload = case.workload.as_ref().map(CaseWorkload::workload);
+    let principal = case.identity.as_ref().map(CaseIdentity::principal);
     // Read as a live request is read: the decoded path, the body as the server parses it.
     let body = case
         .request
@@ -253,6 +278,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         body: body.as_ref(),
         default: case.default,
         workload: workload.as_ref(),
+        identity: principal.as_ref(),
     });
     let got_rules = decision.rule_ids();
     let want_rules: Vec<&str> = case.expect.rules.iter().map(|r| r.0.as_str()).collect();
@@ -357,6 +383,38 @@ mod tests {
             })
             .collect();
         assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn cases_state_a_tokens_identity() {
+        let dir = std::env::temp_dir().join(format!("sluice-cases-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cases")).expect("dir");
+        std::fs::write(
+            dir.join("pack.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: ml-eng\n      action: allow\n      match: {identity: {groups: [ml-eng]}}\n",
+        )
+        .expect("write pack");
+        let case = |groups: &str, decision: &str, rules: &str| {
+            format!(
+                "description: x\nrequest: {{method: POST, path: /v1/chat/completions, body: {{model: m}}}}\nidentity: {{issuer: \"http://127.0.0.1:1\", subject: alice, groups: {groups}}}\nexpect: {{decision: {decision}, rules: {rules}}}\n"
+            )
+        };
+        std::fs::write(
+            dir.join("cases/a.yaml"),
+            case("[ml-eng]", "allow", "[ml-eng]"),
+        )
+        .expect("a");
+        std::fs::write(dir.join("cases/b.yaml"), case("[ops]", "deny", "[]")).expect("b");
+        std::fs::write(
+            dir.join("cases/c.yaml"),
+            "description: no token\nrequest: {method: POST, path: /v1/chat/completions}\nexpect: {decision: deny}\n",
+        )
+        .expect("c");
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let failures: Vec<_> = outcomes.iter().filter_map(|o| o.failure.clone()).collect();
+        assert_eq!((outcomes.len(), failures), (3, vec![]));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A temporary pack directory with one rule `only-rule` and the given case files.

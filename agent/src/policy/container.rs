@@ -235,6 +235,7 @@ spec:
                 body: None,
                 default: Action::Deny,
                 workload: w,
+                identity: None,
             });
             (d.action(), d.rule_ids())
         }

@@ -4,6 +4,7 @@ use serde::Serialize;
 use super::{Action, Policy, pack::Rule};
 use crate::{
     adapter::{self, Operation, Server},
+    identity::Principal,
     workload::Workload,
 };
 
@@ -19,6 +20,8 @@ pub struct Query<'a> {
     pub default: Action,
     /// The calling workload; rules with workload matchers never match without one.
     pub workload: Option<&'a Workload>,
+    /// The verified token's principal; `None` is an unauthenticated request.
+    pub identity: Option<&'a Principal>,
 }
 
 /// What the policy sees of a request.
@@ -34,6 +37,8 @@ pub struct Facts<'a> {
     pub default: Action,
     /// The calling workload; rules with workload matchers never match without one.
     pub workload: Option<&'a Workload>,
+    /// The verified token's principal; `None` is an unauthenticated request.
+    pub identity: Option<&'a Principal>,
 }
 
 /// Proof that the policy allowed a request; the upstream stage only takes one of these.
@@ -120,6 +125,7 @@ impl Policy {
             body: q.body,
             default: q.default,
             workload: q.workload,
+            identity: q.identity,
         });
         (operation, decision)
     }
@@ -154,7 +160,7 @@ fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Deci
                 });
                 return Decision::Deny(Denial {
                     rule: Some(rule.id.clone()),
-                    reason,
+                    reason: naming(f.identity, reason),
                 });
             }
             Action::Allow => allows.push(rule.id.clone()),
@@ -173,11 +179,27 @@ fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Deci
         }),
         Action::Deny => Decision::Deny(Denial {
             rule: None,
-            reason: format!(
-                "no policy rule allows {} {} ({}) on target {}",
-                f.method, f.path, f.operation.class, f.target
+            reason: naming(
+                f.identity,
+                format!(
+                    "no policy rule allows {} {} ({}) on target {}",
+                    f.method, f.path, f.operation.class, f.target
+                ),
             ),
         }),
+    }
+}
+
+/// A denial of a token's request names who was denied (never the token), so the caller
+/// can tell which identity the agent saw.
+fn naming(id: Option<&Principal>, reason: String) -> String {
+    match id {
+        None => reason,
+        Some(p) => format!(
+            "subject {}, groups [{}]: {reason}",
+            p.subject,
+            p.groups.join(", ")
+        ),
     }
 }
 
@@ -204,6 +226,34 @@ impl Rule {
                 .iter()
                 .all(|(ptr, want)| f.body.and_then(|b| b.pointer(ptr)) == Some(want))
             && self.matches_workload(f.workload)
+            && self.matches_identity(f.identity)
+    }
+
+    /// Rules without identity matchers match any caller; with them, a request without a
+    /// verified token matches only `authenticated: false`.
+    fn matches_identity(&self, id: Option<&Principal>) -> bool {
+        if self.identity_never {
+            return false;
+        }
+        match (self.authenticated, id) {
+            (Some(true), None) | (Some(false), Some(_)) => return false,
+            _ => {}
+        }
+        if self.issuers.is_none() && self.subjects.is_none() && self.groups.is_none() {
+            return true;
+        }
+        let Some(p) = id else { return false };
+        self.issuers
+            .as_ref()
+            .is_none_or(|v| v.iter().any(|i| **i == *p.issuer))
+            && self
+                .subjects
+                .as_ref()
+                .is_none_or(|g| g.is_match(&p.subject))
+            && self
+                .groups
+                .as_ref()
+                .is_none_or(|want| p.groups.iter().any(|g| want.contains(g)))
     }
 
     fn matches_workload(&self, w: Option<&Workload>) -> bool {
@@ -248,5 +298,131 @@ impl Rule {
                 .pod_uids
                 .as_ref()
                 .is_none_or(|g| w.pod_uid.as_deref().is_some_and(|u| g.is_match(u)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{adapter::OpClass, policy::parse_pack};
+
+    const PACK: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: PolicyPack
+metadata: { name: id }
+spec:
+  rules:
+    - id: ml-eng-llama
+      action: allow
+      match: { models: ["llama*"], identity: { groups: [ml-eng] } }
+    - id: svc-any
+      action: allow
+      match: { identity: { issuers: ["http://127.0.0.1:1"], subjects: ["svc-*"] } }
+    - id: nobody
+      action: allow
+      match: { identity: { groups: [] } }
+    - id: anonymous-health
+      action: allow
+      match: { operations: [health], identity: { authenticated: false } }
+    - id: no-pull-for-tokens
+      action: deny
+      match: { routes: [ollama.pull], identity: { authenticated: true } }
+"#;
+
+    fn decide(
+        model: &str,
+        class: OpClass,
+        route: &'static str,
+        id: Option<&Principal>,
+    ) -> Decision {
+        let policy = parse_pack(PACK, Path::new("id.yaml")).expect("pack loads");
+        let op = Operation {
+            class,
+            route,
+            model: Some(model.into()),
+            streaming: false,
+        };
+        let f = Facts {
+            target: "t",
+            server: Server::Ollama,
+            method: "POST",
+            path: "/api/chat",
+            operation: &op,
+            body: None,
+            default: Action::Deny,
+            workload: None,
+            identity: id,
+        };
+        let d = policy.evaluate(&f);
+        assert_eq!(d, policy.evaluate_linear(&f));
+        d
+    }
+
+    fn who(issuer: &str, subject: &str, groups: &[&str]) -> Principal {
+        Principal {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn identity_matchers_grant_by_group_subject_and_issuer_and_an_empty_list_grants_nothing() {
+        let inf = OpClass::Inference;
+        let alice = who("http://127.0.0.1:2", "alice", &["ml-eng"]);
+        assert_eq!(
+            decide("llama3", inf, "ollama.chat", Some(&alice)).rule_ids(),
+            ["ml-eng-llama"]
+        );
+        // No token, or a token without the group: nothing grants it, and the denial names
+        // who was denied.
+        assert_eq!(
+            decide("llama3", inf, "ollama.chat", None).action(),
+            Action::Deny
+        );
+        let bob = who("http://127.0.0.1:2", "bob", &["ops"]);
+        let Decision::Deny(d) = decide("llama3", inf, "ollama.chat", Some(&bob)) else {
+            panic!("bob has no grant");
+        };
+        assert!(
+            d.reason
+                .starts_with("subject bob, groups [ops]: no policy rule allows"),
+            "{}",
+            d.reason
+        );
+        // Subject globs need their issuer too.
+        let svc = who("http://127.0.0.1:1", "svc-batch", &[]);
+        assert_eq!(
+            decide("mistral", inf, "ollama.chat", Some(&svc)).rule_ids(),
+            ["svc-any"]
+        );
+        let other = who("http://127.0.0.1:2", "svc-batch", &[]);
+        assert_eq!(
+            decide("mistral", inf, "ollama.chat", Some(&other)).action(),
+            Action::Deny
+        );
+        // authenticated: false matches only requests without a token, true only with one.
+        assert_eq!(
+            decide("x", OpClass::Health, "ollama.version", None).rule_ids(),
+            ["anonymous-health"]
+        );
+        assert_eq!(
+            decide("x", OpClass::Health, "ollama.version", Some(&alice)).action(),
+            Action::Deny
+        );
+        let pull = decide("llama3", OpClass::Management, "ollama.pull", Some(&alice));
+        assert_eq!(pull.rule_ids(), ["no-pull-for-tokens"]);
+    }
+
+    #[test]
+    fn contradictory_identity_matchers_are_refused_at_load() {
+        let text = PACK.replace(
+            "identity: { authenticated: false }",
+            "identity: { authenticated: false, groups: [x] }",
+        );
+        let err = parse_pack(&text, Path::new("id.yaml")).expect_err("contradiction");
+        assert!(err.to_string().contains("authenticated: false"), "{err}");
     }
 }

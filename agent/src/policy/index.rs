@@ -36,17 +36,22 @@ pub(super) struct Index {
     cgroups: GlobDim,
     container_ids: GlobDim,
     pod_uids: GlobDim,
+    subjects: GlobDim,
     servers: ExactDim<Server>,
     operations: ExactDim<OpClass>,
     methods: ExactDim<String>,
     uids: ExactDim<u32>,
     gids: ExactDim<u32>,
     container_runtimes: ExactDim<Runtime>,
+    issuers: ExactDim<String>,
+    groups: ExactDim<String>,
 }
 
 /// The matchers a rule can be filed under, in the order ties are broken.
 #[derive(Clone, Copy)]
 enum Dim {
+    Subjects,
+    Groups,
     Models,
     Routes,
     Uids,
@@ -62,6 +67,7 @@ enum Dim {
     Methods,
     Operations,
     Servers,
+    Issuers,
 }
 
 /// One glob matcher kind across the rules anchored on it: one automaton, and the rule of each
@@ -214,7 +220,7 @@ impl Index {
                 }
             }
         }
-        let mut globs: [GlobDimBuilder; 9] = Default::default();
+        let mut globs: [GlobDimBuilder; 10] = Default::default();
         let mut ix = Index::default();
         for (i, (rule, rk)) in rules.iter().zip(&all_keys).enumerate() {
             let id = i as u32;
@@ -244,6 +250,9 @@ impl Index {
                 Dim::Cgroups => globs[6].file(&p.cgroups, true, false, id),
                 Dim::ContainerIds => globs[7].file(&p.container_ids, false, false, id),
                 Dim::PodUids => globs[8].file(&p.pod_uids, false, false, id),
+                Dim::Subjects => globs[9].file(&p.subjects, false, false, id),
+                Dim::Groups => ix.groups.file(rule.groups.iter().flatten().cloned(), id),
+                Dim::Issuers => ix.issuers.file(rule.issuers.iter().flatten().cloned(), id),
                 Dim::ContainerRuntimes => ix
                     .container_runtimes
                     .file(rule.container_runtimes.iter().copied(), id),
@@ -264,6 +273,7 @@ impl Index {
             cgroups,
             container_ids,
             pod_uids,
+            subjects,
         ] = globs.map(GlobDimBuilder::build);
         Index {
             models,
@@ -275,6 +285,7 @@ impl Index {
             cgroups,
             container_ids,
             pod_uids,
+            subjects,
             ..ix
         }
     }
@@ -316,6 +327,13 @@ impl Index {
                 self.pod_uids.gather(uid, &mut scratch, &mut out);
             }
         }
+        if let Some(p) = f.identity {
+            self.issuers.gather(&*p.issuer, &mut out);
+            self.subjects.gather(&p.subject, &mut scratch, &mut out);
+            for g in &p.groups {
+                self.groups.gather(g.as_str(), &mut out);
+            }
+        }
         out.sort_unstable();
         out.dedup();
         out
@@ -341,6 +359,8 @@ fn anchors(r: &Rule) -> Vec<(Dim, Vec<String>)> {
             .collect()
     };
     vec![
+        (Dim::Subjects, globs(&p.subjects, false)),
+        (Dim::Groups, r.groups.clone().unwrap_or_default()),
         (Dim::Models, globs(&p.models, true)),
         (Dim::Routes, globs(&p.routes, false)),
         (Dim::Uids, r.uids.iter().map(u32::to_string).collect()),
@@ -365,6 +385,7 @@ fn anchors(r: &Rule) -> Vec<(Dim, Vec<String>)> {
             Dim::Servers,
             r.servers.iter().map(|s| format!("{s:?}")).collect(),
         ),
+        (Dim::Issuers, r.issuers.clone().unwrap_or_default()),
     ]
 }
 
@@ -377,6 +398,7 @@ mod tests {
 
     use crate::{
         adapter::{OpClass, Operation, Server},
+        identity::Principal,
         policy::{Action, Facts, parse_pack},
         workload::Workload,
     };
@@ -409,6 +431,56 @@ mod tests {
         "*",
     ];
     const OPS: &[&str] = &["inference", "management", "unknown"];
+    const ISSUERS: &[&str] = &["http://127.0.0.1:1", "http://127.0.0.1:2"];
+    const SUBJECTS: &[&str] = &["alice", "svc-*", "*", "b?b", "Alice"];
+    const GROUPS: &[&str] = &["ml-eng", "ops", "admins"];
+
+    /// An identity list: absent, or present (possibly empty: then it matches nothing).
+    fn listed(pool: &'static [&'static str]) -> impl Strategy<Value = Option<Vec<&'static str>>> {
+        prop::option::weighted(0.3, subsequence(pool, 0..=2))
+    }
+
+    fn identity() -> impl Strategy<Value = Value> {
+        (
+            prop::option::weighted(0.3, any::<bool>()),
+            listed(ISSUERS),
+            listed(SUBJECTS),
+            listed(GROUPS),
+        )
+            .prop_map(|(auth, issuers, subjects, groups)| {
+                let mut m = json!({});
+                let named = issuers.is_some() || subjects.is_some() || groups.is_some();
+                if let Some(a) = auth.filter(|a| *a || !named) {
+                    m["authenticated"] = json!(a);
+                }
+                for (k, v) in [
+                    ("issuers", issuers),
+                    ("subjects", subjects),
+                    ("groups", groups),
+                ] {
+                    if let Some(v) = v {
+                        m[k] = json!(v);
+                    }
+                }
+                m
+            })
+    }
+
+    fn principal() -> impl Strategy<Value = Option<Principal>> {
+        prop::option::weighted(
+            0.6,
+            (
+                prop::sample::select(ISSUERS.to_vec()),
+                prop::sample::select(vec!["alice", "svc-batch", "bob", "Alice", ""]),
+                subsequence(GROUPS, 0..=3),
+            )
+                .prop_map(|(issuer, subject, groups)| Principal {
+                    issuer: issuer.into(),
+                    subject: subject.into(),
+                    groups: groups.into_iter().map(String::from).collect(),
+                }),
+        )
+    }
 
     fn pick(pool: &'static [&'static str]) -> impl Strategy<Value = Vec<&'static str>> {
         // Mostly absent, so rules carry a few matchers each, as real ones do.
@@ -432,6 +504,7 @@ mod tests {
                 prop::option::weighted(0.3, 1u32..4),
                 prop::option::weighted(0.2, 1u32..3),
             ),
+            identity(),
         )
             .prop_map(
                 |(
@@ -440,6 +513,7 @@ mod tests {
                     (paths, comms, exes),
                     (cgroups, container_ids, runtimes, pod_uids),
                     (streaming, body, uid, gid),
+                    identity,
                 )| {
                     let mut m = json!({
                         "targets": targets, "servers": servers, "operations": ops,
@@ -452,6 +526,7 @@ mod tests {
                             "cgroups": cgroups, "containerIds": container_ids,
                             "containerRuntimes": runtimes, "podUids": pod_uids,
                         },
+                        "identity": identity,
                     });
                     if let Some(s) = streaming {
                         m["streaming"] = json!(s);
@@ -477,6 +552,7 @@ mod tests {
         body: Option<Value>,
         default: Action,
         workload: Option<Workload>,
+        identity: Option<Principal>,
     }
 
     fn req() -> impl Strategy<Value = Req> {
@@ -551,13 +627,14 @@ mod tests {
                 prop::option::of(any::<bool>().prop_map(|b| json!({ "keep_alive": b }))),
                 prop::sample::select(vec![Action::Allow, Action::Deny]),
                 workload,
+                principal(),
             ),
         )
             .prop_map(
                 |(
                     (target, server, method, path),
                     (class, route, model, streaming),
-                    (body, default, workload),
+                    (body, default, workload, identity),
                 )| Req {
                     target,
                     server,
@@ -570,6 +647,7 @@ mod tests {
                     body,
                     default,
                     workload,
+                    identity,
                 },
             )
     }
@@ -635,6 +713,7 @@ mod tests {
                     body: r.body.as_ref(),
                     default: r.default,
                     workload: r.workload.as_ref(),
+                    identity: r.identity.as_ref(),
                 };
                 prop_assert_eq!(policy.evaluate(&f), policy.evaluate_linear(&f), "{:?}", r);
             }
@@ -671,6 +750,7 @@ mod tests {
             body: None,
             default: Action::Deny,
             workload: Some(&w),
+            identity: None,
         };
         // d7 by its model (or its uid), and the unanchored allow.
         assert_eq!(policy.index.candidates(&f), vec![7, 2000]);
@@ -710,6 +790,7 @@ mod tests {
             body: None,
             default: Action::Deny,
             workload: Some(&w),
+            identity: None,
         };
         assert_eq!(policy.index.candidates(&f), vec![14, 15]);
         assert_eq!(

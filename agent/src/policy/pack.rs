@@ -103,6 +103,28 @@ struct MatchSpec {
     /// Who is calling, as the kernel saw it at connect() time.
     #[serde(default)]
     workload: WorkloadSpec,
+    /// Who is calling, as a verified token names them.
+    #[serde(default)]
+    identity: IdentitySpec,
+}
+
+/// Token identity matchers. A list that is present but empty matches nothing (so an allow
+/// rule with `groups: []` grants nothing, never everything).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IdentitySpec {
+    /// `true`: only requests with a verified token; `false`: only requests without one.
+    #[serde(default)]
+    authenticated: Option<bool>,
+    /// Issuers, exactly as configured in `identity.issuers[].issuer`.
+    #[serde(default)]
+    issuers: Option<Vec<String>>,
+    /// Subjects, globs (`*` matches any characters).
+    #[serde(default)]
+    subjects: Option<Vec<String>>,
+    /// Groups: the token must carry at least one of them (exact).
+    #[serde(default)]
+    groups: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -156,6 +178,12 @@ pub struct Rule {
     pub(super) container_ids: Option<Globs>,
     pub(super) container_runtimes: Vec<Runtime>,
     pub(super) pod_uids: Option<Globs>,
+    pub(super) authenticated: Option<bool>,
+    pub(super) issuers: Option<Vec<String>>,
+    pub(super) subjects: Option<Globs>,
+    pub(super) groups: Option<Vec<String>>,
+    /// An identity list was written empty: the rule matches nothing.
+    pub(super) identity_never: bool,
     /// The glob patterns as written, for the index to compile into its combined automata.
     pub(super) patterns: Patterns,
 }
@@ -172,6 +200,7 @@ pub(super) struct Patterns {
     /// As compiled: a short id is the prefix glob `<id>*`.
     pub(super) container_ids: Vec<String>,
     pub(super) pod_uids: Vec<String>,
+    pub(super) subjects: Vec<String>,
 }
 
 /// Every loaded rule, in file order.
@@ -320,6 +349,17 @@ fn parse(
             }
         }
         let w = spec.when;
+        let id = w.identity;
+        let named = id.issuers.is_some() || id.subjects.is_some() || id.groups.is_some();
+        if id.authenticated == Some(false) && named {
+            return Err(invalid(
+                "match.identity: authenticated: false cannot be combined with issuers, subjects or groups (a request without a token has none)".into(),
+            ));
+        }
+        let identity_never = [&id.issuers, &id.subjects, &id.groups]
+            .iter()
+            .any(|l| l.as_ref().is_some_and(Vec::is_empty));
+        let subjects = id.subjects.unwrap_or_default();
         let container_ids: Vec<String> =
             w.workload.container_ids.into_iter().map(|p| p.0).collect();
         let pod_uids: Vec<String> = w.workload.pod_uids.into_iter().map(|p| p.0).collect();
@@ -348,6 +388,11 @@ fn parse(
             container_ids: globs(&container_ids, false).map_err(&invalid)?,
             container_runtimes: w.workload.container_runtimes,
             pod_uids: globs(&pod_uids, false).map_err(&invalid)?,
+            authenticated: id.authenticated,
+            issuers: id.issuers,
+            subjects: globs(&subjects, false).map_err(&invalid)?,
+            groups: id.groups,
+            identity_never,
             patterns: Patterns {
                 targets: w.targets,
                 routes: w.routes,
@@ -358,6 +403,7 @@ fn parse(
                 cgroups: w.workload.cgroups,
                 container_ids,
                 pod_uids,
+                subjects,
             },
         };
         policy.rules.push(rule);

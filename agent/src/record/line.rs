@@ -43,6 +43,9 @@ pub fn json(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         container_id: f.container_id,
         container_runtime: f.container_runtime,
         pod_uid: f.pod_uid,
+        issuer: f.issuer,
+        subject: f.subject,
+        groups: f.groups,
         method: &r.method,
         path: &r.path,
         operation: f.operation,
@@ -92,6 +95,9 @@ pub fn text(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         quoted(&mut s, " container_id=", f.container_id)?;
         quoted(&mut s, " container_runtime=", f.container_runtime)?;
         quoted(&mut s, " pod_uid=", f.pod_uid)?;
+        quoted(&mut s, " issuer=", f.issuer)?;
+        quoted(&mut s, " subject=", f.subject)?;
+        quoted(&mut s, " groups=", &f.groups.join(","))?;
         s.push_str(" method=");
         crate::logging::write_escaped(&mut s, &r.method)?;
         s.push_str(" path=");
@@ -131,6 +137,10 @@ struct Fields<'a> {
     container_id: &'a str,
     container_runtime: &'static str,
     pod_uid: &'a str,
+    /// The token's issuer and subject, "-" without one; its groups (never the token).
+    issuer: &'a str,
+    subject: &'a str,
+    groups: &'a [String],
     operation: &'static str,
     route: &'static str,
     model: &'a str,
@@ -151,6 +161,9 @@ impl<'a> Fields<'a> {
                 .and_then(|c| c.runtime)
                 .map_or(NONE, |r| r.name()),
             pod_uid: w.pod_uid.as_deref().unwrap_or(NONE),
+            issuer: r.principal.as_ref().map_or(NONE, |p| &p.issuer),
+            subject: r.principal.as_ref().map_or(NONE, |p| p.subject.as_str()),
+            groups: r.principal.as_ref().map_or(&[], |p| p.groups.as_slice()),
             operation: op.map_or(NONE, |o| o.class.as_str()),
             route: op.map_or(NONE, |o| o.route),
             model: op.and_then(|o| o.model.as_deref()).unwrap_or(NONE),
@@ -180,6 +193,9 @@ struct Json<'a> {
     container_id: &'a str,
     container_runtime: &'static str,
     pod_uid: &'a str,
+    issuer: &'a str,
+    subject: &'a str,
+    groups: &'a [String],
     method: &'a str,
     path: &'a str,
     operation: &'static str,
@@ -242,6 +258,11 @@ mod tests {
                 }),
                 pod_uid: None,
             }),
+            principal: Some(std::sync::Arc::new(crate::identity::Principal {
+                issuer: "http://127.0.0.1:9/\"x".into(),
+                subject: "alice\nINFO forged".into(),
+                groups: vec!["ml-eng".into(), "ops".into()],
+            })),
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
             operation: Some(Operation {
@@ -285,6 +306,9 @@ mod tests {
         assert_eq!(v["container_id"], "ab".repeat(32));
         assert_eq!(v["container_runtime"], "docker");
         assert_eq!(v["pod_uid"], "-");
+        assert_eq!(v["issuer"], "http://127.0.0.1:9/\"x");
+        assert_eq!(v["subject"], "alice\nINFO forged");
+        assert_eq!(v["groups"], serde_json::json!(["ml-eng", "ops"]));
         assert_eq!(v["operation"], "model-export");
         assert_eq!(v["model"], "gpt-4o\n\"");
         assert_eq!(v["streaming"], true);
@@ -304,6 +328,7 @@ mod tests {
         r.decision = None;
         r.status = None;
         r.headers_ms = None;
+        r.principal = None;
         std::sync::Arc::make_mut(&mut r.workload).exe = None;
         let mut out = Vec::new();
         json(&mut out, &r, UNIX_EPOCH + NOW);
@@ -312,6 +337,11 @@ mod tests {
         assert_eq!(v["route"], "-");
         assert_eq!(v["model"], "-");
         assert_eq!(v["exe"], "?");
+        assert_eq!(
+            (&v["issuer"], &v["subject"]),
+            (&serde_json::json!("-"), &serde_json::json!("-"))
+        );
+        assert_eq!(v["groups"], serde_json::json!([]));
         assert_eq!(v["decision"], "refuse");
         assert_eq!(v["rules"], "");
         assert_eq!(v["status"], 0);
@@ -330,7 +360,8 @@ mod tests {
              comm=a\\nINFO forged \"x\" exe=\"/usr/bin/py\\u{202e}thon\" \
              cgroup=\"/system.slice/docker-abababababababababababababababababababababababababababababababab.scope\" \
              container_id=\"abababababababababababababababababababababababababababababababab\" \
-             container_runtime=\"docker\" pod_uid=\"-\" method=POST \
+             container_runtime=\"docker\" pod_uid=\"-\" issuer=\"http://127.0.0.1:9/\\\"x\" \
+             subject=\"alice\\nINFO forged\" groups=\"ml-eng,ops\" method=POST \
              path=/v1/chat/completions operation=model-export route=\"openai.chat.completions\" \
              model=\"gpt-4o\\n\\\"\" streaming=true decision=\"allow\" rules=a,b status=200 \
              request_bytes=62 response_bytes=130 outcome=ended by sluice: too \"long\" \
@@ -355,7 +386,8 @@ mod tests {
                 target_name = %r.target, pid = w.pid, tgid = w.tgid, uid = w.uid, gid = w.gid,
                 cgroup_id = w.cgroup_id, comm = %w.comm, exe = f.exe, cgroup = f.cgroup,
                 container_id = f.container_id, container_runtime = f.container_runtime,
-                pod_uid = f.pod_uid,
+                pod_uid = f.pod_uid, issuer = f.issuer, subject = f.subject,
+                groups = f.groups.join(",").as_str(),
                 method = %r.method, path = %r.path,
                 operation = %f.operation, route = f.route, model = f.model,
                 streaming = f.streaming, decision = r.action(), rules = %r.rules(),

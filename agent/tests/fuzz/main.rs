@@ -52,6 +52,7 @@ fn decide(
         body,
         default: Action::Deny,
         workload: None,
+        identity: None,
     })
 }
 

@@ -105,6 +105,7 @@ pub fn policy_cost(n: usize) -> Result<()> {
             body: Some(&body),
             default: Action::Deny,
             workload: None,
+            identity: None,
         });
         allowed += usize::from(d.action() == Action::Allow);
     }
@@ -173,6 +174,7 @@ pub fn policy_scaling() -> Result<()> {
                 body: Some(body),
                 default: Action::Deny,
                 workload: Some(&workload),
+                identity: None,
             };
             if policy.decide(&q).1.action() != want {
                 bail!("{n} rules: expected {want:?}");
