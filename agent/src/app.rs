@@ -213,6 +213,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             return Ok(());
         }
         tracing::info!(threads = shards, "per-core runtimes");
+        // Start-up is over: its code need not stay resident (see `memory`).
+        crate::memory::trim_code();
         let shards_and_ns = listeners.into_iter().zip(ns_receivers.drain(..));
         for (i, (rt, (shard, ns_rx))) in runtimes.take().into_iter().zip(shards_and_ns).enumerate()
         {

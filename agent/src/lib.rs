@@ -8,7 +8,7 @@
 //! `doctor` checks the host, `app` wires everything together; `yaml` places YAML errors.
 // unsafe is confined to the kernel boundary (intercept/: eBPF loading, fd registration;
 // relay/sock.rs: TCP_INFO, socket cookie and queue ioctls; workload/cgroup.rs:
-// open_by_handle_at).
+// open_by_handle_at; memory.rs: madvise on the executable's code).
 #![deny(unsafe_code)]
 
 pub mod adapter;
@@ -26,6 +26,7 @@ pub mod identity;
 pub mod intercept;
 pub mod limits;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
