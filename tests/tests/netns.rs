@@ -53,7 +53,11 @@ fn netns_client(mut c: Command, sidecar: u16, tag: &str, vip: &str, action: &[&s
 }
 
 fn json_out(cmd: &mut Command) -> Value {
-    let out = cmd.output().expect("spawn netns client");
+    json_of(cmd.output().expect("spawn netns client"))
+}
+
+/// The client's one JSON line, once it has exited successfully.
+fn json_of(out: std::process::Output) -> Value {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -442,14 +446,7 @@ fn a_namespace_created_while_traffic_flows_is_never_passed_through_under_fail_cl
             })
             .collect();
         for (i, k) in kids.into_iter().enumerate() {
-            let out = k.wait_with_output().expect("client");
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let v: Value = serde_json::from_str(text.trim()).expect("json");
+            let v = json_of(k.wait_with_output().expect("client"));
             // From its first connection on, every answer came through the agent, from the
             // namespace's own sidecar; before that, connect() was refused (EPERM) only.
             let tag = format!("ns-{round}-{i}");
@@ -633,14 +630,7 @@ fn many_namespaces_created_and_destroyed_leave_no_listener_fd_or_map_entry() {
             })
             .collect();
         for (i, k) in kids.into_iter().enumerate() {
-            let out = k.wait_with_output().expect("client");
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let v: Value = serde_json::from_str(text.trim()).expect("json");
+            let v = json_of(k.wait_with_output().expect("client"));
             assert!(
                 v["body"]
                     .as_str()
