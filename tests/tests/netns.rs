@@ -56,6 +56,14 @@ fn json_out(cmd: &mut Command) -> Value {
     json_of(cmd.output().expect("spawn netns client"))
 }
 
+/// A client run beside others: started with its output captured, read by `json_of`.
+fn spawned(mut c: Command) -> std::process::Child {
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netns client")
+}
+
 /// The client's one JSON line, once it has exited successfully.
 fn json_of(out: std::process::Output) -> Value {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -432,17 +440,13 @@ fn a_namespace_created_while_traffic_flows_is_never_passed_through_under_fail_cl
     for round in 0..3 {
         let kids: Vec<_> = (0..4)
             .map(|i| {
-                in_netns(
+                spawned(in_netns(
                     &cg,
                     sidecar,
                     &format!("ns-{round}-{i}"),
                     &vip,
                     &["gets", "5"],
-                )
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn")
+                ))
             })
             .collect();
         for (i, k) in kids.into_iter().enumerate() {
@@ -622,11 +626,13 @@ fn many_namespaces_created_and_destroyed_leave_no_listener_fd_or_map_entry() {
         let n = AT_ONCE.min(NAMESPACES - done);
         let kids: Vec<_> = (0..n)
             .map(|i| {
-                in_netns(&cg, sidecar, &format!("c{}", done + i), &vip, &["get", "/"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn")
+                spawned(in_netns(
+                    &cg,
+                    sidecar,
+                    &format!("c{}", done + i),
+                    &vip,
+                    &["get", "/"],
+                ))
             })
             .collect();
         for (i, k) in kids.into_iter().enumerate() {

@@ -43,15 +43,7 @@ pub struct HttpRow<'a> {
 pub fn l4(i: &PathResult, d: &PathResult) {
     println!("| metric | intercepted | direct | ratio | added |");
     println!("|---|---|---|---|---|");
-    let row = |name: &str, a: f64, b: f64| {
-        println!(
-            "| {name} | {} | {} | {:.2}x | {} |",
-            us(a),
-            us(b),
-            a / b,
-            added(a, b)
-        );
-    };
+    let row = ratio_row;
     for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
         row(
             &format!("connect() {label}"),
@@ -169,12 +161,17 @@ pub fn filtered(f: &HttpResult, plain: &HttpResult) {
             pct(&plain.stream_total_us, 0.99),
         ),
     ] {
-        println!(
-            "| {name} | {} | {} | {:.2}x | {} |",
-            us(a),
-            us(b),
-            a / b,
-            added(a, b)
-        );
+        ratio_row(name, a, b);
     }
+}
+
+/// One row of a two-column comparison: both values, their ratio and what `a` adds.
+fn ratio_row(name: &str, a: f64, b: f64) {
+    println!(
+        "| {name} | {} | {} | {:.2}x | {} |",
+        us(a),
+        us(b),
+        a / b,
+        added(a, b)
+    );
 }
