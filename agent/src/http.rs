@@ -46,12 +46,20 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
+/// The stream of an allowed protocol switch, run by the connection's task once hyper has
+/// handed the socket over.
+type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Requests in flight on one connection, and when the last one ended.
 struct Activity {
     born: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `born` at which the connection last became idle.
     idle_since_ms: AtomicU64,
+    /// Set by a request whose protocol switch the policy allowed and the upstream accepted.
+    tunnel: std::sync::Mutex<Option<Tunnel>>,
+    /// The drain deadline's token: it cuts a tunnel too.
+    force: CancellationToken,
 }
 
 impl Activity {
@@ -71,6 +79,19 @@ impl InFlight {
     fn enter(a: &Arc<Activity>) -> Self {
         a.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(a.clone())
+    }
+
+    /// Fires when the agent's drain deadline cuts this connection.
+    pub fn cut(&self) -> CancellationToken {
+        self.0.force.clone()
+    }
+
+    /// Hands the connection over to `tunnel` once its HTTP exchange is over. The request
+    /// stays in flight inside it (the tunnel owns this mark).
+    pub fn then_tunnel(self, tunnel: Tunnel) {
+        if let Ok(mut slot) = self.0.tunnel.lock() {
+            *slot = Some(tunnel);
+        }
     }
 }
 
@@ -113,6 +134,8 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: Can
         born: Instant::now(),
         in_flight: AtomicUsize::new(0),
         idle_since_ms: AtomicU64::new(0),
+        tunnel: std::sync::Mutex::new(None),
+        force: force.clone(),
     });
     let shutdown = ctx.shutdown.clone();
     let (max_header, max_streams) = (ctx.max_header, ctx.max_h2_streams);
@@ -133,9 +156,15 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: Can
                 .header_read_timeout(timeouts.header)
                 .max_buf_size(max_header.max(8192))
                 .keep_alive(true)
-                .serve_connection(io, svc);
+                .serve_connection(io, svc)
+                .with_upgrades();
             let ended = drive(c, shutdown, force, &activity, timeouts.idle).await;
             record_malformed(&recorder, &rec_conn, ended).await;
+            // Taken whatever ended the exchange: the tunnel holds the activity (a cycle).
+            let tunnel = activity.tunnel.lock().ok().and_then(|mut t| t.take());
+            if let Some(tunnel) = tunnel {
+                tunnel.await;
+            }
         }
         Proto::H2 => {
             let c = http2::Builder::new(TokioExecutor::new())
@@ -205,7 +234,7 @@ trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn graceful(self: Pin<&mut Self>);
 }
 
-impl<S> Graceful for http1::Connection<TokioIo<TcpStream>, S>
+impl<S> Graceful for http1::UpgradeableConnection<TokioIo<TcpStream>, S>
 where
     S: hyper::service::HttpService<Incoming>,
     S::ResBody: http_body::Body + Send + 'static,

@@ -94,6 +94,9 @@ enum PolicyCommand {
         /// The target's default action: allow or deny.
         #[arg(long, default_value = "deny", value_parser = serde_arg::<sluice::policy::Action>)]
         default: sluice::policy::Action,
+        /// The protocol switch the request asks for: websocket, h2c or connect.
+        #[arg(long, value_parser = serde_arg::<sluice::policy::Switch>)]
+        switch: Option<sluice::policy::Switch>,
         #[command(flatten)]
         workload: Box<WorkloadArgs>,
         #[command(flatten)]
@@ -399,6 +402,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
             server,
             target,
             default,
+            switch,
             workload,
             identity,
         } => {
@@ -461,6 +465,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 default,
                 workload: workload.as_ref(),
                 identity: principal.as_ref(),
+                switch,
             });
             println!("request:   {method} {path} on {target} ({server})");
             match &principal {

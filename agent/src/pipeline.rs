@@ -4,15 +4,15 @@
 //!
 //! | stage | module | reads | writes | can end the request |
 //! |---|---|---|---|---|
-//! | admit | `admit.rs`, `decode.rs` | method, path, query, headers | decoded path | 400, 403 (protocol switch), 413, 415 |
+//! | admit | `admit.rs`, `decode.rs`, `switch.rs` | method, path, query, headers | decoded path, the switch asked for | 400, 403 (a protocol switch it cannot name), 413, 415 |
 //! | read | `read.rs`, `decode.rs` | body (bounded: size, deadline, memory budget), read as the server reads it | body bytes, JSON | 400, 408, 413, 503 |
 //! | classify | `adapter` | method, decoded path, JSON | operation | no |
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
-//! | decide | `policy` | operation, subject, JSON | decision | no (the next stage acts on it) |
+//! | decide | `policy` | operation, subject, JSON, switch | decision | no (the next stage acts on it) |
 //! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
 //! | prepare | `send.rs` | parts, body, `Permit`, filters | the upstream request | no |
 //! | send | `send.rs` | upstream request | response head | 502 |
-//! | respond | `respond` below | response head, filters | the response body | 502 (too large) |
+//! | respond | `respond` below | response head, filters | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
 //!
 //! The record of the request is opened before the first stage and finished exactly once,
 //! by the response body at its end or by the context being dropped (`record`).
@@ -27,7 +27,7 @@ use crate::{
     filter::{Chain, Framing, RequestEnd, ResponseBody},
     http::InFlight,
     metrics::Stage,
-    policy::{Decision, Facts, Permit},
+    policy::{Decision, Facts, Permit, Switch},
     record::Phase,
     respond::{self, Body, Refusal},
     upstream::http::strip_hop_by_hop,
@@ -39,6 +39,7 @@ pub mod decode;
 mod grpc;
 mod read;
 mod send;
+mod switch;
 
 pub use context::{Request, Subject};
 
@@ -146,6 +147,7 @@ fn decide(rq: &mut Request) {
             Some(Subject::Token(p)) => Some(p),
             _ => None,
         },
+        switch: rq.switch,
     });
     rq.record().set_decision(&decision);
     rq.decision = Some(decision);
@@ -178,9 +180,15 @@ fn response(
     rq: &mut Request,
     head: Response<Incoming>,
 ) -> Result<(Response<Body>, Chain), Refusal> {
+    if let Some(switch) = rq.switch
+        && switch::accepted(switch, head.status())
+    {
+        return Ok((switched(rq, switch, head), Chain::default()));
+    }
     let (mut parts, body) = head.into_parts();
-    // Sluice strips `Upgrade` and never asks for a switch; hyper's client skips other 1xx
-    // heads, so one here is an upstream switching protocols on its own: not passed on.
+    // Sluice strips `Upgrade` unless the policy allowed a switch, and hyper's client skips
+    // other 1xx heads, so one here is an upstream switching protocols on its own (or to
+    // another switch than the one allowed): not passed on.
     if parts.status.is_informational() {
         return Err(Refusal::upstream(
             StatusCode::BAD_GATEWAY,
@@ -218,6 +226,31 @@ fn response(
     ))
 }
 
+/// The upstream accepted an allowed switch: the client gets its head (with `Upgrade` and
+/// `Connection` as the switch needs them) and no body; the two connections are joined once
+/// that head is out (`Request::respond`).
+fn switched(rq: &mut Request, switch: Switch, mut head: Response<Incoming>) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut head);
+    let (mut parts, _) = head.into_parts();
+    let upgrade = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(u) = upgrade.filter(|_| switch != Switch::Connect) {
+        parts.headers.insert(header::UPGRADE, u);
+        parts.headers.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("upgrade"),
+        );
+    }
+    if let Some(client) = rq.client_upgrade.take() {
+        rq.tunnel = Some(switch::Tunnel {
+            switch,
+            client,
+            upstream,
+        });
+    }
+    Response::from_parts(parts, respond::full(bytes::Bytes::new()))
+}
+
 /// The microseconds the agent spent on a request before its response head (without the
 /// upstream's time); sent when `overhead_header` is on.
 pub const OVERHEAD_HEADER: header::HeaderName =
@@ -241,8 +274,18 @@ impl Request {
                 header::HeaderValue::from(spent.as_micros() as u64),
             );
         }
+        let tunnel = self.tunnel.take();
         let mut end: RequestEnd = self.into_end();
         end.record.set_status(response.status());
+        if let Some(tunnel) = tunnel {
+            // The record and the in-flight mark go with the tunnel: the connection's task
+            // runs it once hyper has sent this head and handed the socket over.
+            if let Some(in_flight) = end.in_flight.take() {
+                let cut = in_flight.cut();
+                in_flight.then_tunnel(Box::pin(tunnel.run(end, cut)));
+            }
+            return response;
+        }
         response.map(|body| ResponseBody::new(body, chain, end).boxed())
     }
 }

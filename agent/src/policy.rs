@@ -14,7 +14,7 @@ mod eval;
 mod index;
 mod pack;
 
-pub use eval::{Decision, Denial, Facts, Hold, Permit, Query};
+pub use eval::{Decision, Denial, Facts, Hold, Permit, Query, Switch};
 pub use pack::{Action, Policy, load_paths, parse_pack};
 
 #[derive(Debug, thiserror::Error)]

@@ -68,6 +68,12 @@ pub enum Outcome {
     Drained(Phase),
     /// hyper refused the request head itself (400/431) before any stage saw it.
     Malformed(String),
+    /// A policy allowed a protocol switch and the stream after it was passed through
+    /// unjudged; its bytes are the record's request and response bytes.
+    Switched {
+        to: crate::policy::Switch,
+        error: Option<String>,
+    },
 }
 
 impl fmt::Display for Outcome {
@@ -82,6 +88,10 @@ impl fmt::Display for Outcome {
             Outcome::Ended(why) => write!(f, "ended by sluice: {why}"),
             Outcome::Drained(_) => f.write_str("cut by drain"),
             Outcome::Malformed(why) => write!(f, "malformed: {why}"),
+            Outcome::Switched { to, error: None } => write!(f, "switched to {to}, not judged"),
+            Outcome::Switched { to, error: Some(e) } => {
+                write!(f, "switched to {to}, not judged, ended: {e}")
+            }
         }
     }
 }

@@ -89,6 +89,69 @@ pub fn echo(bind: &str) -> Server {
     })
 }
 
+/// A WebSocket server (tungstenite) that echoes every text and binary message. Each
+/// handshake's "GET /path" goes to `seen.requests` and its headers to `seen.headers`.
+pub fn websocket_echo(bind: &str) -> Server {
+    serve(bind, |s, seen| {
+        let _ = s.set_nodelay(true);
+        let seen = seen.clone();
+        let record = move |req: &tungstenite::handshake::server::Request,
+                           resp: tungstenite::handshake::server::Response| {
+            if let Ok(mut r) = seen.requests.lock() {
+                r.push(format!("{} {}", req.method(), req.uri()));
+            }
+            if let Ok(mut h) = seen.headers.lock() {
+                for (k, v) in req.headers() {
+                    h.push(format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())));
+                }
+            }
+            Ok(resp)
+        };
+        let mut ws = tungstenite::accept_hdr(s, record).map_err(io::Error::other)?;
+        loop {
+            match ws.read().map_err(io::Error::other)? {
+                m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)) => {
+                    ws.send(m).map_err(io::Error::other)?;
+                }
+                tungstenite::Message::Close(_) => return Ok(()),
+                _ => {}
+            }
+        }
+    })
+}
+
+/// An HTTP proxy's CONNECT in miniature: answers `CONNECT host:port` with 200 and then
+/// echoes every byte of the tunnel (it dials nothing). The request line goes to
+/// `seen.requests`.
+pub fn connect_echo(bind: &str) -> Server {
+    serve(bind, |s, seen| {
+        let _ = s.set_nodelay(true);
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        if let Ok(mut seen) = seen.requests.lock() {
+            seen.push(line.trim_end().to_string());
+        }
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 || h.trim_end().is_empty() {
+                break;
+            }
+        }
+        let mut w = s;
+        if !line.starts_with("CONNECT ") {
+            return w.write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n");
+        }
+        w.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")?;
+        // Bytes the reader buffered past the head belong to the tunnel.
+        let early = r.buffer().to_vec();
+        w.write_all(&early)?;
+        let mut rest = r.into_inner();
+        io::copy(&mut rest, &mut w)?;
+        w.shutdown(Shutdown::Write)
+    })
+}
+
 fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     // Buffered and flushed once per message, as real servers write: `write!` on a raw socket

@@ -583,7 +583,10 @@ fn connection_named_headers_are_dropped_and_protocol_switches_refused() {
         let r = raw(&cg.dir, &vip, json!([["send", req], ["read", 3]]));
         let got = r["reads"][0].as_str().unwrap_or_default();
         assert!(got.starts_with("HTTP/1.1 403"), "{what}: {got}");
-        assert!(got.contains("switch protocols"), "{what}: {got}");
+        assert!(
+            got.contains("no policy rule allows switching to"),
+            "{what}: {got}"
+        );
     }
     assert_eq!(
         server.seen.requests.lock().map(|r| r.len()).unwrap_or(0),
@@ -591,6 +594,178 @@ fn connection_named_headers_are_dropped_and_protocol_switches_refused() {
         "no protocol switch reached the server"
     );
     assert!(agent.status().is_ok(), "agent still up");
+}
+
+/// The pack of `switches_a_policy_names_are_tunnelled_and_recorded_as_unjudged`.
+const SWITCH_PACK: &str = r#"apiVersion: sluice.dev/v1alpha1
+kind: PolicyPack
+metadata: { name: switches }
+spec:
+  rules:
+    - id: chat-socket
+      action: allow
+      match: { paths: ["/v1/realtime"], switches: [websocket] }
+    - id: tunnel
+      action: allow
+      match: { switches: [connect] }
+"#;
+
+/// tests/clients/ws_echo.mjs (Node's own WebSocket client) from inside the cgroup `dir`.
+fn websocket(dir: &std::path::Path, url: &str, messages: &[&str]) -> Value {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec node --experimental-websocket --no-warnings \"$@\"")
+        .arg(dir)
+        .arg(client_script("ws_echo.mjs"))
+        .arg(url)
+        .args(messages);
+    let out = run_ok(&mut c);
+    serde_json::from_str(out.trim()).expect("ws_echo.mjs json")
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn switches_a_policy_names_are_tunnelled_and_recorded_as_unjudged() {
+    require_root();
+    let (ws_server, tunnel_server) = (
+        servers::websocket_echo("127.0.0.1:0"),
+        servers::connect_echo("127.0.0.1:0"),
+    );
+    let (ws_vip, tunnel_vip) = (virtual_ip(), virtual_ip());
+    let cg = TestCgroup::new("switch");
+    let pack = sluice_tests::TempDir::new("switch-pack");
+    fs::write(pack.path().join("pack.yaml"), SWITCH_PACK).expect("write pack");
+    let agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "{}{}",
+            target(
+                "realtime",
+                &ws_vip,
+                &ws_server.addr.to_string(),
+                "openai",
+                ""
+            ),
+            target(
+                "tunnels",
+                &tunnel_vip,
+                &tunnel_server.addr.to_string(),
+                "openai",
+                ""
+            ),
+        ),
+        listen_v6: false,
+        extra: format!(
+            "policies: [\"{}\", \"{}\"]\n",
+            pack.path().display(),
+            policies_dir().join("openai-safe").display()
+        ),
+    });
+
+    // Named by a rule: the WebSocket opens and every message comes back through the tunnel.
+    let ok = websocket(
+        &cg.dir,
+        &format!("ws://{ws_vip}:8000/v1/realtime"),
+        &["hello", "second message"],
+    );
+    assert_eq!(ok["opened"], true, "{ok} {}", agent.log_text());
+    assert_eq!(ok["echoed"], json!(["hello", "second message"]), "{ok}");
+    // On another path no rule names the switch (openai-safe allows GETs, but not switches).
+    let refused = websocket(&cg.dir, &format!("ws://{ws_vip}:8000/v1/models"), &["x"]);
+    assert_eq!(refused["opened"], false, "{refused}");
+    assert_eq!(
+        ws_server
+            .seen
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default(),
+        vec!["GET /v1/realtime".to_string()],
+        "only the allowed handshake reached the server"
+    );
+    // The handshake's end-to-end headers went upstream; the client's hop headers did not
+    // travel beyond what the switch needs.
+    let headers = ws_server
+        .seen
+        .headers
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_default();
+    assert!(
+        headers.iter().any(|h| h.starts_with("sec-websocket-key: ")),
+        "{headers:?}"
+    );
+    assert!(
+        headers.iter().any(|h| h == "upgrade: websocket"),
+        "{headers:?}"
+    );
+
+    // CONNECT, allowed by a rule: the tunnel carries bytes both ways.
+    let r = raw(
+        &cg.dir,
+        &tunnel_vip,
+        json!([
+            [
+                "send",
+                "CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n"
+            ],
+            ["read", 1],
+            ["send", "through the tunnel"],
+            ["read", 1],
+            ["close"]
+        ]),
+    );
+    let head = r["reads"][0].as_str().unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "{r}");
+    let echoed = format!(
+        "{}{}",
+        head.split("\r\n\r\n").nth(1).unwrap_or_default(),
+        r["reads"][1].as_str().unwrap_or_default()
+    );
+    assert_eq!(echoed, "through the tunnel", "{r}");
+
+    // One record each: the two tunnels as allowed and not judged, with their bytes; the
+    // refused handshake as a denial.
+    let recs = wait_log_events(&agent, "request", 3);
+    let switched: Vec<&Value> = recs
+        .iter()
+        .filter(|r| {
+            r["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("switched to"))
+        })
+        .collect();
+    assert_eq!(switched.len(), 2, "{recs:?}");
+    let ws = switched
+        .iter()
+        .find(|r| r["outcome"] == "switched to websocket, not judged")
+        .unwrap_or_else(|| panic!("no websocket record: {recs:?}"));
+    assert_eq!(
+        (ws["decision"].as_str(), ws["rules"].as_str()),
+        (Some("allow"), Some("chat-socket"))
+    );
+    assert_eq!(ws["status"], 101);
+    assert!(ws["request_bytes"].as_u64().unwrap_or(0) > 0, "{ws}");
+    assert!(ws["response_bytes"].as_u64().unwrap_or(0) > 0, "{ws}");
+    let tunnel = switched
+        .iter()
+        .find(|r| r["outcome"] == "switched to connect, not judged")
+        .unwrap_or_else(|| panic!("no CONNECT record: {recs:?}"));
+    assert_eq!(tunnel["rules"], "tunnel");
+    assert_eq!(tunnel["request_bytes"], "through the tunnel".len());
+    assert_eq!(tunnel["response_bytes"], "through the tunnel".len());
+    let denied = recs
+        .iter()
+        .find(|r| r["decision"] == "deny")
+        .unwrap_or_else(|| panic!("no denial: {recs:?}"));
+    assert_eq!(denied["path"], "/v1/models");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        log_events(&agent, "request").len(),
+        3,
+        "one record per request"
+    );
 }
 
 #[test]

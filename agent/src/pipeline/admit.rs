@@ -1,14 +1,20 @@
 //! Admit: refuse, before reading anything more, what Sluice could not judge the way the
-//! server will act on it: paths not in normal form, protocol switches, compressed bodies,
-//! gRPC to a server that does not speak it, bodies declared larger than Sluice reads.
-use http::{HeaderMap, Method, StatusCode, header};
+//! server will act on it: paths not in normal form, protocol switches it cannot name
+//! (`switch.rs`), compressed bodies, gRPC to a server that does not speak it, bodies declared
+//! larger than Sluice reads.
+use http::{StatusCode, header};
 
 use super::Request;
 use crate::{connection::Ctx, respond::Refusal};
 
 pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
-    // First: a CONNECT has no path to decode, and the switch is the refusal to explain.
-    protocol_switch(&rq.parts.method, &rq.parts.headers)?;
+    // First: a switch Sluice cannot name is the refusal to explain.
+    rq.switch = super::switch::requested(&rq.parts)?;
+    if rq.switch.is_some() {
+        // The client's half of the switch, for the tunnel if the policy allows it; it must
+        // not travel upstream with the rest of the request's extensions.
+        rq.client_upgrade = rq.parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    }
     let server = rq.conn.target.server;
     let decoded = super::decode::request_target(server, rq.parts.method.as_str(), &rq.parts.uri)?;
     rq.record().set_path(&decoded);
@@ -35,46 +41,4 @@ pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
         return Err(super::read::too_large(ctx.max_request_body));
     }
     Ok(())
-}
-
-/// `Upgrade` (h2c, WebSocket) and `CONNECT` would turn the connection into a stream Sluice
-/// cannot judge request by request: refused on model-server targets.
-fn protocol_switch(method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
-    let what = if method == Method::CONNECT {
-        Some("CONNECT".to_string())
-    } else {
-        headers
-            .get(header::UPGRADE)
-            .map(|v| format!("Upgrade: {}", String::from_utf8_lossy(v.as_bytes())))
-    };
-    match what {
-        Some(what) => Err(Refusal::policy(
-            None,
-            &format!(
-                "{what:?} would switch protocols; Sluice judges model-server traffic request by request and does not pass switched streams"
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upgrades_and_connect_are_refused_and_plain_requests_pass() {
-        let mut h = HeaderMap::new();
-        assert!(protocol_switch(&Method::POST, &h).is_ok());
-        assert!(protocol_switch(&Method::CONNECT, &h).is_err());
-        h.insert(
-            header::UPGRADE,
-            "websocket\nX"
-                .parse()
-                .unwrap_or(http::HeaderValue::from_static("websocket")),
-        );
-        let r = protocol_switch(&Method::GET, &h).expect_err("upgrade");
-        assert_eq!(r.status, StatusCode::FORBIDDEN);
-        assert!(r.message.contains("switch protocols"));
-    }
 }

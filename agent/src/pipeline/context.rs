@@ -14,7 +14,7 @@ use crate::{
     http::InFlight,
     limits::BodyCharge,
     metrics::{Clock, Stage},
-    policy::{Decision, Policy},
+    policy::{Decision, Policy, Switch},
     record::{Guard, Phase},
 };
 
@@ -66,6 +66,12 @@ pub struct Request {
     pub body: RequestBody,
     pub json: Option<serde_json::Value>,
     pub operation: Option<Operation>,
+    /// The protocol switch the request asks for, named by admit.
+    pub switch: Option<Switch>,
+    /// The client's half of that switch, taken out of the request by admit.
+    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// An allowed switch the upstream accepted: run once the response head is out.
+    pub tunnel: Option<super::switch::Tunnel>,
     pub subject: Option<Subject>,
     pub decision: Option<Decision>,
     pub approval: Approval,
@@ -111,6 +117,9 @@ impl Request {
             body: RequestBody::Unread(body),
             json: None,
             operation: None,
+            switch: None,
+            client_upgrade: None,
+            tunnel: None,
             subject: None,
             decision: None,
             approval: Approval::default(),

@@ -62,6 +62,19 @@ pub fn path(raw: &str) -> Result<String, Refusal> {
 /// The request target as `server` reads it: [`path`], plus what depends on the server and
 /// route ([`raw_path_escapes`], [`query`]). Returns the decoded path.
 pub fn request_target(server: Server, method: &str, uri: &http::Uri) -> Result<String, Refusal> {
+    // CONNECT names an authority, not a path: policy sees it as written (`host:port`).
+    if method == "CONNECT" {
+        return match uri.authority() {
+            Some(a) if uri.scheme().is_none() && uri.path_and_query().is_none() => {
+                Ok(a.as_str().to_string())
+            }
+            _ => Err(Refusal::client(
+                StatusCode::BAD_REQUEST,
+                "sluice_bad_path",
+                "a CONNECT request must name host:port and nothing else",
+            )),
+        };
+    }
     let decoded = path(uri.path())?;
     raw_path_escapes(server, uri.path())?;
     query(server, method, &decoded, uri.query())?;

@@ -12,7 +12,7 @@ use super::{Request, context::RequestBody};
 use crate::{
     connection::{Conn, Ctx},
     limits::BodyCharge,
-    policy::Permit,
+    policy::{Permit, Switch},
     respond::{self, Body, BodyError, Refusal},
 };
 
@@ -24,6 +24,8 @@ pub struct Forward {
     parts: Parts,
     body: Outgoing,
     grpc: bool,
+    /// The protocol switch the policy allowed, if the request asks for one.
+    switch: Option<Switch>,
 }
 
 enum Outgoing {
@@ -71,6 +73,7 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
         parts,
         body,
         grpc: rq.grpc,
+        switch: rq.switch,
     }
 }
 
@@ -87,6 +90,7 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incom
         parts,
         body,
         grpc,
+        switch,
     } = fwd;
     // The charge is held until the response head is in: the bytes live until then.
     let (buffered, mut streaming, _charge) = match body {
@@ -111,7 +115,11 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incom
         };
         let Some(head) = head else { break };
         let req = http::Request::from_parts(head, b);
-        match ctx.http.send(&auth, conn.netns.as_ref(), req, grpc).await {
+        let sent = match switch {
+            Some(s) => ctx.http.switch(&auth, conn.netns.as_ref(), req, s).await,
+            None => ctx.http.send(&auth, conn.netns.as_ref(), req, grpc).await,
+        };
+        match sent {
             Ok(resp) => {
                 if let Some(i) = i {
                     ctx.upstreams.report(conn.target_id, i, true);

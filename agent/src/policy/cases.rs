@@ -117,6 +117,9 @@ pub struct CaseRequest {
     pub path: String,
     #[serde(default)]
     pub body: Option<serde_json::Value>,
+    /// The protocol switch the request asks for (`websocket`, `h2c`, `connect`).
+    #[serde(default)]
+    pub switch: Option<super::Switch>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +282,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         default: case.default,
         workload: workload.as_ref(),
         identity: principal.as_ref(),
+        switch: case.request.switch,
     });
     let got_rules = decision.rule_ids();
     let want_rules: Vec<&str> = case.expect.rules.iter().map(|r| r.0.as_str()).collect();

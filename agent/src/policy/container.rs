@@ -236,6 +236,7 @@ spec:
                 default: Action::Deny,
                 workload: w,
                 identity: None,
+                switch: None,
             });
             (d.action(), d.rule_ids())
         }

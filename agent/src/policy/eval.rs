@@ -22,6 +22,8 @@ pub struct Query<'a> {
     pub workload: Option<&'a Workload>,
     /// The verified token's principal; `None` is an unauthenticated request.
     pub identity: Option<&'a Principal>,
+    /// The protocol the request asks to switch to, if any.
+    pub switch: Option<Switch>,
 }
 
 /// What the policy sees of a request.
@@ -39,6 +41,37 @@ pub struct Facts<'a> {
     pub workload: Option<&'a Workload>,
     /// The verified token's principal; `None` is an unauthenticated request.
     pub identity: Option<&'a Principal>,
+    /// The protocol the request asks to switch to, if any.
+    pub switch: Option<Switch>,
+}
+
+/// A protocol switch a request asks for (`Upgrade: websocket`, `Upgrade: h2c`, `CONNECT`).
+/// After it the connection carries a stream Sluice cannot judge request by request, so only
+/// an allow rule that names it in `match.switches` lets it through: neither an allow rule
+/// without `switches` nor a target's `default: allow` does. Any other protocol is refused
+/// before the policy is asked (`pipeline/switch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    Websocket,
+    H2c,
+    Connect,
+}
+
+impl Switch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Switch::Websocket => "websocket",
+            Switch::H2c => "h2c",
+            Switch::Connect => "connect",
+        }
+    }
+}
+
+impl std::fmt::Display for Switch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Proof that the policy allowed a request; the upstream stage only takes one of these.
@@ -126,6 +159,7 @@ impl Policy {
             default: q.default,
             workload: q.workload,
             identity: q.identity,
+            switch: q.switch,
         });
         (operation, decision)
     }
@@ -146,7 +180,8 @@ impl Policy {
 }
 
 /// Precedence (docs/policy.md): the first matching deny in load order decides; otherwise every
-/// matching allow, in load order; otherwise the target default.
+/// matching allow, in load order; otherwise the target default. A protocol switch is granted
+/// only by allow rules that name it (`Switch`).
 fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Decision {
     let mut allows = Vec::new();
     for rule in rules {
@@ -154,6 +189,7 @@ fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Deci
             continue;
         }
         match rule.action {
+            Action::Allow if f.switch.is_some() && rule.switches.is_none() => {}
             Action::Deny => {
                 let reason = rule.description.clone().unwrap_or_else(|| {
                     format!("{} on this server is not allowed", f.operation.class)
@@ -170,6 +206,18 @@ fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Deci
         return Decision::Permit(Permit {
             rules: allows,
             by_default: false,
+        });
+    }
+    if let Some(switch) = f.switch {
+        return Decision::Deny(Denial {
+            rule: None,
+            reason: naming(
+                f.identity,
+                format!(
+                    "no policy rule allows switching to {switch} on target {}: after the switch Sluice could not judge the stream request by request, so only a rule naming it in match.switches allows it",
+                    f.target
+                ),
+            ),
         });
     }
     match f.default {
@@ -227,6 +275,10 @@ impl Rule {
                 .all(|(ptr, want)| f.body.and_then(|b| b.pointer(ptr)) == Some(want))
             && self.matches_workload(f.workload)
             && self.matches_identity(f.identity)
+            && self
+                .switches
+                .as_ref()
+                .is_none_or(|s| f.switch.is_some_and(|w| s.contains(&w)))
     }
 
     /// Rules without identity matchers match any caller; with them, a request without a
@@ -354,6 +406,7 @@ spec:
             default: Action::Deny,
             workload: None,
             identity: id,
+            switch: None,
         };
         let d = policy.evaluate(&f);
         assert_eq!(d, policy.evaluate_linear(&f));
@@ -414,6 +467,92 @@ spec:
         );
         let pull = decide("llama3", OpClass::Management, "ollama.pull", Some(&alice));
         assert_eq!(pull.rule_ids(), ["no-pull-for-tokens"]);
+    }
+
+    const SWITCHES: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: PolicyPack
+metadata: { name: sw }
+spec:
+  rules:
+    - id: no-evil
+      action: deny
+      match: { workload: { comms: [evil] } }
+    - id: any-get
+      action: allow
+      match: { methods: [GET] }
+    - id: ws-here
+      action: allow
+      match: { paths: ["/ws"], switches: [websocket] }
+    - id: tunnels
+      action: allow
+      match: { switches: [connect] }
+"#;
+
+    fn switching(path: &str, switch: Option<Switch>, default: Action, comm: &str) -> Decision {
+        let policy = parse_pack(SWITCHES, Path::new("sw.yaml")).expect("pack loads");
+        let op = Operation {
+            class: OpClass::Unknown,
+            route: "unknown",
+            model: None,
+            streaming: false,
+        };
+        let w = Workload::described(1, 1, comm.into(), None);
+        let f = Facts {
+            target: "t",
+            server: Server::Openai,
+            method: if switch == Some(Switch::Connect) {
+                "CONNECT"
+            } else {
+                "GET"
+            },
+            path,
+            operation: &op,
+            body: None,
+            default,
+            workload: Some(&w),
+            identity: None,
+            switch,
+        };
+        let d = policy.evaluate(&f);
+        assert_eq!(d, policy.evaluate_linear(&f));
+        d
+    }
+
+    #[test]
+    fn only_an_allow_rule_naming_the_switch_allows_it() {
+        let (ws, deny, allow) = (Some(Switch::Websocket), Action::Deny, Action::Allow);
+        // Named: allowed by that rule alone (`any-get` matches too, but grants no switch).
+        assert_eq!(switching("/ws", ws, deny, "curl").rule_ids(), ["ws-here"]);
+        assert_eq!(
+            switching("127.0.0.1:443", Some(Switch::Connect), deny, "curl").rule_ids(),
+            ["tunnels"]
+        );
+        // Not named here, another switch, or only a default allow: denied, by no rule.
+        for (path, switch, default) in [
+            ("/other", ws, deny),
+            ("/other", ws, allow),
+            ("/ws", Some(Switch::H2c), allow),
+        ] {
+            let Decision::Deny(d) = switching(path, switch, default, "curl") else {
+                panic!("{path} {switch:?} must be denied");
+            };
+            assert_eq!(d.rule, None);
+            assert!(d.reason.contains("match.switches"), "{}", d.reason);
+        }
+        // A deny rule without `switches` still applies to a switch.
+        assert_eq!(switching("/ws", ws, allow, "evil").rule_ids(), ["no-evil"]);
+        // A rule about switches does not match a request that asks for none.
+        assert_eq!(switching("/ws", None, deny, "curl").rule_ids(), ["any-get"]);
+    }
+
+    #[test]
+    fn switch_names_outside_the_vocabulary_are_refused_at_load_with_their_place() {
+        let text = SWITCHES.replace("switches: [connect]", "switches: [tls]");
+        let err = parse_pack(&text, Path::new("sw.yaml")).expect_err("unknown switch");
+        let shown = err.to_string();
+        assert!(shown.starts_with("sw.yaml:"), "{shown}");
+        assert!(shown.contains("websocket"), "{shown}");
     }
 
     #[test]

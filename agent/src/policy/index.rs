@@ -399,7 +399,7 @@ mod tests {
     use crate::{
         adapter::{OpClass, Operation, Server},
         identity::Principal,
-        policy::{Action, Facts, parse_pack},
+        policy::{Action, Facts, Switch, parse_pack},
         workload::Workload,
     };
 
@@ -553,6 +553,7 @@ mod tests {
         default: Action,
         workload: Option<Workload>,
         identity: Option<Principal>,
+        switch: Option<Switch>,
     }
 
     fn req() -> impl Strategy<Value = Req> {
@@ -628,13 +629,17 @@ mod tests {
                 prop::sample::select(vec![Action::Allow, Action::Deny]),
                 workload,
                 principal(),
+                prop::option::weighted(
+                    0.2,
+                    prop::sample::select(vec![Switch::Websocket, Switch::H2c, Switch::Connect]),
+                ),
             ),
         )
             .prop_map(
                 |(
                     (target, server, method, path),
                     (class, route, model, streaming),
-                    (body, default, workload, identity),
+                    (body, default, workload, identity, switch),
                 )| Req {
                     target,
                     server,
@@ -648,6 +653,7 @@ mod tests {
                     default,
                     workload,
                     identity,
+                    switch,
                 },
             )
     }
@@ -686,6 +692,13 @@ mod tests {
                 .enumerate()
                 .map(|(i, mut r)| {
                     r["id"] = json!(format!("r{i}"));
+                    // Some rules are about protocol switches (one of them names none).
+                    match i % 7 {
+                        1 => r["match"]["switches"] = json!(["websocket"]),
+                        4 => r["match"]["switches"] = json!(["connect", "h2c"]),
+                        6 if i % 2 == 0 => r["match"]["switches"] = json!([]),
+                        _ => {}
+                    }
                     r
                 })
                 .collect();
@@ -714,6 +727,7 @@ mod tests {
                     default: r.default,
                     workload: r.workload.as_ref(),
                     identity: r.identity.as_ref(),
+                    switch: r.switch,
                 };
                 prop_assert_eq!(policy.evaluate(&f), policy.evaluate_linear(&f), "{:?}", r);
             }
@@ -751,6 +765,7 @@ mod tests {
             default: Action::Deny,
             workload: Some(&w),
             identity: None,
+            switch: None,
         };
         // d7 by its model (or its uid), and the unanchored allow.
         assert_eq!(policy.index.candidates(&f), vec![7, 2000]);
@@ -791,6 +806,7 @@ mod tests {
             default: Action::Deny,
             workload: Some(&w),
             identity: None,
+            switch: None,
         };
         assert_eq!(policy.index.candidates(&f), vec![14, 15]);
         assert_eq!(

@@ -9,7 +9,7 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 use super::{
-    Error,
+    Error, Switch,
     container::{ContainerIdPattern, PodUidPattern},
     index::Index,
 };
@@ -106,6 +106,10 @@ struct MatchSpec {
     /// Who is calling, as a verified token names them.
     #[serde(default)]
     identity: IdentitySpec,
+    /// Protocol switches this rule is about. An allow rule must name a switch for it to be
+    /// allowed; a rule with this list matches only requests that ask for one of them.
+    #[serde(default)]
+    switches: Option<Vec<Switch>>,
 }
 
 /// Token identity matchers. A list that is present but empty matches nothing (so an allow
@@ -184,6 +188,7 @@ pub struct Rule {
     pub(super) groups: Option<Vec<String>>,
     /// An identity list was written empty: the rule matches nothing.
     pub(super) identity_never: bool,
+    pub(super) switches: Option<Vec<Switch>>,
     /// The glob patterns as written, for the index to compile into its combined automata.
     pub(super) patterns: Patterns,
 }
@@ -393,6 +398,7 @@ fn parse(
             subjects: globs(&subjects, false).map_err(&invalid)?,
             groups: id.groups,
             identity_never,
+            switches: w.switches,
             patterns: Patterns {
                 targets: w.targets,
                 routes: w.routes,

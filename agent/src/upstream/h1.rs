@@ -96,10 +96,22 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(authority, ns.map(|n| &**n)).await?;
+        let mut sender = self.connect(authority, ns.map(|n| &**n), false).await?;
         let resp = sender.send_request(req).await.map_err(Error::Request)?;
         self.put(key, authority, sender);
         Ok(resp)
+    }
+
+    /// Sends `req` on a new connection of its own that can switch protocols: after a switch
+    /// it carries the tunnel, so it never joins the pool.
+    pub async fn dedicated(
+        &self,
+        authority: &str,
+        ns: Option<&Arc<Served>>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, Error> {
+        let mut sender = self.connect(authority, ns.map(|n| &**n), true).await?;
+        sender.send_request(req).await.map_err(Error::Request)
     }
 
     /// A pooled sender whose connection is open and whose last exchange is over. Idle ones
@@ -163,6 +175,7 @@ impl Pool {
         &self,
         authority: &str,
         ns: Option<&Served>,
+        upgrades: bool,
     ) -> Result<SendRequest<Body>, Error> {
         let connect_err = |source| Error::Connect {
             authority: authority.to_string(),
@@ -184,9 +197,14 @@ impl Pool {
                 source,
             })?;
         // The connection's own task on this thread; it ends when the server closes or the
-        // last sender is dropped.
+        // last sender is dropped (or, with upgrades, once it has handed its socket over).
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let ended = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });

@@ -16,8 +16,8 @@ use hyper_util::{
 };
 
 use super::dial_host;
-use crate::intercept::netns::Served;
 use crate::respond::Body;
+use crate::{intercept::netns::Served, policy::Switch};
 use std::sync::Arc;
 
 /// Dials `host:port` of the request URI with the bypass mark.
@@ -128,30 +128,53 @@ impl Client {
             }
             return Ok(self.h2.request(req).await?);
         }
-        // HTTP/1.1 on the wire: the request line carries the origin form (an HTTP/2
-        // client's URI is absolute), and a request without `Host` (HTTP/2, HTTP/1.0) gets
-        // the backend's.
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            let origin = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .parse::<Uri>();
-            if let Ok(uri) = origin {
-                *req.uri_mut() = uri;
-            }
-        }
-        if !req.headers().contains_key(header::HOST)
-            && let Ok(v) = header::HeaderValue::from_str(authority)
-        {
-            req.headers_mut().insert(header::HOST, v);
-        }
-        *req.version_mut() = Version::HTTP_11;
+        h1_form(&mut req, authority, true);
         Ok(self.h1.send(authority, ns, req).await?)
     }
 }
 
 impl Client {
+    /// Sends a request whose protocol switch the policy allowed, on a connection of its own
+    /// (after the switch it carries the tunnel). The headers the switch needs are kept:
+    /// `Upgrade`, and h2c's `HTTP2-Settings`; every other hop-by-hop header is dropped as
+    /// for any request.
+    pub async fn switch(
+        &self,
+        authority: &str,
+        ns: Option<&Arc<Served>>,
+        mut req: Request<Body>,
+        switch: Switch,
+    ) -> Result<Response<Incoming>, Error> {
+        const SETTINGS: header::HeaderName = header::HeaderName::from_static("http2-settings");
+        let upgrade = req.headers().get(header::UPGRADE).cloned();
+        let settings = req.headers().get(&SETTINGS).cloned();
+        strip_hop_by_hop(req.headers_mut(), false);
+        let h = req.headers_mut();
+        match (switch, upgrade) {
+            (Switch::Connect, _) | (_, None) => {}
+            (Switch::H2c, Some(u)) => {
+                h.insert(header::UPGRADE, u);
+                if let Some(s) = settings {
+                    h.insert(SETTINGS, s);
+                }
+                h.insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("upgrade, http2-settings"),
+                );
+            }
+            (Switch::Websocket, Some(u)) => {
+                h.insert(header::UPGRADE, u);
+                h.insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("upgrade"),
+                );
+            }
+        }
+        // CONNECT's target is its authority, never an origin-form path.
+        h1_form(&mut req, authority, switch != Switch::Connect);
+        Ok(self.h1.dedicated(authority, ns, req).await?)
+    }
+
     /// HTTP/2 to `authority` from a socket in the client's namespace `ns`: one connection
     /// per request, not pooled (the pooled client dials from the agent's namespace only).
     async fn h2_from(
@@ -181,6 +204,27 @@ impl Client {
         });
         sender.send_request(req).await.map_err(Error::H2Request)
     }
+}
+
+/// The request as HTTP/1.1 carries it: the origin form on the request line (an HTTP/2
+/// client's URI is absolute), and `Host` set (HTTP/2 and HTTP/1.0 clients may send none).
+fn h1_form(req: &mut Request<Body>, authority: &str, origin_form: bool) {
+    if origin_form && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
+        let origin = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .parse::<Uri>();
+        if let Ok(uri) = origin {
+            *req.uri_mut() = uri;
+        }
+    }
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(v) = header::HeaderValue::from_str(authority)
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    *req.version_mut() = Version::HTTP_11;
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), including every header

@@ -53,6 +53,7 @@ fn decide(
         default: Action::Deny,
         workload: None,
         identity: None,
+        switch: None,
     })
 }
 

@@ -106,6 +106,7 @@ pub fn policy_cost(n: usize) -> Result<()> {
             default: Action::Deny,
             workload: None,
             identity: None,
+            switch: None,
         });
         allowed += usize::from(d.action() == Action::Allow);
     }
@@ -175,6 +176,7 @@ pub fn policy_scaling() -> Result<()> {
                 default: Action::Deny,
                 workload: Some(&workload),
                 identity: None,
+                switch: None,
             };
             if policy.decide(&q).1.action() != want {
                 bail!("{n} rules: expected {want:?}");
