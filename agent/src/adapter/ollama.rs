@@ -202,22 +202,30 @@ fn no_input(v: Option<&Value>) -> bool {
     }
 }
 
-/// Whether a `keep_alive` unloads the model as soon as the request is done: zero (`0`, `"0"`,
-/// `"0s"`, `"-0.1ns"`, ... as `api.Duration` reads them), or anything under one second, which
-/// is the same unload a moment later. Negative values keep the model forever (not an unload);
-/// values Ollama cannot read are treated as an unload, since Sluice cannot judge them.
+/// Whether a `keep_alive` unloads the model as soon as the request is done, as Ollama's
+/// `api.Duration` reads it: a number `t` becomes `time.Duration(int(t) * int(time.Second))`
+/// (truncated, and the product wraps), a string goes through `time.ParseDuration`, a negative
+/// input keeps the model forever. The scheduler unloads at once a duration of zero or below,
+/// and anything under one second is the same unload a moment later. A number too large for
+/// Go's `int` has no defined conversion (amd64 gives MinInt64, which wraps to 0; arm64
+/// saturates, which wraps below 0): both unload, and so does anything Ollama cannot read,
+/// since Sluice cannot judge it.
 fn expires_at_once(v: &Value) -> bool {
-    const SECOND: f64 = 1e9;
+    const SECOND: i64 = 1_000_000_000;
+    // 2^63: the first float Go's int conversion cannot represent.
+    const INT_LIMIT: f64 = 9_223_372_036_854_775_808.0;
     let nanos = match v {
         Value::Null => return false,
         Value::Number(n) => match n.as_f64() {
             Some(t) if t < 0.0 => return false,
-            Some(t) => t * SECOND,
+            Some(t) if t >= INT_LIMIT => return true,
+            // In range: `as` truncates toward zero, as Go's conversion does.
+            Some(t) => (t as i64).wrapping_mul(SECOND),
             None => return true,
         },
         Value::String(s) => match go_duration_nanos(s) {
             Some(d) if d < 0 => return false,
-            Some(d) => d as f64,
+            Some(d) => d,
             None => return true,
         },
         _ => return true,
@@ -592,6 +600,12 @@ mod tests {
             json!("500ms"),
             json!("junk"),
             json!(true),
+            // int(t) * 1e9 wraps to zero or below in Go: unloads too.
+            json!(1e19),
+            json!(1e300),
+            json!(9_223_372_036_854_775_808u64),
+            json!(1e10),
+            json!(9_223_372_037i64),
         ] {
             assert!(expires_at_once(&v), "{v}");
         }
@@ -603,6 +617,10 @@ mod tests {
             json!(300),
             json!("5m"),
             json!("1s"),
+            json!(1.9),
+            // The largest number of seconds whose nanoseconds still fit.
+            json!(9_223_372_036i64),
+            json!(-1e300),
         ] {
             assert!(!expires_at_once(&v), "{v}");
         }

@@ -1,7 +1,11 @@
 //! Reading a request the way its server will: the path decoded once, the body parsed as the
 //! server parses it. What the two could read differently is refused, never guessed
 //! (docs/policy.md, "Reading requests as the server does").
-use std::{borrow::Cow, cell::RefCell, fmt};
+use std::{
+    borrow::Cow,
+    cell::{Cell, RefCell},
+    fmt,
+};
 
 use http::{HeaderMap, StatusCode, header};
 use percent_encoding::percent_decode_str;
@@ -163,6 +167,21 @@ pub fn body(
     headers: &HeaderMap,
     bytes: &[u8],
 ) -> Result<Option<Value>, Refusal> {
+    body_metered(server, method, path, headers, bytes, &|_| Ok(()))
+}
+
+/// `body`, with the memory its parsed JSON takes charged as it grows: `grow` gets the
+/// estimated size of the tree so far every `METER_STEP` values and may stop the parse with
+/// its refusal (a body of tiny values, `[0,0,0,…]`, is some 20 times larger parsed than
+/// raw, and the body budget must hold what is really in memory).
+pub fn body_metered(
+    server: Server,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    grow: &dyn Fn(usize) -> Result<(), Refusal>,
+) -> Result<Option<Value>, Refusal> {
     if bytes.is_empty() {
         return Ok(None);
     }
@@ -179,7 +198,8 @@ pub fn body(
         None => bytes,
     };
     let keys = adapter::key_match(server);
-    let value = parse_json(json, keys).map_err(|e| match e {
+    let value = parse_json_metered(json, keys, grow).map_err(|e| match e {
+        JsonError::Stopped(refusal) => refusal,
         JsonError::Syntax(e) => Refusal::client(
             StatusCode::BAD_REQUEST,
             "sluice_bad_json",
@@ -209,21 +229,24 @@ pub fn body(
     Ok(Some(value))
 }
 
-/// The text fields of a `multipart/form-data` body as a JSON object (file parts left out), so
-/// the adapter finds the model where the server does (`FormValue("model")`). A field given
-/// twice is refused (Go takes the first, Python frameworks the last), as is a body the
-/// multipart parser rejects. Other bodies are not forms to the server either: `None`.
+/// The text fields of a form body as a JSON object (file parts left out), so the adapter
+/// finds the model where the server does (Go's `FormValue("model")`, Starlette's
+/// `request.form()`): `multipart/form-data` or `application/x-www-form-urlencoded`. A field
+/// given twice is refused (Go takes the first, Python frameworks the last), as is a body the
+/// parser rejects. Other bodies are not forms to the server either: `None`.
 fn form(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Value>, Refusal> {
     use futures_util::FutureExt as _;
 
-    let Some(boundary) = headers
+    let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .filter(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("multipart/form-data")
-        })
+        .unwrap_or("");
+    let media = ctype.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return urlencoded(bytes).map(Some);
+    }
+    let Some(boundary) = Some(ctype)
+        .filter(|ct| media.eq_ignore_ascii_case("multipart/form-data") && !ct.is_empty())
         .and_then(|ct| multer::parse_boundary(ct).ok())
     else {
         return Ok(None);
@@ -240,7 +263,12 @@ fn form(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Value>, Refusal> {
     let mut parts = multer::Multipart::new(stream, boundary);
     let fields = async move {
         let mut out = serde_json::Map::new();
+        let mut n = 0;
         while let Some(field) = parts.next_field().await? {
+            n += 1;
+            if n > MAX_FORM_FIELDS {
+                return Ok(Err(format!("more than {MAX_FORM_FIELDS} parts")));
+            }
             // Go decodes quoted-printable parts and RFC 2231 `name*=` parameters; Sluice would
             // read those differently, so it refuses them rather than miss a field.
             let encoding = field
@@ -277,6 +305,59 @@ fn form(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Value>, Refusal> {
         Some(Err(e)) => Err(bad(e.to_string())),
         None => Err(bad("incomplete".into())),
     }
+}
+
+/// Fields (or parts) of a form body Sluice reads: Starlette's `max_fields` and Go's
+/// `multipartmaxparts` default alike, so a form the servers read is never refused, and a
+/// body of empty fields cannot grow a map of millions of entries.
+const MAX_FORM_FIELDS: usize = 1000;
+
+/// An `application/x-www-form-urlencoded` body's fields. Only spellings every server reads
+/// alike are accepted: Go refuses `;` separators and drops pairs with a bad escape where
+/// Python keeps them, so both are refused here, as are repeated fields and fields that do
+/// not decode to UTF-8. `+` is a space and `%XX` one byte, in names and values alike.
+fn urlencoded(bytes: &[u8]) -> Result<Value, Refusal> {
+    let bad = |why: String| {
+        Refusal::client(
+            StatusCode::BAD_REQUEST,
+            "sluice_bad_form",
+            format!("urlencoded request body: {why}"),
+        )
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+    if text.contains(';') {
+        return Err(bad(
+            "';' separates fields for some servers and not others".into()
+        ));
+    }
+    let decode = |raw: &str| -> Result<String, Refusal> {
+        let b = raw.as_bytes();
+        let well_formed = b.iter().enumerate().all(|(i, c)| {
+            *c != b'%'
+                || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        });
+        if !well_formed {
+            return Err(bad(format!("{raw:?} has a malformed percent-escape")));
+        }
+        percent_decode_str(&raw.replace('+', " "))
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| bad(format!("{raw:?} does not decode to UTF-8")))
+    };
+    let mut out = serde_json::Map::new();
+    for (i, pair) in text.split('&').filter(|p| !p.is_empty()).enumerate() {
+        if i == MAX_FORM_FIELDS {
+            return Err(bad(format!("more than {MAX_FORM_FIELDS} fields")));
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (name, value) = (decode(name)?, decode(value)?);
+        if out.contains_key(&name) {
+            return Err(bad(format!("form field {name:?} is given more than once")));
+        }
+        out.insert(name, Value::String(value));
+    }
+    Ok(Value::Object(out))
 }
 
 /// Whether the `Content-Type` is gRPC (any case, any `+proto`/`-web` variant).
@@ -326,6 +407,8 @@ fn json_part<'b>(
 #[derive(Debug)]
 pub enum JsonError {
     Syntax(serde_json::Error),
+    /// The meter stopped the parse (`body_metered`).
+    Stopped(Refusal),
     /// Two keys of one object that the server reads as the same field.
     Collision {
         first: String,
@@ -337,6 +420,7 @@ impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             JsonError::Syntax(e) => e.fmt(f),
+            JsonError::Stopped(r) => f.write_str(&r.message),
             JsonError::Collision { first, second } => {
                 write!(f, "keys {first:?} and {second:?} collide")
             }
@@ -349,30 +433,73 @@ impl fmt::Display for JsonError {
 /// strict UTF-8, no trailing data). Hand-written as a serde visitor because serde_json keeps
 /// only the last of duplicate keys and says nothing.
 pub fn parse_json(bytes: &[u8], keys: KeyMatch) -> Result<Value, JsonError> {
-    let collision = RefCell::new(None);
+    parse_json_metered(bytes, keys, &|_| Ok(()))
+}
+
+/// Values parsed between two calls of the meter.
+pub const METER_STEP: usize = 4096;
+
+/// What one parsed value is taken to cost in memory: a `Value` (32 bytes) and its share of
+/// vector growth or of an object's map entry. Strings' own bytes are within the raw body's.
+pub const VALUE_COST: usize = 48;
+
+/// `parse_json`, calling `grow` with the tree's estimated size every `METER_STEP` values.
+pub fn parse_json_metered(
+    bytes: &[u8],
+    keys: KeyMatch,
+    grow: &dyn Fn(usize) -> Result<(), Refusal>,
+) -> Result<Value, JsonError> {
+    let stop = RefCell::new(None);
+    let meter = Meter {
+        values: Cell::new(0),
+        grow,
+    };
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = Seed {
         keys,
-        collision: &collision,
+        stop: &stop,
+        meter: &meter,
     }
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v));
-    match (parsed, collision.into_inner()) {
-        (_, Some((first, second))) => Err(JsonError::Collision { first, second }),
+    match (parsed, stop.into_inner()) {
+        (_, Some(Stop::Collision(first, second))) => Err(JsonError::Collision { first, second }),
+        (_, Some(Stop::Meter(r))) => Err(JsonError::Stopped(r)),
         (Ok(v), None) => Ok(v),
         (Err(e), None) => Err(JsonError::Syntax(e)),
     }
 }
 
+/// Why the visitor stopped a parse that serde_json itself would have finished.
+enum Stop {
+    Collision(String, String),
+    Meter(Refusal),
+}
+
+struct Meter<'a> {
+    values: Cell<usize>,
+    grow: &'a dyn Fn(usize) -> Result<(), Refusal>,
+}
+
 #[derive(Clone, Copy)]
 struct Seed<'a> {
     keys: KeyMatch,
-    collision: &'a RefCell<Option<(String, String)>>,
+    stop: &'a RefCell<Option<Stop>>,
+    meter: &'a Meter<'a>,
 }
 
 impl<'de> DeserializeSeed<'de> for Seed<'_> {
     type Value = Value;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        // Counted before the value is built: a step's worth at most is ever uncharged.
+        let n = self.meter.values.get() + 1;
+        self.meter.values.set(n);
+        if n.is_multiple_of(METER_STEP)
+            && let Err(r) = (self.meter.grow)(n * VALUE_COST)
+        {
+            *self.stop.borrow_mut() = Some(Stop::Meter(r));
+            return Err(de::Error::custom("over the parse budget"));
+        }
         d.deserialize_any(self)
     }
 }
@@ -440,7 +567,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
                     .iter()
                     .find(|(c, _)| *c == canonical)
                     .map_or_else(|| canonical.clone(), |(_, w)| w.clone());
-                *self.collision.borrow_mut() = Some((first, written.unwrap_or(canonical)));
+                *self.stop.borrow_mut() =
+                    Some(Stop::Collision(first, written.unwrap_or(canonical)));
                 return Err(de::Error::custom("colliding keys"));
             }
             let value = map.next_value_seed(self)?;
@@ -770,6 +898,79 @@ mod tests {
         assert!(raw_path_escapes(Server::Tgi, "/gen%65rate").is_err());
         assert!(raw_path_escapes(Server::Triton, "/v2/models/resnet/infer").is_ok());
         assert!(raw_path_escapes(Server::Ollama, "/v1/models/x%3Acloud").is_ok());
+    }
+
+    #[test]
+    fn the_meter_sees_the_tree_grow_and_can_stop_the_parse() {
+        let many = format!("[{}0]", "0,".repeat(3 * METER_STEP));
+        let seen = std::cell::RefCell::new(Vec::new());
+        let v = parse_json_metered(many.as_bytes(), KeyMatch::Exact, &|n| {
+            seen.borrow_mut().push(n);
+            Ok(())
+        })
+        .expect("parses");
+        assert_eq!(v.as_array().map(Vec::len), Some(3 * METER_STEP + 1));
+        assert_eq!(
+            *seen.borrow(),
+            (1..=3)
+                .map(|k| k * METER_STEP * VALUE_COST)
+                .collect::<Vec<_>>()
+        );
+        let stopped = parse_json_metered(many.as_bytes(), KeyMatch::Exact, &|_| {
+            Err(Refusal::client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "x",
+                "too dense",
+            ))
+        });
+        assert!(matches!(stopped, Err(JsonError::Stopped(r)) if r.message == "too dense"));
+        // A small body never calls the meter.
+        parse_json_metered(br#"{"model":"m","n":[1,2,3]}"#, KeyMatch::Exact, &|_| {
+            panic!("metered a small body")
+        })
+        .expect("parses");
+    }
+
+    #[test]
+    fn urlencoded_forms_show_their_fields_and_ambiguous_spellings_are_refused() {
+        let t = "/v1/audio/transcriptions";
+        let read = |ct: &'static str, b: &str| {
+            body(
+                Server::Ollama,
+                "POST",
+                t,
+                &headers(&[("content-type", ct)]),
+                b.as_bytes(),
+            )
+        };
+        let form = "application/x-www-form-urlencoded";
+        assert_eq!(
+            read(form, "model=x%3Acloud&language=en")
+                .expect("read")
+                .map(|v| v["model"].clone()),
+            Some(json!("x:cloud"))
+        );
+        assert_eq!(
+            read(
+                "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+                "%6Dodel=a+b"
+            )
+            .expect("read")
+            .map(|v| v["model"].clone()),
+            Some(json!("a b"))
+        );
+        let many = "a=&".repeat(MAX_FORM_FIELDS + 1);
+        for body in [
+            "model=a&model=b",
+            "model=a;model=b",
+            "model=%zz",
+            "model=%C3",
+            "model=x&%6dodel=y",
+            many.as_str(),
+        ] {
+            let e = read(form, body).expect_err(body);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+        }
     }
 
     #[test]

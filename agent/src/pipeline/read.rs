@@ -82,10 +82,34 @@ pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
         buf.extend_from_slice(&data);
     }
     let bytes: Bytes = buf.freeze();
-    rq.json = json(rq, &bytes)?;
+    // The parsed tree is in memory beside the bytes: it is charged to the budget as it
+    // grows, and one body's tree may take at most as much again as the largest body.
+    let charge = std::cell::RefCell::new(charge);
+    let grow = |tree: usize| {
+        if tree > max {
+            return Err(too_dense(max));
+        }
+        ctx.body_budget
+            .grow(&mut charge.borrow_mut(), bytes.len() + tree)
+            .map_err(busy)
+    };
+    rq.json = json(rq, &bytes, &grow)?;
     rq.record().set_request_bytes(bytes.len());
-    rq.body = RequestBody::Buffered { bytes, charge };
+    rq.body = RequestBody::Buffered {
+        bytes,
+        charge: charge.into_inner(),
+    };
     Ok(())
+}
+
+fn too_dense(max: usize) -> Refusal {
+    Refusal::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "sluice_body_too_dense",
+        format!(
+            "request body holds more JSON values than Sluice inspects (their parsed form would take over {max} bytes)"
+        ),
+    )
 }
 
 pub fn too_large(max: usize) -> Refusal {
@@ -105,16 +129,21 @@ fn streams(rq: &Request) -> bool {
 
 /// The body's JSON, read the way the target's server reads it (`decode::body`); for a unary
 /// gRPC call, its message's string fields by number (`grpc.rs`).
-fn json(rq: &Request, bytes: &[u8]) -> Result<Option<serde_json::Value>, Refusal> {
+fn json(
+    rq: &Request,
+    bytes: &[u8],
+    grow: &dyn Fn(usize) -> Result<(), Refusal>,
+) -> Result<Option<serde_json::Value>, Refusal> {
     if rq.grpc {
         return super::grpc::message_strings(bytes).map(Some);
     }
-    super::decode::body(
+    super::decode::body_metered(
         rq.conn.target.server,
         rq.parts.method.as_str(),
         &rq.path,
         &rq.parts.headers,
         bytes,
+        grow,
     )
 }
 
