@@ -202,7 +202,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started: anyhow::Result<()> = (|| {
         if runtimes.is_empty() {
             let ctx = Arc::new(make_ctx());
-            tokio::spawn(heartbeat(drain.shutdown_signal()));
+            tokio::spawn(heartbeat(drain.shutdown_signal(), Arc::downgrade(&ctx)));
             for (addr, l) in listeners.into_iter().flatten() {
                 let l = TcpListener::from_std(l).with_context(|| format!("listener {addr}"))?;
                 tokio::spawn(accept_loop(addr, l, None, ctx.clone(), drain.clone()));
@@ -349,8 +349,8 @@ async fn core(
             }
         }
     }
+    tokio::spawn(heartbeat(done.clone(), Arc::downgrade(&ctx)));
     drop(ctx);
-    tokio::spawn(heartbeat(done.clone()));
     done.cancelled().await;
 }
 
@@ -359,13 +359,26 @@ async fn core(
 /// timer (30 s) while the planned wakeup is usually the idle timer's (120 s): one extra
 /// syscall per request, measured with strace. A timer due every second keeps the planned
 /// wakeup near, so request timers never need the self-wake; it costs one wakeup a second.
-async fn heartbeat(stop: tokio_util::sync::CancellationToken) {
+/// Every few beats it also sweeps the runtime's upstream pool (`Client::sweep`); `ctx` is
+/// weak so that the heartbeat does not keep a finished runtime's context alive.
+async fn heartbeat(
+    stop: tokio_util::sync::CancellationToken,
+    ctx: std::sync::Weak<connection::Ctx>,
+) {
+    const SWEEP_EVERY: u32 = 5;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut beats = 0u32;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        beats = beats.wrapping_add(1);
+        if beats.is_multiple_of(SWEEP_EVERY)
+            && let Some(ctx) = ctx.upgrade()
+        {
+            ctx.http.sweep();
         }
     }
 }

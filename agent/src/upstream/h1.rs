@@ -121,7 +121,7 @@ impl Pool {
         let mut all = self.conns.lock().ok()?;
         let conns = all.get_mut(&ns)?;
         let list = conns.get_mut(authority)?;
-        list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE);
+        trim(list, self.max_idle);
         if list.is_empty() && ns != 0 {
             // Namespaces come and go: forget their empty entries, or the map grows forever.
             conns.remove(authority);
@@ -130,16 +130,35 @@ impl Pool {
             }
             return None;
         }
-        let mut idle = 0;
-        list.retain(|c| {
-            if !c.sender.is_ready() {
-                return true;
-            }
-            idle += 1;
-            idle <= self.max_idle.max(1)
-        });
         let i = list.iter().rposition(|c| c.sender.is_ready())?;
         Some(list.swap_remove(i).sender)
+    }
+
+    /// Closes what `take` would drop, for every backend: run every few seconds
+    /// (`app::heartbeat`), so a burst's idle connections and expired ones are closed even
+    /// when no request goes to their backend again.
+    pub fn sweep(&self) {
+        let Ok(mut all) = self.conns.lock() else {
+            return;
+        };
+        for conns in all.values_mut() {
+            for list in conns.values_mut() {
+                trim(list, self.max_idle);
+            }
+            conns.retain(|_, list| !list.is_empty());
+        }
+        all.retain(|ns, conns| *ns == 0 || !conns.is_empty());
+    }
+
+    /// Open pooled connections (idle or busy).
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.conns.lock().map_or(0, |all| {
+            all.values()
+                .flat_map(|c| c.values())
+                .map(|l| l.iter().filter(|c| !c.sender.is_closed()).count())
+                .sum()
+        })
     }
 
     /// Back into the pool right after sending: it is taken again only once its response
@@ -212,6 +231,20 @@ impl Pool {
     }
 }
 
+/// Drops closed and expired connections and the idle ones past `max_idle` (at least one is
+/// kept); busy ones stay, each is a request in flight.
+fn trim(list: &mut Vec<Idle>, max_idle: usize) {
+    list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE);
+    let mut idle = 0;
+    list.retain(|c| {
+        if !c.sender.is_ready() {
+            return true;
+        }
+        idle += 1;
+        idle <= max_idle.max(1)
+    });
+}
+
 /// `host:port`, `[v6]:port` → (host, port).
 pub(super) fn split_authority(a: &str) -> Option<(&str, u16)> {
     let (host, port) = a.rsplit_once(':')?;
@@ -238,14 +271,31 @@ mod tests {
     /// A real HTTP/1.1 server on loopback answering every request with `ok`; it counts
     /// connections and closes each after `per_conn` requests.
     async fn server(per_conn: usize) -> (String, Arc<AtomicUsize>) {
+        let (addr, accepted, _) = counting_server(per_conn).await;
+        (addr, accepted)
+    }
+
+    /// `server`, also counting the connections still open (a connection's task ends when
+    /// the client closes it).
+    async fn counting_server(per_conn: usize) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let live = Arc::new(AtomicUsize::new(0));
+        let (count, open) = (accepted.clone(), live.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let open = open.clone();
                 tokio::spawn(async move {
+                    struct Closed(Arc<AtomicUsize>);
+                    impl Drop for Closed {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _closed = Closed(open);
                     let mut buf = Vec::new();
                     for _ in 0..per_conn {
                         loop {
@@ -267,7 +317,7 @@ mod tests {
                 });
             }
         });
-        (addr, accepted)
+        (addr, accepted, live)
     }
 
     fn get(authority: &str) -> Request<Body> {
@@ -319,6 +369,30 @@ mod tests {
         for _ in 0..20 {
             ok(&pool, &authority).await;
         }
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
+    async fn the_sweep_closes_a_bursts_idle_connections_beyond_max_idle() {
+        let (authority, accepted, live) = counting_server(usize::MAX).await;
+        let pool = Pool::new(0x51ce, Duration::from_secs(2), 2);
+        // Six at once: six connections, all idle in the pool once answered.
+        futures_util::future::join_all((0..6).map(|_| ok(&pool, &authority))).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 6);
+        assert_eq!(pool.open(), 6, "take() trims only when a request comes");
+        pool.sweep();
+        assert_eq!(pool.open(), 2);
+        // The server sees the four others closed (hyper closes a dropped sender's connection).
+        for _ in 0..200 {
+            if live.load(Ordering::SeqCst) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(live.load(Ordering::SeqCst), 2);
+        // The two kept are reused.
+        ok(&pool, &authority).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 6);
     }
 
     #[tokio::test]

@@ -134,6 +134,12 @@ impl Client {
 }
 
 impl Client {
+    /// Closes pooled HTTP/1.1 connections past their bounds (`h1::Pool::sweep`); hyper-util's
+    /// HTTP/2 pool bounds its own.
+    pub fn sweep(&self) {
+        self.h1.sweep();
+    }
+
     /// Sends a request whose protocol switch the policy allowed, on a connection of its own
     /// (after the switch it carries the tunnel). The headers the switch needs are kept:
     /// `Upgrade`, and h2c's `HTTP2-Settings`; every other hop-by-hop header is dropped as
