@@ -48,7 +48,7 @@ pub struct Timeouts {
 
 /// The stream of an allowed protocol switch, run by the connection's task once hyper has
 /// handed the socket over.
-type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Requests in flight on one connection, and when the last one ended.
 struct Activity {
@@ -81,14 +81,23 @@ impl InFlight {
         InFlight(a.clone())
     }
 
+    /// Where a request puts the tunnel of an allowed switch for its connection's task.
+    pub fn tunnel_slot(&self) -> TunnelSlot {
+        TunnelSlot(self.0.clone())
+    }
+}
+
+/// A connection's place for the tunnel that takes it over once its HTTP exchange is over.
+pub struct TunnelSlot(Arc<Activity>);
+
+impl TunnelSlot {
     /// Fires when the agent's drain deadline cuts this connection.
     pub fn cut(&self) -> CancellationToken {
         self.0.force.clone()
     }
 
-    /// Hands the connection over to `tunnel` once its HTTP exchange is over. The request
-    /// stays in flight inside it (the tunnel owns this mark).
-    pub fn then_tunnel(self, tunnel: Tunnel) {
+    /// The tunnel owns the request's end, in-flight mark included, until it finishes.
+    pub fn set(self, tunnel: Tunnel) {
         if let Ok(mut slot) = self.0.tunnel.lock() {
             *slot = Some(tunnel);
         }

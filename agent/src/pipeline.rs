@@ -181,7 +181,7 @@ fn response(
     head: Response<Incoming>,
 ) -> Result<(Response<Body>, Chain), Refusal> {
     if let Some(switch) = rq.switch
-        && switch::accepted(switch, head.status())
+        && switch::accepted(switch, head.status(), head.headers().get(header::UPGRADE))
     {
         return Ok((switched(rq, switch, head), Chain::default()));
     }
@@ -234,6 +234,9 @@ fn switched(rq: &mut Request, switch: Switch, mut head: Response<Incoming>) -> R
     let (mut parts, _) = head.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers, false);
+    // Nothing follows the head but the stream: hyper refuses a length on a CONNECT's 2xx,
+    // and a 101 has no body.
+    parts.headers.remove(header::CONTENT_LENGTH);
     if let Some(u) = upgrade.filter(|_| switch != Switch::Connect) {
         parts.headers.insert(header::UPGRADE, u);
         parts.headers.insert(
@@ -280,9 +283,9 @@ impl Request {
         if let Some(tunnel) = tunnel {
             // The record and the in-flight mark go with the tunnel: the connection's task
             // runs it once hyper has sent this head and handed the socket over.
-            if let Some(in_flight) = end.in_flight.take() {
-                let cut = in_flight.cut();
-                in_flight.then_tunnel(Box::pin(tunnel.run(end, cut)));
+            if let Some(slot) = end.in_flight.as_ref().map(InFlight::tunnel_slot) {
+                let cut = slot.cut();
+                slot.set(Box::pin(tunnel.run(end, cut)));
             }
             return response;
         }

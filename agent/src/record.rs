@@ -295,6 +295,11 @@ impl Guard {
         self.with(|r| r.request_bytes = n as u64);
     }
 
+    /// Bytes a switched stream carried up, after the request's own body.
+    pub fn add_request_bytes(&mut self, n: usize) {
+        self.with(|r| r.request_bytes += n as u64);
+    }
+
     pub fn add_bytes(&mut self, n: usize) {
         self.with(|r| r.response_bytes += n as u64);
     }

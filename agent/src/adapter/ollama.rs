@@ -609,6 +609,15 @@ mod tests {
         ] {
             assert!(expires_at_once(&v), "{v}");
         }
+        // Parsed from text as the request is: rounded correctly (as Go's ParseFloat does),
+        // this is just under one second, an unload.
+        for text in [
+            "0.99999999999999994",
+            "0.9999999999999999444888487687421729788184165954589843749",
+        ] {
+            let v: Value = serde_json::from_str(text).expect("number");
+            assert!(expires_at_once(&v), "{v}");
+        }
         for v in [
             json!(null),
             json!(-1),

@@ -307,9 +307,10 @@ fn form(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Value>, Refusal> {
     }
 }
 
-/// Fields (or parts) of a form body Sluice reads: Starlette's `max_fields` and Go's
-/// `multipartmaxparts` default alike, so a form the servers read is never refused, and a
-/// body of empty fields cannot grow a map of millions of entries.
+/// Fields (or parts) of a form body Sluice reads, so a body of empty fields cannot grow a
+/// map of millions of entries. Go's `multipartmaxparts` and Starlette's multipart
+/// `max_fields` default to the same; for urlencoded bodies the servers may accept more, and
+/// Sluice refuses more than this.
 const MAX_FORM_FIELDS: usize = 1000;
 
 /// An `application/x-www-form-urlencoded` body's fields. Only spellings every server reads
@@ -324,6 +325,14 @@ fn urlencoded(bytes: &[u8]) -> Result<Value, Refusal> {
             format!("urlencoded request body: {why}"),
         )
     };
+    // Raw non-ASCII bytes: Starlette reads them as Latin-1, Go and Sluice as UTF-8.
+    // Percent-escaped UTF-8 is read alike by all three.
+    if !bytes.is_ascii() {
+        return Err(bad(
+            "raw non-ASCII bytes (percent-escape them) are read differently by different servers"
+                .into(),
+        ));
+    }
     let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
     if text.contains(';') {
         return Err(bad(
@@ -439,8 +448,9 @@ pub fn parse_json(bytes: &[u8], keys: KeyMatch) -> Result<Value, JsonError> {
 /// Values parsed between two calls of the meter.
 pub const METER_STEP: usize = 4096;
 
-/// What one parsed value is taken to cost in memory: a `Value` (32 bytes) and its share of
-/// vector growth or of an object's map entry. Strings' own bytes are within the raw body's.
+/// What one unit of the parsed tree is taken to cost in memory: a `Value` (32 bytes) and its
+/// share of vector growth; an object entry counts three (`Seed::count`). Strings' own bytes
+/// are within the raw body's.
 pub const VALUE_COST: usize = 48;
 
 /// `parse_json`, calling `grow` with the tree's estimated size every `METER_STEP` values.
@@ -488,18 +498,28 @@ struct Seed<'a> {
     meter: &'a Meter<'a>,
 }
 
-impl<'de> DeserializeSeed<'de> for Seed<'_> {
-    type Value = Value;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        // Counted before the value is built: a step's worth at most is ever uncharged.
-        let n = self.meter.values.get() + 1;
+impl Seed<'_> {
+    /// Counts `units` more of the tree (a value is one; an object entry, with its key, three:
+    /// the key's `String` and the map's node cost more than the value itself). Counted before
+    /// they are built: a step's worth at most is ever uncharged.
+    fn count<E: de::Error>(self, units: usize) -> Result<(), E> {
+        let before = self.meter.values.get();
+        let n = before + units;
         self.meter.values.set(n);
-        if n.is_multiple_of(METER_STEP)
+        if n / METER_STEP != before / METER_STEP
             && let Err(r) = (self.meter.grow)(n * VALUE_COST)
         {
             *self.stop.borrow_mut() = Some(Stop::Meter(r));
-            return Err(de::Error::custom("over the parse budget"));
+            return Err(E::custom("over the parse budget"));
         }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.count(1)?;
         d.deserialize_any(self)
     }
 }
@@ -554,6 +574,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
         // canonical form (every key of a well-behaved client) costs nothing here.
         let mut spelled: Vec<(String, String)> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
+            self.count(2)?;
             let folded = match self.keys.canonical(&key) {
                 Cow::Owned(c) => Some(c),
                 Cow::Borrowed(_) => None,
@@ -924,6 +945,21 @@ mod tests {
             ))
         });
         assert!(matches!(stopped, Err(JsonError::Stopped(r)) if r.message == "too dense"));
+        // An object entry counts three: a key, its map node and the value.
+        let object = format!(
+            "{{{}}}",
+            (0..METER_STEP)
+                .map(|i| format!("\"k{i}\":0"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let calls = std::cell::Cell::new(0);
+        parse_json_metered(object.as_bytes(), KeyMatch::Exact, &|_| {
+            calls.set(calls.get() + 1);
+            Ok(())
+        })
+        .expect("parses");
+        assert_eq!(calls.get(), 3);
         // A small body never calls the meter.
         parse_json_metered(br#"{"model":"m","n":[1,2,3]}"#, KeyMatch::Exact, &|_| {
             panic!("metered a small body")
@@ -966,6 +1002,7 @@ mod tests {
             "model=%zz",
             "model=%C3",
             "model=x&%6dodel=y",
+            "model=caf\u{e9}",
             many.as_str(),
         ] {
             let e = read(form, body).expect_err(body);

@@ -83,11 +83,14 @@ pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
     }
     let bytes: Bytes = buf.freeze();
     // The parsed tree is in memory beside the bytes: it is charged to the budget as it
-    // grows, and one body's tree may take at most as much again as the largest body.
+    // grows. One body's tree may take at most as much again as the largest body, and never
+    // more than its cgroup's share leaves beside its bytes: a body that could never fit is
+    // refused as too dense (413), not sent to retry for ever (503).
+    let tree_cap = max.min(ctx.body_budget.per_cgroup().saturating_sub(bytes.len()));
     let charge = std::cell::RefCell::new(charge);
     let grow = |tree: usize| {
-        if tree > max {
-            return Err(too_dense(max));
+        if tree > tree_cap {
+            return Err(too_dense(tree_cap));
         }
         ctx.body_budget
             .grow(&mut charge.borrow_mut(), bytes.len() + tree)

@@ -28,6 +28,15 @@ pub fn requested(parts: &Parts) -> Result<Option<Switch>, Refusal> {
         if upgrade.is_some() {
             return Err(refuse("CONNECT with an Upgrade header".to_string()));
         }
+        // CONNECT has no content (RFC 9110 §9.3.6): bytes framed as a body would be tunnel
+        // data to the server and a body to Sluice.
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+        if declared || parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            return Err(refuse("CONNECT with a body".to_string()));
+        }
         return Ok(Some(Switch::Connect));
     }
     let value = upgrade.map_or(&b""[..], HeaderValue::as_bytes);
@@ -60,12 +69,26 @@ fn refuse(what: String) -> Refusal {
     )
 }
 
-/// Whether the upstream's answer is the switch asked for: `101` to an `Upgrade`, `2xx` to a
-/// `CONNECT`. Anything else is an ordinary response and the connection stays HTTP.
-pub fn accepted(switch: Switch, status: StatusCode) -> bool {
+/// Whether the upstream's answer is the switch asked for: `2xx` to a `CONNECT`, `101` naming
+/// the protocol asked for to an `Upgrade`. A non-2xx to `CONNECT` or a final status to an
+/// `Upgrade` is an ordinary response and the connection stays HTTP; a `101` to anything else
+/// (another protocol, or none named) is refused by `pipeline::response` as a switch nobody
+/// allowed.
+pub fn accepted(switch: Switch, status: StatusCode, upgrade: Option<&HeaderValue>) -> bool {
     match switch {
         Switch::Connect => status.is_success(),
-        Switch::Websocket | Switch::H2c => status == StatusCode::SWITCHING_PROTOCOLS,
+        Switch::Websocket | Switch::H2c => {
+            status == StatusCode::SWITCHING_PROTOCOLS
+                && upgrade.is_some_and(|u| {
+                    let name = u
+                        .as_bytes()
+                        .split(|b| *b == b'/')
+                        .next()
+                        .unwrap_or_default();
+                    name.trim_ascii()
+                        .eq_ignore_ascii_case(switch.as_str().as_bytes())
+                })
+        }
     }
 }
 
@@ -78,37 +101,38 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    /// Copies both ways until either side ends, then finishes the request's record with the
-    /// bytes each way and how it ended. Each direction's buffer is bounded (tokio's copy).
+    /// Copies both ways (a half-close is passed on) until both directions have ended, or
+    /// the drain deadline cuts it, then finishes the request's record with the bytes each
+    /// way and how it ended. Each direction's buffer is bounded (tokio's copy). `end` holds
+    /// the request's in-flight mark until then.
     pub async fn run(self, mut end: RequestEnd, cut: tokio_util::sync::CancellationToken) {
-        let (client, upstream) = tokio::join!(self.client, self.upstream);
-        let (client, upstream) = match (client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
-            (Err(e), _) | (_, Err(e)) => {
-                end.record.finish(Outcome::Switched {
-                    to: self.switch,
-                    error: Some(format!("the switch did not complete: {e}")),
-                });
-                return;
-            }
-        };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        let copied = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => r.map_err(|e| e.to_string()),
+        let switch = self.switch;
+        let outcome = tokio::select! {
+            r = self.join() => r,
             () = cut.cancelled() => Err("cut by drain".to_string()),
         };
-        let error = match copied {
+        let error = match outcome {
             Ok((up, down)) => {
-                end.record.set_request_bytes(up as usize);
+                end.record.add_request_bytes(up as usize);
                 end.record.add_bytes(down as usize);
                 None
             }
             Err(e) => Some(e),
         };
-        end.record.finish(Outcome::Switched {
-            to: self.switch,
-            error,
-        });
+        end.record.finish(Outcome::Switched { to: switch, error });
+    }
+
+    /// Both halves once hyper hands them over, then the copy: (bytes up, bytes down).
+    async fn join(self) -> Result<(u64, u64), String> {
+        let (client, upstream) = tokio::join!(self.client, self.upstream);
+        let (client, upstream) = match (client, upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => return Err(format!("the switch did not complete: {e}")),
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -153,11 +177,35 @@ mod tests {
     }
 
     #[test]
+    fn a_connect_with_a_body_is_refused() {
+        for (name, value) in [("content-length", "5"), ("transfer-encoding", "chunked")] {
+            let mut p = parts(Method::CONNECT, Version::HTTP_11, &[]);
+            p.headers.insert(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+            let r = requested(&p).expect_err("a body");
+            assert!(r.message.contains("CONNECT with a body"), "{}", r.message);
+        }
+        let mut p = parts(Method::CONNECT, Version::HTTP_11, &[]);
+        p.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert_eq!(requested(&p).expect("no body"), Some(Switch::Connect));
+    }
+
+    #[test]
     fn only_the_switch_asked_for_counts_as_accepted() {
-        assert!(accepted(Switch::Websocket, StatusCode::SWITCHING_PROTOCOLS));
-        assert!(!accepted(Switch::Websocket, StatusCode::OK));
-        assert!(accepted(Switch::Connect, StatusCode::OK));
-        assert!(!accepted(Switch::Connect, StatusCode::SWITCHING_PROTOCOLS));
-        assert!(!accepted(Switch::H2c, StatusCode::FORBIDDEN));
+        let ws = HeaderValue::from_static("WebSocket");
+        let h2c = HeaderValue::from_static("h2c");
+        let s101 = StatusCode::SWITCHING_PROTOCOLS;
+        assert!(accepted(Switch::Websocket, s101, Some(&ws)));
+        assert!(accepted(Switch::H2c, s101, Some(&h2c)));
+        // Another protocol than the one allowed, or none named: not this switch.
+        assert!(!accepted(Switch::Websocket, s101, Some(&h2c)));
+        assert!(!accepted(Switch::Websocket, s101, None));
+        assert!(!accepted(Switch::Websocket, StatusCode::OK, Some(&ws)));
+        assert!(accepted(Switch::Connect, StatusCode::OK, None));
+        assert!(!accepted(Switch::Connect, s101, None));
+        assert!(!accepted(Switch::H2c, StatusCode::FORBIDDEN, Some(&h2c)));
     }
 }
