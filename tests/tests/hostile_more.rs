@@ -381,7 +381,10 @@ fn a_json_body_of_tiny_values_costs_memory_near_its_size() {
         "{}",
         resp.lines().next().unwrap_or_default()
     );
-    assert!(resp.contains("more JSON values than Sluice inspects"), "{resp}");
+    assert!(
+        resp.contains("more JSON values than Sluice inspects"),
+        "{resp}"
+    );
     assert!(
         grew_mib <= 3 * (body.len() as u64 >> 20),
         "a {} MiB body raised the agent's peak RSS by {grew_mib} MiB; the 128 MiB body budget \
