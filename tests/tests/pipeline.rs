@@ -1,7 +1,8 @@
 //! End-to-end tests of the request pipeline's hardening, through real interception: one record
-//! per request however it ends, timeouts for slow and idle clients, connection caps, the body
-//! memory budget, the HTTP/2 stream cap, hop-by-hop headers, protocol switches, and the
-//! response-size filter. Hostile clients are raw sockets (tests/clients/raw.py) run inside
+//! per request however it ends (drain included), timeouts for slow and idle clients,
+//! connection caps and the open-file limit, the body memory budget, the HTTP/2 stream cap,
+//! hop-by-hop and `Accept-Encoding` headers, protocol switches, the response-size filter, and
+//! policy reloads on a single worker. Hostile clients are raw sockets (tests/clients/raw.py) run inside
 //! the test cgroup. Needs root.
 use std::{
     fs,
