@@ -257,6 +257,20 @@ impl Agent {
 
     /// `start` with `--log-format text` or `json`.
     pub fn start_with_log_format(spec: &AgentSpec, log_format: &'static str) -> Agent {
+        let mut agent = Self::configured(spec, log_format);
+        agent.spawn();
+        agent
+    }
+
+    /// `start` through a wrapper command (see `spawn_under`).
+    pub fn start_under(spec: &AgentSpec, wrapper: &[&str]) -> Agent {
+        let mut agent = Self::configured(spec, "json");
+        agent.spawn_under(wrapper);
+        agent
+    }
+
+    /// An agent with its directory and config written, not yet started.
+    fn configured(spec: &AgentSpec, log_format: &'static str) -> Agent {
         let dir = std::env::temp_dir().join(unique("agent"));
         fs::create_dir_all(&dir).expect("agent temp dir");
         let listen_port = free_port();
@@ -268,7 +282,7 @@ impl Agent {
             Self::config_yaml(spec, listen_port, &pin_dir, &admin),
         )
         .expect("write config");
-        let mut agent = Agent {
+        Agent {
             child: None,
             dir: dir.clone(),
             config,
@@ -277,19 +291,31 @@ impl Agent {
             listen_port,
             log: dir.join("agent.log"),
             log_format,
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     /// Starts (or restarts) the agent process with the same config; waits until it answers.
     pub fn spawn(&mut self) {
+        self.spawn_under(&[]);
+    }
+
+    /// `spawn` through a wrapper that execs the agent (so the child's pid stays the agent's),
+    /// e.g. `["prlimit", "--nofile=1024:4096", "--"]`; empty runs the agent itself.
+    pub fn spawn_under(&mut self, wrapper: &[&str]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let child = Command::new(sluice_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(sluice_bin());
+                c
+            }
+            None => Command::new(sluice_bin()),
+        };
+        let child = cmd
             .args(["--log-format", self.log_format, "run", "--config"])
             .arg(&self.config)
             .env("SLUICE_LOG", "info")

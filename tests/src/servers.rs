@@ -95,6 +95,8 @@ pub fn websocket_echo(bind: &str) -> Server {
     serve(bind, |s, seen| {
         let _ = s.set_nodelay(true);
         let seen = seen.clone();
+        // tungstenite's handshake callback fixes the error type (a whole HTTP response).
+        #[allow(clippy::result_large_err)]
         let record = move |req: &tungstenite::handshake::server::Request,
                            resp: tungstenite::handshake::server::Response| {
             if let Ok(mut r) = seen.requests.lock() {
