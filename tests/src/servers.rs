@@ -144,7 +144,8 @@ pub fn connect_echo(bind: &str) -> Server {
         if !line.starts_with("CONNECT ") {
             return w.write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n");
         }
-        w.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")?;
+        // With a (zero) length, as some proxies send it: hyper refuses to pass one on.
+        w.write_all(b"HTTP/1.1 200 Connection Established\r\nContent-Length: 0\r\n\r\n")?;
         // Bytes the reader buffered past the head belong to the tunnel.
         let early = r.buffer().to_vec();
         w.write_all(&early)?;
