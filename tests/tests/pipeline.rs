@@ -1316,3 +1316,80 @@ fn a_request_waiting_on_the_upstream_at_shutdown_is_recorded_once_as_cut_by_drai
     assert_eq!(recs[0]["decision"], "allow", "{}", recs[0]);
     assert_eq!(recs[0]["model"], "test-model", "{}", recs[0]);
 }
+
+/// An allowed tunnel still open when the agent stops is cut by the drain deadline and
+/// recorded once, as switched and cut (the tunnel runs past its request's response; it must
+/// not outlive the agent's drain).
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn an_open_tunnel_is_cut_by_the_drain_and_recorded_once() {
+    require_root();
+    let tunnel_server = servers::connect_echo("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("tunneldrain");
+    let pack = sluice_tests::TempDir::new("tunnel-pack");
+    fs::write(pack.path().join("pack.yaml"), SWITCH_PACK).expect("write pack");
+    let mut agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "open",
+        targets: target(
+            "tunnels",
+            &vip,
+            &tunnel_server.addr.to_string(),
+            "openai",
+            "",
+        ),
+        listen_v6: false,
+        extra: format!("policies: [\"{}\"]\n", pack.path().display()),
+    });
+    let plan = json!([
+        [
+            "send",
+            "CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n"
+        ],
+        ["read", 1],
+        ["send", "held open"],
+        ["read", 20]
+    ]);
+    let client = raw_client(&cg.dir, &vip, &plan)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    // The tunnel is up once the server has the CONNECT.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tunnel_server
+        .seen
+        .requests
+        .lock()
+        .map(|r| r.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CONNECT reached the server\n{}",
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let exit = agent.stop();
+    let out = client.wait_with_output().expect("client");
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("raw.py json");
+    assert!(
+        seen["reads"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200"),
+        "{seen}"
+    );
+    assert_eq!(seen["reads"][1], "held open", "{seen}");
+    assert_eq!(seen["closed"], true, "the drain closed the tunnel: {seen}");
+    let recs = log_events(&agent, "request");
+    assert_eq!(recs.len(), 1, "{exit:?}\n{}", agent.log_text());
+    assert_eq!(
+        recs[0]["outcome"], "switched to connect, not judged, ended: cut by drain",
+        "{}",
+        recs[0]
+    );
+    assert_eq!(recs[0]["rules"], "tunnel", "{}", recs[0]);
+}
