@@ -139,8 +139,11 @@ struct WorkloadArgs {
     comm: Option<String>,
     #[arg(long)]
     exe: Option<String>,
-    /// The workload's cgroup v2 path; its container and pod are read from it as the agent
-    /// reads them.
+    /// The uid's user name on the host.
+    #[arg(long)]
+    user: Option<String>,
+    /// The workload's cgroup v2 path; its systemd unit, container and pod are read from it
+    /// as the agent reads them.
     #[arg(long)]
     cgroup: Option<String>,
     /// The full 64-digit container id (replaces the one --cgroup names).
@@ -159,6 +162,7 @@ impl WorkloadArgs {
         let described = self.uid.is_some()
             || self.comm.is_some()
             || self.exe.is_some()
+            || self.user.is_some()
             || self.cgroup.is_some()
             || self.container_id.is_some()
             || self.pod_uid.is_some();
@@ -176,6 +180,7 @@ impl WorkloadArgs {
                 self.comm.unwrap_or_default(),
                 self.exe,
             )
+            .named(self.user)
             .placed(self.cgroup.as_deref(), container, self.pod_uid),
         )
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 #[allow(unsafe_code)]
 pub mod cgroup;
 pub mod container;
+pub mod names;
 
 pub use cgroup::CgroupRoot;
 pub use container::{Container, Runtime};
@@ -36,6 +37,12 @@ pub struct Workload {
     /// Kubernetes pod uid, lower case with dashes.
     #[serde(default)]
     pub pod_uid: Option<String>,
+    /// The user name of `uid` on the host (`names::user`); `None` for a uid with no account.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The systemd unit the cgroup is in (`names::unit`).
+    #[serde(default)]
+    pub unit: Option<String>,
 }
 
 impl Workload {
@@ -53,7 +60,15 @@ impl Workload {
             cgroup: None,
             container: None,
             pod_uid: None,
+            user: None,
+            unit: None,
         }
+    }
+
+    /// Names a described workload's user (policy test cases, `sluice policy explain`).
+    pub fn named(mut self, user: Option<String>) -> Self {
+        self.user = user;
+        self
     }
 
     /// Places a described workload in `path`: container and pod as the agent would read
@@ -61,6 +76,7 @@ impl Workload {
     pub fn in_cgroup(mut self, path: impl Into<String>) -> Self {
         let path = path.into();
         let id = container::parse(&path);
+        self.unit = names::unit(&path).map(str::to_string);
         self.cgroup = Some(path);
         self.container = id.container;
         self.pod_uid = id.pod_uid;
@@ -107,6 +123,7 @@ impl Workload {
         w.pid = meta.pid;
         w.tgid = meta.tgid;
         w.cgroup_id = meta.cgroup_id;
+        w.user = names::user(meta.uid);
         if let Some(path) = cgroups.path_of(meta.cgroup_id) {
             w = w.in_cgroup(path);
         }

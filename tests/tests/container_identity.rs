@@ -328,3 +328,103 @@ fn look_alike_cgroups_are_not_containers() {
         );
     }
 }
+
+/// Callers without a token named by their user and their systemd unit: a unit-shaped child
+/// cgroup is allowed by `units`, a process running as `nobody` by `users`, and neither a
+/// root process nor another unit is; records carry both names.
+#[test]
+#[ignore = "end-to-end: needs root, cgroup v2 and the eBPF build"]
+fn users_and_systemd_units_select_callers_without_a_token() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let policies = TempDir::new("names-policies");
+    let pack = policies.path().join("names");
+    std::fs::create_dir_all(&pack).expect("pack dir");
+    std::fs::write(
+        pack.join("pack.yaml"),
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: PolicyPack
+metadata: {name: names}
+spec:
+  rules:
+    - id: chat-unit
+      action: allow
+      match: {workload: {units: ["chat.service"]}}
+    - id: nobody-user
+      action: allow
+      match: {workload: {users: [nobody]}}
+"#,
+    )
+    .expect("write pack");
+    let root = TestCgroup::new("names");
+    let agent = Agent::start(&AgentSpec {
+        cgroup: root.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
+            server.addr
+        ),
+        listen_v6: false,
+        extra: format!("policies: [\"{}\"]\n", pack.display()),
+    });
+    let chat_unit = root.nested("system.slice/chat.service");
+    let other_unit = root.nested("system.slice/other.service");
+
+    let (status, body) = post_from(&chat_unit, &vip);
+    assert_eq!(status, 200, "the allowed unit: {body}");
+    let (status, body) = post_from(&other_unit, &vip);
+    assert_eq!(status, 403, "another unit, as root: {body}");
+    // The same unit, but the process runs as `nobody` (uid 65534 on Debian).
+    let out = other_unit
+        .command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args([
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-H", "content-type: application/json", "--data", &chat()])
+        .arg(format!("http://{vip}:8000/v1/chat/completions"))
+        .output()
+        .expect("setpriv curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "nobody, by user name: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let recs = wait_log_events(&agent, "request", 3);
+    assert_eq!(recs.len(), 3, "{}", agent.log_text());
+    let by_rule = |rule: &str| {
+        recs.iter()
+            .find(|r| r["rules"] == rule)
+            .unwrap_or_else(|| panic!("no record decided by {rule}: {recs:#?}"))
+    };
+    let r = by_rule("chat-unit");
+    assert_eq!(
+        (&r["unit"], &r["user"]),
+        (&json!("chat.service"), &json!("root")),
+        "{r}"
+    );
+    let r = by_rule("nobody-user");
+    assert_eq!(
+        (&r["unit"], &r["user"]),
+        (&json!("other.service"), &json!("nobody")),
+        "{r}"
+    );
+    assert_eq!(r["uid"], 65534, "{r}");
+    let r = by_rule("(target default)");
+    assert_eq!(
+        (&r["unit"], &r["decision"]),
+        (&json!("other.service"), &json!("deny")),
+        "{r}"
+    );
+    drop((chat_unit, other_unit));
+}

@@ -76,7 +76,11 @@ pub struct CaseWorkload {
     pub comm: String,
     #[serde(default)]
     pub exe: Option<String>,
-    /// The cgroup v2 path; the container and pod are read from it as the agent reads them.
+    /// The uid's user name on the host.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The cgroup v2 path; the unit, container and pod are read from it as the agent reads
+    /// them.
     #[serde(default)]
     pub cgroup: Option<String>,
     /// Given here, it replaces the one the cgroup path names.
@@ -102,11 +106,13 @@ impl CaseWorkload {
             id: c.id.0.clone(),
             runtime: c.runtime,
         });
-        Workload::described(self.uid, self.gid, self.comm.clone(), self.exe.clone()).placed(
-            self.cgroup.as_deref(),
-            container,
-            self.pod_uid.as_ref().map(|u| u.0.clone()),
-        )
+        Workload::described(self.uid, self.gid, self.comm.clone(), self.exe.clone())
+            .named(self.user.clone())
+            .placed(
+                self.cgroup.as_deref(),
+                container,
+                self.pod_uid.as_ref().map(|u| u.0.clone()),
+            )
     }
 }
 

@@ -316,7 +316,9 @@ impl Rule {
             || self.cgroups.is_some()
             || self.container_ids.is_some()
             || !self.container_runtimes.is_empty()
-            || self.pod_uids.is_some();
+            || self.pod_uids.is_some()
+            || self.users.is_some()
+            || self.units.is_some();
         if !constrained {
             return true;
         }
@@ -328,6 +330,14 @@ impl Rule {
                 .exes
                 .as_ref()
                 .is_none_or(|g| w.exe.as_deref().is_some_and(|e| g.is_match(e)))
+            && self
+                .users
+                .as_ref()
+                .is_none_or(|g| w.user.as_deref().is_some_and(|u| g.is_match(u)))
+            && self
+                .units
+                .as_ref()
+                .is_none_or(|g| w.unit.as_deref().is_some_and(|u| g.is_match(u)))
             && self.matches_container(w)
     }
 
@@ -553,6 +563,60 @@ spec:
         let shown = err.to_string();
         assert!(shown.starts_with("sw.yaml:"), "{shown}");
         assert!(shown.contains("websocket"), "{shown}");
+    }
+
+    #[test]
+    fn users_and_units_select_callers_and_an_unknown_one_matches_neither() {
+        let text = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: PolicyPack
+metadata: { name: names }
+spec:
+  rules:
+    - id: batch-user
+      action: allow
+      match: { workload: { users: ["batch-*"] } }
+    - id: chat-unit
+      action: allow
+      match: { workload: { units: ["chat.service"] } }
+"#;
+        let policy = parse_pack(text, Path::new("n.yaml")).expect("pack loads");
+        let op = Operation {
+            class: OpClass::Inference,
+            route: "openai.chat.completions",
+            model: None,
+            streaming: false,
+        };
+        let decide = |w: &Workload| {
+            let f = Facts {
+                target: "t",
+                server: Server::Openai,
+                method: "POST",
+                path: "/v1/chat/completions",
+                operation: &op,
+                body: None,
+                default: Action::Deny,
+                workload: Some(w),
+                identity: None,
+                switch: None,
+            };
+            let d = policy.evaluate(&f);
+            assert_eq!(d, policy.evaluate_linear(&f));
+            d.rule_ids()
+        };
+        let plain = Workload::described(1500, 1500, "python3".into(), None);
+        assert_eq!(
+            decide(&plain.clone().named(Some("batch-7".into()))),
+            ["batch-user"]
+        );
+        assert!(decide(&plain.clone().named(Some("alice".into()))).is_empty());
+        // A uid with no account has no user name: user rules never match it.
+        assert!(decide(&plain).is_empty());
+        let user_unit = plain
+            .clone()
+            .in_cgroup("/user.slice/user-1000.slice/user@1000.service/app.slice/chat.service");
+        assert_eq!(decide(&user_unit), ["chat-unit"]);
+        assert!(decide(&plain.in_cgroup("/system.slice/other.service")).is_empty());
     }
 
     #[test]

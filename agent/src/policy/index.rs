@@ -599,7 +599,9 @@ mod tests {
                 ])),
             )
                 .prop_map(|(uid, gid, comm, exe, cgroup)| {
-                    let w = Workload::described(uid, gid, comm.into(), exe.map(String::from));
+                    let user = [None, Some("alice"), Some("bob"), Some("carol")][uid as usize % 4];
+                    let w = Workload::described(uid, gid, comm.into(), exe.map(String::from))
+                        .named(user.map(String::from));
                     match cgroup {
                         Some(path) => w.in_cgroup(path),
                         None => w,
@@ -693,6 +695,12 @@ mod tests {
                 .map(|(i, mut r)| {
                     r["id"] = json!(format!("r{i}"));
                     // Some rules are about protocol switches (one of them names none).
+                    // And some on the user or the unit (looked up only in full, never indexed).
+                    match i % 5 {
+                        2 => r["match"]["workload"]["users"] = json!(["alice", "b*"]),
+                        3 => r["match"]["workload"]["units"] = json!(["docker-*.scope"]),
+                        _ => {}
+                    }
                     match i % 7 {
                         1 => r["match"]["switches"] = json!(["websocket"]),
                         4 => r["match"]["switches"] = json!(["connect", "h2c"]),

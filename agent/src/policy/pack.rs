@@ -155,6 +155,12 @@ struct WorkloadSpec {
     /// Kubernetes pod uids (with dashes), globs.
     #[serde(default, rename = "podUids")]
     pod_uids: Vec<PodUidPattern>,
+    /// User names of the uid on the host, globs.
+    #[serde(default)]
+    users: Vec<String>,
+    /// systemd units the cgroup is in (`ollama-client.service`, `docker-*.scope`), globs.
+    #[serde(default)]
+    units: Vec<String>,
 }
 
 /// One compiled rule. Empty matchers match anything.
@@ -182,6 +188,8 @@ pub struct Rule {
     pub(super) container_ids: Option<Globs>,
     pub(super) container_runtimes: Vec<Runtime>,
     pub(super) pod_uids: Option<Globs>,
+    pub(super) users: Option<Globs>,
+    pub(super) units: Option<Globs>,
     pub(super) authenticated: Option<bool>,
     pub(super) issuers: Option<Vec<String>>,
     pub(super) subjects: Option<Globs>,
@@ -393,6 +401,8 @@ fn parse(
             container_ids: globs(&container_ids, false).map_err(&invalid)?,
             container_runtimes: w.workload.container_runtimes,
             pod_uids: globs(&pod_uids, false).map_err(&invalid)?,
+            users: globs(&w.workload.users, false).map_err(&invalid)?,
+            units: globs(&w.workload.units, false).map_err(&invalid)?,
             authenticated: id.authenticated,
             issuers: id.issuers,
             subjects: globs(&subjects, false).map_err(&invalid)?,

@@ -39,7 +39,9 @@ pub fn json(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         cgroup_id: r.workload.cgroup_id,
         comm: &r.workload.comm,
         exe: f.exe,
+        user: f.user,
         cgroup: f.cgroup,
+        unit: f.unit,
         container_id: f.container_id,
         container_runtime: f.container_runtime,
         pod_uid: f.pod_uid,
@@ -91,7 +93,9 @@ pub fn text(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         )?;
         crate::logging::write_escaped(&mut s, &w.comm)?;
         quoted(&mut s, " exe=", f.exe)?;
+        quoted(&mut s, " user=", f.user)?;
         quoted(&mut s, " cgroup=", f.cgroup)?;
+        quoted(&mut s, " unit=", f.unit)?;
         quoted(&mut s, " container_id=", f.container_id)?;
         quoted(&mut s, " container_runtime=", f.container_runtime)?;
         quoted(&mut s, " pod_uid=", f.pod_uid)?;
@@ -133,7 +137,9 @@ fn quoted(s: &mut String, name: &str, value: &str) -> fmt::Result {
 /// The record's fields that need a choice made for a missing value.
 struct Fields<'a> {
     exe: &'a str,
+    user: &'a str,
     cgroup: &'a str,
+    unit: &'a str,
     container_id: &'a str,
     container_runtime: &'static str,
     pod_uid: &'a str,
@@ -153,7 +159,9 @@ impl<'a> Fields<'a> {
         let (op, w) = (r.operation.as_ref(), &r.workload);
         Fields {
             exe: w.exe.as_deref().unwrap_or("?"),
+            user: w.user.as_deref().unwrap_or(NONE),
             cgroup: w.cgroup.as_deref().unwrap_or("?"),
+            unit: w.unit.as_deref().unwrap_or(NONE),
             container_id: w.container.as_ref().map_or(NONE, |c| c.id.as_str()),
             container_runtime: w
                 .container
@@ -189,7 +197,9 @@ struct Json<'a> {
     cgroup_id: u64,
     comm: &'a str,
     exe: &'a str,
+    user: &'a str,
     cgroup: &'a str,
+    unit: &'a str,
     container_id: &'a str,
     container_runtime: &'static str,
     pod_uid: &'a str,
@@ -257,6 +267,8 @@ mod tests {
                     runtime: Some(Runtime::Docker),
                 }),
                 pod_uid: None,
+                user: Some("svc \"x\"".into()),
+                unit: Some(format!("docker-{}.scope", "ab".repeat(32))),
             }),
             principal: Some(std::sync::Arc::new(crate::identity::Principal {
                 issuer: "http://127.0.0.1:9/\"x".into(),
@@ -303,6 +315,8 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
         assert_eq!(v["exe"], "/usr/bin/py\u{202e}thon");
+        assert_eq!(v["user"], "svc \"x\"");
+        assert_eq!(v["unit"], format!("docker-{}.scope", "ab".repeat(32)));
         assert_eq!(v["container_id"], "ab".repeat(32));
         assert_eq!(v["container_runtime"], "docker");
         assert_eq!(v["pod_uid"], "-");
@@ -357,8 +371,9 @@ mod tests {
             line,
             "2026-11-26T02:58:50.720561Z  INFO sluice::record::writer: request request_id=7 \
              unix_ms=1795661930593 target_name=m pid=11 tgid=10 uid=1000 gid=1001 cgroup_id=42 \
-             comm=a\\nINFO forged \"x\" exe=\"/usr/bin/py\\u{202e}thon\" \
+             comm=a\\nINFO forged \"x\" exe=\"/usr/bin/py\\u{202e}thon\" user=\"svc \\\"x\\\"\" \
              cgroup=\"/system.slice/docker-abababababababababababababababababababababababababababababababab.scope\" \
+             unit=\"docker-abababababababababababababababababababababababababababababababab.scope\" \
              container_id=\"abababababababababababababababababababababababababababababababab\" \
              container_runtime=\"docker\" pod_uid=\"-\" issuer=\"http://127.0.0.1:9/\\\"x\" \
              subject=\"alice\\nINFO forged\" groups=\"ml-eng,ops\" method=POST \
@@ -384,7 +399,8 @@ mod tests {
                 target: "sluice::record::writer",
                 request_id = r.id, unix_ms = r.unix_ms,
                 target_name = %r.target, pid = w.pid, tgid = w.tgid, uid = w.uid, gid = w.gid,
-                cgroup_id = w.cgroup_id, comm = %w.comm, exe = f.exe, cgroup = f.cgroup,
+                cgroup_id = w.cgroup_id, comm = %w.comm, exe = f.exe, user = f.user,
+                cgroup = f.cgroup, unit = f.unit,
                 container_id = f.container_id, container_runtime = f.container_runtime,
                 pod_uid = f.pod_uid, issuer = f.issuer, subject = f.subject,
                 groups = f.groups.join(",").as_str(),
