@@ -23,9 +23,11 @@ use crate::{
     respond::{Body, BodyError},
 };
 
+mod echo_mask;
 pub mod framing;
 mod max_bytes;
 
+pub use echo_mask::{EchoMask, mask_value};
 pub use framing::Framing;
 pub use max_bytes::MaxBytes;
 

@@ -80,7 +80,7 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     rq.lap(Stage::Decide);
     let permit = approve(rq.decision.as_ref())?;
     rq.lap(Stage::Approve);
-    let forward = send::prepare(rq, permit);
+    let forward = send::prepare(ctx, rq, permit);
     rq.lap(Stage::Prepare);
     rq.phase(Phase::Upstream);
     let head = send::send(ctx, &rq.conn, forward).await;
@@ -219,11 +219,29 @@ fn response(
             }
         }
     }
+    if let Some(cred) = &rq.credential {
+        mask_echoes(&mut parts.headers, &mut chain, cred);
+    }
     let body = http_body_util::BodyExt::map_err(body, respond::BodyError::from);
     Ok((
         Response::from_parts(parts, http_body_util::BodyExt::boxed(body)),
         chain,
     ))
+}
+
+/// The key this request went out with, echoed back, is masked in the response's headers and
+/// body. The mask keeps the key's length, so a declared `Content-Length` stays true and a
+/// body whose length no other filter changes keeps it.
+fn mask_echoes(headers: &mut http::HeaderMap, chain: &mut Chain, cred: &context::Credential) {
+    let key = cred.0.secret().expose();
+    for v in headers.values_mut() {
+        if let Some(masked) = crate::filter::mask_value(key, v.as_bytes())
+            && let Ok(m) = header::HeaderValue::from_bytes(&masked)
+        {
+            *v = m;
+        }
+    }
+    chain.push(crate::filter::EchoMask::new(key));
 }
 
 /// The upstream accepted an allowed switch: the client gets its head (with `Upgrade` and
