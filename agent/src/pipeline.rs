@@ -10,9 +10,9 @@
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
 //! | decide | `policy` | operation, subject, JSON, switch | decision | no (the next stage acts on it) |
 //! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
-//! | prepare | `send.rs` | parts, body, `Permit`, filters | the upstream request | no |
+//! | prepare | `send.rs` → `custody` | parts, body, `Permit`, filters, the target's key | the upstream request (client credentials stripped, the key injected), `credential` | no |
 //! | send | `send.rs` | upstream request | response head | 502 |
-//! | respond | `respond` below | response head, filters | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
+//! | respond | `respond` below | response head, filters, `credential` (echoes masked) | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
 //!
 //! The record of the request is opened before the first stage and finished exactly once,
 //! by the response body at its end or by the context being dropped (`record`).

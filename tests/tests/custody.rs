@@ -139,6 +139,19 @@ fn a_workload_with_a_wrong_key_succeeds_only_through_sluice_and_never_sees_the_r
         "the client's key reached the upstream: {headers:?}"
     );
 
+    // A client with no key at all gets the same service.
+    let out = curl(
+        &cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{vip}:8000/v1/models"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+
     // Every client credential goes, in headers and in the query; the rest of the query stays.
     let out = curl(
         &cg,
