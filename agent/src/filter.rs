@@ -57,6 +57,11 @@ impl Chain {
         self.0.push(Box::new(f));
     }
 
+    /// Puts `f` before every filter already in the chain.
+    pub fn push_first(&mut self, f: impl Filter) {
+        self.0.insert(0, Box::new(f));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

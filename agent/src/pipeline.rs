@@ -241,7 +241,9 @@ fn mask_echoes(headers: &mut http::HeaderMap, chain: &mut Chain, cred: &context:
             *v = m;
         }
     }
-    chain.push(crate::filter::EchoMask::new(key));
+    // First: the filters after it (max_response_bytes) then count and cut what the client
+    // gets, and a cut never loses bytes the mask held back.
+    chain.push_first(crate::filter::EchoMask::new(key));
 }
 
 /// The upstream accepted an allowed switch: the client gets its head (with `Upgrade` and

@@ -36,8 +36,8 @@ pub enum Error {
     NotHeader(String),
     #[error("the {0} is not set")]
     Unset(String),
-    #[error("the {what} did not finish within {}s; it was killed", COMMAND_TIMEOUT.as_secs())]
-    Timeout { what: String },
+    #[error("the {what} did not finish within {limit:?}; it was killed")]
+    Timeout { what: String, limit: Duration },
     #[error("the {what} failed ({status})")]
     Failed {
         what: String,
@@ -56,7 +56,7 @@ pub fn read(source: &Source) -> Result<Secret, Error> {
         Source::Env(name) => std::env::var_os(name)
             .map(std::os::unix::ffi::OsStringExt::into_vec)
             .ok_or_else(|| Error::Unset(what.clone()))?,
-        Source::Command(argv) => run(argv, &what)?,
+        Source::Command(argv) => run(argv, &what, COMMAND_TIMEOUT)?,
     };
     if raw.len() > MAX_KEY_BYTES {
         return Err(Error::TooLong(what));
@@ -87,8 +87,8 @@ fn read_file(p: &Path) -> io::Result<Vec<u8>> {
 }
 
 /// Runs `argv` with no shell, no stdin and stderr discarded (it may print the key), for at
-/// most `COMMAND_TIMEOUT`, keeping at most `MAX_KEY_BYTES + 1` bytes of its output.
-fn run(argv: &[String], what: &str) -> Result<Vec<u8>, Error> {
+/// most `limit`, keeping at most `MAX_KEY_BYTES + 1` bytes of its output.
+fn run(argv: &[String], what: &str, limit: Duration) -> Result<Vec<u8>, Error> {
     let read_err = |error| Error::Read {
         what: what.to_string(),
         error,
@@ -119,8 +119,8 @@ fn run(argv: &[String], what: &str) -> Result<Vec<u8>, Error> {
             .map(|_| buf);
         let _ = tx.send(r);
     });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let out = rx.recv_timeout(COMMAND_TIMEOUT);
+    let deadline = Instant::now() + limit;
+    let out = rx.recv_timeout(limit);
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
@@ -138,7 +138,11 @@ fn run(argv: &[String], what: &str) -> Result<Vec<u8>, Error> {
             }
         }
     };
-    let _ = reader.join();
+    // A reader still blocked after the deadline (a grandchild holding the pipe open) is
+    // left behind rather than waited for: the deadline is the promise.
+    if out.is_ok() {
+        let _ = reader.join();
+    }
     match (out, status) {
         (Ok(Ok(buf)), _) if buf.len() > MAX_KEY_BYTES => Err(Error::TooLong(what.to_string())),
         (Ok(Ok(buf)), Some(s)) if s.success() => Ok(buf),
@@ -149,6 +153,7 @@ fn run(argv: &[String], what: &str) -> Result<Vec<u8>, Error> {
         (Ok(Err(e)), _) => Err(read_err(e)),
         _ => Err(Error::Timeout {
             what: what.to_string(),
+            limit,
         }),
     }
 }
@@ -229,6 +234,29 @@ mod tests {
         assert!(matches!(e, Error::Read { .. }), "{e}");
         let e = read(&Source::Env("SLUICE_TEST_SURELY_UNSET_VAR".into())).expect_err("unset");
         assert!(matches!(e, Error::Unset(_)), "{e}");
+    }
+
+    #[test]
+    fn a_command_is_bounded_in_time_and_output() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let limit = Duration::from_millis(300);
+        for cmd in [
+            argv(&["sleep", "5"]),
+            // A grandchild keeps the pipe open after its parent is killed.
+            argv(&["sh", "-c", "sleep 5 & exec sleep 5"]),
+        ] {
+            let t = Instant::now();
+            let e = run(&cmd, "command", limit).expect_err("too slow");
+            assert!(matches!(e, Error::Timeout { .. }), "{e}");
+            assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        }
+        let e = run(
+            &argv(&["head", "-c", "100000", "/dev/zero"]),
+            "command",
+            Duration::from_secs(10),
+        )
+        .expect_err("too much");
+        assert!(matches!(e, Error::TooLong(_)), "{e}");
     }
 
     #[test]
