@@ -132,6 +132,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         id.prefetch();
     }
     let targets: Vec<_> = cfg.targets.iter().cloned().map(Arc::new).collect();
+    // Key files and commands block: read them off the runtime's workers.
+    let custody = {
+        let t = cfg.targets.clone();
+        tokio::task::spawn_blocking(move || crate::custody::Vault::load(&t))
+            .await
+            .context("loading credentials")??
+    };
+    let custody = Arc::new(custody);
     let body_budget = limits::BodyBudget::new(
         cfg.max_buffered_body_bytes,
         cfg.max_buffered_body_bytes_per_cgroup,
@@ -147,6 +155,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         targets: targets.clone(),
         policy: policy.clone(),
         identity: identity.clone(),
+        custody: custody.clone(),
         http: upstream::http::Client::new(
             cfg.bypass_mark,
             cfg.connect_timeout,
@@ -173,6 +182,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(metrics::server::serve(listener, m, drain.shutdown_signal()));
     }
     tokio::spawn(policy_reloader(policy.clone(), drain.shutdown_signal()));
+    tokio::spawn(crate::custody::watch(
+        custody.clone(),
+        drain.shutdown_signal(),
+    ));
     tokio::spawn(intercept::targets::refresh_hostnames(
         maps.clone(),
         cfg.clone(),

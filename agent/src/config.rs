@@ -225,6 +225,11 @@ pub struct Target {
     /// alone (`optional`, the default). A token that is sent is always checked.
     #[serde(default)]
     pub identity: crate::identity::Requirement,
+    /// The upstream key Sluice puts in every request of this target in place of whatever
+    /// credential the client sent (for `protocol: http`; docs/configuration.md, "Credential
+    /// custody").
+    #[serde(default)]
+    pub credential: Option<crate::custody::Settings>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -262,6 +267,16 @@ impl Config {
         for p in &mut cfg.policies {
             let builtin = p.to_str().is_some_and(|s| s.starts_with("builtin:"));
             if p.is_relative() && !builtin {
+                *p = base.join(&*p);
+            }
+        }
+        for t in &mut cfg.targets {
+            if let Some(crate::custody::Settings {
+                source: crate::custody::Source::File(p),
+                ..
+            }) = &mut t.credential
+                && p.is_relative()
+            {
                 *p = base.join(&*p);
             }
         }
@@ -377,6 +392,12 @@ impl Config {
                         t.name
                     ));
                 }
+            }
+            if t.credential.is_some() && t.protocol != Protocol::Http {
+                return Err(format!(
+                    "targets[{i}] ({}): credential needs protocol: http (a tcp target's requests are not read, so no key can be put in them)",
+                    t.name
+                ));
             }
             if t.name.is_empty() {
                 return Err(format!("targets[{i}].name: must not be empty"));

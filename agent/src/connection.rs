@@ -27,6 +27,8 @@ pub struct Ctx {
     pub policy: Arc<policy::Store>,
     /// Token verification; `None` when no issuer is configured (requests then skip it).
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// Upstream keys of the targets that have one (`credential:`), by target id.
+    pub custody: Arc<crate::custody::Vault>,
     pub http: upstream::http::Client,
     pub recorder: record::Recorder,
     pub connections: Arc<Connections>,

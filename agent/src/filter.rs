@@ -23,9 +23,11 @@ use crate::{
     respond::{Body, BodyError},
 };
 
+mod echo_mask;
 pub mod framing;
 mod max_bytes;
 
+pub use echo_mask::{EchoMask, mask_value};
 pub use framing::Framing;
 pub use max_bytes::MaxBytes;
 
@@ -53,6 +55,11 @@ pub struct Chain(Vec<Box<dyn Filter>>);
 impl Chain {
     pub fn push(&mut self, f: impl Filter) {
         self.0.push(Box::new(f));
+    }
+
+    /// Puts `f` before every filter already in the chain.
+    pub fn push_first(&mut self, f: impl Filter) {
+        self.0.insert(0, Box::new(f));
     }
 
     pub fn is_empty(&self) -> bool {

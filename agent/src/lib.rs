@@ -16,6 +16,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod connection;
+pub mod custody;
 pub mod doctor;
 pub mod drain;
 pub mod filter;

@@ -10,9 +10,9 @@
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
 //! | decide | `policy` | operation, subject, JSON, switch | decision | no (the next stage acts on it) |
 //! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
-//! | prepare | `send.rs` | parts, body, `Permit`, filters | the upstream request | no |
+//! | prepare | `send.rs` → `custody` | parts, body, `Permit`, filters, the target's key | the upstream request (client credentials stripped, the key injected), `credential` | no |
 //! | send | `send.rs` | upstream request | response head | 502 |
-//! | respond | `respond` below | response head, filters | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
+//! | respond | `respond` below | response head, filters, `credential` (echoes masked) | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
 //!
 //! The record of the request is opened before the first stage and finished exactly once,
 //! by the response body at its end or by the context being dropped (`record`).
@@ -80,7 +80,7 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     rq.lap(Stage::Decide);
     let permit = approve(rq.decision.as_ref())?;
     rq.lap(Stage::Approve);
-    let forward = send::prepare(rq, permit);
+    let forward = send::prepare(ctx, rq, permit);
     rq.lap(Stage::Prepare);
     rq.phase(Phase::Upstream);
     let head = send::send(ctx, &rq.conn, forward).await;
@@ -219,11 +219,31 @@ fn response(
             }
         }
     }
+    if let Some(cred) = &rq.credential {
+        mask_echoes(&mut parts.headers, &mut chain, cred);
+    }
     let body = http_body_util::BodyExt::map_err(body, respond::BodyError::from);
     Ok((
         Response::from_parts(parts, http_body_util::BodyExt::boxed(body)),
         chain,
     ))
+}
+
+/// The key this request went out with, echoed back, is masked in the response's headers and
+/// body. The mask keeps the key's length, so a declared `Content-Length` stays true and a
+/// body whose length no other filter changes keeps it.
+fn mask_echoes(headers: &mut http::HeaderMap, chain: &mut Chain, cred: &context::Credential) {
+    let key = cred.0.secret().expose();
+    for v in headers.values_mut() {
+        if let Some(masked) = crate::filter::mask_value(key, v.as_bytes())
+            && let Ok(m) = header::HeaderValue::from_bytes(&masked)
+        {
+            *v = m;
+        }
+    }
+    // First: the filters after it (max_response_bytes) then count and cut what the client
+    // gets, and a cut never loses bytes the mask held back.
+    chain.push_first(crate::filter::EchoMask::new(key));
 }
 
 /// The upstream accepted an allowed switch: the client gets its head (with `Upgrade` and

@@ -454,6 +454,9 @@ pub struct Seen {
     pub stop: Arc<AtomicBool>,
     /// Opened by `GET /release`; a gated stream waits for it after its first chunk.
     pub gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    /// `Some`: `/v1/` routes answer 401 unless `Authorization: Bearer <one of these>` came
+    /// (a server started with an API key, like llama.cpp's `--api-key`).
+    pub keys: Arc<Mutex<Option<Vec<String>>>>,
     /// Keep none of the above lists (peers, requests, headers): a benchmark's millions of
     /// requests would grow them without bound.
     pub unrecorded: bool,

@@ -79,6 +79,25 @@ pub fn http_unrecorded(bind: &str) -> Server {
     serve_with(bind, handle_http, seen)
 }
 
+/// `http` that requires an API key on its `/v1/` routes: `Authorization: Bearer <key>` with
+/// one of `keys` (which the test may change while it runs), else 401 in OpenAI's shape. Two
+/// debug routes echo the `Authorization` header they got: `/v1/debug/auth` with a
+/// `Content-Length`, `/v1/debug/auth-chunked` in 3-byte chunks, each flushed on its own.
+pub fn keyed(bind: &str, keys: &[&str]) -> Server {
+    let seen = Seen::default();
+    if let Ok(mut k) = seen.keys.lock() {
+        *k = Some(keys.iter().map(|k| k.to_string()).collect());
+    }
+    serve_with(bind, handle_http, seen)
+}
+
+/// Sets the keys a `keyed` server accepts from now on.
+pub fn accept_keys(server: &Server, keys: &[&str]) {
+    if let Ok(mut k) = server.seen.keys.lock() {
+        *k = Some(keys.iter().map(|k| k.to_string()).collect());
+    }
+}
+
 /// Echoes every byte; when the client half-closes, finishes sending and closes too.
 pub fn echo(bind: &str) -> Server {
     serve(bind, |mut s, _| {
@@ -173,6 +192,7 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
             parts.next().unwrap_or("HTTP/1.0").to_string(),
         );
         let mut content_length = 0usize;
+        let mut authorization = String::new();
         let mut close = version == "HTTP/1.0";
         loop {
             let mut h = String::new();
@@ -189,6 +209,9 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
                     && let Ok(mut hs) = seen.headers.lock()
                 {
                     hs.push(format!("{k}: {v}"));
+                }
+                if k == "authorization" {
+                    authorization = v.to_string();
                 }
                 if k == "content-length" {
                     content_length = v.parse().unwrap_or(0);
@@ -213,7 +236,43 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
             received = io::copy(&mut (&mut r).take(content_length as u64), &mut io::sink())?;
         }
         let conn_hdr = if close { "close" } else { "keep-alive" };
-        if path.starts_with("/v1/") || path.starts_with("/api/") || path == "/release" {
+        let refused = path.starts_with("/v1/")
+            && seen.keys.lock().ok().is_some_and(|k| {
+                k.as_ref().is_some_and(|keys| {
+                    !keys
+                        .iter()
+                        .any(|key| authorization == format!("Bearer {key}"))
+                })
+            });
+        if refused {
+            let b = serde_json::json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "code": "invalid_api_key"}}).to_string();
+            write!(
+                w,
+                "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{b}",
+                b.len()
+            )?;
+        } else if let Some(route @ ("/v1/debug/auth" | "/v1/debug/auth-chunked")) =
+            path.split('?').next()
+        {
+            let b = serde_json::json!({"authorization": authorization}).to_string();
+            if route.ends_with("chunked") {
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n"
+                )?;
+                for piece in b.as_bytes().chunks(3) {
+                    chunk(&mut w, &String::from_utf8_lossy(piece))?;
+                    thread::sleep(Duration::from_millis(2));
+                }
+                w.write_all(b"0\r\n\r\n")?;
+            } else {
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{b}",
+                    b.len()
+                )?;
+            }
+        } else if path.starts_with("/v1/") || path.starts_with("/api/") || path == "/release" {
             model_api(&mut w, &method, &path, &body, conn_hdr, seen)?;
         } else if let Some(n) = path.strip_prefix("/bytes/") {
             let n: usize = n.parse().unwrap_or(0);

@@ -292,3 +292,62 @@ fn identity_settings_parse_and_errors_name_the_setting() {
         "{err}"
     );
 }
+
+#[test]
+fn a_credential_is_read_per_http_target_and_its_mistakes_are_placed() {
+    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: openai\n    match: 127.0.0.1:80\n    protocol: http\n";
+    let cfg = parse(&format!(
+        "{base}    credential: {{file: /run/sluice/openai.key}}\n"
+    ))
+    .expect("credential");
+    let c = cfg.targets[0].credential.as_ref().expect("set");
+    assert_eq!(c.header, http::header::AUTHORIZATION);
+    assert_eq!(c.scheme.as_deref(), Some("Bearer"));
+    assert_eq!(
+        c.source,
+        crate::custody::Source::File("/run/sluice/openai.key".into())
+    );
+
+    let err = parse(&format!(
+        "{base}    credential:\n      header: x-api-key\n      file: /a\n      env: B\n"
+    ))
+    .expect_err("two sources")
+    .to_string();
+    // Like every conversion error, placed at the enclosing item, with the setting's path.
+    assert!(
+        err.starts_with("test.yaml:3:5: targets[0]: credential: "),
+        "{err}"
+    );
+    assert!(err.contains("exactly one of file, env or command"), "{err}");
+    let err = parse(&format!("{base}    credential:\n      fiel: /a\n"))
+        .expect_err("typo")
+        .to_string();
+    assert!(err.starts_with("test.yaml:7:7: "), "{err}");
+    assert!(err.contains("unknown field `fiel`"), "{err}");
+
+    let err = parse(&format!(
+        "{}    credential: {{env: KEY}}\n",
+        base.replace("protocol: http", "protocol: tcp")
+    ))
+    .expect_err("tcp")
+    .to_string();
+    assert!(err.contains("credential needs protocol: http"), "{err}");
+}
+
+#[test]
+fn a_relative_key_file_is_found_next_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("sluice-cred-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:15001\ntargets:\n  - name: t\n    match: 127.0.0.1:80\n    protocol: http\n    credential: {file: keys/t}\n",
+    )
+    .expect("write");
+    let cfg = Config::load(&path).expect("load");
+    assert_eq!(
+        cfg.targets[0].credential.as_ref().map(|c| c.source.clone()),
+        Some(crate::custody::Source::File(dir.join("keys/t")))
+    );
+    std::fs::remove_dir_all(&dir).expect("rm");
+}

@@ -48,10 +48,11 @@ pub enum Approval {
     NotNeeded,
 }
 
-/// The upstream credential Sluice injects in place of the client's. Custody (#14) fills
-/// this in the prepare stage; until then requests go upstream with no credential added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential {}
+/// The upstream key the prepare stage put in the request in place of the client's
+/// credentials (targets with `credential:`). Kept for the response: an echo of this key
+/// is masked. Its `Debug` never shows the key.
+#[derive(Debug, Clone)]
+pub struct Credential(pub Arc<crate::custody::Key>);
 
 pub struct Request {
     /// The connection, its target resolved once at accept.

@@ -1,0 +1,178 @@
+//! `credential:` on a `protocol: http` target: which header carries the upstream key, with
+//! which scheme, and where the key comes from. Checked while the YAML is read, so a mistake
+//! is reported at its `file:line:column` like every other setting.
+use std::{fmt, path::PathBuf};
+
+use http::HeaderName;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Raw")]
+pub struct Settings {
+    /// The header the upstream reads its key from.
+    pub header: HeaderName,
+    /// Put before the key with one space (`Bearer`); `None`: the key alone (`x-api-key`).
+    pub scheme: Option<String>,
+    pub source: Source,
+}
+
+/// Where the key is read from. Only a file is watched for rotation: an environment variable
+/// cannot change under a running process, and a command runs once, at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Env(String),
+    Command(Vec<String>),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(n) => write!(f, "environment variable {n}"),
+            Source::Command(argv) => write!(f, "command {}", argv.first().map_or("", |s| s)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    command: Option<Vec<String>>,
+}
+
+/// Headers that describe the message or the connection, not the caller: a key there would
+/// break framing or routing.
+const RESERVED: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+impl TryFrom<Raw> for Settings {
+    type Error = String;
+
+    fn try_from(raw: Raw) -> Result<Self, String> {
+        let header = raw.header.as_deref().unwrap_or("authorization");
+        let header = HeaderName::from_bytes(header.trim().as_bytes())
+            .map_err(|_| format!("credential.header: {header:?} is not a header name"))?;
+        if RESERVED.contains(&header.as_str()) {
+            return Err(format!(
+                "credential.header: {header} frames or routes the message; name the header the upstream reads its key from (authorization, x-api-key, api-key)"
+            ));
+        }
+        let scheme = match raw.scheme {
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) => {
+                let s = s.trim().to_string();
+                if !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+                {
+                    return Err(format!(
+                        "credential.scheme: {s:?} is not an authentication scheme (e.g. Bearer; \"\" for none)"
+                    ));
+                }
+                Some(s)
+            }
+            None if header == http::header::AUTHORIZATION => Some("Bearer".to_string()),
+            None => None,
+        };
+        let source = match (raw.file, raw.env, raw.command) {
+            (Some(p), None, None) if !p.as_os_str().is_empty() => Source::File(p),
+            (None, Some(n), None) if !n.is_empty() && !n.contains('=') && !n.contains('\0') => {
+                Source::Env(n)
+            }
+            (None, None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
+                Source::Command(argv)
+            }
+            (None, None, None) => {
+                return Err(
+                    "credential: needs where the key comes from: file, env or command".into(),
+                );
+            }
+            (Some(_), None, None) => return Err("credential.file: must not be empty".into()),
+            (None, Some(_), None) => {
+                return Err("credential.env: must be a variable name".into());
+            }
+            (None, None, Some(_)) => {
+                return Err(
+                    "credential.command: must be a non-empty list, program first (e.g. [vault, read, -field=key, secret/openai])"
+                        .into(),
+                );
+            }
+            _ => {
+                return Err(
+                    "credential: give exactly one of file, env or command (which key would be meant?)"
+                        .into(),
+                );
+            }
+        };
+        Ok(Settings {
+            header,
+            scheme,
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(y: &str) -> Result<Settings, String> {
+        serde_norway::from_str::<Settings>(y).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_to_authorization_bearer_and_x_api_key_has_no_scheme() {
+        let s = parse("file: /run/keys/openai").expect("file");
+        assert_eq!(s.header, http::header::AUTHORIZATION);
+        assert_eq!(s.scheme.as_deref(), Some("Bearer"));
+        assert_eq!(s.source, Source::File("/run/keys/openai".into()));
+        let s = parse("header: X-Api-Key\nenv: ANTHROPIC_KEY").expect("env");
+        assert_eq!(s.header.as_str(), "x-api-key");
+        assert_eq!(s.scheme, None);
+        assert_eq!(s.source, Source::Env("ANTHROPIC_KEY".into()));
+        let s = parse("scheme: \"\"\ncommand: [cat, /k]").expect("command");
+        assert_eq!(s.scheme, None);
+        assert_eq!(s.source, Source::Command(vec!["cat".into(), "/k".into()]));
+        let s = parse("header: api-key\nscheme: Token\nfile: k").expect("scheme");
+        assert_eq!(s.scheme.as_deref(), Some("Token"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (y, want) in [
+            ("header: authorization", "needs where the key comes from"),
+            ("file: /a\nenv: B", "exactly one of"),
+            ("command: []", "non-empty list"),
+            ("env: \"\"", "variable name"),
+            ("header: \"bad header\"\nfile: /a", "not a header name"),
+            ("header: host\nfile: /a", "frames or routes"),
+            (
+                "scheme: \"Bearer x\"\nfile: /a",
+                "not an authentication scheme",
+            ),
+            ("file: /a\npath: /b", "unknown field"),
+        ] {
+            let e = parse(y).expect_err(y);
+            assert!(e.contains(want), "{y}: {e}");
+        }
+    }
+}

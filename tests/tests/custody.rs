@@ -1,0 +1,285 @@
+//! End-to-end credential custody: a real server that requires an API key, the unmodified
+//! OpenAI Python SDK in a test cgroup holding only a wrong key, the real agent holding the
+//! right one. Needs root: `#[ignore]`d, run by `cargo xtask test` as root.
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sluice_tests::{
+    Agent, AgentSpec, TempDir, TestCgroup, client_script, curl, free_port, require_root, run_ok,
+    servers, servers::Server, unique, virtual_ip, wait_log_events,
+};
+
+/// An OpenAI target on `vip:8000` whose key Sluice reads from `key_file`; no policy, so
+/// every request is allowed (custody is what is under test).
+fn start(cg: &TestCgroup, vip: &str, server: &Server, key_file: &Path, extra: &str) -> Agent {
+    Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n    default: allow\n    credential: {{file: \"{}\"}}\n",
+            server.addr,
+            key_file.display()
+        ),
+        listen_v6: true,
+        extra: extra.to_string(),
+    })
+}
+
+fn canary() -> String {
+    format!("sk-canary-{}", unique("key").replace(['/', '.'], "-"))
+}
+
+/// Replaces the key file the way operators (and Kubernetes) do: a new file moved into place.
+fn write_key(path: &Path, content: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).expect("write key");
+    std::fs::rename(&tmp, path).expect("rename key");
+}
+
+fn sdk(cmd: &mut Command, base: &str) -> Value {
+    cmd.arg(client_script("openai_chat.py"))
+        .args([base, "test-model", "plain"]);
+    serde_json::from_str(run_ok(cmd).trim()).expect("openai_chat.py json")
+}
+
+/// Requests the upstream got with `Authorization: Bearer <key>`.
+fn with_key(server: &Server, key: &str) -> usize {
+    let want = format!("authorization: Bearer {key}");
+    server
+        .seen
+        .headers
+        .lock()
+        .map(|h| h.iter().filter(|x| **x == want).count())
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, secs: u64, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn metrics(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+fn assert_secret_absent(agent: &Agent, metrics_port: u16, keys: &[&str]) {
+    let log = agent.log_text();
+    let status = agent.status().expect("status").to_string();
+    let scraped = metrics(metrics_port);
+    assert!(scraped.contains("sluice_"), "{scraped}");
+    for key in keys {
+        assert!(!log.contains(key), "key in the agent's log:\n{log}");
+        assert!(
+            !status.contains(key),
+            "key in `sluice connections`: {status}"
+        );
+        assert!(!scraped.contains(key), "key in /metrics");
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_workload_with_a_wrong_key_succeeds_only_through_sluice_and_never_sees_the_real_one() {
+    require_root();
+    let key = canary();
+    let server = servers::keyed("127.0.0.1:0", &[&key]);
+    let dir = TempDir::new("custody");
+    let key_file = dir.path().join("openai.key");
+    std::fs::write(&key_file, format!("{key}\n")).expect("key file");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("custody");
+    let metrics_port = free_port();
+    let agent = start(
+        &cg,
+        &vip,
+        &server,
+        &key_file,
+        &format!("metrics_listen: 127.0.0.1:{metrics_port}\n"),
+    );
+
+    // Straight to the server, the SDK's key is refused.
+    let direct = sdk(
+        &mut Command::new("python3"),
+        &format!("http://{}/v1", server.addr),
+    );
+    assert_eq!(direct["ok"], false, "{direct}");
+    assert_eq!(direct["status"], 401, "{direct}");
+    let direct_headers = server.seen.headers.lock().map(|h| h.len()).unwrap_or(0);
+
+    // Through Sluice, the same client with the same wrong key succeeds.
+    let r = sdk(&mut cg.command("python3"), &format!("http://{vip}:8000/v1"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["text"], "echo: hello");
+    assert_eq!(with_key(&server, &key), 1);
+    let headers = server
+        .seen
+        .headers
+        .lock()
+        .map(|h| h[direct_headers..].to_vec())
+        .unwrap_or_default();
+    assert!(
+        !headers.iter().any(|h| h.contains("sk-client-secret")),
+        "the client's key reached the upstream: {headers:?}"
+    );
+
+    // A client with no key at all gets the same service.
+    let out = curl(
+        &cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{vip}:8000/v1/models"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+
+    // Every client credential goes, in headers and in the query; the rest of the query stays.
+    let out = curl(
+        &cg,
+        &[
+            "-i",
+            "-H",
+            "authorization: Bearer sk-client-secret",
+            "-H",
+            "x-api-key: sk-client-secret",
+            &format!("http://{vip}:8000/v1/debug/auth?key=sk-client-secret&keep=1&api_key=x"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let reqs = server
+        .seen
+        .requests
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    assert!(
+        reqs.iter().any(|r| r == "GET /v1/debug/auth?keep=1"),
+        "{reqs:?}"
+    );
+    // The upstream echoed the key: the client gets it masked, with a true Content-Length.
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    assert!(!text.contains(&key), "{text}");
+    let echoed: Value = serde_json::from_str(body).expect("a whole JSON body");
+    let masked = echoed["authorization"].as_str().unwrap_or_default();
+    assert!(masked.starts_with("Bearer [REDACTED]"), "{body}");
+    assert_eq!(masked.len(), "Bearer ".len() + key.len());
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", body.len())),
+        "{head}"
+    );
+
+    // The same echo in 3-byte chunks, so the key is cut across many of them.
+    let out = curl(&cg, &[&format!("http://{vip}:8000/v1/debug/auth-chunked")]);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!body.contains(&key), "{body}");
+    let echoed: Value = serde_json::from_str(&body).expect("a whole JSON body");
+    assert!(
+        echoed["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Bearer [REDACTED]")),
+        "{body}"
+    );
+
+    wait_log_events(&agent, "request", 3);
+    assert_secret_absent(&agent, metrics_port, &[&key]);
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn rotating_the_key_file_mid_traffic_fails_no_request() {
+    require_root();
+    let (old, new) = (canary(), canary());
+    let server = servers::keyed("127.0.0.1:0", &[&old]);
+    let dir = TempDir::new("rotate");
+    let key_file = dir.path().join("openai.key");
+    write_key(&key_file, &old);
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("rotate");
+    let metrics_port = free_port();
+    let agent = start(
+        &cg,
+        &vip,
+        &server,
+        &key_file,
+        &format!("metrics_listen: 127.0.0.1:{metrics_port}\n"),
+    );
+    let stop = dir.path().join("stop");
+    let client = cg
+        .command("python3")
+        .arg(client_script("openai_loop.py"))
+        .args([&format!("http://{vip}:8000/v1"), "test-model"])
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loop client");
+
+    wait_for("traffic with the old key", 30, || {
+        with_key(&server, &old) >= 10
+    });
+    // The provider issues a new key; the old one works until it is revoked.
+    servers::accept_keys(&server, &[&old, &new]);
+    write_key(&key_file, &format!("{new}\n"));
+    wait_for("the new key in use", 15, || with_key(&server, &new) >= 1);
+    servers::accept_keys(&server, &[&new]);
+    let before = with_key(&server, &new);
+    wait_for("traffic after the old key was revoked", 30, || {
+        with_key(&server, &new) >= before + 10
+    });
+    // A file that empties keeps the key in use, with a warning.
+    write_key(&key_file, "\n");
+    let warned = wait_log_events(
+        &agent,
+        "credential file changed but holds no usable key; keeping the previous key",
+        1,
+    );
+    assert_eq!(warned.len(), 1, "{}", agent.log_text());
+    let before = with_key(&server, &new);
+    wait_for("traffic after the file emptied", 30, || {
+        with_key(&server, &new) >= before + 10
+    });
+
+    std::fs::write(&stop, "").expect("stop file");
+    let out = client.wait_with_output().expect("loop client ends");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "openai_loop.py output ({e}): {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("loop client: {r}");
+    assert_eq!(r["failed"], serde_json::json!([]), "{r}");
+    assert!(r["ok"].as_u64() >= Some(30), "{r}");
+    assert_eq!(
+        wait_log_events(
+            &agent,
+            "credential rotated; new requests use the new key",
+            1
+        )
+        .len(),
+        1
+    );
+    assert_secret_absent(&agent, metrics_port, &[&old, &new]);
+}
