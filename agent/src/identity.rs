@@ -28,6 +28,9 @@ pub struct Principal {
     pub issuer: Arc<str>,
     pub subject: String,
     pub groups: Vec<String>,
+    /// The verified token's payload, for `match.identity.claims` (never the token itself;
+    /// records show only issuer, subject and groups).
+    pub claims: Arc<serde_json::Value>,
 }
 
 /// Why a request's credential was refused. The text is fixed: it never repeats any part of

@@ -71,6 +71,21 @@ enum PolicyCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Every rule that applies to an identity (a token's subject, groups and claims, or
+    /// none: callers without a token) and what it covers: the effective permissions.
+    Grants {
+        /// Policy packs; not needed with --config.
+        #[arg(required_unless_present = "config")]
+        paths: Vec<PathBuf>,
+        /// Take the policies from an agent config, and show its targets' defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        identity: Box<IdentityArgs>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the decision for one sample request.
     Explain {
         /// Policy packs; not needed with --config.
@@ -117,6 +132,13 @@ struct IdentityArgs {
     /// The token's issuer, as configured in identity.issuers[].issuer.
     #[arg(long, requires = "subject")]
     issuer: Option<String>,
+    /// Other claims of the token's payload, as a JSON object (for `identity.claims`).
+    #[arg(long, requires = "subject", value_parser = claims_arg)]
+    claims: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn claims_arg(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    serde_json::from_str(s).map_err(|e| format!("--claims must be a JSON object: {e}"))
 }
 
 impl IdentityArgs {
@@ -125,6 +147,7 @@ impl IdentityArgs {
             issuer: self.issuer.unwrap_or_default().into(),
             subject: self.subject?,
             groups: self.groups,
+            claims: std::sync::Arc::new(serde_json::Value::Object(self.claims.unwrap_or_default())),
         })
     }
 }
@@ -331,6 +354,38 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
         })
     };
     match cmd {
+        PolicyCommand::Grants {
+            paths,
+            config,
+            identity,
+            json,
+        } => {
+            let (paths, defaults) = match &config {
+                None => (paths, Vec::new()),
+                Some(file) => match Config::load(file) {
+                    Ok(cfg) => {
+                        let defaults: Vec<(String, sluice::policy::Action)> = cfg
+                            .targets
+                            .iter()
+                            .filter(|t| t.protocol == sluice::config::Protocol::Http)
+                            .map(|t| (t.name.clone(), t.default))
+                            .collect();
+                        (cfg.policies.clone(), defaults)
+                    }
+                    Err(e) => {
+                        eprintln!("sluice: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let p = match load(&paths) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let principal = identity.principal();
+            grants(&p, principal.as_ref(), &defaults, json);
+            ExitCode::SUCCESS
+        }
         PolicyCommand::Check { paths } => {
             let p = match load(&paths) {
                 Ok(p) => p,
@@ -520,6 +575,76 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Prints `policy grants`: who was asked about, each rule that applies, and the targets
+/// whose default lets through what no rule covers.
+fn grants(
+    policy: &sluice::policy::Policy,
+    who: Option<&sluice::identity::Principal>,
+    defaults: &[(String, sluice::policy::Action)],
+    json: bool,
+) {
+    use sluice::policy::Action;
+    let rules = policy.grants(who);
+    let open: Vec<&str> = defaults
+        .iter()
+        .filter(|(_, a)| *a == Action::Allow)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if json {
+        let out = serde_json::json!({
+            "identity": who.map(|p| serde_json::json!({
+                "issuer": &*p.issuer, "subject": p.subject, "groups": p.groups,
+            })),
+            "rules": rules,
+            "targets_allowing_by_default": open,
+        });
+        println!("{out}");
+        return;
+    }
+    match who {
+        Some(p) => println!(
+            "identity:  subject {}, groups [{}], issuer {}",
+            p.subject,
+            p.groups.join(", "),
+            if p.issuer.is_empty() {
+                "(any)"
+            } else {
+                &p.issuer
+            }
+        ),
+        None => println!("identity:  none (requests without a token)"),
+    }
+    if rules.is_empty() {
+        println!("rules:     none apply");
+    }
+    for g in &rules {
+        let action = match g.action {
+            Action::Allow => "allow",
+            Action::Deny => "deny ",
+        };
+        let conditions = g.conditions();
+        println!(
+            "{action}     {} ({}): {}",
+            g.rule,
+            g.pack,
+            if conditions.is_empty() {
+                "every request".to_string()
+            } else {
+                conditions.join("; ")
+            }
+        );
+    }
+    println!(
+        "           a deny that matches wins over every allow; what no allow covers meets its target's default"
+    );
+    if !open.is_empty() {
+        println!(
+            "defaults:  allow on {} (anything no deny rule refuses)",
+            open.join(", ")
+        );
     }
 }
 

@@ -11,10 +11,12 @@ use arc_swap::ArcSwap;
 pub mod cases;
 pub mod container;
 mod eval;
+mod grants;
 mod index;
 mod pack;
 
 pub use eval::{Decision, Denial, Facts, Hold, Permit, Query, Switch};
+pub use grants::Grant;
 pub use pack::{Action, Policy, load_paths, parse_pack};
 
 #[derive(Debug, thiserror::Error)]

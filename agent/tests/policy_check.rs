@@ -219,3 +219,61 @@ fn policy_test_and_explain_read_samples_as_the_pipeline_does() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn policy_grants_lists_what_an_identity_may_and_may_not_do() {
+    let pack = TempPack::new("grants");
+    std::fs::write(
+        pack.0.join("pack.yaml"),
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: PolicyPack
+metadata: {name: grants}
+spec:
+  rules:
+    - id: ml-eng-llama
+      action: allow
+      match: {targets: [ollama], models: ["llama3*"], identity: {groups: [ml-eng]}}
+    - id: acme-tenant
+      action: allow
+      match: {identity: {claims: {/tenant: acme}}}
+    - id: no-pull-for-tokens
+      action: deny
+      match: {routes: [ollama.pull], identity: {authenticated: true}}
+"#,
+    )
+    .expect("write pack");
+    let grants = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["policy", "grants"])
+            .arg(&pack.0)
+            .args(args)
+            .output()
+            .expect("run sluice");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let alice = grants(&["--subject", "alice", "--groups", "ml-eng,ops"]);
+    assert!(
+        alice.contains("allow     ml-eng-llama (grants): targets: ollama; models: llama3*"),
+        "{alice}"
+    );
+    assert!(alice.contains("deny      no-pull-for-tokens"), "{alice}");
+    assert!(!alice.contains("acme-tenant"), "{alice}");
+    let acme = grants(&[
+        "--subject",
+        "svc",
+        "--claims",
+        r#"{"tenant":"acme"}"#,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&acme).expect("json");
+    let ids: Vec<&str> = v["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["rule"].as_str())
+        .collect();
+    assert_eq!(ids, ["acme-tenant", "no-pull-for-tokens"], "{acme}");
+    let nobody = grants(&[]);
+    assert!(nobody.contains("rules:     none apply"), "{nobody}");
+}

@@ -87,6 +87,7 @@ mod tests {
             issuer: "i".into(),
             subject: s.into(),
             groups: vec![],
+            claims: Default::default(),
         })
     }
 

@@ -111,6 +111,7 @@ pub async fn verify(
             issuer: issuer.name.clone(),
             subject,
             groups,
+            claims: Arc::new(claims),
         },
         exp,
     ))

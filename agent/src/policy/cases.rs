@@ -53,6 +53,9 @@ pub struct CaseIdentity {
     pub subject: String,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Other claims of the token's payload, for `match.identity.claims`.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl CaseIdentity {
@@ -61,6 +64,7 @@ impl CaseIdentity {
             issuer: self.issuer.as_str().into(),
             subject: self.subject.clone(),
             groups: self.groups.clone(),
+            claims: std::sync::Arc::new(serde_json::Value::Object(self.claims.clone())),
         }
     }
 }

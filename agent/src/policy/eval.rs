@@ -229,10 +229,17 @@ fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Deci
             rule: None,
             reason: naming(
                 f.identity,
-                format!(
-                    "no policy rule allows {} {} ({}) on target {}",
-                    f.method, f.path, f.operation.class, f.target
-                ),
+                match &f.operation.model {
+                    // What was missing, named: the model is what grants are usually about.
+                    Some(m) => format!(
+                        "no policy rule allows {} {} ({}, model {m:?}) on target {}",
+                        f.method, f.path, f.operation.class, f.target
+                    ),
+                    None => format!(
+                        "no policy rule allows {} {} ({}) on target {}",
+                        f.method, f.path, f.operation.class, f.target
+                    ),
+                },
             ),
         }),
     }
@@ -283,7 +290,7 @@ impl Rule {
 
     /// Rules without identity matchers match any caller; with them, a request without a
     /// verified token matches only `authenticated: false`.
-    fn matches_identity(&self, id: Option<&Principal>) -> bool {
+    pub(super) fn matches_identity(&self, id: Option<&Principal>) -> bool {
         if self.identity_never {
             return false;
         }
@@ -291,7 +298,11 @@ impl Rule {
             (Some(true), None) | (Some(false), Some(_)) => return false,
             _ => {}
         }
-        if self.issuers.is_none() && self.subjects.is_none() && self.groups.is_none() {
+        if self.issuers.is_none()
+            && self.subjects.is_none()
+            && self.groups.is_none()
+            && self.claims.is_none()
+        {
             return true;
         }
         let Some(p) = id else { return false };
@@ -306,6 +317,10 @@ impl Rule {
                 .groups
                 .as_ref()
                 .is_none_or(|want| p.groups.iter().any(|g| want.contains(g)))
+            && self
+                .claims
+                .as_ref()
+                .is_none_or(|want| want.iter().all(|(ptr, v)| p.claims.pointer(ptr) == Some(v)))
     }
 
     fn matches_workload(&self, w: Option<&Workload>) -> bool {
@@ -428,6 +443,7 @@ spec:
             issuer: issuer.into(),
             subject: subject.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            claims: Default::default(),
         }
     }
 
@@ -617,6 +633,69 @@ spec:
             .in_cgroup("/user.slice/user-1000.slice/user@1000.service/app.slice/chat.service");
         assert_eq!(decide(&user_unit), ["chat-unit"]);
         assert!(decide(&plain.in_cgroup("/system.slice/other.service")).is_empty());
+    }
+
+    #[test]
+    fn claim_values_grant_only_when_every_pointer_holds_its_value() {
+        let text = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: PolicyPack
+metadata: { name: claims }
+spec:
+  rules:
+    - id: acme-verified
+      action: allow
+      match: { identity: { claims: { /tenant: acme, /email_verified: true, /org/tier: 2 } } }
+    - id: nothing
+      action: allow
+      match: { identity: { claims: {} } }
+"#;
+        let policy = parse_pack(text, Path::new("c.yaml")).expect("pack loads");
+        let op = Operation {
+            class: OpClass::Inference,
+            route: "openai.chat.completions",
+            model: None,
+            streaming: false,
+        };
+        let decide = |claims: Option<serde_json::Value>| {
+            let p = claims.map(|c| Principal {
+                claims: std::sync::Arc::new(c),
+                ..who("http://127.0.0.1:1", "alice", &[])
+            });
+            let f = Facts {
+                target: "t",
+                server: Server::Openai,
+                method: "POST",
+                path: "/v1/chat/completions",
+                operation: &op,
+                body: None,
+                default: Action::Deny,
+                workload: None,
+                identity: p.as_ref(),
+                switch: None,
+            };
+            let d = policy.evaluate(&f);
+            assert_eq!(d, policy.evaluate_linear(&f));
+            d.rule_ids()
+        };
+        let acme =
+            serde_json::json!({"tenant": "acme", "email_verified": true, "org": {"tier": 2}});
+        assert_eq!(decide(Some(acme.clone())), ["acme-verified"]);
+        for (ptr, other) in [
+            ("tenant", serde_json::json!("evil")),
+            ("email_verified", serde_json::json!("true")),
+            ("org", serde_json::json!({"tier": 3})),
+        ] {
+            let mut c = acme.clone();
+            c[ptr] = other;
+            assert!(decide(Some(c.clone())).is_empty(), "{c}");
+        }
+        assert!(decide(Some(serde_json::json!({"tenant": "acme"}))).is_empty());
+        // No token: claim matchers never match.
+        assert!(decide(None).is_empty());
+        let bad = text.replace("/tenant: acme", "tenant: acme");
+        let err = parse_pack(&bad, Path::new("c.yaml")).expect_err("not a pointer");
+        assert!(err.to_string().contains("JSON pointer"), "{err}");
     }
 
     #[test]

@@ -478,6 +478,7 @@ mod tests {
                     issuer: issuer.into(),
                     subject: subject.into(),
                     groups: groups.into_iter().map(String::from).collect(),
+                    claims: Default::default(),
                 }),
         )
     }

@@ -129,6 +129,10 @@ struct IdentitySpec {
     /// Groups: the token must carry at least one of them (exact).
     #[serde(default)]
     groups: Option<Vec<String>>,
+    /// JSON pointer into the token's payload (e.g. `/tenant`) → the value it must hold
+    /// there. An empty map matches nothing.
+    #[serde(default)]
+    claims: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -194,6 +198,7 @@ pub struct Rule {
     pub(super) issuers: Option<Vec<String>>,
     pub(super) subjects: Option<Globs>,
     pub(super) groups: Option<Vec<String>>,
+    pub(super) claims: Option<Vec<(String, serde_json::Value)>>,
     /// An identity list was written empty: the rule matches nothing.
     pub(super) identity_never: bool,
     pub(super) switches: Option<Vec<Switch>>,
@@ -214,6 +219,10 @@ pub(super) struct Patterns {
     pub(super) container_ids: Vec<String>,
     pub(super) pod_uids: Vec<String>,
     pub(super) subjects: Vec<String>,
+    /// Not indexed; kept for `grants` to show.
+    pub(super) except_models: Vec<String>,
+    pub(super) users: Vec<String>,
+    pub(super) units: Vec<String>,
 }
 
 /// Every loaded rule, in file order.
@@ -363,15 +372,26 @@ fn parse(
         }
         let w = spec.when;
         let id = w.identity;
-        let named = id.issuers.is_some() || id.subjects.is_some() || id.groups.is_some();
+        let named = id.issuers.is_some()
+            || id.subjects.is_some()
+            || id.groups.is_some()
+            || id.claims.is_some();
         if id.authenticated == Some(false) && named {
             return Err(invalid(
-                "match.identity: authenticated: false cannot be combined with issuers, subjects or groups (a request without a token has none)".into(),
+                "match.identity: authenticated: false cannot be combined with issuers, subjects, groups or claims (a request without a token has none)".into(),
             ));
+        }
+        for ptr in id.claims.iter().flat_map(BTreeMap::keys) {
+            if !ptr.starts_with('/') {
+                return Err(invalid(format!(
+                    "match.identity.claims key {ptr:?} must be a JSON pointer such as \"/tenant\""
+                )));
+            }
         }
         let identity_never = [&id.issuers, &id.subjects, &id.groups]
             .iter()
-            .any(|l| l.as_ref().is_some_and(Vec::is_empty));
+            .any(|l| l.as_ref().is_some_and(Vec::is_empty))
+            || id.claims.as_ref().is_some_and(BTreeMap::is_empty);
         let subjects = id.subjects.unwrap_or_default();
         let container_ids: Vec<String> =
             w.workload.container_ids.into_iter().map(|p| p.0).collect();
@@ -407,6 +427,7 @@ fn parse(
             issuers: id.issuers,
             subjects: globs(&subjects, false).map_err(&invalid)?,
             groups: id.groups,
+            claims: id.claims.map(|c| c.into_iter().collect()),
             identity_never,
             switches: w.switches,
             patterns: Patterns {
@@ -420,6 +441,9 @@ fn parse(
                 container_ids,
                 pod_uids,
                 subjects,
+                except_models: w.except_models,
+                users: w.workload.users,
+                units: w.workload.units,
             },
         };
         policy.rules.push(rule);

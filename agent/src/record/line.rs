@@ -274,6 +274,7 @@ mod tests {
                 issuer: "http://127.0.0.1:9/\"x".into(),
                 subject: "alice\nINFO forged".into(),
                 groups: vec!["ml-eng".into(), "ops".into()],
+                claims: Default::default(),
             })),
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
