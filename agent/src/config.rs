@@ -230,6 +230,17 @@ pub struct Target {
     /// custody").
     #[serde(default)]
     pub credential: Option<crate::custody::Settings>,
+    /// Keys chosen per caller (each with `when`), tried in order before `credential`; a
+    /// caller none is for, on a target without `credential`, is refused.
+    #[serde(default)]
+    pub credentials: Vec<crate::custody::Settings>,
+}
+
+impl Target {
+    /// The target's keys in the order they are tried: `credentials`, then `credential`.
+    pub fn keys(&self) -> impl Iterator<Item = &crate::custody::Settings> {
+        self.credentials.iter().chain(&self.credential)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -271,13 +282,12 @@ impl Config {
             }
         }
         for t in &mut cfg.targets {
-            if let Some(crate::custody::Settings {
-                source: crate::custody::Source::File(p),
-                ..
-            }) = &mut t.credential
-                && p.is_relative()
-            {
-                *p = base.join(&*p);
+            for c in t.credentials.iter_mut().chain(&mut t.credential) {
+                if let crate::custody::Source::File(p) = &mut c.source
+                    && p.is_relative()
+                {
+                    *p = base.join(&*p);
+                }
             }
         }
         Ok(cfg)
@@ -393,9 +403,21 @@ impl Config {
                     ));
                 }
             }
-            if t.credential.is_some() && t.protocol != Protocol::Http {
+            if t.keys().next().is_some() && t.protocol != Protocol::Http {
                 return Err(format!(
                     "targets[{i}] ({}): credential needs protocol: http (a tcp target's requests are not read, so no key can be put in them)",
+                    t.name
+                ));
+            }
+            if t.credential.as_ref().is_some_and(|c| c.when.is_some()) {
+                return Err(format!(
+                    "targets[{i}] ({}): credential.when: the target's credential is for every caller; put keys for some callers under credentials:",
+                    t.name
+                ));
+            }
+            if let Some(n) = t.credentials.iter().position(|c| c.when.is_none()) {
+                return Err(format!(
+                    "targets[{i}] ({}): credentials[{n}]: needs when (which callers the key is for); the key for everyone else is credential:",
                     t.name
                 ));
             }

@@ -165,27 +165,54 @@ pub enum Refreshed {
     Kept,
 }
 
-/// The keepers of all targets, by target id (the index in `targets:`).
+/// The keepers of all targets, by target id (the index in `targets:`), each target's in the
+/// order they are tried (`Target::keys`).
 #[derive(Default)]
-pub struct Vault(Vec<Option<Arc<Keeper>>>);
+pub struct Vault(Vec<Vec<Arc<Keeper>>>);
+
+/// Which key a request goes out with.
+pub enum Choice {
+    /// The target holds no key: the client's own credential passes as it is.
+    NotHeld,
+    Key(Arc<Key>),
+    /// The target holds keys, none of them for this caller: refused (never sent with the
+    /// client's credential, nor with someone else's key).
+    NoneForCaller,
+}
 
 impl Vault {
-    /// Reads every target's key. Blocking: call it off the runtime workers.
+    /// Reads every target's keys. Blocking: call it off the runtime workers.
     pub fn load(targets: &[crate::config::Target]) -> Result<Vault, Error> {
         targets
             .iter()
             .map(|t| {
-                t.credential
-                    .as_ref()
+                t.keys()
                     .map(|c| Keeper::load(&t.name, c).map(Arc::new))
-                    .transpose()
+                    .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<_, _>>()
             .map(Vault)
     }
 
-    pub fn get(&self, target_id: u32) -> Option<&Keeper> {
-        self.0.get(target_id as usize)?.as_deref()
+    /// The first of the target's keys that is for this caller.
+    pub fn choose(
+        &self,
+        target_id: u32,
+        who: Option<&crate::identity::Principal>,
+        workload: &crate::workload::Workload,
+    ) -> Choice {
+        let keys = match self.0.get(target_id as usize) {
+            Some(k) if !k.is_empty() => k,
+            _ => return Choice::NotHeld,
+        };
+        keys.iter()
+            .find(|k| {
+                k.settings
+                    .when
+                    .as_ref()
+                    .is_none_or(|w| w.matches(who, workload))
+            })
+            .map_or(Choice::NoneForCaller, |k| Choice::Key(k.current()))
     }
 
     fn watched(&self) -> bool {

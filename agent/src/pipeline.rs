@@ -10,7 +10,7 @@
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
 //! | decide | `policy` | operation, subject, JSON, switch | decision | no (the next stage acts on it) |
 //! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
-//! | prepare | `send.rs` → `custody` | parts, body, `Permit`, filters, the target's key | the upstream request (client credentials stripped, the key injected), `credential` | no |
+//! | prepare | `choose_key` below, `send.rs` → `custody` | parts, body, `Permit`, filters, subject and workload (which of the target's keys) | `credential`, the upstream request (client credentials stripped, the key injected) | 403 (the target holds keys, none for this caller) |
 //! | send | `send.rs` | upstream request | response head | 502 |
 //! | respond | `respond` below | response head, filters, `credential` (echoes masked) | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
 //!
@@ -80,7 +80,8 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     rq.lap(Stage::Decide);
     let permit = approve(rq.decision.as_ref())?;
     rq.lap(Stage::Approve);
-    let forward = send::prepare(ctx, rq, permit);
+    choose_key(ctx, rq)?;
+    let forward = send::prepare(rq, permit);
     rq.lap(Stage::Prepare);
     rq.phase(Phase::Upstream);
     let head = send::send(ctx, &rq.conn, forward).await;
@@ -151,6 +152,41 @@ fn decide(rq: &mut Request) {
     });
     rq.record().set_decision(&decision);
     rq.decision = Some(decision);
+}
+
+/// Which of the target's upstream keys the request goes out with (`custody::Vault::choose`):
+/// the first whose `when` the caller meets. A target that holds keys but none for this caller
+/// refuses it rather than send the client's own credential, or another caller's key.
+fn choose_key(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
+    let who = match &rq.subject {
+        Some(Subject::Token(p)) => Some(&**p),
+        _ => None,
+    };
+    match ctx
+        .custody
+        .choose(rq.conn.target_id, who, &rq.conn.workload)
+    {
+        crate::custody::Choice::NotHeld => Ok(()),
+        crate::custody::Choice::Key(key) => {
+            rq.credential = Some(context::Credential(key));
+            Ok(())
+        }
+        crate::custody::Choice::NoneForCaller => Err(Refusal::policy(
+            None,
+            &format!(
+                "target {} holds no upstream key for this caller ({})",
+                rq.conn.target.name,
+                match who {
+                    Some(p) => format!("subject {}, groups [{}]", p.subject, p.groups.join(", ")),
+                    None => format!(
+                        "no token; user {}, unit {}",
+                        rq.conn.workload.user.as_deref().unwrap_or("-"),
+                        rq.conn.workload.unit.as_deref().unwrap_or("-")
+                    ),
+                }
+            ),
+        )),
+    }
 }
 
 /// Turns the decision into a `Permit`, the only thing `prepare` takes. A held request would

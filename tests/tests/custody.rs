@@ -283,3 +283,114 @@ fn rotating_the_key_file_mid_traffic_fails_no_request() {
     );
     assert_secret_absent(&agent, metrics_port, &[&old, &new]);
 }
+
+/// Keys per caller: the workload in `team-a.service` goes out with team A's key, any other
+/// with the target's default key; on a target that holds only a key for team A, anyone else
+/// is refused (never sent with their own credential). Each key reaches the server only for
+/// its own callers.
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn each_caller_goes_out_with_its_own_key_and_a_caller_without_one_is_refused() {
+    require_root();
+    let (team_key, default_key) = (canary(), canary());
+    let server = servers::keyed("127.0.0.1:0", &[&team_key, &default_key]);
+    let dir = TempDir::new("custody-per-caller");
+    let (team_file, default_file) = (
+        dir.path().join("team-a.key"),
+        dir.path().join("default.key"),
+    );
+    std::fs::write(&team_file, &team_key).expect("team key");
+    std::fs::write(&default_file, &default_key).expect("default key");
+    let (shared, team_only) = (virtual_ip(), virtual_ip());
+    let cg = TestCgroup::new("custody-caller");
+    let target = |name: &str, vip: &str, default: bool| {
+        format!(
+            "  - name: {name}\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n    default: allow\n    credentials:\n      - {{when: {{units: [team-a.service]}}, file: \"{}\"}}\n{}",
+            server.addr,
+            team_file.display(),
+            if default {
+                format!("    credential: {{file: \"{}\"}}\n", default_file.display())
+            } else {
+                String::new()
+            }
+        )
+    };
+    let agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "{}{}",
+            target("shared", &shared, true),
+            target("team-only", &team_only, false)
+        ),
+        listen_v6: false,
+        extra: String::new(),
+    });
+    let team = cg.nested("system.slice/team-a.service");
+    let other = cg.nested("system.slice/web.service");
+    let call = |who: &sluice_tests::NestedCgroup, vip: &str| {
+        let out = who
+            .command("curl")
+            .args(["-sS", "-m", "10", "-w", "\n%{http_code}"])
+            .args(["-H", "authorization: Bearer sk-the-workloads-own"])
+            .arg(format!("http://{vip}:8000/v1/models"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().to_string(), body.to_string())
+    };
+    assert_eq!(call(&team, &shared).0, "200");
+    assert_eq!(
+        (
+            with_key(&server, &team_key),
+            with_key(&server, &default_key)
+        ),
+        (1, 0)
+    );
+    assert_eq!(call(&other, &shared).0, "200");
+    assert_eq!(
+        (
+            with_key(&server, &team_key),
+            with_key(&server, &default_key)
+        ),
+        (1, 1)
+    );
+    assert_eq!(call(&team, &team_only).0, "200");
+    assert_eq!(with_key(&server, &team_key), 2);
+    let (code, body) = call(&other, &team_only);
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("holds no upstream key for this caller"),
+        "{body}"
+    );
+    assert!(body.contains("unit web.service"), "{body}");
+    assert_eq!(
+        (
+            with_key(&server, &team_key),
+            with_key(&server, &default_key)
+        ),
+        (2, 1),
+        "the refused request reached no server"
+    );
+    let own = server
+        .seen
+        .headers
+        .lock()
+        .map(|h| {
+            h.iter()
+                .filter(|x| x.contains("sk-the-workloads-own"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        own, 0,
+        "the workload's own credential never reached the server"
+    );
+    let log = agent.log_text();
+    assert!(
+        !log.contains(&team_key) && !log.contains(&default_key),
+        "{log}"
+    );
+    drop((team, other));
+}

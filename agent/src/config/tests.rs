@@ -335,6 +335,41 @@ fn a_credential_is_read_per_http_target_and_its_mistakes_are_placed() {
 }
 
 #[test]
+fn keys_per_caller_need_a_when_and_the_default_key_has_none() {
+    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: openai\n    match: 127.0.0.1:80\n    protocol: http\n";
+    let cfg = parse(&format!(
+        "{base}    credentials:\n      - {{when: {{groups: [a]}}, file: /a}}\n      - {{when: {{units: [b.service]}}, header: x-api-key, file: /b}}\n    credential: {{file: /c}}\n"
+    ))
+    .expect("keys per caller");
+    let files: Vec<String> = cfg.targets[0]
+        .keys()
+        .map(|k| k.source.to_string())
+        .collect();
+    assert_eq!(files, ["file /a", "file /b", "file /c"]);
+    for (yaml, want) in [
+        (
+            "    credentials:\n      - {file: /a}\n",
+            "credentials[0]: needs when",
+        ),
+        (
+            "    credential: {file: /a, when: {groups: [x]}}\n",
+            "credential.when: the target's credential is for every caller",
+        ),
+        (
+            "    credentials:\n      - {when: {}, file: /a}\n",
+            "name at least one of groups",
+        ),
+        (
+            "    credentials:\n      - {when: {group: [x]}, file: /a}\n",
+            "unknown field `group`",
+        ),
+    ] {
+        let err = parse(&format!("{base}{yaml}")).expect_err(yaml).to_string();
+        assert!(err.contains(want), "{yaml}: {err}");
+    }
+}
+
+#[test]
 fn a_relative_key_file_is_found_next_to_the_config() {
     let dir = std::env::temp_dir().join(format!("sluice-cred-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -14,6 +14,59 @@ pub struct Settings {
     /// Put before the key with one space (`Bearer`); `None`: the key alone (`x-api-key`).
     pub scheme: Option<String>,
     pub source: Source,
+    /// The callers this key is for (`credentials:` entries); `None`: every caller.
+    pub when: Option<When>,
+}
+
+/// Which callers a key of `credentials:` is for. Every matcher given must hold; a request
+/// without a token matches no `groups` or `subjects`, a uid without an account no `users`.
+/// Patterns are exact or end in `*` (a prefix): a target has a handful of keys, not the
+/// thousands of rules the policy's glob index is built for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// The verified token carries at least one of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The verified token's subject.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// The caller's user name on the host.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// The caller's systemd unit.
+    #[serde(default)]
+    pub units: Vec<String>,
+}
+
+impl When {
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+            && self.subjects.is_empty()
+            && self.users.is_empty()
+            && self.units.is_empty()
+    }
+
+    pub fn matches(
+        &self,
+        who: Option<&crate::identity::Principal>,
+        w: &crate::workload::Workload,
+    ) -> bool {
+        let one_of = |patterns: &[String], value: Option<&str>| {
+            patterns.is_empty()
+                || value.is_some_and(|v| {
+                    patterns.iter().any(|p| match p.strip_suffix('*') {
+                        Some(prefix) => v.starts_with(prefix),
+                        None => p == v,
+                    })
+                })
+        };
+        (self.groups.is_empty()
+            || who.is_some_and(|p| p.groups.iter().any(|g| self.groups.contains(g))))
+            && one_of(&self.subjects, who.map(|p| p.subject.as_str()))
+            && one_of(&self.users, w.user.as_deref())
+            && one_of(&self.units, w.unit.as_deref())
+    }
 }
 
 /// Where the key is read from. Only a file is watched for rotation: an environment variable
@@ -48,6 +101,8 @@ struct Raw {
     env: Option<String>,
     #[serde(default)]
     command: Option<Vec<String>>,
+    #[serde(default)]
+    when: Option<When>,
 }
 
 /// Headers that describe the message or the connection, not the caller: a key there would
@@ -123,10 +178,17 @@ impl TryFrom<Raw> for Settings {
                 );
             }
         };
+        if raw.when.as_ref().is_some_and(When::is_empty) {
+            return Err(
+                "credential.when: name at least one of groups, subjects, users or units (an empty `when` would be for everyone)"
+                    .into(),
+            );
+        }
         Ok(Settings {
             header,
             scheme,
             source,
+            when: raw.when,
         })
     }
 }
@@ -154,6 +216,37 @@ mod tests {
         assert_eq!(s.source, Source::Command(vec!["cat".into(), "/k".into()]));
         let s = parse("header: api-key\nscheme: Token\nfile: k").expect("scheme");
         assert_eq!(s.scheme.as_deref(), Some("Token"));
+    }
+
+    #[test]
+    fn when_selects_callers_by_token_and_workload_names() {
+        let s = parse("file: /k\nwhen: {groups: [team-a], users: [\"batch-*\"]}").expect("when");
+        let when = s.when.expect("set");
+        let alice = crate::identity::Principal {
+            subject: "alice".into(),
+            groups: vec!["team-a".into()],
+            ..Default::default()
+        };
+        let w = |user: Option<&str>| {
+            crate::workload::Workload::described(1, 1, "c".into(), None)
+                .named(user.map(String::from))
+        };
+        assert!(when.matches(Some(&alice), &w(Some("batch-7"))));
+        assert!(!when.matches(Some(&alice), &w(Some("web"))));
+        assert!(!when.matches(Some(&alice), &w(None)));
+        assert!(
+            !when.matches(None, &w(Some("batch-7"))),
+            "no token, no groups"
+        );
+        let units = parse("file: /k\nwhen: {units: [jobs.service]}")
+            .expect("units")
+            .when
+            .expect("set");
+        let job = w(None).in_cgroup("/system.slice/jobs.service");
+        assert!(units.matches(None, &job));
+        assert!(!units.matches(None, &w(None).in_cgroup("/system.slice/web.service")));
+        let e = parse("file: /k\nwhen: {}").expect_err("empty when");
+        assert!(e.contains("at least one"), "{e}");
     }
 
     #[test]

@@ -41,14 +41,12 @@ enum Outgoing {
 /// is re-framed with the length Sluice read: no request smuggling through the agent),
 /// compressed responses are not asked for when a filter may change the body, and a target
 /// whose key Sluice holds gets that key in place of every credential the client sent.
-pub fn prepare(ctx: &Ctx, rq: &mut Request, permit: Permit) -> Forward {
+pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
     // The parts themselves go upstream (no stage after this one reads them): a header map
     // clone is a dozen allocations per request.
     let mut parts = std::mem::replace(&mut rq.parts, http::Request::new(()).into_parts().0);
-    if let Some(keeper) = ctx.custody.get(rq.conn.target_id) {
-        let key = keeper.current();
+    if let Some(super::context::Credential(key)) = &rq.credential {
         key.apply(&mut parts);
-        rq.credential = Some(super::context::Credential(key));
     }
     // A compressed echo of the key could not be masked.
     if rq.conn.filters().may_change_body() || rq.credential.is_some() {
