@@ -21,6 +21,9 @@ pub struct Plan {
     pub http_paths: Vec<(String, SocketAddr)>,
     /// Sluice HTTP-aware with a pass-through response filter.
     pub filtered: SocketAddr,
+    /// Sluice HTTP-aware on the same agent, every request carrying this token (verified
+    /// once, then a cache hit).
+    pub tokened: Option<(SocketAddr, String)>,
     pub setups: usize,
     pub requests: usize,
     pub bulk_mb: usize,
@@ -51,6 +54,7 @@ pub struct Results {
     /// One per `Plan::http_paths`, same order.
     pub http: Vec<HttpResult>,
     pub filtered: HttpResult,
+    pub tokened: HttpResult,
 }
 
 pub fn run(plan: &Plan) -> Result<Results> {
@@ -63,6 +67,7 @@ pub fn run(plan: &Plan) -> Result<Results> {
             .map(|_| HttpResult::default())
             .collect(),
         filtered: HttpResult::default(),
+        tokened: HttpResult::default(),
     };
     const BLOCK: usize = 100;
     for round in 0..plan.setups.div_ceil(BLOCK) {
@@ -85,9 +90,12 @@ pub fn run(plan: &Plan) -> Result<Results> {
     for round in 0..plan.requests.div_ceil(REQ_BLOCK) {
         let n = REQ_BLOCK.min(plan.requests - round * REQ_BLOCK);
         for ((name, addr), out) in plan.http_paths.iter().zip(r.http.iter_mut()) {
-            chats(*addr, n, out).with_context(|| format!("{name} ({addr})"))?;
+            chats(*addr, n, None, out).with_context(|| format!("{name} ({addr})"))?;
         }
         streams(plan.filtered, n / 4, &mut r.filtered).context("filtered")?;
+        if let Some((addr, token)) = &plan.tokened {
+            chats(*addr, n, Some(token), &mut r.tokened).context("token")?;
+        }
     }
     Ok(r)
 }
@@ -189,9 +197,15 @@ const CHAT_STREAM: &str =
     r#"{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
 
 fn post(w: &mut TcpStream, body: &str) -> Result<()> {
+    post_as(w, body, None)
+}
+
+/// `post`, with `Authorization: Bearer <token>` when given.
+fn post_as(w: &mut TcpStream, body: &str, token: Option<&str>) -> Result<()> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         w,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     Ok(())
@@ -225,25 +239,26 @@ fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<(Instant, Instant)> {
     }
 }
 
-/// `n` chat completions, then `n / 4` streamed ones, on one keep-alive connection.
-fn chats(addr: SocketAddr, n: usize, out: &mut HttpResult) -> Result<()> {
+/// `n` chat completions, then `n / 4` streamed ones, on one keep-alive connection (each
+/// carrying `token` when given).
+fn chats(addr: SocketAddr, n: usize, token: Option<&str>, out: &mut HttpResult) -> Result<()> {
     let s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     let mut w = s.try_clone()?;
     let mut r = BufReader::new(s);
     for _ in 0..50 {
-        post(&mut w, CHAT)?;
+        post_as(&mut w, CHAT, token)?;
         read_response(&mut r)?;
     }
     for _ in 0..n {
         let t0 = Instant::now();
-        post(&mut w, CHAT)?;
+        post_as(&mut w, CHAT, token)?;
         read_response(&mut r)?;
         out.chat_us.push(t0.elapsed().as_secs_f64() * 1e6);
     }
     for _ in 0..n / 4 {
         let t0 = Instant::now();
-        post(&mut w, CHAT_STREAM)?;
+        post_as(&mut w, CHAT_STREAM, token)?;
         let (first, end) = read_chunked(&mut r)?;
         out.ttfb_us.push((first - t0).as_secs_f64() * 1e6);
         out.stream_total_us.push((end - t0).as_secs_f64() * 1e6);

@@ -165,19 +165,23 @@ fn parent(p: &Params) -> Result<()> {
     let server = servers::http_unrecorded("127.0.0.1:0");
     let vip = virtual_ip();
     let netns_port = sluice_tests::free_port();
+    // A JWKS on loopback: the agent verifies the token rows' token once, then hits its cache.
+    let issuer = tokens::key_server()?;
+    let token = tokens::bench_token(&issuer)?;
     let cg = TestCgroup::new("bench");
     let agent = Agent::start(&AgentSpec {
         cgroup: cg.rel.clone(),
         fail_mode: "open",
         targets: format!(
-            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-http-filtered\n    match: \"{vip}:8002\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n    max_response_bytes: 1000000000\n{1}",
+            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-http-filtered\n    match: \"{vip}:8002\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n    max_response_bytes: 1000000000\n  - name: bench-http-token\n    match: \"{vip}:8003\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n{1}",
             server.addr,
             netns::targets(&vip, netns_port)
         ),
         listen_v6: true,
         extra: format!(
-            "policies: [\"{}\"]\nworker_threads: {}\nruntime: {}\n{}",
+            "policies: [\"{}\"]\n{}worker_threads: {}\nruntime: {}\n{}",
             sluice_tests::policies_dir().display(),
+            tokens::identity_yaml(&issuer)?,
             p.workers,
             p.runtime,
             p.agent_yaml
@@ -238,6 +242,7 @@ fn parent(p: &Params) -> Result<()> {
             .map(|r| (r.name.to_string(), r.addr))
             .collect(),
         filtered: at(8002)?,
+        tokened: Some((at(8003)?, token.clone())),
         setups: p.setups,
         requests: p.requests,
         bulk_mb: p.bulk_mb,
@@ -334,6 +339,11 @@ fn parent(p: &Params) -> Result<()> {
         "`max_response_bytes: 1000000000` (runs on every chunk, never triggers) vs none, both Sluice HTTP-aware, same run.\n"
     );
     report::filtered(&r.filtered, sluice_http);
+    println!("\n### A verified token, cached\n");
+    println!(
+        "Every request with `Authorization: Bearer <RS256 token>` (verified on first sight, then a blake3 hash and a cache lookup) vs none, both Sluice HTTP-aware with the same issuer configured, same run, interleaved.\n"
+    );
+    report::tokened(&r.tokened, sluice_http);
     if let Ok(st) = agent.status() {
         println!(
             "\nagent counters: accepted {}, refused {}, kernel redirected {}",

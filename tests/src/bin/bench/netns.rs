@@ -60,6 +60,7 @@ pub fn child(plan: &Plan) -> Result<client::Results> {
         direct: server.addr,
         http_paths: vec![("sluice".into(), plan.http), ("direct".into(), server.addr)],
         filtered: plan.http,
+        tokened: None,
         setups: plan.setups,
         requests: plan.requests,
         bulk_mb: 16,

@@ -165,6 +165,31 @@ pub fn filtered(f: &HttpResult, plain: &HttpResult) {
     }
 }
 
+/// A cached token against no token, both Sluice HTTP-aware on the same agent.
+pub fn tokened(t: &HttpResult, plain: &HttpResult) {
+    println!("| metric | cached token | no token | ratio | added |");
+    println!("|---|---|---|---|---|");
+    for (name, a, b) in [
+        (
+            "chat completion, p50",
+            pct(&t.chat_us, 0.5),
+            pct(&plain.chat_us, 0.5),
+        ),
+        (
+            "chat completion, p99",
+            pct(&t.chat_us, 0.99),
+            pct(&plain.chat_us, 0.99),
+        ),
+        (
+            "stream, time to first chunk, p50",
+            pct(&t.ttfb_us, 0.5),
+            pct(&plain.ttfb_us, 0.5),
+        ),
+    ] {
+        ratio_row(name, a, b);
+    }
+}
+
 /// One row of a two-column comparison: both values, their ratio and what `a` adds.
 fn ratio_row(name: &str, a: f64, b: f64) {
     println!(

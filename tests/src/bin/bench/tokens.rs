@@ -31,7 +31,7 @@ const ALGS: [(Algorithm, &str); 3] = [
 ];
 
 /// Serves the three keys' JWKS until the process ends; returns the issuer URL.
-fn key_server() -> Result<String> {
+pub fn key_server() -> Result<String> {
     let mut keys = Vec::new();
     for (alg, name) in ALGS {
         let mut v = serde_json::to_value(Jwk::from_encoding_key(&key(alg)?, alg)?)?;
@@ -132,13 +132,36 @@ pub fn token_cost(n: usize) -> Result<()> {
 }
 
 /// The settings as the agent's YAML would give them (through serde_json: same fields).
-fn settings_for(issuer: &str) -> Result<sluice::identity::Settings> {
-    let v = json!({
+/// The agent's `identity:` setting for the bench's issuer, as YAML.
+pub fn identity_yaml(issuer: &str) -> Result<String> {
+    // JSON is YAML (a flow mapping).
+    Ok(format!("identity: {}\n", settings_json(issuer)))
+}
+
+/// An RS256 token of the bench's issuer, valid for two hours.
+pub fn bench_token(issuer: &str) -> Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("RS256".into());
+    let claims = json!({
+        "iss": issuer, "aud": "sluice", "sub": "alice", "groups": ["ml-eng"],
+        "exp": now + 7200, "iat": now,
+    });
+    Ok(jsonwebtoken::encode(&h, &claims, &key(Algorithm::RS256)?)?)
+}
+
+fn settings_json(issuer: &str) -> serde_json::Value {
+    json!({
         "issuers": [{
             "issuer": issuer, "audiences": ["sluice"], "groups_claim": "groups",
             "jwks_uri": format!("{issuer}/jwks"),
             "algorithms": ["RS256", "ES256", "EdDSA"],
         }],
-    });
-    Ok(serde_json::from_value(v)?)
+    })
+}
+
+fn settings_for(issuer: &str) -> Result<sluice::identity::Settings> {
+    Ok(serde_json::from_value(settings_json(issuer))?)
 }
