@@ -385,6 +385,30 @@ mod tests {
     use super::*;
     use crate::{adapter::OpClass, policy::parse_pack};
 
+    /// A chat completion on target `t` (OpenAI, default deny, no caller): each test changes
+    /// what it is about.
+    fn facts(op: &Operation) -> Facts<'_> {
+        Facts {
+            target: "t",
+            server: Server::Openai,
+            method: "POST",
+            path: "/v1/chat/completions",
+            operation: op,
+            body: None,
+            default: Action::Deny,
+            workload: None,
+            identity: None,
+            switch: None,
+        }
+    }
+
+    /// The decision, checked against the walk over every rule.
+    fn evaluated(policy: &Policy, f: &Facts<'_>) -> Decision {
+        let d = policy.evaluate(f);
+        assert_eq!(d, policy.evaluate_linear(f));
+        d
+    }
+
     const PACK: &str = r#"
 apiVersion: sluice.dev/v1alpha1
 kind: PolicyPack
@@ -422,20 +446,12 @@ spec:
             streaming: false,
         };
         let f = Facts {
-            target: "t",
             server: Server::Ollama,
-            method: "POST",
             path: "/api/chat",
-            operation: &op,
-            body: None,
-            default: Action::Deny,
-            workload: None,
             identity: id,
-            switch: None,
+            ..facts(&op)
         };
-        let d = policy.evaluate(&f);
-        assert_eq!(d, policy.evaluate_linear(&f));
-        d
+        evaluated(&policy, &f)
     }
 
     fn who(issuer: &str, subject: &str, groups: &[&str]) -> Principal {
@@ -525,24 +541,18 @@ spec:
         };
         let w = Workload::described(1, 1, comm.into(), None);
         let f = Facts {
-            target: "t",
-            server: Server::Openai,
             method: if switch == Some(Switch::Connect) {
                 "CONNECT"
             } else {
                 "GET"
             },
             path,
-            operation: &op,
-            body: None,
             default,
             workload: Some(&w),
-            identity: None,
             switch,
+            ..facts(&op)
         };
-        let d = policy.evaluate(&f);
-        assert_eq!(d, policy.evaluate_linear(&f));
-        d
+        evaluated(&policy, &f)
     }
 
     #[test]
@@ -605,20 +615,10 @@ spec:
         };
         let decide = |w: &Workload| {
             let f = Facts {
-                target: "t",
-                server: Server::Openai,
-                method: "POST",
-                path: "/v1/chat/completions",
-                operation: &op,
-                body: None,
-                default: Action::Deny,
                 workload: Some(w),
-                identity: None,
-                switch: None,
+                ..facts(&op)
             };
-            let d = policy.evaluate(&f);
-            assert_eq!(d, policy.evaluate_linear(&f));
-            d.rule_ids()
+            evaluated(&policy, &f).rule_ids()
         };
         let plain = Workload::described(1500, 1500, "python3".into(), None);
         assert_eq!(
@@ -663,20 +663,10 @@ spec:
                 ..who("http://127.0.0.1:1", "alice", &[])
             });
             let f = Facts {
-                target: "t",
-                server: Server::Openai,
-                method: "POST",
-                path: "/v1/chat/completions",
-                operation: &op,
-                body: None,
-                default: Action::Deny,
-                workload: None,
                 identity: p.as_ref(),
-                switch: None,
+                ..facts(&op)
             };
-            let d = policy.evaluate(&f);
-            assert_eq!(d, policy.evaluate_linear(&f));
-            d.rule_ids()
+            evaluated(&policy, &f).rule_ids()
         };
         let acme =
             serde_json::json!({"tenant": "acme", "email_verified": true, "org": {"tier": 2}});

@@ -338,12 +338,28 @@ fn parent(p: &Params) -> Result<()> {
     println!(
         "`max_response_bytes: 1000000000` (runs on every chunk, never triggers) vs none, both Sluice HTTP-aware, same run.\n"
     );
-    report::filtered(&r.filtered, sluice_http);
+    {
+        use report::Metric::*;
+        report::variant(
+            ("filter", "no filter"),
+            &r.filtered,
+            sluice_http,
+            &[FirstChunk(0.5), StreamTotal(0.5), StreamTotal(0.99)],
+        );
+    }
     println!("\n### A verified token, cached\n");
     println!(
         "Every request with `Authorization: Bearer <RS256 token>` (verified on first sight, then a blake3 hash and a cache lookup) vs none, both Sluice HTTP-aware with the same issuer configured, same run, interleaved.\n"
     );
-    report::tokened(&r.tokened, sluice_http);
+    {
+        use report::Metric::*;
+        report::variant(
+            ("cached token", "no token"),
+            &r.tokened,
+            sluice_http,
+            &[Chat(0.5), Chat(0.99), FirstChunk(0.5)],
+        );
+    }
     if let Ok(st) = agent.status() {
         println!(
             "\nagent counters: accepted {}, refused {}, kernel redirected {}",

@@ -141,52 +141,40 @@ pub fn errors(l: &Load) -> String {
     )
 }
 
-pub fn filtered(f: &HttpResult, plain: &HttpResult) {
-    println!("| metric | filter | no filter | ratio | added |");
-    println!("|---|---|---|---|---|");
-    for (name, a, b) in [
-        (
-            "stream, time to first chunk, p50",
-            pct(&f.ttfb_us, 0.5),
-            pct(&plain.ttfb_us, 0.5),
-        ),
-        (
-            "stream, complete, p50",
-            pct(&f.stream_total_us, 0.5),
-            pct(&plain.stream_total_us, 0.5),
-        ),
-        (
-            "stream, complete, p99",
-            pct(&f.stream_total_us, 0.99),
-            pct(&plain.stream_total_us, 0.99),
-        ),
-    ] {
-        ratio_row(name, a, b);
+/// Which percentile of which series a comparison row shows.
+#[derive(Clone, Copy)]
+pub enum Metric {
+    Chat(f64),
+    FirstChunk(f64),
+    StreamTotal(f64),
+}
+
+impl Metric {
+    fn name(self) -> String {
+        let (what, p) = match self {
+            Metric::Chat(p) => ("chat completion", p),
+            Metric::FirstChunk(p) => ("stream, time to first chunk", p),
+            Metric::StreamTotal(p) => ("stream, complete", p),
+        };
+        format!("{what}, p{}", (p * 100.0).round())
+    }
+
+    fn of(self, r: &HttpResult) -> f64 {
+        match self {
+            Metric::Chat(p) => pct(&r.chat_us, p),
+            Metric::FirstChunk(p) => pct(&r.ttfb_us, p),
+            Metric::StreamTotal(p) => pct(&r.stream_total_us, p),
+        }
     }
 }
 
-/// A cached token against no token, both Sluice HTTP-aware on the same agent.
-pub fn tokened(t: &HttpResult, plain: &HttpResult) {
-    println!("| metric | cached token | no token | ratio | added |");
+/// Two variants of one path, side by side (`with` against `without`): both values, their
+/// ratio and what `with` adds, per metric.
+pub fn variant(labels: (&str, &str), with: &HttpResult, without: &HttpResult, metrics: &[Metric]) {
+    println!("| metric | {} | {} | ratio | added |", labels.0, labels.1);
     println!("|---|---|---|---|---|");
-    for (name, a, b) in [
-        (
-            "chat completion, p50",
-            pct(&t.chat_us, 0.5),
-            pct(&plain.chat_us, 0.5),
-        ),
-        (
-            "chat completion, p99",
-            pct(&t.chat_us, 0.99),
-            pct(&plain.chat_us, 0.99),
-        ),
-        (
-            "stream, time to first chunk, p50",
-            pct(&t.ttfb_us, 0.5),
-            pct(&plain.ttfb_us, 0.5),
-        ),
-    ] {
-        ratio_row(name, a, b);
+    for m in metrics {
+        ratio_row(&m.name(), m.of(with), m.of(without));
     }
 }
 
