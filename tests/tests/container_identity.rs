@@ -35,17 +35,11 @@ fn pod_path(uid: &str, id: &str) -> String {
 /// Allows the Docker container by the short id `docker ps` shows and the pod by its uid;
 /// refuses the other pod's container by its full id; anything else meets the default deny.
 fn pack(dir: &TempDir) -> std::path::PathBuf {
-    let pack = dir.path().join("containers");
-    std::fs::create_dir_all(&pack).expect("pack dir");
-    std::fs::write(
-        pack.join("pack.yaml"),
-        format!(
-            r#"apiVersion: sluice.dev/v1alpha1
-kind: PolicyPack
-metadata: {{name: containers}}
-spec:
-  rules:
-    - id: allow-docker-container
+    write_pack(
+        dir,
+        "containers",
+        &format!(
+            r#"    - id: allow-docker-container
       action: allow
       match:
         workload: {{containerIds: ["{short}"], containerRuntimes: [docker]}}
@@ -60,6 +54,39 @@ spec:
         workload: {{containerIds: ["{OTHER_ID}"]}}
 "#,
             short = &DOCKER_ID[..12]
+        ),
+    )
+}
+
+/// The agent for these tests: one OpenAI target on `vip:8000` in front of `server`, the
+/// packs at `pack`, and `extra` configuration.
+fn agent(
+    root: &TestCgroup,
+    vip: &str,
+    server: &servers::Server,
+    pack: &std::path::Path,
+    extra: &str,
+) -> Agent {
+    Agent::start(&AgentSpec {
+        cgroup: root.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
+            server.addr
+        ),
+        listen_v6: false,
+        extra: format!("policies: [\"{}\"]\n{extra}", pack.display()),
+    })
+}
+
+/// Writes a pack named `name` with `rules` (the YAML under `rules:`) under `dir`.
+fn write_pack(dir: &TempDir, name: &str, rules: &str) -> std::path::PathBuf {
+    let pack = dir.path().join(name);
+    std::fs::create_dir_all(&pack).expect("pack dir");
+    std::fs::write(
+        pack.join("pack.yaml"),
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {{name: {name}}}\nspec:\n  rules:\n{rules}"
         ),
     )
     .expect("write pack");
@@ -134,19 +161,13 @@ fn policy_records_and_connections_know_the_container_and_the_pod() {
     let policies = TempDir::new("ident-policies");
     let metrics_port = free_port();
     let root = TestCgroup::new("ident");
-    let agent = Agent::start(&AgentSpec {
-        cgroup: root.rel.clone(),
-        fail_mode: "open",
-        targets: format!(
-            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
-            server.addr
-        ),
-        listen_v6: false,
-        extra: format!(
-            "policies: [\"{}\"]\nmetrics_listen: \"127.0.0.1:{metrics_port}\"\n",
-            pack(&policies).display()
-        ),
-    });
+    let agent = agent(
+        &root,
+        &vip,
+        &server,
+        &pack(&policies),
+        &format!("metrics_listen: \"127.0.0.1:{metrics_port}\"\n"),
+    );
     // Dropped (processes killed, directories removed) before `root`, deepest first.
     let docker = root.nested(&format!("system.slice/docker-{DOCKER_ID}.scope"));
     let pod = root.nested(&pod_path(POD_UID, POD_ID));
@@ -280,29 +301,12 @@ fn look_alike_cgroups_are_not_containers() {
     let vip = virtual_ip();
     let policies = TempDir::new("ident-lookalike");
     let root = TestCgroup::new("lookalike");
-    let agent = Agent::start(&AgentSpec {
-        cgroup: root.rel.clone(),
-        fail_mode: "open",
-        targets: format!(
-            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
-            server.addr
-        ),
-        listen_v6: false,
-        extra: format!(
-            "policies: [\"{}\"]\n",
-            {
-                let dir = policies.path().join("any");
-                std::fs::create_dir_all(&dir).expect("pack dir");
-                std::fs::write(
-                    dir.join("pack.yaml"),
-                    "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: any}\nspec:\n  rules:\n    - id: any-container\n      action: allow\n      match:\n        workload: {containerIds: [\"*\"]}\n",
-                )
-                .expect("write pack");
-                dir
-            }
-            .display()
-        ),
-    });
+    let pack = write_pack(
+        &policies,
+        "any",
+        "    - id: any-container\n      action: allow\n      match:\n        workload: {containerIds: [\"*\"]}\n",
+    );
+    let agent = agent(&root, &vip, &server, &pack, "");
     let shapes = [
         format!("system.slice/docker-{}.scope", &DOCKER_ID[..63]),
         format!(
@@ -339,35 +343,19 @@ fn users_and_systemd_units_select_callers_without_a_token() {
     let server = servers::http("127.0.0.1:0");
     let vip = virtual_ip();
     let policies = TempDir::new("names-policies");
-    let pack = policies.path().join("names");
-    std::fs::create_dir_all(&pack).expect("pack dir");
-    std::fs::write(
-        pack.join("pack.yaml"),
-        r#"apiVersion: sluice.dev/v1alpha1
-kind: PolicyPack
-metadata: {name: names}
-spec:
-  rules:
-    - id: chat-unit
+    let pack = write_pack(
+        &policies,
+        "names",
+        r#"    - id: chat-unit
       action: allow
       match: {workload: {units: ["chat.service"]}}
     - id: nobody-user
       action: allow
       match: {workload: {users: [nobody]}}
 "#,
-    )
-    .expect("write pack");
+    );
     let root = TestCgroup::new("names");
-    let agent = Agent::start(&AgentSpec {
-        cgroup: root.rel.clone(),
-        fail_mode: "open",
-        targets: format!(
-            "  - name: models\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: openai\n",
-            server.addr
-        ),
-        listen_v6: false,
-        extra: format!("policies: [\"{}\"]\n", pack.display()),
-    });
+    let agent = agent(&root, &vip, &server, &pack, "");
     let chat_unit = root.nested("system.slice/chat.service");
     let other_unit = root.nested("system.slice/other.service");
 
