@@ -230,6 +230,10 @@ pub struct Target {
     /// custody").
     #[serde(default)]
     pub credential: Option<crate::custody::Settings>,
+    /// TLS the agent originates to the upstream (for `protocol: http`; docs/configuration.md,
+    /// "TLS to upstreams"). Without it the upstream is spoken to in cleartext.
+    #[serde(default)]
+    pub tls: Option<crate::tls::Settings>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -278,6 +282,9 @@ impl Config {
                 && p.is_relative()
             {
                 *p = base.join(&*p);
+            }
+            if let Some(tls) = &mut t.tls {
+                tls.resolve(base);
             }
         }
         Ok(cfg)
@@ -398,6 +405,16 @@ impl Config {
                     "targets[{i}] ({}): credential needs protocol: http (a tcp target's requests are not read, so no key can be put in them)",
                     t.name
                 ));
+            }
+            if let Some(tls) = &t.tls {
+                if t.protocol != Protocol::Http {
+                    return Err(format!(
+                        "targets[{i}] ({}): tls needs protocol: http (a tcp target's bytes are relayed in the kernel or by splice, never through a TLS session)",
+                        t.name
+                    ));
+                }
+                tls.validate()
+                    .map_err(|m| format!("targets[{i}] ({}): tls.{m}", t.name))?;
             }
             if t.name.is_empty() {
                 return Err(format!("targets[{i}].name: must not be empty"));

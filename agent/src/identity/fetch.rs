@@ -1,8 +1,9 @@
 //! GETs of discovery documents and key sets. Sockets carry the bypass mark (as upstream
 //! sockets do, `upstream::dial_host`), so the agent's hooks never redirect its own fetches;
 //! everything is async with a deadline and a size limit, so a slow or huge answer costs a
-//! waiting task, never a runtime thread.
-use std::time::Duration;
+//! waiting task, never a runtime thread. https goes over the agent's one TLS stack
+//! (`crate::tls`): the issuer's `ca_file` or the system's roots.
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
@@ -19,6 +20,8 @@ pub enum Error {
     Url(String),
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    #[error("TLS with {host}: {why}")]
+    Tls { host: String, why: String },
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
     #[error("answered {0}")]
@@ -31,10 +34,12 @@ pub enum Error {
     Timeout(Duration),
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Fetcher {
     pub mark: u32,
     pub timeout: Duration,
+    /// For https URLs; `Err` says why there is none (no roots on this host).
+    pub tls: Result<Arc<rustls::ClientConfig>, String>,
 }
 
 impl Fetcher {
@@ -50,15 +55,43 @@ impl Fetcher {
         super::settings::check_url(url).map_err(Error::Url)?;
         let uri: http::Uri = url.parse().map_err(|_| Error::Url(url.to_string()))?;
         let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-        let port = uri.port_u16().unwrap_or(80);
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let (stream, _) = crate::upstream::dial_host(host, port, self.mark, self.timeout, None)
             .await
             .map_err(Error::Connect)?;
-        let (mut tx, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (mut tx, driver) = if https {
+            let tls_err = |why: String| Error::Tls {
+                host: host.to_string(),
+                why,
+            };
+            let cfg = self.tls.clone().map_err(tls_err)?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| tls_err(e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, stream)
+                .await
+                .map_err(|e| tls_err(crate::tls::describe(&e)))?;
+            let (tx, conn) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                    .await?;
+            (
+                tx,
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                }),
+            )
+        } else {
+            let (tx, conn) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                    .await?;
+            (
+                tx,
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                }),
+            )
+        };
         let authority = uri.authority().map_or("", |a| a.as_str()).to_string();
         let req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
             .header(http::header::HOST, authority)
