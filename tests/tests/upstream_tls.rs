@@ -6,7 +6,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use sluice_tests::{
-    Agent, AgentSpec, TempDir, TestCgroup, curl, require_root, servers, tls, unique, virtual_ip,
+    Agent, AgentSpec, TempDir, TestCgroup, client_script, curl, require_root, run_ok, servers, tls,
+    unique, virtual_ip,
 };
 
 /// One `protocol: http` OpenAI target per entry: (name, port on `vip`, upstream, YAML lines
@@ -321,4 +322,71 @@ fn custody_end_to_end_a_keyless_workload_reaches_a_keyed_https_server() {
             .any(|(sni, _)| sni.as_deref() == Some("localhost"))
     );
     assert!(!agent.log_text().contains(&key), "key in the agent's log");
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn grpc_goes_over_tls_with_alpn_h2() {
+    require_root();
+    // A real grpcio server (cleartext HTTP/2) behind the TLS front, outside the cgroup.
+    /// Ends the server (by its own pid) however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut grpc_server = Kill(
+        Command::new("python3")
+            .arg(client_script("grpc_echo.py"))
+            .arg("serve")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("grpc server"),
+    );
+    let mut port = String::new();
+    {
+        use std::io::BufRead as _;
+        let out = grpc_server.0.stdout.take().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut port)
+            .expect("port");
+    }
+    let inner: std::net::SocketAddr = format!("127.0.0.1:{}", port.trim())
+        .parse()
+        .expect("grpc addr");
+    let dir = TempDir::new("tls-grpc");
+    let ca = tls::TestCa::new(dir.path(), "grpc");
+    let front = tls::front(inner, &ca.issue("server", &["localhost"]), None);
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("tls-grpc");
+    let agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "open",
+        targets: format!(
+            "  - name: triton\n    match: \"{vip}:8000\"\n    upstream: \"{}\"\n    protocol: http\n    server: triton\n    default: allow\n    tls: {{ca_file: \"{}\", server_name: localhost}}\n",
+            front.addr,
+            ca.ca_file().display()
+        ),
+        listen_v6: true,
+        extra: String::new(),
+    });
+    let out = run_ok(
+        cg.command("python3")
+            .arg(client_script("grpc_echo.py"))
+            .args([
+                "call",
+                &format!("{vip}:8000"),
+                "/inference.GRPCInferenceService/ModelInfer",
+            ]),
+    );
+    drop(grpc_server);
+    let v: Value = serde_json::from_str(out.trim()).expect("grpc_echo json");
+    assert_eq!(v["ok"], true, "{v}\n{}", agent.log_text());
+    assert_eq!(v["echoed"], true);
+    assert_eq!(
+        handshakes(&front),
+        vec![(Some("localhost".to_string()), Some("h2".to_string()))]
+    );
 }
