@@ -82,7 +82,7 @@ pub enum Error {
         path: String,
         why: String,
     },
-    #[error("no system root certificates could be loaded ({0}); set ca_file")]
+    #[error("ca_file not set and no system root certificates could be loaded ({0})")]
     NoRoots(String),
     #[error("{0}")]
     Invalid(String),
@@ -391,6 +391,18 @@ mod tests {
             "{e}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn empty_settings_use_the_system_roots_or_say_there_are_none() {
+        match Origin::new(0, "t", &Settings::default()) {
+            Ok(o) => assert!(o.server_name.is_none()),
+            Err(e) => assert!(
+                e.to_string()
+                    .starts_with("ca_file not set and no system root certificates"),
+                "{e}"
+            ),
+        }
     }
 
     /// A throwaway self-signed CA certificate (no key kept anywhere).
