@@ -390,3 +390,65 @@ fn grpc_goes_over_tls_with_alpn_h2() {
         vec![(Some("localhost".to_string()), Some("h2".to_string()))]
     );
 }
+
+#[test]
+#[ignore = "end-to-end: runs the agent's binary (cargo xtask test runs it)"]
+fn bad_tls_files_and_settings_are_start_up_errors_that_say_where() {
+    let dir = TempDir::new("tls-check");
+    let ca = tls::TestCa::new(dir.path(), "check");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("write");
+    let check = |tls: &str| {
+        let cfg = dir.path().join("sluice.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen: 127.0.0.1:15001\ntargets:\n  - name: openai\n    match: 127.77.0.9:80\n    upstream: 127.0.0.1:8443\n    protocol: http\n{tls}"
+            ),
+        )
+        .expect("write config");
+        let out = Command::new(sluice_tests::sluice_bin())
+            .arg("check-config")
+            .arg(&cfg)
+            .output()
+            .expect("check-config");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check(&format!(
+        "    tls: {{ca_file: \"{}\"}}\n",
+        ca.ca_file().display()
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("http/openai+tls"), "{out}");
+    let (code, _, err) = check(&format!("    tls: {{ca_file: \"{}\"}}\n", junk.display()));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(&format!(
+            "targets[0] (openai): tls.ca_file {}: holds no PEM certificate",
+            junk.display()
+        )),
+        "{err}"
+    );
+    let client = ca.issue("client", &["agent"]);
+    let (code, _, err) = check(&format!(
+        "    tls:\n      ca_file: \"{}\"\n      client_cert: \"{}\"\n      client_key: \"{}\"\n",
+        ca.ca_file().display(),
+        client.cert.display(),
+        junk.display()
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("tls.client_key") && err.contains("holds no PEM private key"),
+        "{err}"
+    );
+    let (code, _, err) = check("    tls:\n      sever_name: x\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("sluice.yaml:8:7: ") && err.contains("unknown field `sever_name`"),
+        "{err}"
+    );
+}
