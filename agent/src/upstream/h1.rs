@@ -457,6 +457,112 @@ mod tests {
         assert!(e.to_string().contains(&authority), "{e}");
     }
 
+    /// A TLS server on loopback (certificate for 127.0.0.1 from a CA made here, whose PEM
+    /// file is returned) answering `ok` to every request on keep-alive connections; it counts
+    /// completed handshakes.
+    async fn tls_server(dir: &std::path::Path) -> (String, std::path::PathBuf, Arc<AtomicUsize>) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write CA");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("cert");
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("der");
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let count = handshakes.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (acceptor, count) = (acceptor.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, ca_file, handshakes)
+    }
+
+    async fn tls_ok(pool: &Pool, authority: &str, o: &Origin) {
+        let resp = pool
+            .send(authority, None, Some(o), get(authority))
+            .await
+            .expect("answered over TLS");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
+    async fn tls_and_cleartext_connections_to_one_authority_never_mix() {
+        let dir = std::env::temp_dir().join(format!("sluice-h1-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (authority, ca_file, handshakes) = tls_server(&dir).await;
+        let settings = crate::tls::Settings {
+            ca_file: Some(ca_file),
+            ..crate::tls::Settings::default()
+        };
+        let a = Origin::new(0, "a", &settings).expect("origin a");
+        let b = Origin::new(1, "b", &settings).expect("origin b");
+        let _ = std::fs::remove_dir_all(&dir);
+        let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
+        for _ in 0..3 {
+            tls_ok(&pool, &authority, &a).await;
+        }
+        assert_eq!(
+            handshakes.load(Ordering::SeqCst),
+            1,
+            "one TLS connection, reused"
+        );
+        // Cleartext to the same authority dials its own connection, which the TLS server
+        // refuses: the pooled TLS connection is never taken for it.
+        pool.send(&authority, None, None, get(&authority))
+            .await
+            .expect_err("cleartext to a TLS server");
+        assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+        // Another target's TLS (other certificates, possibly) gets a connection of its own.
+        tls_ok(&pool, &authority, &b).await;
+        assert_eq!(handshakes.load(Ordering::SeqCst), 2);
+        tls_ok(&pool, &authority, &a).await;
+        assert_eq!(
+            handshakes.load(Ordering::SeqCst),
+            2,
+            "a's connection is still pooled"
+        );
+    }
+
     #[test]
     fn authorities_split_into_host_and_port() {
         assert_eq!(split_authority("127.0.0.1:8000"), Some(("127.0.0.1", 8000)));
