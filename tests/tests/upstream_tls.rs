@@ -452,3 +452,58 @@ fn bad_tls_files_and_settings_are_start_up_errors_that_say_where() {
         "{err}"
     );
 }
+
+#[test]
+#[ignore = "end-to-end: needs root, cgroup v2 and network namespaces (cargo xtask test runs it as root)"]
+fn tls_is_originated_from_inside_a_clients_network_namespace() {
+    require_root();
+    let dir = TempDir::new("tls-netns");
+    let ca = tls::TestCa::new(dir.path(), "netns");
+    let server = ca.issue("sidecar", &["localhost"]);
+    // The upstream listens only on the namespace's own loopback, over HTTPS.
+    let (vip, sidecar) = (virtual_ip(), sluice_tests::free_port());
+    let cg = TestCgroup::new("tls-netns");
+    let agent = Agent::start(&AgentSpec {
+        cgroup: cg.rel.clone(),
+        fail_mode: "closed",
+        targets: format!(
+            "  - name: sidecar\n    match: \"{vip}:8000\"\n    upstream: \"127.0.0.1:{sidecar}\"\n    protocol: http\n    server: openai\n    default: allow\n    tls: {{ca_file: \"{}\", server_name: localhost}}\n",
+            ca.ca_file().display()
+        ),
+        listen_v6: true,
+        extra: String::new(),
+    });
+    let out = cg
+        .command("unshare")
+        .args(["--net", "python3"])
+        .arg(client_script("netns_client.py"))
+        .args([
+            &sidecar.to_string(),
+            "ns-tls",
+            &vip,
+            "8000",
+            "get",
+            "/v1/models",
+        ])
+        .env(
+            "NETNS_SIDECAR_TLS",
+            format!("{}:{}", server.cert.display(), server.key.display()),
+        )
+        .output()
+        .expect("netns client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {text}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            agent.log_text()
+        )
+    });
+    assert_eq!(v["status"], 200, "{v}\n{}", agent.log_text());
+    assert!(
+        v["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("\"from\": \"ns-tls\"")),
+        "{v}"
+    );
+}
