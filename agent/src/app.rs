@@ -124,10 +124,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (recorder, records) = record::Recorder::new(table.clone(), drain.shutdown_signal());
     // The writer outlives the drain: records of requests cut by it still get written.
     let writer = tokio::spawn(record::writer(records));
-    let upstreams = Arc::new(Upstreams::new(&cfg));
-    let identity =
-        crate::identity::Identity::new(&cfg.identity, cfg.bypass_mark, cfg.connect_timeout)
-            .context("loading identity settings")?;
+    // TLS files (and the system's roots) are read from disk: off the runtime's workers.
+    let (upstreams, identity) = {
+        let c = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            let upstreams = Upstreams::new(&c).context("loading upstream TLS settings")?;
+            let identity =
+                crate::identity::Identity::new(&c.identity, c.bypass_mark, c.connect_timeout)
+                    .context("loading identity settings")?;
+            anyhow::Ok((Arc::new(upstreams), identity))
+        })
+        .await
+        .context("loading upstream and identity settings")??
+    };
     if let Some(id) = &identity {
         id.prefetch();
     }

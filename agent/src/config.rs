@@ -234,6 +234,10 @@ pub struct Target {
     /// caller none is for, on a target without `credential`, is refused.
     #[serde(default)]
     pub credentials: Vec<crate::custody::Settings>,
+    /// TLS the agent originates to the upstream (for `protocol: http`; docs/configuration.md,
+    /// "TLS to upstreams"). Without it the upstream is spoken to in cleartext.
+    #[serde(default)]
+    pub tls: Option<crate::tls::Settings>,
 }
 
 impl Target {
@@ -288,6 +292,9 @@ impl Config {
                 {
                     *p = base.join(&*p);
                 }
+            }
+            if let Some(tls) = &mut t.tls {
+                tls.resolve(base);
             }
         }
         Ok(cfg)
@@ -420,6 +427,16 @@ impl Config {
                     "targets[{i}] ({}): credentials[{n}]: needs when (which callers the key is for); the key for everyone else is credential:",
                     t.name
                 ));
+            }
+            if let Some(tls) = &t.tls {
+                if t.protocol != Protocol::Http {
+                    return Err(format!(
+                        "targets[{i}] ({}): tls needs protocol: http (a tcp target's bytes are relayed in the kernel or by splice, never through a TLS session)",
+                        t.name
+                    ));
+                }
+                tls.validate()
+                    .map_err(|m| format!("targets[{i}] ({}): tls.{m}", t.name))?;
             }
             if t.name.is_empty() {
                 return Err(format!("targets[{i}].name: must not be empty"));

@@ -102,6 +102,11 @@ pub enum Error {
     },
     #[error("identity.issuers[{index}].hmac_secret_file: {path} is empty")]
     EmptySecret { index: usize, path: String },
+    #[error("identity.issuers[{index}].{source}")]
+    Tls {
+        index: usize,
+        source: crate::tls::Error,
+    },
 }
 
 impl Identity {
@@ -131,10 +136,22 @@ impl Identity {
                     Some(jsonwebtoken::DecodingKey::from_secret(trimmed))
                 }
             };
+            // https fetches verify against the issuer's `ca_file`, else the system's roots;
+            // without either (no roots on this host) only the https fetches fail, each with
+            // the reason.
+            let tls = match &i.ca_file {
+                Some(ca) => Ok(Arc::new(
+                    crate::tls::client_config(Some(ca), None, &[b"http/1.1"])
+                        .map_err(|source| Error::Tls { index, source })?,
+                )),
+                None => crate::tls::client_config(None, None, &[b"http/1.1"])
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string()),
+            };
             issuers.push(Arc::new(keys::Issuer::new(
                 i.clone(),
                 secret,
-                fetch::Fetcher { mark, timeout },
+                fetch::Fetcher { mark, timeout, tls },
             )));
         }
         Ok(Some(Arc::new(Identity {

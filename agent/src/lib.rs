@@ -34,6 +34,7 @@ pub mod policy;
 pub mod record;
 pub mod relay;
 pub mod respond;
+pub mod tls;
 pub mod upstream;
 pub mod workload;
 mod yaml;

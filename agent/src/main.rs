@@ -320,6 +320,11 @@ fn main() -> ExitCode {
                     eprintln!("sluice: {e}");
                     return ExitCode::from(2);
                 }
+                // TLS files are read as `run` reads them: a bad one fails here too.
+                if let Err(e) = sluice::upstream::Upstreams::new(&cfg) {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
                 for t in &cfg.targets {
                     let up: Vec<String> = t.upstream.iter().map(ToString::to_string).collect();
                     let up = if up.is_empty() {
@@ -330,6 +335,11 @@ fn main() -> ExitCode {
                     let proto = match t.protocol {
                         sluice::config::Protocol::Tcp => "tcp".to_string(),
                         sluice::config::Protocol::Http => format!("http/{}", t.server),
+                    };
+                    let proto = if t.tls.is_some() {
+                        format!("{proto}+tls")
+                    } else {
+                        proto
                     };
                     println!(
                         "{:<24} {:<28} {:<16} -> {up}",

@@ -23,6 +23,12 @@ pub mod http;
 pub enum Error {
     #[error("no upstream of target {target} accepted the connection (last error: {last})")]
     AllFailed { target: String, last: String },
+    #[error("targets[{index}] ({target}): tls.{source}")]
+    Tls {
+        index: usize,
+        target: String,
+        source: crate::tls::Error,
+    },
 }
 
 /// Backends of one target, tried round-robin; one that failed is skipped for a while.
@@ -33,6 +39,8 @@ struct Backends {
     authorities: Vec<Arc<str>>,
     next: AtomicUsize,
     dead_until: Mutex<Vec<Option<Instant>>>,
+    /// TLS to this target's servers, when it has `tls:`.
+    tls: Option<Arc<crate::tls::Origin>>,
 }
 
 pub struct Upstreams {
@@ -43,23 +51,42 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(cfg: &Config) -> Self {
-        Upstreams {
-            targets: cfg
-                .targets
-                .iter()
-                .map(|t| Backends {
-                    name: t.name.clone(),
-                    endpoints: t.upstream.clone(),
-                    authorities: t.upstream.iter().map(|e| e.to_string().into()).collect(),
-                    next: AtomicUsize::new(0),
-                    dead_until: Mutex::new(vec![None; t.upstream.len()]),
-                })
-                .collect(),
+    /// Reads the targets' TLS files (blocking: call it off the runtime's workers).
+    pub fn new(cfg: &Config) -> Result<Self, Error> {
+        let mut targets = Vec::with_capacity(cfg.targets.len());
+        for (index, t) in cfg.targets.iter().enumerate() {
+            let tls = match &t.tls {
+                None => None,
+                Some(s) => Some(Arc::new(
+                    crate::tls::Origin::new(index as u32, &t.name, s).map_err(|source| {
+                        Error::Tls {
+                            index,
+                            target: t.name.clone(),
+                            source,
+                        }
+                    })?,
+                )),
+            };
+            targets.push(Backends {
+                name: t.name.clone(),
+                endpoints: t.upstream.clone(),
+                authorities: t.upstream.iter().map(|e| e.to_string().into()).collect(),
+                next: AtomicUsize::new(0),
+                dead_until: Mutex::new(vec![None; t.upstream.len()]),
+                tls,
+            });
+        }
+        Ok(Upstreams {
+            targets,
             mark: cfg.bypass_mark,
             connect_timeout: cfg.connect_timeout,
             dead_for: cfg.dead_backend_for,
-        }
+        })
+    }
+
+    /// TLS to the target's servers, if it originates any.
+    pub fn tls(&self, target_id: u32) -> Option<&Arc<crate::tls::Origin>> {
+        self.targets.get(target_id as usize)?.tls.as_ref()
     }
 
     fn target_name(&self, target_id: u32) -> Option<&str> {

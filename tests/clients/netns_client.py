@@ -17,7 +17,9 @@ there. Then runs one action:
   run CMD...             first connects once (retrying as above) so the namespace is ready,
                          then runs CMD (curl, python) and passes its output and exit code on
 
-NETNS_CLIENT_DEADLINE (seconds, default 10) bounds the EPERM retries.
+NETNS_CLIENT_DEADLINE (seconds, default 10) bounds the EPERM retries. With NETNS_SIDECAR_TLS
+set to "CERT_FILE:KEY_FILE" the sidecar speaks HTTPS with that certificate (the agent then
+originates TLS from inside the namespace).
 """
 import errno
 import http.client
@@ -25,6 +27,7 @@ import http.server
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -71,6 +74,12 @@ def serve(bind, port, tag):
         address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
 
     srv = Server((bind, port), H)
+    tls = os.environ.get("NETNS_SIDECAR_TLS") if tag != "DIRECT" else None
+    if tls:
+        cert, key = tls.split(":", 1)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 

@@ -19,6 +19,7 @@ use std::{
 };
 
 pub mod servers;
+pub mod tls;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -386,3 +386,42 @@ fn a_relative_key_file_is_found_next_to_the_config() {
     );
     std::fs::remove_dir_all(&dir).expect("rm");
 }
+
+#[test]
+fn tls_is_read_per_http_target_and_its_mistakes_are_placed() {
+    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: openai\n    match: 127.0.0.1:80\n    upstream: api.example.test:443\n    protocol: http\n";
+    let cfg = parse(base).expect("no tls");
+    assert_eq!(
+        cfg.targets[0].tls, None,
+        "without tls: cleartext, as before"
+    );
+    let cfg = parse(&format!("{base}    tls: {{}}\n")).expect("system roots");
+    assert_eq!(cfg.targets[0].tls, Some(crate::tls::Settings::default()));
+    let cfg = parse(&format!(
+        "{base}    tls:\n      ca_file: /etc/sluice/ca.pem\n      server_name: models.internal\n      client_cert: /etc/sluice/c.pem\n      client_key: /etc/sluice/k.pem\n"
+    ))
+    .expect("all of it");
+    let t = cfg.targets[0].tls.as_ref().expect("set");
+    assert_eq!(t.ca_file.as_deref(), Some(Path::new("/etc/sluice/ca.pem")));
+    assert_eq!(t.server_name.as_deref(), Some("models.internal"));
+
+    let err = parse(&format!("{base}    tls:\n      ca_fiel: /a\n"))
+        .expect_err("typo")
+        .to_string();
+    assert!(err.starts_with("test.yaml:8:7: "), "{err}");
+    assert!(err.contains("unknown field `ca_fiel`"), "{err}");
+    let err = parse(&format!("{base}    tls: {{client_cert: /c.pem}}\n"))
+        .expect_err("half")
+        .to_string();
+    assert!(
+        err.contains("targets[0] (openai): tls.client_cert needs client_key"),
+        "{err}"
+    );
+    let err = parse(&format!(
+        "{}    tls: {{}}\n",
+        base.replace("protocol: http", "protocol: tcp")
+    ))
+    .expect_err("tcp")
+    .to_string();
+    assert!(err.contains("tls needs protocol: http"), "{err}");
+}

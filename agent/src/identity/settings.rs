@@ -72,6 +72,10 @@ pub struct IssuerSettings {
     /// accepted.
     #[serde(default)]
     pub hmac_secret_file: Option<PathBuf>,
+    /// PEM CA certificates an https issuer's (and key set's) certificate must lead to;
+    /// without it, the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 // Hand-written so the secret's path is the most a debug print shows (the secret itself is
@@ -84,6 +88,7 @@ impl std::fmt::Debug for IssuerSettings {
             .field("algorithms", &self.algorithms)
             .field("jwks_uri", &self.jwks_uri)
             .field("hmac", &self.hmac_secret_file.is_some())
+            .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -202,13 +207,14 @@ impl Settings {
 pub fn check_url(u: &str) -> Result<(), String> {
     let uri: http::Uri = u.parse().map_err(|e| format!("{u:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
+        // The certificate proves the server, wherever it is.
+        Some("https") => return Ok(()),
         Some("http") => {}
-        Some("https") => {
+        _ => {
             return Err(format!(
-                "{u:?}: https issuers are not supported yet (the agent has no TLS client; issue #14); use an http:// issuer on loopback"
+                "{u:?} must start with https:// (or http:// on loopback)"
             ));
         }
-        _ => return Err(format!("{u:?} must start with http://")),
     }
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let loopback = host.eq_ignore_ascii_case("localhost")
@@ -216,8 +222,10 @@ pub fn check_url(u: &str) -> Result<(), String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     if !loopback {
+        // Keys fetched in cleartext across a network could be swapped on the way: anyone
+        // on the path could then mint tokens the agent accepts.
         return Err(format!(
-            "{u:?}: plain http is accepted only on loopback (127.0.0.0/8, ::1, localhost) until TLS to issuers exists"
+            "{u:?}: plain http is accepted only on loopback (127.0.0.0/8, ::1, localhost); use https"
         ));
     }
     Ok(())

@@ -422,9 +422,16 @@ fn algorithm_policy_is_checked_when_the_configuration_loads() {
     assert!(
         bad("issuers:\n  - issuer: http://127.0.0.1:9\n    audiences: []\n").contains("audience")
     );
+    // https is verified wherever the issuer is; cleartext only on loopback.
+    let https: Settings =
+        serde_norway::from_str("issuers:\n  - issuer: https://idp.example.com\n    audiences: [a]\n    ca_file: /etc/ca.pem\n")
+            .expect("parses");
+    https
+        .validate()
+        .expect("https issuers are fetched over TLS");
     assert!(
-        bad("issuers:\n  - issuer: https://idp.example.com\n    audiences: [a]\n")
-            .contains("not supported yet")
+        bad("issuers:\n  - issuer: ftp://idp.example.com\n    audiences: [a]\n")
+            .contains("must start with https://")
     );
     assert!(
         bad("issuers:\n  - issuer: http://idp.example.com\n    audiences: [a]\n")

@@ -85,6 +85,7 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
 /// Sends to the target's backends in order (or to the address the client dialled).
 pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incoming>, Refusal> {
     let order = ctx.upstreams.order_authorities(conn.target_id);
+    let tls = ctx.upstreams.tls(conn.target_id).map(|t| &**t);
     let candidates: Vec<(Option<usize>, Arc<str>)> = if order.is_empty() {
         vec![(None, conn.orig_authority.clone())]
     } else {
@@ -121,8 +122,16 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incom
         let Some(head) = head else { break };
         let req = http::Request::from_parts(head, b);
         let sent = match switch {
-            Some(s) => ctx.http.switch(&auth, conn.netns.as_ref(), req, s).await,
-            None => ctx.http.send(&auth, conn.netns.as_ref(), req, grpc).await,
+            Some(s) => {
+                ctx.http
+                    .switch(&auth, conn.netns.as_ref(), tls, req, s)
+                    .await
+            }
+            None => {
+                ctx.http
+                    .send(&auth, conn.netns.as_ref(), tls, req, grpc)
+                    .await
+            }
         };
         match sent {
             Ok(resp) => {
@@ -136,7 +145,12 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incom
                     ctx.upstreams.report(conn.target_id, i, false);
                 }
                 tracing::warn!(target_name = %conn.target.name, upstream = %auth, rules = ?permit.rules, error = %e, "upstream failed; skipping it for a while");
-                last = format!("{auth}: {e}");
+                // A TLS failure names the upstream itself, with the target, name and why.
+                last = if e.is_tls() {
+                    e.to_string()
+                } else {
+                    format!("{auth}: {e}")
+                };
             }
             Err(e) => {
                 tracing::warn!(target_name = %conn.target.name, upstream = %auth, rules = ?permit.rules, error = %e, "upstream request failed");

@@ -21,7 +21,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use crate::{intercept::netns::Served, respond::Body};
+use crate::{intercept::netns::Served, respond::Body, tls::Origin};
 
 /// A pooled connection unused this long is closed instead of reused: servers close idle
 /// connections too, and a request sent on one that is closing would be lost.
@@ -39,6 +39,12 @@ pub enum Error {
         authority: String,
         source: hyper::Error,
     },
+    /// Dialled, but the TLS handshake failed: nothing was sent.
+    #[error("upstream {authority} {failure}")]
+    Tls {
+        authority: String,
+        failure: crate::tls::Failure,
+    },
     #[error("{0}")]
     Request(hyper::Error),
 }
@@ -46,9 +52,20 @@ pub enum Error {
 impl Error {
     /// Nothing reached the server: another backend may be tried.
     pub fn is_connect(&self) -> bool {
-        matches!(self, Error::Connect { .. } | Error::Handshake { .. })
+        matches!(
+            self,
+            Error::Connect { .. } | Error::Handshake { .. } | Error::Tls { .. }
+        )
+    }
+
+    /// The message names the upstream, the target and the server name itself.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Error::Tls { .. })
     }
 }
+
+/// (namespace cookie, TLS origin id).
+type Key = (u64, u32);
 
 struct Idle {
     sender: SendRequest<Body>,
@@ -59,9 +76,11 @@ pub struct Pool {
     mark: u32,
     timeout: Duration,
     max_idle: usize,
-    /// Keyed by (client's network namespace cookie, 0 for the agent's own; authority): a
-    /// connection dialled from one namespace is never reused for another.
-    conns: Mutex<HashMap<u64, HashMap<String, Vec<Idle>>>>,
+    /// Keyed by ((client's network namespace cookie, 0 for the agent's own; TLS origin, 0
+    /// for cleartext); authority): a connection dialled from one namespace is never reused
+    /// for another, nor a TLS one (with one target's certificates) for cleartext or another
+    /// target.
+    conns: Mutex<HashMap<Key, HashMap<String, Vec<Idle>>>>,
 }
 
 impl Pool {
@@ -81,9 +100,10 @@ impl Pool {
         &self,
         authority: &str,
         ns: Option<&Arc<Served>>,
+        tls: Option<&Origin>,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, Error> {
-        let key = ns.map_or(0, |n| n.cookie);
+        let key = (ns.map_or(0, |n| n.cookie), tls.map_or(0, |t| t.id));
         if let Some(mut sender) = self.take(key, authority) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -96,7 +116,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(authority, ns.map(|n| &**n), false).await?;
+        let mut sender = self
+            .connect(authority, ns.map(|n| &**n), tls, false)
+            .await?;
         let resp = sender.send_request(req).await.map_err(Error::Request)?;
         self.put(key, authority, sender);
         Ok(resp)
@@ -108,25 +130,26 @@ impl Pool {
         &self,
         authority: &str,
         ns: Option<&Arc<Served>>,
+        tls: Option<&Origin>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, Error> {
-        let mut sender = self.connect(authority, ns.map(|n| &**n), true).await?;
+        let mut sender = self.connect(authority, ns.map(|n| &**n), tls, true).await?;
         sender.send_request(req).await.map_err(Error::Request)
     }
 
     /// A pooled sender whose connection is open and whose last exchange is over. Idle ones
     /// past `max_idle` are dropped here (hyper then closes their connections); busy ones
     /// stay: each is a request in flight, bounded by the agent's connection caps.
-    fn take(&self, ns: u64, authority: &str) -> Option<SendRequest<Body>> {
+    fn take(&self, key: Key, authority: &str) -> Option<SendRequest<Body>> {
         let mut all = self.conns.lock().ok()?;
-        let conns = all.get_mut(&ns)?;
+        let conns = all.get_mut(&key)?;
         let list = conns.get_mut(authority)?;
         trim(list, self.max_idle);
-        if list.is_empty() && ns != 0 {
+        if list.is_empty() && key.0 != 0 {
             // Namespaces come and go: forget their empty entries, or the map grows forever.
             conns.remove(authority);
             if conns.is_empty() {
-                all.remove(&ns);
+                all.remove(&key);
             }
             return None;
         }
@@ -147,7 +170,7 @@ impl Pool {
             }
             conns.retain(|_, list| !list.is_empty());
         }
-        all.retain(|ns, conns| *ns == 0 || !conns.is_empty());
+        all.retain(|key, conns| key.0 == 0 || !conns.is_empty());
     }
 
     /// Open pooled connections (idle or busy).
@@ -163,21 +186,21 @@ impl Pool {
 
     /// Back into the pool right after sending: it is taken again only once its response
     /// has been read to the end (`is_ready`).
-    fn put(&self, ns: u64, authority: &str, sender: SendRequest<Body>) {
+    fn put(&self, key: Key, authority: &str, sender: SendRequest<Body>) {
         let Ok(mut all) = self.conns.lock() else {
             return;
         };
         // Entries of namespaces with nothing open any more are dropped as others are added.
-        if ns != 0 {
+        if key.0 != 0 {
             all.retain(|k, m| {
-                *k == 0
-                    || *k == ns
+                k.0 == 0
+                    || *k == key
                     || m.values()
                         .flatten()
                         .any(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE)
             });
         }
-        let conns = all.entry(ns).or_default();
+        let conns = all.entry(key).or_default();
         let idle = Idle {
             sender,
             since: Instant::now(),
@@ -194,6 +217,7 @@ impl Pool {
         &self,
         authority: &str,
         ns: Option<&Served>,
+        tls: Option<&Origin>,
         upgrades: bool,
     ) -> Result<SendRequest<Body>, Error> {
         let connect_err = |source| Error::Connect {
@@ -209,26 +233,47 @@ impl Pool {
         let (stream, _) = super::dial_host(host, port, self.mark, self.timeout, ns)
             .await
             .map_err(connect_err)?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        match tls {
+            None => handshake(authority, stream, upgrades).await,
+            Some(t) => {
+                let stream =
+                    t.connect(stream, host, false)
+                        .await
+                        .map_err(|failure| Error::Tls {
+                            authority: authority.to_string(),
+                            failure,
+                        })?;
+                handshake(authority, stream, upgrades).await
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 on a dialled stream, cleartext or TLS.
+async fn handshake<S>(authority: &str, io: S, upgrades: bool) -> Result<SendRequest<Body>, Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) =
+        http1::handshake(TokioIo::new(io))
             .await
             .map_err(|source| Error::Handshake {
                 authority: authority.to_string(),
                 source,
             })?;
-        // The connection's own task on this thread; it ends when the server closes or the
-        // last sender is dropped (or, with upgrades, once it has handed its socket over).
-        tokio::spawn(async move {
-            let ended = if upgrades {
-                conn.with_upgrades().await
-            } else {
-                conn.await
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
-    }
+    // The connection's own task on this thread; it ends when the server closes or the
+    // last sender is dropped (or, with upgrades, once it has handed its socket over).
+    tokio::spawn(async move {
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Drops closed and expired connections and the idle ones past `max_idle` (at least one is
@@ -333,7 +378,7 @@ mod tests {
 
     async fn ok(pool: &Pool, authority: &str) {
         let resp = pool
-            .send(authority, None, get(authority))
+            .send(authority, None, None, get(authority))
             .await
             .expect("answered");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
@@ -405,11 +450,117 @@ mod tests {
         let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
         let authority = format!("127.0.0.1:{port}");
         let e = pool
-            .send(&authority, None, get(&authority))
+            .send(&authority, None, None, get(&authority))
             .await
             .expect_err("nothing listens");
         assert!(e.is_connect(), "{e}");
         assert!(e.to_string().contains(&authority), "{e}");
+    }
+
+    /// A TLS server on loopback (certificate for 127.0.0.1 from a CA made here, whose PEM
+    /// file is returned) answering `ok` to every request on keep-alive connections; it counts
+    /// completed handshakes.
+    async fn tls_server(dir: &std::path::Path) -> (String, std::path::PathBuf, Arc<AtomicUsize>) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write CA");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("cert");
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("der");
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let count = handshakes.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (acceptor, count) = (acceptor.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, ca_file, handshakes)
+    }
+
+    async fn tls_ok(pool: &Pool, authority: &str, o: &Origin) {
+        let resp = pool
+            .send(authority, None, Some(o), get(authority))
+            .await
+            .expect("answered over TLS");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
+    async fn tls_and_cleartext_connections_to_one_authority_never_mix() {
+        let dir = std::env::temp_dir().join(format!("sluice-h1-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (authority, ca_file, handshakes) = tls_server(&dir).await;
+        let settings = crate::tls::Settings {
+            ca_file: Some(ca_file),
+            ..crate::tls::Settings::default()
+        };
+        let a = Origin::new(0, "a", &settings).expect("origin a");
+        let b = Origin::new(1, "b", &settings).expect("origin b");
+        let _ = std::fs::remove_dir_all(&dir);
+        let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
+        for _ in 0..3 {
+            tls_ok(&pool, &authority, &a).await;
+        }
+        assert_eq!(
+            handshakes.load(Ordering::SeqCst),
+            1,
+            "one TLS connection, reused"
+        );
+        // Cleartext to the same authority dials its own connection, which the TLS server
+        // refuses: the pooled TLS connection is never taken for it.
+        pool.send(&authority, None, None, get(&authority))
+            .await
+            .expect_err("cleartext to a TLS server");
+        assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+        // Another target's TLS (other certificates, possibly) gets a connection of its own.
+        tls_ok(&pool, &authority, &b).await;
+        assert_eq!(handshakes.load(Ordering::SeqCst), 2);
+        tls_ok(&pool, &authority, &a).await;
+        assert_eq!(
+            handshakes.load(Ordering::SeqCst),
+            2,
+            "a's connection is still pooled"
+        );
     }
 
     #[test]

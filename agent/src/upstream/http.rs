@@ -17,7 +17,7 @@ use hyper_util::{
 
 use super::dial_host;
 use crate::respond::Body;
-use crate::{intercept::netns::Served, policy::Switch};
+use crate::{intercept::netns::Served, policy::Switch, tls::Origin};
 use std::sync::Arc;
 
 /// Dials `host:port` of the request URI with the bypass mark.
@@ -64,6 +64,12 @@ pub enum Error {
     H2Connect { authority: String, message: String },
     #[error("{0}")]
     H2Request(hyper::Error),
+    /// HTTP/2 over TLS: the handshake failed, nothing was sent.
+    #[error("upstream {authority} {failure}")]
+    H2Tls {
+        authority: String,
+        failure: crate::tls::Failure,
+    },
 }
 
 impl Error {
@@ -72,8 +78,17 @@ impl Error {
         match self {
             Error::H1(e) => e.is_connect(),
             Error::H2(e) => e.is_connect(),
-            Error::H2Connect { .. } => true,
+            Error::H2Connect { .. } | Error::H2Tls { .. } => true,
             Error::H2Request(_) => false,
+        }
+    }
+
+    /// A TLS handshake failed; the message names the upstream, target, name and reason.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Error::H1(e) => e.is_tls(),
+            Error::H2Tls { .. } => true,
+            _ => false,
         }
     }
 }
@@ -104,11 +119,13 @@ impl Client {
 
     /// Sends a permitted request to `authority` ("host:port"). gRPC goes over HTTP/2, the
     /// rest over HTTP/1.1 whatever the client spoke (model servers speak HTTP/1.1), dialled
-    /// from the client's namespace `ns` (`None`: the agent's own).
+    /// from the client's namespace `ns` (`None`: the agent's own), over TLS when the target
+    /// has `tls`.
     pub async fn send(
         &self,
         authority: &str,
         ns: Option<&Arc<Served>>,
+        tls: Option<&Origin>,
         mut req: Request<Body>,
         grpc: bool,
     ) -> Result<Response<Incoming>, Error> {
@@ -123,13 +140,14 @@ impl Client {
                 *req.uri_mut() = uri;
             }
             *req.version_mut() = Version::HTTP_2;
-            if let Some(ns) = ns {
-                return self.h2_from(ns, authority, req).await;
+            // The pooled client dials cleartext from the agent's namespace only.
+            if ns.is_some() || tls.is_some() {
+                return self.h2_from(ns.map(|n| &**n), tls, authority, req).await;
             }
             return Ok(self.h2.request(req).await?);
         }
         h1_form(&mut req, authority, true);
-        Ok(self.h1.send(authority, ns, req).await?)
+        Ok(self.h1.send(authority, ns, tls, req).await?)
     }
 }
 
@@ -148,6 +166,7 @@ impl Client {
         &self,
         authority: &str,
         ns: Option<&Arc<Served>>,
+        tls: Option<&Origin>,
         mut req: Request<Body>,
         switch: Switch,
     ) -> Result<Response<Incoming>, Error> {
@@ -178,14 +197,16 @@ impl Client {
         }
         // CONNECT's target is its authority, never an origin-form path.
         h1_form(&mut req, authority, switch != Switch::Connect);
-        Ok(self.h1.dedicated(authority, ns, req).await?)
+        Ok(self.h1.dedicated(authority, ns, tls, req).await?)
     }
 
-    /// HTTP/2 to `authority` from a socket in the client's namespace `ns`: one connection
-    /// per request, not pooled (the pooled client dials from the agent's namespace only).
+    /// HTTP/2 to `authority` from a socket in the client's namespace `ns`, or over TLS
+    /// (ALPN h2): one connection per request, not pooled (the pooled client dials cleartext
+    /// from the agent's namespace only).
     async fn h2_from(
         &self,
-        ns: &Served,
+        ns: Option<&Served>,
+        tls: Option<&Origin>,
         authority: &str,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, Error> {
@@ -195,21 +216,43 @@ impl Client {
         };
         let (host, port) = super::h1::split_authority(authority)
             .ok_or_else(|| connect_err("not host:port".to_string()))?;
-        let (stream, _) = dial_host(host, port, self.mark, self.timeout, Some(ns))
+        let (stream, _) = dial_host(host, port, self.mark, self.timeout, ns)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-        // Ends when the response's stream is over and the sender is gone.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        let mut sender = match tls {
+            None => h2_handshake(stream).await,
+            Some(t) => {
+                let stream =
+                    t.connect(stream, host, true)
+                        .await
+                        .map_err(|failure| Error::H2Tls {
+                            authority: authority.to_string(),
+                            failure,
+                        })?;
+                h2_handshake(stream).await
             }
-        });
+        }
+        .map_err(|e| connect_err(e.to_string()))?;
         sender.send_request(req).await.map_err(Error::H2Request)
     }
+}
+
+/// HTTP/2 on a dialled stream, cleartext or TLS; the connection's task ends when the
+/// response's stream is over and the sender is gone.
+async fn h2_handshake<S>(
+    io: S,
+) -> Result<hyper::client::conn::http2::SendRequest<Body>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// The request as HTTP/1.1 carries it: the origin form on the request line (an HTTP/2
