@@ -2,7 +2,7 @@
 //! test cgroup (so connections to the virtual address are redirected), one connection at a
 //! time, every path measured in interleaved blocks so all see the same machine noise.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     time::Instant,
 };
@@ -24,9 +24,20 @@ pub struct Plan {
     /// Sluice HTTP-aware on the same agent, every request carrying this token (verified
     /// once, then a cache hit).
     pub tokened: Option<(SocketAddr, String)>,
+    /// The same HTTPS server two ways: spoken to over TLS by the client itself (address,
+    /// its CA file), and through a Sluice target that originates the TLS (the client speaks
+    /// plain HTTP to it).
+    pub tls: Option<TlsPaths>,
     pub setups: usize,
     pub requests: usize,
     pub bulk_mb: usize,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct TlsPaths {
+    pub direct: SocketAddr,
+    pub ca_file: std::path::PathBuf,
+    pub via_sluice: SocketAddr,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -55,6 +66,8 @@ pub struct Results {
     pub http: Vec<HttpResult>,
     pub filtered: HttpResult,
     pub tokened: HttpResult,
+    pub tls_direct: HttpResult,
+    pub tls_via_sluice: HttpResult,
 }
 
 pub fn run(plan: &Plan) -> Result<Results> {
@@ -68,7 +81,14 @@ pub fn run(plan: &Plan) -> Result<Results> {
             .collect(),
         filtered: HttpResult::default(),
         tokened: HttpResult::default(),
+        tls_direct: HttpResult::default(),
+        tls_via_sluice: HttpResult::default(),
     };
+    let tls = plan
+        .tls
+        .as_ref()
+        .map(|t| tls_config(&t.ca_file))
+        .transpose()?;
     const BLOCK: usize = 100;
     for round in 0..plan.setups.div_ceil(BLOCK) {
         let n = BLOCK.min(plan.setups - round * BLOCK);
@@ -96,12 +116,43 @@ pub fn run(plan: &Plan) -> Result<Results> {
         if let Some((addr, token)) = &plan.tokened {
             chats(*addr, n, Some(token), &mut r.tokened).context("token")?;
         }
+        if let (Some(paths), Some(cfg)) = (&plan.tls, &tls) {
+            chats_on(tls_connect(paths.direct, cfg)?, n, None, &mut r.tls_direct)
+                .context("direct TLS")?;
+            chats(paths.via_sluice, n, None, &mut r.tls_via_sluice).context("Sluice to TLS")?;
+        }
     }
     Ok(r)
 }
 
+/// The client side of the TLS rows: the test CA only, the name the test server's certificate
+/// carries.
+fn tls_config(ca_file: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_file)? {
+        roots.add(c?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(cfg))
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_connect(addr: SocketAddr, cfg: &std::sync::Arc<rustls::ClientConfig>) -> Result<Tls> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let conn = rustls::ClientConnection::new(cfg.clone(), name)?;
+    Ok(rustls::StreamOwned::new(conn, s))
+}
+
 /// Reads one HTTP/1.1 response (headers + Content-Length body); returns body length.
-fn read_response(r: &mut BufReader<TcpStream>) -> Result<usize> {
+fn read_response<S: Read>(r: &mut BufReader<S>) -> Result<usize> {
     let mut len = None;
     let mut line = String::new();
     loop {
@@ -201,7 +252,7 @@ fn post(w: &mut TcpStream, body: &str) -> Result<()> {
 }
 
 /// `post`, with `Authorization: Bearer <token>` when given.
-fn post_as(w: &mut TcpStream, body: &str, token: Option<&str>) -> Result<()> {
+fn post_as(w: &mut impl Write, body: &str, token: Option<&str>) -> Result<()> {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         w,
@@ -212,7 +263,7 @@ fn post_as(w: &mut TcpStream, body: &str, token: Option<&str>) -> Result<()> {
 }
 
 /// Reads a chunked response; returns (time of the first data chunk, time of the end).
-fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<(Instant, Instant)> {
+fn read_chunked<S: Read>(r: &mut BufReader<S>) -> Result<(Instant, Instant)> {
     let mut line = String::new();
     loop {
         line.clear();
@@ -244,21 +295,31 @@ fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<(Instant, Instant)> {
 fn chats(addr: SocketAddr, n: usize, token: Option<&str>, out: &mut HttpResult) -> Result<()> {
     let s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
-    let mut w = s.try_clone()?;
+    chats_on(s, n, token, out)
+}
+
+/// `chats` on a connected stream (TCP, or TLS over it). Requests are written through the
+/// reader's buffer owner, so one stream object serves both ways.
+fn chats_on<S: Read + Write>(
+    s: S,
+    n: usize,
+    token: Option<&str>,
+    out: &mut HttpResult,
+) -> Result<()> {
     let mut r = BufReader::new(s);
     for _ in 0..50 {
-        post_as(&mut w, CHAT, token)?;
+        post_as(r.get_mut(), CHAT, token)?;
         read_response(&mut r)?;
     }
     for _ in 0..n {
         let t0 = Instant::now();
-        post_as(&mut w, CHAT, token)?;
+        post_as(r.get_mut(), CHAT, token)?;
         read_response(&mut r)?;
         out.chat_us.push(t0.elapsed().as_secs_f64() * 1e6);
     }
     for _ in 0..n / 4 {
         let t0 = Instant::now();
-        post_as(&mut w, CHAT_STREAM, token)?;
+        post_as(r.get_mut(), CHAT_STREAM, token)?;
         let (first, end) = read_chunked(&mut r)?;
         out.ttfb_us.push((first - t0).as_secs_f64() * 1e6);
         out.stream_total_us.push((end - t0).as_secs_f64() * 1e6);

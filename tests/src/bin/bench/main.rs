@@ -168,14 +168,25 @@ fn parent(p: &Params) -> Result<()> {
     // A JWKS on loopback: the agent verifies the token rows' token once, then hits its cache.
     let issuer = tokens::key_server()?;
     let token = tokens::bench_token(&issuer)?;
+    // An HTTPS front (a test CA's certificate for localhost) before the same server: reached
+    // over TLS by the client itself, and through a target that originates the TLS.
+    let tls_dir = sluice_tests::TempDir::new("bench-tls");
+    let ca = sluice_tests::tls::TestCa::new(tls_dir.path(), "bench");
+    let front = sluice_tests::tls::front(
+        server.addr,
+        &ca.issue("localhost", &["localhost", "127.0.0.1"]),
+        None,
+    );
     let cg = TestCgroup::new("bench");
     let agent = Agent::start(&AgentSpec {
         cgroup: cg.rel.clone(),
         fail_mode: "open",
         targets: format!(
-            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-http-filtered\n    match: \"{vip}:8002\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n    max_response_bytes: 1000000000\n  - name: bench-http-token\n    match: \"{vip}:8003\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n{1}",
+            "  - name: bench\n    match: \"{vip}:8000\"\n    upstream: \"{0}\"\n    protocol: tcp\n  - name: bench-http\n    match: \"{vip}:8001\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-http-filtered\n    match: \"{vip}:8002\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n    max_response_bytes: 1000000000\n  - name: bench-http-token\n    match: \"{vip}:8005\"\n    upstream: \"{0}\"\n    protocol: http\n    server: openai\n  - name: bench-https\n    match: \"{vip}:8006\"\n    upstream: \"{2}\"\n    protocol: http\n    server: openai\n    tls: {{ca_file: \"{3}\", server_name: localhost}}\n{1}",
             server.addr,
-            netns::targets(&vip, netns_port)
+            netns::targets(&vip, netns_port),
+            front.addr,
+            ca.ca_file().display()
         ),
         listen_v6: true,
         extra: format!(
@@ -242,7 +253,12 @@ fn parent(p: &Params) -> Result<()> {
             .map(|r| (r.name.to_string(), r.addr))
             .collect(),
         filtered: at(8002)?,
-        tokened: Some((at(8003)?, token.clone())),
+        tokened: Some((at(8005)?, token.clone())),
+        tls: Some(client::TlsPaths {
+            direct: front.addr,
+            ca_file: ca.ca_file(),
+            via_sluice: at(8006)?,
+        }),
         setups: p.setups,
         requests: p.requests,
         bulk_mb: p.bulk_mb,
@@ -357,6 +373,19 @@ fn parent(p: &Params) -> Result<()> {
             ("cached token", "no token"),
             &r.tokened,
             sluice_http,
+            &[Chat(0.5), Chat(0.99), FirstChunk(0.5)],
+        );
+    }
+    println!("\n### TLS to the upstream\n");
+    println!(
+        "One HTTPS server (a TLS front on loopback before the test server): the client speaking TLS to it itself, against the client speaking plain HTTP to a Sluice target that originates the TLS (`tls:` with the test CA), same run, interleaved.\n"
+    );
+    {
+        use report::Metric::*;
+        report::variant(
+            ("Sluice, plain → TLS", "direct TLS"),
+            &r.tls_via_sluice,
+            &r.tls_direct,
             &[Chat(0.5), Chat(0.99), FirstChunk(0.5)],
         );
     }

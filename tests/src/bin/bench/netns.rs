@@ -61,6 +61,7 @@ pub fn child(plan: &Plan) -> Result<client::Results> {
         http_paths: vec![("sluice".into(), plan.http), ("direct".into(), server.addr)],
         filtered: plan.http,
         tokened: None,
+        tls: None,
         setups: plan.setups,
         requests: plan.requests,
         bulk_mb: 16,
