@@ -416,9 +416,26 @@ impl Config {
                     t.name
                 ));
             }
+            if t.keys().next().is_some() && t.upstream.is_empty() {
+                return Err(format!(
+                    "targets[{i}] ({}): credential needs upstream: (without it the key would go to whatever address the client dialled, and a workload can dial one it listens on)",
+                    t.name
+                ));
+            }
             if t.credential.as_ref().is_some_and(|c| c.when.is_some()) {
                 return Err(format!(
                     "targets[{i}] ({}): credential.when: the target's credential is for every caller; put keys for some callers under credentials:",
+                    t.name
+                ));
+            }
+            if self.identity.issuers.len() > 1
+                && let Some(n) = t
+                    .credentials
+                    .iter()
+                    .position(|c| c.when.as_ref().is_some_and(|w| w.trusts_any_issuer()))
+            {
+                return Err(format!(
+                    "targets[{i}] ({}): credentials[{n}].when: with several issuers configured, groups and subjects need issuers (another issuer's token could carry the same names)",
                     t.name
                 ));
             }

@@ -54,9 +54,11 @@ impl Key {
         })
     }
 
-    /// Strips every client credential from the request and puts this key in.
-    pub fn apply(&self, parts: &mut Parts) {
-        strip::headers(&mut parts.headers, &self.header);
+    /// Strips every client credential from the request (also the headers in `also`: those
+    /// the target's other keys go in) and puts this key in.
+    pub fn apply(&self, parts: &mut Parts, also: &[HeaderName]) {
+        strip::headers(&mut parts.headers, also);
+        parts.headers.remove(&self.header);
         strip::query(&mut parts.uri);
         parts
             .headers
@@ -168,13 +170,25 @@ pub enum Refreshed {
 /// The keepers of all targets, by target id (the index in `targets:`), each target's in the
 /// order they are tried (`Target::keys`).
 #[derive(Default)]
-pub struct Vault(Vec<Vec<Arc<Keeper>>>);
+pub struct Vault(Vec<Held>);
+
+#[derive(Default)]
+struct Held {
+    keys: Vec<Arc<Keeper>>,
+    /// Every header any of the target's keys goes in: all are stripped from each request,
+    /// whichever key it goes out with.
+    headers: Arc<[HeaderName]>,
+}
 
 /// Which key a request goes out with.
 pub enum Choice {
     /// The target holds no key: the client's own credential passes as it is.
     NotHeld,
-    Key(Arc<Key>),
+    Key {
+        key: Arc<Key>,
+        /// The headers of the target's keys (`Key::apply`'s `also`).
+        headers: Arc<[HeaderName]>,
+    },
     /// The target holds keys, none of them for this caller: refused (never sent with the
     /// client's credential, nor with someone else's key).
     NoneForCaller,
@@ -186,9 +200,16 @@ impl Vault {
         targets
             .iter()
             .map(|t| {
-                t.keys()
+                let keys = t
+                    .keys()
                     .map(|c| Keeper::load(&t.name, c).map(Arc::new))
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut headers: Vec<HeaderName> = t.keys().map(|c| c.header.clone()).collect();
+                headers.dedup();
+                Ok(Held {
+                    keys,
+                    headers: headers.into(),
+                })
             })
             .collect::<Result<_, _>>()
             .map(Vault)
@@ -201,30 +222,34 @@ impl Vault {
         who: Option<&crate::identity::Principal>,
         workload: &crate::workload::Workload,
     ) -> Choice {
-        let keys = match self.0.get(target_id as usize) {
-            Some(k) if !k.is_empty() => k,
+        let held = match self.0.get(target_id as usize) {
+            Some(h) if !h.keys.is_empty() => h,
             _ => return Choice::NotHeld,
         };
-        keys.iter()
+        held.keys
+            .iter()
             .find(|k| {
                 k.settings
                     .when
                     .as_ref()
                     .is_none_or(|w| w.matches(who, workload))
             })
-            .map_or(Choice::NoneForCaller, |k| Choice::Key(k.current()))
+            .map_or(Choice::NoneForCaller, |k| Choice::Key {
+                key: k.current(),
+                headers: held.headers.clone(),
+            })
     }
 
     fn watched(&self) -> bool {
         self.0
             .iter()
-            .flatten()
+            .flat_map(|h| &h.keys)
             .any(|k| matches!(k.settings.source, Source::File(_)))
     }
 
     /// Blocking.
     fn refresh(&self) {
-        for k in self.0.iter().flatten() {
+        for k in self.0.iter().flat_map(|h| &h.keys) {
             k.refresh();
         }
     }

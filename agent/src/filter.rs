@@ -46,6 +46,10 @@ pub trait Filter: Send + Sync + 'static {
     /// `data` is the next bytes of the body (empty on the final call); `end` is true once,
     /// after the upstream's last byte. Returns the bytes to pass on.
     fn on_data(&mut self, data: Bytes, end: bool) -> Result<Bytes, Stop>;
+
+    /// The response's trailers, after the last data (gRPC's status and message): a filter
+    /// that changes bytes may change them too.
+    fn on_trailers(&mut self, _trailers: &mut http::HeaderMap) {}
 }
 
 /// The filters of one response, in order.
@@ -75,6 +79,12 @@ impl Chain {
             m.observe(crate::metrics::Stage::Filters, t.elapsed());
         }
         out
+    }
+
+    fn trailers(&mut self, trailers: &mut http::HeaderMap) {
+        for f in &mut self.0 {
+            f.on_trailers(trailers);
+        }
     }
 
     fn run_filters(&mut self, mut data: Bytes, end: bool) -> Result<Bytes, Stop> {
@@ -211,7 +221,10 @@ impl HttpBody for ResponseBody {
                         }
                     }
                     // Trailers (gRPC status) end the stream: flush held bytes before them.
-                    Err(trailers) => {
+                    Err(mut trailers) => {
+                        if let Some(t) = trailers.trailers_mut() {
+                            this.chain.trailers(t);
+                        }
                         if let Some(rest) = this.flush(Some(trailers)) {
                             return this.out(rest);
                         }

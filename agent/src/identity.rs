@@ -19,6 +19,7 @@ mod keys;
 mod settings;
 mod verify;
 
+pub use credential::strip_token;
 pub use settings::{IssuerSettings, Requirement, Settings};
 
 /// The identity a verified token carries: what policy, records and refusals see.

@@ -167,8 +167,17 @@ fn choose_key(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
         .choose(rq.conn.target_id, who, &rq.conn.workload)
     {
         crate::custody::Choice::NotHeld => Ok(()),
-        crate::custody::Choice::Key(key) => {
-            rq.credential = Some(context::Credential(key));
+        // A switched stream is passed on unread: an echo of the key in it could not be
+        // masked, and an h2c upgrade would carry the key into a stream Sluice cannot see.
+        crate::custody::Choice::Key { .. } if rq.switch.is_some() => Err(Refusal::policy(
+            None,
+            &format!(
+                "target {} holds an upstream key; a protocol switch would carry it into a stream Sluice cannot read or mask",
+                rq.conn.target.name
+            ),
+        )),
+        crate::custody::Choice::Key { key, headers } => {
+            rq.credential = Some(context::Credential { key, also: headers });
             Ok(())
         }
         crate::custody::Choice::NoneForCaller => Err(Refusal::policy(
@@ -269,7 +278,7 @@ fn response(
 /// body. The mask keeps the key's length, so a declared `Content-Length` stays true and a
 /// body whose length no other filter changes keeps it.
 fn mask_echoes(headers: &mut http::HeaderMap, chain: &mut Chain, cred: &context::Credential) {
-    let key = cred.0.secret().expose();
+    let key = cred.key.secret().expose();
     for v in headers.values_mut() {
         if let Some(masked) = crate::filter::mask_value(key, v.as_bytes())
             && let Ok(m) = header::HeaderValue::from_bytes(&masked)

@@ -197,6 +197,8 @@ pub struct Origin {
     pub id: u32,
     target: Arc<str>,
     server_name: Option<ServerName<'static>>,
+    /// `Host` for requests to this target's servers: the configured name.
+    host: Option<http::HeaderValue>,
     h1: TlsConnector,
     h2: TlsConnector,
 }
@@ -215,13 +217,28 @@ impl Origin {
                     .map_err(|_| Error::Invalid(format!("server_name {n:?} is not a name")))?,
             ),
         };
+        let host = s
+            .server_name
+            .as_deref()
+            .and_then(|n| http::HeaderValue::from_str(n).ok());
         Ok(Origin {
             id: target_id.saturating_add(1),
             target: target.into(),
             server_name,
+            host,
             h1: TlsConnector::from(Arc::new(h1)),
             h2: TlsConnector::from(Arc::new(h2)),
         })
+    }
+
+    /// The `Host` a request to `authority` carries: the configured server name, else the
+    /// authority dialled. Never the client's: behind a front that routes by `Host`, the
+    /// client would choose which application receives the request (and any key Sluice put
+    /// in it).
+    pub fn host_header(&self, authority: &str) -> Option<http::HeaderValue> {
+        self.host
+            .clone()
+            .or_else(|| http::HeaderValue::from_str(authority).ok())
     }
 
     /// The configured name, else the upstream's host (a name, or an IP address the

@@ -76,7 +76,7 @@ impl Workload {
     pub fn in_cgroup(mut self, path: impl Into<String>) -> Self {
         let path = path.into();
         let id = container::parse(&path);
-        self.unit = names::unit(&path).map(str::to_string);
+        self.unit = names::unit(&path);
         self.cgroup = Some(path);
         self.container = id.container;
         self.pod_uid = id.pod_uid;
@@ -123,9 +123,13 @@ impl Workload {
         w.pid = meta.pid;
         w.tgid = meta.tgid;
         w.cgroup_id = meta.cgroup_id;
-        w.user = names::user(meta.uid);
         if let Some(path) = cgroups.path_of(meta.cgroup_id) {
             w = w.in_cgroup(path);
+        }
+        // A container's uid belongs to its image's accounts, not the host's: the host's
+        // name for it would be someone else's.
+        if w.container.is_none() {
+            w.user = names::user(meta.uid);
         }
         w
     }

@@ -312,6 +312,18 @@ fn tokens_from_a_real_provider_name_the_caller_and_policy_grants_by_group() {
         assert_eq!(code, 200, "{h}: {body}");
     }
     assert_eq!(s.upstream_requests(), 4);
+    // The verified tokens went no further than the agent.
+    let seen = s
+        .upstream
+        .seen
+        .headers
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_default();
+    assert!(
+        !seen.iter().any(|h| h.contains("eyJ")),
+        "a token reached the upstream: {seen:?}"
+    );
 
     // bob's group has no grant: 403 naming him and his groups, never the token.
     let (code, body) = s.bearer(&bob);

@@ -305,9 +305,46 @@ fn custody_end_to_end_a_keyless_workload_reaches_a_keyed_https_server() {
         String::from_utf8_lossy(&direct.stderr)
     );
 
-    // The workload holds no key and speaks plain HTTP to the virtual address.
-    let (status, body) = get(&cg, &format!("http://{vip}:8000/v1/models"));
-    assert_eq!(status, 200, "{body}\n{}", agent.log_text());
+    // The workload holds no key and speaks plain HTTP to the virtual address; the `Host`
+    // it sends (a name of its choosing) does not reach the server: the configured name does.
+    let out = curl(
+        &cg,
+        &[
+            "-i",
+            "-H",
+            "Host: attacker-app.example",
+            "-H",
+            "X-Forwarded-Host: attacker-app.example",
+            &format!("http://{vip}:8000/v1/models"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{text}\n{}",
+        agent.log_text()
+    );
+    let hosts: Vec<String> = server
+        .seen
+        .headers
+        .lock()
+        .map(|h| {
+            h.iter()
+                .filter(|x| x.starts_with("host: ") || x.starts_with("x-forwarded-host"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    // (The first is the direct curl's, above.)
+    assert_eq!(
+        hosts.last().map(String::as_str),
+        Some("host: localhost"),
+        "{hosts:?}"
+    );
+    assert!(
+        !hosts.iter().any(|h| h.contains("attacker")),
+        "the client's Host never reached the server: {hosts:?}"
+    );
     let want = format!("authorization: Bearer {key}");
     let keyed = server
         .seen

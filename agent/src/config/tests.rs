@@ -295,7 +295,7 @@ fn identity_settings_parse_and_errors_name_the_setting() {
 
 #[test]
 fn a_credential_is_read_per_http_target_and_its_mistakes_are_placed() {
-    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: openai\n    match: 127.0.0.1:80\n    protocol: http\n";
+    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: openai\n    match: 127.0.0.1:80\n    upstream: 127.0.0.1:8080\n    protocol: http\n";
     let cfg = parse(&format!(
         "{base}    credential: {{file: /run/sluice/openai.key}}\n"
     ))
@@ -322,7 +322,7 @@ fn a_credential_is_read_per_http_target_and_its_mistakes_are_placed() {
     let err = parse(&format!("{base}    credential:\n      fiel: /a\n"))
         .expect_err("typo")
         .to_string();
-    assert!(err.starts_with("test.yaml:7:7: "), "{err}");
+    assert!(err.starts_with("test.yaml:8:7: "), "{err}");
     assert!(err.contains("unknown field `fiel`"), "{err}");
 
     let err = parse(&format!(
@@ -332,11 +332,20 @@ fn a_credential_is_read_per_http_target_and_its_mistakes_are_placed() {
     .expect_err("tcp")
     .to_string();
     assert!(err.contains("credential needs protocol: http"), "{err}");
+
+    // Without an upstream the key would follow the client to any address it dialled.
+    let err = parse(&format!(
+        "{}    credential: {{env: KEY}}\n",
+        base.replace("    upstream: 127.0.0.1:8080\n", "")
+    ))
+    .expect_err("no upstream")
+    .to_string();
+    assert!(err.contains("credential needs upstream"), "{err}");
 }
 
 #[test]
 fn keys_per_caller_need_a_when_and_the_default_key_has_none() {
-    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: openai\n    match: 127.0.0.1:80\n    protocol: http\n";
+    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: openai\n    match: 127.0.0.1:80\n    upstream: 127.0.0.1:8080\n    protocol: http\n";
     let cfg = parse(&format!(
         "{base}    credentials:\n      - {{when: {{groups: [a]}}, file: /a}}\n      - {{when: {{units: [b.service]}}, header: x-api-key, file: /b}}\n    credential: {{file: /c}}\n"
     ))
@@ -357,7 +366,7 @@ fn keys_per_caller_need_a_when_and_the_default_key_has_none() {
         ),
         (
             "    credentials:\n      - {when: {}, file: /a}\n",
-            "name at least one of groups",
+            "name at least one of issuers, groups",
         ),
         (
             "    credentials:\n      - {when: {group: [x]}, file: /a}\n",
@@ -370,13 +379,32 @@ fn keys_per_caller_need_a_when_and_the_default_key_has_none() {
 }
 
 #[test]
+fn with_several_issuers_keys_by_group_or_subject_name_their_issuer() {
+    let two = "listen: 127.0.0.1:15001\nidentity:\n  issuers:\n    - {issuer: \"http://127.0.0.1:9000\", audiences: [sluice]}\n    - {issuer: \"http://127.0.0.1:9001\", audiences: [sluice]}\n";
+    let target = |when: &str| {
+        format!(
+            "{two}targets:\n  - name: t\n    match: 127.0.0.1:80\n    upstream: 127.0.0.1:8080\n    protocol: http\n    credentials:\n      - {{when: {when}, file: /a}}\n"
+        )
+    };
+    let err = parse(&target("{groups: [team-a]}"))
+        .expect_err("any issuer")
+        .to_string();
+    assert!(err.contains("groups and subjects need issuers"), "{err}");
+    parse(&target(
+        "{issuers: [\"http://127.0.0.1:9000\"], groups: [team-a]}",
+    ))
+    .expect("issuer named");
+    parse(&target("{units: [jobs.service]}")).expect("no token names");
+}
+
+#[test]
 fn a_relative_key_file_is_found_next_to_the_config() {
     let dir = std::env::temp_dir().join(format!("sluice-cred-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("sluice.yaml");
     std::fs::write(
         &path,
-        "listen: 127.0.0.1:15001\ntargets:\n  - name: t\n    match: 127.0.0.1:80\n    protocol: http\n    credential: {file: keys/t}\n",
+        "listen: 127.0.0.1:15001\ntargets:\n  - name: t\n    match: 127.0.0.1:80\n    upstream: 127.0.0.1:8080\n    protocol: http\n    credential: {file: keys/t}\n",
     )
     .expect("write");
     let cfg = Config::load(&path).expect("load");

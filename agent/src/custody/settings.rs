@@ -25,6 +25,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
+    /// The verified token's issuer, exactly as configured in `identity.issuers[].issuer`.
+    #[serde(default)]
+    pub issuers: Vec<String>,
     /// The verified token carries at least one of these groups.
     #[serde(default)]
     pub groups: Vec<String>,
@@ -40,8 +43,15 @@ pub struct When {
 }
 
 impl When {
+    /// Whether it names callers by what a token says (groups, subjects) without saying
+    /// whose tokens: with several issuers, another issuer's token could say the same.
+    pub fn trusts_any_issuer(&self) -> bool {
+        self.issuers.is_empty() && !(self.groups.is_empty() && self.subjects.is_empty())
+    }
+
     fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.issuers.is_empty()
+            && self.groups.is_empty()
             && self.subjects.is_empty()
             && self.users.is_empty()
             && self.units.is_empty()
@@ -61,8 +71,10 @@ impl When {
                     })
                 })
         };
-        (self.groups.is_empty()
-            || who.is_some_and(|p| p.groups.iter().any(|g| self.groups.contains(g))))
+        (self.issuers.is_empty()
+            || who.is_some_and(|p| self.issuers.iter().any(|i| **i == *p.issuer)))
+            && (self.groups.is_empty()
+                || who.is_some_and(|p| p.groups.iter().any(|g| self.groups.contains(g))))
             && one_of(&self.subjects, who.map(|p| p.subject.as_str()))
             && one_of(&self.users, w.user.as_deref())
             && one_of(&self.units, w.unit.as_deref())
@@ -180,7 +192,7 @@ impl TryFrom<Raw> for Settings {
         };
         if raw.when.as_ref().is_some_and(When::is_empty) {
             return Err(
-                "credential.when: name at least one of groups, subjects, users or units (an empty `when` would be for everyone)"
+                "credential.when: name at least one of issuers, groups, subjects, users or units (an empty `when` would be for everyone)"
                     .into(),
             );
         }
@@ -245,6 +257,25 @@ mod tests {
         let job = w(None).in_cgroup("/system.slice/jobs.service");
         assert!(units.matches(None, &job));
         assert!(!units.matches(None, &w(None).in_cgroup("/system.slice/web.service")));
+        let by_issuer =
+            parse("file: /k\nwhen: {issuers: [\"http://127.0.0.1:1\"], groups: [team-a]}")
+                .expect("issuers")
+                .when
+                .expect("set");
+        assert!(!by_issuer.trusts_any_issuer() && when.trusts_any_issuer());
+        let other = crate::identity::Principal {
+            issuer: "http://127.0.0.1:2".into(),
+            ..alice.clone()
+        };
+        let from_1 = crate::identity::Principal {
+            issuer: "http://127.0.0.1:1".into(),
+            ..alice.clone()
+        };
+        assert!(by_issuer.matches(Some(&from_1), &w(None)));
+        assert!(
+            !by_issuer.matches(Some(&other), &w(None)),
+            "another issuer's token"
+        );
         let e = parse("file: /k\nwhen: {}").expect_err("empty when");
         assert!(e.contains("at least one"), "{e}");
     }

@@ -4,11 +4,22 @@
 //! key, so a workload cannot spend someone else's key nor learn whether its own works.
 use http::{HeaderMap, HeaderName, Uri, header, uri::PathAndQuery};
 
-static CLIENT_HEADERS: [HeaderName; 4] = [
+static CLIENT_HEADERS: [HeaderName; 12] = [
     header::AUTHORIZATION,
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("ocp-apim-subscription-key"),
+    header::COOKIE,
+    // The client must not choose which organization or project the agent's key bills.
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    // Nor which virtual host behind the upstream receives the key: `Host` is set from the
+    // upstream Sluice dials (`upstream::http`), and forwarding hints are dropped.
+    header::HOST,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("forwarded"),
 ];
 
 /// Query parameter names (compared case-insensitively, after percent-decoding) that carry
@@ -22,10 +33,10 @@ const QUERY_KEYS: [&str; 6] = [
     "id_token",
 ];
 
-/// Removes every client credential header and also `extra` (the header the target's key
-/// goes in, if it is another one).
-pub fn headers(h: &mut HeaderMap, extra: &HeaderName) {
-    for name in CLIENT_HEADERS.iter().chain(std::iter::once(extra)) {
+/// Removes every client credential header and also `extra` (the headers the target's keys
+/// go in, when they are others).
+pub fn headers(h: &mut HeaderMap, extra: &[HeaderName]) {
+    for name in CLIENT_HEADERS.iter().chain(extra) {
         h.remove(name);
     }
 }
@@ -110,11 +121,16 @@ mod tests {
             ("api-key", "azure"),
             ("x-goog-api-key", "g"),
             ("proxy-authorization", "Basic x"),
+            ("cookie", "session=1"),
+            ("openai-organization", "org-other"),
+            ("host", "attacker-app.example"),
+            ("x-forwarded-host", "attacker-app.example"),
+            ("x-custom-key", "k"),
             ("content-type", "application/json"),
         ] {
             h.append(HeaderName::from_static(k), v.parse().expect("value"));
         }
-        headers(&mut h, &HeaderName::from_static("x-goog-api-key"));
+        headers(&mut h, &[HeaderName::from_static("x-custom-key")]);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("content-type"));
     }

@@ -31,7 +31,7 @@ fn the_key_replaces_every_client_credential() {
         .expect("request")
         .into_parts();
     let key = k.current();
-    key.apply(&mut parts);
+    key.apply(&mut parts, &[]);
     assert_eq!(parts.uri, "/v1/chat/completions?stream=1");
     let auth: Vec<_> = parts.headers.get_all("authorization").iter().collect();
     assert_eq!(auth, ["Bearer sk-real-0123456789"]);
@@ -59,7 +59,7 @@ fn an_anthropic_style_key_goes_in_x_api_key_without_a_scheme() {
         .body(())
         .expect("request")
         .into_parts();
-    k.current().apply(&mut parts);
+    k.current().apply(&mut parts, &[]);
     assert_eq!(
         parts.headers.get("x-api-key").map(|v| v.as_bytes()),
         Some(&b"sk-ant-0123456789"[..])

@@ -76,6 +76,17 @@ impl Filter for EchoMask {
         }
         Ok(buf.freeze())
     }
+
+    fn on_trailers(&mut self, trailers: &mut http::HeaderMap) {
+        let key = self.finder.needle();
+        for v in trailers.values_mut() {
+            if let Some(masked) = mask_value(key, v.as_bytes())
+                && let Ok(m) = http::HeaderValue::from_bytes(&masked)
+            {
+                *v = m;
+            }
+        }
+    }
 }
 
 /// Masks echoes in a header value; `None` if there is none.
@@ -160,5 +171,19 @@ mod tests {
             Some(&b"Bearer [REDACTED]**********"[..])
         );
         assert_eq!(mask_value(KEY, b"Bearer other"), None);
+    }
+
+    #[test]
+    fn trailers_are_masked_too() {
+        let mut f = EchoMask::new(KEY);
+        let mut t = http::HeaderMap::new();
+        t.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("bad key sk-canary-0123456789"),
+        );
+        t.insert("grpc-status", http::HeaderValue::from_static("16"));
+        f.on_trailers(&mut t);
+        assert_eq!(t["grpc-message"], "bad key [REDACTED]**********");
+        assert_eq!(t["grpc-status"], "16");
     }
 }

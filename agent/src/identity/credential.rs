@@ -52,6 +52,38 @@ pub fn find(parts: &Parts) -> Result<Option<&str>, Rejection> {
     Ok(found.filter(|v| looks_like_token(v)))
 }
 
+/// Removes the headers that carried a token (`find`): once verified, it is Sluice's to judge
+/// by and no business of the model server's, and forwarded it could be replayed by anyone
+/// who can read that server's logs or traffic. Provider keys beside it stay.
+pub fn strip_token(headers: &mut http::HeaderMap) {
+    let carries = |v: &http::HeaderValue, bearer: bool| {
+        v.to_str().ok().is_some_and(|s| {
+            let s = s.trim();
+            let value = if bearer {
+                match s.split_once(' ') {
+                    Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+                    _ => return false,
+                }
+            } else {
+                s
+            };
+            looks_like_token(value)
+        })
+    };
+    if headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(|v| carries(v, true))
+    {
+        headers.remove(http::header::AUTHORIZATION);
+    }
+    for h in &API_KEY_HEADERS {
+        if headers.get_all(h).iter().any(|v| carries(v, false)) {
+            headers.remove(h);
+        }
+    }
+}
+
 /// JWS and JWE compact forms start with a base64url JSON object.
 fn looks_like_token(v: &str) -> bool {
     v.starts_with("eyJ")
@@ -72,6 +104,28 @@ fn query_has_token(q: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verified_token_is_stripped_and_a_provider_key_stays() {
+        let mut p = parts(
+            "/v1/models",
+            &[
+                ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.sig"),
+                ("x-api-key", "sk-provider-key"),
+                ("content-type", "application/json"),
+            ],
+        );
+        strip_token(&mut p.headers);
+        assert!(!p.headers.contains_key("authorization"));
+        assert_eq!(p.headers["x-api-key"], "sk-provider-key");
+        let mut p = parts(
+            "/",
+            &[("api-key", "eyJx.y.z"), ("authorization", "Bearer sk-x")],
+        );
+        strip_token(&mut p.headers);
+        assert!(!p.headers.contains_key("api-key"));
+        assert_eq!(p.headers["authorization"], "Bearer sk-x");
+    }
 
     fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
         let mut b = http::Request::builder().uri(uri);

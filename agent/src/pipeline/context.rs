@@ -52,7 +52,11 @@ pub enum Approval {
 /// credentials (targets with `credential:`). Kept for the response: an echo of this key
 /// is masked. Its `Debug` never shows the key.
 #[derive(Debug, Clone)]
-pub struct Credential(pub Arc<crate::custody::Key>);
+pub struct Credential {
+    pub key: Arc<crate::custody::Key>,
+    /// Headers of the target's other keys, stripped too.
+    pub also: Arc<[http::HeaderName]>,
+}
 
 pub struct Request {
     /// The connection, its target resolved once at accept.

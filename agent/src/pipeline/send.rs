@@ -45,8 +45,10 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
     // The parts themselves go upstream (no stage after this one reads them): a header map
     // clone is a dozen allocations per request.
     let mut parts = std::mem::replace(&mut rq.parts, http::Request::new(()).into_parts().0);
-    if let Some(super::context::Credential(key)) = &rq.credential {
-        key.apply(&mut parts);
+    if let Some(c) = &rq.credential {
+        c.key.apply(&mut parts, &c.also);
+    } else if matches!(rq.subject, Some(super::Subject::Token(_))) {
+        crate::identity::strip_token(&mut parts.headers);
     }
     // A compressed echo of the key could not be masked.
     if rq.conn.filters().may_change_body() || rq.credential.is_some() {

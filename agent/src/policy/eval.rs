@@ -628,10 +628,13 @@ spec:
         assert!(decide(&plain.clone().named(Some("alice".into()))).is_empty());
         // A uid with no account has no user name: user rules never match it.
         assert!(decide(&plain).is_empty());
+        let system_unit = plain.clone().in_cgroup("/system.slice/chat.service/worker");
+        assert_eq!(decide(&system_unit), ["chat-unit"]);
+        // A user can start a unit of that name under their own manager: not the system's.
         let user_unit = plain
             .clone()
             .in_cgroup("/user.slice/user-1000.slice/user@1000.service/app.slice/chat.service");
-        assert_eq!(decide(&user_unit), ["chat-unit"]);
+        assert!(decide(&user_unit).is_empty());
         assert!(decide(&plain.in_cgroup("/system.slice/other.service")).is_empty());
     }
 

@@ -34,11 +34,21 @@ pub struct Grant {
 
 impl Policy {
     /// Rules whose identity matchers accept `who` (`None`: a request without a token), in
-    /// load order.
+    /// load order. A principal with an empty issuer stands for a token of any issuer: rules
+    /// limited to issuers are then shown too (each as if the token came from its first).
     pub fn grants(&self, who: Option<&Principal>) -> Vec<Grant> {
         self.rules
             .iter()
-            .filter(|r| r.matches_identity(who))
+            .filter(|r| match (who, r.issuers.as_deref()) {
+                (Some(p), Some([first, ..])) if p.issuer.is_empty() => {
+                    let from = Principal {
+                        issuer: first.as_str().into(),
+                        ..p.clone()
+                    };
+                    r.matches_identity(Some(&from))
+                }
+                _ => r.matches_identity(who),
+            })
             .map(Grant::of)
             .collect()
     }
@@ -157,6 +167,9 @@ spec:
     - id: acme-only
       action: allow
       match: { identity: { claims: { /tenant: acme } } }
+    - id: from-issuer-two
+      action: allow
+      match: { identity: { issuers: ["http://127.0.0.1:2"], groups: [ml-eng] } }
 "#;
 
     fn who(subject: &str, groups: &[&str], claims: serde_json::Value) -> Principal {
@@ -178,6 +191,15 @@ spec:
         let alice = who("alice", &["ml-eng"], serde_json::json!({}));
         let g = policy.grants(Some(&alice));
         assert_eq!(ids(&g), ["ml-eng-llama", "no-pull-for-tokens"]);
+        // No issuer given: a token of any issuer, so the rule limited to one shows too.
+        let anywhere = Principal {
+            issuer: "".into(),
+            ..alice.clone()
+        };
+        assert_eq!(
+            ids(&policy.grants(Some(&anywhere))),
+            ["ml-eng-llama", "no-pull-for-tokens", "from-issuer-two"]
+        );
         assert_eq!(
             g[0].conditions(),
             [

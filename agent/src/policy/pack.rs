@@ -162,7 +162,8 @@ struct WorkloadSpec {
     /// User names of the uid on the host, globs.
     #[serde(default)]
     users: Vec<String>,
-    /// systemd units the cgroup is in (`ollama-client.service`, `docker-*.scope`), globs.
+    /// The systemd unit of the cgroup, as the system's manager knows it (`workload::names`):
+    /// `ollama-client.service`, `docker-*.scope`, `user@1000.service/*`; globs.
     #[serde(default)]
     units: Vec<String>,
 }

@@ -146,6 +146,7 @@ impl Client {
             }
             return Ok(self.h2.request(req).await?);
         }
+        pin_host(&mut req, authority, tls);
         h1_form(&mut req, authority, true);
         Ok(self.h1.send(authority, ns, tls, req).await?)
     }
@@ -195,6 +196,7 @@ impl Client {
                 );
             }
         }
+        pin_host(&mut req, authority, tls);
         // CONNECT's target is its authority, never an origin-form path.
         h1_form(&mut req, authority, switch != Switch::Connect);
         Ok(self.h1.dedicated(authority, ns, tls, req).await?)
@@ -253,6 +255,14 @@ where
         }
     });
     Ok(sender)
+}
+
+/// A TLS target's servers get the `Host` the target names (`Origin::host_header`), never the
+/// client's.
+fn pin_host(req: &mut Request<Body>, authority: &str, tls: Option<&Origin>) {
+    if let Some(host) = tls.and_then(|t| t.host_header(authority)) {
+        req.headers_mut().insert(header::HOST, host);
+    }
 }
 
 /// The request as HTTP/1.1 carries it: the origin form on the request line (an HTTP/2

@@ -47,16 +47,28 @@ pub fn user(uid: u32) -> Option<String> {
     name
 }
 
-/// The systemd unit a cgroup path is in: its innermost `.service` or `.scope` component, as
-/// `systemctl status <pid>` names it (`/system.slice/ollama.service` → `ollama.service`; a
-/// user service `/user.slice/user-1000.slice/user@1000.service/app.slice/a.service` →
-/// `a.service`; a container's `docker-<id>.scope`). A path outside any unit has none.
-pub fn unit(cgroup: &str) -> Option<&str> {
-    cgroup.split('/').rev().find(|c| {
+/// The systemd unit a cgroup path is in, as the system's manager knows it: its outermost
+/// `.service` or `.scope` component (`/system.slice/ollama.service/workers` →
+/// `ollama.service`; a container's `docker-<id>.scope`, whatever runs inside it). Not the
+/// innermost: a subtree delegated to someone (a user's own manager, a container running
+/// systemd) holds units they name themselves, so `jobs.service` under it would pass for the
+/// system's. A user's manager's units are named under it: `user@1000.service/chat.service`.
+/// A path outside any unit has none.
+pub fn unit(cgroup: &str) -> Option<String> {
+    let is_unit = |c: &&str| {
         [".service", ".scope"]
             .iter()
             .any(|suffix| c.strip_suffix(suffix).is_some_and(|name| !name.is_empty()))
-    })
+    };
+    let mut units = cgroup.split('/').filter(is_unit);
+    let outer = units.next()?;
+    let inner = units.next_back();
+    match inner {
+        Some(inner) if outer.starts_with("user@") && outer.ends_with(".service") => {
+            Some(format!("{outer}/{inner}"))
+        }
+        _ => Some(outer.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -71,9 +83,19 @@ mod tests {
                 "/system.slice/ollama.service/workers",
                 Some("ollama.service"),
             ),
+            // A user's own units are named under their manager, never alone.
             (
                 "/user.slice/user-1000.slice/user@1000.service/app.slice/chat.service",
-                Some("chat.service"),
+                Some("user@1000.service/chat.service"),
+            ),
+            (
+                "/user.slice/user-1000.slice/user@1000.service",
+                Some("user@1000.service"),
+            ),
+            // A container's own systemd cannot name a system unit.
+            (
+                "/system.slice/docker-0123456789ab.scope/system.slice/jobs.service",
+                Some("docker-0123456789ab.scope"),
             ),
             (
                 "/user.slice/user-1000.slice/session-3.scope",
@@ -88,7 +110,7 @@ mod tests {
             ("/.service", None),
             ("/sluice-test-1", None),
         ] {
-            assert_eq!(unit(path), want, "{path}");
+            assert_eq!(unit(path).as_deref(), want, "{path}");
         }
     }
 
