@@ -5,7 +5,7 @@
 //! run of digits (numbers carry no literal). `back` and `fwd` bound the window, so the
 //! longest match a detector can report is `back + fwd` bytes, which is what a stream must
 //! hold back for it.
-use regex::bytes::Regex;
+use regex_automata::{meta::Regex, util::syntax};
 use serde::Deserialize;
 
 use super::{MaskError, validate::Validator};
@@ -28,6 +28,9 @@ pub enum Trigger {
 /// Where a match lies relative to its trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
+    /// The match starts exactly at the trigger (or where the detector's [`Gate`] says):
+    /// an anchored search, which fails in a few bytes on a look-alike.
+    At,
     /// The match contains the trigger position.
     Within,
     /// The match starts at or after the trigger (a keyword before the value).
@@ -46,6 +49,7 @@ pub struct Detector {
     /// How far after the trigger a match may end.
     pub(crate) fwd: usize,
     pub(crate) validators: Vec<Validator>,
+    pub(crate) gate: Gate,
     /// Capture group holding the part to mask (`v`), when the match carries a keyword too.
     pub(crate) value_group: Option<usize>,
 }
@@ -59,11 +63,17 @@ impl Detector {
         (back, fwd): (usize, usize),
         validators: Vec<Validator>,
     ) -> Result<Self, MaskError> {
-        let regex = Regex::new(pattern).map_err(|e| MaskError::Regex {
-            detector: name.to_string(),
-            error: e.to_string(),
-        })?;
-        let value_group = regex.capture_names().position(|n| n == Some("v"));
+        let regex = Regex::builder()
+            .syntax(syntax::Config::new().utf8(false))
+            .configure(Regex::config().utf8_empty(false))
+            .build(pattern)
+            .map_err(|e| MaskError::Regex {
+                detector: name.to_string(),
+                error: e.to_string(),
+            })?;
+        let value_group = regex
+            .group_info()
+            .to_index(regex_automata::PatternID::ZERO, "v");
         Ok(Detector {
             name: name.to_string(),
             class,
@@ -73,6 +83,7 @@ impl Detector {
             back,
             fwd,
             validators,
+            gate: Gate::None,
             value_group,
         })
     }
@@ -98,7 +109,10 @@ impl Detector {
             .map(|(name, class, pat, trig, win, vals)| {
                 // Built-in patterns are constants covered by tests; a failure here is a bug.
                 #[allow(clippy::expect_used)]
-                Detector::new(name, class, pat, trig, win, vals).expect("built-in detector")
+                let mut d =
+                    Detector::new(name, class, pat, trig, win, vals).expect("built-in detector");
+                (d.place, d.gate) = placement(name);
+                d
             })
             .collect()
     }
@@ -130,7 +144,7 @@ impl Detector {
                 }
                 (
                     Trigger::Literals(lits),
-                    Place::Within,
+                    Place::At,
                     spec.proximity + kw_len,
                     spec.max_len,
                 )
@@ -161,6 +175,105 @@ impl Detector {
 }
 
 const MAX_CUSTOM_LEN: usize = 4096;
+
+/// Cheap byte checks at a digit run that say where a match could start, or that none can:
+/// most numbers (timestamps, counts, ids) are dismissed without running a regex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    None,
+    Card,
+    Ssn,
+    Phone,
+    Iban,
+    Ipv4,
+    Ipv6,
+}
+
+impl Gate {
+    /// Whether any digit gate can pass at `p`: one look at the bytes around the run, so
+    /// the common number (a timestamp, a count) costs a few comparisons for all of them.
+    pub(crate) fn any_digit_gate(h: &[u8], p: usize) -> bool {
+        let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let next = h.get(p + run).copied().unwrap_or(0);
+        let prev = p.checked_sub(1).map_or(0, |i| h[i]);
+        let prev2 = p.checked_sub(2).map_or(0, |i| h[i]);
+        run >= 13
+            || matches!(next, b' ' | b'-' | b'.' | b')' | b':')
+            || next.is_ascii_hexdigit()
+            || matches!(prev, b'+' | b'(')
+            || (prev == b':' && (prev2.is_ascii_hexdigit() || prev2 == b':'))
+            || prev.is_ascii_hexdigit()
+            || (prev.is_ascii_uppercase() && prev2.is_ascii_uppercase())
+    }
+
+    /// Where to try an anchored match for the trigger at `p` in `h` (a window, `h.len()`
+    /// its end), or `None` when no match can start near it.
+    pub(crate) fn start(self, h: &[u8], p: usize) -> Option<usize> {
+        let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let next = h.get(p + run).copied();
+        let prev = p.checked_sub(1).map(|i| h[i]);
+        match self {
+            Gate::None => Some(p),
+            Gate::Card => {
+                let mut digits = 0;
+                for c in &h[p..] {
+                    match c {
+                        b'0'..=b'9' => digits += 1,
+                        b' ' | b'-' => {}
+                        _ => break,
+                    }
+                    if digits >= 13 {
+                        return Some(p);
+                    }
+                }
+                None
+            }
+            Gate::Ssn => (run == 3 && next == Some(b'-')).then_some(p),
+            Gate::Ipv4 => ((1..=3).contains(&run) && next == Some(b'.')).then_some(p),
+            Gate::Iban => (run >= 2
+                && p >= 2
+                && h[p - 2].is_ascii_uppercase()
+                && h[p - 1].is_ascii_uppercase())
+            .then(|| p - 2),
+            Gate::Phone => match prev {
+                Some(b'+' | b'(') => Some(p - 1),
+                _ if (2..=5).contains(&run) && matches!(next, Some(b' ' | b'-' | b'.' | b')')) => {
+                    Some(p)
+                }
+                _ => None,
+            },
+            Gate::Ipv6 => {
+                let hexish = |c: &u8| c.is_ascii_hexdigit() || *c == b':';
+                let tail = h[p..].iter().take(5).position(|c| !c.is_ascii_hexdigit());
+                let head = h[..p]
+                    .iter()
+                    .rev()
+                    .take(4)
+                    .position(|c| !c.is_ascii_hexdigit());
+                let colon_after = tail.is_some_and(|i| h[p + i] == b':');
+                let colon_before = head.is_some_and(|i| h[p - i - 1] == b':');
+                if !colon_after && !colon_before {
+                    return None;
+                }
+                let back = h[..p].iter().rev().take_while(|c| hexish(c)).count();
+                Some(p - back)
+            }
+        }
+    }
+}
+
+fn placement(name: &str) -> (Place, Gate) {
+    match name {
+        "aws_secret_key" | "email" => (Place::Within, Gate::None),
+        "payment_card" => (Place::At, Gate::Card),
+        "us_ssn" => (Place::At, Gate::Ssn),
+        "phone" => (Place::At, Gate::Phone),
+        "iban" => (Place::At, Gate::Iban),
+        "ipv4" => (Place::At, Gate::Ipv4),
+        "ipv6" => (Place::At, Gate::Ipv6),
+        _ => (Place::At, Gate::None),
+    }
+}
 
 /// The literal prefixes every match of `pattern` starts with, if they are few and long
 /// enough to anchor on (lowercased: the automaton is case-insensitive).

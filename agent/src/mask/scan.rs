@@ -10,6 +10,7 @@
 use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex_automata::{Anchored, Input, meta::Cache};
 
 use super::{
     MaskError,
@@ -28,6 +29,8 @@ pub struct Finding {
 #[derive(Debug, Clone)]
 struct Source {
     detectors: Vec<usize>,
+    /// The digit-run source: only built-in detectors with digit gates.
+    digits: bool,
     back: usize,
     fwd: usize,
 }
@@ -60,6 +63,7 @@ impl Scanner {
             match &d.trigger {
                 Trigger::Digits => widen(digits.get_or_insert(Source {
                     detectors: Vec::new(),
+                    digits: true,
                     back: 0,
                     fwd: 0,
                 })),
@@ -72,6 +76,7 @@ impl Scanner {
                                 literals.push(l);
                                 sources.push(Source {
                                     detectors: Vec::new(),
+                                    digits: false,
                                     back: 0,
                                     fwd: 0,
                                 });
@@ -91,6 +96,9 @@ impl Scanner {
             Some(
                 AhoCorasickBuilder::new()
                     .ascii_case_insensitive(true)
+                    // Anchors such as "token" start with common letters, so no prefilter
+                    // helps: the DFA is the fastest automaton per byte.
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
                     .match_kind(MatchKind::Standard)
                     .build(&literals)
                     .map_err(|e| MaskError::Prefilter(e.to_string()))?,
@@ -145,7 +153,7 @@ impl Scanner {
     /// Every finding in `text`: non-overlapping, in order; among overlapping candidates the
     /// leftmost wins, then the longest, then the detector listed first.
     pub fn find<'a>(&'a self, text: &[u8]) -> impl Iterator<Item = Finding> + 'a {
-        let mut t = Tracker::new();
+        let mut t = Tracker::new(self);
         let mut out = Vec::new();
         t.feed(self, text, true, &mut out);
         out.into_iter()
@@ -153,8 +161,10 @@ impl Scanner {
 
     /// Confirms trigger `p` of `source` against the bytes `hay` (which start at absolute
     /// offset `base` and end at `limit`), pushing what it finds.
+    #[allow(clippy::too_many_arguments)]
     fn confirm(
         &self,
+        caches: &mut [Cache],
         source: &Source,
         hay: &[u8],
         base: usize,
@@ -162,6 +172,13 @@ impl Scanner {
         limit: usize,
         out: &mut Vec<Finding>,
     ) {
+        if source.digits {
+            let ctx = p.saturating_sub(2).max(base);
+            let end = (p + source.fwd).min(limit);
+            if !super::detector::Gate::any_digit_gate(&hay[ctx - base..end - base], p - ctx) {
+                return;
+            }
+        }
         for &i in &source.detectors {
             let d = &self.detectors[i];
             let ws = p.saturating_sub(d.back);
@@ -169,7 +186,7 @@ impl Scanner {
             let ctx = ws.saturating_sub(CTX).max(base);
             let h = &hay[ctx - base..we - base];
             let (ws_rel, p_rel) = (ws - ctx, p - ctx);
-            let Some((whole, value)) = self.first_match(d, h, ws_rel, p_rel) else {
+            let Some((whole, value)) = first_match(d, &mut caches[i], h, ws_rel, p_rel) else {
                 continue;
             };
             if d.validators
@@ -184,45 +201,56 @@ impl Scanner {
             }
         }
     }
+}
 
-    /// The first match in the window that the trigger belongs to: (whole match, value).
-    fn first_match(
-        &self,
-        d: &Detector,
-        h: &[u8],
-        ws: usize,
-        p: usize,
-    ) -> Option<(Range<usize>, Range<usize>)> {
-        let mut at = ws;
-        while at <= h.len() {
-            let m = d.regex.find_at(h, at)?;
-            let fits = match d.place {
-                Place::Within => m.start() <= p && p < m.end(),
-                Place::After => m.start() >= p,
-            };
-            if fits {
-                let whole = m.range();
-                let value = match d.value_group {
-                    Some(g) => d
-                        .regex
-                        .captures_at(h, m.start())
-                        .and_then(|c| c.get(g))
-                        .map_or(whole.clone(), |v| v.range()),
-                    None => whole.clone(),
-                };
-                return Some((whole, value));
-            }
-            if d.place == Place::Within && m.start() > p {
+/// The match the trigger belongs to, in the window `h`: (whole match, value to mask).
+fn first_match(
+    d: &Detector,
+    cache: &mut Cache,
+    h: &[u8],
+    ws: usize,
+    p: usize,
+) -> Option<(Range<usize>, Range<usize>)> {
+    let whole = match d.place {
+        Place::At => {
+            let at = d.gate.start(h, p)?;
+            if at < ws {
                 return None;
             }
-            at = if m.end() > m.start() {
-                m.end()
-            } else {
-                m.end() + 1
-            };
+            let input = Input::new(h).range(at..).anchored(Anchored::Yes);
+            d.regex.search_with(cache, &input)?.range()
         }
-        None
-    }
+        Place::Within | Place::After => {
+            let mut at = ws;
+            loop {
+                let m = d.regex.search_with(cache, &Input::new(h).range(at..))?;
+                let fits = match d.place {
+                    Place::After => m.start() >= p,
+                    _ => m.start() <= p && p < m.end(),
+                };
+                if fits {
+                    break m.range();
+                }
+                if d.place != Place::After && m.start() > p {
+                    return None;
+                }
+                at = m.end().max(m.start() + 1);
+                if at > h.len() {
+                    return None;
+                }
+            }
+        }
+    };
+    let value = match d.value_group {
+        Some(g) => {
+            let mut caps = d.regex.create_captures();
+            let input = Input::new(h).range(whole.start..).anchored(Anchored::Yes);
+            d.regex.search_captures_with(cache, &input, &mut caps);
+            caps.get_group(g).map_or(whole.clone(), |s| s.range())
+        }
+        None => whole.clone(),
+    };
+    Some((whole, value))
 }
 
 /// A trigger seen but not yet confirmable: its window has not fully arrived.
@@ -240,8 +268,10 @@ const DIGITS: usize = usize::MAX;
 const CTX: usize = 4;
 
 /// Incremental state over one byte stream (absolute offsets from the stream's start).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tracker {
+    /// The regexes' scratch space, one per detector (no shared pool on the hot path).
+    caches: Vec<Cache>,
     /// Bytes from `base` on: context for windows still to confirm, and bytes not yet decided.
     buf: Vec<u8>,
     base: usize,
@@ -259,8 +289,22 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new() -> Tracker {
-        Tracker::default()
+    pub fn new(sc: &Scanner) -> Tracker {
+        Tracker {
+            caches: sc
+                .detectors
+                .iter()
+                .map(|d| d.regex.create_cache())
+                .collect(),
+            buf: Vec::new(),
+            base: 0,
+            enumerated: 0,
+            waiting: Vec::new(),
+            pending: Vec::new(),
+            covered: 0,
+            decided: 0,
+            after_digit: false,
+        }
     }
 
     /// Offset just past the last byte fed.
@@ -358,7 +402,15 @@ impl Tracker {
             let w = self.waiting[k];
             let src = sc.source(w.source);
             if end || w.p + src.fwd <= avail {
-                sc.confirm(src, &self.buf, self.base, w.p, avail, &mut self.pending);
+                sc.confirm(
+                    &mut self.caches,
+                    src,
+                    &self.buf,
+                    self.base,
+                    w.p,
+                    avail,
+                    &mut self.pending,
+                );
                 self.waiting.swap_remove(k);
             } else {
                 k += 1;

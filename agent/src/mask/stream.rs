@@ -22,7 +22,7 @@ impl<'s> StreamMasker<'s> {
         StreamMasker {
             scanner,
             action,
-            tracker: Tracker::new(),
+            tracker: Tracker::new(scanner),
             emit: 0,
             found: Vec::new(),
             counts: vec![0; scanner.detectors().len()],
