@@ -101,7 +101,7 @@ pub fn luhn(digits: impl DoubleEndedIterator<Item = u8>) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// ISO 13616: move the first four characters to the end, letters to 10..35, mod 97 == 1.
@@ -185,7 +185,7 @@ fn secretish(v: &[u8]) -> bool {
     // An environment variable's name (DB_PASSWORD), or a number (a count, a port).
     if v.iter()
         .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
-        && v.iter().any(|c| *c == b'_')
+        && v.contains(&b'_')
         || v.iter().all(u8::is_ascii_digit)
     {
         return false;
@@ -237,9 +237,10 @@ fn standalone(hay: &[u8], whole: Range<usize>) -> bool {
     let digit = |c: Option<&u8>| c.is_some_and(u8::is_ascii_digit);
     let before1 = whole.start.checked_sub(1).and_then(|i| hay.get(i));
     let before2 = whole.start.checked_sub(2).and_then(|i| hay.get(i));
-    !before1.is_some_and(u8::is_ascii_alphanumeric)
-        && !(sep(before1) && digit(before2))
-        && !(sep(hay.get(whole.end)) && digit(hay.get(whole.end + 1)))
+    let glued = before1.is_some_and(u8::is_ascii_alphanumeric);
+    let continues = sep(before1) && digit(before2);
+    let followed = sep(hay.get(whole.end)) && digit(hay.get(whole.end + 1));
+    !(glued || continues || followed)
 }
 
 fn ssn(v: &[u8]) -> bool {
