@@ -7,6 +7,7 @@
 //! [`Action`], and [`StreamMasker`] does the same chunk by chunk with a bounded hold-back.
 mod action;
 mod detector;
+pub mod sample;
 mod scan;
 mod stream;
 mod validate;
