@@ -332,8 +332,8 @@ impl Tracker {
         } else {
             avail.saturating_sub(sc.max_anchor - 1).max(self.enumerated)
         };
-        self.enumerate(sc, frontier);
         self.confirm_ready(sc, avail, end);
+        self.enumerate(sc, frontier, end);
         let decided = if end {
             avail
         } else {
@@ -362,36 +362,51 @@ impl Tracker {
         }
     }
 
-    fn enumerate(&mut self, sc: &Scanner, to: usize) {
+    /// Finds the triggers in `[enumerated, to)`; those whose window is complete are
+    /// confirmed at once, the others wait for more bytes.
+    fn enumerate(&mut self, sc: &Scanner, to: usize, end: bool) {
         let from = self.enumerated;
         if to <= from {
             return;
         }
-        let hay = &self.buf[from - self.base..];
+        let Tracker {
+            buf,
+            base,
+            caches,
+            waiting,
+            pending,
+            after_digit,
+            ..
+        } = self;
+        let base = *base;
+        let avail = base + buf.len();
+        let mut fire = |p: usize, source: usize| {
+            let src = sc.source(source);
+            if end || p + src.fwd <= avail {
+                sc.confirm(caches, src, buf, base, p, avail, pending);
+            } else {
+                waiting.push(Waiting { p, source });
+            }
+        };
+        let hay = &buf[from - base..];
         if let Some(ac) = &sc.ac {
             for m in ac.find_overlapping_iter(hay) {
                 let p = from + m.start();
                 if p < to {
-                    self.waiting.push(Waiting {
-                        p,
-                        source: m.pattern().as_usize(),
-                    });
+                    fire(p, m.pattern().as_usize());
                 }
             }
         }
         if sc.digits.is_some() {
-            let mut prev_digit = self.after_digit;
+            let mut prev_digit = *after_digit;
             for (k, b) in hay[..to - from].iter().enumerate() {
                 let digit = b.is_ascii_digit();
                 if digit && !prev_digit {
-                    self.waiting.push(Waiting {
-                        p: from + k,
-                        source: DIGITS,
-                    });
+                    fire(from + k, DIGITS);
                 }
                 prev_digit = digit;
             }
-            self.after_digit = prev_digit;
+            *after_digit = prev_digit;
         }
         self.enumerated = to;
     }

@@ -77,13 +77,16 @@ fn corpus_rates() {
         fnr * 100.0,
         fpr * 100.0
     );
-    // Every built-in detector has at least one positive.
+    // Every built-in detector has at least one positive and one look-alike.
     for d in sc.detectors() {
-        assert!(
-            cases.iter().any(|c| c.positive && c.label == d.name()),
-            "no positive for {}",
-            d.name()
-        );
+        for want in [true, false] {
+            assert!(
+                cases.iter().any(|c| c.positive == want && c.label == d.name()),
+                "no {} case for {}",
+                if want { "positive" } else { "look-alike" },
+                d.name()
+            );
+        }
     }
     assert!(fnr <= 0.03, "false-negative rate {fnr}");
     assert!(fpr <= 0.03, "false-positive rate {fpr}");
