@@ -81,7 +81,9 @@ fn corpus_rates() {
     for d in sc.detectors() {
         for want in [true, false] {
             assert!(
-                cases.iter().any(|c| c.positive == want && c.label == d.name()),
+                cases
+                    .iter()
+                    .any(|c| c.positive == want && c.label == d.name()),
                 "no {} case for {}",
                 if want { "positive" } else { "look-alike" },
                 d.name()
