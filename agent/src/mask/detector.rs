@@ -229,7 +229,10 @@ impl Gate {
                 None
             }
             Gate::Ssn => (run == 3 && next == Some(b'-')).then_some(p),
-            Gate::Ipv4 => ((1..=3).contains(&run) && next == Some(b'.')).then_some(p),
+            Gate::Ipv4 => ((1..=3).contains(&run)
+                && next == Some(b'.')
+                && h.get(p + run + 1).is_some_and(u8::is_ascii_digit))
+            .then_some(p),
             Gate::Iban => (run >= 2
                 && p >= 2
                 && h[p - 2].is_ascii_uppercase()
@@ -237,7 +240,11 @@ impl Gate {
             .then(|| p - 2),
             Gate::Phone => match prev {
                 Some(b'+' | b'(') => Some(p - 1),
-                _ if (2..=5).contains(&run) && matches!(next, Some(b' ' | b'-' | b'.' | b')')) => {
+                // A national form: a 2-5 digit group, a separator, then more digits.
+                _ if (2..=5).contains(&run)
+                    && matches!(next, Some(b' ' | b'-' | b'.'))
+                    && h.get(p + run + 1).is_some_and(u8::is_ascii_digit) =>
+                {
                     Some(p)
                 }
                 _ => None,
