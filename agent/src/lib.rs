@@ -27,6 +27,7 @@ pub mod identity;
 pub mod intercept;
 pub mod limits;
 pub mod logging;
+pub mod mask;
 pub mod memory;
 pub mod metrics;
 pub mod pipeline;

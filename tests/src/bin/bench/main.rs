@@ -43,7 +43,7 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --netns-only or --tokens-only alone";
+const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --mask-only, --netns-only or --tokens-only alone";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -52,6 +52,10 @@ fn main() -> Result<()> {
     match args.get(1).map(String::as_str) {
         Some("--policy-only") => return inprocess::policy_scaling(),
         Some("--identity-only") => return inprocess::identity_cost(20_000),
+        Some("--mask-only") => {
+            inprocess::mask_cost();
+            return Ok(());
+        }
         Some("--tokens-only") => return tokens::token_cost(20_000),
         Some("client") => {
             let plan: client::Plan =
@@ -399,6 +403,7 @@ fn parent(p: &Params) -> Result<()> {
     println!();
     inprocess::policy_cost(p.requests.max(10_000))?;
     inprocess::filter_cost(200_000);
+    inprocess::mask_cost();
     inprocess::identity_cost(20_000)?;
     tokens::token_cost(20_000)?;
     drop((haproxy, nginx));

@@ -1,0 +1,30 @@
+//! Finding secrets and personal data in bytes, and masking them: the detector engine of
+//! issue 15. Pure logic, not yet wired into requests, responses or policy.
+//!
+//! [`Scanner`] compiles [`Detector`]s (the built-ins, or custom ones from a
+//! [`CustomSpec`]) into one aho-corasick automaton over their literal anchors plus a
+//! digit-run trigger; [`Scanner::find`] lists findings, [`mask`] rewrites a text with an
+//! [`Action`], and [`StreamMasker`] does the same chunk by chunk with a bounded hold-back.
+mod action;
+mod detector;
+pub mod sample;
+mod scan;
+mod stream;
+mod validate;
+
+pub use action::{Action, PseudonymKey};
+pub use detector::{Class, ClassSpec, CustomSpec, Detector, ValidatorSpec};
+pub use scan::{Finding, Scanner};
+pub use stream::{StreamMasker, mask};
+pub use validate::Validator;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    #[error("detector {detector}: {error}")]
+    Regex { detector: String, error: String },
+    #[error("building the prefilter: {0}")]
+    Prefilter(String),
+}
+
+#[cfg(test)]
+mod tests;

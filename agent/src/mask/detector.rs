@@ -1,0 +1,608 @@
+//! What to look for: the built-in secret and PII detectors, and custom ones from config.
+//!
+//! A detector is a regex confirmed on a bounded window around a cheap trigger: a literal
+//! anchor (found for all detectors at once by one aho-corasick automaton) or the start of a
+//! run of digits (numbers carry no literal). `back` and `fwd` bound the window, so the
+//! longest match a detector can report is `back + fwd` bytes, which is what a stream must
+//! hold back for it.
+use regex_automata::{meta::Regex, util::syntax};
+use serde::Deserialize;
+
+use super::{MaskError, validate::Validator};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Secret,
+    Pii,
+}
+
+/// What makes the engine look at a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Any of these literals, matched ASCII case-insensitively (the regex decides case).
+    Literals(Vec<Vec<u8>>),
+    /// The first digit of a run of digits.
+    Digits,
+}
+
+/// Where a match lies relative to its trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The match starts exactly at the trigger (or where the detector's [`Gate`] says):
+    /// an anchored search, which fails in a few bytes on a look-alike.
+    At,
+    /// The match contains the trigger position.
+    Within,
+    /// The match starts at or after the trigger (a keyword before the value).
+    After,
+}
+
+#[derive(Debug, Clone)]
+pub struct Detector {
+    pub(crate) name: String,
+    pub(crate) class: Class,
+    pub(crate) regex: Regex,
+    pub(crate) trigger: Trigger,
+    pub(crate) place: Place,
+    /// How far before the trigger a match may start.
+    pub(crate) back: usize,
+    /// How far after the trigger a match may end.
+    pub(crate) fwd: usize,
+    pub(crate) validators: Vec<Validator>,
+    pub(crate) gate: Gate,
+    /// Capture group holding the part to mask (`v`), when the match carries a keyword too.
+    pub(crate) value_group: Option<usize>,
+}
+
+impl Detector {
+    fn new(
+        name: &str,
+        class: Class,
+        pattern: &str,
+        trigger: Trigger,
+        (back, fwd): (usize, usize),
+        validators: Vec<Validator>,
+    ) -> Result<Self, MaskError> {
+        let regex = Regex::builder()
+            .syntax(syntax::Config::new().utf8(false))
+            .configure(Regex::config().utf8_empty(false))
+            .build(pattern)
+            .map_err(|e| MaskError::Regex {
+                detector: name.to_string(),
+                error: e.to_string(),
+            })?;
+        let value_group = regex
+            .group_info()
+            .to_index(regex_automata::PatternID::ZERO, "v");
+        Ok(Detector {
+            name: name.to_string(),
+            class,
+            regex,
+            trigger,
+            place: Place::Within,
+            back,
+            fwd,
+            validators,
+            gate: Gate::None,
+            value_group,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn class(&self) -> Class {
+        self.class
+    }
+
+    /// The longest match this detector can report.
+    pub fn max_len(&self) -> usize {
+        self.back + self.fwd
+    }
+
+    /// Every built-in detector, most specific first (the order breaks ties between
+    /// detectors matching the same bytes).
+    pub fn builtin() -> Vec<Detector> {
+        builtin_specs()
+            .into_iter()
+            .map(|(name, class, pat, trig, win, vals)| {
+                // Built-in patterns are constants covered by tests; a failure here is a bug.
+                #[allow(clippy::expect_used)]
+                let mut d =
+                    Detector::new(name, class, pat, trig, win, vals).expect("built-in detector");
+                (d.place, d.gate) = placement(name);
+                d
+            })
+            .collect()
+    }
+
+    /// A detector from a policy pack's configuration.
+    pub fn custom(spec: &CustomSpec) -> Result<Detector, MaskError> {
+        let err = |error: String| MaskError::Regex {
+            detector: spec.name.clone(),
+            error,
+        };
+        if spec.max_len == 0 || spec.max_len > MAX_CUSTOM_LEN {
+            return Err(err(format!("max_len must be 1..={MAX_CUSTOM_LEN}")));
+        }
+        let keywords: Vec<Vec<u8>> = spec
+            .keywords
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| k.as_bytes().to_ascii_lowercase())
+            .collect();
+        let kw_len = keywords.iter().map(Vec::len).max().unwrap_or(0);
+        let mut validators: Vec<Validator> = spec.validator.iter().map(Into::into).collect();
+        let (trigger, place, back, fwd) = match prefix_literals(&spec.regex) {
+            Some(lits) => {
+                if !keywords.is_empty() {
+                    validators.push(Validator::Near {
+                        keywords: keywords.clone(),
+                        within: spec.proximity + kw_len,
+                    });
+                }
+                (
+                    Trigger::Literals(lits),
+                    Place::At,
+                    spec.proximity + kw_len,
+                    spec.max_len,
+                )
+            }
+            None if !keywords.is_empty() => (
+                Trigger::Literals(keywords),
+                Place::After,
+                0,
+                kw_len + spec.proximity + spec.max_len,
+            ),
+            None => {
+                return Err(err(
+                    "needs a literal prefix (at least 2 bytes) or keywords to anchor it".into(),
+                ));
+            }
+        };
+        let mut d = Detector::new(
+            &spec.name,
+            spec.class.unwrap_or(ClassSpec::Secret).into(),
+            &spec.regex,
+            trigger,
+            (back, fwd),
+            validators,
+        )?;
+        d.place = place;
+        Ok(d)
+    }
+}
+
+const MAX_CUSTOM_LEN: usize = 4096;
+
+/// Cheap byte checks at a digit run that say where a match could start, or that none can:
+/// most numbers (timestamps, counts, ids) are dismissed without running a regex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    None,
+    Card,
+    Ssn,
+    Phone,
+    Iban,
+    Ipv4,
+    Ipv6,
+}
+
+impl Gate {
+    /// Whether any digit gate can pass at `p`: one look at the bytes around the run, so
+    /// the common number (a timestamp, a count) costs a few comparisons for all of them.
+    pub(crate) fn any_digit_gate(h: &[u8], p: usize) -> bool {
+        let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let next = h.get(p + run).copied().unwrap_or(0);
+        let prev = p.checked_sub(1).map_or(0, |i| h[i]);
+        let prev2 = p.checked_sub(2).map_or(0, |i| h[i]);
+        run >= 13
+            || matches!(next, b' ' | b'-' | b'.' | b')' | b':')
+            || next.is_ascii_hexdigit()
+            || matches!(prev, b'+' | b'(')
+            || (prev == b':' && (prev2.is_ascii_hexdigit() || prev2 == b':'))
+            || prev.is_ascii_hexdigit()
+            || (prev.is_ascii_uppercase() && prev2.is_ascii_uppercase())
+    }
+
+    /// Where to try an anchored match for the trigger at `p` in `h` (a window, `h.len()`
+    /// its end), or `None` when no match can start near it.
+    pub(crate) fn start(self, h: &[u8], p: usize) -> Option<usize> {
+        let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let next = h.get(p + run).copied();
+        let prev = p.checked_sub(1).map(|i| h[i]);
+        match self {
+            Gate::None => Some(p),
+            Gate::Card => {
+                let mut digits = 0;
+                for c in &h[p..] {
+                    match c {
+                        b'0'..=b'9' => digits += 1,
+                        b' ' | b'-' => {}
+                        _ => break,
+                    }
+                    if digits >= 13 {
+                        return Some(p);
+                    }
+                }
+                None
+            }
+            Gate::Ssn => (run == 3 && next == Some(b'-')).then_some(p),
+            Gate::Ipv4 => ((1..=3).contains(&run)
+                && next == Some(b'.')
+                && h.get(p + run + 1).is_some_and(u8::is_ascii_digit))
+            .then_some(p),
+            Gate::Iban => (run >= 2
+                && p >= 2
+                && h[p - 2].is_ascii_uppercase()
+                && h[p - 1].is_ascii_uppercase())
+            .then(|| p - 2),
+            Gate::Phone => match prev {
+                Some(b'+' | b'(') => Some(p - 1),
+                // A national form: a 2-5 digit group, a separator, then more digits.
+                _ if (2..=5).contains(&run)
+                    && matches!(next, Some(b' ' | b'-' | b'.'))
+                    && h.get(p + run + 1).is_some_and(u8::is_ascii_digit) =>
+                {
+                    Some(p)
+                }
+                _ => None,
+            },
+            Gate::Ipv6 => {
+                let hexish = |c: &u8| c.is_ascii_hexdigit() || *c == b':';
+                let tail = h[p..].iter().take(5).position(|c| !c.is_ascii_hexdigit());
+                let head = h[..p]
+                    .iter()
+                    .rev()
+                    .take(4)
+                    .position(|c| !c.is_ascii_hexdigit());
+                let colon_after = tail.is_some_and(|i| h[p + i] == b':');
+                let colon_before = head.is_some_and(|i| h[p - i - 1] == b':');
+                if !colon_after && !colon_before {
+                    return None;
+                }
+                let back = h[..p].iter().rev().take_while(|c| hexish(c)).count();
+                Some(p - back)
+            }
+        }
+    }
+}
+
+fn placement(name: &str) -> (Place, Gate) {
+    match name {
+        "aws_secret_key" | "email" => (Place::Within, Gate::None),
+        "payment_card" => (Place::At, Gate::Card),
+        "us_ssn" => (Place::At, Gate::Ssn),
+        "phone" => (Place::At, Gate::Phone),
+        "iban" => (Place::At, Gate::Iban),
+        "ipv4" => (Place::At, Gate::Ipv4),
+        "ipv6" => (Place::At, Gate::Ipv6),
+        _ => (Place::At, Gate::None),
+    }
+}
+
+/// The literal prefixes every match of `pattern` starts with, if they are few and long
+/// enough to anchor on (lowercased: the automaton is case-insensitive).
+fn prefix_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let hir = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    let mut lits: Vec<Vec<u8>> = seq
+        .literals()?
+        .iter()
+        .map(|l| l.as_bytes().to_ascii_lowercase())
+        .collect();
+    lits.sort();
+    lits.dedup();
+    (!lits.is_empty() && lits.len() <= 64 && lits.iter().all(|l| l.len() >= 2)).then_some(lits)
+}
+
+/// A custom detector in a policy pack.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomSpec {
+    pub name: String,
+    /// Rust regex syntax. Either it starts with literal text, or `keywords` are given.
+    pub regex: String,
+    /// Words (case-insensitive) that must appear within `proximity` bytes before a match.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    #[serde(default = "default_proximity")]
+    pub proximity: usize,
+    #[serde(default)]
+    pub validator: Option<ValidatorSpec>,
+    /// The longest match to look for (bytes); a stream holds back this much.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    #[serde(default)]
+    pub class: Option<ClassSpec>,
+}
+
+fn default_proximity() -> usize {
+    32
+}
+
+fn default_max_len() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassSpec {
+    Secret,
+    Pii,
+}
+
+impl From<ClassSpec> for Class {
+    fn from(c: ClassSpec) -> Class {
+        match c {
+            ClassSpec::Secret => Class::Secret,
+            ClassSpec::Pii => Class::Pii,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ValidatorSpec {
+    Luhn,
+    Mod97,
+    Entropy {
+        min_bits: f64,
+        #[serde(default)]
+        min_classes: u8,
+    },
+}
+
+impl From<&ValidatorSpec> for Validator {
+    fn from(v: &ValidatorSpec) -> Validator {
+        match v {
+            ValidatorSpec::Luhn => Validator::Luhn,
+            ValidatorSpec::Mod97 => Validator::Mod97,
+            ValidatorSpec::Entropy {
+                min_bits,
+                min_classes,
+            } => Validator::Entropy {
+                min_bits: *min_bits,
+                min_classes: *min_classes,
+            },
+        }
+    }
+}
+
+type Spec = (
+    &'static str,
+    Class,
+    &'static str,
+    Trigger,
+    (usize, usize),
+    Vec<Validator>,
+);
+
+fn lits(l: &[&str]) -> Trigger {
+    Trigger::Literals(l.iter().map(|s| s.as_bytes().to_vec()).collect())
+}
+
+// Every pattern is byte-oriented and ASCII-only ((?-u)), so `\b` looks at one byte and
+// classes never decode UTF-8.
+fn builtin_specs() -> Vec<Spec> {
+    use Class::{Pii, Secret};
+    let entropy = Validator::Entropy {
+        min_bits: 3.5,
+        min_classes: 3,
+    };
+    vec![
+        (
+            "anthropic_key",
+            Secret,
+            r"(?-u)\bsk-ant-[A-Za-z0-9_\-]{32,200}",
+            lits(&["sk-ant-"]),
+            (0, 207),
+            vec![Validator::Mixed],
+        ),
+        (
+            "openai_key",
+            Secret,
+            r"(?-u)\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}",
+            lits(&["sk-"]),
+            (0, 212),
+            vec![Validator::Mixed],
+        ),
+        (
+            "aws_access_key",
+            Secret,
+            r"(?-u)\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
+            lits(&["AKIA", "ASIA", "ABIA", "ACCA"]),
+            (0, 20),
+            vec![],
+        ),
+        (
+            "aws_secret_key",
+            Secret,
+            r#"(?-u)(?i:aws_?secret_?(?:access_?)?key|secret_?access_?key)["']?\s{0,4}[:=]\s{0,4}["']?(?P<v>[A-Za-z0-9/+=]{40})(?:[^A-Za-z0-9/+=]|$)"#,
+            lits(&["aws_secret", "awssecret", "secret_access", "secretaccess"]),
+            (8, 100),
+            vec![],
+        ),
+        (
+            "github_token",
+            Secret,
+            r"(?-u)\b(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,251})\b",
+            lits(&["ghp_", "gho_", "ghs_", "ghu_", "ghr_", "github_pat_"]),
+            (0, 262),
+            vec![],
+        ),
+        (
+            "gitlab_token",
+            Secret,
+            r"(?-u)\bglpat-[A-Za-z0-9_\-]{20,60}",
+            lits(&["glpat-"]),
+            (0, 66),
+            vec![],
+        ),
+        (
+            "slack_token",
+            Secret,
+            r"(?-u)\bxox[abpr]-[0-9A-Za-z\-]{20,250}",
+            lits(&["xoxa-", "xoxb-", "xoxp-", "xoxr-"]),
+            (0, 255),
+            vec![Validator::Mixed],
+        ),
+        (
+            "stripe_key",
+            Secret,
+            r"(?-u)\b[sr]k_live_[0-9A-Za-z]{24,99}",
+            lits(&["sk_live_", "rk_live_"]),
+            (0, 107),
+            vec![],
+        ),
+        (
+            "google_api_key",
+            Secret,
+            r"(?-u)\bAIza[0-9A-Za-z_\-]{35}",
+            lits(&["AIza"]),
+            (0, 39),
+            vec![],
+        ),
+        (
+            "jwt",
+            Secret,
+            r"(?-u)\beyJ[A-Za-z0-9_\-]{10,500}\.eyJ[A-Za-z0-9_\-]{2,3000}\.[A-Za-z0-9_\-]{0,600}",
+            lits(&["eyJ"]),
+            (0, 4106),
+            vec![Validator::Jwt],
+        ),
+        (
+            "private_key",
+            Secret,
+            r"(?-u)-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=\s:,\\\-]{16,6000}?-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
+            lits(&["-----BEGIN "]),
+            (0, 6100),
+            vec![],
+        ),
+        (
+            "password_assignment",
+            Secret,
+            r#"(?-u)(?i:passwd|password|passphrase|api[_\-]?key|client[_\-]?secret|secret(?:[_\-]?key)?|access[_\-]?token|auth[_\-]?token|private[_\-]?key)["']?\s{0,3}[:=]\s{0,3}["']?(?P<v>[^\s"'`,;]{4,128})"#,
+            lits(&[
+                "passwd",
+                "password",
+                "passphrase",
+                "api_key",
+                "api-key",
+                "apikey",
+                "client_secret",
+                "client-secret",
+                "clientsecret",
+                "secret",
+                "access_token",
+                "access-token",
+                "accesstoken",
+                "auth_token",
+                "auth-token",
+                "authtoken",
+                "private_key",
+                "private-key",
+                "privatekey",
+            ]),
+            (0, 170),
+            vec![Validator::Secretish],
+        ),
+        (
+            "keyword_entropy",
+            Secret,
+            r"(?-u)(?i:bearer|token|secret|credential|api[_\-]?key|access[_\-]?key|auth)[^\n]{0,24}?\b(?P<v>[A-Za-z0-9+/_\-]{20,200}={0,2})",
+            lits(&[
+                "bearer",
+                "token",
+                "secret",
+                "credential",
+                "api_key",
+                "api-key",
+                "apikey",
+                "access_key",
+                "access-key",
+                "accesskey",
+                "auth",
+            ]),
+            (0, 240),
+            vec![entropy],
+        ),
+        (
+            "email",
+            Pii,
+            r"(?-u)[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?){0,6}\.[A-Za-z]{2,24}\b",
+            lits(&["@"]),
+            (64, 255),
+            vec![Validator::EmailTld],
+        ),
+        (
+            "payment_card",
+            Pii,
+            r"(?-u)\b[0-9](?:[ \-]?[0-9]){12,18}\b",
+            Trigger::Digits,
+            (24, 26),
+            vec![Validator::Luhn, Validator::Standalone],
+        ),
+        (
+            "iban",
+            Pii,
+            r"(?-u)\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+            Trigger::Digits,
+            (2, 42),
+            vec![Validator::Mod97],
+        ),
+        (
+            "us_ssn",
+            Pii,
+            r"(?-u)\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",
+            Trigger::Digits,
+            (0, 11),
+            vec![Validator::Ssn],
+        ),
+        (
+            "phone",
+            Pii,
+            concat!(
+                r"(?-u)",
+                // E.164, compact or grouped, optionally with a parenthesised area code.
+                r"\+[1-9][0-9]{0,2}(?:[ .\-]?\(?[0-9]{1,4}\)?){1,2}(?:[ .\-]?[0-9]{2,4}){1,4}\b",
+                // North American (555) 123-4567, 555-123-4567, 555.123.4567.
+                r"|(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[ .\-])[0-9]{3}[ .\-][0-9]{4}\b",
+                // National forms with a trunk 0: 020 7946 0958, 07700 900123, 01 23 45 67 89.
+                r"|\b0[1-9][0-9]{0,3}(?:[ \-][0-9]{2,4}){2,4}\b|\b0[1-9][0-9]{2,4} [0-9]{6,8}\b",
+            ),
+            Trigger::Digits,
+            (4, 26),
+            vec![Validator::Standalone],
+        ),
+        (
+            "ipv4",
+            Pii,
+            r"(?-u)\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b",
+            Trigger::Digits,
+            // Two bytes before: enough to see that "1.2.3.4" follows another dotted number.
+            (2, 15),
+            vec![Validator::Ipv4],
+        ),
+        (
+            "ipv6",
+            Pii,
+            concat!(
+                r"(?-u)\b(?:",
+                r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
+                r"|(?:[0-9A-Fa-f]{1,4}:){1,6}(?::[0-9A-Fa-f]{1,4}){1,6}",
+                r"|(?:[0-9A-Fa-f]{1,4}:){1,7}:",
+                r")",
+            ),
+            Trigger::Digits,
+            (39, 39),
+            vec![Validator::Ipv6],
+        ),
+    ]
+}
