@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod hostile;
 pub mod servers;
 pub mod tls;
 

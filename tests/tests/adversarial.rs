@@ -13,37 +13,15 @@ use std::{
 };
 
 use sluice_tests::{
-    Agent, AgentSpec, TestCgroup, curl, log_events, policies_dir, require_root, servers,
-    servers::Server, virtual_ip, wait_log_events,
+    Agent, AgentSpec, TestCgroup, curl,
+    hostile::{case, check_all, request, seen, status},
+    log_events, policies_dir, require_root, servers,
+    servers::Server,
+    virtual_ip, wait_log_events,
 };
 
 fn raw(cg: &TestCgroup, vip: &str, bytes: &[u8]) -> String {
     sluice_tests::send_raw(cg, vip, bytes, 5)
-}
-
-/// An HTTP/1.1 request line, `Host`, `Connection: close`, the extra header lines, a
-/// `Content-Length` for the body, then the body.
-fn request(method: &str, target: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
-    let mut r = format!("{method} {target} HTTP/1.1\r\nHost: models\r\nConnection: close\r\n");
-    for h in headers {
-        r.push_str(h);
-        r.push_str("\r\n");
-    }
-    r.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut bytes = r.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-/// The final status of a response (after any `100 Continue`).
-fn status(response: &str) -> u16 {
-    let last = response
-        .rfind("HTTP/1.1 ")
-        .map_or(response, |i| &response[i..]);
-    last.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 fn start(cg: &TestCgroup, vip: &str, upstream: &str, family: &str, pack: &str) -> Agent {
@@ -59,62 +37,6 @@ fn start(cg: &TestCgroup, vip: &str, upstream: &str, family: &str, pack: &str) -
             policies_dir().join(pack).display()
         ),
     })
-}
-
-fn seen(server: &Server) -> Vec<String> {
-    server
-        .seen
-        .requests
-        .lock()
-        .map(|r| r.clone())
-        .unwrap_or_default()
-}
-
-struct Case {
-    what: &'static str,
-    bytes: Vec<u8>,
-    /// The status the client must get (0: the connection is closed with no response).
-    status: u16,
-    /// Whether the request may reach the server.
-    reaches: bool,
-}
-
-fn case(what: &'static str, bytes: Vec<u8>, status: u16, reaches: bool) -> Case {
-    Case {
-        what,
-        bytes,
-        status,
-        reaches,
-    }
-}
-
-/// Runs every case and reports all that failed, not only the first.
-fn check_all(cg: &TestCgroup, vip: &str, server: &Server, agent: &Agent, cases: &[Case]) {
-    let mut failed = Vec::new();
-    for c in cases {
-        let before = seen(server).len();
-        let resp = raw(cg, vip, &c.bytes);
-        let reached = seen(server).len() > before;
-        if status(&resp) != c.status || reached != c.reaches {
-            failed.push(format!(
-                "{}: want {} (reaches: {}), got {} (reaches: {reached}; server saw {:?}):\n{resp}",
-                c.what,
-                c.status,
-                c.reaches,
-                status(&resp),
-                seen(server).get(before..).unwrap_or_default(),
-            ));
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} cases failed:\n{}\nagent log:\n{}",
-        failed.len(),
-        cases.len(),
-        failed.join("\n---\n"),
-        agent.log_text()
-    );
-    agent.status().expect("agent still answers");
 }
 
 struct Setup {
@@ -327,7 +249,7 @@ fn http1_framing_and_request_target_games_are_judged_as_the_server_reads_them() 
             false,
         ),
     ];
-    check_all(&s.cg, &s.vip, &s.server, &s.agent, &cases);
+    check_all(&s.cg, &s.vip, &s.server, &s.agent, &cases, 5);
 }
 
 #[test]
@@ -513,7 +435,7 @@ fn json_spellings_are_refused_or_read_as_go_reads_them() {
         ),
         case("plain chat still allowed", post("/api/chat", CHAT), 200, true),
     ];
-    check_all(&s.cg, &s.vip, &s.server, &s.agent, &cases);
+    check_all(&s.cg, &s.vip, &s.server, &s.agent, &cases, 5);
 }
 
 #[test]

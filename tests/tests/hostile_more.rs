@@ -10,33 +10,15 @@ use std::{
 };
 
 use sluice_tests::{
-    Agent, AgentSpec, TestCgroup, policies_dir, require_root, servers, servers::Server, virtual_ip,
+    Agent, AgentSpec, TestCgroup,
+    hostile::{case, check_all, request, seen, status},
+    policies_dir, require_root, servers,
+    servers::Server,
+    virtual_ip,
 };
 
 fn raw(cg: &TestCgroup, vip: &str, bytes: &[u8]) -> String {
     sluice_tests::send_raw(cg, vip, bytes, 10)
-}
-
-fn request(method: &str, path: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
-    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: models\r\nConnection: close\r\n");
-    for h in headers {
-        r.push_str(h);
-        r.push_str("\r\n");
-    }
-    r.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut bytes = r.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-fn status(response: &str) -> u16 {
-    let last = response
-        .rfind("HTTP/1.1 ")
-        .map_or(response, |i| &response[i..]);
-    last.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 fn start(cg: &TestCgroup, vip: &str, server: &Server, family: &str, extra: &str) -> Agent {
@@ -54,58 +36,6 @@ fn start(cg: &TestCgroup, vip: &str, server: &Server, family: &str, extra: &str)
 
 fn pack(name: &str) -> String {
     format!("policies: [\"{}\"]\n", policies_dir().join(name).display())
-}
-
-fn seen(server: &Server) -> Vec<String> {
-    server
-        .seen
-        .requests
-        .lock()
-        .map(|r| r.clone())
-        .unwrap_or_default()
-}
-
-struct Case {
-    what: &'static str,
-    bytes: Vec<u8>,
-    status: u16,
-    reaches: bool,
-}
-
-fn case(what: &'static str, bytes: Vec<u8>, status: u16, reaches: bool) -> Case {
-    Case {
-        what,
-        bytes,
-        status,
-        reaches,
-    }
-}
-
-fn check_all(cg: &TestCgroup, vip: &str, server: &Server, agent: &Agent, cases: &[Case]) {
-    let mut failed = Vec::new();
-    for c in cases {
-        let before = seen(server).len();
-        let resp = raw(cg, vip, &c.bytes);
-        let reached = seen(server).len() > before;
-        if status(&resp) != c.status || reached != c.reaches {
-            failed.push(format!(
-                "{}: want {} (reaches: {}), got {} (reaches: {reached}):\n{}",
-                c.what,
-                c.status,
-                c.reaches,
-                status(&resp),
-                resp.lines().last().unwrap_or_default()
-            ));
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failed.len(),
-        cases.len(),
-        failed.join("\n---\n"),
-    );
-    agent.status().expect("agent still answers");
 }
 
 const JSON: &str = "Content-Type: application/json";
@@ -224,7 +154,7 @@ fn ollama_keep_alive_numbers_that_overflow_go_durations_are_unloads() {
             true,
         ),
     ];
-    check_all(&cg, &vip, &server, &agent, &cases);
+    check_all(&cg, &vip, &server, &agent, &cases, 10);
 }
 
 const CONNECT_CLIENT: &str = r#"
@@ -673,7 +603,7 @@ fn ollama_fragments_upgrades_and_model_spellings() {
             true,
         ),
     ];
-    check_all(&cg, &vip, &server, &agent, &cases);
+    check_all(&cg, &vip, &server, &agent, &cases, 10);
     let headers = server
         .seen
         .headers
@@ -820,5 +750,5 @@ fn a_model_named_in_an_urlencoded_form_is_judged() {
             false,
         ),
     ];
-    check_all(&cg, &vip, &server, &agent, &cases);
+    check_all(&cg, &vip, &server, &agent, &cases, 10);
 }
