@@ -414,5 +414,6 @@ fn users_and_systemd_units_select_callers_without_a_token() {
         (&json!("other.service"), &json!("deny")),
         "{r}"
     );
-    drop((chat_unit, other_unit));
+    // The later one first: the first made the `system.slice` both are in.
+    drop((other_unit, chat_unit));
 }
