@@ -286,6 +286,30 @@ pub fn describe(e: &std::io::Error) -> String {
     }
 }
 
+/// A TLS acceptor for the unit tests' loopback servers: a certificate for `name` (a DNS name
+/// or an IP address) issued by `ca`.
+#[cfg(test)]
+pub(crate) fn test_acceptor(
+    name: &str,
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+) -> tokio_rustls::TlsAcceptor {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .expect("params")
+        .signed_by(&key, ca)
+        .expect("cert");
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("der");
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], der)
+    .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

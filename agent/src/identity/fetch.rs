@@ -139,21 +139,7 @@ mod tests {
     /// An https server on 127.0.0.1 answering every request with a small JSON document,
     /// with a certificate for `localhost` issued by `ca`.
     async fn https_server(ca: &CertifiedIssuer<'static, KeyPair>) -> u16 {
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params")
-            .signed_by(&key, ca)
-            .expect("cert");
-        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("der");
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der)
-        .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = crate::tls::test_acceptor("localhost", ca);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -341,28 +341,34 @@ mod tests {
                         }
                     }
                     let _closed = Closed(open);
-                    let mut buf = Vec::new();
-                    for _ in 0..per_conn {
-                        loop {
-                            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                                break;
-                            }
-                            let mut chunk = [0u8; 1024];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buf.clear();
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
+                    answer_ok(&mut s, per_conn).await;
                 });
             }
         });
         (addr, accepted, live)
+    }
+
+    /// Answers `ok` to each of up to `requests` request heads on `s` (bodyless requests),
+    /// then returns; returns early when the client closes.
+    async fn answer_ok<S>(s: &mut S, requests: usize)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut buf = Vec::new();
+        for _ in 0..requests {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.clear();
+            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if s.write_all(reply).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn get(authority: &str) -> Request<Body> {
@@ -467,21 +473,7 @@ mod tests {
         let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).expect("write CA");
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .expect("params")
-            .signed_by(&key, &ca)
-            .expect("cert");
-        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("der");
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der)
-        .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = crate::tls::test_acceptor("127.0.0.1", &ca);
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
         let handshakes = Arc::new(AtomicUsize::new(0));
@@ -494,21 +486,7 @@ mod tests {
                         return;
                     };
                     count.fetch_add(1, Ordering::SeqCst);
-                    let mut buf = Vec::new();
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut chunk = [0u8; 1024];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buf.clear();
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
+                    answer_ok(&mut s, usize::MAX).await;
                 });
             }
         });
