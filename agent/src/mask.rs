@@ -3,10 +3,12 @@
 //!
 //! [`Scanner`] compiles [`Detector`]s (the built-ins, or custom ones from a
 //! [`CustomSpec`]) into one aho-corasick automaton over their literal anchors plus a
-//! digit-run trigger; [`Scanner::find`] lists findings, [`mask`] rewrites a text with an
-//! [`Action`], and [`StreamMasker`] does the same chunk by chunk with a bounded hold-back.
+//! digit-run trigger; [`Scanner::find`] lists findings; a [`Plan`] (the scanner and an
+//! [`Action`] per detector) masks a whole text, and [`StreamMasker`] does the same chunk by
+//! chunk with a bounded hold-back.
 mod action;
 mod detector;
+mod plan;
 pub mod sample;
 mod scan;
 mod stream;
@@ -14,6 +16,7 @@ mod validate;
 
 pub use action::{Action, PseudonymKey};
 pub use detector::{Class, ClassSpec, CustomSpec, Detector, ValidatorSpec};
+pub use plan::{Counts, Plan};
 pub use scan::{Finding, Scanner};
 pub use stream::{StreamMasker, mask};
 pub use validate::Validator;

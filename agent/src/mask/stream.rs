@@ -1,31 +1,35 @@
 //! Masking a stream chunk by chunk with a bounded hold-back, so that any split of the input
 //! gives exactly the output of the unsplit text.
 use super::{
-    Action,
-    scan::{Finding, Scanner, Tracker},
+    Plan,
+    plan::Counts,
+    scan::{Finding, Tracker},
 };
 
 /// Masks one byte stream. Output lags input by at most [`Scanner::max_hold`] bytes, and by
 /// [`Scanner::min_hold`] while no trigger (an anchor literal, a digit run) is pending.
-pub struct StreamMasker<'s> {
-    scanner: &'s Scanner,
-    action: Action,
+///
+/// [`Scanner::max_hold`]: super::Scanner::max_hold
+/// [`Scanner::min_hold`]: super::Scanner::min_hold
+pub struct StreamMasker {
+    plan: Plan,
     tracker: Tracker,
     /// Next byte to release.
     emit: usize,
     found: Vec<Finding>,
-    counts: Vec<u64>,
+    counts: Counts,
 }
 
-impl<'s> StreamMasker<'s> {
-    pub fn new(scanner: &'s Scanner, action: Action) -> Self {
+impl StreamMasker {
+    pub fn new(plan: Plan) -> Self {
+        let tracker = Tracker::new(plan.scanner());
+        let counts = plan.counts();
         StreamMasker {
-            scanner,
-            action,
-            tracker: Tracker::new(scanner),
+            plan,
+            tracker,
             emit: 0,
             found: Vec::new(),
-            counts: vec![0; scanner.detectors().len()],
+            counts,
         }
     }
 
@@ -33,7 +37,8 @@ impl<'s> StreamMasker<'s> {
     /// to release, masked.
     pub fn push(&mut self, chunk: &[u8], end: bool, out: &mut Vec<u8>) {
         self.found.clear();
-        self.tracker.feed(self.scanner, chunk, end, &mut self.found);
+        let scanner = self.plan.scanner();
+        self.tracker.feed(scanner, chunk, end, &mut self.found);
         let decided = self.tracker.decided();
         let from = self.emit;
         let bytes = self.tracker.bytes_from(from);
@@ -41,9 +46,7 @@ impl<'s> StreamMasker<'s> {
         for f in &self.found {
             out.extend_from_slice(&bytes[at - from..f.range.start - from]);
             let value = &bytes[f.range.start - from..f.range.end - from];
-            self.action
-                .replace(self.scanner.name(f.detector), value, out);
-            self.counts[f.detector] += 1;
+            self.plan.apply(f.detector, value, out, &mut self.counts);
             at = f.range.end;
         }
         if at < decided {
@@ -51,11 +54,13 @@ impl<'s> StreamMasker<'s> {
             at = decided;
         }
         self.emit = at;
-        self.tracker.trim(self.scanner, self.emit);
+        self.tracker.trim(self.plan.scanner(), self.emit);
     }
 
     /// Findings so far per detector (index as in [`Scanner::detectors`]); never the values.
-    pub fn counts(&self) -> &[u64] {
+    ///
+    /// [`Scanner::detectors`]: super::Scanner::detectors
+    pub fn counts(&self) -> &Counts {
         &self.counts
     }
 
@@ -65,15 +70,9 @@ impl<'s> StreamMasker<'s> {
     }
 }
 
-/// Masks a whole text (the unsplit reference for streams).
-pub fn mask(scanner: &Scanner, text: &[u8], action: &Action) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut at = 0;
-    for f in scanner.find(text) {
-        out.extend_from_slice(&text[at..f.range.start]);
-        action.replace(scanner.name(f.detector), &text[f.range.clone()], &mut out);
-        at = f.range.end;
-    }
-    out.extend_from_slice(&text[at..]);
-    out
+/// Masks a whole text with one action for every detector (the unsplit reference for
+/// streams; requests use [`Plan::mask`]).
+pub fn mask(scanner: &super::Scanner, text: &[u8], action: &super::Action) -> Vec<u8> {
+    let plan = Plan::uniform(std::sync::Arc::new(scanner.clone()), action.clone());
+    plan.mask(text, &mut plan.counts())
 }

@@ -1,4 +1,5 @@
 use proptest::prelude::*;
+use std::sync::Arc;
 
 use super::*;
 
@@ -189,7 +190,7 @@ fn stream_text() -> String {
 }
 
 fn streamed(sc: &Scanner, text: &[u8], cuts: &[usize], action: &Action) -> Vec<u8> {
-    let mut m = StreamMasker::new(sc, action.clone());
+    let mut m = StreamMasker::new(Plan::uniform(Arc::new(sc.clone()), action.clone()));
     let mut out = Vec::new();
     let mut at = 0;
     for &c in cuts {
@@ -221,7 +222,7 @@ fn one_byte_at_a_time_matches_whole() {
 #[test]
 fn hold_back_is_small_without_triggers() {
     let sc = Scanner::builtin();
-    let mut m = StreamMasker::new(&sc, Action::Redact);
+    let mut m = StreamMasker::new(Plan::uniform(Arc::new(sc.clone()), Action::Redact));
     let mut out = Vec::new();
     let prose = "the quick brown fox jumps over the lazy dog ".repeat(20);
     m.push(prose.as_bytes(), false, &mut out);
@@ -281,7 +282,7 @@ fn throughput() {
         n = sc.find(&text).count();
         best_find = best_find.max(mb / t.elapsed().as_secs_f64());
         let t = std::time::Instant::now();
-        let mut m = StreamMasker::new(&sc, Action::Redact);
+        let mut m = StreamMasker::new(Plan::uniform(Arc::new(sc.clone()), Action::Redact));
         let mut out = Vec::with_capacity(text.len());
         for c in text.chunks(4096) {
             m.push(c, false, &mut out);
@@ -333,4 +334,43 @@ fn throughput() {
         "mask throughput: {mb:.0} MB mixed corpus, {n} findings, {} detectors: find {best_find:.0} MB/s/core, stream (4 KiB chunks, redact) {best_stream:.0} MB/s/core",
         sc.detectors().len()
     );
+}
+
+#[test]
+fn plan_masks_only_the_detectors_it_turns_on() {
+    let sc = Arc::new(Scanner::builtin());
+    let email = sc
+        .detectors()
+        .iter()
+        .position(|d| d.name() == "email")
+        .expect("email detector");
+    let card = sc
+        .detectors()
+        .iter()
+        .position(|d| d.name() == "payment_card")
+        .expect("card detector");
+    let mut actions = vec![None; sc.detectors().len()];
+    actions[email] = Some(Action::Redact);
+    actions[card] = Some(Action::Block);
+    let plan = Plan::new(sc, actions);
+    let mut c = plan.counts();
+    let t = b"mail jane@example.com, key AKIAIOSFODNN7EXAMPLE, card 4111 1111 1111 1111.";
+    let out = plan.mask(t, &mut c);
+    assert_eq!(
+        out,
+        b"mail [REDACTED:email], key AKIAIOSFODNN7EXAMPLE, card 4111 1111 1111 1111.".to_vec(),
+        "off detectors pass, block leaves the bytes for the caller to refuse"
+    );
+    assert_eq!((c.per_detector[email], c.per_detector[card]), (1, 1));
+    assert_eq!(c.total(), 2);
+    assert!(c.blocked);
+    // The stream masker counts the same way.
+    let mut m = StreamMasker::new(plan.clone());
+    let mut streamed = Vec::new();
+    for ch in t.chunks(7) {
+        m.push(ch, false, &mut streamed);
+    }
+    m.push(&[], true, &mut streamed);
+    assert_eq!(streamed, out);
+    assert_eq!(m.counts(), &c);
 }

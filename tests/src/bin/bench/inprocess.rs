@@ -74,8 +74,9 @@ pub fn filter_cost(n: usize) {
 /// with every built-in detector on, over a realistic mixed body, whole and streamed; and
 /// the cost per SSE event of a stream masker fed one event at a time.
 pub fn mask_cost() {
-    use sluice::mask::{Action, Scanner, StreamMasker, sample};
+    use sluice::mask::{Action, Plan, Scanner, StreamMasker, sample};
     let sc = Scanner::builtin();
+    let plan = Plan::uniform(std::sync::Arc::new(sc.clone()), Action::Redact);
     let text = sample::mixed(32 << 20);
     let mb = text.len() as f64 / 1e6;
     let (mut find, mut stream) = (0f64, 0f64);
@@ -84,7 +85,7 @@ pub fn mask_cost() {
         std::hint::black_box(sc.find(&text).count());
         find = find.max(mb / t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let mut m = StreamMasker::new(&sc, Action::Redact);
+        let mut m = StreamMasker::new(plan.clone());
         let mut out = Vec::with_capacity(text.len());
         for c in text.chunks(4096) {
             m.push(c, false, &mut out);
@@ -94,7 +95,7 @@ pub fn mask_cost() {
     }
     let event: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" the\"}}]}\n\n";
     let n = 200_000;
-    let mut m = StreamMasker::new(&sc, Action::Redact);
+    let mut m = StreamMasker::new(plan.clone());
     let mut out = Vec::with_capacity(event.len() * 2);
     let mut lat: Vec<u64> = Vec::with_capacity(n);
     for _ in 0..n {
