@@ -13,6 +13,7 @@ pub mod sample;
 mod scan;
 mod stream;
 mod validate;
+mod verdict;
 
 pub use action::{Action, PseudonymKey};
 pub use detector::{Class, ClassSpec, CustomSpec, Detector, ValidatorSpec};
@@ -20,6 +21,7 @@ pub use plan::{Counts, Plan};
 pub use scan::{Finding, Scanner};
 pub use stream::{StreamMasker, mask};
 pub use validate::Validator;
+pub use verdict::{Unscannable, Verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaskError {
