@@ -2,7 +2,8 @@
 //! workload. In the prepare stage every credential the client sent is taken out (`strip`)
 //! and the target's key is put in; the response filter `filter::EchoMask` masks the key if
 //! the upstream echoes it. Keys come from a file (watched: a rotated file is used from the
-//! next request on), an environment variable or a command (`source`), and live in a
+//! next request on), an environment variable or a command (re-run every `refresh_secs`
+//! when set) (`source`), and live in a
 //! [`Secret`] that never prints.
 use std::{
     fmt,
@@ -87,6 +88,8 @@ pub struct Keeper {
     /// The file version `current` was read from (or last failed to be): only the watcher's
     /// blocking thread touches it.
     seen: Mutex<Option<source::Stamp>>,
+    /// When a `command` source last ran (successfully or not).
+    ran: Mutex<std::time::Instant>,
 }
 
 impl Keeper {
@@ -109,6 +112,7 @@ impl Keeper {
             settings: settings.clone(),
             current: ArcSwap::from_pointee(key),
             seen: Mutex::new(stamp),
+            ran: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -117,27 +121,43 @@ impl Keeper {
         self.current.load_full()
     }
 
-    /// Re-reads a key file whose stamp changed. A file that cannot be read or holds no
-    /// valid key keeps the previous key in use, with one warning per change. Blocking.
+    /// Re-reads a key file whose stamp changed, or re-runs a command whose `refresh_secs`
+    /// passed. A source that cannot be read or holds no valid key keeps the previous key
+    /// in use, with one warning per change (per run, for a command). Blocking.
     pub fn refresh(&self) -> Refreshed {
-        let Source::File(path) = &self.settings.source else {
-            return Refreshed::Unchanged;
-        };
-        let now = source::stamp(path);
-        let Ok(mut seen) = self.seen.lock() else {
-            return Refreshed::Unchanged;
-        };
-        if *seen == now {
-            return Refreshed::Unchanged;
-        }
-        *seen = now;
         let what = self.settings.source.to_string();
-        let read = match now {
-            None => Err(source::Error::Read {
-                what: what.clone(),
-                error: std::io::Error::from(std::io::ErrorKind::NotFound),
-            }),
-            Some(_) => source::read(&self.settings.source),
+        let read = match &self.settings.source {
+            Source::File(path) => {
+                let now = source::stamp(path);
+                let Ok(mut seen) = self.seen.lock() else {
+                    return Refreshed::Unchanged;
+                };
+                if *seen == now {
+                    return Refreshed::Unchanged;
+                }
+                *seen = now;
+                match now {
+                    None => Err(source::Error::Read {
+                        what: what.clone(),
+                        error: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    }),
+                    Some(_) => source::read(&self.settings.source),
+                }
+            }
+            Source::Command(_) => {
+                let Some(every) = self.settings.refresh else {
+                    return Refreshed::Unchanged;
+                };
+                let Ok(mut ran) = self.ran.lock() else {
+                    return Refreshed::Unchanged;
+                };
+                if ran.elapsed() < every {
+                    return Refreshed::Unchanged;
+                }
+                *ran = std::time::Instant::now();
+                source::read(&self.settings.source)
+            }
+            Source::Env(_) => return Refreshed::Unchanged,
         };
         match read.and_then(|s| {
             if s == *self.current.load().secret() {
@@ -152,7 +172,7 @@ impl Keeper {
             }
             Ok(None) => Refreshed::Unchanged,
             Err(e) => {
-                tracing::warn!(target_name = %self.target, error = %e, "credential file changed but holds no usable key; keeping the previous key");
+                tracing::warn!(target_name = %self.target, error = %e, "credential source changed or was re-run but gave no usable key; keeping the previous key");
                 Refreshed::Kept
             }
         }
@@ -244,7 +264,7 @@ impl Vault {
         self.0
             .iter()
             .flat_map(|h| &h.keys)
-            .any(|k| matches!(k.settings.source, Source::File(_)))
+            .any(|k| matches!(k.settings.source, Source::File(_)) || k.settings.refresh.is_some())
     }
 
     /// Blocking.
@@ -256,8 +276,9 @@ impl Vault {
 }
 
 /// Checks the key files every second (mtime polling works on every filesystem, including
-/// bind mounts and Kubernetes secret volumes, where inotify does not), on a blocking
-/// thread so a slow filesystem never stalls proxying.
+/// bind mounts and Kubernetes secret volumes, where inotify does not) and re-runs key
+/// commands whose `refresh_secs` passed, on a blocking thread so a slow filesystem or
+/// secrets manager never stalls proxying.
 pub async fn watch(vault: Arc<Vault>, stop: tokio_util::sync::CancellationToken) {
     if !vault.watched() {
         return;

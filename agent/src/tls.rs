@@ -120,6 +120,26 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// A private key file others can read or replace is refused, as key files are
+/// (`custody::source::exposure`).
+fn private(what: &'static str, path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })?;
+    match crate::custody::source::exposure(meta.mode(), meta.uid(), nix::unistd::geteuid().as_raw())
+    {
+        None => Ok(()),
+        Some(problem) => Err(bad(
+            what,
+            path,
+            format!("is {problem}: fix with `chmod 600` and `chown`"),
+        )),
+    }
+}
+
 fn bad(what: &'static str, path: &Path, why: impl ToString) -> Error {
     Error::Bad {
         what,
@@ -167,6 +187,7 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain = certificates("client_cert", cert)?;
+            private("client_key", key)?;
             let pem = zeroize::Zeroizing::new(read("client_key", key)?);
             // The key's bytes are never part of a message: only what kind of problem it is.
             let der = PrivateKeyDer::from_pem_slice(&pem)
@@ -425,7 +446,14 @@ mod tests {
         assert!(e.contains("junk.pem: holds no PEM certificate"), "{e}");
         let mut s = ca_settings(&dir);
         s.client_cert = Some(dir.join("ca.pem"));
-        s.client_key = Some(junk);
+        s.client_key = Some(junk.clone());
+        let e = Origin::new(0, "t", &s).err().expect("exposed").to_string();
+        assert!(
+            e.starts_with("client_key ") && e.contains("readable by everyone (mode 0644)"),
+            "{e}"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let e = Origin::new(0, "t", &s).err().expect("key").to_string();
         assert!(
             e.starts_with("client_key ") && e.contains("holds no PEM private key"),

@@ -185,6 +185,14 @@ impl Drop for TestCgroup {
 }
 
 /// Any free loopback port (bind-and-release; fine for tests on loopback).
+/// Writes a key file as the agent requires: readable and writable by its owner only (the
+/// agent refuses key files others can read or replace).
+pub fn write_secret(path: &Path, content: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, content).expect("write secret");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -70,7 +70,7 @@ impl TestCa {
             key: self.dir.join(format!("{}-{name}.key", self.tag)),
         };
         std::fs::write(&issued.cert, cert.pem()).expect("write cert");
-        std::fs::write(&issued.key, key.serialize_pem()).expect("write key");
+        crate::write_secret(&issued.key, key.serialize_pem());
         issued
     }
 }

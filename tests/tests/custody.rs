@@ -13,7 +13,7 @@ use std::{
 use serde_json::Value;
 use sluice_tests::{
     Agent, AgentSpec, TempDir, TestCgroup, client_script, curl, free_port, require_root, run_ok,
-    servers, servers::Server, unique, virtual_ip, wait_log_events,
+    servers, servers::Server, unique, virtual_ip, wait_log_events, write_secret,
 };
 
 /// An OpenAI target on `vip:8000` whose key Sluice reads from `key_file`; no policy, so
@@ -39,7 +39,7 @@ fn canary() -> String {
 /// Replaces the key file the way operators (and Kubernetes) do: a new file moved into place.
 fn write_key(path: &Path, content: &str) {
     let tmp = path.with_extension("new");
-    std::fs::write(&tmp, content).expect("write key");
+    write_secret(&tmp, content);
     std::fs::rename(&tmp, path).expect("rename key");
 }
 
@@ -102,7 +102,7 @@ fn a_workload_with_a_wrong_key_succeeds_only_through_sluice_and_never_sees_the_r
     let server = servers::keyed("127.0.0.1:0", &[&key]);
     let dir = TempDir::new("custody");
     let key_file = dir.path().join("openai.key");
-    std::fs::write(&key_file, format!("{key}\n")).expect("key file");
+    write_secret(&key_file, format!("{key}\n"));
     let vip = virtual_ip();
     let cg = TestCgroup::new("custody");
     let metrics_port = free_port();
@@ -299,8 +299,8 @@ fn each_caller_goes_out_with_its_own_key_and_a_caller_without_one_is_refused() {
         dir.path().join("team-a.key"),
         dir.path().join("default.key"),
     );
-    std::fs::write(&team_file, &team_key).expect("team key");
-    std::fs::write(&default_file, &default_key).expect("default key");
+    write_secret(&team_file, &team_key);
+    write_secret(&default_file, &default_key);
     let (shared, team_only) = (virtual_ip(), virtual_ip());
     let cg = TestCgroup::new("custody-caller");
     let target = |name: &str, vip: &str, default: bool| {

@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::Value;
 use sluice_tests::{
     Agent, AgentSpec, TempDir, TestCgroup, client_script, curl, require_root, run_ok, servers, tls,
-    unique, virtual_ip,
+    unique, virtual_ip, write_secret,
 };
 
 /// One `protocol: http` OpenAI target per entry: (name, port on `vip`, upstream, YAML lines
@@ -260,7 +260,7 @@ fn custody_end_to_end_a_keyless_workload_reaches_a_keyed_https_server() {
     let server = servers::keyed("127.0.0.1:0", &[&key]);
     let front = tls::front(server.addr, &ca.issue("server", &["localhost"]), None);
     let key_file = dir.path().join("openai.key");
-    std::fs::write(&key_file, format!("{key}\n")).expect("key file");
+    write_secret(&key_file, format!("{key}\n"));
     let vip = virtual_ip();
     let cg = TestCgroup::new("tls-custody");
     let agent = start(
@@ -435,6 +435,10 @@ fn bad_tls_files_and_settings_are_start_up_errors_that_say_where() {
     let ca = tls::TestCa::new(dir.path(), "check");
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
     let check = |tls: &str| {
         let cfg = dir.path().join("sluice.yaml");
         std::fs::write(
@@ -471,12 +475,23 @@ fn bad_tls_files_and_settings_are_start_up_errors_that_say_where() {
         "{err}"
     );
     let client = ca.issue("client", &["agent"]);
-    let (code, _, err) = check(&format!(
-        "    tls:\n      ca_file: \"{}\"\n      client_cert: \"{}\"\n      client_key: \"{}\"\n",
-        ca.ca_file().display(),
-        client.cert.display(),
-        junk.display()
-    ));
+    let with_key = |key: &std::path::Path| {
+        check(&format!(
+            "    tls:\n      ca_file: \"{}\"\n      client_cert: \"{}\"\n      client_key: \"{}\"\n",
+            ca.ca_file().display(),
+            client.cert.display(),
+            key.display()
+        ))
+    };
+    // A private key everyone can read is refused before it is parsed.
+    let (code, _, err) = with_key(&junk);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("tls.client_key") && err.contains("readable by everyone (mode 0644)"),
+        "{err}"
+    );
+    write_secret(&junk, "not a key\n");
+    let (code, _, err) = with_key(&junk);
     assert_eq!(code, Some(2));
     assert!(
         err.contains("tls.client_key") && err.contains("holds no PEM private key"),

@@ -1,7 +1,7 @@
 //! `credential:` on a `protocol: http` target: which header carries the upstream key, with
 //! which scheme, and where the key comes from. Checked while the YAML is read, so a mistake
 //! is reported at its `file:line:column` like every other setting.
-use std::{fmt, path::PathBuf};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use http::HeaderName;
 use serde::Deserialize;
@@ -14,6 +14,9 @@ pub struct Settings {
     /// Put before the key with one space (`Bearer`); `None`: the key alone (`x-api-key`).
     pub scheme: Option<String>,
     pub source: Source,
+    /// How often a `command` is run again (`refresh_secs`), for keys a secrets manager
+    /// rotates; `None`: once, at start. Files are watched instead; a variable cannot change.
+    pub refresh: Option<Duration>,
     /// The callers this key is for (`credentials:` entries); `None`: every caller.
     pub when: Option<When>,
 }
@@ -81,8 +84,9 @@ impl When {
     }
 }
 
-/// Where the key is read from. Only a file is watched for rotation: an environment variable
-/// cannot change under a running process, and a command runs once, at start.
+/// Where the key is read from. A file is watched for rotation and a command is run again
+/// every `refresh_secs` when set; an environment variable cannot change under a running
+/// process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     File(PathBuf),
@@ -114,8 +118,14 @@ struct Raw {
     #[serde(default)]
     command: Option<Vec<String>>,
     #[serde(default)]
+    refresh_secs: Option<u64>,
+    #[serde(default)]
     when: Option<When>,
 }
+
+/// A command runs on a blocking thread for up to its 10 s timeout: more often than this
+/// would keep a thread busy and hammer the secrets manager.
+const MIN_REFRESH_SECS: u64 = 30;
 
 /// Headers that describe the message or the connection, not the caller: a key there would
 /// break framing or routing.
@@ -190,6 +200,27 @@ impl TryFrom<Raw> for Settings {
                 );
             }
         };
+        let refresh = match (raw.refresh_secs, &source) {
+            (None, _) => None,
+            (Some(_), Source::File(_)) => {
+                return Err(
+                    "credential.refresh_secs: a key file is watched and re-read when it changes; refresh_secs is for command"
+                        .into(),
+                );
+            }
+            (Some(_), Source::Env(_)) => {
+                return Err(
+                    "credential.refresh_secs: an environment variable cannot change under a running agent; use file or command to rotate"
+                        .into(),
+                );
+            }
+            (Some(n), Source::Command(_)) if n < MIN_REFRESH_SECS => {
+                return Err(format!(
+                    "credential.refresh_secs: {n} is below the minimum of {MIN_REFRESH_SECS}"
+                ));
+            }
+            (Some(n), Source::Command(_)) => Some(Duration::from_secs(n)),
+        };
         if raw.when.as_ref().is_some_and(When::is_empty) {
             return Err(
                 "credential.when: name at least one of issuers, groups, subjects, users or units (an empty `when` would be for everyone)"
@@ -200,6 +231,7 @@ impl TryFrom<Raw> for Settings {
             header,
             scheme,
             source,
+            refresh,
             when: raw.when,
         })
     }
@@ -228,6 +260,17 @@ mod tests {
         assert_eq!(s.source, Source::Command(vec!["cat".into(), "/k".into()]));
         let s = parse("header: api-key\nscheme: Token\nfile: k").expect("scheme");
         assert_eq!(s.scheme.as_deref(), Some("Token"));
+        assert_eq!(s.refresh, None);
+        let s = parse("command: [vault, read, k]\nrefresh_secs: 300").expect("refresh");
+        assert_eq!(s.refresh, Some(Duration::from_secs(300)));
+        for (y, want) in [
+            ("file: k\nrefresh_secs: 60", "is watched"),
+            ("env: K\nrefresh_secs: 60", "cannot change"),
+            ("command: [k]\nrefresh_secs: 5", "below the minimum of 30"),
+        ] {
+            let e = parse(y).expect_err(y);
+            assert!(e.contains(want), "{y}: {e}");
+        }
     }
 
     #[test]

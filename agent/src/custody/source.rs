@@ -34,6 +34,10 @@ pub enum Error {
         "the key in the {0} has bytes a header cannot carry (spaces, control or non-ASCII characters)"
     )]
     NotHeader(String),
+    #[error(
+        "the {what} is {problem}: a key file must be readable by its owner (root or the agent's user) only; fix with `chmod 600` and `chown` (on a Kubernetes secret volume: defaultMode: 0400)"
+    )]
+    Exposed { what: String, problem: String },
     #[error("the {0} is not set")]
     Unset(String),
     #[error("the {what} did not finish within {limit:?}; it was killed")]
@@ -49,10 +53,7 @@ pub enum Error {
 pub fn read(source: &Source) -> Result<Secret, Error> {
     let what = source.to_string();
     let raw = match source {
-        Source::File(p) => read_file(p).map_err(|error| Error::Read {
-            what: what.clone(),
-            error,
-        })?,
+        Source::File(p) => read_file(p, &what)?,
         Source::Env(name) => std::env::var_os(name)
             .map(std::os::unix::ffi::OsStringExt::into_vec)
             .ok_or_else(|| Error::Unset(what.clone()))?,
@@ -78,12 +79,50 @@ pub fn read(source: &Source) -> Result<Secret, Error> {
     Ok(Secret::new(key.to_vec()))
 }
 
-fn read_file(p: &Path) -> io::Result<Vec<u8>> {
+/// Reads a key file after checking, on the opened file itself (so a swap between the check
+/// and the read cannot slip past), that nobody but its owner can read or replace it: a key
+/// others can read is not in custody, and one others can write lets them choose the key
+/// every workload's requests go out with.
+fn read_file(p: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    let read_err = |error| Error::Read {
+        what: what.to_string(),
+        error,
+    };
+    let f = std::fs::File::open(p).map_err(read_err)?;
+    let meta = f.metadata().map_err(read_err)?;
+    exposure(meta.mode(), meta.uid(), nix::unistd::geteuid().as_raw()).map_or(
+        Ok(()),
+        |problem| {
+            Err(Error::Exposed {
+                what: what.to_string(),
+                problem,
+            })
+        },
+    )?;
     let mut buf = Vec::new();
-    std::fs::File::open(p)?
-        .take(MAX_KEY_BYTES as u64 + 1)
-        .read_to_end(&mut buf)?;
+    f.take(MAX_KEY_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(read_err)?;
     Ok(buf)
+}
+
+/// What is wrong with a key file of `mode` owned by `owner` for an agent running as `me`;
+/// `None` when only root or the agent's own user can touch it. Group read is allowed (a
+/// `sluice` group on a shared secrets directory); anything else beyond the owner is not.
+pub(crate) fn exposure(mode: u32, owner: u32, me: u32) -> Option<String> {
+    if owner != 0 && owner != me {
+        return Some(format!("owned by uid {owner}, who could replace the key"));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "writable by group or others (mode {:04o})",
+            mode & 0o7777
+        ));
+    }
+    if mode & 0o004 != 0 {
+        return Some(format!("readable by everyone (mode {:04o})", mode & 0o7777));
+    }
+    None
 }
 
 /// Runs `argv` with no shell, no stdin and stderr discarded (it may print the key), for at
@@ -191,10 +230,51 @@ mod tests {
         p
     }
 
+    fn write_private(p: &Path, content: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(p, content).expect("write");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_or_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = tmp("mode");
+        write_private(&p, "sk-canary-0123456789");
+        assert!(read(&Source::File(p.clone())).is_ok(), "0600 is fine");
+        for (mode, ok, want) in [
+            (0o640, true, ""),
+            (0o400, true, ""),
+            (0o644, false, "readable by everyone (mode 0644)"),
+            (0o660, false, "writable by group or others (mode 0660)"),
+            (0o602, false, "writable by group or others"),
+        ] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            match read(&Source::File(p.clone())) {
+                Ok(_) => assert!(ok, "{mode:o} accepted"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        !ok && e.contains(want) && e.contains("chmod 600"),
+                        "{mode:o}: {e}"
+                    );
+                    assert!(!e.contains("canary"), "{e}");
+                }
+            }
+        }
+        std::fs::remove_file(&p).expect("rm");
+        assert_eq!(
+            exposure(0o100600, 1000, 0),
+            Some("owned by uid 1000, who could replace the key".into())
+        );
+        assert_eq!(exposure(0o100600, 1000, 1000), None, "the agent's own user");
+        assert_eq!(exposure(0o100600, 0, 1000), None, "root");
+    }
+
     #[test]
     fn a_file_key_is_trimmed_and_bad_keys_are_refused_without_their_bytes() {
         let p = tmp("file");
-        std::fs::write(&p, "  sk-canary-0123456789\n").expect("write");
+        write_private(&p, "  sk-canary-0123456789\n");
         let s = read(&Source::File(p.clone())).expect("key");
         assert_eq!(s.expose(), b"sk-canary-0123456789");
         for (content, want) in [
@@ -202,14 +282,14 @@ mod tests {
             ("short", "shorter than"),
             ("sk-canary with space", "header cannot carry"),
         ] {
-            std::fs::write(&p, content).expect("write");
+            write_private(&p, content);
             let e = read(&Source::File(p.clone()))
                 .expect_err(content)
                 .to_string();
             assert!(e.contains(want), "{e}");
             assert!(!e.contains("canary"), "{e}");
         }
-        std::fs::write(&p, vec![b'k'; MAX_KEY_BYTES + 2]).expect("write");
+        write_private(&p, vec![b'k'; MAX_KEY_BYTES + 2]);
         assert!(matches!(
             read(&Source::File(p.clone())),
             Err(Error::TooLong(_))

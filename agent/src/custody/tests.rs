@@ -10,17 +10,24 @@ fn tmp(tag: &str) -> std::path::PathBuf {
     p
 }
 
+/// Writes a key file as operators must: readable by its owner only.
+fn write_private(p: &std::path::Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(p, content).expect("write");
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
 /// Writes a new version the way operators should: a new file renamed into place.
 fn rotate(p: &std::path::Path, content: &str) {
     let new = p.with_extension("new");
-    std::fs::write(&new, content).expect("write");
+    write_private(&new, content);
     std::fs::rename(&new, p).expect("rename");
 }
 
 #[test]
 fn the_key_replaces_every_client_credential() {
     let p = tmp("apply");
-    std::fs::write(&p, "sk-real-0123456789\n").expect("write");
+    write_private(&p, "sk-real-0123456789\n");
     let k = Keeper::load("openai", &settings(&format!("file: {}", p.display()))).expect("load");
     let (mut parts, ()) = http::Request::builder()
         .uri("/v1/chat/completions?api_key=sk-client&stream=1")
@@ -46,7 +53,7 @@ fn the_key_replaces_every_client_credential() {
 #[test]
 fn an_anthropic_style_key_goes_in_x_api_key_without_a_scheme() {
     let p = tmp("anthropic");
-    std::fs::write(&p, "sk-ant-0123456789").expect("write");
+    write_private(&p, "sk-ant-0123456789");
     let k = Keeper::load(
         "anthropic",
         &settings(&format!("header: x-api-key\nfile: {}", p.display())),
@@ -71,7 +78,7 @@ fn an_anthropic_style_key_goes_in_x_api_key_without_a_scheme() {
 #[test]
 fn a_rotated_file_is_used_and_a_broken_one_keeps_the_previous_key() {
     let p = tmp("rotate");
-    std::fs::write(&p, "sk-first-00000000").expect("write");
+    write_private(&p, "sk-first-00000000");
     let k = Keeper::load("t", &settings(&format!("file: {}", p.display()))).expect("load");
     let held = k.current();
     assert_eq!(k.refresh(), Refreshed::Unchanged);
@@ -107,4 +114,43 @@ fn a_missing_key_stops_the_start_with_the_target_and_source_named() {
         e.starts_with("target openai: credential: cannot read the file /nonexistent/sluice/key"),
         "{e}"
     );
+}
+
+#[test]
+fn a_command_key_is_run_again_when_its_refresh_is_due() {
+    let p = tmp("command");
+    write_private(&p, "sk-first-00000000");
+    let k = Keeper::load(
+        "t",
+        &settings(&format!(
+            "command: [cat, {}]\nrefresh_secs: 60",
+            p.display()
+        )),
+    )
+    .expect("load");
+    let backdate = |k: &Keeper| {
+        let mut ran = k.ran.lock().expect("lock");
+        *ran = ran
+            .checked_sub(std::time::Duration::from_secs(61))
+            .expect("an instant a minute ago");
+    };
+    rotate(&p, "sk-second-0000000\n");
+    assert_eq!(k.refresh(), Refreshed::Unchanged, "not due yet");
+    assert_eq!(k.current().secret().expose(), b"sk-first-00000000");
+    backdate(&k);
+    assert_eq!(k.refresh(), Refreshed::Rotated);
+    assert_eq!(k.current().secret().expose(), b"sk-second-0000000");
+    // A failing run keeps the key in use.
+    std::fs::remove_file(&p).expect("rm");
+    backdate(&k);
+    assert_eq!(k.refresh(), Refreshed::Kept);
+    assert_eq!(k.current().secret().expose(), b"sk-second-0000000");
+    // Without refresh_secs a command runs once.
+    write_private(&p, "sk-first-00000000");
+    let once =
+        Keeper::load("t", &settings(&format!("command: [cat, {}]", p.display()))).expect("load");
+    rotate(&p, "sk-second-0000000\n");
+    backdate(&once);
+    assert_eq!(once.refresh(), Refreshed::Unchanged);
+    std::fs::remove_file(&p).expect("rm");
 }
