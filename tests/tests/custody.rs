@@ -251,7 +251,7 @@ fn rotating_the_key_file_mid_traffic_fails_no_request() {
     write_key(&key_file, "\n");
     let warned = wait_log_events(
         &agent,
-        "credential file changed but holds no usable key; keeping the previous key",
+        "credential source changed or was re-run but gave no usable key; keeping the previous key",
         1,
     );
     assert_eq!(warned.len(), 1, "{}", agent.log_text());
