@@ -1,6 +1,11 @@
 //! The client side of the latency rows: plain blocking HTTP/1.1 on loopback, run inside the
 //! test cgroup (so connections to the virtual address are redirected), one connection at a
 //! time, every path measured in interleaved blocks so all see the same machine noise.
+//!
+//! A variant (a token, a filter, TLS) is compared with its own baseline request by request:
+//! two open connections, one request on each in turn, the order swapped every time. Blocks
+//! of 1000 put a variant at another place in the cycle than the row it was compared with,
+//! and that position alone moved results by tens of µs on this VM.
 use std::{
     io::{BufRead as _, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -65,7 +70,11 @@ pub struct Results {
     /// One per `Plan::http_paths`, same order.
     pub http: Vec<HttpResult>,
     pub filtered: HttpResult,
+    /// `filtered`'s baseline: Sluice HTTP-aware without the filter, paired with it.
+    pub unfiltered: HttpResult,
     pub tokened: HttpResult,
+    /// `tokened`'s baseline: the same target without a token, paired with it.
+    pub untokened: HttpResult,
     pub tls_direct: HttpResult,
     pub tls_via_sluice: HttpResult,
 }
@@ -80,7 +89,9 @@ pub fn run(plan: &Plan) -> Result<Results> {
             .map(|_| HttpResult::default())
             .collect(),
         filtered: HttpResult::default(),
+        unfiltered: HttpResult::default(),
         tokened: HttpResult::default(),
+        untokened: HttpResult::default(),
         tls_direct: HttpResult::default(),
         tls_via_sluice: HttpResult::default(),
     };
@@ -112,14 +123,39 @@ pub fn run(plan: &Plan) -> Result<Results> {
         for ((name, addr), out) in plan.http_paths.iter().zip(r.http.iter_mut()) {
             chats(*addr, n, None, out).with_context(|| format!("{name} ({addr})"))?;
         }
-        streams(plan.filtered, n / 4, &mut r.filtered).context("filtered")?;
+        let plain = |addr: SocketAddr| -> Result<Side> { Side::tcp(addr, None) };
+        let sluice = plan
+            .http_paths
+            .first()
+            .map(|(_, a)| *a)
+            .context("no HTTP path")?;
+        paired(
+            &mut plain(plan.filtered)?,
+            &mut plain(sluice)?,
+            (&mut r.filtered, &mut r.unfiltered),
+            0,
+            n / 4,
+        )
+        .context("filter, paired")?;
         if let Some((addr, token)) = &plan.tokened {
-            chats(*addr, n, Some(token), &mut r.tokened).context("token")?;
+            paired(
+                &mut Side::tcp(*addr, Some(token.clone()))?,
+                &mut plain(*addr)?,
+                (&mut r.tokened, &mut r.untokened),
+                n,
+                n / 4,
+            )
+            .context("token, paired")?;
         }
         if let (Some(paths), Some(cfg)) = (&plan.tls, &tls) {
-            chats_on(tls_connect(paths.direct, cfg)?, n, None, &mut r.tls_direct)
-                .context("direct TLS")?;
-            chats(paths.via_sluice, n, None, &mut r.tls_via_sluice).context("Sluice to TLS")?;
+            paired(
+                &mut plain(paths.via_sluice)?,
+                &mut Side::new(Box::new(tls_connect(paths.direct, cfg)?), None),
+                (&mut r.tls_via_sluice, &mut r.tls_direct),
+                n,
+                n / 4,
+            )
+            .context("TLS, paired")?;
         }
     }
     Ok(r)
@@ -247,10 +283,6 @@ pub const CHAT: &str = r#"{"model":"test-model","messages":[{"role":"user","cont
 const CHAT_STREAM: &str =
     r#"{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
 
-fn post(w: &mut TcpStream, body: &str) -> Result<()> {
-    post_as(w, body, None)
-}
-
 /// `post`, with `Authorization: Bearer <token>` when given.
 fn post_as(w: &mut impl Write, body: &str, token: Option<&str>) -> Result<()> {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -327,19 +359,82 @@ fn chats_on<S: Read + Write>(
     Ok(())
 }
 
-/// Streamed completions only (for the filtered target).
-fn streams(addr: SocketAddr, n: usize, out: &mut HttpResult) -> Result<()> {
-    let s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    let mut w = s.try_clone()?;
-    let mut r = BufReader::new(s);
-    for i in 0..n + 20 {
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// One side of a paired comparison: an open keep-alive connection and the token its
+/// requests carry.
+struct Side {
+    r: BufReader<Box<dyn Stream>>,
+    token: Option<String>,
+}
+
+impl Side {
+    fn new(s: Box<dyn Stream>, token: Option<String>) -> Side {
+        Side {
+            r: BufReader::new(s),
+            token,
+        }
+    }
+
+    fn tcp(addr: SocketAddr, token: Option<String>) -> Result<Side> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(Side::new(Box::new(s), token))
+    }
+
+    fn chat(&mut self, out: Option<&mut HttpResult>) -> Result<()> {
         let t0 = Instant::now();
-        post(&mut w, CHAT_STREAM)?;
-        let (first, end) = read_chunked(&mut r)?;
-        if i >= 20 {
+        post_as(self.r.get_mut(), CHAT, self.token.as_deref())?;
+        read_response(&mut self.r)?;
+        if let Some(out) = out {
+            out.chat_us.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(())
+    }
+
+    fn stream(&mut self, out: Option<&mut HttpResult>) -> Result<()> {
+        let t0 = Instant::now();
+        post_as(self.r.get_mut(), CHAT_STREAM, self.token.as_deref())?;
+        let (first, end) = read_chunked(&mut self.r)?;
+        if let Some(out) = out {
             out.ttfb_us.push((first - t0).as_secs_f64() * 1e6);
             out.stream_total_us.push((end - t0).as_secs_f64() * 1e6);
+        }
+        Ok(())
+    }
+}
+
+/// `chats` chat completions and then `streams` streamed ones on `a` and `b` in turn, one
+/// request each, `a` first on even requests and `b` first on odd ones, after 20 untimed
+/// requests each.
+fn paired(
+    a: &mut Side,
+    b: &mut Side,
+    out: (&mut HttpResult, &mut HttpResult),
+    chats: usize,
+    streams: usize,
+) -> Result<()> {
+    for _ in 0..20 {
+        a.chat(None)?;
+        b.chat(None)?;
+    }
+    let (oa, ob) = out;
+    for i in 0..chats + streams {
+        let stream = i >= chats;
+        let one = |side: &mut Side, out: &mut HttpResult| {
+            if stream {
+                side.stream(Some(out))
+            } else {
+                side.chat(Some(out))
+            }
+        };
+        if i % 2 == 0 {
+            one(a, oa)?;
+            one(b, ob)?;
+        } else {
+            one(b, ob)?;
+            one(a, oa)?;
         }
     }
     Ok(())

@@ -353,36 +353,35 @@ fn parent(p: &Params) -> Result<()> {
         p.setups, p.requests, p.bulk_mb
     );
     report::l4(&r.l4, &r.direct);
-    let sluice_http = &r.http[0];
     println!("\n### A pass-through response filter\n");
     println!(
-        "`max_response_bytes: 1000000000` (runs on every chunk, never triggers) vs none, both Sluice HTTP-aware, same run.\n"
+        "`max_response_bytes: 1000000000` (runs on every chunk, never triggers) vs none, both Sluice HTTP-aware, same run, paired: one streamed completion on each connection in turn, the order swapped every time.\n"
     );
     {
         use report::Metric::*;
         report::variant(
             ("filter", "no filter"),
             &r.filtered,
-            sluice_http,
+            &r.unfiltered,
             &[FirstChunk(0.5), StreamTotal(0.5), StreamTotal(0.99)],
         );
     }
     println!("\n### A verified token, cached\n");
     println!(
-        "Every request with `Authorization: Bearer <RS256 token>` (verified on first sight, then a blake3 hash and a cache lookup) vs none, both Sluice HTTP-aware with the same issuer configured, same run, interleaved.\n"
+        "Every request with `Authorization: Bearer <RS256 token>` (verified on first sight, then a blake3 hash and a cache lookup) vs none, both on the same Sluice HTTP-aware target (an issuer configured), same run, paired: one request on each connection in turn, the order swapped every time.\n"
     );
     {
         use report::Metric::*;
         report::variant(
             ("cached token", "no token"),
             &r.tokened,
-            sluice_http,
+            &r.untokened,
             &[Chat(0.5), Chat(0.99), FirstChunk(0.5)],
         );
     }
     println!("\n### TLS to the upstream\n");
     println!(
-        "One HTTPS server (a TLS front on loopback before the test server): the client speaking TLS to it itself, against the client speaking plain HTTP to a Sluice target that originates the TLS (`tls:` with the test CA), same run, interleaved.\n"
+        "One HTTPS server (a TLS front on loopback before the test server): the client speaking TLS to it itself, against the client speaking plain HTTP to a Sluice target that originates the TLS (`tls:` with the test CA), same run, paired request by request.\n"
     );
     {
         use report::Metric::*;
