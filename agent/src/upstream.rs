@@ -17,6 +17,7 @@ use crate::{
 };
 
 mod h1;
+mod h2;
 pub mod http;
 
 #[derive(Debug, thiserror::Error)]

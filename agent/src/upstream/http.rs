@@ -97,6 +97,8 @@ impl Error {
 pub struct Client {
     h1: super::h1::Pool,
     h2: HyperClient<MarkedConnector, Body>,
+    /// gRPC connections from a client's namespace or over TLS.
+    h2_own: super::h2::Pool,
     mark: u32,
     timeout: Duration,
 }
@@ -112,6 +114,7 @@ impl Client {
                 .pool_max_idle_per_host(max_idle)
                 .http2_only(true)
                 .build(c),
+            h2_own: super::h2::Pool::new(max_idle.max(16)),
             mark,
             timeout,
         }
@@ -153,10 +156,12 @@ impl Client {
 }
 
 impl Client {
-    /// Closes pooled HTTP/1.1 connections past their bounds (`h1::Pool::sweep`); hyper-util's
-    /// HTTP/2 pool bounds its own.
+    /// Closes pooled HTTP/1.1 connections past their bounds (`h1::Pool::sweep`) and idle or
+    /// closed gRPC ones of namespaces and TLS (`h2::Pool::sweep`); hyper-util's HTTP/2 pool
+    /// bounds its own.
     pub fn sweep(&self) {
         self.h1.sweep();
+        self.h2_own.sweep();
     }
 
     /// Sends a request whose protocol switch the policy allowed, on a connection of its own
@@ -210,8 +215,23 @@ impl Client {
         ns: Option<&Served>,
         tls: Option<&Origin>,
         authority: &str,
-        req: Request<Body>,
+        mut req: Request<Body>,
     ) -> Result<Response<Incoming>, Error> {
+        let key: super::h2::Key = (
+            ns.map_or(0, |n| n.cookie),
+            tls.map_or(0, |t| t.id),
+            authority.into(),
+        );
+        if let Some(mut sender) = self.h2_own.take(&key) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                // Closed before the call went out: it goes on a new connection.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(Error::H2Request(e.into_error())),
+                },
+            }
+        }
         let connect_err = |message: String| Error::H2Connect {
             authority: authority.to_string(),
             message,
@@ -235,13 +255,14 @@ impl Client {
             }
         }
         .map_err(|e| connect_err(e.to_string()))?;
+        self.h2_own.put(key, sender.clone());
         sender.send_request(req).await.map_err(Error::H2Request)
     }
 }
 
-/// HTTP/2 on a dialled stream, cleartext or TLS; the connection's task ends when the
-/// response's stream is over and the sender is gone.
-async fn h2_handshake<S>(
+/// HTTP/2 on a dialled stream, cleartext or TLS; the connection's task ends when its last
+/// stream is over and every sender is gone (the pool's included).
+pub(super) async fn h2_handshake<S>(
     io: S,
 ) -> Result<hyper::client::conn::http2::SendRequest<Body>, hyper::Error>
 where
