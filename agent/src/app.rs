@@ -156,6 +156,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     // One per runtime: each has its own upstream pools (a pooled connection is driven by the
     // runtime that opened it), everything else is shared.
+    let mask_sessions =
+        Arc::new(crate::mask::Sessions::new().context("making the pseudonym key (/dev/urandom)")?);
     let make_ctx = || connection::Ctx {
         maps: maps.clone(),
         cgroups: interceptor.cgroups.clone(),
@@ -165,6 +167,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         policy: policy.clone(),
         identity: identity.clone(),
         custody: custody.clone(),
+        mask_sessions: mask_sessions.clone(),
         http: upstream::http::Client::new(
             cfg.bypass_mark,
             cfg.connect_timeout,

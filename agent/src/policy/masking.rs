@@ -78,6 +78,18 @@ impl Direction {
     }
 }
 
+/// What a target does with a body masking cannot scan (compressed, binary, multipart, gRPC,
+/// a protocol switch) when a masking rule applies to it: refuse it (the default), or let it
+/// through recorded as unscanned. Without a masking rule nothing is scanned and this does
+/// not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnscannable {
+    #[default]
+    Refuse,
+    Pass,
+}
+
 /// `spec.masking` of one pack.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
