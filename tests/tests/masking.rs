@@ -27,11 +27,14 @@ const EMAIL: &str = "jane.doe@example.com";
 const PROJECT: &str = "PRJ-482913";
 const AWS_KEY: &str = "AKIAQ3EGRSZ7XN5TB2LP";
 
+/// Every (path, body) the recorder received, in order.
+type Bodies = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An HTTP/1.1 upstream that keeps every request body it receives and answers each with a
 /// small chat completion.
 struct Recorder {
     addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    bodies: Bodies,
     stop: Arc<AtomicBool>,
 }
 
@@ -39,7 +42,7 @@ impl Recorder {
     fn start() -> Recorder {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
         let addr = l.local_addr().expect("addr");
-        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let bodies: Bodies = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (b, s) = (bodies.clone(), stop.clone());
         thread::spawn(move || {
