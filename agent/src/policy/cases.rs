@@ -42,6 +42,40 @@ pub struct Case {
     #[serde(default)]
     pub identity: Option<CaseIdentity>,
     pub expect: Expect,
+    /// What masking must do for this request (`masking:` in docs/policy.md, "Masking").
+    #[serde(default)]
+    pub masking: Option<CaseMasking>,
+}
+
+/// A case's masking expectations: which masking rules apply, and what a sample text becomes
+/// under them. Pseudonyms in `output` are made with the all-zero key (a live agent's key is
+/// random per start), so they are stable across runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseMasking {
+    /// Every masking rule that applies, in load order.
+    #[serde(default)]
+    pub rules: Option<Vec<RuleId>>,
+    /// The direction `input` is masked in.
+    #[serde(default = "request_direction")]
+    pub direction: super::masking::Direction,
+    /// A text masked with the plan of `direction` (JSON bodies are masked string by string
+    /// the same way).
+    #[serde(default)]
+    pub input: Option<String>,
+    /// What `input` must become.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Findings per detector `input` must give (detectors not named: none).
+    #[serde(default)]
+    pub counts: Option<std::collections::BTreeMap<String, u64>>,
+    /// The `block` detector `input` must be refused for.
+    #[serde(default)]
+    pub blocked: Option<String>,
+}
+
+fn request_direction() -> super::masking::Direction {
+    super::masking::Direction::Request
 }
 
 /// What a verified token would name: the case stands for a request whose token passed.
@@ -222,7 +256,12 @@ pub fn parse_case(
 }
 
 fn rule_ids(policy: &Policy) -> HashSet<String> {
-    policy.rules.iter().map(|r| r.id.clone()).collect()
+    policy
+        .rules
+        .iter()
+        .map(|r| r.id.clone())
+        .chain(policy.masking.rules.iter().map(|r| r.id.clone()))
+        .collect()
 }
 
 /// Runs one case file against `policy`.
@@ -311,11 +350,104 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
             ),
         );
     }
+    if let Some(m) = &case.masking {
+        let q = Query {
+            target: &case.target,
+            server: case.server,
+            method: &method,
+            path: &path,
+            body: body.as_ref(),
+            default: case.default,
+            workload: workload.as_ref(),
+            identity: principal.as_ref(),
+            switch: case.request.switch,
+        };
+        if let Err(msg) = check_masking(policy, m, &policy.masking.for_query(&q, &op)) {
+            return fail(case.description, msg);
+        }
+    }
     Outcome {
         file: file.to_path_buf(),
         description: case.description,
         failure: None,
     }
+}
+
+/// Checks a case's masking expectations against what applies.
+fn check_masking(
+    policy: &Policy,
+    want: &CaseMasking,
+    got: &super::masking::Applied,
+) -> Result<(), String> {
+    use super::masking::Direction;
+    use crate::mask::{PseudonymKey, Verdict, body};
+    if let Some(rules) = &want.rules {
+        let rules: Vec<&str> = rules.iter().map(|r| r.0.as_str()).collect();
+        if rules != got.rules {
+            return Err(format!(
+                "expected masking rules {rules:?}, got {:?}",
+                got.rules
+            ));
+        }
+    }
+    let Some(input) = &want.input else {
+        return Ok(());
+    };
+    let (Some(sc), true) = (policy.masking.scanner(), want.direction != Direction::Both) else {
+        return Err(
+            "masking.input needs a pack with masking and a direction (request or response)".into(),
+        );
+    };
+    let (req, resp) = got.plans(sc, &PseudonymKey::new([0; 32]));
+    let dir = if want.direction == Direction::Request {
+        "request"
+    } else {
+        "response"
+    };
+    let Some(plan) = (if want.direction == Direction::Request {
+        req
+    } else {
+        resp
+    }) else {
+        return Err(format!("no masking rule covers this request's {dir}"));
+    };
+    let m = body::mask_body(&plan, body::Layout::Text, input.as_bytes(), None)
+        .map_err(|r| format!("masking.input could not be scanned ({})", r.as_str()))?;
+    let verdict = m.verdict(&plan);
+    let out = m.body.as_deref().unwrap_or(input.as_bytes());
+    let out = String::from_utf8_lossy(out);
+    if let Some(detector) = &want.blocked {
+        if verdict
+            != (Verdict::Blocked {
+                detector: detector.clone(),
+            })
+        {
+            return Err(format!(
+                "expected the {dir} to be blocked by {detector}, got {verdict:?}"
+            ));
+        }
+    } else if let Verdict::Blocked { detector } = &verdict {
+        return Err(format!("the {dir} would be blocked by {detector}"));
+    }
+    if let Some(output) = &want.output
+        && *output != out
+    {
+        return Err(format!("expected masked {dir} {output:?}, got {out:?}"));
+    }
+    if let Some(counts) = &want.counts {
+        let got: std::collections::BTreeMap<String, u64> = m
+            .counts
+            .per_detector
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (plan.scanner().name(i).to_string(), *n))
+            .collect();
+        if *counts != got {
+            return Err(format!("expected counts {counts:?}, got {got:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Every case file under `paths`, each with its own pack (`<pack>/cases/<case>.yaml`): a
@@ -546,6 +678,57 @@ mod tests {
             .collect();
         assert_eq!(failed.len(), broken.len(), "{failed:#?}");
         assert!(failed[4].contains("unknown rule id"), "{}", failed[4]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cases_assert_masking_rules_outputs_and_counts_and_custom_detectors_are_tested() {
+        let dir = std::env::temp_dir().join(format!("sluice-cases-mask-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cases")).expect("dir");
+        std::fs::write(
+            dir.join("pack.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: all\n      action: allow\n  masking:\n    detectors:\n      - {name: badge, regex: 'BDG-[0-9]{5}', class: pii}\n    rules:\n      - id: pii-out\n        match: {targets: [t]}\n        detectors: {pii: redact, badge: partial}\n",
+        )
+        .expect("write pack");
+        let case = |masking: &str| {
+            format!(
+                "description: x\ntarget: t\nrequest: {{method: POST, path: /v1/chat/completions, body: {{model: m}}}}\nexpect: {{decision: allow, rules: [all]}}\nmasking: {masking}\n"
+            )
+        };
+        let files = [
+            // Passing: rules, output and counts.
+            case(
+                "{rules: [pii-out], input: 'badge BDG-12345 of a@b.io', output: 'badge [REDACTED:badge:…2345] of [REDACTED:email]', counts: {badge: 1, email: 1}}",
+            ),
+            // Passing: the response direction too.
+            case("{direction: response, input: 'x@y.org', counts: {email: 1}}"),
+            // Failing: another output.
+            case("{input: 'BDG-12345', output: 'BDG-12345'}"),
+            // Failing: another rule list.
+            case("{rules: []}"),
+        ];
+        for (i, f) in files.iter().enumerate() {
+            std::fs::write(dir.join(format!("cases/{i}.yaml")), f).expect("case");
+        }
+        // A rule id neither a policy nor a masking rule: a located error.
+        std::fs::write(dir.join("cases/9.yaml"), case("{rules: [nope]}")).expect("case");
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let failures: Vec<Option<&str>> = outcomes.iter().map(|o| o.failure.as_deref()).collect();
+        assert_eq!(failures.len(), 5);
+        assert_eq!(&failures[..2], &[None, None], "{failures:?}");
+        assert!(
+            failures[2].is_some_and(|f| f.contains("expected masked request \"BDG-12345\"")),
+            "{failures:?}"
+        );
+        assert!(
+            failures[3].is_some_and(|f| f.contains("expected masking rules []")),
+            "{failures:?}"
+        );
+        assert!(
+            failures[4].is_some_and(|f| f.contains("9.yaml:5:") && f.contains("unknown rule id")),
+            "{failures:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -273,6 +273,28 @@ impl Masking {
         Ok(())
     }
 
+    /// Custom detectors loaded, over every pack.
+    pub fn custom_count(&self) -> usize {
+        self.custom.len()
+    }
+
+    /// The masking that applies to the request `q` classified as `op` (the offline tools'
+    /// way in: the pipeline evaluates the facts it already has).
+    pub fn for_query(&self, q: &super::Query<'_>, op: &crate::adapter::Operation) -> Applied {
+        self.evaluate(&Facts {
+            target: q.target,
+            server: q.server,
+            method: q.method,
+            path: q.path,
+            operation: op,
+            body: q.body,
+            default: q.default,
+            workload: q.workload,
+            identity: q.identity,
+            switch: q.switch,
+        })
+    }
+
     /// The scanner every plan shares; `None` when no pack masks anything.
     pub fn scanner(&self) -> Option<&Arc<Scanner>> {
         self.scanner.as_ref()
