@@ -95,6 +95,17 @@ impl Vault {
         self.bytes += size;
     }
 
+    /// Records every entry of `other`, oldest first: a request masks into a vault of its own
+    /// and hands it over once done, so the session's lock is held for the hand-over only,
+    /// never while a body is scanned.
+    pub fn absorb(&mut self, mut other: Vault) {
+        while let Some(token) = other.order.pop_front() {
+            if let Some(value) = other.map.remove(&token) {
+                self.record(&token, &value);
+            }
+        }
+    }
+
     /// The value `token` stands for.
     pub fn get(&self, token: &[u8]) -> Option<&[u8]> {
         self.map.get(token).map(|v| v.as_slice())
@@ -299,5 +310,16 @@ mod tests {
         assert!(!Arc::ptr_eq(&b, &s.get("b")), "b was dropped and made anew");
         // A session made anew has the same key and an empty vault.
         assert_eq!(token(&b), token(&s.get("b")));
+        // A request's own vault is handed over whole.
+        let mut mine = Vault::default();
+        mine.record(b"[t:1]", b"one");
+        mine.record(b"[t:2]", b"two");
+        let c = s.get("c");
+        let mut v = c.vault.lock().expect("vault");
+        v.absorb(mine);
+        assert_eq!(
+            (v.get(b"[t:1]"), v.get(b"[t:2]")),
+            (Some(&b"one"[..]), Some(&b"two"[..]))
+        );
     }
 }

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     connection::Ctx,
     mask::{
-        Plan, Session, Unscannable, Verdict,
+        Plan, Session, Unscannable, Vault, Verdict,
         body::{Layout, mask_body},
     },
     policy::masking::{Applied, OnUnscannable},
@@ -125,11 +125,15 @@ fn scan(
     let RequestBody::Buffered { bytes, .. } = &rq.body else {
         return Err(Unscannable::Error);
     };
-    let masked = {
+    // Pseudonyms go into a vault of the request's own first: the session's lock is taken
+    // only to hand them over, never while the body is scanned.
+    let mut mine = Vault::default();
+    let masked = mask_body(plan, layout, bytes, Some(&mut mine))?;
+    if !mine.is_empty() {
         // A poisoned vault only means another request panicked mid-record: still a map.
         let mut vault = session.vault.lock().unwrap_or_else(|e| e.into_inner());
-        mask_body(plan, layout, bytes, Some(&mut vault))?
-    };
+        vault.absorb(mine);
+    }
     let verdict = masked.verdict(plan);
     if let Some(new) = masked.body
         && !matches!(verdict, Verdict::Blocked { .. })
