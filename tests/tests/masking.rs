@@ -18,8 +18,8 @@ use std::{
 
 use serde_json::{Value, json};
 use sluice_tests::{
-    Agent, AgentSpec, TempDir, TestCgroup, curl, log_events, require_root, virtual_ip,
-    wait_log_events,
+    Agent, AgentSpec, TempDir, TestCgroup, client_script, curl, log_events, require_root, run_ok,
+    virtual_ip, wait_log_events,
 };
 
 const CARD: &str = "4111 1111 1111 1111";
@@ -101,7 +101,7 @@ fn serve(conn: TcpStream, bodies: &Mutex<Vec<(String, Vec<u8>)>>) -> std::io::Re
         if let Ok(mut b) = bodies.lock() {
             b.push((path, body));
         }
-        let reply = json!({"id": "c1", "object": "chat.completion", "model": "m",
+        let reply = json!({"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
         .to_string();
         write!(
@@ -373,4 +373,39 @@ fn a_block_finding_and_unscannable_bodies_are_refused_or_passed_as_the_target_sa
         assert!(reply.contains("compressed"), "{reply}");
     }
     no_value_logged(&s, &[AWS_KEY]);
+}
+
+#[test]
+#[ignore = "end-to-end: needs root, cgroup v2 and bpffs"]
+fn the_openai_sdk_prompt_is_masked_and_a_blocked_one_reads_as_an_sdk_error() {
+    require_root();
+    let s = setup("mask-sdk");
+    let sdk = |prompt: &str| -> Value {
+        let mut cmd = s.cg.command("python3");
+        cmd.env("PROMPT", prompt)
+            .arg(client_script("openai_chat.py"))
+            .args([&format!("http://{}:8000/v1", s.strict), "gpt-4o", "plain"]);
+        serde_json::from_str(run_ok(&mut cmd).trim()).expect("openai_chat.py json")
+    };
+    let got = sdk(&format!("my card is {CARD}, mail me at {EMAIL}"));
+    assert_eq!(got["ok"], true, "{got}");
+    let sent = s.upstream.bodies();
+    let sent = String::from_utf8_lossy(&sent[0].1).into_owned();
+    assert!(!sent.contains(CARD) && !sent.contains(EMAIL), "{sent}");
+    assert!(sent.contains("[REDACTED:payment_card]"), "{sent}");
+    // A block: the SDK raises its own status error, with the detector named.
+    let got = sdk(&format!("use {AWS_KEY}"));
+    assert_eq!(
+        (got["ok"].clone(), got["status"].clone()),
+        (json!(false), json!(403)),
+        "{got}"
+    );
+    assert!(
+        got["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("aws_access_key") && !m.contains(AWS_KEY)),
+        "{got}"
+    );
+    assert_eq!(s.upstream.bodies().len(), 1);
+    no_value_logged(&s, &[CARD, EMAIL, AWS_KEY]);
 }
