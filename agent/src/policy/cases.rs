@@ -221,6 +221,9 @@ pub struct Outcome {
     pub file: PathBuf,
     pub description: String,
     pub failure: Option<String>,
+    /// Detectors the case's `masking.input` found (so a pack's custom detectors can be
+    /// required to be tested by its cases).
+    pub found: Vec<String>,
 }
 
 /// Case files for the packs under `path`: `cases/*.yaml` beside each pack that loading
@@ -270,6 +273,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         file: file.to_path_buf(),
         description,
         failure: Some(msg),
+        found: Vec::new(),
     };
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -302,6 +306,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
                 file: file.to_path_buf(),
                 description: case.description,
                 failure: None,
+                found: Vec::new(),
             };
         }
         Err(r) => {
@@ -362,14 +367,23 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
             identity: principal.as_ref(),
             switch: case.request.switch,
         };
-        if let Err(msg) = check_masking(policy, m, &policy.masking.for_query(&q, &op)) {
-            return fail(case.description, msg);
+        match check_masking(policy, m, &policy.masking.for_query(&q, &op)) {
+            Ok(found) => {
+                return Outcome {
+                    file: file.to_path_buf(),
+                    description: case.description,
+                    failure: None,
+                    found,
+                };
+            }
+            Err(msg) => return fail(case.description, msg),
         }
     }
     Outcome {
         file: file.to_path_buf(),
         description: case.description,
         failure: None,
+        found: Vec::new(),
     }
 }
 
@@ -378,7 +392,7 @@ fn check_masking(
     policy: &Policy,
     want: &CaseMasking,
     got: &super::masking::Applied,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     use super::masking::Direction;
     use crate::mask::{PseudonymKey, Verdict, body};
     if let Some(rules) = &want.rules {
@@ -391,7 +405,7 @@ fn check_masking(
         }
     }
     let Some(input) = &want.input else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let (Some(sc), true) = (policy.masking.scanner(), want.direction != Direction::Both) else {
         return Err(
@@ -434,20 +448,20 @@ fn check_masking(
     {
         return Err(format!("expected masked {dir} {output:?}, got {out:?}"));
     }
-    if let Some(counts) = &want.counts {
-        let got: std::collections::BTreeMap<String, u64> = m
-            .counts
-            .per_detector
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| (plan.scanner().name(i).to_string(), *n))
-            .collect();
-        if *counts != got {
-            return Err(format!("expected counts {counts:?}, got {got:?}"));
-        }
+    let found: std::collections::BTreeMap<String, u64> = m
+        .counts
+        .per_detector
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (plan.scanner().name(i).to_string(), *n))
+        .collect();
+    if let Some(counts) = &want.counts
+        && *counts != found
+    {
+        return Err(format!("expected counts {counts:?}, got {found:?}"));
     }
-    Ok(())
+    Ok(found.into_keys().collect())
 }
 
 /// Every case file under `paths`, each with its own pack (`<pack>/cases/<case>.yaml`): a
@@ -477,10 +491,42 @@ fn cases_with_packs(paths: &[PathBuf]) -> Result<Vec<(PathBuf, std::rc::Rc<Polic
 /// Validates every pack under `paths`, then runs each case file against its own pack.
 pub fn run_all(paths: &[PathBuf]) -> Result<Vec<Outcome>, Error> {
     load_paths(paths)?;
-    Ok(cases_with_packs(paths)?
+    let cases = cases_with_packs(paths)?;
+    let mut outcomes: Vec<Outcome> = cases
         .iter()
         .map(|(file, pack)| run_case(pack, file))
-        .collect())
+        .collect();
+    let untested = untested_detectors(paths, &outcomes)?;
+    outcomes.extend(untested);
+    Ok(outcomes)
+}
+
+/// A failure for every custom detector that no case of its own pack finds: a detector is
+/// tested by its pack's cases, or the pack's tests fail.
+fn untested_detectors(paths: &[PathBuf], outcomes: &[Outcome]) -> Result<Vec<Outcome>, Error> {
+    let mut out = Vec::new();
+    for pack in paths.iter().flat_map(|p| pack_files(p).unwrap_or_default()) {
+        let Some(dir) = pack.parent() else { continue };
+        let policy = load_paths(&[dir.to_path_buf()])?;
+        let found: HashSet<&str> = outcomes
+            .iter()
+            .filter(|o| o.file.parent().and_then(Path::parent) == Some(dir))
+            .flat_map(|o| o.found.iter().map(String::as_str))
+            .collect();
+        for name in policy.masking.custom_names() {
+            if !found.contains(name) {
+                out.push(Outcome {
+                    file: pack.clone(),
+                    description: format!("custom detector {name} is tested"),
+                    failure: Some(format!(
+                        "no case of this pack finds {name}: add a case whose masking.input holds a value it must find"
+                    )),
+                    found: Vec::new(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What `policy check` found in the case files.
@@ -715,7 +761,7 @@ mod tests {
         std::fs::write(dir.join("cases/9.yaml"), case("{rules: [nope]}")).expect("case");
         let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
         let failures: Vec<Option<&str>> = outcomes.iter().map(|o| o.failure.as_deref()).collect();
-        assert_eq!(failures.len(), 5);
+        assert_eq!(failures.len(), 5, "{failures:?}");
         assert_eq!(&failures[..2], &[None, None], "{failures:?}");
         assert!(
             failures[2].is_some_and(|f| f.contains("expected masked request \"BDG-12345\"")),
@@ -728,6 +774,18 @@ mod tests {
         assert!(
             failures[4].is_some_and(|f| f.contains("9.yaml:5:") && f.contains("unknown rule id")),
             "{failures:?}"
+        );
+        // A custom detector no case finds fails the pack's tests.
+        std::fs::remove_file(dir.join("cases/0.yaml")).expect("remove");
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let last = outcomes.last().expect("outcomes");
+        assert_eq!(last.description, "custom detector badge is tested");
+        assert!(
+            last.failure
+                .as_deref()
+                .is_some_and(|f| f.contains("no case of this pack finds badge")),
+            "{:?}",
+            last.failure
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -278,6 +278,11 @@ impl Masking {
         self.custom.len()
     }
 
+    /// The custom detectors' names, in load order.
+    pub fn custom_names(&self) -> impl Iterator<Item = &str> {
+        self.custom.iter().map(|(d, _)| d.name())
+    }
+
     /// The masking that applies to the request `q` classified as `op` (the offline tools'
     /// way in: the pipeline evaluates the facts it already has).
     pub fn for_query(&self, q: &super::Query<'_>, op: &crate::adapter::Operation) -> Applied {
