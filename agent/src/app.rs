@@ -154,10 +154,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.max_buffered_body_bytes_per_cgroup,
         cfg.max_request_body_bytes,
     );
-    // One per runtime: each has its own upstream pools (a pooled connection is driven by the
-    // runtime that opened it), everything else is shared.
     let mask_sessions =
         Arc::new(crate::mask::Sessions::new().context("making the pseudonym key (/dev/urandom)")?);
+    // One per runtime: each has its own upstream pools (a pooled connection is driven by the
+    // runtime that opened it), everything else is shared.
     let make_ctx = || connection::Ctx {
         maps: maps.clone(),
         cgroups: interceptor.cgroups.clone(),

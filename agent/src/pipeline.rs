@@ -154,8 +154,11 @@ fn decide(ctx: &Ctx, rq: &mut Request) {
         switch: rq.switch,
     };
     let decision = rq.policy.evaluate(&facts);
-    let applied = rq.policy.masking.evaluate(&facts);
-    rq.masking = mask::plans(ctx, rq, &applied);
+    // A refused request is neither scanned nor given a pseudonym session.
+    if matches!(decision, Decision::Permit(_)) {
+        let applied = rq.policy.masking.evaluate(&facts);
+        rq.masking = mask::plans(ctx, rq, &applied);
+    }
     rq.record().set_decision(&decision);
     rq.decision = Some(decision);
 }

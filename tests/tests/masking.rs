@@ -119,6 +119,9 @@ spec:
   rules:
     - id: allow-all
       action: allow
+    - id: allow-websocket
+      action: allow
+      match: {switches: [websocket]}
   masking:
     detectors:
       - name: project_code
@@ -355,6 +358,45 @@ fn a_block_finding_and_unscannable_bodies_are_refused_or_passed_as_the_target_sa
     assert_eq!(
         r["mask_request"],
         json!({"verdict": "unscanned", "reason": "multipart"})
+    );
+
+    // A protocol switch: the tunnel after it would carry bytes unread.
+    let switch = |vip: &str| {
+        let url = format!("http://{vip}:8000/v1/realtime");
+        let out = curl(
+            &s.cg,
+            &[
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Upgrade: websocket",
+                "-H",
+                "Connection: Upgrade",
+                &url,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse::<u16>().unwrap_or(0), body.to_string())
+    };
+    let (code, reply) = switch(&s.strict);
+    assert_eq!(code, 403, "{reply}");
+    assert!(reply.contains("protocol switch"), "{reply}");
+    let r = record(&s, 5, "strict", "/v1/realtime");
+    assert_eq!(
+        r["mask_request"],
+        json!({"verdict": "unscanned", "reason": "upgrade"})
+    );
+    // Passed where the target passes what it cannot scan (this upstream answers 200, so
+    // no tunnel opens).
+    let (code, reply) = switch(&s.lenient);
+    assert_eq!(code, 200, "{reply}");
+    let r = record(&s, 6, "lenient", "/v1/realtime");
+    assert_eq!(
+        r["mask_request"],
+        json!({"verdict": "unscanned", "reason": "upgrade"})
     );
 
     // A compressed body is refused on both: policy must read a request before masking can

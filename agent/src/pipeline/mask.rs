@@ -76,10 +76,25 @@ pub fn request(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     let Some(m) = rq.masking.as_ref() else {
         return Ok(());
     };
+    let on_unscannable = m.on_unscannable;
+    if rq.switch.is_some() {
+        // The tunnel after a switch carries both directions unread.
+        let reason = Unscannable::Upgrade;
+        let (req, resp) = (m.request.is_some(), m.response.is_some());
+        if req {
+            rq.record().set_mask_request(Verdict::Unscanned { reason });
+        }
+        if resp {
+            rq.record().set_mask_response(Verdict::Unscanned { reason });
+        }
+        return match on_unscannable {
+            OnUnscannable::Pass => Ok(()),
+            OnUnscannable::Refuse => Err(unscannable(rq, reason)),
+        };
+    }
     let Some(plan) = m.request.clone() else {
         return Ok(());
     };
-    let on_unscannable = m.on_unscannable;
     let session = m.session.clone();
     let verdict = match scan(ctx, rq, &plan, &session) {
         Ok(v) => v,
@@ -154,10 +169,6 @@ fn scan(
 
 /// How the body is laid out for masking, `None` when there is none to scan.
 fn layout(rq: &Request) -> Result<Option<Layout>, Unscannable> {
-    if rq.switch.is_some() {
-        // The tunnel after the switch carries bytes no one reads.
-        return Err(Unscannable::Upgrade);
-    }
     if rq.grpc {
         return Err(Unscannable::Grpc);
     }
