@@ -154,6 +154,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.max_buffered_body_bytes_per_cgroup,
         cfg.max_request_body_bytes,
     );
+    let mask_sessions =
+        Arc::new(crate::mask::Sessions::new().context("making the pseudonym key (/dev/urandom)")?);
     // One per runtime: each has its own upstream pools (a pooled connection is driven by the
     // runtime that opened it), everything else is shared.
     let make_ctx = || connection::Ctx {
@@ -165,6 +167,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         policy: policy.clone(),
         identity: identity.clone(),
         custody: custody.clone(),
+        mask_sessions: mask_sessions.clone(),
         http: upstream::http::Client::new(
             cfg.bypass_mark,
             cfg.connect_timeout,

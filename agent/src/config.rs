@@ -238,6 +238,11 @@ pub struct Target {
     /// "TLS to upstreams"). Without it the upstream is spoken to in cleartext.
     #[serde(default)]
     pub tls: Option<crate::tls::Settings>,
+    /// A body that a masking rule applies to but Sluice cannot scan (compressed, binary,
+    /// multipart, gRPC, a protocol switch): `refuse` (the default) or `pass`, recorded as
+    /// unscanned (docs/configuration.md, "Masking").
+    #[serde(default)]
+    pub on_unscannable: crate::policy::masking::OnUnscannable,
 }
 
 impl Target {

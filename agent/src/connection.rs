@@ -29,6 +29,8 @@ pub struct Ctx {
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// Upstream keys of the targets that have one (`credential:`), by target id.
     pub custody: Arc<crate::custody::Vault>,
+    /// Pseudonym keys and vaults per caller (`mask::vault`).
+    pub mask_sessions: Arc<crate::mask::Sessions>,
     pub http: upstream::http::Client,
     pub recorder: record::Recorder,
     pub connections: Arc<Connections>,

@@ -420,8 +420,10 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 return ExitCode::from(2);
             }
             println!(
-                "ok: {} rule(s) in pack(s) {}; {} case file(s)",
+                "ok: {} rule(s), {} masking rule(s), {} custom detector(s) in pack(s) {}; {} case file(s)",
                 p.rule_count(),
+                p.masking.rules.len(),
+                p.masking.custom_count(),
                 p.packs.join(", "),
                 cases.files
             );
@@ -526,7 +528,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             };
-            let (op, d) = p.decide(&Query {
+            let q = Query {
                 target: &target,
                 server,
                 method: &method,
@@ -536,7 +538,9 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 workload: workload.as_ref(),
                 identity: principal.as_ref(),
                 switch,
-            });
+            };
+            let (op, d) = p.decide(&q);
+            let masking = p.masking.for_query(&q, &op);
             println!("request:   {method} {path} on {target} ({server})");
             match &principal {
                 Some(p) => println!(
@@ -583,7 +587,27 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                     println!("decision:  hold for approval by {} — {}", h.rule, h.reason)
                 }
             }
+            explain_masking(&p, &masking);
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Prints which masking rules apply and the action per detector in each direction.
+fn explain_masking(p: &sluice::policy::Policy, m: &sluice::policy::masking::Applied) {
+    use sluice::policy::masking::Applied;
+    let Some(sc) = p.masking.scanner() else {
+        return;
+    };
+    if m.rules.is_empty() {
+        println!("masking:   no masking rule applies");
+        return;
+    }
+    println!("masking:   by {}", m.rules.join(", "));
+    for (dir, actions) in [("request", &m.request), ("response", &m.response)] {
+        match actions {
+            Some(a) => println!("  {dir}: {}", Applied::describe(a, sc)),
+            None => println!("  {dir}: not masked"),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Finding secrets and personal data in bytes, and masking them: the detector engine of
-//! issue 15. Pure logic, not yet wired into requests, responses or policy.
+//! issue 15. Policy (`policy::masking`) turns its rules into a [`Plan`] per request and
+//! direction; the pipeline masks request bodies with [`body`] and keeps pseudonyms in a
+//! session's [`Vault`] so responses can restore them.
 //!
 //! [`Scanner`] compiles [`Detector`]s (the built-ins, or custom ones from a
 //! [`CustomSpec`]) into one aho-corasick automaton over their literal anchors plus a
@@ -7,12 +9,14 @@
 //! [`Action`] per detector) masks a whole text, and [`StreamMasker`] does the same chunk by
 //! chunk with a bounded hold-back.
 mod action;
+pub mod body;
 mod detector;
 mod plan;
 pub mod sample;
 mod scan;
 mod stream;
 mod validate;
+mod vault;
 mod verdict;
 
 pub use action::{Action, PseudonymKey};
@@ -21,6 +25,7 @@ pub use plan::{Counts, Plan};
 pub use scan::{Finding, Scanner};
 pub use stream::{StreamMasker, mask};
 pub use validate::Validator;
+pub use vault::{Session, Sessions, Vault};
 pub use verdict::{Unscannable, Verdict};
 
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,9 @@
 //! | read | `read.rs`, `decode.rs` | body (bounded: size, deadline, memory budget), read as the server reads it | body bytes, JSON | 400, 408, 413, 503 |
 //! | classify | `adapter` | method, decoded path, JSON | operation | no |
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
-//! | decide | `policy` | operation, subject, JSON, switch | decision | no (the next stage acts on it) |
+//! | decide | `policy` | operation, subject, JSON, switch | decision, masking plans (`mask.rs`) | no (the next stage acts on it) |
 //! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
+//! | mask | `mask.rs` → `mask::body` | body, JSON, the masking plans decide made | the masked body; `mask_request` in the record | 403 (a `block` detector found something), 415/403/500 (a body it cannot scan, under `on_unscannable: refuse`) |
 //! | prepare | `choose_key` below, `send.rs` → `custody` | parts, body, `Permit`, filters, subject and workload (which of the target's keys) | `credential`, the upstream request (client credentials stripped, the key injected) | 403 (the target holds keys, none for this caller) |
 //! | send | `send.rs` | upstream request | response head | 502 |
 //! | respond | `respond` below | response head, filters, `credential` (echoes masked) | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
@@ -37,6 +38,7 @@ mod admit;
 pub mod context;
 pub mod decode;
 mod grpc;
+pub mod mask;
 mod read;
 mod send;
 mod switch;
@@ -76,10 +78,11 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     rq.lap(Stage::Classify);
     identify(ctx, rq).await?;
     rq.lap(Stage::Identify);
-    decide(rq);
+    decide(ctx, rq);
     rq.lap(Stage::Decide);
     let permit = approve(rq.decision.as_ref())?;
     rq.lap(Stage::Approve);
+    mask::request(ctx, rq)?;
     choose_key(ctx, rq)?;
     let forward = send::prepare(rq, permit);
     rq.lap(Stage::Prepare);
@@ -130,12 +133,12 @@ async fn identify(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     }
 }
 
-fn decide(rq: &mut Request) {
+fn decide(ctx: &Ctx, rq: &mut Request) {
     let Some(op) = rq.operation.as_ref() else {
         return;
     };
     let target = &rq.conn.target;
-    let decision = rq.policy.evaluate(&Facts {
+    let facts = Facts {
         target: &target.name,
         server: target.server,
         method: rq.parts.method.as_str(),
@@ -149,7 +152,13 @@ fn decide(rq: &mut Request) {
             _ => None,
         },
         switch: rq.switch,
-    });
+    };
+    let decision = rq.policy.evaluate(&facts);
+    // A refused request is neither scanned nor given a pseudonym session.
+    if matches!(decision, Decision::Permit(_)) {
+        let applied = rq.policy.masking.evaluate(&facts);
+        rq.masking = mask::plans(ctx, rq, &applied);
+    }
     rq.record().set_decision(&decision);
     rq.decision = Some(decision);
 }
@@ -244,6 +253,7 @@ fn response(
         ));
     }
     strip_hop_by_hop(&mut parts.headers, true);
+    mask::response(rq)?;
     let filters = rq.conn.filters();
     let mut chain = Chain::default();
     if filters.may_change_body() {

@@ -13,6 +13,7 @@ pub mod container;
 mod eval;
 mod grants;
 mod index;
+pub mod masking;
 mod pack;
 
 pub use eval::{Decision, Denial, Facts, Hold, Permit, Query, Switch};
@@ -37,6 +38,13 @@ pub enum Error {
     Invalid {
         path: PathBuf,
         rule: String,
+        message: String,
+    },
+    /// A masking detector or rule that does not compile or names what no pack defines.
+    #[error("{path}: masking {what}: {message}")]
+    Masking {
+        path: PathBuf,
+        what: String,
         message: String,
     },
     #[error("no built-in pack {name:?}; built-in packs: {known}")]

@@ -28,6 +28,7 @@ use crate::{
     adapter::{Operation, Server},
     admin::Table,
     identity::Principal,
+    mask::Verdict,
     policy::Decision,
     workload::Workload,
 };
@@ -117,6 +118,11 @@ pub struct Record {
     pub outcome: Outcome,
     pub headers_ms: Option<u64>,
     pub duration_ms: u64,
+    /// What masking did to the request body: set by the pipeline's mask stage.
+    pub mask_request: Verdict,
+    /// What masking did to the response body: set by the response filter through
+    /// [`Guard::set_mask_response`]; `off` when no masking rule covers responses.
+    pub mask_response: Verdict,
 }
 
 impl Record {
@@ -231,6 +237,8 @@ impl Recorder {
                 outcome: Outcome::Complete,
                 headers_ms: None,
                 duration_ms: 0,
+                mask_request: Verdict::Off,
+                mask_response: Verdict::Off,
             }),
         }
     }
@@ -289,6 +297,17 @@ impl Guard {
         self.headers_at = Some(Instant::now());
         self.phase = Phase::Response;
         self.with(|r| r.status = Some(status));
+    }
+
+    /// The request direction's masking verdict (counts per detector, never values).
+    pub fn set_mask_request(&mut self, v: Verdict) {
+        self.with(|r| r.mask_request = v);
+    }
+
+    /// The response direction's masking verdict: the response filter sets it when it ends
+    /// (or the pipeline, when it refuses or passes a response it cannot scan).
+    pub fn set_mask_response(&mut self, v: Verdict) {
+        self.with(|r| r.mask_response = v);
     }
 
     pub fn set_request_bytes(&mut self, n: usize) {

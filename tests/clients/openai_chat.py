@@ -1,7 +1,9 @@
 """The unmodified OpenAI Python SDK. argv: base_url model stream|plain [release_url].
 With release_url, calls it (directly) after the first streamed chunk: the server holds the
-rest of the stream until then, so this only finishes if chunks are not held back."""
+rest of the stream until then, so this only finishes if chunks are not held back. The
+prompt is $PROMPT, "hello" without it."""
 import json
+import os
 import sys
 import urllib.request
 
@@ -10,7 +12,7 @@ import openai
 base, model, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 release = sys.argv[4] if len(sys.argv) > 4 else None
 client = openai.OpenAI(base_url=base, api_key="sk-client-secret", max_retries=0, timeout=30)
-messages = [{"role": "user", "content": "hello"}]
+messages = [{"role": "user", "content": os.environ.get("PROMPT", "hello")}]
 try:
     if mode == "stream":
         parts = []

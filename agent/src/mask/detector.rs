@@ -299,7 +299,19 @@ fn prefix_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
         .collect();
     lits.sort();
     lits.dedup();
-    (!lits.is_empty() && lits.len() <= 64 && lits.iter().all(|l| l.len() >= 2)).then_some(lits)
+    // A small class after the prefix (`EMP-[0-9]{6}`) expands into many literals; their
+    // common shorter prefixes anchor every match as well.
+    while lits.len() > 64 {
+        let longest = lits.iter().map(Vec::len).max().unwrap_or(0);
+        if longest <= 2 {
+            return None;
+        }
+        for l in &mut lits {
+            l.truncate(longest - 1);
+        }
+        lits.dedup();
+    }
+    (!lits.is_empty() && lits.iter().all(|l| l.len() >= 2)).then_some(lits)
 }
 
 /// A custom detector in a policy pack.

@@ -159,12 +159,19 @@ impl Scanner {
         out.into_iter()
     }
 
+    /// [`Scanner::find`] into `out`, reusing `t`'s scratch space: a body masked string by
+    /// string pays for the regexes' caches once, not per string.
+    pub fn find_with(&self, t: &mut Tracker, text: &[u8], out: &mut Vec<Finding>) {
+        t.reset();
+        t.feed(self, text, true, out);
+    }
+
     /// Confirms trigger `p` of `source` against the bytes `hay` (which start at absolute
     /// offset `base` and end at `limit`), pushing what it finds.
     #[allow(clippy::too_many_arguments)]
     fn confirm(
         &self,
-        caches: &mut [Cache],
+        caches: &mut [Option<Cache>],
         source: &Source,
         hay: &[u8],
         base: usize,
@@ -186,7 +193,8 @@ impl Scanner {
             let ctx = ws.saturating_sub(CTX).max(base);
             let h = &hay[ctx - base..we - base];
             let (ws_rel, p_rel) = (ws - ctx, p - ctx);
-            let Some((whole, value)) = first_match(d, &mut caches[i], h, ws_rel, p_rel) else {
+            let cache = caches[i].get_or_insert_with(|| d.regex.create_cache());
+            let Some((whole, value)) = first_match(d, cache, h, ws_rel, p_rel) else {
                 continue;
             };
             if d.validators
@@ -270,8 +278,10 @@ const CTX: usize = 4;
 /// Incremental state over one byte stream (absolute offsets from the stream's start).
 #[derive(Debug)]
 pub struct Tracker {
-    /// The regexes' scratch space, one per detector (no shared pool on the hot path).
-    caches: Vec<Cache>,
+    /// The regexes' scratch space, one per detector (no shared pool on the hot path), made
+    /// when the detector is first confirmed: making all of them up front cost more than
+    /// scanning a short text (a request body is masked string by string).
+    caches: Vec<Option<Cache>>,
     /// Bytes from `base` on: context for windows still to confirm, and bytes not yet decided.
     buf: Vec<u8>,
     base: usize,
@@ -291,11 +301,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(sc: &Scanner) -> Tracker {
         Tracker {
-            caches: sc
-                .detectors
-                .iter()
-                .map(|d| d.regex.create_cache())
-                .collect(),
+            caches: (0..sc.detectors.len()).map(|_| None).collect(),
             buf: Vec::new(),
             base: 0,
             enumerated: 0,
@@ -305,6 +311,18 @@ impl Tracker {
             decided: 0,
             after_digit: false,
         }
+    }
+
+    /// Back to the start of a new input; the caches stay.
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.base = 0;
+        self.enumerated = 0;
+        self.waiting.clear();
+        self.pending.clear();
+        self.covered = 0;
+        self.decided = 0;
+        self.after_digit = false;
     }
 
     /// Offset just past the last byte fed.

@@ -81,6 +81,9 @@ pub struct Request {
     pub decision: Option<Decision>,
     pub approval: Approval,
     pub credential: Option<Credential>,
+    /// The masking rules that apply, their plans and the caller's pseudonym session (set by
+    /// decide; the mask stage uses the request plan, the response filter the response one).
+    pub masking: Option<super::mask::Masking>,
     /// Times the stages when metrics or the overhead header want it.
     pub clock: Clock,
     /// Add `x-sluice-overhead-us` to the response.
@@ -129,6 +132,7 @@ impl Request {
             decision: None,
             approval: Approval::default(),
             credential: None,
+            masking: None,
             clock,
             overhead_header: ctx.overhead_header,
             end: RequestEnd {

@@ -42,6 +42,40 @@ pub struct Case {
     #[serde(default)]
     pub identity: Option<CaseIdentity>,
     pub expect: Expect,
+    /// What masking must do for this request (`masking:` in docs/policy.md, "Masking").
+    #[serde(default)]
+    pub masking: Option<CaseMasking>,
+}
+
+/// A case's masking expectations: which masking rules apply, and what a sample text becomes
+/// under them. Pseudonyms in `output` are made with the all-zero key (a live agent's key is
+/// random per start), so they are stable across runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseMasking {
+    /// Every masking rule that applies, in load order.
+    #[serde(default)]
+    pub rules: Option<Vec<RuleId>>,
+    /// The direction `input` is masked in.
+    #[serde(default = "request_direction")]
+    pub direction: super::masking::Direction,
+    /// A text masked with the plan of `direction` (JSON bodies are masked string by string
+    /// the same way).
+    #[serde(default)]
+    pub input: Option<String>,
+    /// What `input` must become.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Findings per detector `input` must give (detectors not named: none).
+    #[serde(default)]
+    pub counts: Option<std::collections::BTreeMap<String, u64>>,
+    /// The `block` detector `input` must be refused for.
+    #[serde(default)]
+    pub blocked: Option<String>,
+}
+
+fn request_direction() -> super::masking::Direction {
+    super::masking::Direction::Request
 }
 
 /// What a verified token would name: the case stands for a request whose token passed.
@@ -187,6 +221,9 @@ pub struct Outcome {
     pub file: PathBuf,
     pub description: String,
     pub failure: Option<String>,
+    /// Detectors the case's `masking.input` found (so a pack's custom detectors can be
+    /// required to be tested by its cases).
+    pub found: Vec<String>,
 }
 
 /// Case files for the packs under `path`: `cases/*.yaml` beside each pack that loading
@@ -222,7 +259,12 @@ pub fn parse_case(
 }
 
 fn rule_ids(policy: &Policy) -> HashSet<String> {
-    policy.rules.iter().map(|r| r.id.clone()).collect()
+    policy
+        .rules
+        .iter()
+        .map(|r| r.id.clone())
+        .chain(policy.masking.rules.iter().map(|r| r.id.clone()))
+        .collect()
 }
 
 /// Runs one case file against `policy`.
@@ -231,6 +273,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         file: file.to_path_buf(),
         description,
         failure: Some(msg),
+        found: Vec::new(),
     };
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -263,6 +306,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
                 file: file.to_path_buf(),
                 description: case.description,
                 failure: None,
+                found: Vec::new(),
             };
         }
         Err(r) => {
@@ -311,11 +355,113 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
             ),
         );
     }
+    if let Some(m) = &case.masking {
+        let q = Query {
+            target: &case.target,
+            server: case.server,
+            method: &method,
+            path: &path,
+            body: body.as_ref(),
+            default: case.default,
+            workload: workload.as_ref(),
+            identity: principal.as_ref(),
+            switch: case.request.switch,
+        };
+        match check_masking(policy, m, &policy.masking.for_query(&q, &op)) {
+            Ok(found) => {
+                return Outcome {
+                    file: file.to_path_buf(),
+                    description: case.description,
+                    failure: None,
+                    found,
+                };
+            }
+            Err(msg) => return fail(case.description, msg),
+        }
+    }
     Outcome {
         file: file.to_path_buf(),
         description: case.description,
         failure: None,
+        found: Vec::new(),
     }
+}
+
+/// Checks a case's masking expectations against what applies.
+fn check_masking(
+    policy: &Policy,
+    want: &CaseMasking,
+    got: &super::masking::Applied,
+) -> Result<Vec<String>, String> {
+    use super::masking::Direction;
+    use crate::mask::{PseudonymKey, Verdict, body};
+    if let Some(rules) = &want.rules {
+        let rules: Vec<&str> = rules.iter().map(|r| r.0.as_str()).collect();
+        if rules != got.rules {
+            return Err(format!(
+                "expected masking rules {rules:?}, got {:?}",
+                got.rules
+            ));
+        }
+    }
+    let Some(input) = &want.input else {
+        return Ok(Vec::new());
+    };
+    let (Some(sc), true) = (policy.masking.scanner(), want.direction != Direction::Both) else {
+        return Err(
+            "masking.input needs a pack with masking and a direction (request or response)".into(),
+        );
+    };
+    let (req, resp) = got.plans(sc, &PseudonymKey::new([0; 32]));
+    let dir = if want.direction == Direction::Request {
+        "request"
+    } else {
+        "response"
+    };
+    let Some(plan) = (if want.direction == Direction::Request {
+        req
+    } else {
+        resp
+    }) else {
+        return Err(format!("no masking rule covers this request's {dir}"));
+    };
+    let m = body::mask_body(&plan, body::Layout::Text, input.as_bytes(), None)
+        .map_err(|r| format!("masking.input could not be scanned ({})", r.as_str()))?;
+    let verdict = m.verdict(&plan);
+    let out = m.body.as_deref().unwrap_or(input.as_bytes());
+    let out = String::from_utf8_lossy(out);
+    if let Some(detector) = &want.blocked {
+        if verdict
+            != (Verdict::Blocked {
+                detector: detector.clone(),
+            })
+        {
+            return Err(format!(
+                "expected the {dir} to be blocked by {detector}, got {verdict:?}"
+            ));
+        }
+    } else if let Verdict::Blocked { detector } = &verdict {
+        return Err(format!("the {dir} would be blocked by {detector}"));
+    }
+    if let Some(output) = &want.output
+        && *output != out
+    {
+        return Err(format!("expected masked {dir} {output:?}, got {out:?}"));
+    }
+    let found: std::collections::BTreeMap<String, u64> = m
+        .counts
+        .per_detector
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (plan.scanner().name(i).to_string(), *n))
+        .collect();
+    if let Some(counts) = &want.counts
+        && *counts != found
+    {
+        return Err(format!("expected counts {counts:?}, got {found:?}"));
+    }
+    Ok(found.into_keys().collect())
 }
 
 /// Every case file under `paths`, each with its own pack (`<pack>/cases/<case>.yaml`): a
@@ -345,10 +491,42 @@ fn cases_with_packs(paths: &[PathBuf]) -> Result<Vec<(PathBuf, std::rc::Rc<Polic
 /// Validates every pack under `paths`, then runs each case file against its own pack.
 pub fn run_all(paths: &[PathBuf]) -> Result<Vec<Outcome>, Error> {
     load_paths(paths)?;
-    Ok(cases_with_packs(paths)?
+    let cases = cases_with_packs(paths)?;
+    let mut outcomes: Vec<Outcome> = cases
         .iter()
         .map(|(file, pack)| run_case(pack, file))
-        .collect())
+        .collect();
+    let untested = untested_detectors(paths, &outcomes)?;
+    outcomes.extend(untested);
+    Ok(outcomes)
+}
+
+/// A failure for every custom detector that no case of its own pack finds: a detector is
+/// tested by its pack's cases, or the pack's tests fail.
+fn untested_detectors(paths: &[PathBuf], outcomes: &[Outcome]) -> Result<Vec<Outcome>, Error> {
+    let mut out = Vec::new();
+    for pack in paths.iter().flat_map(|p| pack_files(p).unwrap_or_default()) {
+        let Some(dir) = pack.parent() else { continue };
+        let policy = load_paths(&[dir.to_path_buf()])?;
+        let found: HashSet<&str> = outcomes
+            .iter()
+            .filter(|o| o.file.parent().and_then(Path::parent) == Some(dir))
+            .flat_map(|o| o.found.iter().map(String::as_str))
+            .collect();
+        for name in policy.masking.custom_names() {
+            if !found.contains(name) {
+                out.push(Outcome {
+                    file: pack.clone(),
+                    description: format!("custom detector {name} is tested"),
+                    failure: Some(format!(
+                        "no case of this pack finds {name}: add a case whose masking.input holds a value it must find"
+                    )),
+                    found: Vec::new(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What `policy check` found in the case files.
@@ -546,6 +724,69 @@ mod tests {
             .collect();
         assert_eq!(failed.len(), broken.len(), "{failed:#?}");
         assert!(failed[4].contains("unknown rule id"), "{}", failed[4]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cases_assert_masking_rules_outputs_and_counts_and_custom_detectors_are_tested() {
+        let dir = std::env::temp_dir().join(format!("sluice-cases-mask-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cases")).expect("dir");
+        std::fs::write(
+            dir.join("pack.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: all\n      action: allow\n  masking:\n    detectors:\n      - {name: badge, regex: 'BDG-[0-9]{5}', class: pii}\n    rules:\n      - id: pii-out\n        match: {targets: [t]}\n        detectors: {pii: redact, badge: partial}\n",
+        )
+        .expect("write pack");
+        let case = |masking: &str| {
+            format!(
+                "description: x\ntarget: t\nrequest: {{method: POST, path: /v1/chat/completions, body: {{model: m}}}}\nexpect: {{decision: allow, rules: [all]}}\nmasking: {masking}\n"
+            )
+        };
+        let files = [
+            // Passing: rules, output and counts.
+            case(
+                "{rules: [pii-out], input: 'badge BDG-12345 of a@b.io', output: 'badge [REDACTED:badge:…2345] of [REDACTED:email]', counts: {badge: 1, email: 1}}",
+            ),
+            // Passing: the response direction too.
+            case("{direction: response, input: 'x@y.org', counts: {email: 1}}"),
+            // Failing: another output.
+            case("{input: 'BDG-12345', output: 'BDG-12345'}"),
+            // Failing: another rule list.
+            case("{rules: []}"),
+        ];
+        for (i, f) in files.iter().enumerate() {
+            std::fs::write(dir.join(format!("cases/{i}.yaml")), f).expect("case");
+        }
+        // A rule id neither a policy nor a masking rule: a located error.
+        std::fs::write(dir.join("cases/9.yaml"), case("{rules: [nope]}")).expect("case");
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let failures: Vec<Option<&str>> = outcomes.iter().map(|o| o.failure.as_deref()).collect();
+        assert_eq!(failures.len(), 5, "{failures:?}");
+        assert_eq!(&failures[..2], &[None, None], "{failures:?}");
+        assert!(
+            failures[2].is_some_and(|f| f.contains("expected masked request \"BDG-12345\"")),
+            "{failures:?}"
+        );
+        assert!(
+            failures[3].is_some_and(|f| f.contains("expected masking rules []")),
+            "{failures:?}"
+        );
+        assert!(
+            failures[4].is_some_and(|f| f.contains("9.yaml:5:") && f.contains("unknown rule id")),
+            "{failures:?}"
+        );
+        // A custom detector no case finds fails the pack's tests.
+        std::fs::remove_file(dir.join("cases/0.yaml")).expect("remove");
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let last = outcomes.last().expect("outcomes");
+        assert_eq!(last.description, "custom detector badge is tested");
+        assert!(
+            last.failure
+                .as_deref()
+                .is_some_and(|f| f.contains("no case of this pack finds badge")),
+            "{:?}",
+            last.failure
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -259,7 +259,7 @@ fn naming(id: Option<&Principal>, reason: String) -> String {
 }
 
 impl Rule {
-    fn matches(&self, f: &Facts<'_>) -> bool {
+    pub(super) fn matches(&self, f: &Facts<'_>) -> bool {
         let op = f.operation;
         self.targets.as_ref().is_none_or(|g| g.is_match(f.target))
             && (self.servers.is_empty() || self.servers.contains(&f.server))

@@ -60,7 +60,11 @@ struct Metadata {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Spec {
+    #[serde(default)]
     rules: Vec<RuleSpec>,
+    /// Masking detectors and rules (`masking.rs`).
+    #[serde(default)]
+    masking: Option<super::masking::MaskingSpec>,
 }
 
 #[derive(Deserialize)]
@@ -76,7 +80,7 @@ struct RuleSpec {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct MatchSpec {
+pub(super) struct MatchSpec {
     #[serde(default)]
     targets: Vec<String>,
     #[serde(default)]
@@ -233,6 +237,8 @@ pub struct Policy {
     pub packs: Vec<String>,
     /// Built once all packs are loaded; evaluation looks rules up here.
     pub(super) index: Index,
+    /// Detectors and masking rules of every pack, compiled once all are loaded.
+    pub masking: super::masking::Masking,
 }
 
 impl Policy {
@@ -294,6 +300,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Policy, Error> {
         }
     }
     policy.index = Index::build(&policy.rules);
+    policy.masking.finish()?;
     Ok(policy)
 }
 
@@ -338,6 +345,7 @@ pub fn parse_pack(text: &str, origin: &Path) -> Result<Policy, Error> {
     let mut policy = Policy::default();
     parse(text, origin, &mut policy, &mut HashSet::new())?;
     policy.index = Index::build(&policy.rules);
+    policy.masking.finish()?;
     Ok(policy)
 }
 
@@ -364,93 +372,113 @@ fn parse(
                 "duplicate rule id (ids are global across packs)".into(),
             ));
         }
-        for ptr in spec.when.body.keys() {
-            if !ptr.starts_with('/') {
-                return Err(invalid(format!(
-                    "match.body key {ptr:?} must be a JSON pointer such as \"/keep_alive\""
-                )));
-            }
-        }
-        let w = spec.when;
-        let id = w.identity;
-        let named = id.issuers.is_some()
-            || id.subjects.is_some()
-            || id.groups.is_some()
-            || id.claims.is_some();
-        if id.authenticated == Some(false) && named {
-            return Err(invalid(
-                "match.identity: authenticated: false cannot be combined with issuers, subjects, groups or claims (a request without a token has none)".into(),
-            ));
-        }
-        for ptr in id.claims.iter().flat_map(BTreeMap::keys) {
-            if !ptr.starts_with('/') {
-                return Err(invalid(format!(
-                    "match.identity.claims key {ptr:?} must be a JSON pointer such as \"/tenant\""
-                )));
-            }
-        }
-        let identity_never = [&id.issuers, &id.subjects, &id.groups]
-            .iter()
-            .any(|l| l.as_ref().is_some_and(Vec::is_empty))
-            || id.claims.as_ref().is_some_and(BTreeMap::is_empty);
-        let subjects = id.subjects.unwrap_or_default();
-        let container_ids: Vec<String> =
-            w.workload.container_ids.into_iter().map(|p| p.0).collect();
-        let pod_uids: Vec<String> = w.workload.pod_uids.into_iter().map(|p| p.0).collect();
-        let rule = Rule {
-            id: spec.id.clone(),
-            pack: pack.clone(),
-            description: spec.description,
-            action: spec.action,
-            targets: globs(&w.targets, false).map_err(&invalid)?,
-            servers: w.servers,
-            operations: w.operations,
-            routes: globs(&w.routes, false).map_err(&invalid)?,
-            // Model names compare case-insensitively: servers such as Ollama normalise case,
-            // so "Forbidden:CLOUD" must not slip past a rule written for "*:cloud".
-            models: ModelGlobs::new(&w.models).map_err(&invalid)?,
-            except_models: ModelGlobs::new(&w.except_models).map_err(&invalid)?,
-            methods: w.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
-            paths: globs(&w.paths, true).map_err(&invalid)?,
-            body: w.body.into_iter().collect(),
-            streaming: w.streaming,
-            uids: w.workload.uids,
-            gids: w.workload.gids,
-            comms: globs(&w.workload.comms, false).map_err(&invalid)?,
-            exes: globs(&w.workload.exes, true).map_err(&invalid)?,
-            cgroups: globs(&w.workload.cgroups, true).map_err(&invalid)?,
-            container_ids: globs(&container_ids, false).map_err(&invalid)?,
-            container_runtimes: w.workload.container_runtimes,
-            pod_uids: globs(&pod_uids, false).map_err(&invalid)?,
-            users: globs(&w.workload.users, false).map_err(&invalid)?,
-            units: globs(&w.workload.units, false).map_err(&invalid)?,
-            authenticated: id.authenticated,
-            issuers: id.issuers,
-            subjects: globs(&subjects, false).map_err(&invalid)?,
-            groups: id.groups,
-            claims: id.claims.map(|c| c.into_iter().collect()),
-            identity_never,
-            switches: w.switches,
-            patterns: Patterns {
-                targets: w.targets,
-                routes: w.routes,
-                models: w.models,
-                paths: w.paths,
-                comms: w.workload.comms,
-                exes: w.workload.exes,
-                cgroups: w.workload.cgroups,
-                container_ids,
-                pod_uids,
-                subjects,
-                except_models: w.except_models,
-                users: w.workload.users,
-                units: w.workload.units,
-            },
-        };
+        let rule = compile(
+            spec.id.clone(),
+            &pack,
+            spec.description,
+            spec.action,
+            spec.when,
+            &invalid,
+        )?;
         policy.rules.push(rule);
+    }
+    if let Some(masking) = file.spec.masking {
+        policy.masking.add_pack(masking, path, &pack, ids)?;
     }
     policy.packs.push(pack);
     Ok(())
+}
+
+/// Compiles one rule's matchers (a policy rule's, or a masking rule's selector); `invalid`
+/// names the rule in errors.
+pub(super) fn compile(
+    rule_id: String,
+    pack: &str,
+    description: Option<String>,
+    action: Action,
+    w: MatchSpec,
+    invalid: &dyn Fn(String) -> Error,
+) -> Result<Rule, Error> {
+    for ptr in w.body.keys() {
+        if !ptr.starts_with('/') {
+            return Err(invalid(format!(
+                "match.body key {ptr:?} must be a JSON pointer such as \"/keep_alive\""
+            )));
+        }
+    }
+    let id = w.identity;
+    let named =
+        id.issuers.is_some() || id.subjects.is_some() || id.groups.is_some() || id.claims.is_some();
+    if id.authenticated == Some(false) && named {
+        return Err(invalid(
+                "match.identity: authenticated: false cannot be combined with issuers, subjects, groups or claims (a request without a token has none)".into(),
+            ));
+    }
+    for ptr in id.claims.iter().flat_map(BTreeMap::keys) {
+        if !ptr.starts_with('/') {
+            return Err(invalid(format!(
+                "match.identity.claims key {ptr:?} must be a JSON pointer such as \"/tenant\""
+            )));
+        }
+    }
+    let identity_never = [&id.issuers, &id.subjects, &id.groups]
+        .iter()
+        .any(|l| l.as_ref().is_some_and(Vec::is_empty))
+        || id.claims.as_ref().is_some_and(BTreeMap::is_empty);
+    let subjects = id.subjects.unwrap_or_default();
+    let container_ids: Vec<String> = w.workload.container_ids.into_iter().map(|p| p.0).collect();
+    let pod_uids: Vec<String> = w.workload.pod_uids.into_iter().map(|p| p.0).collect();
+    let rule = Rule {
+        id: rule_id,
+        pack: pack.to_string(),
+        description,
+        action,
+        targets: globs(&w.targets, false).map_err(invalid)?,
+        servers: w.servers,
+        operations: w.operations,
+        routes: globs(&w.routes, false).map_err(invalid)?,
+        // Model names compare case-insensitively: servers such as Ollama normalise case,
+        // so "Forbidden:CLOUD" must not slip past a rule written for "*:cloud".
+        models: ModelGlobs::new(&w.models).map_err(invalid)?,
+        except_models: ModelGlobs::new(&w.except_models).map_err(invalid)?,
+        methods: w.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+        paths: globs(&w.paths, true).map_err(invalid)?,
+        body: w.body.into_iter().collect(),
+        streaming: w.streaming,
+        uids: w.workload.uids,
+        gids: w.workload.gids,
+        comms: globs(&w.workload.comms, false).map_err(invalid)?,
+        exes: globs(&w.workload.exes, true).map_err(invalid)?,
+        cgroups: globs(&w.workload.cgroups, true).map_err(invalid)?,
+        container_ids: globs(&container_ids, false).map_err(invalid)?,
+        container_runtimes: w.workload.container_runtimes,
+        pod_uids: globs(&pod_uids, false).map_err(invalid)?,
+        users: globs(&w.workload.users, false).map_err(invalid)?,
+        units: globs(&w.workload.units, false).map_err(invalid)?,
+        authenticated: id.authenticated,
+        issuers: id.issuers,
+        subjects: globs(&subjects, false).map_err(invalid)?,
+        groups: id.groups,
+        claims: id.claims.map(|c| c.into_iter().collect()),
+        identity_never,
+        switches: w.switches,
+        patterns: Patterns {
+            targets: w.targets,
+            routes: w.routes,
+            models: w.models,
+            paths: w.paths,
+            comms: w.workload.comms,
+            exes: w.workload.exes,
+            cgroups: w.workload.cgroups,
+            container_ids,
+            pod_uids,
+            subjects,
+            except_models: w.except_models,
+            users: w.workload.users,
+            units: w.workload.units,
+        },
+    };
+    Ok(rule)
 }
 
 /// A YAML error of a policy or case file, with the location first as `file:line:column`.

@@ -16,6 +16,7 @@ use std::{
 use serde::Serialize;
 
 use super::Record;
+use crate::mask::Verdict;
 
 /// The event's target, as `tracing` names the writer module.
 const TARGET: &str = "sluice::record::writer";
@@ -62,6 +63,8 @@ pub fn json(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         outcome: Shown(&r.outcome),
         headers_ms: r.headers_ms,
         duration_ms: r.duration_ms,
+        mask_request: MaskJson(&r.mask_request),
+        mask_response: MaskJson(&r.mask_response),
         target: TARGET,
     };
     // Serialising plain fields into a Vec cannot fail; a failure would lose only this line.
@@ -122,7 +125,19 @@ pub fn text(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         if let Some(ms) = r.headers_ms {
             write!(s, " headers_ms={ms}")?;
         }
-        writeln!(s, " duration_ms={}", r.duration_ms)
+        write!(s, " duration_ms={}", r.duration_ms)?;
+        quoted(
+            &mut s,
+            " mask_request=",
+            &MaskText(&r.mask_request).to_string(),
+        )?;
+        quoted(
+            &mut s,
+            " mask_response=",
+            &MaskText(&r.mask_response).to_string(),
+        )?;
+        s.push('\n');
+        Ok(())
     })();
     out.extend_from_slice(s.as_bytes());
 }
@@ -221,7 +236,72 @@ struct Json<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     headers_ms: Option<u64>,
     duration_ms: u64,
+    mask_request: MaskJson<'a>,
+    mask_response: MaskJson<'a>,
     target: &'static str,
+}
+
+/// A masking verdict as a JSON object: `{"verdict":"masked","counts":{"email":2}}`,
+/// `{"verdict":"blocked","detector":"aws_access_key"}`, `{"verdict":"unscanned",
+/// "reason":"compressed"}`, `{"verdict":"clean"}`, `{"verdict":"off"}`. Counts and names,
+/// never values.
+struct MaskJson<'a>(&'a Verdict);
+
+impl Serialize for MaskJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(None)?;
+        match self.0 {
+            Verdict::Off => m.serialize_entry("verdict", "off")?,
+            Verdict::Clean => m.serialize_entry("verdict", "clean")?,
+            Verdict::Masked { counts } => {
+                m.serialize_entry("verdict", "masked")?;
+                m.serialize_entry("counts", &Counts(counts))?;
+            }
+            Verdict::Blocked { detector } => {
+                m.serialize_entry("verdict", "blocked")?;
+                m.serialize_entry("detector", detector)?;
+            }
+            Verdict::Unscanned { reason } => {
+                m.serialize_entry("verdict", "unscanned")?;
+                m.serialize_entry("reason", reason.as_str())?;
+            }
+        }
+        m.end()
+    }
+}
+
+struct Counts<'a>(&'a [(String, u64)]);
+
+impl Serialize for Counts<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// A masking verdict in the text line: `off`, `clean`, `masked email=2,phone=1`,
+/// `blocked aws_access_key`, `unscanned compressed`.
+struct MaskText<'a>(&'a Verdict);
+
+impl fmt::Display for MaskText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Verdict::Off => f.write_str("off"),
+            Verdict::Clean => f.write_str("clean"),
+            Verdict::Masked { counts } => {
+                f.write_str("masked ")?;
+                for (i, (name, n)) in counts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{name}={n}")?;
+                }
+                Ok(())
+            }
+            Verdict::Blocked { detector } => write!(f, "blocked {detector}"),
+            Verdict::Unscanned { reason } => write!(f, "unscanned {}", reason.as_str()),
+        }
+    }
 }
 
 /// A `Display` value serialised as a JSON string, without an intermediate `String`.
@@ -294,6 +374,12 @@ mod tests {
             outcome: Outcome::Ended("too \"long\"".into()),
             headers_ms: Some(3),
             duration_ms: 9,
+            mask_request: Verdict::Masked {
+                counts: vec![("email".into(), 2), ("payment_card".into(), 1)],
+            },
+            mask_response: Verdict::Unscanned {
+                reason: crate::mask::Unscannable::Compressed,
+            },
         }
     }
 
@@ -333,6 +419,14 @@ mod tests {
         assert_eq!(v["outcome"], "ended by sluice: too \"long\"");
         assert_eq!(v["headers_ms"], 3);
         assert_eq!(v["duration_ms"], 9);
+        assert_eq!(
+            v["mask_request"],
+            serde_json::json!({"verdict": "masked", "counts": {"email": 2, "payment_card": 1}})
+        );
+        assert_eq!(
+            v["mask_response"],
+            serde_json::json!({"verdict": "unscanned", "reason": "compressed"})
+        );
         assert_eq!(v["target"], TARGET);
     }
 
@@ -381,7 +475,8 @@ mod tests {
              path=/v1/chat/completions operation=model-export route=\"openai.chat.completions\" \
              model=\"gpt-4o\\n\\\"\" streaming=true decision=\"allow\" rules=a,b status=200 \
              request_bytes=62 response_bytes=130 outcome=ended by sluice: too \"long\" \
-             headers_ms=3 duration_ms=9\n"
+             headers_ms=3 duration_ms=9 mask_request=\"masked email=2,payment_card=1\" \
+             mask_response=\"unscanned compressed\"\n"
         );
     }
 
@@ -411,6 +506,8 @@ mod tests {
                 status = f.status, request_bytes = r.request_bytes,
                 response_bytes = r.response_bytes, outcome = %r.outcome,
                 headers_ms = r.headers_ms, duration_ms = r.duration_ms,
+                mask_request = MaskText(&r.mask_request).to_string().as_str(),
+                mask_response = MaskText(&r.mask_response).to_string().as_str(),
                 "request"
             );
         });
