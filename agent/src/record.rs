@@ -117,6 +117,9 @@ pub struct Record {
     pub outcome: Outcome,
     pub headers_ms: Option<u64>,
     pub duration_ms: u64,
+    /// The response's headers with credentials removed; filled only when the recording
+    /// store is on (`audit`).
+    pub response_headers: Vec<(String, String)>,
 }
 
 impl Record {
@@ -177,6 +180,8 @@ pub struct Recorder {
     table: Arc<Table>,
     next_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
+    /// The recording store, when on.
+    audit: Option<crate::audit::Handle>,
 }
 
 impl Recorder {
@@ -188,9 +193,22 @@ impl Recorder {
                 table,
                 next_id: Arc::new(AtomicU64::new(1)),
                 shutdown,
+                audit: None,
             },
             rx,
         )
+    }
+
+    /// Records also go to the recording store; request ids continue from `first_id` so
+    /// that an id names one request in the store across restarts.
+    pub fn with_audit(mut self, audit: crate::audit::Handle, first_id: u64) -> Self {
+        self.next_id.store(first_id.max(1), Ordering::Relaxed);
+        self.audit = Some(audit);
+        self
+    }
+
+    pub fn audit(&self) -> Option<&crate::audit::Handle> {
+        self.audit.as_ref()
     }
 
     /// Starts the record of a request that has just arrived, once the queue has a place for
@@ -231,6 +249,7 @@ impl Recorder {
                 outcome: Outcome::Complete,
                 headers_ms: None,
                 duration_ms: 0,
+                response_headers: Vec::new(),
             }),
         }
     }
@@ -289,6 +308,19 @@ impl Guard {
         self.headers_at = Some(Instant::now());
         self.phase = Phase::Response;
         self.with(|r| r.status = Some(status));
+    }
+
+    /// The response's headers, credentials removed, for the recording store (nothing is
+    /// copied when it is off).
+    pub fn set_response_headers(&mut self, h: &http::HeaderMap) {
+        if self.recorder.audit.is_some() {
+            self.with(|r| r.response_headers = crate::audit::sanitize_headers(h));
+        }
+    }
+
+    /// The record as it stands, for the opening record in the store.
+    pub fn snapshot(&self) -> Option<Record> {
+        self.record.clone()
     }
 
     pub fn set_request_bytes(&mut self, n: usize) {

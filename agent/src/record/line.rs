@@ -294,6 +294,7 @@ mod tests {
             outcome: Outcome::Ended("too \"long\"".into()),
             headers_ms: Some(3),
             duration_ms: 9,
+            response_headers: Vec::new(),
         }
     }
 
