@@ -610,3 +610,33 @@ fn listing_100k_requests_with_filters() {
         assert!(!got.is_empty());
     }
 }
+
+#[test]
+fn the_shipped_config_records_and_a_config_without_audit_does_not() {
+    let builtin = crate::config::Config::builtin().expect("builtin");
+    assert!(builtin.audit.enabled());
+    assert_eq!(builtin.audit.dir, PathBuf::from("/var/lib/sluice/audit"));
+    assert_eq!(builtin.audit.durability, Durability::Group);
+    assert!(!builtin.audit.required);
+    let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n";
+    let off = crate::config::Config::parse(base, "t").expect("parses");
+    assert!(!off.audit.enabled());
+    let on = crate::config::Config::parse(
+        &format!("{base}audit: {{dir: /x, level: metadata, durability: record, required: true, retention: {{max_age: 7d}}}}\n"),
+        "t",
+    )
+    .expect("parses");
+    assert_eq!(on.audit.retention.max_age, Duration::from_secs(7 * 86400));
+    assert_eq!(on.audit.durability, Durability::Record);
+    for bad in [
+        "audit: {dir: relative, level: metadata}",
+        "audit: {dir: /x, level: metadata, segment_bytes: 10}",
+        "audit: {dir: /x, level: full}",
+        "audit: {dir: /x, levle: metadata}",
+    ] {
+        assert!(
+            crate::config::Config::parse(&format!("{base}{bad}\n"), "t").is_err(),
+            "{bad}"
+        );
+    }
+}
