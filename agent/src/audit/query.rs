@@ -203,6 +203,11 @@ fn read(dir: &Path, p: &Place) -> Result<Option<Listed>, Error> {
     let Ok(fr) = frame::decode(&buf) else {
         return Ok(None);
     };
+    // An index line left by a write the store cut back (a failed fsync) points at another
+    // record now: the sequence number tells.
+    if fr.seq != p.seq {
+        return Ok(None);
+    }
     Ok(serde_json::from_slice::<RequestEntry<'static>>(fr.body)
         .ok()
         .map(|entry| Listed {

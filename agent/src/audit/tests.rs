@@ -520,7 +520,10 @@ fn credentials_never_reach_the_record() {
 #[tokio::test]
 async fn the_thread_acknowledges_opening_records_once_durable() {
     let d = Dir::new("thread");
-    let s = settings(&d.0);
+    let s = Settings {
+        required: true,
+        ..settings(&d.0)
+    };
     let (handle, thread, _, first) = start(&s).expect("start");
     assert_eq!(first, 1);
     handle
@@ -529,7 +532,11 @@ async fn the_thread_acknowledges_opening_records_once_durable() {
         .expect("durable");
     handle.finals(vec![record(1, "a", "m", true)]).await;
     handle.flush().await.expect("flushed");
-    assert!(handle.refusal().is_none());
+    handle.flush().await.expect("flushed again");
+    assert!(
+        handle.refusal().is_none(),
+        "a healthy store with nothing queued refuses nothing"
+    );
     drop(handle);
     tokio::task::spawn_blocking(move || thread.join())
         .await

@@ -189,10 +189,12 @@ impl Handle {
     /// Waits until everything sent before is written and synced (whatever the durability).
     pub async fn flush(&self) -> Result<(), Unavailable> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(tx))
-            .await
-            .map_err(|_| Unavailable("the audit writer has stopped".into()))?;
+        // Counted like a record: the thread takes one off for every item it handles.
+        self.health.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Flush(tx)).await.is_err() {
+            self.health.backlog.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unavailable("the audit writer has stopped".into()));
+        }
         rx.await
             .map_err(|_| Unavailable("the audit writer has stopped".into()))?
             .map_err(Unavailable)
