@@ -30,6 +30,9 @@ const FIELDS: usize = 9;
 #[derive(Default)]
 pub struct Writer {
     ids: HashMap<String, u32>,
+    /// Each field's last value and its id: consecutive records mostly share target, user,
+    /// process and decision, and a compare is cheaper than a hash lookup.
+    last: [Option<(String, u32)>; FIELDS],
     names: Vec<String>,
     /// Names the index file already defines (the rest go with the next write).
     written: usize,
@@ -51,19 +54,31 @@ impl Writer {
         id
     }
 
+    fn field(&mut self, at: usize, s: Option<&str>) -> u32 {
+        let Some(s) = s else { return 0 };
+        if let Some((v, id)) = &self.last[at]
+            && v == s
+        {
+            return *id;
+        }
+        let id = self.intern(Some(s));
+        self.last[at] = Some((s.to_string(), id));
+        id
+    }
+
     pub fn add(&mut self, seq: u64, offset: u64, size: usize, kind: Kind, e: &RequestEntry<'_>) {
         let p = e.principal.as_ref();
         let w = &e.workload;
         let fields = [
-            self.intern(Some(&e.target)),
-            self.intern(p.map(|p| &*p.subject)),
-            self.intern(w.user.as_deref()),
-            self.intern(w.unit.as_deref()),
-            self.intern(Some(&w.comm)),
-            self.intern(w.exe.as_deref()),
-            self.intern(w.container.as_deref()),
-            self.intern(e.model.as_deref()),
-            self.intern(Some(&e.decision)),
+            self.field(TARGET, Some(&e.target)),
+            self.field(SUBJECT, p.map(|p| &*p.subject)),
+            self.field(USER, w.user.as_deref()),
+            self.field(UNIT, w.unit.as_deref()),
+            self.field(COMM, Some(&w.comm)),
+            self.field(EXE, w.exe.as_deref()),
+            self.field(CONTAINER, w.container.as_deref()),
+            self.field(MODEL, e.model.as_deref()),
+            self.field(DECISION, Some(&e.decision)),
         ];
         let groups: Vec<u32> = p
             .map(|p| p.groups.iter().map(|g| self.intern(Some(g))).collect())
@@ -87,6 +102,12 @@ impl Writer {
         self.buf.clear();
         for name in self.names.drain(self.written..) {
             self.ids.remove(&name);
+        }
+        let known = self.names.len() as u32;
+        for l in &mut self.last {
+            if l.as_ref().is_some_and(|(_, id)| *id > known) {
+                *l = None;
+            }
         }
     }
 }
