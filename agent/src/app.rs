@@ -18,6 +18,39 @@ use crate::{
     upstream::{self, Upstreams},
 };
 
+/// The recording store's handle, its thread and the first request id, when `audit` is on.
+/// A store that cannot open stops the start when recording is required; otherwise the
+/// agent runs unrecorded and says so.
+async fn open_audit(
+    cfg: &Config,
+) -> anyhow::Result<Option<(crate::audit::Handle, std::thread::JoinHandle<()>, u64)>> {
+    if !cfg.audit.enabled() {
+        return Ok(None);
+    }
+    let settings = cfg.audit.clone();
+    let opened = tokio::task::spawn_blocking(move || crate::audit::start(&settings))
+        .await
+        .context("opening the audit store")?;
+    match opened {
+        Ok((handle, thread, rec, first_id)) => {
+            tracing::info!(
+                dir = %cfg.audit.dir.display(), segments = rec.segments, last_seq = rec.last_seq,
+                torn_bytes = rec.torn_bytes, closed_after_crash = rec.closed_after_crash,
+                key_id = %rec.key_id, key_generated = rec.key_generated,
+                required = cfg.audit.required, "audit store open"
+            );
+            Ok(Some((handle, thread, first_id)))
+        }
+        Err(e) if cfg.audit.required => {
+            Err(anyhow::Error::new(e).context("opening the audit store (audit.required is true)"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "audit store cannot open: requests are NOT recorded (audit.required is false)");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let checks = doctor::preflight(&cfg);
@@ -35,6 +68,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(rules = loaded.rule_count(), packs = ?loaded.packs, "policies loaded");
     // The admin socket doubles as the single-instance lock: bind it before touching the kernel.
     let admin_listener = admin::bind(&cfg.admin_socket).await?;
+    // The recording store opens before anything is intercepted: with `required`, a store
+    // that cannot open stops the start.
+    let audit = open_audit(&cfg).await?;
     // Metrics are bound before interception too: a taken port stops the start, loudly.
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some((
@@ -121,9 +157,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_connections_per_cgroup = connections.max_per_cgroup(),
         "connection caps"
     );
-    let (recorder, records) = record::Recorder::new(table.clone(), drain.shutdown_signal());
+    let (mut recorder, records) = record::Recorder::new(table.clone(), drain.shutdown_signal());
+    let (audit_handle, audit_thread) = match audit {
+        Some((handle, thread, first_id)) => {
+            recorder = recorder.with_audit(handle.clone(), first_id);
+            (Some(handle), Some(thread))
+        }
+        None => (None, None),
+    };
     // The writer outlives the drain: records of requests cut by it still get written.
-    let writer = tokio::spawn(record::writer(records));
+    let writer = tokio::spawn(record::writer(records, audit_handle));
     // TLS files (and the system's roots) are read from disk: off the runtime's workers.
     let (upstreams, identity) = {
         let c = cfg.clone();
@@ -296,6 +339,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Every request's record has been queued by now (connection tasks are gone); once the
     // last sender is dropped the writer finishes the queue and ends.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    // The writer's end dropped the last handle: the store's thread closes the segment with
+    // a signed checkpoint and ends.
+    if let Some(t) = audit_thread {
+        let joined = tokio::task::spawn_blocking(move || t.join());
+        if tokio::time::timeout(std::time::Duration::from_secs(5), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the audit store did not close within 5 s");
+        }
+    }
     interceptor.shutdown(cfg.fail_mode).context("detaching")?;
     let _ = std::fs::remove_file(&cfg.admin_socket);
     Ok(())

@@ -172,6 +172,9 @@ pub struct Config {
     /// Token issuers whose JWTs name the caller (docs/configuration.md, "Identity").
     #[serde(default)]
     pub identity: crate::identity::Settings,
+    /// The recording store (docs/configuration.md, "Recording"); off when absent.
+    #[serde(default)]
+    pub audit: crate::audit::Settings,
     pub targets: Vec<Target>,
 }
 
@@ -399,6 +402,7 @@ impl Config {
             ));
         }
         self.identity.validate()?;
+        self.audit.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             if t.identity == crate::identity::Requirement::Required {

@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Read and verify the recording store: list, show, verify, pubkey, rotate-key.
+    Audit {
+        #[command(subcommand)]
+        command: sluice::audit::cli::Command,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +319,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Policy { command } => policy_command(command),
+        Command::Audit { command } => sluice::audit::cli::run(command, &load),
         Command::CheckConfig { config } => match load(Some(config)) {
             Ok(cfg) => {
                 if let Err(e) = sluice::policy::load_paths(&cfg.policies) {

@@ -8,7 +8,7 @@
 //! | read | `read.rs`, `decode.rs` | body (bounded: size, deadline, memory budget), read as the server reads it | body bytes, JSON | 400, 408, 413, 503 |
 //! | classify | `adapter` | method, decoded path, JSON | operation | no |
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
-//! | decide | `policy` | operation, subject, JSON, switch | decision, masking plans (`mask.rs`) | no (the next stage acts on it) |
+//! | decide | `policy`, then `open_record` below → `audit` | operation, subject, JSON, switch | decision, masking plans (`mask.rs`), the opening record (durable before the request goes on) | 503 when recording is required and cannot be written |
 //! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
 //! | mask | `mask.rs` → `mask::body` | body, JSON, the masking plans decide made | the masked body; `mask_request` in the record | 403 (a `block` detector found something), 415/403/500 (a body it cannot scan, under `on_unscannable: refuse`) |
 //! | prepare | `choose_key` below, `send.rs` → `custody` | parts, body, `Permit`, filters, subject and workload (which of the target's keys) | `credential`, the upstream request (client credentials stripped, the key injected) | 403 (the target holds keys, none for this caller) |
@@ -69,6 +69,9 @@ pub async fn handle(
 
 /// The stages in order; each `lap` closes the one before it for the latency metrics.
 async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), Refusal> {
+    if let Some(why) = ctx.recorder.audit().and_then(crate::audit::Handle::refusal) {
+        return Err(Refusal::unrecorded(&why));
+    }
     admit::admit(rq, ctx)?;
     rq.lap(Stage::Admit);
     read::read(rq, ctx).await?;
@@ -79,6 +82,7 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     identify(ctx, rq).await?;
     rq.lap(Stage::Identify);
     decide(ctx, rq);
+    open_record(ctx, rq).await?;
     rq.lap(Stage::Decide);
     let permit = approve(rq.decision.as_ref())?;
     rq.lap(Stage::Approve);
@@ -161,6 +165,23 @@ fn decide(ctx: &Ctx, rq: &mut Request) {
     }
     rq.record().set_decision(&decision);
     rq.decision = Some(decision);
+}
+
+/// The request's opening record, once its decision is made and before anything goes
+/// upstream or back: nothing is answered before it is durable at the store's configured
+/// level. With `required`, a record that cannot be written refuses the request.
+async fn open_record(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
+    let Some(audit) = ctx.recorder.audit() else {
+        return Ok(());
+    };
+    let Some(snapshot) = rq.record().snapshot() else {
+        return Ok(());
+    };
+    let headers = crate::audit::sanitize_headers(&rq.parts.headers);
+    match audit.open(snapshot, headers).await {
+        Err(why) if audit.required() => Err(Refusal::unrecorded(&why)),
+        _ => Ok(()),
+    }
 }
 
 /// Which of the target's upstream keys the request goes out with (`custody::Vault::choose`):
@@ -355,6 +376,7 @@ impl Request {
         let tunnel = self.tunnel.take();
         let mut end: RequestEnd = self.into_end();
         end.record.set_status(response.status());
+        end.record.set_response_headers(response.headers());
         if let Some(tunnel) = tunnel {
             // The record and the in-flight mark go with the tunnel: the connection's task
             // runs it once hyper has sent this head and handed the socket over.

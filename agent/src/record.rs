@@ -123,6 +123,9 @@ pub struct Record {
     /// What masking did to the response body: set by the response filter through
     /// [`Guard::set_mask_response`]; `off` when no masking rule covers responses.
     pub mask_response: Verdict,
+    /// The response's headers with credentials removed; filled only when the recording
+    /// store is on (`audit`).
+    pub response_headers: Vec<(String, String)>,
 }
 
 impl Record {
@@ -183,6 +186,8 @@ pub struct Recorder {
     table: Arc<Table>,
     next_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
+    /// The recording store, when on.
+    audit: Option<crate::audit::Handle>,
 }
 
 impl Recorder {
@@ -194,9 +199,22 @@ impl Recorder {
                 table,
                 next_id: Arc::new(AtomicU64::new(1)),
                 shutdown,
+                audit: None,
             },
             rx,
         )
+    }
+
+    /// Records also go to the recording store; request ids continue from `first_id` so
+    /// that an id names one request in the store across restarts.
+    pub fn with_audit(mut self, audit: crate::audit::Handle, first_id: u64) -> Self {
+        self.next_id.store(first_id.max(1), Ordering::Relaxed);
+        self.audit = Some(audit);
+        self
+    }
+
+    pub fn audit(&self) -> Option<&crate::audit::Handle> {
+        self.audit.as_ref()
     }
 
     /// Starts the record of a request that has just arrived, once the queue has a place for
@@ -239,6 +257,7 @@ impl Recorder {
                 duration_ms: 0,
                 mask_request: Verdict::Off,
                 mask_response: Verdict::Off,
+                response_headers: Vec::new(),
             }),
         }
     }
@@ -308,6 +327,19 @@ impl Guard {
     /// (or the pipeline, when it refuses or passes a response it cannot scan).
     pub fn set_mask_response(&mut self, v: Verdict) {
         self.with(|r| r.mask_response = v);
+    }
+
+    /// The response's headers, credentials removed, for the recording store (nothing is
+    /// copied when it is off).
+    pub fn set_response_headers(&mut self, h: &http::HeaderMap) {
+        if self.recorder.audit.is_some() {
+            self.with(|r| r.response_headers = crate::audit::sanitize_headers(h));
+        }
+    }
+
+    /// The record as it stands, for the opening record in the store.
+    pub fn snapshot(&self) -> Option<Record> {
+        self.record.clone()
     }
 
     pub fn set_request_bytes(&mut self, n: usize) {

@@ -90,6 +90,18 @@ impl Refusal {
         }
     }
 
+    /// Recording is required and the store cannot take this request's record: 503, so a
+    /// client retries once the store writes again.
+    pub fn unrecorded(why: &crate::audit::Unavailable) -> Self {
+        Refusal::busy(
+            "sluice_recording_unavailable",
+            format!(
+                "Sluice refused the request: recording is required and the audit store cannot record it ({why})"
+            ),
+            5,
+        )
+    }
+
     pub fn policy(rule: Option<String>, reason: &str) -> Self {
         let message = match &rule {
             Some(r) => format!("blocked by Sluice policy rule {r}: {reason}"),

@@ -94,6 +94,37 @@ fn assert_secret_absent(agent: &Agent, metrics_port: u16, keys: &[&str]) {
     }
 }
 
+/// The recording store in `dir`/audit (every request recorded, durably).
+fn audit(dir: &Path) -> String {
+    format!(
+        "audit:\n  dir: {}\n  level: metadata\n  durability: record\n",
+        dir.join("audit").display()
+    )
+}
+
+/// Neither the upstream key nor the client's own credential is in any file of the store
+/// (segments, indexes), and the store did record requests.
+fn assert_secret_absent_from_store(dir: &Path, keys: &[&str]) {
+    let store = dir.join("audit");
+    let mut records = 0;
+    for e in std::fs::read_dir(&store).expect("audit store").flatten() {
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        if e.path().extension().is_some_and(|x| x == "seg") {
+            records += bytes.windows(9).filter(|w| w == b"\"method\":").count();
+        }
+        for key in keys {
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "a credential is in {}",
+                e.path().display()
+            );
+        }
+    }
+    assert!(records > 0, "the store recorded nothing");
+}
+
 #[test]
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn a_workload_with_a_wrong_key_succeeds_only_through_sluice_and_never_sees_the_real_one() {
@@ -111,7 +142,10 @@ fn a_workload_with_a_wrong_key_succeeds_only_through_sluice_and_never_sees_the_r
         &vip,
         &server,
         &key_file,
-        &format!("metrics_listen: 127.0.0.1:{metrics_port}\n"),
+        &format!(
+            "metrics_listen: 127.0.0.1:{metrics_port}\n{}",
+            audit(dir.path())
+        ),
     );
 
     // Straight to the server, the SDK's key is refused.
@@ -203,6 +237,7 @@ fn a_workload_with_a_wrong_key_succeeds_only_through_sluice_and_never_sees_the_r
 
     wait_log_events(&agent, "request", 3);
     assert_secret_absent(&agent, metrics_port, &[&key]);
+    assert_secret_absent_from_store(dir.path(), &[&key, "sk-client-wrong-key"]);
 }
 
 #[test]
@@ -222,7 +257,10 @@ fn rotating_the_key_file_mid_traffic_fails_no_request() {
         &vip,
         &server,
         &key_file,
-        &format!("metrics_listen: 127.0.0.1:{metrics_port}\n"),
+        &format!(
+            "metrics_listen: 127.0.0.1:{metrics_port}\n{}",
+            audit(dir.path())
+        ),
     );
     let stop = dir.path().join("stop");
     let client = cg
@@ -282,6 +320,7 @@ fn rotating_the_key_file_mid_traffic_fails_no_request() {
         1
     );
     assert_secret_absent(&agent, metrics_port, &[&old, &new]);
+    assert_secret_absent_from_store(dir.path(), &[&old, &new, "sk-client-wrong-key"]);
 }
 
 /// Keys per caller: the workload in `team-a.service` goes out with team A's key, any other

@@ -1,9 +1,9 @@
 //! What masking did to one direction of one request: the honest verdict every record
 //! carries, so a skipped scan can never pass for a clean one.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why bytes were not scanned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unscannable {
     /// A `Content-Encoding` other than identity.
@@ -35,7 +35,7 @@ impl Unscannable {
 }
 
 /// One direction's verdict.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     /// No masking rule applied to this direction of this request.

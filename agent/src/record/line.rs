@@ -380,6 +380,7 @@ mod tests {
             mask_response: Verdict::Unscanned {
                 reason: crate::mask::Unscannable::Compressed,
             },
+            response_headers: Vec::new(),
         }
     }
 

@@ -1,6 +1,6 @@
-//! The one task that writes finished records. For now a record is one structured log line
-//! ("request", formatted by `line.rs`); the recording store (tamper-evident, replayable) will take this task's place
-//! without the request path noticing.
+//! The one task that writes finished records: one structured log line each ("request",
+//! formatted by `line.rs`), and, when the recording store is on, the record to the store's
+//! thread (`audit`).
 use std::time::SystemTime;
 
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ const BATCH: usize = 256;
 /// this much later, and no record is lost: senders hold a reserved place in the queue.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
-pub async fn run(mut rx: mpsc::Receiver<Record>) {
+pub async fn run(mut rx: mpsc::Receiver<Record>, audit: Option<crate::audit::Handle>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut lines = Vec::with_capacity(64 * 1024);
     loop {
@@ -26,16 +26,25 @@ pub async fn run(mut rx: mpsc::Receiver<Record>) {
         }
         let format = enabled().then(crate::logging::format);
         let now = SystemTime::now();
-        for r in batch.drain(..) {
+        for r in &batch {
             match format {
-                Some(Format::Json) => super::line::json(&mut lines, &r, now),
-                Some(Format::Text) => super::line::text(&mut lines, &r, now),
+                Some(Format::Json) => super::line::json(&mut lines, r, now),
+                Some(Format::Text) => super::line::text(&mut lines, r, now),
                 None => {}
             }
-            count(&r);
+            count(r);
         }
         crate::logging::write_lines(&lines);
         lines.clear();
+        match &audit {
+            // The store's thread takes the batch; a full store queue makes this task wait,
+            // and so the record queue behind it (never a dropped record).
+            Some(a) => {
+                a.finals(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                    .await;
+            }
+            None => batch.clear(),
+        }
         // A full batch means more are waiting: take them now.
         if n < BATCH {
             tokio::time::sleep(GATHER).await;

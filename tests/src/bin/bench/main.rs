@@ -19,6 +19,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use sluice_tests::{Agent, AgentSpec, TestCgroup, servers, virtual_ip};
 
+mod audit;
 mod client;
 mod inprocess;
 mod netns;
@@ -43,7 +44,7 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --mask-only, --netns-only or --tokens-only alone";
+const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --mask-only, --netns-only, --tokens-only or --audit-only alone";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -57,6 +58,7 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Some("--tokens-only") => return tokens::token_cost(20_000),
+        Some("--audit-only") => return audit::audit_cost(),
         Some("client") => {
             let plan: client::Plan =
                 serde_json::from_str(args.get(2).context("client PLAN")?).context("plan")?;
@@ -405,6 +407,7 @@ fn parent(p: &Params) -> Result<()> {
     inprocess::mask_cost();
     inprocess::identity_cost(20_000)?;
     tokens::token_cost(20_000)?;
+    audit::audit_cost()?;
     drop((haproxy, nginx));
     Ok(())
 }

@@ -1,0 +1,276 @@
+//! What a frame's body says, as JSON.
+//!
+//! Why JSON: records are read by people and by log shippers as often as by `sluice audit`,
+//! a self-describing body lets fields be added without a format version (bodies at `full`
+//! level will be further optional fields and `chunk` entries, see below), and serde_json
+//! writes a metadata record in about a microsecond, far below the fsync it waits for.
+//!
+//! Bodies (not recorded yet): a `full` level would add entries of a new `Kind` (`Body`,
+//! `Chunk`) after a request's opening record, each naming the request id, its direction and
+//! time offset, and carrying the masked bytes; the chain and checkpoints cover them as any
+//! other record, and the index ignores them.
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::Record;
+
+/// What a frame holds (the frame's `kind` byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Kind {
+    /// A segment's first record: its number.
+    Start = 1,
+    /// A request's opening record, written once its decision is made.
+    Open = 2,
+    /// A request's final record: how it ended.
+    Final = 3,
+    /// A signed checkpoint.
+    Checkpoint = 4,
+}
+
+impl Kind {
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Start,
+            2 => Kind::Open,
+            3 => Kind::Final,
+            4 => Kind::Checkpoint,
+            _ => return None,
+        })
+    }
+}
+
+/// A segment's first record.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Start {
+    pub segment: u64,
+    pub unix_ms: u64,
+}
+
+/// A request's record as stored (and as `list --json` / `show` print it). Fields of the final
+/// record only are absent from the opening one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestEntry<'a> {
+    pub id: u64,
+    pub unix_ms: u64,
+    pub target: Cow<'a, str>,
+    pub server: Cow<'a, str>,
+    pub workload: WorkloadEntry<'a>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<PrincipalEntry<'a>>,
+    pub method: Cow<'a, str>,
+    pub path: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub streaming: bool,
+    /// allow, deny, hold, refuse or cancelled (`Record::action`).
+    pub decision: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Cow<'a, str>>,
+    /// The request's headers (opening record) or the response's (final record), with every
+    /// credential's value removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// What masking did to each direction (final record; absent when no masking rule
+    /// applied): counts per detector, never values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_request: Option<crate::mask::Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_response: Option<crate::mask::Verdict>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkloadEntry<'a> {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrincipalEntry<'a> {
+    pub issuer: Cow<'a, str>,
+    pub subject: Cow<'a, str>,
+    #[serde(default)]
+    pub groups: Vec<Cow<'a, str>>,
+}
+
+impl<'a> RequestEntry<'a> {
+    /// The record as its opening entry (`Kind::Open`) or final one (`Kind::Final`).
+    pub fn of(r: &'a Record, kind: Kind, headers: &'a [(String, String)]) -> Self {
+        let b = Cow::Borrowed;
+        let ob = |s: &'a Option<String>| s.as_deref().map(Cow::Borrowed);
+        let w = &r.workload;
+        let op = r.operation.as_ref();
+        let fin = kind == Kind::Final;
+        RequestEntry {
+            id: r.id,
+            unix_ms: r.unix_ms,
+            target: b(&r.target),
+            server: b(r.server.name()),
+            workload: WorkloadEntry {
+                pid: w.tgid,
+                uid: w.uid,
+                gid: w.gid,
+                comm: b(&w.comm),
+                exe: ob(&w.exe),
+                user: ob(&w.user),
+                cgroup: ob(&w.cgroup),
+                unit: ob(&w.unit),
+                container: w.container.as_ref().map(|c| b(c.id.as_str())),
+                pod_uid: ob(&w.pod_uid),
+            },
+            principal: r.principal.as_ref().map(|p| PrincipalEntry {
+                issuer: b(&p.issuer),
+                subject: b(&p.subject),
+                groups: p.groups.iter().map(|g| b(g.as_str())).collect(),
+            }),
+            method: b(&r.method),
+            path: sanitize_path(&r.path),
+            operation: op.map(|o| b(o.class.as_str())),
+            route: op.map(|o| b(o.route)),
+            model: op.and_then(|o| o.model.as_deref()).map(b),
+            streaming: op.is_some_and(|o| o.streaming),
+            decision: b(if fin { r.action() } else { decision_label(r) }),
+            rules: r
+                .decision
+                .as_ref()
+                .map(|d| d.rules().map(b).collect())
+                .unwrap_or_default(),
+            reason: match &r.decision {
+                Some(crate::policy::Decision::Deny(d)) => Some(b(&d.reason)),
+                Some(crate::policy::Decision::Hold(h)) => Some(b(&h.reason)),
+                _ => None,
+            },
+            headers: headers
+                .iter()
+                .map(|(k, v)| (b(k.as_str()), b(v.as_str())))
+                .collect(),
+            status: fin.then(|| r.status.map_or(0, |s| s.as_u16())),
+            outcome: fin.then(|| r.outcome.to_string()),
+            request_bytes: fin.then_some(r.request_bytes),
+            response_bytes: fin.then_some(r.response_bytes),
+            headers_ms: if fin { r.headers_ms } else { None },
+            duration_ms: fin.then_some(r.duration_ms),
+            mask_request: verdict(fin, &r.mask_request),
+            mask_response: verdict(fin, &r.mask_response),
+        }
+    }
+
+    /// The user or, without one, the uid; for tables.
+    pub fn who(&self) -> String {
+        match (&self.principal, &self.workload.user) {
+            (Some(p), _) => p.subject.to_string(),
+            (None, Some(u)) => u.to_string(),
+            (None, None) => format!("uid {}", self.workload.uid),
+        }
+    }
+}
+
+/// A final record's masking verdict, `None` when masking was off for that direction.
+fn verdict(fin: bool, v: &crate::mask::Verdict) -> Option<crate::mask::Verdict> {
+    (fin && *v != crate::mask::Verdict::Off).then(|| v.clone())
+}
+
+/// An opening record's decision (the outcome is not known yet).
+fn decision_label(r: &Record) -> &'static str {
+    r.decision.as_ref().map_or("refuse", |d| d.label())
+}
+
+/// Header names whose values are credentials or session state: never stored. Matched
+/// case-insensitively as substrings, so vendor spellings (`x-goog-api-key`,
+/// `x-amz-security-token`) are covered too.
+const SECRET_NAMES: &[&str] = &[
+    "authorization",
+    "cookie",
+    "key",
+    "token",
+    "secret",
+    "password",
+    "credential",
+    "session",
+    "signature",
+    "auth",
+];
+
+/// What a removed value is replaced with: the header's presence is evidence, its value is not.
+pub const REMOVED: &str = "[removed]";
+
+/// The headers as recorded: every value of a credential-like header replaced by
+/// `[removed]`, and values that are not UTF-8 shown as `[binary]`.
+pub fn sanitize_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            let name = k.as_str();
+            let secret = SECRET_NAMES.iter().any(|s| name.contains(s))
+                || v.as_bytes().starts_with(b"Bearer ")
+                || v.as_bytes().starts_with(b"Basic ");
+            let value = if secret {
+                REMOVED.to_string()
+            } else {
+                v.to_str()
+                    .map_or_else(|_| "[binary]".into(), str::to_string)
+            };
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+/// The path as recorded: values of credential-like query parameters (`?key=`, `?api_key=`,
+/// `?access_token=`) removed, as header values are.
+pub fn sanitize_path(path: &str) -> Cow<'_, str> {
+    let Some((p, q)) = path.split_once('?') else {
+        return Cow::Borrowed(path);
+    };
+    let secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        SECRET_NAMES.iter().any(|s| name.contains(s))
+    };
+    if !q
+        .split('&')
+        .any(|kv| secret(kv.split('=').next().unwrap_or("")))
+    {
+        return Cow::Borrowed(path);
+    }
+    let q: Vec<String> = q
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if secret(k) => format!("{k}={REMOVED}"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    Cow::Owned(format!("{p}?{}", q.join("&")))
+}

@@ -1,0 +1,446 @@
+//! The store's own thread. Requests and the record writer hand it records through a bounded
+//! channel and never touch a file: a write or an fsync never runs on a runtime worker.
+//!
+//! Group commit: the thread writes everything queued with one `write`, then syncs once for
+//! all of it: at once when a request waits on its opening record (or `Record` durability),
+//! else once `group_commit_ms` has passed since the first unsynced write. Records that
+//! arrive during an fsync go out together with the next one.
+//!
+//! A failed write or sync leaves the file as it was before it (`Store::flush`/`sync`), keeps
+//! the records for a retry (bounded), marks the store failed (logged once per change), and
+//! answers waiting requests at once: with `required`, they are refused.
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Durability, Error, Recovered, Settings, Store, entry::Kind};
+use crate::record::Record;
+
+/// Records handled per round.
+const BATCH: usize = 4096;
+/// A failed store is retried this often.
+const RETRY: Duration = Duration::from_secs(1);
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+/// Why a request's record cannot be written, as the refusal says it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+enum Msg {
+    Open(Box<Record>, Vec<(String, String)>, Option<Ack>),
+    Finals(Vec<Record>),
+    Flush(Ack),
+}
+
+// Final records are nearly every item: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Open(Box<Record>, Vec<(String, String)>, Option<Ack>),
+    Final(Record),
+    Flush(Option<Ack>),
+}
+
+impl Item {
+    fn waits(&self) -> bool {
+        matches!(self, Item::Open(_, _, Some(_)) | Item::Flush(Some(_)))
+    }
+
+    fn answer(&mut self, r: Result<(), String>) {
+        let ack = match self {
+            Item::Open(_, _, ack) | Item::Flush(ack) => ack.take(),
+            Item::Final(_) => None,
+        };
+        if let Some(a) = ack {
+            let _ = a.send(r);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Health {
+    failed: AtomicBool,
+    reason: Mutex<String>,
+    /// Records sent and not yet handled by the thread.
+    backlog: AtomicUsize,
+}
+
+impl Health {
+    fn reason(&self) -> String {
+        self.reason.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn fail(&self, e: &Error) {
+        let why = e.to_string();
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %why, "audit store cannot write; records are kept and retried");
+        }
+        if let Ok(mut r) = self.reason.lock() {
+            *r = why;
+        }
+    }
+
+    fn ok(&self) {
+        if self.failed.swap(false, Ordering::AcqRel) {
+            tracing::warn!("audit store is writing again");
+        }
+    }
+}
+
+/// The request path's side of the store.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Msg>,
+    health: Arc<Health>,
+    required: bool,
+    /// Whether a request waits for its opening record (any durability but `none`).
+    wait: bool,
+    max_backlog: usize,
+}
+
+impl Handle {
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// With `required`: why a new request must be refused now (the store failed, or its
+    /// backlog is over the bound), before any of it is read.
+    pub fn refusal(&self) -> Option<Unavailable> {
+        if !self.required {
+            return None;
+        }
+        if self.health.failed.load(Ordering::Acquire) {
+            return Some(Unavailable(self.health.reason()));
+        }
+        if self.health.backlog.load(Ordering::Relaxed) >= self.max_backlog {
+            return Some(Unavailable(format!(
+                "the audit writer is {} records behind (max_backlog)",
+                self.max_backlog
+            )));
+        }
+        None
+    }
+
+    /// Records a request's opening record and waits until it is durable at the configured
+    /// level. An error means it was not (the caller refuses the request if recording is
+    /// required); without `required` the record is still kept for a retry.
+    pub async fn open(&self, r: Record, headers: Vec<(String, String)>) -> Result<(), Unavailable> {
+        if let Some(why) = self.refusal() {
+            return Err(why);
+        }
+        let (ack, done) = if self.wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.health.backlog.fetch_add(1, Ordering::Relaxed);
+        let msg = Msg::Open(Box::new(r), headers, ack);
+        let sent = if self.required {
+            self.tx.try_send(msg).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    Unavailable("the audit writer's queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    Unavailable("the audit writer has stopped".into())
+                }
+            })
+        } else {
+            self.tx
+                .send(msg)
+                .await
+                .map_err(|_| Unavailable("the audit writer has stopped".into()))
+        };
+        if let Err(e) = sent {
+            self.health.backlog.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        match done {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(Unavailable(why)),
+                Err(_) => Err(Unavailable("the audit writer has stopped".into())),
+            },
+        }
+    }
+
+    /// Hands finished records to the store (waits for room: the record queue behind it
+    /// then makes new requests wait, as it does for the log writer).
+    pub async fn finals(&self, batch: Vec<Record>) {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len();
+        self.health.backlog.fetch_add(n, Ordering::Relaxed);
+        if self.tx.send(Msg::Finals(batch)).await.is_err() {
+            self.health.backlog.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until everything sent before is written and synced (whatever the durability).
+    pub async fn flush(&self) -> Result<(), Unavailable> {
+        let (tx, rx) = oneshot::channel();
+        // Counted like a record: the thread takes one off for every item it handles.
+        self.health.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Flush(tx)).await.is_err() {
+            self.health.backlog.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unavailable("the audit writer has stopped".into()));
+        }
+        rx.await
+            .map_err(|_| Unavailable("the audit writer has stopped".into()))?
+            .map_err(Unavailable)
+    }
+}
+
+/// Starts the store's thread on an opened store. The thread closes the store (a signed
+/// checkpoint) once every `Handle` is dropped; join it at the agent's stop.
+pub fn spawn(
+    store: Store,
+    settings: &Settings,
+) -> std::io::Result<(Handle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(settings.max_backlog);
+    let health = Arc::new(Health::default());
+    let handle = Handle {
+        tx,
+        health: health.clone(),
+        required: settings.required,
+        wait: settings.durability != Durability::None,
+        max_backlog: settings.max_backlog,
+    };
+    let settings = settings.clone();
+    let thread = std::thread::Builder::new()
+        .name("sluice-audit".into())
+        .spawn(move || run(store, rx, health, settings))?;
+    Ok((handle, thread))
+}
+
+/// Opens the store (blocking: call it off the runtime's workers) and starts its thread.
+pub fn start(
+    settings: &Settings,
+) -> Result<(Handle, std::thread::JoinHandle<()>, Recovered, u64), Error> {
+    let (store, rec) = Store::open(settings)?;
+    let next_id = store.next_request_id();
+    let (handle, thread) = spawn(store, settings).map_err(|e| Error::io(&settings.dir, e))?;
+    Ok((handle, thread, rec, next_id))
+}
+
+struct Writer {
+    store: Store,
+    health: Arc<Health>,
+    settings: Settings,
+    /// Not yet written (new, or kept after a failure).
+    pending: VecDeque<Item>,
+    /// Written, not yet synced.
+    unsynced: Vec<Item>,
+    unsynced_since: Option<Instant>,
+}
+
+fn run(store: Store, mut rx: mpsc::Receiver<Msg>, health: Arc<Health>, settings: Settings) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "audit thread: cannot build its timer");
+            return;
+        }
+    };
+    let mut w = Writer {
+        store,
+        health,
+        settings,
+        pending: VecDeque::new(),
+        unsynced: Vec::new(),
+        unsynced_since: None,
+    };
+    rt.block_on(async move {
+        loop {
+            let wait = w.next_wake();
+            let mut closing = false;
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(m)) => w.take(m),
+                Ok(None) => closing = true,
+                Err(_) => {}
+            }
+            while w.pending.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => w.take(m),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closing = true;
+                        break;
+                    }
+                }
+            }
+            w.round(closing);
+            if closing {
+                w.close();
+                return;
+            }
+        }
+    });
+}
+
+impl Writer {
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Open(r, h, ack) => self.pending.push_back(Item::Open(r, h, ack)),
+            Msg::Finals(v) => self.pending.extend(v.into_iter().map(Item::Final)),
+            Msg::Flush(ack) => self.pending.push_back(Item::Flush(Some(ack))),
+        }
+    }
+
+    fn next_wake(&self) -> Duration {
+        if self.health.failed.load(Ordering::Acquire) {
+            return RETRY;
+        }
+        if let Some(t) = self.unsynced_since {
+            return self.settings.group_commit.saturating_sub(t.elapsed());
+        }
+        self.settings.checkpoint_every.min(RETRY)
+    }
+
+    /// Writes what is pending, syncs when due, and does the store's periodic work.
+    fn round(&mut self, closing: bool) {
+        let handled = self.pending.len();
+        let wrote = match self.settings.durability {
+            Durability::Record => self.write_each(),
+            Durability::Group | Durability::None => self.write_all(),
+        };
+        // Retried items stay counted until they are written.
+        let left = self.pending.len();
+        self.health
+            .backlog
+            .fetch_sub(handled.saturating_sub(left), Ordering::Relaxed);
+        if let Err(e) = wrote {
+            self.failed(&e);
+            return;
+        }
+        let must_sync = closing
+            || self.settings.durability == Durability::Group
+                && (self.unsynced.iter().any(Item::waits)
+                    || self
+                        .unsynced_since
+                        .is_some_and(|t| t.elapsed() >= self.settings.group_commit));
+        if self.settings.durability == Durability::None {
+            self.acknowledge();
+        } else if must_sync && let Err(e) = self.sync() {
+            self.failed(&e);
+            return;
+        }
+        if self.unsynced.is_empty() {
+            let probe = self.health.failed.load(Ordering::Acquire);
+            match self.store.maintain(probe) {
+                Ok(_) => self.health.ok(),
+                Err(e) => self.failed(&e),
+            }
+        }
+    }
+
+    fn append(&mut self, item: &Item) {
+        match item {
+            Item::Open(r, h, _) => self.store.append(Kind::Open, r, h),
+            Item::Final(r) => self.store.append(Kind::Final, r, &r.response_headers),
+            Item::Flush(_) => {}
+        }
+    }
+
+    fn write_all(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<Item> = self.pending.drain(..).collect();
+        for i in &items {
+            self.append(i);
+        }
+        if let Err(e) = self.store.flush() {
+            self.pending.extend(items);
+            return Err(e);
+        }
+        self.health.ok();
+        if self.unsynced_since.is_none() {
+            self.unsynced_since = Some(Instant::now());
+        }
+        self.unsynced.extend(items);
+        Ok(())
+    }
+
+    /// `Record` durability: every record synced on its own before the next is written.
+    fn write_each(&mut self) -> Result<(), Error> {
+        while let Some(item) = self.pending.pop_front() {
+            self.append(&item);
+            let done = self.store.flush().and_then(|()| self.store.sync());
+            if let Err(e) = done {
+                self.pending.push_front(item);
+                return Err(e);
+            }
+            self.unsynced.push(item);
+            self.acknowledge();
+        }
+        self.health.ok();
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), Error> {
+        if let Err(e) = self.store.sync() {
+            // The store cut the file back to what was durable: write these again.
+            let back: Vec<Item> = self.unsynced.drain(..).collect();
+            for i in back.into_iter().rev() {
+                self.pending.push_front(i);
+            }
+            self.unsynced_since = None;
+            return Err(e);
+        }
+        self.acknowledge();
+        Ok(())
+    }
+
+    fn acknowledge(&mut self) {
+        for mut i in self.unsynced.drain(..) {
+            i.answer(Ok(()));
+        }
+        self.unsynced_since = None;
+    }
+
+    /// After a failure: waiting requests are answered now, and what is kept for a retry is
+    /// bounded (the oldest records beyond it are dropped, and counted in the log).
+    fn failed(&mut self, e: &Error) {
+        self.health.fail(e);
+        let why = format!("the audit store cannot write: {e}");
+        for i in &mut self.pending {
+            i.answer(Err(why.clone()));
+        }
+        let bound = self.settings.max_backlog;
+        if self.pending.len() > bound {
+            let n = self.pending.len() - bound;
+            self.pending.drain(..n);
+            self.health.backlog.fetch_sub(n, Ordering::Relaxed);
+            tracing::error!(
+                dropped = n,
+                "audit store: records dropped, the retry buffer is full"
+            );
+        }
+    }
+
+    fn close(self) {
+        if !self.pending.is_empty() {
+            tracing::error!(
+                records = self.pending.len(),
+                "audit store stopped with records it could not write"
+            );
+        }
+        if let Err(e) = self.store.close() {
+            tracing::error!(error = %e, "audit store: closing checkpoint not written");
+        }
+    }
+}
