@@ -8,7 +8,9 @@
 //! chunk with a bounded hold-back.
 mod action;
 mod detector;
+pub mod json;
 mod plan;
+pub mod restore;
 pub mod sample;
 mod scan;
 mod stream;
@@ -17,7 +19,9 @@ mod verdict;
 
 pub use action::{Action, PseudonymKey};
 pub use detector::{Class, ClassSpec, CustomSpec, Detector, ValidatorSpec};
+pub use json::{JsonError, JsonMasker};
 pub use plan::{Counts, Plan};
+pub use restore::{Lookup, Restorer};
 pub use scan::{Finding, Scanner};
 pub use stream::{StreamMasker, mask};
 pub use validate::Validator;

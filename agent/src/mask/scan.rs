@@ -307,6 +307,19 @@ impl Tracker {
         }
     }
 
+    /// Forgets the stream (a new, unrelated text follows) but keeps the regex scratch
+    /// space, which costs far more to build than a short text costs to scan.
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.base = 0;
+        self.enumerated = 0;
+        self.waiting.clear();
+        self.pending.clear();
+        self.covered = 0;
+        self.decided = 0;
+        self.after_digit = false;
+    }
+
     /// Offset just past the last byte fed.
     pub fn avail(&self) -> usize {
         self.base + self.buf.len()
