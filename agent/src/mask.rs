@@ -8,6 +8,7 @@
 //! chunk with a bounded hold-back.
 mod action;
 mod detector;
+pub mod events;
 pub mod json;
 mod plan;
 pub mod restore;
@@ -19,6 +20,7 @@ mod verdict;
 
 pub use action::{Action, PseudonymKey};
 pub use detector::{Class, ClassSpec, CustomSpec, Detector, ValidatorSpec};
+pub use events::{EventError, EventMasker, Wire};
 pub use json::{JsonError, JsonMasker};
 pub use plan::{Counts, Plan};
 pub use restore::{Lookup, Restorer};

@@ -1,0 +1,1112 @@
+//! Masking streams of events (SSE events, NDJSON lines) whose text arrives as token deltas.
+//!
+//! A model's text is spread over many events, a few characters each, so a secret is
+//! usually split across events. Each text channel (an OpenAI choice's `delta.content`, an
+//! Anthropic content block's `delta.text` or `partial_json`, an Ollama stream's
+//! `message.content` or `response`, a TGI stream's `token.text`) gets one masker over the
+//! concatenation of its deltas. When an event arrives its delta is pushed; the text the
+//! masker has decided goes into that same event's field, and what it still holds back is
+//! carried to the channel's next event. So every event goes out as soon as it arrives (its
+//! delta may be shorter, or empty), the count and order of events is kept, and the text the
+//! client concatenates equals the whole text masked. A channel is flushed at its finish:
+//! the rest goes into the finishing event when it has a place for it (OpenAI's last chunk
+//! `delta`, Ollama's `done` line), otherwise into one added delta event just before it
+//! (Anthropic's `content_block_stop`, `[DONE]` or the stream's end without a finish).
+//!
+//! Every other string value of an event is masked on its own, whole; events that do not
+//! parse as JSON are masked as text. Only events whose text changed are re-serialised, and
+//! only their changed strings: every other byte is kept.
+use std::{borrow::Cow, ops::Range};
+
+use bytes::{Bytes, BytesMut};
+use serde::de::IgnoredAny;
+
+use super::{
+    Counts, JsonError, JsonMasker, Plan, StreamMasker, json,
+    restore::{Lookup, Restorer},
+};
+
+/// How events are delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `text/event-stream`: `data:` lines, events end with a blank line.
+    Sse,
+    /// One JSON value a line (Ollama).
+    Ndjson,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("a streamed JSON field (tool arguments): {0}")]
+    Json(#[from] JsonError),
+    #[error("more than {MAX_CHANNELS} text channels in one stream")]
+    TooManyChannels,
+}
+
+/// Open channels per stream (an OpenAI request may ask for up to 128 choices).
+pub const MAX_CHANNELS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fam {
+    Openai,
+    Anthropic,
+    Ollama,
+    Tgi,
+}
+
+/// Which field of an event a channel's text travels in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// OpenAI `choices[i].delta.<name>`.
+    Delta(&'static str),
+    /// OpenAI legacy completions `choices[i].text`.
+    LegacyText,
+    /// OpenAI `choices[i].delta.tool_calls[j].function.arguments` (JSON text), by `index`.
+    ToolArgs(i64),
+    /// Anthropic `delta.text` / `delta.thinking` / `delta.partial_json` (JSON text).
+    Block(&'static str),
+    /// Ollama `message.<name>`.
+    Message(&'static str),
+    /// Ollama `/api/generate` `response`.
+    Response,
+    /// TGI `token.text`.
+    Token,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::Delta(n) | Field::Block(n) | Field::Message(n) => n,
+            Field::LegacyText | Field::Token => "text",
+            Field::ToolArgs(_) => "arguments",
+            Field::Response => "response",
+        }
+    }
+
+    /// Whether the concatenated text is JSON (masked as JSON, string values only).
+    fn json(self) -> bool {
+        matches!(self, Field::ToolArgs(_) | Field::Block("partial_json"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChanKey {
+    fam: Fam,
+    /// The choice index (OpenAI), the content block index (Anthropic), 0 otherwise.
+    group: i64,
+    field: Field,
+}
+
+enum Body {
+    Text {
+        masker: Box<StreamMasker>,
+        restorer: Option<Restorer>,
+        scratch: Vec<u8>,
+    },
+    Json(Box<JsonMasker>),
+}
+
+struct Channel {
+    key: ChanKey,
+    body: Body,
+    /// Released bytes that end inside a UTF-8 character: each event's string must be whole.
+    carry: Vec<u8>,
+}
+
+impl Channel {
+    /// Pushes `text` and appends the released text (whole characters) to `out`.
+    fn push(&mut self, text: &[u8], end: bool, out: &mut Vec<u8>) -> Result<(), JsonError> {
+        let from = out.len();
+        out.append(&mut self.carry);
+        match &mut self.body {
+            Body::Text {
+                masker,
+                restorer,
+                scratch,
+            } => match restorer {
+                Some(r) => {
+                    scratch.clear();
+                    masker.push(text, end, scratch);
+                    r.push(scratch, end, out);
+                }
+                None => masker.push(text, end, out),
+            },
+            Body::Json(j) => j.push(text, end, out)?,
+        }
+        if !end {
+            let cut = from + utf8_whole(&out[from..]);
+            self.carry.extend_from_slice(&out[cut..]);
+            out.truncate(cut);
+        }
+        Ok(())
+    }
+
+    fn move_counts_to(&mut self, total: &mut Counts) {
+        match &mut self.body {
+            Body::Text { masker, .. } => masker.move_counts_to(total),
+            Body::Json(j) => j.move_counts_to(total),
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.carry.len()
+            + match &self.body {
+                Body::Text {
+                    masker, restorer, ..
+                } => masker.held() + restorer.as_ref().map_or(0, Restorer::held),
+                Body::Json(j) => j.held(),
+            }
+    }
+
+    fn restored(&self) -> u64 {
+        match &self.body {
+            Body::Text { restorer, .. } => restorer.as_ref().map_or(0, Restorer::restored),
+            Body::Json(j) => j.restored(),
+        }
+    }
+}
+
+/// The length of the longest prefix of `b` that does not end inside a UTF-8 character.
+fn utf8_whole(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(4) {
+        let c = b[b.len() - back];
+        if c & 0xC0 == 0x80 {
+            continue;
+        }
+        let len = match c {
+            0x00..=0x7F => 1,
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            _ => 4,
+        };
+        return if len > back { b.len() - back } else { b.len() };
+    }
+    b.len()
+}
+
+/// One step of a path inside an event's JSON: a key (its raw bytes' range) or an index.
+#[derive(Debug, Clone, Copy)]
+enum Seg {
+    Key(u32, u32),
+    Idx(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Num,
+    True,
+    False,
+    Null,
+    /// An object; `empty`: `{}`. Its range is the `{` alone.
+    Obj {
+        empty: bool,
+    },
+    Arr,
+}
+
+/// What a value means to the masker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Other,
+    /// A channel's text; `choice`/`tool`: array positions, resolved by their `index` fields.
+    Chan {
+        fam: Fam,
+        field: Field,
+        choice: u32,
+        tool: u32,
+    },
+    ChoiceIndex(u32),
+    ToolIndex(u32, u32),
+    FinishReason(u32),
+    DeltaObj(u32),
+    ChoiceObj(u32),
+    MessageObj,
+    RootObj,
+    Type,
+    BlockIndex,
+    Done,
+    GeneratedText,
+    /// A top-level `id`, `model`, ...: the key's raw range.
+    Meta(u32, u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Leaf {
+    role: Role,
+    kind: Kind,
+    range: (u32, u32),
+}
+
+impl Leaf {
+    fn range(&self) -> Range<usize> {
+        self.range.0 as usize..self.range.1 as usize
+    }
+}
+
+fn role(s: &[u8], path: &[Seg], kind: Kind) -> Role {
+    let k = |seg: &Seg| -> &[u8] {
+        match *seg {
+            Seg::Key(a, b) => &s[a as usize..b as usize],
+            Seg::Idx(_) => b"",
+        }
+    };
+    let is_str = matches!(kind, Kind::Str | Kind::Null);
+    let chan = |fam, field, choice, tool| Role::Chan {
+        fam,
+        field,
+        choice,
+        tool,
+    };
+    match path {
+        [] if matches!(kind, Kind::Obj { .. }) => Role::RootObj,
+        [c, Seg::Idx(i), rest @ ..] if k(c) == b"choices" => {
+            let i = *i;
+            match rest {
+                [] if matches!(kind, Kind::Obj { .. }) => Role::ChoiceObj(i),
+                [f] if k(f) == b"index" && kind == Kind::Num => Role::ChoiceIndex(i),
+                [f] if k(f) == b"finish_reason" && kind == Kind::Str => Role::FinishReason(i),
+                [f] if k(f) == b"text" && is_str => chan(Fam::Openai, Field::LegacyText, i, 0),
+                [d] if k(d) == b"delta" && matches!(kind, Kind::Obj { .. }) => Role::DeltaObj(i),
+                [d, f] if k(d) == b"delta" && is_str => match k(f) {
+                    b"content" => chan(Fam::Openai, Field::Delta("content"), i, 0),
+                    b"reasoning_content" => {
+                        chan(Fam::Openai, Field::Delta("reasoning_content"), i, 0)
+                    }
+                    b"reasoning" => chan(Fam::Openai, Field::Delta("reasoning"), i, 0),
+                    b"refusal" => chan(Fam::Openai, Field::Delta("refusal"), i, 0),
+                    _ => Role::Other,
+                },
+                [d, t, Seg::Idx(j), f] if k(d) == b"delta" && k(t) == b"tool_calls" => {
+                    if k(f) == b"index" && kind == Kind::Num {
+                        Role::ToolIndex(i, *j)
+                    } else {
+                        Role::Other
+                    }
+                }
+                [d, t, Seg::Idx(j), f, a]
+                    if k(d) == b"delta"
+                        && k(t) == b"tool_calls"
+                        && k(f) == b"function"
+                        && k(a) == b"arguments"
+                        && is_str =>
+                {
+                    chan(Fam::Openai, Field::ToolArgs(0), i, *j)
+                }
+                _ => Role::Other,
+            }
+        }
+        [t] if k(t) == b"type" && kind == Kind::Str => Role::Type,
+        [t] if k(t) == b"index" && kind == Kind::Num => Role::BlockIndex,
+        [d, f] if k(d) == b"delta" && kind == Kind::Str => match k(f) {
+            b"text" => chan(Fam::Anthropic, Field::Block("text"), 0, 0),
+            b"thinking" => chan(Fam::Anthropic, Field::Block("thinking"), 0, 0),
+            b"partial_json" => chan(Fam::Anthropic, Field::Block("partial_json"), 0, 0),
+            _ => Role::Other,
+        },
+        [m] if k(m) == b"message" && matches!(kind, Kind::Obj { .. }) => Role::MessageObj,
+        [m, f] if k(m) == b"message" && is_str => match k(f) {
+            b"content" => chan(Fam::Ollama, Field::Message("content"), 0, 0),
+            b"thinking" => chan(Fam::Ollama, Field::Message("thinking"), 0, 0),
+            _ => Role::Other,
+        },
+        [r] if k(r) == b"response" && is_str => chan(Fam::Ollama, Field::Response, 0, 0),
+        [d] if k(d) == b"done" && matches!(kind, Kind::True | Kind::False) => Role::Done,
+        [t, f] if k(t) == b"token" && k(f) == b"text" && is_str => {
+            chan(Fam::Tgi, Field::Token, 0, 0)
+        }
+        [g] if k(g) == b"generated_text" && kind == Kind::Str => Role::GeneratedText,
+        [Seg::Key(a, b)]
+            if matches!(
+                &s[*a as usize..*b as usize],
+                b"id" | b"object" | b"created" | b"model" | b"created_at" | b"system_fingerprint"
+            ) && !matches!(kind, Kind::Obj { .. } | Kind::Arr) =>
+        {
+            Role::Meta(*a, *b)
+        }
+        _ => Role::Other,
+    }
+}
+
+/// Walks a JSON text already known to be valid, listing every value with its role.
+struct Walker<'a> {
+    s: &'a [u8],
+    i: usize,
+    path: Vec<Seg>,
+    leaves: &'a mut Vec<Leaf>,
+}
+
+impl Walker<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    /// Index just past the string starting at `i` (its opening quote).
+    fn string_end(&self, mut i: usize) -> usize {
+        i += 1;
+        while i < self.s.len() {
+            match self.s[i] {
+                b'"' => return i + 1,
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+        i
+    }
+
+    fn leaf(&mut self, kind: Kind, a: usize, b: usize) {
+        let role = role(self.s, &self.path, kind);
+        self.leaves.push(Leaf {
+            role,
+            kind,
+            range: (a as u32, b as u32),
+        });
+    }
+
+    fn value(&mut self) {
+        self.ws();
+        let Some(&c) = self.s.get(self.i) else {
+            return;
+        };
+        let a = self.i;
+        match c {
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                let empty = self.s.get(self.i) == Some(&b'}');
+                self.leaf(Kind::Obj { empty }, a, a + 1);
+                while self.i < self.s.len() && self.s[self.i] != b'}' {
+                    self.ws();
+                    let ka = self.i;
+                    let kb = self.string_end(ka);
+                    self.i = kb;
+                    self.ws();
+                    self.i += 1; // ':'
+                    self.path.push(Seg::Key(ka as u32 + 1, kb as u32 - 1));
+                    self.value();
+                    self.path.pop();
+                    self.ws();
+                    if self.s.get(self.i) == Some(&b',') {
+                        self.i += 1;
+                    }
+                }
+                self.i += 1;
+            }
+            b'[' => {
+                self.i += 1;
+                self.leaf(Kind::Arr, a, a + 1);
+                let mut n = 0u32;
+                self.ws();
+                while self.i < self.s.len() && self.s[self.i] != b']' {
+                    self.path.push(Seg::Idx(n));
+                    self.value();
+                    self.path.pop();
+                    n += 1;
+                    self.ws();
+                    if self.s.get(self.i) == Some(&b',') {
+                        self.i += 1;
+                    }
+                    self.ws();
+                }
+                self.i += 1;
+            }
+            b'"' => {
+                self.i = self.string_end(a);
+                self.leaf(Kind::Str, a, self.i);
+            }
+            b't' | b'n' | b'f' => {
+                let (kind, n) = match c {
+                    b't' => (Kind::True, 4),
+                    b'n' => (Kind::Null, 4),
+                    _ => (Kind::False, 5),
+                };
+                self.i += n;
+                self.leaf(kind, a, self.i);
+            }
+            _ => {
+                while self.i < self.s.len()
+                    && matches!(
+                        self.s[self.i],
+                        b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'
+                    )
+                {
+                    self.i += 1;
+                }
+                self.leaf(Kind::Num, a, self.i);
+            }
+        }
+    }
+}
+
+/// The decoded text of a JSON string literal (quotes included in `raw`).
+fn decode(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let inner = raw.get(1..raw.len().checked_sub(1)?)?;
+    if !inner.contains(&b'\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_slice::<String>(raw)
+        .ok()
+        .map(|s| Cow::Owned(s.into_bytes()))
+}
+
+fn int(raw: &[u8]) -> Option<i64> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+/// A change to an event's JSON: `range` becomes `with` (an insertion when empty).
+struct Edit {
+    range: Range<usize>,
+    with: Vec<u8>,
+}
+
+/// A channel finished in an event without a field to carry its rest: an added event.
+struct Extra {
+    key: ChanKey,
+    text: Vec<u8>,
+}
+
+/// Masks one stream of events.
+pub struct EventMasker {
+    wire: Wire,
+    plan: Plan,
+    restore: Option<Lookup>,
+    /// Masks every other string value, each on its own.
+    other: StreamMasker,
+    other_restorer: Option<Restorer>,
+    channels: Vec<Channel>,
+    /// The last `id`, `object`, `created`, `model`, ... seen (raw JSON values), for added
+    /// events.
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+    counts: Counts,
+    restored: u64,
+    leaves: Vec<Leaf>,
+    scratch: Vec<u8>,
+    scratch2: Vec<u8>,
+}
+
+impl EventMasker {
+    pub fn new(wire: Wire, plan: Plan, restore: Option<Lookup>) -> Self {
+        EventMasker {
+            wire,
+            other: StreamMasker::new(plan.clone()),
+            other_restorer: restore.clone().map(Restorer::new),
+            counts: plan.counts(),
+            plan,
+            restore,
+            channels: Vec::new(),
+            meta: Vec::new(),
+            restored: 0,
+            leaves: Vec::new(),
+            scratch: Vec::new(),
+            scratch2: Vec::new(),
+        }
+    }
+
+    /// Findings so far, every channel and field summed.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Whether a finding of a block-action detector was decided: the event that carried it
+    /// must not be sent.
+    pub fn blocked(&self) -> bool {
+        self.counts.blocked
+    }
+
+    /// Pseudonyms restored so far (those of closed channels and other strings included).
+    pub fn restored(&self) -> u64 {
+        self.restored
+            + self.channels.iter().map(Channel::restored).sum::<u64>()
+            + self.other_restorer.as_ref().map_or(0, Restorer::restored)
+    }
+
+    /// Text held back over all open channels.
+    pub fn held(&self) -> usize {
+        self.channels.iter().map(Channel::held).sum()
+    }
+
+    /// The most one channel holds back.
+    pub fn max_hold(&self) -> usize {
+        self.plan.scanner().max_hold() + super::restore::MAX_HOLD + 16
+    }
+
+    /// Masks one complete event (an SSE event with its blank line, an NDJSON line) and
+    /// appends what the client gets: the event, possibly preceded by added delta events.
+    pub fn event(&mut self, unit: &Bytes, out: &mut BytesMut) -> Result<(), EventError> {
+        let r = match self.wire {
+            Wire::Sse => self.sse(unit, out),
+            Wire::Ndjson => self.ndjson(unit, out),
+        };
+        self.collect_counts();
+        r
+    }
+
+    /// The stream ended: flushes every open channel into added events.
+    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), EventError> {
+        let mut extras = Vec::new();
+        self.finish_where(|_| true, &mut extras)?;
+        self.write_extras(&extras, out);
+        self.collect_counts();
+        Ok(())
+    }
+
+    fn collect_counts(&mut self) {
+        for c in &mut self.channels {
+            c.move_counts_to(&mut self.counts);
+        }
+        self.other.move_counts_to(&mut self.counts);
+    }
+
+    fn ndjson(&mut self, unit: &Bytes, out: &mut BytesMut) -> Result<(), EventError> {
+        let body_len = unit
+            .strip_suffix(b"\n")
+            .map_or(unit.len(), |b| b.strip_suffix(b"\r").unwrap_or(b).len());
+        let data = &unit[..body_len];
+        if data.iter().all(u8::is_ascii_whitespace) {
+            out.extend_from_slice(unit);
+            return Ok(());
+        }
+        let mut extras = Vec::new();
+        match self.data(data, &mut extras)? {
+            None => {
+                self.write_extras(&extras, out);
+                out.extend_from_slice(unit);
+            }
+            Some(new) => {
+                self.write_extras(&extras, out);
+                out.extend_from_slice(&new);
+                out.extend_from_slice(&unit[body_len..]);
+            }
+        }
+        Ok(())
+    }
+
+    fn sse(&mut self, unit: &Bytes, out: &mut BytesMut) -> Result<(), EventError> {
+        // The data lines, joined with "\n" as the SSE spec joins them.
+        let mut data: Vec<u8> = Vec::new();
+        let mut n_data = 0;
+        let mut crlf = false;
+        for line in unit.split(|&b| b == b'\n') {
+            let line = match line.strip_suffix(b"\r") {
+                Some(l) => {
+                    crlf = true;
+                    l
+                }
+                None => line,
+            };
+            if let Some(v) = line.strip_prefix(b"data:") {
+                let v = v.strip_prefix(b" ").unwrap_or(v);
+                if n_data > 0 {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(v);
+                n_data += 1;
+            }
+        }
+        if n_data == 0 {
+            out.extend_from_slice(unit);
+            return Ok(());
+        }
+        let mut extras = Vec::new();
+        let new = self.data(&data, &mut extras)?;
+        self.write_extras(&extras, out);
+        let Some(new) = new else {
+            out.extend_from_slice(unit);
+            return Ok(());
+        };
+        // The event again, its other lines kept, its data in one line where the first was.
+        let eol: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+        let mut first = true;
+        let mut lines = unit.split(|&b| b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            if lines.peek().is_none() {
+                // What follows the last "\n": empty for a terminated event.
+                out.extend_from_slice(line);
+                break;
+            }
+            let bare = line.strip_suffix(b"\r").unwrap_or(line);
+            if bare.starts_with(b"data:") {
+                if first {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(&new);
+                    out.extend_from_slice(eol);
+                    first = false;
+                }
+            } else {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\n");
+            }
+        }
+        if first {
+            // An unterminated last event whose only line is its data line.
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&new);
+        }
+        Ok(())
+    }
+
+    /// Masks one event's data; `None` when it is unchanged (the event's bytes then pass as
+    /// they came). Channels finished without a place for their rest add to `extras`.
+    fn data(
+        &mut self,
+        data: &[u8],
+        extras: &mut Vec<Extra>,
+    ) -> Result<Option<Vec<u8>>, EventError> {
+        let trimmed = data.trim_ascii();
+        if trimmed == b"[DONE]" {
+            self.finish_where(|_| true, extras)?;
+            return Ok(None);
+        }
+        if !matches!(trimmed.first(), Some(b'{' | b'['))
+            || serde_json::from_slice::<IgnoredAny>(data).is_err()
+        {
+            // Not JSON: the data is text, masked whole.
+            let mut masked = Vec::new();
+            self.mask_other(data, &mut masked);
+            return Ok((masked != data).then_some(masked));
+        }
+        let mut leaves = std::mem::take(&mut self.leaves);
+        leaves.clear();
+        Walker {
+            s: data,
+            i: 0,
+            path: Vec::new(),
+            leaves: &mut leaves,
+        }
+        .value();
+        let r = self.json_event(data, &leaves, extras);
+        self.leaves = leaves;
+        r
+    }
+
+    fn json_event(
+        &mut self,
+        s: &[u8],
+        leaves: &[Leaf],
+        extras: &mut Vec<Extra>,
+    ) -> Result<Option<Vec<u8>>, EventError> {
+        // First what the event is: its type, indices, finishes.
+        let raw = |l: &Leaf| &s[l.range()];
+        let mut ty: &[u8] = b"";
+        let mut block: i64 = 0;
+        let mut done = false;
+        let mut generated = false;
+        let mut choice_index: Vec<(u32, i64)> = Vec::new();
+        let mut tool_index: Vec<((u32, u32), i64)> = Vec::new();
+        let mut finished_choices: Vec<u32> = Vec::new();
+        for l in leaves {
+            match l.role {
+                Role::Type => ty = raw(l),
+                Role::BlockIndex => block = int(raw(l)).unwrap_or(0),
+                Role::Done => done = l.kind == Kind::True,
+                Role::GeneratedText => generated = true,
+                Role::ChoiceIndex(p) => choice_index.push((p, int(raw(l)).unwrap_or(p.into()))),
+                Role::ToolIndex(p, t) => {
+                    tool_index.push(((p, t), int(raw(l)).unwrap_or(t.into())));
+                }
+                Role::FinishReason(p) => finished_choices.push(p),
+                _ => {}
+            }
+        }
+        let choice = |p: u32| {
+            choice_index
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map_or(i64::from(p), |(_, v)| *v)
+        };
+        let anthropic_delta = ty == b"\"content_block_delta\"";
+        // Which channels end with this event.
+        let mut finishing: Vec<(Fam, Option<i64>)> = Vec::new();
+        for &p in &finished_choices {
+            finishing.push((Fam::Openai, Some(choice(p))));
+        }
+        match ty {
+            b"\"content_block_stop\"" => finishing.push((Fam::Anthropic, Some(block))),
+            b"\"message_stop\"" => finishing.push((Fam::Anthropic, None)),
+            _ => {}
+        }
+        if done {
+            finishing.push((Fam::Ollama, None));
+        }
+        if generated {
+            finishing.push((Fam::Tgi, None));
+        }
+        let ends = |k: &ChanKey| {
+            finishing
+                .iter()
+                .any(|(f, g)| *f == k.fam && g.is_none_or(|g| g == k.group))
+        };
+
+        let mut edits: Vec<Edit> = Vec::new();
+        let mut touched: Vec<ChanKey> = Vec::new();
+        for l in leaves {
+            match (l.role, l.kind) {
+                (
+                    Role::Chan {
+                        fam,
+                        field,
+                        choice: p,
+                        tool,
+                    },
+                    _,
+                ) if fam != Fam::Anthropic || anthropic_delta => {
+                    let key = ChanKey {
+                        fam,
+                        group: match fam {
+                            Fam::Openai => choice(p),
+                            Fam::Anthropic => block,
+                            _ => 0,
+                        },
+                        field: match field {
+                            Field::ToolArgs(_) => Field::ToolArgs(
+                                tool_index
+                                    .iter()
+                                    .find(|(q, _)| *q == (p, tool))
+                                    .map_or(i64::from(tool), |(_, v)| *v),
+                            ),
+                            f => f,
+                        },
+                    };
+                    let text = if l.kind == Kind::Str {
+                        decode(raw(l)).unwrap_or(Cow::Borrowed(b""))
+                    } else {
+                        Cow::Borrowed(&b""[..])
+                    };
+                    let end = ends(&key);
+                    let mut released = std::mem::take(&mut self.scratch);
+                    released.clear();
+                    let ch = self.channel(key)?;
+                    ch.push(&text, end, &mut released)?;
+                    if end {
+                        self.close(key);
+                    }
+                    touched.push(key);
+                    let changed = match l.kind {
+                        Kind::Str => released != *text,
+                        // `null` stays unless text is released into it.
+                        _ => !released.is_empty(),
+                    };
+                    if changed {
+                        edits.push(Edit {
+                            range: l.range(),
+                            with: quoted(&released),
+                        });
+                    }
+                    self.scratch = released;
+                }
+                (_, Kind::Str) => {
+                    let Some(text) = decode(raw(l)) else {
+                        continue;
+                    };
+                    let mut masked = std::mem::take(&mut self.scratch2);
+                    masked.clear();
+                    self.mask_other(&text, &mut masked);
+                    let changed = (masked != *text).then(|| quoted(&masked));
+                    if let Role::Meta(a, b) = l.role {
+                        let v = changed.as_deref().unwrap_or(raw(l));
+                        self.remember_meta(&s[a as usize..b as usize], v);
+                    }
+                    if let Some(with) = changed {
+                        edits.push(Edit {
+                            range: l.range(),
+                            with,
+                        });
+                    }
+                    self.scratch2 = masked;
+                }
+                (Role::Meta(a, b), _) => self.remember_meta(&s[a as usize..b as usize], raw(l)),
+                _ => {}
+            }
+        }
+        // Channels this event finishes but did not carry: their rest goes into the event's
+        // own container for the field when it has one, else into an added event before it.
+        let mut rests: Vec<(ChanKey, Vec<u8>)> = Vec::new();
+        let mut k = 0;
+        while k < self.channels.len() {
+            let key = self.channels[k].key;
+            if ends(&key) && !touched.contains(&key) {
+                let mut rest = Vec::new();
+                self.channels[k].push(b"", true, &mut rest)?;
+                self.close(key);
+                if !rest.is_empty() {
+                    rests.push((key, rest));
+                }
+            } else {
+                k += 1;
+            }
+        }
+        place(leaves, &choice, rests, &mut edits, extras);
+        if edits.is_empty() {
+            return Ok(None);
+        }
+        edits.sort_by_key(|e| (e.range.start, e.range.end));
+        let mut new = Vec::with_capacity(s.len() + 64);
+        let mut at = 0;
+        for e in &edits {
+            new.extend_from_slice(&s[at..e.range.start]);
+            new.extend_from_slice(&e.with);
+            at = e.range.end;
+        }
+        new.extend_from_slice(&s[at..]);
+        Ok(Some(new))
+    }
+
+    /// Keeps the last value of a top-level `id`, `model`, ... (as sent: masked) for added
+    /// events.
+    fn remember_meta(&mut self, key: &[u8], value: &[u8]) {
+        match self.meta.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            None => self.meta.push((key.to_vec(), value.to_vec())),
+        }
+    }
+
+    fn channel(&mut self, key: ChanKey) -> Result<&mut Channel, EventError> {
+        let k = match self.channels.iter().position(|c| c.key == key) {
+            Some(k) => k,
+            None => {
+                if self.channels.len() >= MAX_CHANNELS {
+                    return Err(EventError::TooManyChannels);
+                }
+                let body = if key.field.json() {
+                    Body::Json(Box::new(JsonMasker::new(
+                        self.plan.clone(),
+                        self.restore.clone(),
+                    )))
+                } else {
+                    Body::Text {
+                        masker: Box::new(StreamMasker::new(self.plan.clone())),
+                        restorer: self.restore.clone().map(Restorer::new),
+                        scratch: Vec::new(),
+                    }
+                };
+                self.channels.push(Channel {
+                    key,
+                    body,
+                    carry: Vec::new(),
+                });
+                self.channels.len() - 1
+            }
+        };
+        Ok(&mut self.channels[k])
+    }
+
+    fn close(&mut self, key: ChanKey) {
+        if let Some(k) = self.channels.iter().position(|c| c.key == key) {
+            let mut c = self.channels.swap_remove(k);
+            c.move_counts_to(&mut self.counts);
+            self.restored += c.restored();
+        }
+    }
+
+    /// Flushes the channels `which` selects into `extras`.
+    fn finish_where(
+        &mut self,
+        which: impl Fn(&ChanKey) -> bool,
+        extras: &mut Vec<Extra>,
+    ) -> Result<(), EventError> {
+        let mut k = 0;
+        while k < self.channels.len() {
+            let key = self.channels[k].key;
+            if which(&key) {
+                let mut rest = Vec::new();
+                self.channels[k].push(b"", true, &mut rest)?;
+                self.close(key);
+                if !rest.is_empty() {
+                    extras.push(Extra { key, text: rest });
+                }
+            } else {
+                k += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// One string value masked whole (and its pseudonyms restored), appended to `out`.
+    fn mask_other(&mut self, text: &[u8], out: &mut Vec<u8>) {
+        match &mut self.other_restorer {
+            Some(r) => {
+                let mut m = Vec::new();
+                self.other.push(text, true, &mut m);
+                r.push(&m, true, out);
+                r.restart();
+            }
+            None => self.other.push(text, true, out),
+        }
+        self.other.restart();
+    }
+
+    fn write_extras(&self, extras: &[Extra], out: &mut BytesMut) {
+        for e in extras {
+            let json = self.added_event(e);
+            match self.wire {
+                Wire::Sse => {
+                    if e.key.fam == Fam::Anthropic {
+                        out.extend_from_slice(b"event: content_block_delta\n");
+                    }
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(&json);
+                    out.extend_from_slice(b"\n\n");
+                }
+                Wire::Ndjson => {
+                    out.extend_from_slice(&json);
+                    out.extend_from_slice(b"\n");
+                }
+            }
+        }
+    }
+
+    /// A delta event of the channel's family carrying `e.text`.
+    fn added_event(&self, e: &Extra) -> Vec<u8> {
+        let mut o = Vec::with_capacity(e.text.len() + 160);
+        let meta = |o: &mut Vec<u8>, keys: &[&[u8]]| {
+            for (k, v) in &self.meta {
+                if keys.contains(&k.as_slice()) {
+                    o.push(b'"');
+                    o.extend_from_slice(k);
+                    o.extend_from_slice(b"\":");
+                    o.extend_from_slice(v);
+                    o.push(b',');
+                }
+            }
+        };
+        let g = e.key.group.to_string();
+        match e.key.fam {
+            Fam::Openai => {
+                o.push(b'{');
+                meta(
+                    &mut o,
+                    &[
+                        b"id",
+                        b"object",
+                        b"created",
+                        b"model",
+                        b"system_fingerprint",
+                    ],
+                );
+                o.extend_from_slice(b"\"choices\":[{\"index\":");
+                o.extend_from_slice(g.as_bytes());
+                if e.key.field == Field::LegacyText {
+                    o.push(b',');
+                    o.extend_from_slice(&member(e.key, &e.text));
+                } else {
+                    o.extend_from_slice(b",\"delta\":{");
+                    o.extend_from_slice(&member(e.key, &e.text));
+                    o.push(b'}');
+                }
+                o.extend_from_slice(b",\"finish_reason\":null}]}");
+            }
+            Fam::Anthropic => {
+                let kind: &[u8] = match e.key.field.name() {
+                    "thinking" => b"thinking_delta",
+                    "partial_json" => b"input_json_delta",
+                    _ => b"text_delta",
+                };
+                o.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
+                o.extend_from_slice(g.as_bytes());
+                o.extend_from_slice(b",\"delta\":{\"type\":\"");
+                o.extend_from_slice(kind);
+                o.extend_from_slice(b"\",");
+                o.extend_from_slice(&member(e.key, &e.text));
+                o.extend_from_slice(b"}}");
+            }
+            Fam::Ollama => {
+                o.push(b'{');
+                meta(&mut o, &[b"model", b"created_at"]);
+                if e.key.field == Field::Response {
+                    o.extend_from_slice(&member(e.key, &e.text));
+                } else {
+                    o.extend_from_slice(b"\"message\":{\"role\":\"assistant\",");
+                    o.extend_from_slice(&member(e.key, &e.text));
+                    o.push(b'}');
+                }
+                o.extend_from_slice(b",\"done\":false}");
+            }
+            Fam::Tgi => {
+                o.extend_from_slice(b"{\"token\":{\"id\":0,");
+                o.extend_from_slice(&member(e.key, &e.text));
+                o.extend_from_slice(b",\"logprob\":0.0,\"special\":false},\"generated_text\":null,\"details\":null}");
+            }
+        }
+        o
+    }
+}
+
+/// Puts each finished channel's rest into this event (as a new member of the object
+/// that holds its field), or into an added event when the event has no such object.
+fn place(
+    leaves: &[Leaf],
+    choice: &dyn Fn(u32) -> i64,
+    rests: Vec<(ChanKey, Vec<u8>)>,
+    edits: &mut Vec<Edit>,
+    extras: &mut Vec<Extra>,
+) {
+    // Members to insert per container (the position just after its `{`).
+    let mut inserts: Vec<(usize, bool, Vec<u8>)> = Vec::new();
+    for (key, text) in rests {
+        let container = leaves.iter().find(|l| match (l.role, key.fam, key.field) {
+            (Role::DeltaObj(p), Fam::Openai, Field::Delta(_) | Field::ToolArgs(_))
+            | (Role::ChoiceObj(p), Fam::Openai, Field::LegacyText) => choice(p) == key.group,
+            (Role::MessageObj, Fam::Ollama, Field::Message(_))
+            | (Role::RootObj, Fam::Ollama, Field::Response) => true,
+            _ => false,
+        });
+        let Some(c) = container else {
+            extras.push(Extra { key, text });
+            continue;
+        };
+        let member = member(key, &text);
+        let at = c.range.1 as usize;
+        let empty = matches!(c.kind, Kind::Obj { empty: true });
+        match inserts.iter_mut().find(|(p, _, _)| *p == at) {
+            Some((_, _, m)) => {
+                m.push(b',');
+                m.extend_from_slice(&member);
+            }
+            None => inserts.push((at, empty, member)),
+        }
+    }
+    for (at, empty, mut m) in inserts {
+        if !empty {
+            m.push(b',');
+        }
+        edits.push(Edit {
+            range: at..at,
+            with: m,
+        });
+    }
+}
+
+/// `"<field>":"<text>"` (for tool arguments, the `tool_calls` member around it).
+fn member(key: ChanKey, text: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(text.len() + 48);
+    if let Field::ToolArgs(j) = key.field {
+        m.extend_from_slice(b"\"tool_calls\":[{\"index\":");
+        m.extend_from_slice(j.to_string().as_bytes());
+        m.extend_from_slice(b",\"function\":{\"arguments\":");
+        m.extend_from_slice(&quoted(text));
+        m.extend_from_slice(b"}}]");
+        return m;
+    }
+    m.push(b'"');
+    m.extend_from_slice(key.field.name().as_bytes());
+    m.extend_from_slice(b"\":");
+    m.extend_from_slice(&quoted(text));
+    m
+}
+
+fn quoted(text: &[u8]) -> Vec<u8> {
+    let mut q = Vec::with_capacity(text.len() + 2);
+    q.push(b'"');
+    json::encode(text, &mut q);
+    q.push(b'"');
+    q
+}
+
+#[cfg(test)]
+#[path = "events_tests.rs"]
+mod tests;
