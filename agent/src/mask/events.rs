@@ -509,6 +509,11 @@ impl EventMasker {
         &self.counts
     }
 
+    /// Adds the counts so far to `total` and zeroes them here.
+    pub fn move_counts_to(&mut self, total: &mut Counts) {
+        total.absorb(&mut self.counts);
+    }
+
     /// Whether a finding of a block-action detector was decided: the event that carried it
     /// must not be sent.
     pub fn blocked(&self) -> bool {
