@@ -634,9 +634,7 @@ impl EventMasker {
             let bare = line.strip_suffix(b"\r").unwrap_or(line);
             if bare.starts_with(b"data:") {
                 if first {
-                    out.extend_from_slice(b"data: ");
-                    out.extend_from_slice(&new);
-                    out.extend_from_slice(eol);
+                    data_lines(&new, eol, true, out);
                     first = false;
                 }
             } else {
@@ -646,8 +644,7 @@ impl EventMasker {
         }
         if first {
             // An unterminated last event whose only line is its data line.
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(&new);
+            data_lines(&new, eol, false, out);
         }
         Ok(())
     }
@@ -1050,11 +1047,14 @@ fn place(
     edits: &mut Vec<Edit>,
     extras: &mut Vec<Extra>,
 ) {
-    // Members to insert per container (the position just after its `{`).
+    // Members to insert per container (the position just after its `{`). Tool arguments
+    // always get an added event: the finishing delta may hold a `tool_calls` of its own, and
+    // their JSON masker rarely holds anything back at the end (a JSON text ends outside a
+    // string).
     let mut inserts: Vec<(usize, bool, Vec<u8>)> = Vec::new();
     for (key, text) in rests {
         let container = leaves.iter().find(|l| match (l.role, key.fam, key.field) {
-            (Role::DeltaObj(p), Fam::Openai, Field::Delta(_) | Field::ToolArgs(_))
+            (Role::DeltaObj(p), Fam::Openai, Field::Delta(_))
             | (Role::ChoiceObj(p), Fam::Openai, Field::LegacyText) => choice(p) == key.group,
             (Role::MessageObj, Fam::Ollama, Field::Message(_))
             | (Role::RootObj, Fam::Ollama, Field::Response) => true,
@@ -1083,6 +1083,19 @@ fn place(
             range: at..at,
             with: m,
         });
+    }
+}
+
+/// Writes `data` as SSE `data:` lines (a newline in it, the whitespace of a pretty-printed
+/// JSON value, starts a new line: SSE joins them back with newlines).
+fn data_lines(data: &[u8], eol: &[u8], terminate: bool, out: &mut BytesMut) {
+    let mut lines = data.split(|&b| b == b'\n').peekable();
+    while let Some(l) = lines.next() {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(l.strip_suffix(b"\r").unwrap_or(l));
+        if terminate || lines.peek().is_some() {
+            out.extend_from_slice(eol);
+        }
     }
 }
 

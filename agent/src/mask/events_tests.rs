@@ -486,3 +486,17 @@ proptest! {
         prop_assert_eq!(events, whole);
     }
 }
+
+#[test]
+fn a_pretty_printed_event_keeps_its_data_lines() {
+    let p = plan();
+    let stream = "id: 7\ndata: {\"choices\": [{\"index\": 0,\ndata:   \"delta\": {\"content\": \"mail jane.doe@example.com\"},\ndata:   \"finish_reason\": \"stop\"}]}\n\n";
+    let (events, _) = run(Wire::Sse, &p, stream.as_bytes(), &[]);
+    assert_eq!(events.len(), 1);
+    let s = std::str::from_utf8(&events[0]).expect("utf-8");
+    assert!(s.starts_with("id: 7\n") && s.ends_with("\n\n"), "{s:?}");
+    let data: Vec<&str> = s.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.len(), 3, "{s:?}");
+    let v: Value = serde_json::from_str(&data.join("\n")).expect("json");
+    assert_eq!(v["choices"][0]["delta"]["content"], "mail [REDACTED:email]");
+}
