@@ -500,3 +500,33 @@ fn a_pretty_printed_event_keeps_its_data_lines() {
     let v: Value = serde_json::from_str(&data.join("\n")).expect("json");
     assert_eq!(v["choices"][0]["delta"]["content"], "mail [REDACTED:email]");
 }
+
+#[test]
+fn repeated_strings_are_counted_every_time_and_a_block_is_never_remembered_as_clean() {
+    let ev = Bytes::from(format!(
+        "data: {}\n\n",
+        json!({"model": "jane.doe@example.com", "choices": []})
+    ));
+    let mut m = EventMasker::new(Wire::Sse, plan(), None);
+    let mut out = BytesMut::new();
+    m.event(&ev, &mut out).expect("masks");
+    m.event(&ev, &mut out).expect("masks");
+    assert_eq!(m.counts().total(), 2);
+    let sc = Arc::new(Scanner::builtin());
+    let email = sc
+        .detectors()
+        .iter()
+        .position(|d| d.name() == "email")
+        .expect("email");
+    let mut actions = vec![None; sc.detectors().len()];
+    actions[email] = Some(Action::Block);
+    let mut m = EventMasker::new(Wire::Sse, Plan::new(sc.clone(), actions), None);
+    for _ in 0..2 {
+        m.event(&ev, &mut BytesMut::new()).expect("masks");
+        assert!(m.blocked());
+        // What the filter does after reading the verdict.
+        let mut total = Plan::new(sc.clone(), Vec::new()).counts();
+        m.move_counts_to(&mut total);
+        assert!(!m.blocked());
+    }
+}
