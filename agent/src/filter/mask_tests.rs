@@ -446,3 +446,39 @@ async fn an_over_long_event_ends_the_stream_as_unscanned() {
         }
     );
 }
+
+#[tokio::test]
+async fn tool_arguments_that_are_not_json_end_the_stream_unscanned() {
+    let events = vec![
+        format!(
+            "data: {}\n\n",
+            json!({"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]})
+        ),
+        format!(
+            "data: {}\n\n",
+            json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{oops"}}]},"finish_reason":null}]})
+        ),
+        "data: [DONE]\n\n".to_string(),
+    ];
+    let m = ResponseMask::new(
+        plan_with(&[]),
+        Server::Openai,
+        Some("text/event-stream"),
+        None,
+        None,
+    )
+    .expect("scannable");
+    let handle = m.handle();
+    let (b, _rx) = body(frames(events), chain_of(m)).await;
+    let (out, _, err) = drain(b).await;
+    assert_eq!(err, None);
+    let all = String::from_utf8(out.concat()).expect("utf-8");
+    assert!(!all.contains("oops") && !all.contains("[DONE]"), "{all}");
+    assert!(all.trim_end().ends_with('}') && all.contains("sluice_response_unscannable"));
+    assert_eq!(
+        handle.verdict(),
+        Verdict::Unscanned {
+            reason: Unscannable::Error
+        }
+    );
+}

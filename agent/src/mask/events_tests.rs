@@ -530,3 +530,37 @@ fn repeated_strings_are_counted_every_time_and_a_block_is_never_remembered_as_cl
         assert!(!m.blocked());
     }
 }
+
+#[test]
+fn tgi_tokens_and_invalid_tool_json() {
+    let p = plan();
+    let mut s = String::new();
+    for t in ["mail ", "jane.doe", "@example", ".com", " bye"] {
+        s += &format!(
+            "data: {}\n\n",
+            json!({"token":{"id":1,"text":t,"logprob":-0.1,"special":false},"generated_text":null,"details":null})
+        );
+    }
+    s += &format!(
+        "data: {}\n\n",
+        json!({"token":{"id":2,"text":"","logprob":0.0,"special":true},"generated_text":"mail jane.doe@example.com bye","details":null})
+    );
+    let (events, _) = run(Wire::Sse, &p, s.as_bytes(), &[]);
+    assert_eq!(events.len(), 6);
+    let got: String = events
+        .iter()
+        .filter_map(|e| sse_data(e))
+        .map(|v| v["token"]["text"].as_str().expect("text").to_string())
+        .collect();
+    assert_eq!(got, "mail [REDACTED:email] bye");
+    let last = sse_data(&events[5]).expect("json");
+    assert_eq!(last["generated_text"], "mail [REDACTED:email] bye");
+    // Tool arguments that are not JSON: an error, for the filter to fail closed on.
+    let bad = format!(
+        "data: {}\n\n",
+        json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\" 1}"}}]},"finish_reason":null}]})
+    );
+    let mut m = EventMasker::new(Wire::Sse, p, None);
+    let r = m.event(&Bytes::from(bad), &mut BytesMut::new());
+    assert!(matches!(r, Err(EventError::Json(_))), "{r:?}");
+}
