@@ -330,11 +330,14 @@ impl EventMasker {
     }
 
     fn sse(&mut self, unit: &Bytes, out: &mut BytesMut) -> Result<(), EventError> {
-        // The data lines, joined with "\n" as the SSE spec joins them.
+        // The data lines, joined with "\n" as the SSE spec joins them; every other line
+        // (`event:`, `id:`, comments) is masked as text on its own.
         let mut data: Vec<u8> = Vec::new();
         let mut n_data = 0;
         let mut crlf = false;
-        for line in unit.split(|&b| b == b'\n') {
+        let mut other_lines: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut masked = Vec::new();
+        for (k, line) in unit.split(|&b| b == b'\n').enumerate() {
             let line = match line.strip_suffix(b"\r") {
                 Some(l) => {
                     crlf = true;
@@ -349,43 +352,56 @@ impl EventMasker {
                 }
                 data.extend_from_slice(v);
                 n_data += 1;
+            } else if !line.is_empty() {
+                masked.clear();
+                self.mask_other(line, &mut masked);
+                if masked != line {
+                    other_lines.push((k, masked.clone()));
+                }
             }
-        }
-        if n_data == 0 {
-            out.extend_from_slice(unit);
-            return Ok(());
         }
         let mut extras = Vec::new();
-        let new = self.data(&data, &mut extras)?;
+        let new = if n_data > 0 {
+            self.data(&data, &mut extras)?
+        } else {
+            None
+        };
         self.write_extras(&extras, out);
-        let Some(new) = new else {
+        if new.is_none() && other_lines.is_empty() {
             out.extend_from_slice(unit);
             return Ok(());
-        };
-        // The event again, its other lines kept, its data in one line where the first was.
+        }
+        // The event again: its data where its first data line was, its other lines kept (or
+        // masked), its line endings kept.
         let eol: &[u8] = if crlf { b"\r\n" } else { b"\n" };
         let mut first = true;
-        let mut lines = unit.split(|&b| b == b'\n').peekable();
-        while let Some(line) = lines.next() {
-            if lines.peek().is_none() {
-                // What follows the last "\n": empty for a terminated event.
-                out.extend_from_slice(line);
-                break;
-            }
+        let mut lines = unit.split(|&b| b == b'\n').enumerate().peekable();
+        while let Some((k, line)) = lines.next() {
+            // The piece after the last "\n": empty for a terminated event, else the
+            // unterminated last line of the stream's last event.
+            let last = lines.peek().is_none();
             let bare = line.strip_suffix(b"\r").unwrap_or(line);
             if bare.starts_with(b"data:") {
-                if first {
-                    data_lines(&new, eol, true, out);
-                    first = false;
+                if !first {
+                    continue;
                 }
-            } else {
-                out.extend_from_slice(line);
+                first = false;
+                // Unchanged data (only another line changed) is rewritten as it was.
+                data_lines(new.as_deref().unwrap_or(&data), eol, !last, out);
+                continue;
+            }
+            match other_lines.iter().find(|(j, _)| *j == k) {
+                Some((_, m)) => {
+                    out.extend_from_slice(m);
+                    if line.ends_with(b"\r") {
+                        out.extend_from_slice(b"\r");
+                    }
+                }
+                None => out.extend_from_slice(line),
+            }
+            if !last {
                 out.extend_from_slice(b"\n");
             }
-        }
-        if first {
-            // An unterminated last event whose only line is its data line.
-            data_lines(&new, eol, false, out);
         }
         Ok(())
     }

@@ -564,3 +564,46 @@ fn tgi_tokens_and_invalid_tool_json() {
     let r = m.event(&Bytes::from(bad), &mut BytesMut::new());
     assert!(matches!(r, Err(EventError::Json(_))), "{r:?}");
 }
+
+#[test]
+fn an_unterminated_last_event_is_masked_too() {
+    let p = plan();
+    for stream in [
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"mail jane.doe@example.com\"},\"finish_reason\":\"stop\"}]}",
+        "event: x\r\ndata: {\"note\":\"mail jane.doe@example.com\"}",
+        "data: mail jane.doe@example.com",
+    ] {
+        let (events, _) = run(Wire::Sse, &p, stream.as_bytes(), &[]);
+        let all: Vec<u8> = events.concat();
+        let s = String::from_utf8(all).expect("utf-8");
+        assert!(!s.contains("jane"), "{s:?}");
+        assert!(s.contains("[REDACTED:email]"), "{s:?}");
+        assert!(
+            !s.ends_with('\n'),
+            "not terminated by the masker either: {s:?}"
+        );
+    }
+    // NDJSON: an unterminated last line.
+    let (lines, _) = run(
+        Wire::Ndjson,
+        &p,
+        br#"{"response":"jane.doe@example.com","done":true}"#,
+        &[],
+    );
+    assert_eq!(
+        &lines.concat()[..],
+        br#"{"response":"[REDACTED:email]","done":true}"#
+    );
+}
+
+#[test]
+fn other_sse_fields_are_masked_as_text() {
+    let p = plan();
+    let stream =
+        "id: jane.doe@example.com\r\n: note jane.doe@example.com\r\ndata: {\"x\":1}\r\n\r\n";
+    let (events, _) = run(Wire::Sse, &p, stream.as_bytes(), &[]);
+    assert_eq!(
+        String::from_utf8(events.concat()).expect("utf-8"),
+        "id: [REDACTED:email]\r\n: note [REDACTED:email]\r\ndata: {\"x\":1}\r\n\r\n"
+    );
+}
