@@ -55,7 +55,19 @@ enum Fam {
     Anthropic,
     Ollama,
     Tgi,
+    /// The OpenAI Responses API's typed events.
+    Responses,
 }
+
+/// The Responses API's delta event types a channel follows (the event type names the
+/// field), and whether their text is JSON.
+const RESPONSES_DELTAS: &[(&str, bool)] = &[
+    ("response.output_text.delta", false),
+    ("response.refusal.delta", false),
+    ("response.reasoning_text.delta", false),
+    ("response.reasoning_summary_text.delta", false),
+    ("response.function_call_arguments.delta", true),
+];
 
 /// Which field of an event a channel's text travels in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +86,8 @@ enum Field {
     Response,
     /// TGI `token.text`.
     Token,
+    /// Responses API `delta` of an event of this type.
+    Resp(&'static str),
 }
 
 impl Field {
@@ -83,12 +97,17 @@ impl Field {
             Field::LegacyText | Field::Token => "text",
             Field::ToolArgs(_) => "arguments",
             Field::Response => "response",
+            Field::Resp(_) => "delta",
         }
     }
 
     /// Whether the concatenated text is JSON (masked as JSON, string values only).
     fn json(self) -> bool {
-        matches!(self, Field::ToolArgs(_) | Field::Block("partial_json"))
+        match self {
+            Field::ToolArgs(_) | Field::Block("partial_json") => true,
+            Field::Resp(t) => RESPONSES_DELTAS.iter().any(|(n, json)| *n == t && *json),
+            _ => false,
+        }
     }
 }
 
@@ -455,9 +474,12 @@ impl EventMasker {
         let mut choice_index: Vec<(u32, i64)> = Vec::new();
         let mut tool_index: Vec<((u32, u32), i64)> = Vec::new();
         let mut finished_choices: Vec<u32> = Vec::new();
+        let (mut output_index, mut content_index) = (0i64, 0i64);
         for l in leaves {
             match l.role {
                 Role::Type => ty = raw(l),
+                Role::OutputIndex => output_index = int(raw(l)).unwrap_or(0),
+                Role::ContentIndex => content_index = int(raw(l)).unwrap_or(0),
                 Role::BlockIndex => block = int(raw(l)).unwrap_or(0),
                 Role::Done => done = l.kind == Kind::True,
                 Role::GeneratedText => generated = true,
@@ -476,6 +498,13 @@ impl EventMasker {
                 .map_or(i64::from(p), |(_, v)| *v)
         };
         let anthropic_delta = ty == b"\"content_block_delta\"";
+        let bare_ty = ty.get(1..ty.len().saturating_sub(1)).unwrap_or(b"");
+        // A Responses API delta event: the field its type names.
+        let responses_delta = RESPONSES_DELTAS
+            .iter()
+            .find(|(n, _)| n.as_bytes() == bare_ty)
+            .map(|(n, _)| *n);
+        let responses_group = (output_index << 16) | (content_index & 0xFFFF);
         // Which channels end with this event.
         let mut finishing: Vec<(Fam, Option<i64>)> = Vec::new();
         for &p in &finished_choices {
@@ -484,7 +513,19 @@ impl EventMasker {
         match ty {
             b"\"content_block_stop\"" => finishing.push((Fam::Anthropic, Some(block))),
             b"\"message_stop\"" => finishing.push((Fam::Anthropic, None)),
-            _ => {}
+            b"\"response.completed\"" | b"\"response.incomplete\"" | b"\"response.failed\"" => {
+                finishing.push((Fam::Responses, None));
+            }
+            _ => {
+                // `response.output_text.done` and the like end their part's channel.
+                if let Some(base) = bare_ty.strip_suffix(b".done")
+                    && RESPONSES_DELTAS
+                        .iter()
+                        .any(|(n, _)| n.as_bytes().strip_suffix(b".delta") == Some(base))
+                {
+                    finishing.push((Fam::Responses, Some(responses_group)));
+                }
+            }
         }
         if done {
             finishing.push((Fam::Ollama, None));
@@ -510,15 +551,22 @@ impl EventMasker {
                         tool,
                     },
                     _,
-                ) if fam != Fam::Anthropic || anthropic_delta => {
+                ) if match fam {
+                    Fam::Anthropic => anthropic_delta,
+                    Fam::Responses => responses_delta.is_some(),
+                    _ => true,
+                } =>
+                {
                     let key = ChanKey {
                         fam,
                         group: match fam {
                             Fam::Openai => choice(p),
                             Fam::Anthropic => block,
+                            Fam::Responses => responses_group,
                             _ => 0,
                         },
                         field: match field {
+                            Field::Resp(_) => Field::Resp(responses_delta.unwrap_or("")),
                             Field::ToolArgs(_) => Field::ToolArgs(
                                 tool_index
                                     .iter()
@@ -724,8 +772,16 @@ impl EventMasker {
             let json = self.added_event(e);
             match self.wire {
                 Wire::Sse => {
-                    if e.key.fam == Fam::Anthropic {
-                        out.extend_from_slice(b"event: content_block_delta\n");
+                    match (e.key.fam, e.key.field) {
+                        (Fam::Anthropic, _) => {
+                            out.extend_from_slice(b"event: content_block_delta\n");
+                        }
+                        (Fam::Responses, Field::Resp(t)) => {
+                            out.extend_from_slice(b"event: ");
+                            out.extend_from_slice(t.as_bytes());
+                            out.extend_from_slice(b"\n");
+                        }
+                        _ => {}
                     }
                     out.extend_from_slice(b"data: ");
                     out.extend_from_slice(&json);
@@ -804,6 +860,25 @@ impl EventMasker {
                     o.push(b'}');
                 }
                 o.extend_from_slice(b",\"done\":false}");
+            }
+            Fam::Responses => {
+                let ty = match e.key.field {
+                    Field::Resp(t) => t,
+                    _ => "response.output_text.delta",
+                };
+                o.extend_from_slice(b"{\"type\":\"");
+                o.extend_from_slice(ty.as_bytes());
+                o.extend_from_slice(b"\",");
+                meta(&mut o, &[b"item_id"]);
+                o.extend_from_slice(b"\"output_index\":");
+                o.extend_from_slice((e.key.group >> 16).to_string().as_bytes());
+                if !e.key.field.json() {
+                    o.extend_from_slice(b",\"content_index\":");
+                    o.extend_from_slice((e.key.group & 0xFFFF).to_string().as_bytes());
+                }
+                o.push(b',');
+                o.extend_from_slice(&member(e.key, &e.text));
+                o.push(b'}');
             }
             Fam::Tgi => {
                 o.extend_from_slice(b"{\"token\":{\"id\":0,");

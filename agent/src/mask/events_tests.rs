@@ -607,3 +607,73 @@ fn other_sse_fields_are_masked_as_text() {
         "id: [REDACTED:email]\r\n: note [REDACTED:email]\r\ndata: {\"x\":1}\r\n\r\n"
     );
 }
+
+#[test]
+fn openai_responses_api_deltas() {
+    let p = plan();
+    let text = sample_text();
+    let mut s = String::new();
+    let mut ev = |v: Value| {
+        s += &format!(
+            "event: {}\ndata: {v}\n\n",
+            v["type"].as_str().expect("type")
+        );
+    };
+    ev(
+        json!({"type":"response.created","sequence_number":0,"response":{"id":"resp_1","output":[]}}),
+    );
+    for (i, d) in deltas(&text, &[4, 9, 10, 22, 23, 40, 70])
+        .into_iter()
+        .enumerate()
+    {
+        ev(
+            json!({"type":"response.output_text.delta","item_id":"msg_1","output_index":0,"content_index":0,"delta":d,"sequence_number":i + 1}),
+        );
+    }
+    ev(
+        json!({"type":"response.output_text.done","item_id":"msg_1","output_index":0,"content_index":0,"text":text,"sequence_number":99}),
+    );
+    let args = format!("{{\"to\":\"{EMAIL}\"}}");
+    for d in deltas(&args, &[3, 10, 11]) {
+        ev(
+            json!({"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":d}),
+        );
+    }
+    ev(
+        json!({"type":"response.function_call_arguments.done","item_id":"fc_1","output_index":1,"arguments":args}),
+    );
+    ev(
+        json!({"type":"response.completed","response":{"id":"resp_1","output":[{"content":[{"text":text}]}]}}),
+    );
+    let (events, _) = run(Wire::Sse, &p, s.as_bytes(), &[5, 77, 300]);
+    let (mut got, mut got_args, mut done_text) = (String::new(), String::new(), String::new());
+    for e in &events {
+        let v = sse_data(e).expect("json");
+        let first = std::str::from_utf8(e)
+            .expect("utf-8")
+            .lines()
+            .next()
+            .expect("line")
+            .to_string();
+        assert_eq!(
+            first,
+            format!("event: {}", v["type"].as_str().expect("type"))
+        );
+        match v["type"].as_str().expect("type") {
+            "response.output_text.delta" => {
+                assert_eq!(v["item_id"], "msg_1");
+                got += v["delta"].as_str().expect("delta");
+            }
+            "response.function_call_arguments.delta" => got_args += v["delta"].as_str().expect("d"),
+            "response.output_text.done" => done_text = v["text"].as_str().expect("text").into(),
+            _ => {}
+        }
+    }
+    assert_eq!(got, reference(&p, &text));
+    assert_eq!(
+        done_text, got,
+        "the done event's whole text is masked the same way"
+    );
+    let a: Value = serde_json::from_str(&got_args).expect("arguments stay JSON");
+    assert_eq!(a, json!({"to":"[REDACTED:email]"}));
+}

@@ -47,6 +47,9 @@ pub(super) enum Role {
     BlockIndex,
     Done,
     GeneratedText,
+    /// OpenAI Responses API `output_index` / `content_index`.
+    OutputIndex,
+    ContentIndex,
     /// A top-level `id`, `model`, ...: the key's raw range.
     Meta(u32, u32),
 }
@@ -117,6 +120,10 @@ pub(super) fn role(s: &[u8], path: &[Seg], kind: Kind) -> Role {
             }
         }
         [t] if k(t) == b"type" && kind == Kind::Str => Role::Type,
+        // OpenAI Responses API: `{"type":"response.output_text.delta", "delta": "..."}`.
+        [d] if k(d) == b"delta" && is_str => chan(Fam::Responses, Field::Resp(""), 0, 0),
+        [o] if k(o) == b"output_index" && kind == Kind::Num => Role::OutputIndex,
+        [c] if k(c) == b"content_index" && kind == Kind::Num => Role::ContentIndex,
         [t] if k(t) == b"index" && kind == Kind::Num => Role::BlockIndex,
         [d, f] if k(d) == b"delta" && kind == Kind::Str => match k(f) {
             b"text" => chan(Fam::Anthropic, Field::Block("text"), 0, 0),
@@ -139,7 +146,13 @@ pub(super) fn role(s: &[u8], path: &[Seg], kind: Kind) -> Role {
         [Seg::Key(a, b)]
             if matches!(
                 &s[*a as usize..*b as usize],
-                b"id" | b"object" | b"created" | b"model" | b"created_at" | b"system_fingerprint"
+                b"id"
+                    | b"object"
+                    | b"created"
+                    | b"model"
+                    | b"created_at"
+                    | b"system_fingerprint"
+                    | b"item_id"
             ) && !matches!(kind, Kind::Obj { .. } | Kind::Arr) =>
         {
             Role::Meta(*a, *b)
