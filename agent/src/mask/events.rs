@@ -18,8 +18,12 @@
 //! only their changed strings: every other byte is kept.
 use std::{borrow::Cow, ops::Range};
 
+mod channel;
 mod walk;
+mod wire;
+use channel::{Body, Channel};
 use walk::{Kind, Leaf, Role, Walker, decode, int};
+use wire::{data_lines, member, place, quoted};
 
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
@@ -117,93 +121,6 @@ struct ChanKey {
     /// The choice index (OpenAI), the content block index (Anthropic), 0 otherwise.
     group: i64,
     field: Field,
-}
-
-enum Body {
-    Text {
-        masker: Box<StreamMasker>,
-        restorer: Option<Restorer>,
-        scratch: Vec<u8>,
-    },
-    Json(Box<JsonMasker>),
-}
-
-struct Channel {
-    key: ChanKey,
-    body: Body,
-    /// Released bytes that end inside a UTF-8 character: each event's string must be whole.
-    carry: Vec<u8>,
-}
-
-impl Channel {
-    /// Pushes `text` and appends the released text (whole characters) to `out`.
-    fn push(&mut self, text: &[u8], end: bool, out: &mut Vec<u8>) -> Result<(), JsonError> {
-        let from = out.len();
-        out.append(&mut self.carry);
-        match &mut self.body {
-            Body::Text {
-                masker,
-                restorer,
-                scratch,
-            } => match restorer {
-                Some(r) => {
-                    scratch.clear();
-                    masker.push(text, end, scratch);
-                    r.push(scratch, end, out);
-                }
-                None => masker.push(text, end, out),
-            },
-            Body::Json(j) => j.push(text, end, out)?,
-        }
-        if !end {
-            let cut = from + utf8_whole(&out[from..]);
-            self.carry.extend_from_slice(&out[cut..]);
-            out.truncate(cut);
-        }
-        Ok(())
-    }
-
-    fn move_counts_to(&mut self, total: &mut Counts) {
-        match &mut self.body {
-            Body::Text { masker, .. } => masker.move_counts_to(total),
-            Body::Json(j) => j.move_counts_to(total),
-        }
-    }
-
-    fn held(&self) -> usize {
-        self.carry.len()
-            + match &self.body {
-                Body::Text {
-                    masker, restorer, ..
-                } => masker.held() + restorer.as_ref().map_or(0, Restorer::held),
-                Body::Json(j) => j.held(),
-            }
-    }
-
-    fn restored(&self) -> u64 {
-        match &self.body {
-            Body::Text { restorer, .. } => restorer.as_ref().map_or(0, Restorer::restored),
-            Body::Json(j) => j.restored(),
-        }
-    }
-}
-
-/// The length of the longest prefix of `b` that does not end inside a UTF-8 character.
-fn utf8_whole(b: &[u8]) -> usize {
-    for back in 1..=b.len().min(4) {
-        let c = b[b.len() - back];
-        if c & 0xC0 == 0x80 {
-            continue;
-        }
-        let len = match c {
-            0x00..=0x7F => 1,
-            0xC0..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            _ => 4,
-        };
-        return if len > back { b.len() - back } else { b.len() };
-    }
-    b.len()
 }
 
 /// A change to an event's JSON: `range` becomes `with` (an insertion when empty).
@@ -888,93 +805,6 @@ impl EventMasker {
         }
         o
     }
-}
-
-/// Puts each finished channel's rest into this event (as a new member of the object
-/// that holds its field), or into an added event when the event has no such object.
-fn place(
-    leaves: &[Leaf],
-    choice: &dyn Fn(u32) -> i64,
-    rests: Vec<(ChanKey, Vec<u8>)>,
-    edits: &mut Vec<Edit>,
-    extras: &mut Vec<Extra>,
-) {
-    // Members to insert per container (the position just after its `{`). Tool arguments
-    // always get an added event: the finishing delta may hold a `tool_calls` of its own, and
-    // their JSON masker rarely holds anything back at the end (a JSON text ends outside a
-    // string).
-    let mut inserts: Vec<(usize, bool, Vec<u8>)> = Vec::new();
-    for (key, text) in rests {
-        let container = leaves.iter().find(|l| match (l.role, key.fam, key.field) {
-            (Role::DeltaObj(p), Fam::Openai, Field::Delta(_))
-            | (Role::ChoiceObj(p), Fam::Openai, Field::LegacyText) => choice(p) == key.group,
-            (Role::MessageObj, Fam::Ollama, Field::Message(_))
-            | (Role::RootObj, Fam::Ollama, Field::Response) => true,
-            _ => false,
-        });
-        let Some(c) = container else {
-            extras.push(Extra { key, text });
-            continue;
-        };
-        let member = member(key, &text);
-        let at = c.range.1 as usize;
-        let empty = matches!(c.kind, Kind::Obj { empty: true });
-        match inserts.iter_mut().find(|(p, _, _)| *p == at) {
-            Some((_, _, m)) => {
-                m.push(b',');
-                m.extend_from_slice(&member);
-            }
-            None => inserts.push((at, empty, member)),
-        }
-    }
-    for (at, empty, mut m) in inserts {
-        if !empty {
-            m.push(b',');
-        }
-        edits.push(Edit {
-            range: at..at,
-            with: m,
-        });
-    }
-}
-
-/// Writes `data` as SSE `data:` lines (a newline in it, the whitespace of a pretty-printed
-/// JSON value, starts a new line: SSE joins them back with newlines).
-fn data_lines(data: &[u8], eol: &[u8], terminate: bool, out: &mut BytesMut) {
-    let mut lines = data.split(|&b| b == b'\n').peekable();
-    while let Some(l) = lines.next() {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(l.strip_suffix(b"\r").unwrap_or(l));
-        if terminate || lines.peek().is_some() {
-            out.extend_from_slice(eol);
-        }
-    }
-}
-
-/// `"<field>":"<text>"` (for tool arguments, the `tool_calls` member around it).
-fn member(key: ChanKey, text: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(text.len() + 48);
-    if let Field::ToolArgs(j) = key.field {
-        m.extend_from_slice(b"\"tool_calls\":[{\"index\":");
-        m.extend_from_slice(j.to_string().as_bytes());
-        m.extend_from_slice(b",\"function\":{\"arguments\":");
-        m.extend_from_slice(&quoted(text));
-        m.extend_from_slice(b"}}]");
-        return m;
-    }
-    m.push(b'"');
-    m.extend_from_slice(key.field.name().as_bytes());
-    m.extend_from_slice(b"\":");
-    m.extend_from_slice(&quoted(text));
-    m
-}
-
-fn quoted(text: &[u8]) -> Vec<u8> {
-    let mut q = Vec::with_capacity(text.len() + 2);
-    q.push(b'"');
-    json::encode(text, &mut q);
-    q.push(b'"');
-    q
 }
 
 #[cfg(test)]
