@@ -123,6 +123,13 @@ struct ChanKey {
     field: Field,
 }
 
+fn undecodable(l: &Leaf) -> EventError {
+    EventError::Json(JsonError::Invalid {
+        at: l.range.0 as usize,
+        what: "a string that does not decode (a lone surrogate)",
+    })
+}
+
 /// A change to an event's JSON: `range` becomes `with` (an insertion when empty).
 struct Edit {
     range: Range<usize>,
@@ -494,7 +501,7 @@ impl EventMasker {
                         },
                     };
                     let text = if l.kind == Kind::Str {
-                        decode(raw(l)).unwrap_or(Cow::Borrowed(b""))
+                        decode(raw(l)).ok_or(undecodable(l))?
                     } else {
                         Cow::Borrowed(&b""[..])
                     };
@@ -521,9 +528,9 @@ impl EventMasker {
                     self.scratch = released;
                 }
                 (_, Kind::Str) => {
-                    let Some(text) = decode(raw(l)) else {
-                        continue;
-                    };
+                    // A string that cannot be decoded (a lone surrogate) cannot be scanned:
+                    // the stream fails closed rather than pass it.
+                    let text = decode(raw(l)).ok_or(undecodable(l))?;
                     let mut masked = std::mem::take(&mut self.scratch2);
                     masked.clear();
                     self.mask_other(&text, &mut masked);

@@ -677,3 +677,13 @@ fn openai_responses_api_deltas() {
     let a: Value = serde_json::from_str(&got_args).expect("arguments stay JSON");
     assert_eq!(a, json!({"to":"[REDACTED:email]"}));
 }
+
+#[test]
+fn a_string_that_does_not_decode_is_an_error_not_a_pass() {
+    let ev = Bytes::from_static(b"data: {\"note\":\"\\ud800 jane.doe@example.com\"}\n\n");
+    let mut m = EventMasker::new(Wire::Sse, plan(), None);
+    let mut out = BytesMut::new();
+    let r = m.event(&ev, &mut out);
+    assert!(matches!(r, Err(EventError::Json(_))), "{r:?}");
+    assert!(!out.windows(4).any(|w| w == b"jane"));
+}
