@@ -25,10 +25,12 @@ use crate::{
 
 mod echo_mask;
 pub mod framing;
+mod mask;
 mod max_bytes;
 
 pub use echo_mask::{EchoMask, mask_value};
 pub use framing::Framing;
+pub use mask::{Layer as MaskLayer, MaskHandle, ResponseMask};
 pub use max_bytes::MaxBytes;
 
 /// A filter ends the stream. With a `tail` (the error in the stream's own shape: an SSE error

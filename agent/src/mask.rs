@@ -11,7 +11,10 @@
 mod action;
 pub mod body;
 mod detector;
+pub mod events;
+pub mod json;
 mod plan;
+pub mod restore;
 pub mod sample;
 mod scan;
 mod stream;
@@ -21,7 +24,10 @@ mod verdict;
 
 pub use action::{Action, PseudonymKey};
 pub use detector::{Class, ClassSpec, CustomSpec, Detector, ValidatorSpec};
+pub use events::{EventError, EventMasker, Wire};
+pub use json::{JsonError, JsonMasker};
 pub use plan::{Counts, Plan};
+pub use restore::{Lookup, Restorer};
 pub use scan::{Finding, Scanner};
 pub use stream::{StreamMasker, mask};
 pub use validate::Validator;

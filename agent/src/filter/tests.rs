@@ -30,11 +30,11 @@ impl HttpBody for Frames {
     }
 }
 
-fn data(s: &'static str) -> Result<Frame<Bytes>, BodyError> {
+pub(super) fn data(s: &'static str) -> Result<Frame<Bytes>, BodyError> {
     Ok(Frame::data(Bytes::from_static(s.as_bytes())))
 }
 
-async fn body(
+pub(super) async fn body(
     frames: Vec<Result<Frame<Bytes>, BodyError>>,
     chain: Chain,
 ) -> (ResponseBody, mpsc::Receiver<Record>) {
@@ -64,7 +64,7 @@ async fn body(
 }
 
 /// Polls the body to its end: the data frames, trailers seen, and the error if it failed.
-async fn drain(mut b: ResponseBody) -> (Vec<Bytes>, bool, Option<String>) {
+pub(super) async fn drain(mut b: ResponseBody) -> (Vec<Bytes>, bool, Option<String>) {
     let (mut out, mut trailers) = (Vec::new(), false);
     while let Some(f) = b.frame().await {
         match f {

@@ -206,6 +206,56 @@ impl Gate {
             || (prev.is_ascii_uppercase() && prev2.is_ascii_uppercase())
     }
 
+    /// The gates that may pass at the digit run starting at `p` in `h`, as a bit set (see
+    /// [`Gate::bit`]): the run's shape is read once for all of them. `h` may extend further
+    /// on either side than any detector's window: a gate absent from the set fails
+    /// [`Gate::start`] on every window holding `p` (each test here is implied by its gate's
+    /// own), so skipping it changes no finding. [`Gate::None`] is always in.
+    pub(crate) fn possible(h: &[u8], p: usize) -> u8 {
+        let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let next = h.get(p + run).copied();
+        let after = h.get(p + run + 1).copied();
+        let prev = p.checked_sub(1).map(|i| h[i]);
+        let prev2 = p.checked_sub(2).map(|i| h[i]);
+        let mut set = Gate::None.bit();
+        // A card's 13 digits are one run, or go on across a separator.
+        if run >= 13 || matches!(next, Some(b' ' | b'-')) {
+            set |= Gate::Card.bit();
+        }
+        if run == 3 && next == Some(b'-') {
+            set |= Gate::Ssn.bit();
+        }
+        let digit_after = after.is_some_and(|c| c.is_ascii_digit());
+        if (1..=3).contains(&run) && next == Some(b'.') && digit_after {
+            set |= Gate::Ipv4.bit();
+        }
+        if run >= 2
+            && prev.is_some_and(|c| c.is_ascii_uppercase())
+            && prev2.is_some_and(|c| c.is_ascii_uppercase())
+        {
+            set |= Gate::Iban.bit();
+        }
+        if matches!(prev, Some(b'+' | b'('))
+            || ((2..=5).contains(&run) && matches!(next, Some(b' ' | b'-' | b'.')) && digit_after)
+        {
+            set |= Gate::Phone.bit();
+        }
+        let tail = h[p..].iter().take(5).position(|c| !c.is_ascii_hexdigit());
+        let head = h[..p]
+            .iter()
+            .rev()
+            .take(4)
+            .position(|c| !c.is_ascii_hexdigit());
+        if tail.is_some_and(|i| h[p + i] == b':') || head.is_some_and(|i| h[p - i - 1] == b':') {
+            set |= Gate::Ipv6.bit();
+        }
+        set
+    }
+
+    pub(crate) fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
     /// Where to try an anchored match for the trigger at `p` in `h` (a window, `h.len()`
     /// its end), or `None` when no match can start near it.
     pub(crate) fn start(self, h: &[u8], p: usize) -> Option<usize> {

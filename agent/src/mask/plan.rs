@@ -38,6 +38,21 @@ impl Counts {
     pub fn total(&self) -> u64 {
         self.per_detector.iter().sum()
     }
+
+    /// Adds `other` to these counts and zeroes it.
+    pub fn absorb(&mut self, other: &mut Counts) {
+        if self.per_detector.len() < other.per_detector.len() {
+            self.per_detector.resize(other.per_detector.len(), 0);
+        }
+        for (a, b) in self
+            .per_detector
+            .iter_mut()
+            .zip(other.per_detector.iter_mut())
+        {
+            *a += std::mem::take(b);
+        }
+        self.blocked |= std::mem::take(&mut other.blocked);
+    }
 }
 
 impl Plan {

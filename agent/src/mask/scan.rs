@@ -14,7 +14,7 @@ use regex_automata::{Anchored, Input, meta::Cache};
 
 use super::{
     MaskError,
-    detector::{Detector, Place, Trigger},
+    detector::{Detector, Gate, Place, Trigger},
 };
 
 /// One thing found: which detector (an index into [`Scanner::detectors`]) and the bytes to
@@ -179,15 +179,22 @@ impl Scanner {
         limit: usize,
         out: &mut Vec<Finding>,
     ) {
+        // Which gates may pass at this digit run, read once: a number no gate can accept
+        // (a time, a port, a count) costs a few comparisons, not a look per detector.
+        let mut gates = u8::MAX;
         if source.digits {
             let ctx = p.saturating_sub(2).max(base);
             let end = (p + source.fwd).min(limit);
-            if !super::detector::Gate::any_digit_gate(&hay[ctx - base..end - base], p - ctx) {
+            if !Gate::any_digit_gate(&hay[ctx - base..end - base], p - ctx) {
                 return;
             }
+            gates = Gate::possible(&hay[..limit - base], p - base);
         }
         for &i in &source.detectors {
             let d = &self.detectors[i];
+            if d.place == Place::At && gates & d.gate.bit() == 0 {
+                continue;
+            }
             let ws = p.saturating_sub(d.back);
             let we = (p + d.fwd).min(limit);
             let ctx = ws.saturating_sub(CTX).max(base);
@@ -313,8 +320,9 @@ impl Tracker {
         }
     }
 
-    /// Back to the start of a new input; the caches stay.
-    fn reset(&mut self) {
+    /// Forgets the stream (a new, unrelated text follows) but keeps the regex scratch
+    /// space, which costs far more to build than a short text costs to scan.
+    pub fn reset(&mut self) {
         self.buf.clear();
         self.base = 0;
         self.enumerated = 0;

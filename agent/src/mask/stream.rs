@@ -64,6 +64,21 @@ impl StreamMasker {
         &self.counts
     }
 
+    /// Starts an unrelated text (the next JSON string, the next event's field): nothing of
+    /// the previous one can join a finding with it. Call after the previous text's `end`
+    /// push; counts carry on.
+    pub fn restart(&mut self) {
+        self.tracker.reset();
+        self.emit = 0;
+        self.found.clear();
+    }
+
+    /// Adds this masker's counts to `total` and zeroes its own (no allocation), so one
+    /// response can sum many maskers.
+    pub fn move_counts_to(&mut self, total: &mut Counts) {
+        total.absorb(&mut self.counts);
+    }
+
     /// Bytes received but not yet released.
     pub fn held(&self) -> usize {
         self.tracker.avail() - self.emit

@@ -374,3 +374,31 @@ fn plan_masks_only_the_detectors_it_turns_on() {
     assert_eq!(streamed, out);
     assert_eq!(m.counts(), &c);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The gate set read once per digit run never leaves out a gate that would pass on some
+    /// window holding the run's start: skipping the detectors it leaves out is exact.
+    #[test]
+    fn the_gate_set_never_leaves_out_a_passing_gate(
+        text in "[0-9 .:+()A-Fa-fXY-]{1,40}",
+        a in 0usize..40,
+        b in 0usize..48,
+    ) {
+        use detector::Gate;
+        let h = text.as_bytes();
+        for p in 0..h.len() {
+            if !h[p].is_ascii_digit() || (p > 0 && h[p - 1].is_ascii_digit()) {
+                continue;
+            }
+            let set = Gate::possible(h, p);
+            let (from, to) = (p.saturating_sub(a), (p + 1 + b).min(h.len()));
+            for g in [Gate::None, Gate::Card, Gate::Ssn, Gate::Phone, Gate::Iban, Gate::Ipv4, Gate::Ipv6] {
+                if g.start(&h[from..to], p - from).is_some() {
+                    prop_assert!(set & g.bit() != 0, "{:?} at {} in {:?} ({}..{})", g, p, text, from, to);
+                }
+            }
+        }
+    }
+}
