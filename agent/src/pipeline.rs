@@ -274,7 +274,7 @@ fn response(
         ));
     }
     strip_hop_by_hop(&mut parts.headers, true);
-    mask::response(rq)?;
+    let masking = mask::response(rq, &parts.headers)?;
     let filters = rq.conn.filters();
     let mut chain = Chain::default();
     if filters.may_change_body() {
@@ -294,6 +294,15 @@ fn response(
                 parts.headers.remove(header::CONTENT_LENGTH);
             }
         }
+    }
+    if let Some(m) = masking {
+        if chain.is_empty() {
+            chain = filters.chain(rq.conn.target.server, Framing::of(&parts.headers));
+        }
+        // Before the other filters: max_response_bytes then counts and cuts what the
+        // client gets. Masking changes lengths, so the declared one cannot stay.
+        chain.push_first(m);
+        parts.headers.remove(header::CONTENT_LENGTH);
     }
     if let Some(cred) = &rq.credential {
         mask_echoes(&mut parts.headers, &mut chain, cred);

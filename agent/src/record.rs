@@ -234,6 +234,7 @@ impl Recorder {
             slot,
             started: Instant::now(),
             headers_at: None,
+            mask_response: None,
             phase: Phase::Upload,
             recorder: self.clone(),
             record: Some(Record {
@@ -282,6 +283,9 @@ pub struct Guard {
     started: Instant,
     headers_at: Option<Instant>,
     phase: Phase,
+    /// The response masking filter's verdict, read when the record is finished (the
+    /// filter itself lives in the response body, which may end first or last).
+    mask_response: Option<crate::filter::MaskHandle>,
 }
 
 impl Guard {
@@ -329,6 +333,13 @@ impl Guard {
         self.with(|r| r.mask_response = v);
     }
 
+    /// The response is masked by the filter behind `handle`: its verdict, whatever it is
+    /// when the record is finished (clean, masked, blocked, or unscanned mid-stream), is
+    /// the record's `mask_response`.
+    pub fn watch_mask_response(&mut self, handle: crate::filter::MaskHandle) {
+        self.mask_response = Some(handle);
+    }
+
     /// The response's headers, credentials removed, for the recording store (nothing is
     /// copied when it is off).
     pub fn set_response_headers(&mut self, h: &http::HeaderMap) {
@@ -359,6 +370,9 @@ impl Guard {
         let Some(mut r) = self.record.take() else {
             return;
         };
+        if let Some(h) = self.mask_response.take() {
+            r.mask_response = h.verdict();
+        }
         r.outcome = outcome;
         r.headers_ms = self
             .headers_at

@@ -461,13 +461,15 @@ pub struct Seen {
     pub requests: Arc<Mutex<Vec<String>>>,
     /// Every request header received, as "name: value" with the name in lower case.
     pub headers: Arc<Mutex<Vec<String>>>,
+    /// The body of every request to a model route (`/v1/`, `/api/`).
+    pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     pub stop: Arc<AtomicBool>,
     /// Opened by `GET /release`; a gated stream waits for it after its first chunk.
     pub gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
     /// `Some`: `/v1/` routes answer 401 unless `Authorization: Bearer <one of these>` came
     /// (a server started with an API key, like llama.cpp's `--api-key`).
     pub keys: Arc<Mutex<Option<Vec<String>>>>,
-    /// Keep none of the above lists (peers, requests, headers): a benchmark's millions of
+    /// Keep none of the above lists (peers, requests, headers, bodies): a benchmark's millions of
     /// requests would grow them without bound.
     pub unrecorded: bool,
 }

@@ -231,6 +231,12 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
                 .take(content_length as u64)
                 .read_to_end(&mut body)?;
         }
+        if !seen.unrecorded
+            && !body.is_empty()
+            && let Ok(mut b) = seen.bodies.lock()
+        {
+            b.push(body.clone());
+        }
         let mut received = body.len() as u64;
         if content_length > 0 && body.is_empty() {
             received = io::copy(&mut (&mut r).take(content_length as u64), &mut io::sink())?;
@@ -353,7 +359,7 @@ fn model_api(
                 w,
                 "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n"
             )?;
-            let words = ["echo:", " ", &prompt];
+            let words = deltas(&model, &prompt);
             for (i, word) in words.iter().enumerate() {
                 let ev = serde_json::json!({
                     "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model,
@@ -367,7 +373,7 @@ fn model_api(
                         "server died",
                     ));
                 }
-                if i == 0 && model == "gated" {
+                if i == 0 && model.starts_with("gated") {
                     // Hold the rest until the client proves it received this first chunk.
                     // If the client never saw this chunk (a proxy held it back), abort the
                     // stream unfinished so the client fails instead of passing late.
@@ -396,6 +402,17 @@ fn model_api(
             chunk(w, "data: [DONE]\n\n")?;
             w.write_all(b"0\r\n\r\n")
         }
+        // A server that compresses although it was not asked to.
+        ("POST", "/v1/chat/completions") if model == "gzipped" => {
+            let b = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not really gzip";
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n",
+                b.len()
+            )?;
+            w.write_all(b)
+        }
+        ("POST", "/v1/messages") => anthropic_messages(w, &req, &model, &prompt, conn_hdr),
         ("POST", "/v1/chat/completions") => json(
             w,
             "200 OK",
@@ -410,7 +427,7 @@ fn model_api(
                 w,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n"
             )?;
-            for word in ["echo:", " ", &prompt] {
+            for word in deltas(&model, &prompt) {
                 let line = serde_json::json!({"model": model, "message": {"role": "assistant", "content": word}, "done": false});
                 chunk(w, &format!("{line}\n"))?;
             }
@@ -426,6 +443,89 @@ fn model_api(
             serde_json::json!({"error": "not found"}),
         ),
     }
+}
+
+/// The text deltas of a streamed answer: "echo:", " ", then the prompt in one delta, or
+/// for a model whose name contains "split" in deltas of four characters (so a secret in
+/// the prompt crosses events).
+fn deltas(model: &str, prompt: &str) -> Vec<String> {
+    let mut out = vec!["echo:".to_string(), " ".to_string()];
+    if model.contains("split") {
+        let chars: Vec<char> = prompt.chars().collect();
+        out.extend(chars.chunks(4).map(|c| c.iter().collect::<String>()));
+    } else {
+        out.push(prompt.to_string());
+    }
+    out
+}
+
+/// Anthropic's Messages API, streamed (its SSE event shapes) or not: the answer is the echo
+/// of the last user message's text.
+fn anthropic_messages(
+    w: &mut Out,
+    req: &serde_json::Value,
+    model: &str,
+    prompt: &str,
+    conn_hdr: &str,
+) -> io::Result<()> {
+    let text: String = deltas(model, prompt).concat();
+    if req["stream"].as_bool() != Some(true) {
+        let b = serde_json::json!({
+            "id": "msg_test", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 1, "output_tokens": 2}
+        })
+        .to_string();
+        return write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{b}",
+            b.len()
+        );
+    }
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n"
+    )?;
+    let event = |w: &mut Out, name: &str, v: serde_json::Value| {
+        chunk(w, &format!("event: {name}\ndata: {v}\n\n"))
+    };
+    event(
+        w,
+        "message_start",
+        serde_json::json!({"type": "message_start", "message": {
+            "id": "msg_test", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 1, "output_tokens": 0}}}),
+    )?;
+    event(
+        w,
+        "content_block_start",
+        serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    )?;
+    for d in deltas(model, prompt) {
+        event(
+            w,
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}}),
+        )?;
+    }
+    event(
+        w,
+        "content_block_stop",
+        serde_json::json!({"type": "content_block_stop", "index": 0}),
+    )?;
+    event(
+        w,
+        "message_delta",
+        serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 2}}),
+    )?;
+    event(
+        w,
+        "message_stop",
+        serde_json::json!({"type": "message_stop"}),
+    )?;
+    w.write_all(b"0\r\n\r\n")
 }
 
 type Out = io::BufWriter<TcpStream>;

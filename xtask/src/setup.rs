@@ -276,6 +276,7 @@ pub fn run(with_test_tools: bool) -> Result<()> {
 /// validator the manifest test runs.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("openai", "openai"),
+    ("anthropic", "anthropic"),
     ("grpc", "grpcio"),
     ("kubernetes_validate", "kubernetes-validate"),
 ];

@@ -247,30 +247,52 @@ fn what(r: Unscannable) -> &'static str {
     }
 }
 
-/// The response direction, at the response head. The response filter (SSE, NDJSON and JSON
-/// masking with pseudonyms restored from `session`) is integrated here: it takes
-/// `masking.response` and `masking.session` and sets `mask_response` on the record when it
-/// ends. Until it is, a response a masking rule covers is not scanned, and says so: it is
-/// refused under `on_unscannable: refuse` and passed recorded as unscanned (`error`) under
-/// `pass`, never passed as if it had been scanned.
-pub fn response(rq: &mut Request) -> Result<(), Refusal> {
+/// The response direction, at the response head: the filter that masks the body by the
+/// response plan (`filter::ResponseMask`: SSE and NDJSON events, JSON strings, text), with
+/// the pseudonyms issued to this caller restored from its session's vault. The record takes
+/// the filter's verdict when it is finished. A body the filter cannot scan (compressed,
+/// binary, multipart, gRPC) is refused under `on_unscannable: refuse` and passed, recorded
+/// unscanned with the reason, under `pass`: never passed as if it had been scanned.
+pub fn response(
+    rq: &mut Request,
+    headers: &http::HeaderMap,
+) -> Result<Option<crate::filter::ResponseMask>, Refusal> {
     let Some(m) = rq.masking.as_ref() else {
-        return Ok(());
+        return Ok(None);
     };
-    if m.response.is_none() {
-        return Ok(());
-    }
+    let Some(plan) = m.response.clone() else {
+        return Ok(None);
+    };
     let on_unscannable = m.on_unscannable;
-    let reason = Unscannable::Error;
-    rq.record().set_mask_response(Verdict::Unscanned { reason });
-    match on_unscannable {
-        OnUnscannable::Pass => Ok(()),
-        OnUnscannable::Refuse => Err(Refusal::upstream(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "a masking rule covers this response but this build of Sluice cannot scan responses; target {} refuses what it cannot scan (on_unscannable: refuse)",
-                rq.conn.target.name
-            ),
-        )),
+    let session = m.session.clone();
+    // Restored values are looked up under the vault's lock one token at a time, never while
+    // a body is scanned.
+    let lookup: crate::mask::Lookup = Arc::new(move |token: &str| {
+        let vault = session.vault.lock().ok()?;
+        let value = vault.get(token.as_bytes())?;
+        Some(zeroize::Zeroizing::new(
+            String::from_utf8_lossy(value).into_owned(),
+        ))
+    });
+    let server = rq.conn.target.server;
+    match crate::filter::ResponseMask::from_headers(plan, server, headers, Some(lookup)) {
+        Ok(filter) => {
+            rq.record().watch_mask_response(filter.handle());
+            Ok(Some(filter))
+        }
+        Err(reason) => {
+            rq.record().set_mask_response(Verdict::Unscanned { reason });
+            match on_unscannable {
+                OnUnscannable::Pass => Ok(None),
+                OnUnscannable::Refuse => Err(Refusal::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "the upstream's response is {} and a masking rule covers it; target {} refuses what it cannot scan (on_unscannable: refuse)",
+                        what(reason),
+                        rq.conn.target.name
+                    ),
+                )),
+            }
+        }
     }
 }

@@ -50,8 +50,10 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
     } else if matches!(rq.subject, Some(super::Subject::Token(_))) {
         crate::identity::strip_token(&mut parts.headers);
     }
-    // A compressed echo of the key could not be masked.
-    if rq.conn.filters().may_change_body() || rq.credential.is_some() {
+    // A compressed echo of the key, or a compressed response a masking rule covers, could
+    // not be masked.
+    let masks_response = rq.masking.as_ref().is_some_and(|m| m.response.is_some());
+    if rq.conn.filters().may_change_body() || rq.credential.is_some() || masks_response {
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let body = match std::mem::replace(&mut rq.body, RequestBody::Taken) {
