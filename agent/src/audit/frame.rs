@@ -58,13 +58,27 @@ fn digest(head: &[u8], body: &[u8]) -> Hash {
 
 /// Appends one frame to `out` and returns its hash.
 pub fn encode(out: &mut Vec<u8>, kind: Kind, seq: u64, prev: &Hash, body: &[u8]) -> Hash {
+    encode_with(out, kind, seq, prev, |o| o.extend_from_slice(body))
+}
+
+/// Appends one frame whose body `write` appends to `out` in place (no body buffer of its
+/// own, no copy); returns its hash.
+pub fn encode_with(
+    out: &mut Vec<u8>,
+    kind: Kind,
+    seq: u64,
+    prev: &Hash,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Hash {
     let start = out.len();
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     out.push(kind as u8);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(prev);
-    out.extend_from_slice(body);
-    let hash = digest(&out[start..start + HEAD], body);
+    write(out);
+    let len = (out.len() - start - HEAD) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    let hash = digest(&out[start..start + HEAD], &out[start + HEAD..]);
     out.extend_from_slice(&hash);
     hash
 }

@@ -243,10 +243,16 @@ impl Store {
     /// writes it.
     pub fn append(&mut self, kind: Kind, r: &Record, headers: &[(String, String)]) {
         let entry = RequestEntry::of(r, kind, headers);
-        let Ok(body) = serde_json::to_vec(&entry) else {
-            return;
-        };
-        let (offset, size) = self.push(kind, &body);
+        let offset = self.head.len;
+        let before = self.buf.len();
+        self.head.seq += 1;
+        self.head.last =
+            frame::encode_with(&mut self.buf, kind, self.head.seq, &self.head.last, |out| {
+                // Serialising plain fields into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, &entry);
+            });
+        let size = self.buf.len() - before;
+        self.head.len += size as u64;
         let seq = self.head.seq;
         self.index.add(seq, offset, size, kind, &entry);
         self.head.last_request_id = self.head.last_request_id.max(r.id);

@@ -104,7 +104,16 @@ impl Plan {
                 if let Some(n) = c.per_detector.get_mut(detector) {
                     *n += 1;
                 }
-                a.replace(self.scanner.name(detector), value, out);
+                // Byte patterns may begin or end inside a UTF-8 character; the parts of
+                // characters cut off stay, so valid text stays valid (and JSON strings,
+                // events, stay valid too). Only the range's own bytes decide, so a stream
+                // and the whole text cut alike.
+                let (from, to) = whole_chars(value);
+                out.extend_from_slice(&value[..from]);
+                if from < to {
+                    a.replace(self.scanner.name(detector), &value[from..to], out);
+                }
+                out.extend_from_slice(&value[to.max(from)..]);
             }
         }
     }
@@ -120,5 +129,46 @@ impl Plan {
         }
         out.extend_from_slice(&text[at..]);
         out
+    }
+}
+
+/// The part of `v` made of whole UTF-8 characters: past the continuation bytes it starts
+/// with, and short of a character its end cuts.
+fn whole_chars(v: &[u8]) -> (usize, usize) {
+    let cont = |b: u8| b & 0xC0 == 0x80;
+    let from = v.iter().take(3).take_while(|b| cont(**b)).count();
+    let mut to = v.len();
+    for back in 1..=v.len().saturating_sub(from).min(4) {
+        let b = v[v.len() - back];
+        if cont(b) {
+            continue;
+        }
+        let len = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        if len > back {
+            to = v.len() - back;
+        }
+        break;
+    }
+    (from, to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_chars;
+
+    #[test]
+    fn cut_characters_are_left_out_of_a_finding() {
+        assert_eq!(whole_chars(b"abc"), (0, 3));
+        let s = "x日本".as_bytes(); // x, then two 3-byte characters
+        assert_eq!(whole_chars(s), (0, 7));
+        assert_eq!(whole_chars(&s[..5]), (0, 4), "the second character is cut");
+        assert_eq!(whole_chars(&s[2..]), (2, 5), "starts inside the first");
+        assert_eq!(whole_chars("😀".as_bytes()), (0, 4));
+        assert_eq!(whole_chars(&"😀".as_bytes()[..3]), (0, 0));
     }
 }

@@ -402,3 +402,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_finding_that_ends_inside_a_character_keeps_the_text_valid_utf8() {
+    // The assignment's value class is byte-wise and stops at 128 bytes, so it can end in
+    // the middle of a character.
+    let sc = Scanner::builtin();
+    let t = format!("password=hunter2{}", "日本😀é".repeat(20));
+    let out = mask(&sc, t.as_bytes(), &Action::Redact);
+    let s = String::from_utf8(out).expect("still UTF-8");
+    assert!(
+        s.starts_with("password=[REDACTED:password_assignment]"),
+        "{s}"
+    );
+}
