@@ -35,6 +35,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(rules = loaded.rule_count(), packs = ?loaded.packs, "policies loaded");
     // The admin socket doubles as the single-instance lock: bind it before touching the kernel.
     let admin_listener = admin::bind(&cfg.admin_socket).await?;
+    // Bound before interception too: a socket that cannot be set up stops the start.
+    let approvers_listener = match (&cfg.approvals.socket, &cfg.approvals.socket_group) {
+        (Some(path), Some(group)) => {
+            let l = crate::approval::socket::bind(path, group)?;
+            tracing::info!(socket = %path.display(), group, "approvers' socket");
+            Some(l)
+        }
+        _ => None,
+    };
     // Metrics are bound before interception too: a taken port stops the start, loudly.
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some((
@@ -140,6 +149,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(id) = &identity {
         id.prefetch();
     }
+    let (approvals, webhook_queue) = crate::approval::Approvals::new(&cfg.approvals);
+    if let (Some(rx), Some(hook)) = (webhook_queue, cfg.approvals.webhook.clone()) {
+        tokio::spawn(crate::approval::webhook::run(
+            rx,
+            hook,
+            approvals.store.clone(),
+            cfg.bypass_mark,
+            drain.shutdown_signal(),
+        ));
+    }
+    if let Some(l) = approvers_listener {
+        tokio::spawn(crate::approval::socket::serve(
+            l,
+            approvals.clone(),
+            drain.shutdown_signal(),
+        ));
+    }
     let targets: Vec<_> = cfg.targets.iter().cloned().map(Arc::new).collect();
     // Key files and commands block: read them off the runtime's workers.
     let custody = {
@@ -185,6 +211,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown: drain.shutdown_signal(),
         kernel_relay: interceptor.kernel_relay.clone(),
         agent_netns: namespaces.agent_cookie,
+        approvals: approvals.clone(),
     };
     if let Some((listener, m)) = metrics_listener {
         tracing::info!(listen = ?cfg.metrics_listen, "serving /metrics");
@@ -208,6 +235,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     tokio::spawn(admin::serve(
         admin_listener,
+        approvals.clone(),
         table.clone(),
         maps.clone(),
         interceptor.kernel_relay.clone(),
@@ -295,6 +323,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     interceptor.shutdown(cfg.fail_mode).context("detaching")?;
     let _ = std::fs::remove_file(&cfg.admin_socket);
+    if let Some(path) = &cfg.approvals.socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 

@@ -172,6 +172,9 @@ pub struct Config {
     /// Token issuers whose JWTs name the caller (docs/configuration.md, "Identity").
     #[serde(default)]
     pub identity: crate::identity::Settings,
+    /// Requests held for a person's approval (docs/configuration.md, "Approvals").
+    #[serde(default)]
+    pub approvals: crate::approval::Settings,
     pub targets: Vec<Target>,
 }
 
@@ -394,6 +397,7 @@ impl Config {
             ));
         }
         self.identity.validate()?;
+        self.approvals.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             if t.identity == crate::identity::Requirement::Required {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::{
     Error, Switch,
+    approval::{Approval, ApprovalSpec},
     container::{ContainerIdPattern, PodUidPattern},
     index::Index,
 };
@@ -69,9 +70,24 @@ struct RuleSpec {
     id: String,
     #[serde(default)]
     description: Option<String>,
-    action: Action,
+    action: RuleAction,
+    /// The settings of `action: require-approval` (and only of it).
+    #[serde(default)]
+    approval: Option<ApprovalSpec>,
     #[serde(rename = "match", default)]
     when: MatchSpec,
+}
+
+/// What a rule does when it matches. `require-approval` holds the request for a person; such
+/// a rule's `Rule::action` is `Deny`, so whatever does not know approvals fails closed.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+enum RuleAction {
+    #[serde(rename = "allow")]
+    Allow,
+    #[serde(rename = "deny")]
+    Deny,
+    #[serde(rename = "require-approval")]
+    RequireApproval,
 }
 
 #[derive(Deserialize, Default)]
@@ -175,6 +191,8 @@ pub struct Rule {
     pub pack: String,
     pub description: Option<String>,
     pub action: Action,
+    /// Set on `require-approval` rules: a match holds the request for these approvers.
+    pub approval: Option<std::sync::Arc<Approval>>,
     pub(super) targets: Option<Globs>,
     pub(super) servers: Vec<Server>,
     pub(super) operations: Vec<OpClass>,
@@ -371,6 +389,26 @@ fn parse(
                 )));
             }
         }
+        let approval = match (spec.action, spec.approval) {
+            (RuleAction::RequireApproval, Some(a)) => Some(std::sync::Arc::new(
+                a.compile(spec.description.as_deref()).map_err(&invalid)?,
+            )),
+            (RuleAction::RequireApproval, None) => {
+                return Err(invalid(
+                    "action require-approval needs `approval:` naming its approvers".into(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "`approval:` belongs to action require-approval only".into(),
+                ));
+            }
+            (_, None) => None,
+        };
+        let action = match spec.action {
+            RuleAction::Allow => Action::Allow,
+            RuleAction::Deny | RuleAction::RequireApproval => Action::Deny,
+        };
         let w = spec.when;
         let id = w.identity;
         let named = id.issuers.is_some()
@@ -401,7 +439,8 @@ fn parse(
             id: spec.id.clone(),
             pack: pack.clone(),
             description: spec.description,
-            action: spec.action,
+            action,
+            approval,
             targets: globs(&w.targets, false).map_err(&invalid)?,
             servers: w.servers,
             operations: w.operations,

@@ -62,6 +62,10 @@ pub fn json(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         outcome: Shown(&r.outcome),
         headers_ms: r.headers_ms,
         duration_ms: r.duration_ms,
+        approval_id: r.approval.as_ref().map(|a| a.id.as_str()),
+        approval: r.approval.as_ref().map(|a| a.outcome),
+        approved_by: r.approval.as_ref().map(|a| a.decided_by.as_str()),
+        approval_wait_ms: r.approval.as_ref().and_then(|a| a.waited_ms),
         target: TARGET,
     };
     // Serialising plain fields into a Vec cannot fail; a failure would lose only this line.
@@ -122,7 +126,16 @@ pub fn text(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         if let Some(ms) = r.headers_ms {
             write!(s, " headers_ms={ms}")?;
         }
-        writeln!(s, " duration_ms={}", r.duration_ms)
+        write!(s, " duration_ms={}", r.duration_ms)?;
+        if let Some(a) = &r.approval {
+            quoted(&mut s, " approval_id=", &a.id)?;
+            quoted(&mut s, " approval=", a.outcome)?;
+            quoted(&mut s, " approved_by=", &a.decided_by)?;
+            if let Some(ms) = a.waited_ms {
+                write!(s, " approval_wait_ms={ms}")?;
+            }
+        }
+        writeln!(s)
     })();
     out.extend_from_slice(s.as_bytes());
 }
@@ -221,6 +234,15 @@ struct Json<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     headers_ms: Option<u64>,
     duration_ms: u64,
+    /// Only on requests a rule held for approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_wait_ms: Option<u64>,
     target: &'static str,
 }
 
@@ -294,6 +316,7 @@ mod tests {
             outcome: Outcome::Ended("too \"long\"".into()),
             headers_ms: Some(3),
             duration_ms: 9,
+            approval: None,
         }
     }
 
