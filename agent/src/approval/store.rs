@@ -499,3 +499,247 @@ fn take(inner: &mut Inner, id: &str) -> Option<Entry> {
     }
     Some(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::approval::{GrantScope, Require};
+
+    fn approval(require: Require, grant: Option<u64>) -> Arc<Approval> {
+        Arc::new(Approval {
+            reason: "pulls change what runs here".into(),
+            users: vec!["alice".into()],
+            groups: vec!["sre".into()],
+            require,
+            justification_header: None,
+            justification_required: false,
+            timeout: Duration::from_secs(60),
+            grant: grant.map(|s| (Duration::from_secs(s), GrantScope::Subject)),
+        })
+    }
+
+    fn held(id: &str, caller: &str, a: &Arc<Approval>) -> NewHold {
+        NewHold {
+            info: Info {
+                id: id.into(),
+                created_unix_ms: 0,
+                rule: "pull".into(),
+                reason: a.reason.clone(),
+                approvers: a.approvers(),
+                target: "ollama".into(),
+                method: "POST".into(),
+                path: "/api/pull".into(),
+                operation: "ollama.pull".into(),
+                model: Some("llama3".into()),
+                requester: Caller::default(),
+                justification: None,
+                excerpt: String::new(),
+                timeout_secs: 60,
+                state: State::Pending,
+                decided_by: Vec::new(),
+                decided_unix_ms: None,
+                deny_reason: None,
+                grant_secs: None,
+                waited_ms: None,
+                webhook: Delivery::default(),
+            },
+            approval: a.clone(),
+            requester: Requester {
+                uid: 2000,
+                user: Some("bob".into()),
+                subject: None,
+            },
+            identity: caller.into(),
+            grant_key: a.grant.map(|_| caller.to_string()),
+        }
+    }
+
+    fn who(uid: u32, user: &str, groups: &[&str]) -> Approver {
+        Approver {
+            uid,
+            user: Some(user.into()),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_table_is_bounded_overall_and_per_caller_and_places_come_back() {
+        let s = Store::new(3, 2, 10);
+        let a = approval(Require::Any, None);
+        let t1 = s.register(held("a1", "uid 1", &a)).expect("first");
+        let _t2 = s.register(held("a2", "uid 1", &a)).expect("second");
+        let e = s
+            .register(held("a3", "uid 1", &a))
+            .err()
+            .expect("per caller");
+        assert_eq!(e, Full::Caller(2));
+        let _t3 = s.register(held("b1", "uid 2", &a)).expect("another caller");
+        let e = s.register(held("c1", "uid 3", &a)).err().expect("overall");
+        assert_eq!(e, Full::Overall(3));
+        // A client that leaves gives its place back, and the entry is kept as cancelled.
+        drop(t1);
+        let _t4 = s.register(held("a4", "uid 1", &a)).expect("place back");
+        assert_eq!(s.get("a1").map(|i| i.state), Some(State::Cancelled));
+    }
+
+    #[tokio::test]
+    async fn a_decision_wakes_its_request_once_and_a_second_one_is_told_it_is_finished() {
+        let s = Store::new(8, 8, 10);
+        let a = approval(Require::Any, None);
+        let (mut t, rx) = s.register(held("a1", "uid 1", &a)).expect("held");
+        let alice = who(1000, "alice", &[]);
+        assert_eq!(
+            s.decide("a1", &alice, Decide::Approve { for_secs: None }),
+            Ok(Decided::Approved { grant_secs: None })
+        );
+        assert_eq!(
+            rx.await.ok(),
+            Some(Verdict::Approved {
+                by: "alice (uid 1000)".into()
+            })
+        );
+        t.settle();
+        let again = s.decide("a1", &alice, Decide::Deny { reason: "x".into() });
+        assert_eq!(
+            again.map_err(|e| e.to_string()),
+            Err("approval a1 is already finished (approved)".into())
+        );
+        let unknown = s.decide("zz", &alice, Decide::Approve { for_secs: None });
+        assert!(matches!(unknown, Err(DecideError::Unknown(_))));
+    }
+
+    #[tokio::test]
+    async fn a_deny_needs_a_reason_and_an_eligible_approver_who_is_not_the_requester() {
+        let s = Store::new(8, 8, 10);
+        let a = approval(Require::Any, None);
+        let (_t, rx) = s.register(held("a1", "uid 1", &a)).expect("held");
+        let bob = who(2000, "bob", &["sre"]);
+        assert!(matches!(
+            s.decide("a1", &bob, Decide::Approve { for_secs: None }),
+            Err(DecideError::NotAllowed(NotAllowed::Own { .. }))
+        ));
+        let dave = who(3000, "dave", &["dev"]);
+        assert!(matches!(
+            s.decide(
+                "a1",
+                &dave,
+                Decide::Deny {
+                    reason: "no".into()
+                }
+            ),
+            Err(DecideError::NotAllowed(NotAllowed::NotApprover { .. }))
+        ));
+        let carol = who(4000, "carol", &["sre"]);
+        assert_eq!(
+            s.decide("a1", &carol, Decide::Deny { reason: " ".into() }),
+            Err(DecideError::NoReason)
+        );
+        assert_eq!(
+            s.decide(
+                "a1",
+                &carol,
+                Decide::Deny {
+                    reason: "not today".into()
+                }
+            ),
+            Ok(Decided::Denied)
+        );
+        assert_eq!(
+            rx.await.ok(),
+            Some(Verdict::Denied {
+                by: "carol (uid 4000)".into(),
+                reason: "not today".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn all_waits_for_every_named_approver() {
+        let s = Store::new(8, 8, 10);
+        let a = approval(Require::All, None);
+        let (_t, mut rx) = s.register(held("a1", "uid 1", &a)).expect("held");
+        let carol = who(4000, "carol", &["sre"]);
+        assert_eq!(
+            s.decide("a1", &carol, Decide::Approve { for_secs: None }),
+            Ok(Decided::Partial {
+                missing: vec!["user alice".into()]
+            })
+        );
+        assert!(rx.try_recv().is_err(), "not decided yet");
+        assert!(matches!(
+            s.decide("a1", &carol, Decide::Approve { for_secs: None }),
+            Err(DecideError::NotAllowed(NotAllowed::Again { .. }))
+        ));
+        let alice = who(1000, "alice", &[]);
+        assert_eq!(
+            s.decide("a1", &alice, Decide::Approve { for_secs: None }),
+            Ok(Decided::Approved { grant_secs: None })
+        );
+        assert!(matches!(rx.await, Ok(Verdict::Approved { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_approval_for_a_while_opens_a_window_within_the_rules_bound_that_expires() {
+        let s = Store::new(8, 8, 10);
+        let alice = who(1000, "alice", &[]);
+        let once = approval(Require::Any, None);
+        let (_t, _rx) = s.register(held("a1", "uid 1", &once)).expect("held");
+        assert_eq!(
+            s.decide("a1", &alice, Decide::Approve { for_secs: Some(60) }),
+            Err(DecideError::NoGrant {
+                rule: "pull".into()
+            })
+        );
+        let windowed = approval(Require::Any, Some(600));
+        let (_t, _rx) = s.register(held("a2", "uid 7", &windowed)).expect("held");
+        assert!(matches!(
+            s.decide(
+                "a2",
+                &alice,
+                Decide::Approve {
+                    for_secs: Some(601)
+                }
+            ),
+            Err(DecideError::GrantTooLong { max: 600, .. })
+        ));
+        assert_eq!(
+            s.decide("a2", &alice, Decide::Approve { for_secs: Some(30) }),
+            Ok(Decided::Approved {
+                grant_secs: Some(30)
+            })
+        );
+        assert!(s.covers("pull", "uid 7"));
+        assert!(!s.covers("pull", "uid 8"));
+        assert_eq!(s.list().grants.len(), 1);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(s.covers("pull", "uid 7"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!s.covers("pull", "uid 7"));
+        assert!(s.list().grants.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_ends_the_entry_and_a_late_decision_is_refused() {
+        let s = Store::new(8, 8, 10);
+        let a = approval(Require::Any, None);
+        let (mut t, mut rx) = s.register(held("a1", "uid 1", &a)).expect("held");
+        let waited = tokio::time::timeout(a.timeout, &mut rx).await;
+        assert!(waited.is_err(), "nobody decided");
+        assert!(s.end("a1", State::Timeout, Some(a.timeout)));
+        t.settle();
+        let late = s.decide(
+            "a1",
+            &who(1000, "alice", &[]),
+            Decide::Approve { for_secs: None },
+        );
+        assert!(matches!(
+            late,
+            Err(DecideError::Finished {
+                state: State::Timeout,
+                ..
+            })
+        ));
+        assert_eq!(s.list().pending.len(), 0);
+        assert_eq!(s.get("a1").and_then(|i| i.waited_ms), Some(60_000));
+    }
+}

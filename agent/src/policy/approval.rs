@@ -191,3 +191,117 @@ fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
 pub fn parse_window(text: &str) -> Result<Duration, String> {
     bounded(text, MAX_GRANT, "--for")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{
+        adapter::{OpClass, Operation, Server},
+        policy::{Action, Decision, Facts, parse_pack},
+    };
+
+    const PACK: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: PolicyPack
+metadata: { name: jit }
+spec:
+  rules:
+    - id: pull-needs-approval
+      description: pulling a model changes what runs on this node
+      action: require-approval
+      approval:
+        approvers: { users: [alice], groups: [sre], require: all }
+        justification: { required: true }
+        timeout: 2m
+        grant: { for: 30m, scope: workload }
+      match: { routes: [ollama.pull] }
+    - id: no-evil-pull
+      action: deny
+      match: { routes: [ollama.pull], models: ["evil*"] }
+    - id: any
+      action: allow
+"#;
+
+    fn decide(model: &str) -> Decision {
+        let p = parse_pack(PACK, Path::new("jit.yaml")).expect("pack loads");
+        let op = Operation {
+            class: OpClass::Management,
+            route: "ollama.pull",
+            model: Some(model.into()),
+            streaming: false,
+        };
+        p.evaluate(&Facts {
+            target: "t",
+            server: Server::Ollama,
+            method: "POST",
+            path: "/api/pull",
+            operation: &op,
+            body: None,
+            default: Action::Deny,
+            workload: None,
+            identity: None,
+            switch: None,
+        })
+    }
+
+    #[test]
+    fn a_require_approval_rule_holds_over_allows_and_a_deny_still_wins() {
+        let Decision::Hold(h) = decide("llama3") else {
+            panic!("held");
+        };
+        assert_eq!(h.rule, "pull-needs-approval");
+        assert_eq!(h.reason, "pulling a model changes what runs on this node");
+        let a = &h.approval;
+        assert_eq!(a.approvers(), "all of users [alice], groups [sre]");
+        assert_eq!(a.timeout, std::time::Duration::from_secs(120));
+        assert_eq!(
+            a.justification_header.as_deref(),
+            Some("x-sluice-justification")
+        );
+        assert!(a.justification_required);
+        assert_eq!(
+            a.grant,
+            Some((
+                std::time::Duration::from_secs(1800),
+                super::GrantScope::Workload
+            ))
+        );
+        assert_eq!(decide("evil-model").rule_ids(), ["no-evil-pull"]);
+    }
+
+    #[test]
+    fn bad_approval_settings_are_refused_at_load_with_their_place() {
+        for (from, to, want) in [
+            ("timeout: 2m", "timeout: 2h", "jit.yaml:11:"),
+            ("timeout: 2m", "timeout: soon", "jit.yaml:11:"),
+            ("require: all", "require: most", "jit.yaml:11:"),
+            ("scope: workload", "scope: team", "jit.yaml:14:"),
+            (
+                "justification: { required: true }",
+                "justification: { header: \"bad header\" }",
+                "jit.yaml:12:",
+            ),
+            ("timeout: 2m", "timeout: 2m\n        extra: 1", "jit.yaml:"),
+        ] {
+            let text = PACK.replace(from, to);
+            let e = parse_pack(&text, Path::new("jit.yaml")).expect_err(to);
+            assert!(e.to_string().starts_with(want), "{to}: {e}");
+        }
+        let nobody = PACK.replace("users: [alice], groups: [sre], ", "");
+        let e = parse_pack(&nobody, Path::new("jit.yaml")).expect_err("no approvers");
+        assert!(e.to_string().contains("nobody could approve"), "{e}");
+        let bare = PACK.replace(
+            "      approval:\n        approvers: { users: [alice], groups: [sre], require: all }\n        justification: { required: true }\n        timeout: 2m\n        grant: { for: 30m, scope: workload }\n",
+            "",
+        );
+        let e = parse_pack(&bare, Path::new("jit.yaml")).expect_err("no approval block");
+        assert!(e.to_string().contains("needs `approval:`"), "{e}");
+        let stray = PACK.replace(
+            "    - id: any\n      action: allow\n",
+            "    - id: any\n      action: allow\n      approval: { approvers: { users: [a] } }\n",
+        );
+        let e = parse_pack(&stray, Path::new("jit.yaml")).expect_err("approval on allow");
+        assert!(e.to_string().contains("require-approval only"), "{e}");
+    }
+}
