@@ -73,7 +73,12 @@ pub async fn hold(
         rq.approval = Stage::Granted;
         return Ok(permit);
     }
-    let justification = a.justification_header.as_deref().and_then(|name| {
+    // A rule that names no header still shows what a client sent in the default one.
+    let header = a
+        .justification_header
+        .as_deref()
+        .unwrap_or(crate::policy::approval::DEFAULT_JUSTIFICATION_HEADER);
+    let justification = Some(header).and_then(|name| {
         rq.parts
             .headers
             .get(name)
@@ -83,7 +88,6 @@ pub async fn hold(
             .map(|v| super::clean(v, JUSTIFICATION_CHARS))
     });
     if a.justification_required && justification.is_none() {
-        let header = a.justification_header.as_deref().unwrap_or_default();
         return Err(refusal(
             StatusCode::FORBIDDEN,
             "sluice_justification_required",
