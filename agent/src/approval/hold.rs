@@ -207,6 +207,7 @@ pub async fn hold(
     };
     ticket.settle();
     let waited = since.elapsed();
+    rq.clock.exclude(waited);
     rq.phase(Phase::Decide);
     // Not decided by a person: timed out, or the agent is stopping.
     let state = match &verdict {
