@@ -704,11 +704,15 @@ fn grants(
         println!("rules:     none apply");
     }
     for g in &rules {
-        let action = match g.action {
-            Action::Allow => "allow",
-            Action::Deny => "deny ",
+        let action = match (g.action, &g.approvers) {
+            (_, Some(_)) => "hold ",
+            (Action::Allow, None) => "allow",
+            (Action::Deny, None) => "deny ",
         };
-        let conditions = g.conditions();
+        let mut conditions = g.conditions();
+        if let Some(a) = &g.approvers {
+            conditions.push(format!("approval by {a}"));
+        }
         println!(
             "{action}     {} ({}): {}",
             g.rule,

@@ -304,4 +304,45 @@ spec:
         let e = parse_pack(&stray, Path::new("jit.yaml")).expect_err("approval on allow");
         assert!(e.to_string().contains("require-approval only"), "{e}");
     }
+
+    #[test]
+    fn case_files_expect_a_hold_as_require_approval() {
+        let dir = std::env::temp_dir().join(format!("sluice-jit-cases-{}", std::process::id()));
+        let cases = dir.join("cases");
+        std::fs::create_dir_all(&cases).expect("dirs");
+        std::fs::write(dir.join("pack.yaml"), PACK).expect("pack");
+        let case = |name: &str, model: &str, expect: &str| {
+            std::fs::write(
+                cases.join(name),
+                format!(
+                    "description: {name}\nserver: ollama\nrequest: {{method: POST, path: /api/pull, body: {{model: {model}}}}}\nexpect: {expect}\n"
+                ),
+            )
+            .expect("case");
+        };
+        case(
+            "held.yaml",
+            "llama3",
+            "{decision: require-approval, rules: [pull-needs-approval]}",
+        );
+        case(
+            "alias.yaml",
+            "llama3",
+            "{decision: hold, rules: [pull-needs-approval]}",
+        );
+        case("wrong.yaml", "llama3", "{decision: allow, rules: [any]}");
+        let out = crate::policy::cases::run_all(std::slice::from_ref(&dir)).expect("runs");
+        let _ = std::fs::remove_dir_all(&dir);
+        let failed: Vec<String> = out
+            .iter()
+            .filter_map(|o| o.failure.clone().map(|f| format!("{}: {f}", o.description)))
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(
+            failed[0].starts_with(
+                "wrong.yaml: expected allow by [\"any\"], got hold by [\"pull-needs-approval\"]"
+            ),
+            "{failed:?}"
+        );
+    }
 }
