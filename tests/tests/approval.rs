@@ -635,7 +635,7 @@ fn held_requests_are_refused_when_the_agent_stops_never_passed() {
     let held: Vec<Child> = (0..3)
         .map(|i| client(&s, &format!("big-{i}"), &[], false))
         .collect();
-    pending(&s, 3);
+    let ids = pending(&s, 3);
     s.agent.stop();
     for c in held {
         let (code, body) = answer(c);
@@ -659,4 +659,7 @@ fn held_requests_are_refused_when_the_agent_stops_never_passed() {
     // Started again, nothing is pending: a decision for an old id is refused clearly.
     s.agent.spawn();
     assert!(listing(&s)["pending"].as_array().is_some_and(Vec::is_empty));
+    let old = approvals(&s, &["approve", &ids[0]]);
+    assert!(!old.status.success());
+    assert!(text(&old).contains("unknown id"), "{}", text(&old));
 }
