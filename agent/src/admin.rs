@@ -132,8 +132,10 @@ pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
     Ok(listener)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: UnixListener,
+    approvals: Arc<crate::approval::Approvals>,
     table: Arc<Table>,
     maps: Arc<Maps>,
     relay: Option<Arc<KernelRelay>>,
@@ -148,6 +150,7 @@ pub async fn serve(
         };
         let Ok((stream, _)) = conn else { continue };
         let (table, maps, fail_mode) = (table.clone(), maps.clone(), fail_mode.clone());
+        let approvals = approvals.clone();
         let relay = relay.as_ref().map(|r| RelayStatus {
             in_use: r.in_use(),
             capacity: r.capacity(),
@@ -155,15 +158,25 @@ pub async fn serve(
         });
         let netns = namespaces.status();
         tokio::spawn(async move {
+            // Who decides an approval: the kernel's word, not the client's.
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             // One short command per connection; anything longer is not a client of ours.
-            let mut r = tokio::io::AsyncReadExt::take(BufReader::new(r), 256);
+            let mut r =
+                tokio::io::AsyncReadExt::take(BufReader::new(r), crate::approval::socket::MAX_LINE);
             if r.read_line(&mut line).await.is_err() {
                 return;
             }
             let (http_allowed, http_denied, http_refused) = table.request_totals();
+            let approval_cmd = line
+                .trim()
+                .strip_prefix(crate::approval::socket::PREFIX.trim_end());
             let body = match line.trim() {
+                _ if approval_cmd.is_some() => {
+                    let cmd = approval_cmd.unwrap_or_default().trim();
+                    crate::approval::socket::answer(&approvals, cmd, uid).await
+                }
                 "status" => serde_json::to_string(&Status {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     fail_mode,

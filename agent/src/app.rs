@@ -71,6 +71,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The recording store opens before anything is intercepted: with `required`, a store
     // that cannot open stops the start.
     let audit = open_audit(&cfg).await?;
+    // Bound before interception too: a socket that cannot be set up stops the start.
+    let approvers_listener = match (&cfg.approvals.socket, &cfg.approvals.socket_group) {
+        (Some(path), Some(group)) => {
+            let l = crate::approval::socket::bind(path, group)?;
+            tracing::info!(socket = %path.display(), group, "approvers' socket");
+            Some(l)
+        }
+        _ => None,
+    };
     // Metrics are bound before interception too: a taken port stops the start, loudly.
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some((
@@ -183,6 +192,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(id) = &identity {
         id.prefetch();
     }
+    let (approvals, webhook_queue) = crate::approval::Approvals::new(&cfg.approvals);
+    if let (Some(rx), Some(hook)) = (webhook_queue, cfg.approvals.webhook.clone()) {
+        tokio::spawn(crate::approval::webhook::run(
+            rx,
+            hook,
+            approvals.store.clone(),
+            cfg.bypass_mark,
+            drain.shutdown_signal(),
+        ));
+    }
+    if let Some(l) = approvers_listener {
+        tokio::spawn(crate::approval::socket::serve(
+            l,
+            approvals.clone(),
+            drain.shutdown_signal(),
+        ));
+    }
     let targets: Vec<_> = cfg.targets.iter().cloned().map(Arc::new).collect();
     // Key files and commands block: read them off the runtime's workers.
     let custody = {
@@ -231,6 +257,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown: drain.shutdown_signal(),
         kernel_relay: interceptor.kernel_relay.clone(),
         agent_netns: namespaces.agent_cookie,
+        approvals: approvals.clone(),
     };
     if let Some((listener, m)) = metrics_listener {
         tracing::info!(listen = ?cfg.metrics_listen, "serving /metrics");
@@ -254,6 +281,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     tokio::spawn(admin::serve(
         admin_listener,
+        approvals.clone(),
         table.clone(),
         maps.clone(),
         interceptor.kernel_relay.clone(),
@@ -352,6 +380,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     interceptor.shutdown(cfg.fail_mode).context("detaching")?;
     let _ = std::fs::remove_file(&cfg.admin_socket);
+    if let Some(path) = &cfg.approvals.socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 

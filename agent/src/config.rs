@@ -175,6 +175,9 @@ pub struct Config {
     /// The recording store (docs/configuration.md, "Recording"); off when absent.
     #[serde(default)]
     pub audit: crate::audit::Settings,
+    /// Requests held for a person's approval (docs/configuration.md, "Approvals").
+    #[serde(default)]
+    pub approvals: crate::approval::Settings,
     pub targets: Vec<Target>,
 }
 
@@ -403,6 +406,7 @@ impl Config {
         }
         self.identity.validate()?;
         self.audit.validate()?;
+        self.approvals.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             if t.identity == crate::identity::Requirement::Required {

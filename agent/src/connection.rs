@@ -46,6 +46,8 @@ pub struct Ctx {
     pub kernel_relay: Option<Arc<relay::KernelRelay>>,
     /// Cookie of the agent's own network namespace (where the main listeners are).
     pub agent_netns: u64,
+    /// Requests held for approval, shared by every runtime.
+    pub approvals: Arc<crate::approval::Approvals>,
 }
 
 /// What is known about an accepted connection; shared by all its requests.

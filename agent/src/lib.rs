@@ -14,6 +14,7 @@
 pub mod adapter;
 pub mod admin;
 pub mod app;
+pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod connection;

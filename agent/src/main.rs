@@ -61,6 +61,51 @@ enum Command {
         #[command(subcommand)]
         command: sluice::audit::cli::Command,
     },
+    /// Requests held for a person's approval: list them, approve or deny one. You are the
+    /// socket's peer uid, named through the host's name service.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+}
+
+/// Where `sluice approvals` connects: --socket, else the approvers' socket of the config
+/// when not root, else the admin socket.
+#[derive(clap::Args)]
+struct ApprovalsTarget {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Pending approvals, recent decisions (with the webhook's delivery) and open grant
+    /// windows.
+    List {
+        #[command(flatten)]
+        at: ApprovalsTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held request go upstream unchanged. --for (e.g. 30m) also opens a grant window
+    /// for the same subject or workload (as the rule says), up to the rule's grant.for.
+    Approve {
+        id: String,
+        #[arg(long = "for", value_parser = sluice::policy::approval::parse_window)]
+        window: Option<std::time::Duration>,
+        #[command(flatten)]
+        at: ApprovalsTarget,
+    },
+    /// Refuse a held request; the client is told the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        at: ApprovalsTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +365,7 @@ fn main() -> ExitCode {
         }
         Command::Policy { command } => policy_command(command),
         Command::Audit { command } => sluice::audit::cli::run(command, &load),
+        Command::Approvals { command } => approvals_command(command),
         Command::CheckConfig { config } => match load(Some(config)) {
             Ok(cfg) => {
                 if let Err(e) = sluice::policy::load_paths(&cfg.policies) {
@@ -590,7 +636,34 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                     d.reason
                 ),
                 policy::Decision::Hold(h) => {
-                    println!("decision:  hold for approval by {} — {}", h.rule, h.reason)
+                    let a = &h.approval;
+                    println!(
+                        "decision:  held for approval by {} (rule {}, timeout {}) — {}",
+                        a.approvers(),
+                        h.rule,
+                        humantime::format_duration(a.timeout),
+                        h.reason
+                    );
+                    if let Some(header) = &a.justification_header {
+                        println!(
+                            "           justification {} in header {header}",
+                            if a.justification_required {
+                                "required"
+                            } else {
+                                "optional"
+                            }
+                        );
+                    }
+                    if let Some((window, scope)) = a.grant {
+                        println!(
+                            "           an approval may open a grant window of up to {} for the same {}",
+                            humantime::format_duration(window),
+                            match scope {
+                                policy::approval::GrantScope::Subject => "subject",
+                                policy::approval::GrantScope::Workload => "workload",
+                            }
+                        );
+                    }
                 }
             }
             explain_masking(&p, &masking);
@@ -661,11 +734,15 @@ fn grants(
         println!("rules:     none apply");
     }
     for g in &rules {
-        let action = match g.action {
-            Action::Allow => "allow",
-            Action::Deny => "deny ",
+        let action = match (g.action, &g.approvers) {
+            (_, Some(_)) => "hold ",
+            (Action::Allow, None) => "allow",
+            (Action::Deny, None) => "deny ",
         };
-        let conditions = g.conditions();
+        let mut conditions = g.conditions();
+        if let Some(a) = &g.approvers {
+            conditions.push(format!("approval by {a}"));
+        }
         println!(
             "{action}     {} ({}): {}",
             g.rule,
@@ -684,6 +761,157 @@ fn grants(
         println!(
             "defaults:  allow on {} (anything no deny rule refuses)",
             open.join(", ")
+        );
+    }
+}
+
+fn approvals_command(cmd: ApprovalsCommand) -> ExitCode {
+    use sluice::approval::socket::{Command as Cmd, request};
+    let (at, cmd, json) = match cmd {
+        ApprovalsCommand::List { at, json } => (at, Cmd::List, json),
+        ApprovalsCommand::Approve { id, window, at } => (
+            at,
+            Cmd::Approve {
+                id,
+                for_secs: window.map(|w| w.as_secs().max(1)),
+            },
+            false,
+        ),
+        ApprovalsCommand::Deny { id, reason, at } => (at, Cmd::Deny { id, reason }, false),
+    };
+    let socket = match at.socket {
+        Some(s) => s,
+        None => {
+            let cfg = match load(at.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match cfg.approvals.socket {
+                Some(s) if !nix::unistd::geteuid().is_root() => s,
+                _ => cfg.admin_socket,
+            }
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let answer = match rt.block_on(request(&socket, &cmd)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+    }
+    if let Some(e) = &answer.error {
+        eprintln!("sluice: {e}");
+        return ExitCode::from(1);
+    }
+    if json {
+        return ExitCode::SUCCESS;
+    }
+    if let Some(l) = &answer.listing {
+        print_approvals(l);
+    }
+    if let Some(d) = &answer.decided {
+        use sluice::approval::store::Decided;
+        let id = answer.approval.as_ref().map_or("", |a| a.id.as_str());
+        let by = answer.approver.as_deref().unwrap_or("?");
+        match d {
+            Decided::Approved { grant_secs: None } => println!("approved {id} as {by}"),
+            Decided::Approved {
+                grant_secs: Some(s),
+            } => println!("approved {id} as {by}; grant window open for {s}s"),
+            Decided::Partial { missing } => println!(
+                "approval {id} recorded as {by}; still needs {}",
+                missing.join(", ")
+            ),
+            Decided::Denied => println!("denied {id} as {by}"),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_approvals(l: &sluice::approval::Listing) {
+    let now = sluice::approval::store::unix_ms();
+    if l.pending.is_empty() {
+        println!("no requests are waiting for approval");
+    }
+    for (title, list) in [("pending", &l.pending), ("recent", &l.recent)] {
+        if list.is_empty() {
+            continue;
+        }
+        println!("{title}:");
+        for i in list {
+            let r = &i.requester;
+            let age = now.saturating_sub(i.created_unix_ms) / 1000;
+            println!(
+                "{}  {}  rule {}  {}s ago, timeout {}s",
+                i.id,
+                i.state.as_str(),
+                i.rule,
+                age,
+                i.timeout_secs
+            );
+            println!(
+                "  requester: {} (uid {}, {}){}",
+                r.user.as_deref().unwrap_or("-"),
+                r.uid,
+                r.comm,
+                r.subject
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(", subject {s}"))
+            );
+            println!(
+                "  request:   {} {} {} ({}, model {})",
+                i.target,
+                i.method,
+                i.path,
+                i.operation,
+                i.model.as_deref().unwrap_or("-")
+            );
+            println!("  reason:    {}", i.reason);
+            println!("  justified: {}", i.justification.as_deref().unwrap_or("-"));
+            println!("  approvers: {}", i.approvers);
+            println!("  excerpt:   {}", i.excerpt);
+            if !i.decided_by.is_empty() {
+                println!("  decided:   {}", i.decided_by.join(", "));
+            }
+            if let Some(why) = &i.deny_reason {
+                println!("  denied:    {why}");
+            }
+            let w = &i.webhook;
+            match &w.last_error {
+                Some(e) => println!(
+                    "  webhook:   {} after {} attempt(s): {e}",
+                    w.state, w.attempts
+                ),
+                None => println!("  webhook:   {} ({} attempt(s))", w.state, w.attempts),
+            }
+            if i.state == sluice::approval::State::Pending {
+                println!(
+                    "  decide:    sluice approvals approve {id} | sluice approvals deny {id} --reason \"...\"",
+                    id = i.id
+                );
+            }
+        }
+    }
+    for g in &l.grants {
+        println!(
+            "grant window: rule {} for {}, {}s left",
+            g.rule, g.scope, g.secs_left
         );
     }
 }

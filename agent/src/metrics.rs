@@ -387,6 +387,15 @@ impl Clock {
         }
     }
 
+    /// Time spent waiting on something that is not the agent (a person deciding a held
+    /// request): left out of the stage being timed and of the overhead.
+    pub fn exclude(&mut self, d: Duration) {
+        if let Some(s) = self.on.as_mut() {
+            s.last += d;
+            s.waited += d;
+        }
+    }
+
     /// The agent's own time so far (everything but the upstream's), observed as `overhead`.
     pub fn overhead(&mut self) -> Option<Duration> {
         let s = self.on.as_mut()?;

@@ -9,7 +9,7 @@
 //! | classify | `adapter` | method, decoded path, JSON | operation | no |
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
 //! | decide | `policy`, then `open_record` below → `audit` | operation, subject, JSON, switch | decision, masking plans (`mask.rs`), the opening record (durable before the request goes on) | 503 when recording is required and cannot be written |
-//! | approve | `approve` below | decision | `Permit` | 403 on deny; hold is refused until approvers exist |
+//! | approve | `approve` below → `approval::hold` | decision, subject, workload, headers (justification), body (excerpt) | `Permit`, approval state | 403 on deny, on an approver's deny, on an approval's timeout, on a missing justification; 503 over the pending bounds or when the agent stops while held |
 //! | mask | `mask.rs` → `mask::body` | body, JSON, the masking plans decide made | the masked body; `mask_request` in the record | 403 (a `block` detector found something), 415/403/500 (a body it cannot scan, under `on_unscannable: refuse`) |
 //! | prepare | `choose_key` below, `send.rs` → `custody` | parts, body, `Permit`, filters, subject and workload (which of the target's keys) | `credential`, the upstream request (client credentials stripped, the key injected) | 403 (the target holds keys, none for this caller) |
 //! | send | `send.rs` | upstream request | response head | 502 |
@@ -84,7 +84,13 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     decide(ctx, rq);
     open_record(ctx, rq).await?;
     rq.lap(Stage::Decide);
-    let permit = approve(rq.decision.as_ref())?;
+    let permit = match rq.decision.as_ref() {
+        Some(Decision::Hold(h)) => {
+            let h = h.clone();
+            crate::approval::hold(&ctx.approvals, rq, &h, &ctx.shutdown).await?
+        }
+        d => approve(d)?,
+    };
     rq.lap(Stage::Approve);
     mask::request(ctx, rq)?;
     choose_key(ctx, rq)?;
@@ -228,18 +234,15 @@ fn choose_key(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     }
 }
 
-/// Turns the decision into a `Permit`, the only thing `prepare` takes. A held request would
-/// wait here for a person; no approver exists yet, so it is refused rather than guessed.
+/// Turns the decision into a `Permit`, the only thing `prepare` takes. A held request waits
+/// for a person in `approval::hold`; one that reaches here is refused rather than guessed.
 fn approve(decision: Option<&Decision>) -> Result<Permit, Refusal> {
     match decision {
         Some(Decision::Permit(p)) => Ok(p.clone()),
         Some(Decision::Deny(d)) => Err(Refusal::policy(d.rule.clone(), &d.reason)),
         Some(Decision::Hold(h)) => Err(Refusal::policy(
             Some(h.rule.clone()),
-            &format!(
-                "{}; this request needs a person's approval and no approver is configured",
-                h.reason
-            ),
+            &format!("{}; this request needs a person's approval", h.reason),
         )),
         None => Err(Refusal::client(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -405,7 +408,7 @@ mod tests {
     use crate::policy::{Denial, Hold};
 
     #[test]
-    fn only_a_permit_goes_on_and_held_requests_are_refused_until_approvers_exist() {
+    fn only_a_permit_goes_on_and_a_hold_never_passes_without_the_approval_stage() {
         let permit = Permit {
             rules: vec!["allow-chat".into()],
             by_default: false,
@@ -426,6 +429,16 @@ mod tests {
         let held = approve(Some(&Decision::Hold(Hold {
             rule: "big-model".into(),
             reason: "needs sign-off".into(),
+            approval: std::sync::Arc::new(crate::policy::approval::Approval {
+                reason: "needs sign-off".into(),
+                users: vec!["alice".into()],
+                groups: Vec::new(),
+                require: crate::policy::approval::Require::Any,
+                justification_header: None,
+                justification_required: false,
+                timeout: std::time::Duration::from_secs(60),
+                grant: None,
+            }),
         })))
         .expect_err("hold is refused");
         assert_eq!(held.status, StatusCode::FORBIDDEN);

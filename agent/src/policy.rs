@@ -8,6 +8,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use arc_swap::ArcSwap;
 
+pub mod approval;
 pub mod cases;
 pub mod container;
 mod eval;

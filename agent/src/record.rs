@@ -48,6 +48,8 @@ pub enum Phase {
     Upload,
     /// Classifying and deciding.
     Decide,
+    /// Held, waiting for a person's approval.
+    Approval,
     /// Waiting for the upstream's response head.
     Upstream,
     /// Streaming the response body.
@@ -84,6 +86,9 @@ impl fmt::Display for Outcome {
             // "cut" is what a client leaving mid-response has always been called.
             Outcome::ClientGone(Phase::Response) => f.write_str("cut"),
             Outcome::ClientGone(Phase::Upload) => f.write_str("cancelled while uploading"),
+            Outcome::ClientGone(Phase::Approval) => {
+                f.write_str("cancelled while held for approval")
+            }
             Outcome::ClientGone(_) => f.write_str("cancelled while waiting for the upstream"),
             Outcome::UpstreamError => f.write_str("upstream error"),
             Outcome::Ended(why) => write!(f, "ended by sluice: {why}"),
@@ -126,6 +131,20 @@ pub struct Record {
     /// The response's headers with credentials removed; filled only when the recording
     /// store is on (`audit`).
     pub response_headers: Vec<(String, String)>,
+    /// For a request a rule held: its approval and how it ended.
+    pub approval: Option<ApprovalNote>,
+}
+
+/// A held request's approval, as its record shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalNote {
+    /// Empty when a grant window let the request pass without a new approval.
+    pub id: String,
+    /// approved, denied, timeout, cancelled, stopped or granted.
+    pub outcome: &'static str,
+    /// The approvers who decided (or the grant window that covered it).
+    pub decided_by: String,
+    pub waited_ms: Option<u64>,
 }
 
 impl Record {
@@ -259,6 +278,7 @@ impl Recorder {
                 mask_request: Verdict::Off,
                 mask_response: Verdict::Off,
                 response_headers: Vec::new(),
+                approval: None,
             }),
         }
     }
@@ -313,6 +333,10 @@ impl Guard {
 
     pub fn set_decision(&mut self, d: &Decision) {
         self.with(|r| r.decision = Some(d.clone()));
+    }
+
+    pub fn set_approval(&mut self, a: ApprovalNote) {
+        self.with(|r| r.approval = Some(a));
     }
 
     /// The response head is about to go out with this status.

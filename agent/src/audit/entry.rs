@@ -98,6 +98,14 @@ pub struct RequestEntry<'a> {
     pub mask_request: Option<crate::mask::Verdict>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_response: Option<crate::mask::Verdict>,
+    /// For a request a rule held for approval (final record): its id, how it ended
+    /// (approved, denied, timeout, cancelled, stopped, granted) and who decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -187,6 +195,17 @@ impl<'a> RequestEntry<'a> {
             duration_ms: fin.then_some(r.duration_ms),
             mask_request: verdict(fin, &r.mask_request),
             mask_response: verdict(fin, &r.mask_response),
+            approval_id: r
+                .approval
+                .as_ref()
+                .filter(|_| fin)
+                .map(|a| b(a.id.as_str())),
+            approval: r.approval.as_ref().filter(|_| fin).map(|a| b(a.outcome)),
+            approved_by: r
+                .approval
+                .as_ref()
+                .filter(|_| fin)
+                .map(|a| b(a.decided_by.as_str())),
         }
     }
 

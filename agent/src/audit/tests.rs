@@ -101,6 +101,7 @@ fn record(id: u64, subject: &str, model: &str, allow: bool) -> Record {
         response_headers: vec![("content-type".into(), "application/json".into())],
         mask_request: crate::mask::Verdict::Off,
         mask_response: crate::mask::Verdict::Off,
+        approval: None,
     }
 }
 

@@ -40,12 +40,18 @@ pub enum Subject {
     Token(Arc<crate::identity::Principal>),
 }
 
-/// Where an approval stands. Requests the policy holds will wait here for a person.
+/// Where an approval stands. Requests the policy holds wait for a person (`approval::hold`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Approval {
     /// The decision did not ask for one.
     #[default]
     NotNeeded,
+    /// Held, waiting for a decision.
+    Waiting,
+    /// A person approved it.
+    Approved,
+    /// A grant window an earlier approval opened covers it.
+    Granted,
 }
 
 /// The upstream key the prepare stage put in the request in place of the client's

@@ -169,9 +169,32 @@ pub struct CaseRequest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
-    pub decision: Action,
+    pub decision: Expected,
     #[serde(default)]
     pub rules: Vec<RuleId>,
+}
+
+/// The decision a case expects: as policy files spell actions, a held request as
+/// `require-approval` (or `hold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Expected {
+    #[serde(rename = "allow")]
+    Allow,
+    #[serde(rename = "deny")]
+    Deny,
+    #[serde(rename = "require-approval", alias = "hold")]
+    Hold,
+}
+
+impl Expected {
+    /// As `Decision::label` spells it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Expected::Allow => "allow",
+            Expected::Deny => "deny",
+            Expected::Hold => "hold",
+        }
+    }
 }
 
 /// A rule id a case expects; while `parse_case` runs it must be one its pack defines.
@@ -301,7 +324,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         Ok(read) => read,
         // Refused before policy: what the client gets is a refusal, which a case states
         // as deny by no rule.
-        Err(_) if case.expect.decision == Action::Deny && case.expect.rules.is_empty() => {
+        Err(_) if case.expect.decision == Expected::Deny && case.expect.rules.is_empty() => {
             return Outcome {
                 file: file.to_path_buf(),
                 description: case.description,
@@ -340,14 +363,14 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
     });
     let got_rules = decision.rule_ids();
     let want_rules: Vec<&str> = case.expect.rules.iter().map(|r| r.0.as_str()).collect();
-    if decision.action() != case.expect.decision || got_rules != want_rules {
+    if decision.label() != case.expect.decision.label() || got_rules != want_rules {
         return fail(
             case.description,
             format!(
-                "expected {:?} by {:?}, got {:?} by {:?} (operation {} {}, route {})",
-                case.expect.decision,
+                "expected {} by {:?}, got {} by {:?} (operation {} {}, route {})",
+                case.expect.decision.label(),
                 want_rules,
-                decision.action(),
+                decision.label(),
                 got_rules,
                 op.class,
                 op.model.as_deref().unwrap_or("-"),

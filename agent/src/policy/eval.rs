@@ -90,12 +90,15 @@ pub struct Denial {
 }
 
 /// A request the policy neither allows nor denies outright: it may go on only once a person
-/// approves it. The approval stage owns what happens next; until an approver is configured,
-/// a held request is refused (fail closed).
+/// approves it (a `require-approval` rule matched). The approval stage owns what happens
+/// next (`approval::hold`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Hold {
     pub rule: String,
     pub reason: String,
+    /// Who may approve, how long the request may wait, the grant window.
+    #[serde(skip)]
+    pub approval: std::sync::Arc<super::approval::Approval>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -179,13 +182,21 @@ impl Policy {
     }
 }
 
-/// Precedence (docs/policy.md): the first matching deny in load order decides; otherwise every
-/// matching allow, in load order; otherwise the target default. A protocol switch is granted
-/// only by allow rules that name it (`Switch`).
+/// Precedence (docs/policy.md): the first matching deny in load order decides; otherwise the
+/// first matching require-approval rule holds the request; otherwise every matching allow, in
+/// load order; otherwise the target default. A protocol switch is granted only by allow (or
+/// require-approval) rules that name it (`Switch`).
 fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Decision {
     let mut allows = Vec::new();
+    let mut hold: Option<&Rule> = None;
     for rule in rules {
         if !rule.matches(f) {
+            continue;
+        }
+        if rule.approval.is_some() {
+            if f.switch.is_none() || rule.switches.is_some() {
+                hold.get_or_insert(rule);
+            }
             continue;
         }
         match rule.action {
@@ -201,6 +212,13 @@ fn decide_over<'r>(rules: impl Iterator<Item = &'r Rule>, f: &Facts<'_>) -> Deci
             }
             Action::Allow => allows.push(rule.id.clone()),
         }
+    }
+    if let Some((rule, approval)) = hold.and_then(|r| Some((r, r.approval.as_ref()?))) {
+        return Decision::Hold(Hold {
+            rule: rule.id.clone(),
+            reason: approval.reason.clone(),
+            approval: approval.clone(),
+        });
     }
     if !allows.is_empty() {
         return Decision::Permit(Permit {

@@ -30,6 +30,9 @@ pub struct Grant {
     /// The workload matchers, as `name [values]` (the grant holds only for those callers).
     pub workload: Vec<String>,
     pub switches: Vec<String>,
+    /// For a `require-approval` rule (whose `action` reads deny): who may approve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<String>,
 }
 
 impl Policy {
@@ -110,6 +113,7 @@ impl Grant {
                 .flatten()
                 .map(|s| s.as_str().to_string())
                 .collect(),
+            approvers: r.approval.as_ref().map(|a| a.approvers()),
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::{
     Error, Switch,
+    approval::{Approval, ApprovalSpec},
     container::{ContainerIdPattern, PodUidPattern},
     index::Index,
 };
@@ -73,9 +74,24 @@ struct RuleSpec {
     id: String,
     #[serde(default)]
     description: Option<String>,
-    action: Action,
+    action: RuleAction,
+    /// The settings of `action: require-approval` (and only of it).
+    #[serde(default)]
+    approval: Option<ApprovalSpec>,
     #[serde(rename = "match", default)]
     when: MatchSpec,
+}
+
+/// What a rule does when it matches. `require-approval` holds the request for a person; such
+/// a rule's `Rule::action` is `Deny`, so whatever does not know approvals fails closed.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+enum RuleAction {
+    #[serde(rename = "allow")]
+    Allow,
+    #[serde(rename = "deny")]
+    Deny,
+    #[serde(rename = "require-approval")]
+    RequireApproval,
 }
 
 #[derive(Deserialize, Default)]
@@ -179,6 +195,8 @@ pub struct Rule {
     pub pack: String,
     pub description: Option<String>,
     pub action: Action,
+    /// Set on `require-approval` rules: a match holds the request for these approvers.
+    pub approval: Option<std::sync::Arc<Approval>>,
     pub(super) targets: Option<Globs>,
     pub(super) servers: Vec<Server>,
     pub(super) operations: Vec<OpClass>,
@@ -372,14 +390,35 @@ fn parse(
                 "duplicate rule id (ids are global across packs)".into(),
             ));
         }
-        let rule = compile(
+        let approval = match (spec.action, spec.approval) {
+            (RuleAction::RequireApproval, Some(a)) => Some(std::sync::Arc::new(
+                a.compile(spec.description.as_deref()).map_err(&invalid)?,
+            )),
+            (RuleAction::RequireApproval, None) => {
+                return Err(invalid(
+                    "action require-approval needs `approval:` naming its approvers".into(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "`approval:` belongs to action require-approval only".into(),
+                ));
+            }
+            (_, None) => None,
+        };
+        let action = match spec.action {
+            RuleAction::Allow => Action::Allow,
+            RuleAction::Deny | RuleAction::RequireApproval => Action::Deny,
+        };
+        let mut rule = compile(
             spec.id.clone(),
             &pack,
             spec.description,
-            spec.action,
+            action,
             spec.when,
             &invalid,
         )?;
+        rule.approval = approval;
         policy.rules.push(rule);
     }
     if let Some(masking) = file.spec.masking {
@@ -432,6 +471,7 @@ pub(super) fn compile(
         id: rule_id,
         pack: pack.to_string(),
         description,
+        approval: None,
         action,
         targets: globs(&w.targets, false).map_err(invalid)?,
         servers: w.servers,

@@ -65,6 +65,10 @@ pub fn json(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
         duration_ms: r.duration_ms,
         mask_request: MaskJson(&r.mask_request),
         mask_response: MaskJson(&r.mask_response),
+        approval_id: r.approval.as_ref().map(|a| a.id.as_str()),
+        approval: r.approval.as_ref().map(|a| a.outcome),
+        approved_by: r.approval.as_ref().map(|a| a.decided_by.as_str()),
+        approval_wait_ms: r.approval.as_ref().and_then(|a| a.waited_ms),
         target: TARGET,
     };
     // Serialising plain fields into a Vec cannot fail; a failure would lose only this line.
@@ -136,8 +140,15 @@ pub fn text(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
             " mask_response=",
             &MaskText(&r.mask_response).to_string(),
         )?;
-        s.push('\n');
-        Ok(())
+        if let Some(a) = &r.approval {
+            quoted(&mut s, " approval_id=", &a.id)?;
+            quoted(&mut s, " approval=", a.outcome)?;
+            quoted(&mut s, " approved_by=", &a.decided_by)?;
+            if let Some(ms) = a.waited_ms {
+                write!(s, " approval_wait_ms={ms}")?;
+            }
+        }
+        writeln!(s)
     })();
     out.extend_from_slice(s.as_bytes());
 }
@@ -238,6 +249,15 @@ struct Json<'a> {
     duration_ms: u64,
     mask_request: MaskJson<'a>,
     mask_response: MaskJson<'a>,
+    /// Only on requests a rule held for approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_wait_ms: Option<u64>,
     target: &'static str,
 }
 
@@ -381,6 +401,7 @@ mod tests {
                 reason: crate::mask::Unscannable::Compressed,
             },
             response_headers: Vec::new(),
+            approval: None,
         }
     }
 

@@ -364,7 +364,7 @@ impl<T: Read + Write> Stream for T {}
 
 /// One side of a paired comparison: an open keep-alive connection and the token its
 /// requests carry.
-struct Side {
+pub(crate) struct Side {
     r: BufReader<Box<dyn Stream>>,
     token: Option<String>,
 }
@@ -377,7 +377,7 @@ impl Side {
         }
     }
 
-    fn tcp(addr: SocketAddr, token: Option<String>) -> Result<Side> {
+    pub(crate) fn tcp(addr: SocketAddr, token: Option<String>) -> Result<Side> {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         Ok(Side::new(Box::new(s), token))
@@ -408,7 +408,7 @@ impl Side {
 /// `chats` chat completions and then `streams` streamed ones on `a` and `b` in turn, one
 /// request each, `a` first on even requests and `b` first on odd ones, after 20 untimed
 /// requests each.
-fn paired(
+pub(crate) fn paired(
     a: &mut Side,
     b: &mut Side,
     out: (&mut HttpResult, &mut HttpResult),

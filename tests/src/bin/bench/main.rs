@@ -13,12 +13,14 @@
 //! interception (stress.rs); `--policy-only` runs the in-process policy numbers alone,
 //! `--identity-only` the in-process cost of attributing a connection (cgroup, container, pod),
 //! `--netns-only` the added latency from a container's network namespace vs the host's
-//! (netns.rs; also part of the full run).
+//! (netns.rs; also part of the full run), `--approvals-only` other clients' latency and the
+//! agent's memory with 1,000 requests held for approval (approvals.rs; also in the full run).
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use sluice_tests::{Agent, AgentSpec, TestCgroup, servers, virtual_ip};
 
+mod approvals;
 mod audit;
 mod client;
 mod inprocess;
@@ -44,7 +46,7 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --mask-only, --netns-only, --tokens-only or --audit-only alone";
+const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --mask-only, --netns-only, --approvals-only, --tokens-only or --audit-only alone";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -74,6 +76,15 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Some("--netns-only") => return netns_only(),
+        Some("--approvals-only") => return approvals::run(1000, 5000),
+        Some("approvals-client") => {
+            let plan: approvals::Plan =
+                serde_json::from_str(args.get(2).context("approvals-client PLAN")?)
+                    .context("plan")?;
+            let r = approvals::child(&plan)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
         Some("--stress") => return stress::run(&stress_params(&args[2..])?),
         _ => {}
     }
@@ -401,6 +412,8 @@ fn parent(p: &Params) -> Result<()> {
         );
     }
     netns::compare(&cg, &vip, netns_port, p.setups, p.requests.min(10_000))?;
+    println!();
+    approvals::run(1000, p.requests.min(5000))?;
     println!();
     inprocess::policy_cost(p.requests.max(10_000))?;
     inprocess::filter_cost(200_000);
