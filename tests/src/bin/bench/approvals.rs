@@ -102,7 +102,7 @@ pub fn run(held: usize, requests: usize) -> Result<()> {
     let r: Results = serde_json::from_slice(&out.stdout)?;
     println!("\n## Requests held for approval\n");
     println!(
-        "Concurrency 1: {requests} chat completions through Sluice HTTP-aware and direct, paired request by request (the order swapped each time), with no request held, then with {} requests held at once (one connection each, a `require-approval` rule holding them; {} seen pending). Added = Sluice − direct; RSS (VmRSS) of the agent before and while they are held.\n",
+        "Concurrency 1: {requests} chat completions through Sluice HTTP-aware and direct, paired request by request (the order swapped each time), in {ROUNDS} rounds of: a block with no request held, then a block with {} requests held at once (one connection each, a `require-approval` rule holding them; {} seen pending), then their clients leave. Added = Sluice − direct; RSS (VmRSS) of the agent before any is held (after one warm-up hold) and its highest while they are held.\n",
         held, r.pending
     );
     println!("| held at once | added p50 | added p99 | agent RSS |");
@@ -131,40 +131,42 @@ pub fn child(plan: &Plan) -> Result<Results> {
     let mut r = Results::default();
     let mut a = Side::tcp(plan.sluice, None)?;
     let mut b = Side::tcp(plan.direct, None)?;
-    paired(
-        &mut a,
-        &mut b,
-        (&mut r.none.0, &mut r.none.1),
-        plan.requests,
-        0,
-    )?;
     // One request held and let go first: what the first hold builds once (the excerpt's
     // detectors) is not counted per held request.
     let warm = hold(plan.sluice, usize::MAX)?;
     wait_pending(plan, 1)?;
     drop(warm);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_none(plan)?;
+    r.rss_before_kib = rss_kib(plan.agent_pid);
+    // Rounds of both conditions in turn, so machine noise falls on both alike.
+    let per_round = (plan.requests / ROUNDS).max(1);
+    for _ in 0..ROUNDS {
+        paired(&mut a, &mut b, (&mut r.none.0, &mut r.none.1), per_round, 0)?;
+        let held = (0..plan.held)
+            .map(|i| hold(plan.sluice, i))
+            .collect::<Result<Vec<_>>>()?;
+        r.pending = wait_pending(plan, plan.held)?;
+        r.rss_held_kib = r.rss_held_kib.max(rss_kib(plan.agent_pid));
+        paired(&mut a, &mut b, (&mut r.held.0, &mut r.held.1), per_round, 0)?;
+        drop(held);
+        wait_none(plan)?;
+    }
+    Ok(r)
+}
+
+/// Rounds of (nothing held, N held).
+const ROUNDS: usize = 4;
+
+/// Waits until the agent has let every held request go (their clients left).
+fn wait_none(plan: &Plan) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
     while pending(plan)? > 0 {
         if Instant::now() > deadline {
-            bail!("the warm-up request stayed held after its client left");
+            bail!("held requests stayed pending after their clients left");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    r.rss_before_kib = rss_kib(plan.agent_pid);
-    let held = (0..plan.held)
-        .map(|i| hold(plan.sluice, i))
-        .collect::<Result<Vec<_>>>()?;
-    r.pending = wait_pending(plan, plan.held)?;
-    r.rss_held_kib = rss_kib(plan.agent_pid);
-    paired(
-        &mut a,
-        &mut b,
-        (&mut r.held.0, &mut r.held.1),
-        plan.requests,
-        0,
-    )?;
-    drop(held);
-    Ok(r)
+    Ok(())
 }
 
 /// A connection whose request the pack holds.
