@@ -19,7 +19,7 @@ mod keys;
 mod settings;
 mod verify;
 
-pub use credential::strip_token;
+pub use credential::TokenHeaders;
 pub use settings::{IssuerSettings, Requirement, Settings};
 
 /// The identity a verified token carries: what policy, records and refusals see.
@@ -170,16 +170,17 @@ impl Identity {
         }
     }
 
-    /// The request's principal: `None` when it carries no token, a `Rejection` when it carries
-    /// one that does not verify (or credentials in a form that is refused).
+    /// The request's principal and the headers its token came in (to strip before
+    /// forwarding): `None` when it carries no token, a `Rejection` when it carries one that
+    /// does not verify (or credentials in a form that is refused).
     pub async fn authenticate(
         &self,
         parts: &http::request::Parts,
-    ) -> Result<Option<Arc<Principal>>, Rejection> {
-        let Some(token) = credential::find(parts)? else {
+    ) -> Result<Option<(Arc<Principal>, TokenHeaders)>, Rejection> {
+        let Some((token, carried)) = credential::find(parts)? else {
             return Ok(None);
         };
-        self.verify_token(token).await.map(Some)
+        Ok(Some((self.verify_token(token).await?, carried)))
     }
 
     /// Checks one token, from the cache when it was verified before.

@@ -127,9 +127,9 @@ async fn identify(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
         return Ok(());
     };
     match identity.authenticate(&rq.parts).await {
-        Ok(Some(principal)) => {
+        Ok(Some((principal, carried))) => {
             rq.record().set_principal(&principal);
-            rq.subject = Some(Subject::Token(principal));
+            rq.subject = Some(Subject::Token(principal, carried));
             Ok(())
         }
         Ok(None) if rq.conn.target.identity == crate::identity::Requirement::Required => Err(
@@ -158,7 +158,7 @@ fn decide(ctx: &Ctx, rq: &mut Request) {
         default: target.default,
         workload: rq.subject.as_ref().map(|_| &*rq.conn.workload),
         identity: match &rq.subject {
-            Some(Subject::Token(p)) => Some(p),
+            Some(Subject::Token(p, _)) => Some(p),
             _ => None,
         },
         switch: rq.switch,
@@ -195,7 +195,7 @@ async fn open_record(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
 /// refuses it rather than send the client's own credential, or another caller's key.
 fn choose_key(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     let who = match &rq.subject {
-        Some(Subject::Token(p)) => Some(&**p),
+        Some(Subject::Token(p, _)) => Some(&**p),
         _ => None,
     };
     match ctx

@@ -36,8 +36,12 @@ pub enum RequestBody {
 pub enum Subject {
     /// Only the workload the eBPF hook attributed the connection to (no token).
     Workload,
-    /// A verified token's principal, sent by that workload.
-    Token(Arc<crate::identity::Principal>),
+    /// A verified token's principal, sent by that workload, and the headers the token came
+    /// in (stripped before forwarding).
+    Token(
+        Arc<crate::identity::Principal>,
+        crate::identity::TokenHeaders,
+    ),
 }
 
 /// Where an approval stands. Requests the policy holds wait for a person (`approval::hold`).

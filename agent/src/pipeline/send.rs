@@ -47,8 +47,8 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
     let mut parts = std::mem::replace(&mut rq.parts, http::Request::new(()).into_parts().0);
     if let Some(c) = &rq.credential {
         c.key.apply(&mut parts, &c.also);
-    } else if matches!(rq.subject, Some(super::Subject::Token(_))) {
-        crate::identity::strip_token(&mut parts.headers);
+    } else if let Some(super::Subject::Token(_, carried)) = &rq.subject {
+        carried.strip(&mut parts.headers);
     }
     // A compressed echo of the key, or a compressed response a masking rule covers, could
     // not be masked.

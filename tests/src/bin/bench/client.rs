@@ -283,14 +283,18 @@ pub const CHAT: &str = r#"{"model":"test-model","messages":[{"role":"user","cont
 const CHAT_STREAM: &str =
     r#"{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
 
-/// `post`, with `Authorization: Bearer <token>` when given.
+/// `post`, with `Authorization: Bearer <token>` when given. The request is formatted first and
+/// written with one `write`, as HTTP clients do: `write!` on the raw socket sends every
+/// formatted piece as its own segment (`TCP_NODELAY`), and the token's piece alone was one more
+/// segment, one more wakeup and read of the agent, and +17–27 µs p50 that a same-size header
+/// that is no credential paid too.
 fn post_as(w: &mut impl Write, body: &str, token: Option<&str>) -> Result<()> {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        w,
+    let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    w.write_all(request.as_bytes())?;
     Ok(())
 }
 
