@@ -407,10 +407,12 @@ fn grpc_goes_over_tls_with_alpn_h2() {
             ca.ca_file().display()
         ),
         listen_v6: true,
-        extra: String::new(),
+        // One runtime thread: the upstream pool is per thread, so with one the three calls
+        // below must share one connection.
+        extra: "worker_threads: 1\n".to_string(),
     });
     // Three calls from three client processes (three client connections): one TLS
-    // connection upstream carries them all.
+    // connection upstream carries them all (each runtime thread keeps its own).
     for _ in 0..3 {
         let out = run_ok(
             cg.command("python3")

@@ -45,7 +45,7 @@ pub async fn hold(
         by_default: false,
     };
     let principal = match &rq.subject {
-        Some(Subject::Token(p)) => Some(p.clone()),
+        Some(Subject::Token(p, _)) => Some(p.clone()),
         _ => None,
     };
     let w = rq.conn.workload.clone();

@@ -63,7 +63,7 @@ pub fn plans(ctx: &Ctx, rq: &Request, applied: &Applied) -> Option<Masking> {
 fn session_id(rq: &Request) -> String {
     let target = &rq.conn.target.name;
     match &rq.subject {
-        Some(Subject::Token(p)) => format!("{target}\0token\0{}\0{}", p.issuer, p.subject),
+        Some(Subject::Token(p, _)) => format!("{target}\0token\0{}\0{}", p.issuer, p.subject),
         _ => {
             let w = &rq.conn.workload;
             format!("{target}\0workload\0{}\0{}", w.uid, w.cgroup_id)
