@@ -209,23 +209,45 @@ pub async fn serve(
 
 /// Client side: asks a running agent for its status.
 pub async fn query(path: &Path) -> Result<Status, Error> {
-    let mut s = UnixStream::connect(path)
+    let buf = ask(path, b"status\n", MAX_ANSWER)
         .await
-        .map_err(|source| Error::NotRunning {
-            path: path.to_path_buf(),
-            source,
+        .map_err(|e| match e {
+            Asked::Connect(source) => Error::NotRunning {
+                path: path.to_path_buf(),
+                source,
+            },
+            Asked::Io(source) => Error::Io {
+                path: path.to_path_buf(),
+                source,
+            },
         })?;
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    s.write_all(b"status\n").await.map_err(io_err)?;
-    let mut buf = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)
-        .await
-        .map_err(io_err)?;
     serde_json::from_slice(&buf).map_err(|e| Error::BadAnswer {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+/// The longest answer a client reads from an agent socket.
+const MAX_ANSWER: u64 = 256 << 20;
+
+/// How a client's exchange with an agent socket failed.
+pub(crate) enum Asked {
+    /// Nobody answers at the path.
+    Connect(std::io::Error),
+    Io(std::io::Error),
+}
+
+/// Client side of the agent's sockets (admin, approvers'): sends one command line and
+/// reads the answer to its end, at most `limit` bytes.
+pub(crate) async fn ask(path: &Path, line: &[u8], limit: u64) -> Result<Vec<u8>, Asked> {
+    let mut s = UnixStream::connect(path).await.map_err(Asked::Connect)?;
+    s.write_all(line).await.map_err(Asked::Io)?;
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(
+        &mut tokio::io::AsyncReadExt::take(&mut s, limit),
+        &mut buf,
+    )
+    .await
+    .map_err(Asked::Io)?;
+    Ok(buf)
 }

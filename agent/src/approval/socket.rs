@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    net::UnixListener,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -205,29 +205,22 @@ pub async fn serve(listener: UnixListener, approvals: Arc<Approvals>, stop: Canc
 
 /// Client side: sends one command and reads the answer.
 pub async fn request(path: &Path, cmd: &Command) -> Result<Answer, Error> {
-    let mut s = UnixStream::connect(path)
-        .await
-        .map_err(|source| Error::NotRunning {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let bad = |message: String| Error::BadAnswer {
         path: path.to_path_buf(),
         message,
     };
     let line = serde_json::to_string(cmd).map_err(|e| bad(e.to_string()))?;
-    s.write_all(format!("{PREFIX}{line}\n").as_bytes())
+    let buf = crate::admin::ask(path, format!("{PREFIX}{line}\n").as_bytes(), MAX_ANSWER)
         .await
-        .map_err(io_err)?;
-    let mut buf = Vec::new();
-    (&mut s)
-        .take(MAX_ANSWER)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(io_err)?;
+        .map_err(|e| match e {
+            crate::admin::Asked::Connect(source) => Error::NotRunning {
+                path: path.to_path_buf(),
+                source,
+            },
+            crate::admin::Asked::Io(source) => Error::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
     serde_json::from_slice(&buf).map_err(|e| bad(e.to_string()))
 }
