@@ -792,15 +792,9 @@ fn approvals_command(cmd: ApprovalsCommand) -> ExitCode {
             }
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match cli_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let answer = match rt.block_on(request(&socket, &cmd)) {
         Ok(a) => a,
@@ -927,16 +921,21 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
-fn connections(cfg: &Config, json: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// The one-thread runtime a CLI command talks to the agent's sockets on.
+fn cli_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("sluice: {e}");
-            return ExitCode::from(1);
-        }
+            ExitCode::from(1)
+        })
+}
+
+fn connections(cfg: &Config, json: bool) -> ExitCode {
+    let rt = match cli_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     let status = match rt.block_on(admin::query(&cfg.admin_socket)) {
         Ok(s) => s,
