@@ -26,15 +26,17 @@ mod query;
 mod segment;
 mod settings;
 mod store;
+mod tap;
 mod thread;
 mod verify;
 
-pub use entry::{Kind, RequestEntry, sanitize_headers};
+pub use entry::{BodyEntry, BodyNote, Direction, Kind, RequestEntry, sanitize_headers};
 
 pub use query::{Filter, Listed, list, show};
 pub use settings::{Durability, Level, Retention, Settings};
 pub use store::{Recovered, Store};
-pub use thread::{Handle, Unavailable, spawn, start};
+pub use tap::Tap;
+pub use thread::{Handle, Piece, Unavailable, spawn, start};
 pub use verify::{Report, verify};
 
 /// Errors of the store, the key and the readers.

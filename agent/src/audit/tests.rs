@@ -102,6 +102,7 @@ fn record(id: u64, subject: &str, model: &str, allow: bool) -> Record {
         mask_request: crate::mask::Verdict::Off,
         mask_response: crate::mask::Verdict::Off,
         approval: None,
+        body: None,
     }
 }
 

@@ -402,6 +402,7 @@ mod tests {
             },
             response_headers: Vec::new(),
             approval: None,
+            body: None,
         }
     }
 

@@ -65,6 +65,7 @@ fn record(id: u64) -> Record {
         mask_request: sluice::mask::Verdict::Off,
         mask_response: sluice::mask::Verdict::Off,
         approval: None,
+        body: None,
     }
 }
 
