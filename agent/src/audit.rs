@@ -18,10 +18,13 @@ mod checkpoint;
 pub mod cli;
 
 mod entry;
+pub mod export;
 mod frame;
 mod index;
 mod key;
 mod query;
+pub mod replay;
+pub mod reader;
 
 mod segment;
 mod settings;
@@ -32,7 +35,7 @@ mod verify;
 
 pub use entry::{BodyEntry, BodyNote, Direction, Kind, RequestEntry, sanitize_headers};
 
-pub use query::{Filter, Listed, list, show};
+pub use query::{Exchange, Filter, Listed, exchange, list, show};
 pub use settings::{Durability, Level, Retention, Settings};
 pub use store::{Recovered, Store};
 pub use tap::Tap;
