@@ -23,8 +23,8 @@ mod frame;
 mod index;
 mod key;
 mod query;
-pub mod replay;
 pub mod reader;
+pub mod replay;
 
 mod segment;
 mod settings;
@@ -67,5 +67,7 @@ impl Error {
     }
 }
 
+#[cfg(test)]
+mod body_tests;
 #[cfg(test)]
 mod tests;

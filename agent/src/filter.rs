@@ -150,7 +150,9 @@ impl ResponseBody {
         // Recorded before it is sent: with `required`, a chunk the store cannot take never
         // reaches the client, and the response ends there.
         if let Err(why) = self.end.record.response_data(&data) {
-            let reason = format!("recording is required and the audit store cannot take the response ({why})");
+            let reason = format!(
+                "recording is required and the audit store cannot take the response ({why})"
+            );
             self.state = State::Done;
             self.end.record.finish(Outcome::Ended(reason.clone()));
             return Poll::Ready(Some(Err(BodyError::Sluice(reason))));

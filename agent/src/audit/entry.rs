@@ -168,6 +168,18 @@ impl<'a> BodyEntry<'a> {
         }
     }
 
+    pub fn into_owned(self) -> BodyEntry<'static> {
+        BodyEntry {
+            text: self.text.map(|t| Cow::Owned(t.into_owned())),
+            id: self.id,
+            dir: self.dir,
+            n: self.n,
+            at: self.at,
+            t_us: self.t_us,
+            b64: self.b64,
+        }
+    }
+
     /// The recorded bytes (empty when the base64 is damaged: `verify` says so first).
     pub fn data(&self) -> Vec<u8> {
         match (&self.text, &self.b64) {

@@ -103,9 +103,11 @@ fn filter_is_empty(f: &Filter) -> bool {
     since_ms.is_none()
         && until_ms.is_none()
         && id.is_none()
-        && [subject, group, workload, unit, user, target, model, decision, rule]
-            .iter()
-            .all(|o| o.is_none())
+        && [
+            subject, group, workload, unit, user, target, model, decision, rule,
+        ]
+        .iter()
+        .all(|o| o.is_none())
 }
 
 /// A record as its export line, or `None` when it is not exported.

@@ -93,10 +93,7 @@ impl Reader {
         match self.at {
             None => segments.first().map(|(n, _)| (*n, 0)),
             Some((n, off)) if segments.iter().any(|(m, _)| *m == n) => Some((n, off)),
-            Some((n, _)) => segments
-                .iter()
-                .find(|(m, _)| *m > n)
-                .map(|(m, _)| (*m, 0)),
+            Some((n, _)) => segments.iter().find(|(m, _)| *m > n).map(|(m, _)| (*m, 0)),
         }
     }
 
@@ -154,11 +151,7 @@ impl Reader {
                     Err(Bad::Garbage) => return Ok((offset + at as u64, false)),
                 }
             }
-            let need = if short {
-                frame_len(&self.buf[at..])
-            } else {
-                0
-            };
+            let need = if short { frame_len(&self.buf[at..]) } else { 0 };
             offset += at as u64;
             if short {
                 if need > (len - offset) as usize {

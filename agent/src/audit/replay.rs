@@ -75,7 +75,10 @@ pub fn print(x: &Exchange, speed: f64, out: &mut impl Write) -> Result<(), Repla
         writeln!(out, "# (request body truncated at max_body_bytes)")?;
     }
     if note.is_some_and(|n| n.request_unread) {
-        writeln!(out, "# (request body streamed through unread: not recorded)")?;
+        writeln!(
+            out,
+            "# (request body streamed through unread: not recorded)"
+        )?;
     }
     if note.is_none() && x.last.is_some() {
         writeln!(
@@ -115,15 +118,19 @@ pub fn print(x: &Exchange, speed: f64, out: &mut impl Write) -> Result<(), Repla
                 ""
             },
             if n.dropped > 0 {
-                format!(", {} piece(s) dropped (the store's writer was behind)", n.dropped)
+                format!(
+                    ", {} piece(s) dropped (the store's writer was behind)",
+                    n.dropped
+                )
             } else {
                 String::new()
             },
             l.outcome.as_deref().unwrap_or("-")
         ),
         (Some(l), None) => format!("\n# end: outcome {}", l.outcome.as_deref().unwrap_or("-")),
-        (None, _) => "\n# end: no final record (the agent stopped before the request ended)"
-            .to_string(),
+        (None, _) => {
+            "\n# end: no final record (the agent stopped before the request ended)".to_string()
+        }
     };
     writeln!(out, "{end}")?;
     out.flush()?;
@@ -155,9 +162,11 @@ pub fn request(
     x: &Exchange,
     uri: &http::Uri,
 ) -> Result<http::Request<http_body_util::Full<bytes::Bytes>>, ReplayError> {
-    let o = x.open.as_ref().or(x.last.as_ref()).ok_or_else(|| {
-        ReplayError::Resend("the request has no record to send again".into())
-    })?;
+    let o = x
+        .open
+        .as_ref()
+        .or(x.last.as_ref())
+        .ok_or_else(|| ReplayError::Resend("the request has no record to send again".into()))?;
     let authority = uri
         .authority()
         .ok_or_else(|| ReplayError::Resend(format!("{uri}: no host:port")))?;

@@ -6,10 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{
-    BodyNote, Handle, Piece, Unavailable,
-    entry::Direction,
-};
+use super::{BodyNote, Handle, Piece, Unavailable, entry::Direction};
 
 /// Largest piece in one body entry: a frame's body holds at most `frame::MAX_BODY` bytes,
 /// and JSON escaping can make text up to six times longer.
