@@ -249,8 +249,9 @@ pub struct Target {
     /// unscanned (docs/configuration.md, "Masking").
     #[serde(default)]
     pub on_unscannable: crate::policy::masking::OnUnscannable,
-    /// This target's recording level, at most `audit.level` (`metadata` keeps its bodies
-    /// out of a store that records others' at `full`); default: `audit.level`.
+    /// This target's recording level, at most `audit.level`: `metadata` keeps its bodies
+    /// out of a store that records others' at `full`, `none` keeps its requests out
+    /// altogether; default: `audit.level`.
     #[serde(default)]
     pub audit_level: Option<crate::audit::Level>,
 }
@@ -414,10 +415,10 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             if let Some(l) = t.audit_level
-                && (l == crate::audit::Level::None || l > self.audit.level)
+                && l > self.audit.level
             {
                 return Err(format!(
-                    "targets[{i}] ({}): audit_level: {} must be metadata or full, and at most audit.level ({}): a target can keep its bodies out of the store, not turn recording off or on",
+                    "targets[{i}] ({}): audit_level: {} is above audit.level ({}): a target may lower its recording, not raise it",
                     t.name,
                     l.name(),
                     self.audit.level.name()

@@ -183,6 +183,10 @@ async fn open_record(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     let Some(audit) = ctx.recorder.audit() else {
         return Ok(());
     };
+    if rq.conn.target.audit_level == Some(crate::audit::Level::None) {
+        rq.record().set_unaudited();
+        return Ok(());
+    }
     let Some(snapshot) = rq.record().snapshot() else {
         return Ok(());
     };

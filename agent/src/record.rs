@@ -136,6 +136,8 @@ pub struct Record {
     pub approval: Option<ApprovalNote>,
     /// At the store's `full` level: what of the bodies was recorded (`audit::Tap`).
     pub body: Option<crate::audit::BodyNote>,
+    /// The target's `audit_level: none`: not in the recording store (still logged).
+    pub unaudited: bool,
 }
 
 /// A held request's approval, as its record shows it.
@@ -284,6 +286,7 @@ impl Recorder {
                 response_headers: Vec::new(),
                 approval: None,
                 body: None,
+                unaudited: false,
             }),
         }
     }
@@ -316,6 +319,11 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The request's target is not recorded (`audit_level: none`).
+    pub fn set_unaudited(&mut self) {
+        self.with(|r| r.unaudited = true);
+    }
+
     /// From now on the request's bodies are recorded (`level: full`).
     pub fn record_bodies(&mut self) {
         if let (Some(h), Some(r)) = (&self.recorder.audit, &self.record) {

@@ -103,6 +103,7 @@ pub(super) fn record(id: u64, subject: &str, model: &str, allow: bool) -> Record
         mask_response: crate::mask::Verdict::Off,
         approval: None,
         body: None,
+        unaudited: false,
     }
 }
 
@@ -648,7 +649,7 @@ fn the_shipped_config_records_and_a_config_without_audit_does_not() {
         (full.audit.level, full.audit.max_body_bytes),
         (Level::Full, 1024)
     );
-    // A target may keep its bodies out (metadata), not raise its level or turn it off.
+    // A target may lower its level (bodies out, or its requests out), never raise it.
     let target = |level: &str, audit: &str| {
         crate::config::Config::parse(
             &format!(
@@ -660,7 +661,8 @@ fn the_shipped_config_records_and_a_config_without_audit_does_not() {
     assert!(target("metadata", "full").is_ok());
     assert!(target("full", "full").is_ok());
     assert!(target("full", "metadata").is_err());
-    assert!(target("none", "full").is_err());
+    assert!(target("none", "full").is_ok());
+    assert!(target("metadata", "none").is_err());
     for bad in [
         "audit: {dir: relative, level: metadata}",
         "audit: {dir: /x, level: metadata, segment_bytes: 10}",

@@ -403,6 +403,7 @@ mod tests {
             response_headers: Vec::new(),
             approval: None,
             body: None,
+            unaudited: false,
         }
     }
 
