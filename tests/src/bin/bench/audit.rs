@@ -278,11 +278,10 @@ fn full_bodies(rt: &tokio::runtime::Runtime) -> Result<()> {
         let total = rt.block_on(async {
             let mut total = 0u64;
             for id in 1..=requests {
-                let mut n = 0;
                 let mut at = 0;
-                for (dir, data) in std::iter::once((audit::Direction::Request, &body))
-                    .chain((0..chunks).map(|_| (audit::Direction::Response, &chunk)))
-                {
+                let pieces = std::iter::once((audit::Direction::Request, &body))
+                    .chain((0..chunks).map(|_| (audit::Direction::Response, &chunk)));
+                for (n, (dir, data)) in (0u64..).zip(pieces) {
                     let p = audit::Piece {
                         id,
                         dir,
@@ -295,7 +294,6 @@ fn full_bodies(rt: &tokio::runtime::Runtime) -> Result<()> {
                     while h.body(p.clone()).is_err() {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                     }
-                    n += 1;
                     at += data.len() as u64;
                     total += data.len() as u64;
                 }
