@@ -516,7 +516,26 @@ fn a_streamed_completion_recorded_at_full_replays_at_its_pace_and_resends() {
         recorded[0]
     );
 
-    // The replay's events arrive as the client's did, measured from the first one.
+    // The recorded pace: each `data:` line's chunk offset (µs from the request's start), as
+    // `export` prints the body entries.
+    let (ok, exported) = sluice(&agent, &["audit", "export", "--format", "jsonl"]);
+    assert!(ok, "{exported}");
+    let entries: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
+        .filter(|v| v["id"].as_u64().map(|i| i.to_string()) == Some(id.clone()))
+        .collect();
+    let recorded_at: Vec<f64> = entries
+        .iter()
+        .filter(|v| v["record"]["kind"] == "body" && v["dir"] == "response")
+        .flat_map(|v| {
+            let n = v["text"].as_str().unwrap_or("").matches("data:").count();
+            std::iter::repeat_n(v["t_us"].as_f64().unwrap_or(0.0) / 1e6, n)
+        })
+        .collect();
+
+    // The replay's events come at the recorded pace, measured from the first one; and the
+    // whole stream spans what it spanned for the SDK's client.
     let mut replay = Command::new(sluice_tests::sluice_bin())
         .args(["audit", "replay", &id, "--speed", "1", "--config"])
         .arg(&agent.config)
@@ -525,25 +544,39 @@ fn a_streamed_completion_recorded_at_full_replays_at_its_pace_and_resends() {
         .expect("replay");
     let lines = timed_data_lines(&mut replay);
     assert!(replay.wait().expect("replay exit").success());
-    assert!(lines.len() >= times.len(), "{lines:?}");
+    assert_eq!(lines.len(), recorded_at.len(), "{lines:?}");
     assert!(
         lines.iter().any(|(_, l)| l.contains("[REDACTED")),
         "{lines:?}"
     );
     assert_eq!(lines.last().map(|(_, l)| l.as_str()), Some("data: [DONE]"));
-    let (t0, r0) = (times[0], lines[0].0);
-    let pairs: Vec<(f64, f64)> = times
+    let (c0, r0) = (recorded_at[0], lines[0].0);
+    let pairs: Vec<(f64, f64)> = recorded_at
         .iter()
-        .enumerate()
-        .map(|(i, t)| (t - t0, (lines[i].0 - r0).as_secs_f64()))
+        .zip(&lines)
+        .map(|(c, (t, _))| (c - c0, (*t - r0).as_secs_f64()))
         .collect();
-    eprintln!("event offsets from the first (original s, replayed s): {pairs:.3?}");
+    eprintln!(
+        "data lines from the first (recorded s, replayed s): {pairs:.3?}; the SDK's events: {:.3?}",
+        times.iter().map(|t| t - times[0]).collect::<Vec<_>>()
+    );
+    assert!(
+        pairs.last().is_some_and(|p| p.0 > 0.8),
+        "the stream was paced: {pairs:?}"
+    );
     for (i, &(original, replayed)) in pairs.iter().enumerate() {
         assert!(
             (replayed - original).abs() <= 0.10 * original,
-            "event {i}: {replayed:.3} s after the first in the replay, {original:.3} s in the original"
+            "line {i}: {replayed:.3} s after the first in the replay, {original:.3} s as recorded"
         );
     }
+    // The client's own view: its first to last event, against the replay's.
+    let sdk_span = times[times.len() - 1] - times[0];
+    let replay_span = (lines[times.len() - 1].0 - r0).as_secs_f64();
+    assert!(
+        (replay_span - sdk_span).abs() <= 0.10 * sdk_span,
+        "the SDK saw {sdk_span:.3} s from first to last event, the replay took {replay_span:.3} s"
+    );
 
     // --to sends the recorded request (masked, without the client's key) to a loopback
     // server, and prints its answer.
@@ -575,8 +608,6 @@ fn a_streamed_completion_recorded_at_full_replays_at_its_pace_and_resends() {
     );
 
     // export: the request's records and its body entries, one JSON object per line.
-    let (ok, exported) = sluice(&agent, &["audit", "export", "--format", "jsonl"]);
-    assert!(ok, "{exported}");
     let kinds: Vec<String> = exported
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
