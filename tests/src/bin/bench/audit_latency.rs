@@ -24,9 +24,19 @@ pub struct Results {
     off: HttpResult,
 }
 
-/// The parent: the server, the agent, the child; prints the table.
+/// Both durabilities: `group` (the shipped one: a request waits for its opening record's
+/// fsync) and `none` (no wait: what recording the bodies costs apart from the disk).
 pub fn run(requests: usize) -> Result<()> {
     sluice_tests::require_root();
+    println!("\n### Recording at `full` vs recording off\n");
+    for durability in ["group", "none"] {
+        run_one(requests, durability)?;
+    }
+    Ok(())
+}
+
+/// The server, one agent, the child; prints one table.
+fn run_one(requests: usize, durability: &str) -> Result<()> {
     let server = servers::http_unrecorded("127.0.0.1:0");
     let vip = virtual_ip();
     let dir = TempDir::new("bench-audit-latency");
@@ -48,7 +58,7 @@ pub fn run(requests: usize) -> Result<()> {
         ),
         listen_v6: false,
         extra: format!(
-            "audit: {{dir: \"{}\", level: full, durability: group, group_commit_ms: 5}}\n",
+            "audit: {{dir: \"{}\", level: full, durability: {durability}, group_commit_ms: 5}}\n",
             store.display()
         ),
     });
@@ -75,9 +85,8 @@ pub fn run(requests: usize) -> Result<()> {
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum();
-    println!("\n### Recording at `full` vs recording off\n");
     println!(
-        "Concurrency 1: {requests} chat completions then {} streamed ones (the test server's, a few SSE events each) to two targets of one agent whose store records at `full` with group commit (5 ms): one at the store's level (opening record durable before the request goes upstream, request body and every response chunk recorded), one with `audit_level: none`; paired request by request, the order swapped every time. The store ({}) held {:.1} MiB after the run.\n",
+        "`durability: {durability}`. Concurrency 1: {requests} chat completions then {} streamed ones (the test server's, a few SSE events each) to two targets of one agent whose store records at `full` (group commit every 5 ms; with `group` a request waits for its opening record's fsync before it goes upstream, with `none` it does not): one at the store's level (request body and every response chunk recorded), one with `audit_level: none`; paired request by request, the order swapped every time. The store ({}) held {:.1} MiB after the run.\n",
         requests / 4,
         fs_type(&store),
         stored as f64 / (1 << 20) as f64
@@ -85,7 +94,7 @@ pub fn run(requests: usize) -> Result<()> {
     {
         use crate::report::Metric::*;
         crate::report::variant(
-            ("full recording", "recording off"),
+            (&format!("full, {durability}"), "recording off"),
             &r.full,
             &r.off,
             &[
@@ -97,6 +106,7 @@ pub fn run(requests: usize) -> Result<()> {
             ],
         );
     }
+    println!();
     drop(agent);
     Ok(())
 }
