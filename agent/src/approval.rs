@@ -20,6 +20,10 @@ pub mod webhook;
 pub use hold::hold;
 pub use settings::Settings;
 pub use store::{Info, Listing, State, Store};
+use self::{
+    approver::Approver,
+    store::{Decide, DecideError, Decided},
+};
 
 /// Announcements waiting for the webhook task; more are marked failed at once.
 const WEBHOOK_QUEUE: usize = 1024;
@@ -48,6 +52,35 @@ impl Approvals {
             }),
             rx,
         )
+    }
+
+    /// An approver's decision on `id`, whichever way they came (a socket, the HTTP
+    /// endpoint): checked and applied by the table, logged with who decided. `Ok` carries
+    /// the approval as it now stands.
+    pub fn decide(
+        &self,
+        id: &str,
+        who: &Approver,
+        d: Decide,
+    ) -> Result<(Decided, Option<Info>), DecideError> {
+        let id = id.trim();
+        if !id::well_formed(id) {
+            return Err(DecideError::Malformed(clean(id, 40)));
+        }
+        let verb = match &d {
+            Decide::Approve { .. } => "approve",
+            Decide::Deny { .. } => "deny",
+        };
+        match self.store.decide(id, who, d) {
+            Ok(decided) => {
+                tracing::info!(approval = %id, approver = %who.name(), decision = verb, "approval decision");
+                Ok((decided, self.store.get(id)))
+            }
+            Err(e) => {
+                tracing::warn!(approval = %id, approver = %who.name(), decision = verb, error = %e, "approval decision refused");
+                Err(e)
+            }
+        }
     }
 
     /// Hands a new approval to the webhook task; a full queue is a failed delivery, never a

@@ -167,6 +167,8 @@ pub enum Decided {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecideError {
+    #[error("{0:?} is not an approval id (26 characters a-z, 2-7; see `sluice approvals list`)")]
+    Malformed(String),
     #[error("no approval {0}: unknown id (check `sluice approvals list`)")]
     Unknown(String),
     #[error("approval {id} is already finished ({state})", state = .state.as_str())]
@@ -403,7 +405,7 @@ impl Store {
                         Some(_) => {}
                     }
                 }
-                if e.approved.iter().any(|p| p.uid == who.uid) {
+                if e.approved.iter().any(|p| p.account == who.account) {
                     return Err(NotAllowed::Again {
                         who: who.name(),
                         missing: approver::missing(&e.approval, &e.approved).join(", "),
@@ -556,8 +558,10 @@ mod tests {
 
     fn who(uid: u32, user: &str, groups: &[&str]) -> Approver {
         Approver {
-            uid,
-            user: Some(user.into()),
+            account: approver::Account::Uid {
+                uid,
+                user: Some(user.into()),
+            },
             groups: groups.iter().map(|g| g.to_string()).collect(),
         }
     }
