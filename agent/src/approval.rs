@@ -2,13 +2,16 @@
 //! (`hold`) enters a held request in a bounded table (`store`) and waits on its own oneshot
 //! for a person's decision, the rule's timeout, or the agent stopping; approvers decide over
 //! the admin socket or the approvers' socket (`socket`), named by the socket peer's uid;
-//! a webhook (`webhook`) announces each held request. Nothing here is ever a pass by
-//! default: whatever goes wrong refuses the request.
+//! a webhook (`webhook`) announces each held request. Approvers with an OpenID token rather
+//! than an account here decide over the optional HTTP endpoint (`endpoint`, `api`). Nothing
+//! here is ever a pass by default: whatever goes wrong refuses the request.
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+pub mod api;
 pub mod approver;
+pub mod endpoint;
 mod grants;
 mod hold;
 pub mod id;
@@ -17,13 +20,13 @@ pub mod socket;
 pub mod store;
 pub mod webhook;
 
-pub use hold::hold;
-pub use settings::Settings;
-pub use store::{Info, Listing, State, Store};
 use self::{
     approver::Approver,
     store::{Decide, DecideError, Decided},
 };
+pub use hold::hold;
+pub use settings::Settings;
+pub use store::{Info, Listing, State, Store};
 
 /// Announcements waiting for the webhook task; more are marked failed at once.
 const WEBHOOK_QUEUE: usize = 1024;

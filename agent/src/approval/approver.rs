@@ -73,10 +73,7 @@ impl Approver {
     /// `subject alice of https://issuer` for a token.
     pub fn name(&self) -> String {
         match &self.account {
-            Account::Uid {
-                uid,
-                user: Some(u),
-            } => format!("{u} (uid {uid})"),
+            Account::Uid { uid, user: Some(u) } => format!("{u} (uid {uid})"),
             Account::Uid { uid, user: None } => format!("uid {uid}"),
             Account::Token { issuer, subject } => format!("subject {subject} of {issuer}"),
         }
@@ -314,9 +311,8 @@ mod tests {
         assert_eq!(check(&token("dana", &["sre"]), &bob(), "r", &any), Ok(()));
         let e = check(&token("erin", &["ops"]), &bob(), "r", &any).expect_err("outsider");
         assert!(
-            e.to_string().contains(
-                "subject erin of https://idp.example is not an approver of rule r"
-            ),
+            e.to_string()
+                .contains("subject erin of https://idp.example is not an approver of rule r"),
             "{e}"
         );
         let all = rule(&["carol"], &["sre"], Require::All);
