@@ -128,11 +128,13 @@ impl Endpoint {
                 let served = async {
                     match tls {
                         None => exchange(stream, api).await,
+                        // A failed handshake is not logged: it says nothing the client did
+                        // not see.
                         Some(tls) => {
-                            match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(stream)).await {
-                                Ok(Ok(s)) => exchange(s, api).await,
-                                // A failed handshake says nothing the client did not see.
-                                _ => {}
+                            if let Ok(Ok(s)) =
+                                tokio::time::timeout(HEAD_TIMEOUT, tls.accept(stream)).await
+                            {
+                                exchange(s, api).await;
                             }
                         }
                     }
