@@ -33,6 +33,7 @@ const GROUPS = {
   'alice-svc': ['ml-eng'],
   'bob-svc': ['ops'],
   'carol-sre': ['sre'],
+  'dana-sre': ['sre'],
 };
 const client = (id) => ({
   client_id: id,
