@@ -262,4 +262,4 @@ fn respond(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

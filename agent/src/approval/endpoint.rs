@@ -189,3 +189,6 @@ async fn handle(api: &Api, req: Request<Incoming>) -> http::Response<Full<Bytes>
     };
     api::answer(api, &parts, &body).await
 }
+
+#[cfg(test)]
+mod tests;

@@ -23,10 +23,10 @@ const SECRET: &[u8] = b"a test secret of the approvals endpoint, 32+ bytes";
 const ISSUER: &str = "https://idp.test";
 
 /// The secret file an HMAC issuer needs; removed on drop.
-struct SecretFile(PathBuf);
+pub(crate) struct SecretFile(PathBuf);
 
 impl SecretFile {
-    fn new() -> SecretFile {
+    pub(crate) fn new() -> SecretFile {
         let path = std::env::temp_dir().join(format!(
             "sluice-api-test-{}-{}",
             std::process::id(),
@@ -48,13 +48,18 @@ struct Fixture {
     _secret: SecretFile,
 }
 
-fn fixture() -> Fixture {
-    let secret = SecretFile::new();
-    let ids: crate::identity::Settings = serde_norway::from_str(&format!(
+/// `identity.issuers`: one HS256 issuer, `ISSUER`, for requests' audience `sluice`.
+pub(crate) fn identity_settings(secret: &SecretFile) -> crate::identity::Settings {
+    serde_norway::from_str(&format!(
         "issuers:\n  - issuer: {ISSUER}\n    audiences: [sluice]\n    algorithms: [HS256]\n    hmac_secret_file: {}\n    groups_claim: groups\n",
         secret.0.display()
     ))
-    .expect("identity settings");
+    .expect("identity settings")
+}
+
+fn fixture() -> Fixture {
+    let secret = SecretFile::new();
+    let ids = identity_settings(&secret);
     let http: Http =
         serde_norway::from_str("listen: 127.0.0.1:0\naudience: sluice-approvals\n").expect("http");
     let identity = Identity::new(&http.identity(&ids), 0, Duration::from_secs(1))
@@ -83,7 +88,8 @@ fn token(sub: &str, groups: &[&str], aud: &str) -> String {
     .expect("sign")
 }
 
-fn approver(sub: &str, groups: &[&str]) -> String {
+/// A token of `ISSUER` for the approvals endpoint.
+pub(crate) fn approver(sub: &str, groups: &[&str]) -> String {
     token(sub, groups, "sluice-approvals")
 }
 
