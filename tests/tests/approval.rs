@@ -232,6 +232,19 @@ fn records_with_approval(agent: &Agent, n: usize) -> Vec<Value> {
     }
 }
 
+/// (approval outcome, approved_by) of each record.
+fn outcomes(records: &[Value]) -> Vec<(&str, &str)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["approval"].as_str().unwrap_or(""),
+                r["approved_by"].as_str().unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn a_held_request_waits_for_a_person_who_approves_or_denies_it_and_never_their_own() {
@@ -381,15 +394,7 @@ fn a_held_request_waits_for_a_person_who_approves_or_denies_it_and_never_their_o
 
     // Every decision is in the records: approved, denied, cancelled, with who and how long.
     let records = records_with_approval(&s.agent, 3);
-    let outcomes: Vec<(&str, &str)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["approval"].as_str().unwrap_or(""),
-                r["approved_by"].as_str().unwrap_or(""),
-            )
-        })
-        .collect();
+    let outcomes = outcomes(&records);
     assert!(
         outcomes.contains(&("approved", "root (uid 0)")),
         "{records:?}"
@@ -842,15 +847,7 @@ fn approvers_with_a_token_from_an_approver_group_decide_over_http() {
 
     // Records name who decided; no token is in the agent's log.
     let records = records_with_approval(&s.agent, 3);
-    let decided: Vec<(&str, &str)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["approval"].as_str().unwrap_or(""),
-                r["approved_by"].as_str().unwrap_or(""),
-            )
-        })
-        .collect();
+    let decided = outcomes(&records);
     assert!(decided.contains(&("approved", by.as_str())), "{decided:?}");
     let log = s.agent.log_text();
     for t in [&carol, &dana, &bob, &carol_requests, &forged] {

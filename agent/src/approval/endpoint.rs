@@ -106,23 +106,9 @@ impl Endpoint {
             identity: self.identity,
         });
         let slots = Arc::new(Semaphore::new(self.max_connections));
-        loop {
-            let permit = tokio::select! {
-                () = stop.cancelled() => return,
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            let accepted = tokio::select! {
-                () = stop.cancelled() => return,
-                a = self.listener.accept() => a,
-            };
-            let stream = match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "approvals endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((stream, permit)) =
+            crate::limits::accept_bounded(&self.listener, &slots, &stop, "approvals endpoint").await
+        {
             let (api, tls, stop) = (api.clone(), self.tls.clone(), stop.clone());
             tokio::spawn(async move {
                 let served = async {
