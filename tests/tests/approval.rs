@@ -232,6 +232,15 @@ fn records_with_approval(agent: &Agent, n: usize) -> Vec<Value> {
     }
 }
 
+/// The message of a held client's refusal: 403 `sluice_approval_denied` in OpenAI's shape.
+fn denied(held: Child) -> String {
+    let (code, body) = answer(held);
+    assert_eq!(code, 403, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("openai error json");
+    assert_eq!(v["error"]["code"], "sluice_approval_denied");
+    v["error"]["message"].as_str().unwrap_or("").to_string()
+}
+
 /// (approval outcome, approved_by) of each record.
 fn outcomes(records: &[Value]) -> Vec<(&str, &str)> {
     records
@@ -346,11 +355,7 @@ fn a_held_request_waits_for_a_person_who_approves_or_denies_it_and_never_their_o
     let id = pending(&s, 1).remove(0);
     let no = approvals(&s, &["deny", &id, "--reason", "not during the freeze"]);
     assert!(no.status.success(), "{}", text(&no));
-    let (code, body) = answer(held);
-    assert_eq!(code, 403, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("openai error json");
-    assert_eq!(v["error"]["code"], "sluice_approval_denied");
-    let msg = v["error"]["message"].as_str().unwrap_or("");
+    let msg = denied(held);
     assert!(
         msg.contains(&id) && msg.contains("not during the freeze") && msg.contains("root (uid 0)"),
         "{msg}"
@@ -806,11 +811,7 @@ fn approvers_with_a_token_from_an_approver_group_decide_over_http() {
         r#"{"reason":"not during the freeze"}"#,
     );
     assert_eq!(code, 200, "{v}");
-    let (code, body) = answer(held);
-    assert_eq!(code, 403, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("openai error json");
-    assert_eq!(v["error"]["code"], "sluice_approval_denied");
-    let msg = v["error"]["message"].as_str().unwrap_or("");
+    let msg = denied(held);
     assert!(
         msg.contains(&id)
             && msg.contains(&format!("denied by subject dana-sre of {iss}"))
