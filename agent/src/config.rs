@@ -308,6 +308,9 @@ impl Config {
                 tls.resolve(base);
             }
         }
+        if let Some(h) = &mut cfg.approvals.http {
+            h.resolve(base);
+        }
         Ok(cfg)
     }
 
@@ -406,7 +409,7 @@ impl Config {
         }
         self.identity.validate()?;
         self.audit.validate()?;
-        self.approvals.validate()?;
+        self.approvals.validate(&self.identity)?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             if t.identity == crate::identity::Requirement::Required {

@@ -1,5 +1,6 @@
-//! Who is deciding: the socket peer's uid (SO_PEERCRED), named through the host's name
-//! service, and whether the rule lets them decide this request.
+//! Who is deciding: the socket peer's uid (SO_PEERCRED) named through the host's name
+//! service, or the subject of a verified token (the HTTP endpoint), and whether the rule
+//! lets them decide this request.
 use serde::{Deserialize, Serialize};
 
 use crate::policy::approval::{Approval, Require};
@@ -7,11 +8,24 @@ use crate::policy::approval::{Approval, Require};
 /// Groups read for one approver; more are ignored (a directory can be huge).
 const MAX_GROUPS: usize = 256;
 
+/// Where an approver's name comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Account {
+    /// A process on this host, as the kernel names the socket's peer.
+    Uid {
+        uid: u32,
+        /// `None`: the uid has no account, so it matches no `users` entry.
+        user: Option<String>,
+    },
+    /// A verified token's issuer and subject (the HTTP endpoint).
+    Token { issuer: String, subject: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approver {
-    pub uid: u32,
-    /// `None`: the uid has no account, so it matches no `users` entry.
-    pub user: Option<String>,
+    pub account: Account,
+    /// The host's groups of the uid, or the token's groups claim.
     pub groups: Vec<String>,
 }
 
@@ -22,8 +36,7 @@ impl Approver {
         use nix::unistd::{Group, User, getgrouplist};
         let Ok(Some(u)) = User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
             return Approver {
-                uid,
-                user: None,
+                account: Account::Uid { uid, user: None },
                 groups: Vec::new(),
             };
         };
@@ -37,22 +50,46 @@ impl Approver {
             .filter_map(|g| Group::from_gid(g).ok().flatten().map(|g| g.name))
             .collect();
         Approver {
-            uid,
-            user: Some(u.name),
+            account: Account::Uid {
+                uid,
+                user: Some(u.name),
+            },
             groups,
         }
     }
 
-    /// How the approver is named in records and listings: `alice (uid 1000)`.
+    /// The approver a verified token names: its subject and groups (never the token).
+    pub fn from_token(p: &crate::identity::Principal) -> Approver {
+        Approver {
+            account: Account::Token {
+                issuer: p.issuer.to_string(),
+                subject: p.subject.clone(),
+            },
+            groups: p.groups.clone(),
+        }
+    }
+
+    /// How the approver is named in records and listings: `alice (uid 1000)`, or
+    /// `subject alice of https://issuer` for a token.
     pub fn name(&self) -> String {
-        match &self.user {
-            Some(u) => format!("{u} (uid {})", self.uid),
-            None => format!("uid {}", self.uid),
+        match &self.account {
+            Account::Uid { uid, user: Some(u) } => format!("{u} (uid {uid})"),
+            Account::Uid { uid, user: None } => format!("uid {uid}"),
+            Account::Token { issuer, subject } => format!("subject {subject} of {issuer}"),
+        }
+    }
+
+    /// The name a rule's `users` entry is compared with: the user name, or the token's
+    /// subject.
+    fn user(&self) -> Option<&str> {
+        match &self.account {
+            Account::Uid { user, .. } => user.as_deref(),
+            Account::Token { subject, .. } => Some(subject),
         }
     }
 
     fn is_user(&self, name: &str) -> bool {
-        self.user.as_deref() == Some(name)
+        self.user() == Some(name)
     }
 
     fn in_group(&self, name: &str) -> bool {
@@ -62,6 +99,20 @@ impl Approver {
     /// Whether the rule names this approver, as a user or through a group.
     pub fn eligible(&self, a: &Approval) -> bool {
         a.users.iter().any(|u| self.is_user(u)) || a.groups.iter().any(|g| self.in_group(g))
+    }
+
+    /// Whether this approver is the one who asked: the same uid; or a name (user name or
+    /// token subject) equal to the requester's user name or token subject. Names are
+    /// compared across kinds on purpose: `alice` the host user and `alice` the token subject
+    /// are taken to be one person, so neither approves the other's request.
+    fn is(&self, r: &Requester) -> bool {
+        if let Account::Uid { uid, .. } = self.account
+            && uid == r.uid
+        {
+            return true;
+        }
+        self.user()
+            .is_some_and(|me| r.user.as_deref() == Some(me) || r.subject.as_deref() == Some(me))
     }
 }
 
@@ -90,17 +141,14 @@ pub enum NotAllowed {
 }
 
 /// Checks that `who` may decide a request of `requester` held by `rule`: not their own
-/// (the same uid, or their user name is the token's subject), and named by the rule.
+/// (`Approver::is`), and named by the rule.
 pub fn check(
     who: &Approver,
     requester: &Requester,
     rule: &str,
     a: &Approval,
 ) -> Result<(), NotAllowed> {
-    let own = who.uid == requester.uid
-        || requester.subject.as_deref().is_some_and(|s| who.is_user(s))
-        || (who.user.is_some() && who.user == requester.user);
-    if own {
+    if who.is(requester) {
         return Err(NotAllowed::Own { who: who.name() });
     }
     if !who.eligible(a) {
@@ -156,8 +204,20 @@ mod tests {
 
     fn who(uid: u32, user: &str, groups: &[&str]) -> Approver {
         Approver {
-            uid,
-            user: Some(user.into()),
+            account: Account::Uid {
+                uid,
+                user: Some(user.into()),
+            },
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn token(subject: &str, groups: &[&str]) -> Approver {
+        Approver {
+            account: Account::Token {
+                issuer: "https://idp.example".into(),
+                subject: subject.into(),
+            },
             groups: groups.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -231,14 +291,56 @@ mod tests {
     fn a_uid_without_an_account_matches_no_user() {
         let a = rule(&["alice"], &[], Require::Any);
         let ghost = Approver {
-            uid: 4242,
-            user: None,
+            account: Account::Uid {
+                uid: 4242,
+                user: None,
+            },
             groups: Vec::new(),
         };
         assert!(!ghost.eligible(&a));
         // Root is looked up like anyone else: named root, in group root.
         let root = Approver::lookup(0);
-        assert_eq!(root.user.as_deref(), Some("root"));
+        assert_eq!(root.user(), Some("root"));
         assert!(root.groups.iter().any(|g| g == "root"), "{root:?}");
+    }
+
+    #[test]
+    fn a_token_approver_is_named_by_subject_and_groups_under_the_same_rules() {
+        let any = rule(&["carol"], &["sre"], Require::Any);
+        assert_eq!(check(&token("carol", &[]), &bob(), "r", &any), Ok(()));
+        assert_eq!(check(&token("dana", &["sre"]), &bob(), "r", &any), Ok(()));
+        let e = check(&token("erin", &["ops"]), &bob(), "r", &any).expect_err("outsider");
+        assert!(
+            e.to_string()
+                .contains("subject erin of https://idp.example is not an approver of rule r"),
+            "{e}"
+        );
+        let all = rule(&["carol"], &["sre"], Require::All);
+        assert_eq!(missing(&all, &[token("dana", &["sre"])]), ["user carol"]);
+        assert!(missing(&all, &[token("dana", &["sre"]), token("carol", &[])]).is_empty());
+    }
+
+    #[test]
+    fn a_token_approver_never_approves_a_request_of_its_own_subject_or_user() {
+        let a = rule(&[], &["sre"], Require::Any);
+        // The request carried a token of the same subject.
+        let svc = Requester {
+            uid: 3000,
+            user: Some("svc".into()),
+            subject: Some("alice-svc".into()),
+        };
+        assert!(matches!(
+            check(&token("alice-svc", &["sre"]), &svc, "r", &a),
+            Err(NotAllowed::Own { .. })
+        ));
+        // The requester's host user name is the token's subject.
+        assert!(matches!(
+            check(&token("bob", &["sre"]), &bob(), "r", &a),
+            Err(NotAllowed::Own { .. })
+        ));
+        assert_eq!(check(&token("carol", &["sre"]), &svc, "r", &a), Ok(()));
+        // Names match across kinds: the host user alice-svc is the token subject alice-svc.
+        assert!(!token("alice", &[]).is(&svc));
+        assert!(who(1, "alice-svc", &[]).is(&svc));
     }
 }

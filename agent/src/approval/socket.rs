@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Approvals,
     approver::Approver,
-    store::{Decide, Decided, Info, Listing},
+    store::{Decide, DecideError, Decided, Info, Listing},
 };
 
 /// The line prefix of approval commands on either socket.
@@ -102,12 +102,9 @@ pub async fn answer(approvals: &Arc<Approvals>, line: &str, uid: Option<u32>) ->
 }
 
 async fn decide(approvals: &Arc<Approvals>, id: &str, uid: Option<u32>, d: Decide) -> Answer {
-    let id = id.trim();
-    if !super::id::well_formed(id) {
-        return failed(format!(
-            "{:?} is not an approval id (26 characters a-z, 2-7; see `sluice approvals list`)",
-            super::clean(id, 40)
-        ));
+    if !super::id::well_formed(id.trim()) {
+        // Said before anyone is looked up.
+        return failed(DecideError::Malformed(super::clean(id.trim(), 40)).to_string());
     }
     let Some(uid) = uid else {
         return failed("the socket gave no peer credentials: cannot tell who decides");
@@ -116,27 +113,17 @@ async fn decide(approvals: &Arc<Approvals>, id: &str, uid: Option<u32>, d: Decid
         Ok(w) => w,
         Err(e) => return failed(format!("looking up uid {uid}: {e}")),
     };
-    let verb = match &d {
-        Decide::Approve { .. } => "approve",
-        Decide::Deny { .. } => "deny",
-    };
-    match approvals.store.decide(id, &who, d) {
-        Ok(decided) => {
-            tracing::info!(approval = %id, approver = %who.name(), decision = verb, "approval decision");
-            Answer {
-                decided: Some(decided),
-                approval: approvals.store.get(id),
-                approver: Some(who.name()),
-                ..Answer::default()
-            }
-        }
-        Err(e) => {
-            tracing::warn!(approval = %id, approver = %who.name(), decision = verb, error = %e, "approval decision refused");
-            Answer {
-                approver: Some(who.name()),
-                ..failed(e.to_string())
-            }
-        }
+    match approvals.decide(id, &who, d) {
+        Ok((decided, approval)) => Answer {
+            decided: Some(decided),
+            approval,
+            approver: Some(who.name()),
+            ..Answer::default()
+        },
+        Err(e) => Answer {
+            approver: Some(who.name()),
+            ..failed(e.to_string())
+        },
     }
 }
 
