@@ -26,6 +26,7 @@ const NOBODY: &str = "65534";
 /// socket through its group.
 const DAEMON: &str = "1";
 
+/// Masking: e-mails in prompts are redacted, AWS access keys blocked.
 /// Rules: `big*` models need root's approval (grant windows up to an hour, per subject),
 /// `slow*` ones time out after 2 s, `justified*` ones need a justification, `team*` ones a
 /// member of group `sre` (token approvers, over HTTP); the rest pass.
@@ -68,6 +69,11 @@ spec:
       match: { models: ["team*"] }
     - id: the-rest
       action: allow
+  masking:
+    rules:
+      - id: mask-prompts
+        direction: request
+        detectors: {email: redact, aws_access_key: block}
 "#,
     )
     .expect("write pack");
@@ -110,7 +116,14 @@ fn setup(tag: &str, approvals: &str) -> Setup {
 /// A chat completion from curl in the test cgroup, as `nobody` unless `as_root`; prints
 /// the body, then the status on its own line.
 fn client(s: &Setup, model: &str, headers: &[&str], as_root: bool) -> Child {
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    client_saying(s, model, "hi", headers, as_root)
+}
+
+/// `client`, with `content` as the prompt.
+fn client_saying(s: &Setup, model: &str, content: &str, headers: &[&str], as_root: bool) -> Child {
+    let body =
+        serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]})
+            .to_string();
     let mut c = if as_root {
         s.cg.command("curl")
     } else {
@@ -862,4 +875,67 @@ fn approvers_with_a_token_from_an_approver_group_decide_over_http() {
         log.contains("approval decision") && log.contains(&by),
         "decisions are logged with the approver"
     );
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_held_request_is_masked_before_approvers_see_it_and_a_blocked_one_is_never_held() {
+    require_root();
+    const EMAIL: &str = "jane.doe@example.com";
+    let s = setup("approval-mask", "");
+    // A prompt masking blocks is refused at once: nobody is asked to approve it.
+    let (code, body) = answer(client_saying(
+        &s,
+        "big-blocked",
+        "my key is AKIAQ3EGRSZ7XN5TB2LP",
+        &[],
+        false,
+    ));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("sluice_mask_blocked"), "{body}");
+    assert!(
+        listing(&s)["pending"].as_array().is_none_or(Vec::is_empty),
+        "a blocked request was held"
+    );
+    assert_eq!(upstream_requests(&s), 0);
+
+    // An e-mail: approvers see the masked prompt, and the approved request goes upstream
+    // masked, as approved.
+    let held = client_saying(&s, "big-mail", &format!("write to {EMAIL} now"), &[], false);
+    let id = pending(&s, 1).remove(0);
+    let info = listing(&s)["pending"][0].clone();
+    let excerpt = info["excerpt"].as_str().unwrap_or("");
+    assert!(
+        !excerpt.contains(EMAIL) && excerpt.contains("[REDACTED:email]"),
+        "{info}"
+    );
+    let out = approvals(&s, &["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, body) = answer(held);
+    assert_eq!(code, 200, "{body}");
+    let sent: Vec<String> = s
+        .server
+        .seen
+        .bodies
+        .lock()
+        .map(|b| {
+            b.iter()
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let sent = sent
+        .last()
+        .expect("the approved request reached the upstream");
+    assert!(
+        !sent.contains(EMAIL) && sent.contains("[REDACTED:email]"),
+        "{sent}"
+    );
+    let records = records_with_approval(&s.agent, 1);
+    let r = records
+        .iter()
+        .find(|r| r["model"] == "big-mail")
+        .expect("the approved request's record");
+    assert_eq!(r["mask_request"]["verdict"], "masked", "{r}");
+    assert!(!s.agent.log_text().contains(EMAIL), "the e-mail was logged");
 }

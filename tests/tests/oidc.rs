@@ -493,9 +493,16 @@ fn hostile_tokens_are_refused_with_their_reason_and_never_reach_the_upstream() {
         before,
         "no hostile request reached the upstream"
     );
-    let records = log_events(&s.agent, "request");
+    // Records are written by the writer thread after the answer: wait for them.
+    let refused = |records: &[Value]| records.iter().filter(|r| r["status"] == 401).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut records = log_events(&s.agent, "request");
+    while refused(&records) < table.len() + 7 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        records = log_events(&s.agent, "request");
+    }
     assert!(
-        records.iter().filter(|r| r["status"] == 401).count() >= table.len() + 7,
+        refused(&records) >= table.len() + 7,
         "every refusal has its record"
     );
     let log = s.agent.log_text();
