@@ -7,7 +7,7 @@
 //! nothing else.
 use std::{
     io,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -149,8 +149,25 @@ pub fn bind(path: &Path, group: &str) -> Result<UnixListener, Error> {
         }
         std::fs::remove_file(path).map_err(io_err)?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io_err)?;
+        // The mode and group below are set by path: in a directory others can write, the
+        // socket could be swapped for a link to another file between `bind` and `chmod`.
+        let meta = std::fs::metadata(dir).map_err(io_err)?;
+        if meta.mode() & 0o022 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "its directory {} must be owned by the agent's user and writable by nobody else (mode {:o})",
+                    dir.display(),
+                    meta.mode() & 0o7777
+                ),
+            )));
+        }
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
     // Closed to everyone while its group is set, then opened to the group.
