@@ -27,6 +27,9 @@ pub struct Approver {
     pub account: Account,
     /// The host's groups of the uid, or the token's groups claim.
     pub groups: Vec<String>,
+    /// The uid ranges `/etc/subuid` gives the user (rootless containers run as these).
+    #[serde(default, skip)]
+    pub subuids: Vec<(u32, u32)>,
 }
 
 impl Approver {
@@ -38,6 +41,7 @@ impl Approver {
             return Approver {
                 account: Account::Uid { uid, user: None },
                 groups: Vec::new(),
+                subuids: Vec::new(),
             };
         };
         let gids = std::ffi::CString::new(u.name.clone())
@@ -49,12 +53,16 @@ impl Approver {
             .take(MAX_GROUPS)
             .filter_map(|g| Group::from_gid(g).ok().flatten().map(|g| g.name))
             .collect();
+        let subuids = std::fs::read_to_string("/etc/subuid")
+            .map(|t| subuid_ranges(&t, &u.name, uid))
+            .unwrap_or_default();
         Approver {
             account: Account::Uid {
                 uid,
                 user: Some(u.name),
             },
             groups,
+            subuids,
         }
     }
 
@@ -66,6 +74,7 @@ impl Approver {
                 subject: p.subject.clone(),
             },
             groups: p.groups.clone(),
+            subuids: Vec::new(),
         }
     }
 
@@ -105,11 +114,21 @@ impl Approver {
     /// token subject) equal to the requester's user name or token subject. Names are
     /// compared across kinds on purpose: `alice` the host user and `alice` the token subject
     /// are taken to be one person, so neither approves the other's request.
+    ///
+    /// A host user is also the one who asked when the request came from their rootless
+    /// containers: a uid of their `/etc/subuid` ranges, or a cgroup under their
+    /// `user-<uid>.slice` (their systemd user session, where rootless podman puts them).
     fn is(&self, r: &Requester) -> bool {
-        if let Account::Uid { uid, .. } = self.account
-            && uid == r.uid
-        {
-            return true;
+        if let Account::Uid { uid, .. } = self.account {
+            let own_slice = format!("/user-{uid}.slice/");
+            if uid == r.uid
+                || self.subuids.iter().any(|&(start, n)| {
+                    r.uid >= start && u64::from(r.uid) < u64::from(start) + u64::from(n)
+                })
+                || r.cgroup.as_deref().is_some_and(|c| c.contains(&own_slice))
+            {
+                return true;
+            }
         }
         self.user()
             .is_some_and(|me| r.user.as_deref() == Some(me) || r.subject.as_deref() == Some(me))
@@ -123,6 +142,23 @@ pub struct Requester {
     pub user: Option<String>,
     /// The verified token's subject, if the request carried one.
     pub subject: Option<String>,
+    /// The workload's cgroup path.
+    pub cgroup: Option<String>,
+}
+
+/// The ranges `/etc/subuid` (`name:start:count` lines; the name may be a uid) gives `user`.
+fn subuid_ranges(text: &str, user: &str, uid: u32) -> Vec<(u32, u32)> {
+    let uid = uid.to_string();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.trim().split(':');
+            let (name, start, n) = (f.next()?, f.next()?, f.next()?);
+            if name != user && name != uid {
+                return None;
+            }
+            Some((start.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Why an approver may not decide.
@@ -209,6 +245,7 @@ mod tests {
                 user: Some(user.into()),
             },
             groups: groups.iter().map(|s| s.to_string()).collect(),
+            subuids: Vec::new(),
         }
     }
 
@@ -219,6 +256,7 @@ mod tests {
                 subject: subject.into(),
             },
             groups: groups.iter().map(|s| s.to_string()).collect(),
+            subuids: Vec::new(),
         }
     }
 
@@ -227,6 +265,7 @@ mod tests {
             uid: 2000,
             user: Some("bob".into()),
             subject: None,
+            cgroup: None,
         }
     }
 
@@ -264,6 +303,41 @@ mod tests {
     }
 
     #[test]
+    fn nobody_approves_the_requests_of_their_own_rootless_containers() {
+        let a = rule(&["alice"], &[], Require::Any);
+        let subuid = "# comment\nbob:165536:65536\nalice:100000:65536\n1000:300000:10\nbad line\n";
+        let mut alice = who(1000, "alice", &[]);
+        alice.subuids = subuid_ranges(subuid, "alice", 1000);
+        assert_eq!(alice.subuids, vec![(100_000, 65_536), (300_000, 10)]);
+        let from = |uid: u32, cgroup: Option<&str>| Requester {
+            uid,
+            user: None,
+            subject: None,
+            cgroup: cgroup.map(str::to_string),
+        };
+        // A uid of her subordinate range: a process of her rootless container.
+        assert!(matches!(
+            check(&alice, &from(100_999, None), "r", &a),
+            Err(NotAllowed::Own { .. })
+        ));
+        assert!(matches!(
+            check(&alice, &from(300_009, None), "r", &a),
+            Err(NotAllowed::Own { .. })
+        ));
+        // A cgroup of her user session, whatever its uid.
+        let podman = "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-ab.scope";
+        assert!(matches!(
+            check(&alice, &from(5, Some(podman)), "r", &a),
+            Err(NotAllowed::Own { .. })
+        ));
+        // Not hers: past her ranges, another user's slice.
+        assert!(check(&alice, &from(300_010, None), "r", &a).is_ok());
+        assert!(check(&alice, &from(165_536, None), "r", &a).is_ok());
+        let other = "/user.slice/user-10000.slice/session-3.scope";
+        assert!(check(&alice, &from(5, Some(other)), "r", &a).is_ok());
+    }
+
+    #[test]
     fn nobody_approves_their_own_request() {
         let a = rule(&["bob", "alice"], &["sre"], Require::Any);
         // Same uid, even under another name.
@@ -279,6 +353,7 @@ mod tests {
             uid: 3000,
             user: Some("svc".into()),
             subject: Some("alice".into()),
+            cgroup: None,
         };
         assert!(matches!(
             check(&who(1, "alice", &[]), &token, "r", &a),
@@ -296,6 +371,7 @@ mod tests {
                 user: None,
             },
             groups: Vec::new(),
+            subuids: Vec::new(),
         };
         assert!(!ghost.eligible(&a));
         // Root is looked up like anyone else: named root, in group root.
@@ -328,6 +404,7 @@ mod tests {
             uid: 3000,
             user: Some("svc".into()),
             subject: Some("alice-svc".into()),
+            cgroup: None,
         };
         assert!(matches!(
             check(&token("alice-svc", &["sre"]), &svc, "r", &a),

@@ -164,6 +164,7 @@ pub async fn hold(
             uid: w.uid,
             user: w.user.clone(),
             subject: principal.as_ref().map(|p| p.subject.clone()),
+            cgroup: w.cgroup.clone(),
         },
         identity,
         grant_key,

@@ -566,6 +566,7 @@ pub(crate) mod tests {
                 uid: 2000,
                 user: Some("bob".into()),
                 subject: None,
+                cgroup: None,
             },
             identity: caller.into(),
             grant_key: a.grant.map(|_| caller.to_string()),
@@ -579,6 +580,7 @@ pub(crate) mod tests {
                 user: Some(user.into()),
             },
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            subuids: Vec::new(),
         }
     }
 
