@@ -9,11 +9,11 @@
 //! however the input was cut, which is what makes a stream mask exactly like the whole text.
 use std::ops::Range;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex_automata::{Anchored, Input, meta::Cache};
 
 use super::{
     MaskError,
+    anchors::{Anchors, digit_starts},
     detector::{Detector, Gate, Place, Trigger},
 };
 
@@ -31,6 +31,9 @@ struct Source {
     detectors: Vec<usize>,
     /// The digit-run source: only built-in detectors with digit gates.
     digits: bool,
+    /// Every detector here is anchored at its gate's start (and the gate is not
+    /// [`Gate::None`]): a closed gate set rules them all out.
+    gated: bool,
     back: usize,
     fwd: usize,
 }
@@ -39,7 +42,7 @@ struct Source {
 #[derive(Debug, Clone)]
 pub struct Scanner {
     detectors: Vec<Detector>,
-    ac: Option<AhoCorasick>,
+    anchors: Anchors,
     /// Per aho-corasick pattern.
     sources: Vec<Source>,
     /// Triggered by the first digit of a digit run; `None` when no detector wants digits.
@@ -57,6 +60,7 @@ impl Scanner {
         for (i, d) in detectors.iter().enumerate() {
             let widen = |s: &mut Source| {
                 s.detectors.push(i);
+                s.gated &= d.place == Place::At && d.gate != Gate::None;
                 s.back = s.back.max(d.back);
                 s.fwd = s.fwd.max(d.fwd);
             };
@@ -64,6 +68,7 @@ impl Scanner {
                 Trigger::Digits => widen(digits.get_or_insert(Source {
                     detectors: Vec::new(),
                     digits: true,
+                    gated: true,
                     back: 0,
                     fwd: 0,
                 })),
@@ -77,6 +82,7 @@ impl Scanner {
                                 sources.push(Source {
                                     detectors: Vec::new(),
                                     digits: false,
+                                    gated: true,
                                     back: 0,
                                     fwd: 0,
                                 });
@@ -90,27 +96,14 @@ impl Scanner {
                 }
             }
         }
-        let ac = if literals.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    // Anchors such as "token" start with common letters, so no prefilter
-                    // helps: the DFA is the fastest automaton per byte.
-                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-                    .match_kind(MatchKind::Standard)
-                    .build(&literals)
-                    .map_err(|e| MaskError::Prefilter(e.to_string()))?,
-            )
-        };
+        let anchors = Anchors::new(literals)?;
         let back_max = detectors.iter().map(|d| d.back).max().unwrap_or(0);
         Ok(Scanner {
             detectors: detectors.to_vec(),
-            ac,
+            max_anchor: anchors.max_len(),
+            anchors,
             sources,
             digits,
-            max_anchor: literals.iter().map(Vec::len).max().unwrap_or(1).max(1),
             back_max,
         })
     }
@@ -155,15 +148,30 @@ impl Scanner {
     pub fn find<'a>(&'a self, text: &[u8]) -> impl Iterator<Item = Finding> + 'a {
         let mut t = Tracker::new(self);
         let mut out = Vec::new();
-        t.feed(self, text, true, &mut out);
+        self.feed_all(&mut t, text, &mut out);
         out.into_iter()
+    }
+
+    /// Feeds a whole text a slice at a time, dropping what is decided: a large body is not
+    /// copied whole into the tracker (its copy and the lowercased scratch stay in cache).
+    /// Exact, as any split is.
+    fn feed_all(&self, t: &mut Tracker, text: &[u8], out: &mut Vec<Finding>) {
+        const SLICE: usize = 64 << 10;
+        let mut rest = text;
+        while rest.len() > SLICE {
+            let (now, later) = rest.split_at(SLICE);
+            t.feed(self, now, false, out);
+            t.trim(self, t.decided());
+            rest = later;
+        }
+        t.feed(self, rest, true, out);
     }
 
     /// [`Scanner::find`] into `out`, reusing `t`'s scratch space: a body masked string by
     /// string pays for the regexes' caches once, not per string.
     pub fn find_with(&self, t: &mut Tracker, text: &[u8], out: &mut Vec<Finding>) {
         t.reset();
-        t.feed(self, text, true, out);
+        self.feed_all(t, text, out);
     }
 
     /// Confirms trigger `p` of `source` against the bytes `hay` (which start at absolute
@@ -183,12 +191,17 @@ impl Scanner {
         // (a time, a port, a count) costs a few comparisons, not a look per detector.
         let mut gates = u8::MAX;
         if source.digits {
+            gates = Gate::possible(&hay[..limit - base], p - base);
+            // Most digit runs (dates, times, counts, hex ids) leave no gate open: stop
+            // before the per-detector loop.
+            if source.gated && gates & !Gate::None.bit() == 0 {
+                return;
+            }
             let ctx = p.saturating_sub(2).max(base);
             let end = (p + source.fwd).min(limit);
             if !Gate::any_digit_gate(&hay[ctx - base..end - base], p - ctx) {
                 return;
             }
-            gates = Gate::possible(&hay[..limit - base], p - base);
         }
         for &i in &source.detectors {
             let d = &self.detectors[i];
@@ -303,6 +316,8 @@ pub struct Tracker {
     decided: usize,
     /// Whether the byte before `enumerated` is a digit (a run continues across the cut).
     after_digit: bool,
+    /// Scratch: the bytes being enumerated, lowercased.
+    lower: Vec<u8>,
 }
 
 impl Tracker {
@@ -317,6 +332,7 @@ impl Tracker {
             covered: 0,
             decided: 0,
             after_digit: false,
+            lower: Vec::new(),
         }
     }
 
@@ -402,6 +418,7 @@ impl Tracker {
             waiting,
             pending,
             after_digit,
+            lower,
             ..
         } = self;
         let base = *base;
@@ -415,24 +432,10 @@ impl Tracker {
             }
         };
         let hay = &buf[from - base..];
-        if let Some(ac) = &sc.ac {
-            for m in ac.find_overlapping_iter(hay) {
-                let p = from + m.start();
-                if p < to {
-                    fire(p, m.pattern().as_usize());
-                }
-            }
-        }
+        sc.anchors
+            .each(hay, to - from, lower, |k, source| fire(from + k, source));
         if sc.digits.is_some() {
-            let mut prev_digit = *after_digit;
-            for (k, b) in hay[..to - from].iter().enumerate() {
-                let digit = b.is_ascii_digit();
-                if digit && !prev_digit {
-                    fire(from + k, DIGITS);
-                }
-                prev_digit = digit;
-            }
-            *after_digit = prev_digit;
+            digit_starts(hay, to - from, after_digit, |k| fire(from + k, DIGITS));
         }
         self.enumerated = to;
     }
