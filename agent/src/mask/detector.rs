@@ -213,28 +213,28 @@ impl Gate {
     /// own), so skipping it changes no finding. [`Gate::None`] is always in.
     pub(crate) fn possible(h: &[u8], p: usize) -> u8 {
         let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
-        // Every gate needs one of a few bytes right before or after the run (or a run of
-        // 13): one table look each dismisses most numbers (a count, a timestamp's year).
-        let next_class = h.get(p + run).map_or(0, |&c| NEAR_DIGITS[usize::from(c)]);
-        let prev_class = p
-            .checked_sub(1)
-            .map_or(0, |i| NEAR_DIGITS[usize::from(h[i])]);
-        if run < 13 && next_class & AFTER == 0 && prev_class & BEFORE == 0 {
+        Gate::possible_run(h, p, run)
+    }
+
+    /// [`Gate::possible`] for a run of `run` digits at `p`.
+    #[inline]
+    pub(crate) fn possible_run(h: &[u8], p: usize, run: usize) -> u8 {
+        let next = h.get(p + run).copied();
+        let prev = p.checked_sub(1).map(|i| h[i]);
+        if Gate::all_shut(prev, run, next) {
             return Gate::None.bit();
         }
-        let next = h.get(p + run).copied();
         let after = h.get(p + run + 1).copied();
-        let prev = p.checked_sub(1).map(|i| h[i]);
         let prev2 = p.checked_sub(2).map(|i| h[i]);
         let mut set = Gate::None.bit();
+        let digit_after = after.is_some_and(|c| c.is_ascii_digit());
         // A card's 13 digits are one run, or go on across a separator.
-        if (run >= 13 || matches!(next, Some(b' ' | b'-'))) && card_digits(h, p) {
+        if (run >= 13 || (matches!(next, Some(b' ' | b'-')) && digit_after)) && card_digits(h, p) {
             set |= Gate::Card.bit();
         }
         if run == 3 && next == Some(b'-') {
             set |= Gate::Ssn.bit();
         }
-        let digit_after = after.is_some_and(|c| c.is_ascii_digit());
         if (1..=3).contains(&run) && next == Some(b'.') && digit_after && dotted_quad(h, p, false) {
             set |= Gate::Ipv4.bit();
         }
@@ -250,22 +250,27 @@ impl Gate {
         {
             set |= Gate::Phone.bit();
         }
-        // Most digit runs have no colon near them: one look rules the IPv6 gate out.
-        if h[p.saturating_sub(4)..(p + 5).min(h.len())].contains(&b':') {
-            let tail = h[p..].iter().take(5).position(|c| !c.is_ascii_hexdigit());
-            let head = h[..p]
-                .iter()
-                .rev()
-                .take(4)
-                .position(|c| !c.is_ascii_hexdigit());
-            if (tail.is_some_and(|i| h[p + i] == b':')
-                || head.is_some_and(|i| h[p - i - 1] == b':'))
-                && ipv6_span(h, p - hexish_back(h, p))
-            {
-                set |= Gate::Ipv6.bit();
-            }
+        // An IPv6 group holding the run ends or starts at a colon after or before it: a
+        // colon or a hex letter must touch the run (most digit runs have neither).
+        let touch = |c: Option<u8>| c.is_some_and(|c| NEAR_DIGITS[usize::from(c)] & HEXISH != 0);
+        if (touch(next) || touch(prev))
+            && colon_near(h, p, run)
+            && ipv6_span(h, p - hexish_back(h, p))
+        {
+            set |= Gate::Ipv6.bit();
         }
         set
+    }
+
+    /// Whether no digit gate can open at a run of `run` digits between `prev` and `next`
+    /// (`None`: the text's edge): every gate needs one of a few bytes right before or after
+    /// the run, or a run of 13, so one table look each dismisses most numbers (a count, a
+    /// timestamp's year). Less context (`prev` unknown) never dismisses less.
+    #[inline]
+    pub(crate) fn all_shut(prev: Option<u8>, run: usize, next: Option<u8>) -> bool {
+        let next_class = next.map_or(0, |c| NEAR_DIGITS[usize::from(c)]);
+        let prev_class = prev.map_or(0, |c| NEAR_DIGITS[usize::from(c)]);
+        run < 13 && next_class & AFTER == 0 && prev_class & BEFORE == 0
     }
 
     pub(crate) fn bit(self) -> u8 {
@@ -361,6 +366,8 @@ const AFTER: u8 = 1;
 /// The byte before a digit run may open a gate (`+`, `(`, an IBAN's country letters, `:`
 /// or a hex letter of an IPv6 group).
 const BEFORE: u8 = 2;
+/// A colon or a hex letter.
+const HEXISH: u8 = 4;
 
 static NEAR_DIGITS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -374,10 +381,32 @@ static NEAR_DIGITS: [u8; 256] = {
         if matches!(b, b'+' | b'(' | b':' | b'A'..=b'Z') || hex_letter {
             t[c] |= BEFORE;
         }
+        if b == b':' || hex_letter {
+            t[c] |= HEXISH;
+        }
         c += 1;
     }
     t
 };
+
+/// Whether the first byte that is not a hex digit within five bytes from `p` (a run of
+/// `run` digits), or within four before it, is a colon: an IPv6 group holds the run.
+fn colon_near(h: &[u8], p: usize, run: usize) -> bool {
+    let end = (p + 5).min(h.len());
+    let mut i = p + run;
+    while i < end && h[i].is_ascii_hexdigit() {
+        i += 1;
+    }
+    if i < end && h[i] == b':' {
+        return true;
+    }
+    let stop = p.saturating_sub(4);
+    let mut i = p;
+    while i > stop && h[i - 1].is_ascii_hexdigit() {
+        i -= 1;
+    }
+    i > stop && h[i - 1] == b':'
+}
 
 fn hexish(c: &u8) -> bool {
     c.is_ascii_hexdigit() || *c == b':'
@@ -385,7 +414,11 @@ fn hexish(c: &u8) -> bool {
 
 /// How many hex digits and colons directly precede `p`.
 fn hexish_back(h: &[u8], p: usize) -> usize {
-    h[..p].iter().rev().take_while(|c| hexish(c)).count()
+    let mut i = p;
+    while i > 0 && hexish(&h[i - 1]) {
+        i -= 1;
+    }
+    p - i
 }
 
 fn digit(h: &[u8], i: usize) -> bool {
@@ -474,10 +507,24 @@ fn phone_national(h: &[u8], p: usize, run: usize) -> bool {
 /// Whether the hex digits and colons from `at` hold a `::` or seven colons, as every IPv6
 /// match (which lies within them) does.
 fn ipv6_span(h: &[u8], at: usize) -> bool {
-    let span = &h[at..];
-    let len = span.iter().take_while(|c| hexish(c)).count();
-    let span = &span[..len];
-    span.windows(2).any(|w| w == b"::") || span.iter().filter(|c| **c == b':').count() >= 7
+    let (mut colons, mut after_colon) = (0, false);
+    for c in &h[at..] {
+        if *c == b':' {
+            if after_colon {
+                return true;
+            }
+            colons += 1;
+            if colons >= 7 {
+                return true;
+            }
+            after_colon = true;
+        } else if c.is_ascii_hexdigit() {
+            after_colon = false;
+        } else {
+            break;
+        }
+    }
+    false
 }
 
 fn placement(name: &str) -> (Place, Gate) {

@@ -434,8 +434,30 @@ impl Tracker {
         let hay = &buf[from - base..];
         sc.anchors
             .each(hay, to - from, lower, |k, source| fire(from + k, source));
-        if sc.digits.is_some() {
-            digit_starts(hay, to - from, after_digit, |k| fire(from + k, DIGITS));
+        if let Some(d) = &sc.digits {
+            let gated = d.gated;
+            let prefix = from - base;
+            let all = &buf[..avail - base];
+            digit_starts(hay, to - from, after_digit, |k| {
+                // Most numbers are dismissed here, without a trigger: by the run's
+                // neighbours once its end has arrived, by its gates once its window has.
+                // `confirm` would dismiss them the same way, seeing the same or less
+                // context.
+                let p = prefix + k;
+                let run = hay[k..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if gated && k + run < hay.len() {
+                    let prev = p.checked_sub(1).map(|i| all[i]);
+                    if Gate::all_shut(prev, run, Some(hay[k + run])) {
+                        return;
+                    }
+                    if (end || from + k + d.fwd <= avail)
+                        && Gate::possible_run(all, p, run) == Gate::None.bit()
+                    {
+                        return;
+                    }
+                }
+                fire(from + k, DIGITS)
+            });
         }
         self.enumerated = to;
     }
