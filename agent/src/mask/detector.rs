@@ -301,7 +301,7 @@ impl Gate {
     }
 
     /// [`Gate::start`] without the shape checks.
-    fn loose_start(self, h: &[u8], p: usize) -> Option<usize> {
+    pub(crate) fn loose_start(self, h: &[u8], p: usize) -> Option<usize> {
         let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
         let next = h.get(p + run).copied();
         let prev = p.checked_sub(1).map(|i| h[i]);
