@@ -161,7 +161,8 @@ fn packed_parts(lits: &[Vec<u8>]) -> Option<How> {
     })
 }
 
-/// Calls `fire(k)` for every `k < to` where a run of ASCII digits starts in `hay`;
+/// Calls `fire(k, run)` for every `k < to` where a run of `run` ASCII digits starts in
+/// `hay` (the run may go on past `to`, not past `hay`);
 /// `after_digit` says whether the byte before `hay` was a digit, and becomes whether
 /// `hay[to - 1]` is. Sixty-four bytes at a time: number-dense text (logs, JSON timestamps) has
 /// a digit run every ~20 bytes, and a byte-at-a-time loop was a tenth of the scan.
@@ -169,26 +170,30 @@ pub(crate) fn digit_starts(
     hay: &[u8],
     to: usize,
     after_digit: &mut bool,
-    mut fire: impl FnMut(usize),
+    mut fire: impl FnMut(usize, usize),
 ) {
-    let hay = &hay[..to];
+    let run_from = |k: usize| hay[k..].iter().take_while(|c| c.is_ascii_digit()).count();
     let mut prev = u64::from(*after_digit);
-    let mut blocks = hay.chunks_exact(64);
+    let mut blocks = hay[..to].chunks_exact(64);
     let mut off = 0;
     for b in blocks.by_ref() {
         let m = digit_mask(b);
         let mut starts = m & !((m << 1) | prev);
         prev = m >> 63;
         while starts != 0 {
-            fire(off + starts.trailing_zeros() as usize);
+            let i = starts.trailing_zeros() as usize;
+            // The run's length from the mask, unless it reaches the block's end.
+            let run = (!m >> i).trailing_zeros() as usize;
+            let k = off + i;
+            fire(k, if i + run < 64 { run } else { run_from(k) });
             starts &= starts - 1;
         }
         off += 64;
     }
-    for (k, b) in blocks.remainder().iter().enumerate() {
+    for (j, b) in blocks.remainder().iter().enumerate() {
         let digit = b.is_ascii_digit();
         if digit && prev == 0 {
-            fire(off + k);
+            fire(off + j, run_from(off + j));
         }
         prev = u64::from(digit);
     }
@@ -245,11 +250,18 @@ mod tests {
         for cut in [0, 1, 7, 64, 65, 130, text.len()] {
             let mut got = Vec::new();
             let mut after = false;
-            digit_starts(&text[..cut], cut, &mut after, |k| got.push(k));
-            digit_starts(&text[cut..], text.len() - cut, &mut after, |k| {
-                got.push(cut + k)
+            digit_starts(&text, cut, &mut after, |k, run| got.push((k, run)));
+            digit_starts(&text[cut..], text.len() - cut, &mut after, |k, run| {
+                got.push((cut + k, run))
             });
-            assert_eq!(got, want, "cut at {cut}");
+            let runs: Vec<(usize, usize)> = want
+                .iter()
+                .map(|&k| {
+                    let run = text[k..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    (k, run)
+                })
+                .collect();
+            assert_eq!(got, runs, "cut at {cut}");
         }
     }
 }

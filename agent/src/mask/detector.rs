@@ -281,13 +281,14 @@ impl Gate {
     /// its end), or `None` when no match can start near it.
     ///
     /// Besides the gate's own test, a check of the shape every match starting there has
-    /// (a dotted quad, 13 card digits, a phone number's groups, an IPv6 address's `::` or
-    /// seven colons) turns most look-alikes (dates, times, versions, hex ids) away before
+    /// (a dotted quad, 13 card digits, an SSN's or a phone number's groups, an IPv6
+    /// address's `::` or seven colons) turns most look-alikes (dates, times, versions, hex ids) away before
     /// the regex: each check is implied by the detector's regex, so no finding changes.
     pub(crate) fn start(self, h: &[u8], p: usize) -> Option<usize> {
         let at = self.loose_start(h, p)?;
         let shaped = match self {
-            Gate::None | Gate::Ssn | Gate::Iban => true,
+            Gate::None | Gate::Iban => true,
+            Gate::Ssn => digits(h, p + 4, 2) && one_of(h, p + 6, b"-") && digits(h, p + 7, 4),
             Gate::Card => card_digits(h, p),
             Gate::Ipv4 => dotted_quad(h, p, true),
             Gate::Phone if at < p => phone_after_sign(h, p),

@@ -50,6 +50,34 @@ pub struct Scanner {
     max_anchor: usize,
     /// The furthest any match may start before its trigger.
     back_max: usize,
+    /// The furthest a finding's value may start before a trigger, for detectors with no
+    /// class restriction (below). Usually far less than `back_max`: most matches start at
+    /// their trigger, and `back` only widens their window for context.
+    reach_any: usize,
+    /// Detectors whose bytes between a value's start and its trigger all belong to a class
+    /// (an e-mail's local part before its `@`, an IPv6 address's hex digits and colons
+    /// before a digit run): (how far back at most, the class).
+    reach_class: Vec<(usize, ByteClass)>,
+}
+
+/// A set of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteClass([u64; 4]);
+
+impl ByteClass {
+    fn of(f: impl Fn(u8) -> bool) -> ByteClass {
+        let mut bits = [0u64; 4];
+        for b in 0..=255u8 {
+            if f(b) {
+                bits[usize::from(b >> 6)] |= 1 << (b & 63);
+            }
+        }
+        ByteClass(bits)
+    }
+
+    fn has(self, b: u8) -> bool {
+        self.0[usize::from(b >> 6)] >> (b & 63) & 1 != 0
+    }
 }
 
 impl Scanner {
@@ -98,6 +126,17 @@ impl Scanner {
         }
         let anchors = Anchors::new(literals)?;
         let back_max = detectors.iter().map(|d| d.back).max().unwrap_or(0);
+        let mut reach_any = 0;
+        let mut reach_class: Vec<(usize, ByteClass)> = Vec::new();
+        for d in detectors {
+            match reach(d) {
+                Reach::Any(n) => reach_any = reach_any.max(n),
+                Reach::Class(n, c) => match reach_class.iter_mut().find(|(_, k)| *k == c) {
+                    Some((m, _)) => *m = (*m).max(n),
+                    None => reach_class.push((n, c)),
+                },
+            }
+        }
         Ok(Scanner {
             detectors: detectors.to_vec(),
             max_anchor: anchors.max_len(),
@@ -105,6 +144,8 @@ impl Scanner {
             sources,
             digits,
             back_max,
+            reach_any,
+            reach_class,
         })
     }
 
@@ -379,7 +420,7 @@ impl Tracker {
         let decided = if end {
             avail
         } else {
-            let mut d = frontier.saturating_sub(sc.back_max);
+            let mut d = sc.settled(&self.buf, self.base, frontier);
             for w in &self.waiting {
                 d = d.min(w.p.saturating_sub(sc.source(w.source).back));
             }
@@ -438,13 +479,12 @@ impl Tracker {
             let gated = d.gated;
             let prefix = from - base;
             let all = &buf[..avail - base];
-            digit_starts(hay, to - from, after_digit, |k| {
+            digit_starts(hay, to - from, after_digit, |k, run| {
                 // Most numbers are dismissed here, without a trigger: by the run's
                 // neighbours once its end has arrived, by its gates once its window has.
                 // `confirm` would dismiss them the same way, seeing the same or less
                 // context.
                 let p = prefix + k;
-                let run = hay[k..].iter().take_while(|c| c.is_ascii_digit()).count();
                 if gated && k + run < hay.len() {
                     let prev = p.checked_sub(1).map(|i| all[i]);
                     if Gate::all_shut(prev, run, Some(hay[k + run])) {
@@ -503,7 +543,51 @@ impl Tracker {
     }
 }
 
+/// How far before its trigger a detector's value may start.
+enum Reach {
+    Any(usize),
+    /// At most this far, over bytes of the class only.
+    Class(usize, ByteClass),
+}
+
+fn reach(d: &Detector) -> Reach {
+    match (d.place, d.gate) {
+        // Anchored where the gate says: at the trigger, or a fixed step before it.
+        (Place::At, Gate::None | Gate::Card | Gate::Ssn | Gate::Ipv4) | (Place::After, _) => {
+            Reach::Any(0)
+        }
+        (Place::At, Gate::Phone) => Reach::Any(1),
+        (Place::At, Gate::Iban) => Reach::Any(2),
+        (Place::At, Gate::Ipv6) => Reach::Class(
+            d.back,
+            ByteClass::of(|b| b.is_ascii_hexdigit() || b == b':'),
+        ),
+        // The e-mail's trigger is its `@`; the local part before it is of one class.
+        (Place::Within, _) if d.name() == "email" => Reach::Class(
+            d.back,
+            ByteClass::of(|b| b.is_ascii_alphanumeric() || b"._%+-".contains(&b)),
+        ),
+        (Place::Within, _) => Reach::Any(d.back),
+    }
+}
+
 impl Scanner {
+    /// Findings starting before this offset are settled once every trigger before
+    /// `frontier` has been confirmed: none found later can start earlier. The bytes kept
+    /// from `base` on are `buf`.
+    fn settled(&self, buf: &[u8], base: usize, frontier: usize) -> usize {
+        let mut d = frontier.saturating_sub(self.reach_any);
+        for (n, class) in &self.reach_class {
+            let lo = frontier.saturating_sub(*n).max(base);
+            let mut s = frontier;
+            while s > lo && class.has(buf[s - 1 - base]) {
+                s -= 1;
+            }
+            d = d.min(s);
+        }
+        d
+    }
+
     fn source(&self, k: usize) -> &Source {
         match (&self.digits, k) {
             (Some(d), DIGITS) => d,
