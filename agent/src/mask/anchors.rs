@@ -226,6 +226,48 @@ fn digit_mask(b: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    /// Every (position, anchor) pair, case-insensitively, from the packed searcher and from
+    /// the DFA fallback alike (four one-byte anchors force the fallback).
+    #[test]
+    fn anchors_are_found_at_every_position_by_either_searcher() {
+        let text = b"Auth_Token=x; API-KEY: y @ sk-ant-1 AUTHtoken a@b.c -- SECRET secret_access";
+        let naive = |lits: &[&[u8]]| {
+            let mut want = Vec::new();
+            for p in 0..text.len() {
+                for (i, l) in lits.iter().enumerate() {
+                    if text.len() - p >= l.len() && text[p..p + l.len()].eq_ignore_ascii_case(l) {
+                        want.push((p, i));
+                    }
+                }
+            }
+            want
+        };
+        let packed: &[&[u8]] = &[
+            b"auth",
+            b"auth_token",
+            b"token",
+            b"api-key",
+            b"@",
+            b"sk-",
+            b"sk-ant-",
+            b"secret",
+            b"secret_access",
+        ];
+        let dfa: &[&[u8]] = &[b"auth", b"token", b"@", b"-", b":", b";", b"secret"];
+        for (lits, is_packed) in [(packed, true), (dfa, false)] {
+            let a = Anchors::new(lits.iter().map(|l| l.to_vec()).collect()).expect("anchors");
+            assert_eq!(matches!(a.how, How::Packed { .. }), is_packed);
+            for to in [0, 5, 30, text.len()] {
+                let mut got = Vec::new();
+                a.each(text, to, &mut Vec::new(), |p, i| got.push((p, i)));
+                got.sort_unstable();
+                let want: Vec<(usize, usize)> =
+                    naive(lits).into_iter().filter(|(p, _)| *p < to).collect();
+                assert_eq!(got, want, "up to {to}, packed {is_packed}");
+            }
+        }
+    }
+
     #[test]
     fn the_digit_mask_marks_exactly_the_digits() {
         let bytes: Vec<u8> = (0..=255u8).chain(b"0123456789/:".iter().copied()).collect();
