@@ -743,7 +743,10 @@ fn builtin_specs() -> Vec<Spec> {
         (
             "jwt",
             Secret,
-            r"(?-u)\beyJ[A-Za-z0-9_\-]{10,500}\.eyJ[A-Za-z0-9_\-]{2,3000}\.[A-Za-z0-9_\-]{0,600}",
+            // Open-ended runs, bounded by the detector's window: a bounded repetition is
+            // unrolled into one NFA state per count (`{2,3000}` made this regex 0.7 MB of
+            // the agent's memory), and the window already caps the match's length.
+            r"(?-u)\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*",
             lits(&["eyJ"]),
             (0, 4106),
             vec![Validator::Jwt],
@@ -751,7 +754,8 @@ fn builtin_specs() -> Vec<Spec> {
         (
             "private_key",
             Secret,
-            r"(?-u)-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=\s:,\\\-]{16,6000}?-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
+            // As for `jwt`: the window, not the repetition, bounds the key's length.
+            r"(?-u)-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=\s:,\\\-]{16,}?-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
             lits(&["-----BEGIN "]),
             (0, 6100),
             vec![],
