@@ -80,6 +80,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let approvals_http = match &cfg.approvals.http {
+        Some(h) => {
+            let e = crate::approval::endpoint::open(
+                h,
+                &cfg.identity,
+                cfg.bypass_mark,
+                cfg.connect_timeout,
+            )
+            .await?;
+            tracing::info!(listen = %h.listen, tls = h.tls.is_some(), "approvals endpoint");
+            Some(e)
+        }
+        None => None,
+    };
     // Metrics are bound before interception too: a taken port stops the start, loudly.
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some((
@@ -208,6 +222,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             approvals.clone(),
             drain.shutdown_signal(),
         ));
+    }
+    if let Some(e) = approvals_http {
+        tokio::spawn(e.serve(approvals.clone(), drain.shutdown_signal()));
     }
     let targets: Vec<_> = cfg.targets.iter().cloned().map(Arc::new).collect();
     // Key files and commands block: read them off the runtime's workers.

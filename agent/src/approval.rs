@@ -2,13 +2,16 @@
 //! (`hold`) enters a held request in a bounded table (`store`) and waits on its own oneshot
 //! for a person's decision, the rule's timeout, or the agent stopping; approvers decide over
 //! the admin socket or the approvers' socket (`socket`), named by the socket peer's uid;
-//! a webhook (`webhook`) announces each held request. Nothing here is ever a pass by
-//! default: whatever goes wrong refuses the request.
+//! a webhook (`webhook`) announces each held request. Approvers with an OpenID token rather
+//! than an account here decide over the optional HTTP endpoint (`endpoint`, `api`). Nothing
+//! here is ever a pass by default: whatever goes wrong refuses the request.
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+pub mod api;
 pub mod approver;
+pub mod endpoint;
 mod grants;
 mod hold;
 pub mod id;
@@ -17,6 +20,10 @@ pub mod socket;
 pub mod store;
 pub mod webhook;
 
+use self::{
+    approver::Approver,
+    store::{Decide, DecideError, Decided},
+};
 pub use hold::hold;
 pub use settings::Settings;
 pub use store::{Info, Listing, State, Store};
@@ -48,6 +55,35 @@ impl Approvals {
             }),
             rx,
         )
+    }
+
+    /// An approver's decision on `id`, whichever way they came (a socket, the HTTP
+    /// endpoint): checked and applied by the table, logged with who decided. `Ok` carries
+    /// the approval as it now stands.
+    pub fn decide(
+        &self,
+        id: &str,
+        who: &Approver,
+        d: Decide,
+    ) -> Result<(Decided, Option<Info>), DecideError> {
+        let id = id.trim();
+        if !id::well_formed(id) {
+            return Err(DecideError::Malformed(clean(id, 40)));
+        }
+        let verb = match &d {
+            Decide::Approve { .. } => "approve",
+            Decide::Deny { .. } => "deny",
+        };
+        match self.store.decide(id, who, d) {
+            Ok(decided) => {
+                tracing::info!(approval = %id, approver = %who.name(), decision = verb, "approval decision");
+                Ok((decided, self.store.get(id)))
+            }
+            Err(e) => {
+                tracing::warn!(approval = %id, approver = %who.name(), decision = verb, error = %e, "approval decision refused");
+                Err(e)
+            }
+        }
     }
 
     /// Hands a new approval to the webhook task; a full queue is a failed delivery, never a

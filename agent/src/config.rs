@@ -313,6 +313,9 @@ impl Config {
                 tls.resolve(base);
             }
         }
+        if let Some(h) = &mut cfg.approvals.http {
+            h.resolve(base);
+        }
         Ok(cfg)
     }
 
@@ -411,7 +414,7 @@ impl Config {
         }
         self.identity.validate()?;
         self.audit.validate()?;
-        self.approvals.validate()?;
+        self.approvals.validate(&self.identity)?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             if let Some(l) = t.audit_level

@@ -7,7 +7,11 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError},
+};
+use tokio_util::sync::CancellationToken;
 
 /// File descriptors kept back for everything that is not a proxied connection (maps,
 /// listeners, the admin socket, policy files, DNS).
@@ -32,6 +36,36 @@ pub fn raise_fd_limit() -> u64 {
         Err(e) => {
             tracing::warn!(error = %e, "could not read the open-file limit; assuming 1024");
             1024
+        }
+    }
+}
+
+/// The next connection of a small control-plane server (`/metrics`, the approvals endpoint)
+/// with its place among `slots`. The place is taken before accepting, so at most `slots`
+/// connections are served and the rest wait in the kernel's listen backlog, costing the
+/// agent nothing. `None` once `stop` fires.
+pub async fn accept_bounded(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+    server: &'static str,
+) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => return None,
+            p = slots.clone().acquire_owned() => p.ok()?,
+        };
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return None,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => return Some((stream, permit)),
+            Err(e) => {
+                // Out of descriptors, most likely: a pause lets connections close.
+                tracing::warn!(server, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 //! [`Action`] per detector) masks a whole text, and [`StreamMasker`] does the same chunk by
 //! chunk with a bounded hold-back.
 mod action;
+mod anchors;
 pub mod body;
 mod detector;
 pub mod events;

@@ -52,6 +52,8 @@ pub enum Stage {
     Classify,
     Identify,
     Decide,
+    /// Masking the request body (the response's masking is in `Filters`).
+    Mask,
     Approve,
     Prepare,
     /// From sending the request upstream to its response head (the upstream's time, plus
@@ -64,12 +66,13 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 11] = [
+    pub const ALL: [Stage; 12] = [
         Stage::Admit,
         Stage::Read,
         Stage::Classify,
         Stage::Identify,
         Stage::Decide,
+        Stage::Mask,
         Stage::Approve,
         Stage::Prepare,
         Stage::UpstreamWait,
@@ -85,6 +88,7 @@ impl Stage {
             Stage::Classify => "classify",
             Stage::Identify => "identify",
             Stage::Decide => "decide",
+            Stage::Mask => "mask",
             Stage::Approve => "approve",
             Stage::Prepare => "prepare",
             Stage::UpstreamWait => "upstream_wait",

@@ -9,8 +9,8 @@
 //! | classify | `adapter` | method, decoded path, JSON | operation | no |
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
 //! | decide | `policy`, then `open_record` below → `audit` | operation, subject, JSON, switch | decision, masking plans (`mask.rs`), the opening record (durable before the request goes on) | 503 when recording is required and cannot be written |
-//! | approve | `approve` below → `approval::hold` | decision, subject, workload, headers (justification), body (excerpt) | `Permit`, approval state | 403 on deny, on an approver's deny, on an approval's timeout, on a missing justification; 503 over the pending bounds or when the agent stops while held |
 //! | mask | `mask.rs` → `mask::body` | body, JSON, the masking plans decide made | the masked body; `mask_request` in the record | 403 (a `block` detector found something), 415/403/500 (a body it cannot scan, under `on_unscannable: refuse`) |
+//! | approve | `approve` below → `approval::hold` | decision, subject, workload, headers (justification), body (excerpt) | `Permit`, approval state | 403 on deny, on an approver's deny, on an approval's timeout, on a missing justification; 503 over the pending bounds or when the agent stops while held |
 //! | record body | `recording.rs` → `audit::Tap` (at `full` level) | the masked body | its body entries | 503 when recording is required and cannot be written |
 //! | prepare | `choose_key` below, `send.rs` → `custody` | parts, body, `Permit`, filters, subject and workload (which of the target's keys) | `credential`, the upstream request (client credentials stripped, the key injected) | 403 (the target holds keys, none for this caller) |
 //! | send | `send.rs` | upstream request | response head | 502 |
@@ -86,6 +86,10 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     decide(ctx, rq);
     open_record(ctx, rq).await?;
     rq.lap(Stage::Decide);
+    // Before any hold: approvers see, and approve, the body that will go upstream, and a
+    // body that masking blocks never waits for an approver.
+    mask::request(ctx, rq)?;
+    rq.lap(Stage::Mask);
     let permit = match rq.decision.as_ref() {
         Some(Decision::Hold(h)) => {
             let h = h.clone();
@@ -94,7 +98,6 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
         d => approve(d)?,
     };
     rq.lap(Stage::Approve);
-    mask::request(ctx, rq)?;
     choose_key(ctx, rq)?;
     recording::request_body(rq)?;
     let forward = send::prepare(rq, permit);
@@ -167,8 +170,9 @@ fn decide(ctx: &Ctx, rq: &mut Request) {
         switch: rq.switch,
     };
     let decision = rq.policy.evaluate(&facts);
-    // A refused request is neither scanned nor given a pseudonym session.
-    if matches!(decision, Decision::Permit(_)) {
+    // A denied request is neither scanned nor given a pseudonym session; one held for
+    // approval is masked like an allowed one (it goes upstream once approved).
+    if !matches!(decision, Decision::Deny(_)) {
         let applied = rq.policy.masking.evaluate(&facts);
         rq.masking = mask::plans(ctx, rq, &applied);
     }

@@ -201,6 +201,30 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// A rustls server configuration for the agent's own endpoints (the approvals endpoint):
+/// the certificate chain and its private key, which must be private like every key file.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, Error> {
+    let chain = certificates("cert_file", cert)?;
+    private("key_file", key)?;
+    let pem = zeroize::Zeroizing::new(read("key_file", key)?);
+    let der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|_| bad("key_file", key, "holds no PEM private key"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Invalid(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, der)
+    .map_err(|e| bad("key_file", key, format!("unusable with cert_file: {e}")))?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
 /// How a handshake failed: which target, which name, why. Shown to the client in a 502 and
 /// logged.
 #[derive(Debug, Clone, thiserror::Error)]

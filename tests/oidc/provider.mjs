@@ -1,6 +1,8 @@
 // A real OpenID provider (npm's oidc-provider) for tests/tests/oidc.rs, listening on
 // 127.0.0.1 only. It issues JWT access tokens by the client credentials grant; each test
-// client's subject is its client_id and its groups are listed below.
+// client's subject is its client_id and its groups are listed below. A token is for the
+// model servers (audience `sluice`) unless the client asks for the approvals endpoint with
+// `resource=urn:sluice:approvals` (audience `sluice-approvals`).
 //
 //   node provider.mjs PORT STATE_FILE [rotate]
 //
@@ -30,6 +32,8 @@ writeFileSync(stateFile, JSON.stringify(keys), { mode: 0o600 });
 const GROUPS = {
   'alice-svc': ['ml-eng'],
   'bob-svc': ['ops'],
+  'carol-sre': ['sre'],
+  'dana-sre': ['sre'],
 };
 const client = (id) => ({
   client_id: id,
@@ -39,6 +43,7 @@ const client = (id) => ({
   response_types: [],
 });
 const RESOURCE = 'urn:sluice:models';
+const APPROVALS = 'urn:sluice:approvals';
 
 const provider = new Provider(issuer, {
   clients: Object.keys(GROUPS).map(client),
@@ -50,9 +55,9 @@ const provider = new Provider(issuer, {
       enabled: true,
       defaultResource: () => RESOURCE,
       useGrantedResource: () => true,
-      getResourceServerInfo: () => ({
-        scope: 'models',
-        audience: 'sluice',
+      getResourceServerInfo: (ctx, indicator) => ({
+        scope: indicator === APPROVALS ? 'approvals' : 'models',
+        audience: indicator === APPROVALS ? 'sluice-approvals' : 'sluice',
         accessTokenTTL: 600,
         accessTokenFormat: 'jwt',
         jwt: { sign: { alg: 'RS256' } },

@@ -19,6 +19,7 @@ use std::{
 };
 
 pub mod hostile;
+pub mod oidc;
 pub mod servers;
 pub mod tls;
 

@@ -1,8 +1,9 @@
 //! End-to-end just-in-time approval: a real agent holds requests that a `require-approval`
 //! rule matches, real clients (curl, run as `nobody` inside the test cgroup) wait through
 //! interception, and other processes decide with `sluice approvals` over the admin socket
-//! (root) or the approvers' socket (another uid). A test webhook receiver on 127.0.0.1
-//! checks the announcement and its retry. Needs root: `#[ignore]`d, run by `cargo xtask
+//! (root) or the approvers' socket (another uid), or over the HTTP endpoint with tokens of a
+//! real OpenID provider (tests/oidc). A test webhook receiver on 127.0.0.1 checks the
+//! announcement and its retry. Needs root: `#[ignore]`d, run by `cargo xtask
 //! test` as root.
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -15,8 +16,8 @@ use std::{
 
 use serde_json::Value;
 use sluice_tests::{
-    Agent, AgentSpec, TempDir, TestCgroup, require_root, servers, sluice_bin, virtual_ip,
-    wait_log_events,
+    Agent, AgentSpec, TempDir, TestCgroup, free_port, oidc::Provider, require_root, servers,
+    sluice_bin, virtual_ip, wait_log_events,
 };
 
 /// The uid the held clients run as (an existing system account: nothing to create).
@@ -25,8 +26,10 @@ const NOBODY: &str = "65534";
 /// socket through its group.
 const DAEMON: &str = "1";
 
+/// Masking: e-mails in prompts are redacted, AWS access keys blocked.
 /// Rules: `big*` models need root's approval (grant windows up to an hour, per subject),
-/// `slow*` ones time out after 2 s, `justified*` ones need a justification; the rest pass.
+/// `slow*` ones time out after 2 s, `justified*` ones need a justification, `team*` ones a
+/// member of group `sre` (token approvers, over HTTP); the rest pass.
 fn pack(dir: &TempDir) -> std::path::PathBuf {
     let path = dir.path().join("pack.yaml");
     std::fs::write(
@@ -58,8 +61,19 @@ spec:
         justification: { required: true }
         timeout: 60s
       match: { models: ["justified*"] }
+    - id: team-needs-sre
+      action: require-approval
+      approval:
+        approvers: { groups: [sre] }
+        timeout: 60s
+      match: { models: ["team*"] }
     - id: the-rest
       action: allow
+  masking:
+    rules:
+      - id: mask-prompts
+        direction: request
+        detectors: {email: redact, aws_access_key: block}
 "#,
     )
     .expect("write pack");
@@ -102,7 +116,14 @@ fn setup(tag: &str, approvals: &str) -> Setup {
 /// A chat completion from curl in the test cgroup, as `nobody` unless `as_root`; prints
 /// the body, then the status on its own line.
 fn client(s: &Setup, model: &str, headers: &[&str], as_root: bool) -> Child {
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    client_saying(s, model, "hi", headers, as_root)
+}
+
+/// `client`, with `content` as the prompt.
+fn client_saying(s: &Setup, model: &str, content: &str, headers: &[&str], as_root: bool) -> Child {
+    let body =
+        serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]})
+            .to_string();
     let mut c = if as_root {
         s.cg.command("curl")
     } else {
@@ -224,6 +245,28 @@ fn records_with_approval(agent: &Agent, n: usize) -> Vec<Value> {
     }
 }
 
+/// The message of a held client's refusal: 403 `sluice_approval_denied` in OpenAI's shape.
+fn denied(held: Child) -> String {
+    let (code, body) = answer(held);
+    assert_eq!(code, 403, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("openai error json");
+    assert_eq!(v["error"]["code"], "sluice_approval_denied");
+    v["error"]["message"].as_str().unwrap_or("").to_string()
+}
+
+/// (approval outcome, approved_by) of each record.
+fn outcomes(records: &[Value]) -> Vec<(&str, &str)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["approval"].as_str().unwrap_or(""),
+                r["approved_by"].as_str().unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn a_held_request_waits_for_a_person_who_approves_or_denies_it_and_never_their_own() {
@@ -325,11 +368,7 @@ fn a_held_request_waits_for_a_person_who_approves_or_denies_it_and_never_their_o
     let id = pending(&s, 1).remove(0);
     let no = approvals(&s, &["deny", &id, "--reason", "not during the freeze"]);
     assert!(no.status.success(), "{}", text(&no));
-    let (code, body) = answer(held);
-    assert_eq!(code, 403, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("openai error json");
-    assert_eq!(v["error"]["code"], "sluice_approval_denied");
-    let msg = v["error"]["message"].as_str().unwrap_or("");
+    let msg = denied(held);
     assert!(
         msg.contains(&id) && msg.contains("not during the freeze") && msg.contains("root (uid 0)"),
         "{msg}"
@@ -373,15 +412,7 @@ fn a_held_request_waits_for_a_person_who_approves_or_denies_it_and_never_their_o
 
     // Every decision is in the records: approved, denied, cancelled, with who and how long.
     let records = records_with_approval(&s.agent, 3);
-    let outcomes: Vec<(&str, &str)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["approval"].as_str().unwrap_or(""),
-                r["approved_by"].as_str().unwrap_or(""),
-            )
-        })
-        .collect();
+    let outcomes = outcomes(&records);
     assert!(
         outcomes.contains(&("approved", "root (uid 0)")),
         "{records:?}"
@@ -662,4 +693,249 @@ fn held_requests_are_refused_when_the_agent_stops_never_passed() {
     let old = approvals(&s, &["approve", &ids[0]]);
     assert!(!old.status.success());
     assert!(text(&old).contains("unknown id"), "{}", text(&old));
+}
+
+/// `curl` to the approvals endpoint on 127.0.0.1: (status, JSON answer).
+fn endpoint(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-m", "30", "-w", "\n%{http_code}", "-X", method]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("authorization: Bearer {t}")]);
+    }
+    if !body.is_empty() {
+        c.args(["-H", "content-type: application/json", "-d", body]);
+    }
+    let out = c
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl the approvals endpoint");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let v = serde_json::from_str(body).unwrap_or_else(|_| Value::String(text.clone()));
+    (code.trim().parse().unwrap_or(0), v)
+}
+
+#[test]
+#[ignore = "end-to-end: needs root, cgroup v2 and the test OpenID provider (cargo xtask test)"]
+fn approvers_with_a_token_from_an_approver_group_decide_over_http() {
+    require_root();
+    let dir = TempDir::new("approval-http");
+    let provider = Provider::start(free_port(), &dir.path().join("provider-keys.json"), false);
+    let port = free_port();
+    let iss = provider.issuer();
+    let s = setup(
+        "approval-http",
+        &format!(
+            "identity:\n  issuers:\n    - issuer: {iss}\n      audiences: [sluice]\n      groups_claim: groups\n      jwks_min_refresh_secs: 1\napprovals:\n  http:\n    listen: 127.0.0.1:{port}\n    audience: sluice-approvals\n"
+        ),
+    );
+    let carol = provider.approvals_token("carol-sre");
+    let dana = provider.approvals_token("dana-sre");
+    let bob = provider.approvals_token("bob-svc");
+    let carol_requests = provider.token("carol-sre");
+    let list = "/v1/approvals";
+
+    // Held until a member of sre approves over HTTP.
+    let held = client(&s, "team-1", &[], false);
+    let id = pending(&s, 1).remove(0);
+    let approve = format!("/v1/approvals/{id}/approve");
+    // No token, a bad one, and carol's token for the model servers: 401, never the token.
+    let (code, v) = endpoint(port, "GET", list, None, "");
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (401, &Value::from("missing_token")),
+        "{v}"
+    );
+    let mut forged = carol.clone();
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    let (code, v) = endpoint(port, "POST", &approve, Some(&forged), "");
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (401, &Value::from("invalid_token")),
+        "{v}"
+    );
+    let (code, v) = endpoint(port, "POST", &approve, Some(&carol_requests), "");
+    assert_eq!(
+        code, 401,
+        "a token for the model servers decides nothing: {v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("audience"),
+        "{v}"
+    );
+    // bob-svc is in group ops only: sees nothing to decide, and is refused.
+    let (code, v) = endpoint(port, "GET", list, Some(&bob), "");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["pending"], serde_json::json!([]), "{v}");
+    let (code, v) = endpoint(port, "POST", &approve, Some(&bob), "");
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (403, &Value::from("not_an_approver")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!(
+                "subject bob-svc of {iss} is not an approver of rule team-needs-sre"
+            )),
+        "{v}"
+    );
+    assert_eq!(upstream_requests(&s), 0, "held, not sent");
+    let (code, v) = endpoint(port, "GET", list, Some(&carol), "");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["pending"][0]["id"], Value::from(id.clone()), "{v}");
+    assert_eq!(v["pending"][0]["model"], "team-1");
+    let (code, v) = endpoint(port, "POST", &approve, Some(&carol), "{}");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["decided"]["result"], "approved");
+    let by = format!("subject carol-sre of {iss}");
+    assert_eq!(v["approver"], Value::from(by.clone()));
+    let (code, body) = answer(held);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(upstream_requests(&s), 1);
+    let (code, v) = endpoint(port, "POST", &approve, Some(&dana), "");
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (409, &Value::from("already_decided")),
+        "{v}"
+    );
+    let unknown = format!("/v1/approvals/{}/approve", "a".repeat(26));
+    let (code, v) = endpoint(port, "POST", &unknown, Some(&dana), "");
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (404, &Value::from("unknown_approval")),
+        "{v}"
+    );
+
+    // Deny over HTTP: the client's refusal names the id, the approver and the reason.
+    let held = client(&s, "team-2", &[], false);
+    let id = pending(&s, 1).remove(0);
+    let (code, v) = endpoint(
+        port,
+        "POST",
+        &format!("/v1/approvals/{id}/deny"),
+        Some(&dana),
+        r#"{"reason":"not during the freeze"}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+    let msg = denied(held);
+    assert!(
+        msg.contains(&id)
+            && msg.contains(&format!("denied by subject dana-sre of {iss}"))
+            && msg.contains("not during the freeze"),
+        "{msg}"
+    );
+
+    // A request made with carol's token: carol cannot approve it, dana can.
+    let held = client(
+        &s,
+        "team-3",
+        &[&format!("authorization: Bearer {carol_requests}")],
+        false,
+    );
+    let id = pending(&s, 1).remove(0);
+    let approve = format!("/v1/approvals/{id}/approve");
+    let (code, v) = endpoint(port, "POST", &approve, Some(&carol), "");
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (403, &Value::from("own_request")),
+        "{v}"
+    );
+    let (_, v) = endpoint(port, "GET", list, Some(&carol), "");
+    assert_eq!(
+        v["pending"],
+        serde_json::json!([]),
+        "nobody is shown their own request: {v}"
+    );
+    let (code, v) = endpoint(port, "POST", &approve, Some(&dana), "");
+    assert_eq!(code, 200, "{v}");
+    let (code, body) = answer(held);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(upstream_requests(&s), 2);
+
+    // Records name who decided; no token is in the agent's log.
+    let records = records_with_approval(&s.agent, 3);
+    let decided = outcomes(&records);
+    assert!(decided.contains(&("approved", by.as_str())), "{decided:?}");
+    let log = s.agent.log_text();
+    for t in [&carol, &dana, &bob, &carol_requests, &forged] {
+        let sig = t.rsplit('.').next().unwrap_or(t);
+        assert!(
+            !log.contains(sig),
+            "a token's signature is in the agent's log"
+        );
+    }
+    assert!(
+        log.contains("approval decision") && log.contains(&by),
+        "decisions are logged with the approver"
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_held_request_is_masked_before_approvers_see_it_and_a_blocked_one_is_never_held() {
+    require_root();
+    const EMAIL: &str = "jane.doe@example.com";
+    let s = setup("approval-mask", "");
+    // A prompt masking blocks is refused at once: nobody is asked to approve it.
+    let (code, body) = answer(client_saying(
+        &s,
+        "big-blocked",
+        "my key is AKIAQ3EGRSZ7XN5TB2LP",
+        &[],
+        false,
+    ));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("sluice_mask_blocked"), "{body}");
+    assert!(
+        listing(&s)["pending"].as_array().is_none_or(Vec::is_empty),
+        "a blocked request was held"
+    );
+    assert_eq!(upstream_requests(&s), 0);
+
+    // An e-mail: approvers see the masked prompt, and the approved request goes upstream
+    // masked, as approved.
+    let held = client_saying(&s, "big-mail", &format!("write to {EMAIL} now"), &[], false);
+    let id = pending(&s, 1).remove(0);
+    let info = listing(&s)["pending"][0].clone();
+    let excerpt = info["excerpt"].as_str().unwrap_or("");
+    assert!(
+        !excerpt.contains(EMAIL) && excerpt.contains("[REDACTED:email]"),
+        "{info}"
+    );
+    let out = approvals(&s, &["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, body) = answer(held);
+    assert_eq!(code, 200, "{body}");
+    let sent: Vec<String> = s
+        .server
+        .seen
+        .bodies
+        .lock()
+        .map(|b| {
+            b.iter()
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let sent = sent
+        .last()
+        .expect("the approved request reached the upstream");
+    assert!(
+        !sent.contains(EMAIL) && sent.contains("[REDACTED:email]"),
+        "{sent}"
+    );
+    let records = records_with_approval(&s.agent, 1);
+    let r = records
+        .iter()
+        .find(|r| r["model"] == "big-mail")
+        .expect("the approved request's record");
+    assert_eq!(r["mask_request"]["verdict"], "masked", "{r}");
+    assert!(!s.agent.log_text().contains(EMAIL), "the e-mail was logged");
 }

@@ -291,6 +291,37 @@ fn a_prompt_is_masked_before_the_upstream_sees_it_and_the_record_counts_it() {
     assert_eq!(code, 200);
     let r = record(&s, 3, "strict", "/v1/chat/completions");
     assert_eq!(r["mask_request"], json!({"verdict": "clean"}), "{r}");
+
+    // The server reads this route's body as JSON whatever its labels say: a JSON body sent
+    // as a form, or with Triton's binary header on an OpenAI server, is masked as JSON (its
+    // escapes decoded), not scanned as form text or passed as binary.
+    for labels in [
+        &["Content-Type: application/x-www-form-urlencoded"][..],
+        &[
+            "Content-Type: application/json",
+            "Inference-Header-Content-Length: 1",
+        ][..],
+    ] {
+        let before = s.upstream.bodies().len();
+        let (code, reply) = post(
+            &s,
+            &s.lenient,
+            "/v1/chat/completions",
+            labels,
+            body.as_bytes(),
+        );
+        assert_eq!(code, 200, "{labels:?}: {reply}");
+        let seen = s.upstream.bodies();
+        assert_eq!(seen.len(), before + 1, "{labels:?}");
+        let sent = String::from_utf8_lossy(&seen[before].1).into_owned();
+        serde_json::from_str::<Value>(&sent).expect("the upstream got valid JSON");
+        for value in [CARD, EMAIL, "\\u0040example", PROJECT] {
+            assert!(
+                !sent.contains(value),
+                "{labels:?}: {value} reached the upstream: {sent}"
+            );
+        }
+    }
     no_value_logged(&s, &[CARD, EMAIL, PROJECT]);
 }
 

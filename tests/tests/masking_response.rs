@@ -30,6 +30,10 @@ spec:
         direction: both
         match: {targets: [pseudo]}
         detectors: {email: pseudonym}
+      - id: everything
+        direction: response
+        match: {targets: [canary]}
+        detectors: {all: redact}
 "#;
 
 struct Setup {
@@ -69,6 +73,11 @@ impl Setup {
 }
 
 fn setup(tag: &str) -> Setup {
+    setup_with(tag, "")
+}
+
+/// `setup` with more top-level agent configuration (`extra`, one key per line).
+fn setup_with(tag: &str, extra: &str) -> Setup {
     let server = servers::http("127.0.0.1:0");
     let dir = TempDir::new(tag);
     let pack = dir.path().join("masking");
@@ -81,6 +90,7 @@ fn setup(tag: &str) -> Setup {
         ("anthropic", "anthropic", ""),
         ("pseudo", "openai", ""),
         ("strict", "openai", ""),
+        ("canary", "openai", ""),
     ];
     let vips: Vec<(&'static str, String)> =
         targets.iter().map(|(n, _, _)| (*n, virtual_ip())).collect();
@@ -99,7 +109,7 @@ fn setup(tag: &str) -> Setup {
         fail_mode: "open",
         targets: yaml,
         listen_v6: false,
-        extra: format!("policies: [\"{}\"]\n", pack.display()),
+        extra: format!("policies: [\"{}\"]\n{extra}", pack.display()),
     });
     Setup {
         agent,
@@ -283,4 +293,116 @@ fn a_pseudonym_round_trips_and_a_compressed_answer_is_refused() {
     let rec = s.record(3, "strict");
     assert_eq!(rec["mask_response"]["verdict"], "unscanned", "{rec}");
     assert_eq!(rec["mask_response"]["reason"], "compressed", "{rec}");
+}
+
+/// `GET /metrics` on the agent's metrics listener.
+fn scrape(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[test]
+#[ignore = "end-to-end: needs root, cgroup v2 and bpffs"]
+fn a_canary_secret_is_in_no_log_line_metric_or_record() {
+    require_root();
+    let metrics_port = sluice_tests::free_port();
+    let dir = TempDir::new("mask-canary-audit");
+    let store = dir.path().join("audit");
+    let mut s = setup_with(
+        "mask-resp-canary",
+        &format!(
+            "metrics_listen: 127.0.0.1:{metrics_port}\naudit:\n  dir: {}\n  level: metadata\n  durability: group\n  group_commit_ms: 5\n",
+            store.display()
+        ),
+    );
+    // An OpenAI-shaped key, unique to this run; the prompt carries it and the upstream
+    // echoes it back (plain and streamed, split over events), so it crosses the agent in
+    // both directions.
+    let canary = format!(
+        "sk-proj-Cn4ry{}",
+        sluice_tests::unique("x").replace(|c: char| !c.is_ascii_alphanumeric(), "")
+    );
+    let url = format!("http://{}:8000/v1/chat/completions", s.vip("canary"));
+    for stream in [false, true] {
+        let body = serde_json::json!({
+            "model": "canary-split", "stream": stream,
+            "messages": [{"role": "user", "content": format!("my key is {canary} ok")}]
+        })
+        .to_string();
+        let out = curl(
+            &s.cg,
+            &[
+                "-sN",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+                &url,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !text.contains(&canary),
+            "the answer carries the canary: {text}"
+        );
+        assert!(
+            text.contains("[REDACTED:openai_key]"),
+            "stream {stream}: {text}"
+        );
+    }
+    let seen = s
+        .server
+        .seen
+        .bodies
+        .lock()
+        .map(|b| b.clone())
+        .unwrap_or_default();
+    assert!(
+        seen.iter()
+            .any(|b| String::from_utf8_lossy(b).contains(&canary)),
+        "the upstream got the canary in the prompt"
+    );
+    let rec = s.record(2, "canary");
+    assert_eq!(rec["mask_response"]["verdict"], "masked", "{rec}");
+    assert_eq!(rec["mask_response"]["counts"]["openai_key"], 1, "{rec}");
+
+    let scraped = scrape(metrics_port);
+    assert!(scraped.contains("sluice_"), "{scraped}");
+    assert!(!scraped.contains(&canary), "the canary is in /metrics");
+    let status = s.agent.status().expect("status").to_string();
+    assert!(!status.contains(&canary), "the canary is in the status");
+    // Stopped: every record is in the store's files.
+    s.agent.stop();
+    let log = s.agent.log_text();
+    assert!(!log.is_empty());
+    assert!(
+        !log.contains(&canary),
+        "the canary is in the agent's log:\n{log}"
+    );
+    let mut files = 0;
+    let mut stack = vec![store.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("store dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read store file");
+                files += 1;
+                assert!(
+                    !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "the canary is in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files > 0, "the store holds files");
 }

@@ -6,14 +6,12 @@
 //! upstream. A second issuer, served here from the agent's test keys, signs the tokens the
 //! provider would never issue (expired, wrong audience, header tricks). Needs root.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc,
     },
     thread,
     time::Duration,
@@ -23,97 +21,13 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use serde_json::{Value, json};
 use sluice_tests::{
-    Agent, AgentSpec, TempDir, TestCgroup, curl, free_port, log_events, require_root, servers,
-    virtual_ip, wait_log_events,
+    Agent, AgentSpec, TempDir, TestCgroup, curl, free_port, log_events, oidc::Provider,
+    require_root, servers, virtual_ip, wait_log_events,
 };
 
 const RSA_A: &str = include_str!("../../agent/src/identity/testdata/rsa-a.pem");
 const RSA_A_PUB: &str = include_str!("../../agent/src/identity/testdata/rsa-a.pub.pem");
 const RSA_B: &str = include_str!("../../agent/src/identity/testdata/rsa-b.pem");
-
-fn oidc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc")
-}
-
-/// The OpenID provider process; killed (by its pid) on drop.
-struct Provider {
-    child: Child,
-    port: u16,
-}
-
-impl Provider {
-    fn start(port: u16, state: &Path, rotate: bool) -> Provider {
-        let dir = oidc_dir();
-        assert!(
-            dir.join("node_modules/oidc-provider/package.json").exists(),
-            "the test OpenID provider is not installed: run `cargo xtask setup` (npm ci in {})",
-            dir.display()
-        );
-        let mut cmd = Command::new("node");
-        cmd.arg(dir.join("provider.mjs"))
-            .arg(port.to_string())
-            .arg(state)
-            .current_dir(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if rotate {
-            cmd.arg("rotate");
-        }
-        let mut child = cmd.spawn().expect("node runs the provider");
-        let out = child.stdout.take().expect("provider stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line.starts_with("ready ") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let ready = rx.recv_timeout(Duration::from_secs(30));
-        let mut p = Provider { child, port };
-        if ready.is_err() {
-            p.stop();
-            panic!("the OpenID provider did not start on 127.0.0.1:{port}");
-        }
-        p
-    }
-
-    fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// An access token by the client credentials grant, as a workload's SDK would get one.
-    fn token(&self, client: &str) -> String {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-m",
-                "10",
-                "-u",
-                &format!("{client}:{client}-secret"),
-            ])
-            .args(["-d", "grant_type=client_credentials", "-d", "scope=models"])
-            .arg(format!("{}/token", self.issuer()))
-            .output()
-            .expect("curl the token endpoint");
-        let v: Value = serde_json::from_slice(&out.stdout).expect("token response is JSON");
-        v["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no access token: {v}"))
-            .to_string()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A second issuer: its JWKS (the agent's test key A) served at `/jwks`, fetches counted.
 struct KeyServer {
@@ -579,9 +493,16 @@ fn hostile_tokens_are_refused_with_their_reason_and_never_reach_the_upstream() {
         before,
         "no hostile request reached the upstream"
     );
-    let records = log_events(&s.agent, "request");
+    // Records are written by the writer thread after the answer: wait for them.
+    let refused = |records: &[Value]| records.iter().filter(|r| r["status"] == 401).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut records = log_events(&s.agent, "request");
+    while refused(&records) < table.len() + 7 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        records = log_events(&s.agent, "request");
+    }
     assert!(
-        records.iter().filter(|r| r["status"] == 401).count() >= table.len() + 7,
+        refused(&records) >= table.len() + 7,
         "every refusal has its record"
     );
     let log = s.agent.log_text();

@@ -53,9 +53,11 @@ pub async fn hold(
         Some(p) => format!("subject {} of {}", p.subject, p.issuer),
         None => format!("uid {}", w.uid),
     };
-    let grant_key = a.grant.map(|(_, scope)| match scope {
-        GrantScope::Subject => identity.clone(),
-        GrantScope::Workload => format!(
+    let grant_key = a.grant.map(|(_, scope)| match (scope, &principal) {
+        (GrantScope::Subject, Some(_)) => identity.clone(),
+        // Without a token the only subject is a uid, which every container on the node may
+        // run as (root most of all): the grant narrows to the workload that was approved.
+        (GrantScope::Subject | GrantScope::Workload, _) => format!(
             "workload uid {} cgroup {}",
             w.uid,
             w.cgroup.as_deref().or(w.exe.as_deref()).unwrap_or(&w.comm)
@@ -162,6 +164,7 @@ pub async fn hold(
             uid: w.uid,
             user: w.user.clone(),
             subject: principal.as_ref().map(|p| p.subject.clone()),
+            cgroup: w.cgroup.clone(),
         },
         identity,
         grant_key,

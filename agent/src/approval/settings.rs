@@ -1,6 +1,10 @@
 //! `approvals:` in the agent's configuration: how many requests may wait for a person, the
-//! approvers' socket, and the webhook that tells approvers a request waits.
-use std::{path::PathBuf, time::Duration};
+//! approvers' socket, the HTTP endpoint, and the webhook that tells approvers a request waits.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -27,6 +31,112 @@ pub struct Settings {
     /// Where a new held request is announced (Slack-compatible JSON).
     #[serde(default)]
     pub webhook: Option<Webhook>,
+    /// The HTTP endpoint approvers reach with an OpenID token; `None` (the default): off.
+    #[serde(default)]
+    pub http: Option<Http>,
+}
+
+/// `approvals.http`: list, approve and deny over HTTP, for approvers who hold a token from
+/// one of `identity.issuers` rather than an account on this host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Loopback, unless `tls` is set.
+    pub listen: SocketAddr,
+    /// The `aud` an approver's token must carry, instead of its issuer's `audiences`: a
+    /// token a workload sends with its requests never decides an approval.
+    pub audience: String,
+    /// The `identity.issuers` (by `issuer`) whose tokens are accepted here; empty: all.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Served over TLS with this certificate; required to listen beyond loopback.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Connections served at once; more wait in the listen backlog.
+    #[serde(default = "default_http_connections")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: PathBuf,
+    /// Its PEM private key (mode 0600 or stricter, owned by the agent's user).
+    pub key_file: PathBuf,
+}
+
+impl Http {
+    /// Relative paths are taken from the configuration file's directory.
+    pub fn resolve(&mut self, base: &Path) {
+        if let Some(t) = &mut self.tls {
+            for p in [&mut t.cert_file, &mut t.key_file] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+    }
+
+    /// The identity settings tokens are checked with here: the accepted issuers, each
+    /// accepting only `audience`.
+    pub fn identity(&self, id: &crate::identity::Settings) -> crate::identity::Settings {
+        let mut s = id.clone();
+        s.issuers.retain(|i| self.accepts(&i.issuer));
+        for i in &mut s.issuers {
+            i.audiences = vec![self.audience.clone()];
+        }
+        s
+    }
+
+    fn accepts(&self, issuer: &str) -> bool {
+        self.issuers.is_empty() || self.issuers.iter().any(|i| i == issuer)
+    }
+
+    fn validate(&self, id: &crate::identity::Settings) -> Result<(), String> {
+        if id.issuers.is_empty() {
+            return Err(
+                "approvals.http needs identity.issuers: approvers present a token from one of them"
+                    .into(),
+            );
+        }
+        if let Some(unknown) = self
+            .issuers
+            .iter()
+            .find(|i| !id.issuers.iter().any(|c| &c.issuer == *i))
+        {
+            return Err(format!(
+                "approvals.http.issuers: {unknown:?} is not in identity.issuers"
+            ));
+        }
+        if self.audience.trim().is_empty() {
+            return Err("approvals.http.audience: must not be empty".into());
+        }
+        if let Some(i) = id
+            .issuers
+            .iter()
+            .filter(|i| self.accepts(&i.issuer))
+            .find(|i| i.audiences.contains(&self.audience))
+        {
+            return Err(format!(
+                "approvals.http.audience: {:?} is also an audience of issuer {} for requests; use one only approvers' tokens carry, so a token a workload sends to a model server never decides an approval",
+                self.audience, i.issuer
+            ));
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "approvals.http.listen: {} is not a loopback address; beyond loopback the endpoint needs approvals.http.tls (tokens and decisions are never sent in clear text over a network)",
+                self.listen
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_HTTP_CONNECTIONS {
+            return Err(format!(
+                "approvals.http.max_connections: {} must be 1..={MAX_HTTP_CONNECTIONS}",
+                self.max_connections
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +165,7 @@ impl Default for Settings {
             socket: None,
             socket_group: None,
             webhook: None,
+            http: None,
         }
     }
 }
@@ -63,9 +174,14 @@ impl Default for Settings {
 const MAX_PENDING: usize = 65_536;
 const MAX_RECENT: usize = 10_000;
 const MAX_RETRIES: u32 = 10;
+const MAX_HTTP_CONNECTIONS: usize = 1024;
 
 impl Settings {
-    pub fn validate(&self) -> Result<(), String> {
+    /// `identity` is the agent's: the HTTP endpoint checks tokens of its issuers.
+    pub fn validate(&self, identity: &crate::identity::Settings) -> Result<(), String> {
+        if let Some(h) = &self.http {
+            h.validate(identity)?;
+        }
         if self.max_pending == 0 || self.max_pending > MAX_PENDING {
             return Err(format!(
                 "approvals.max_pending: {} must be 1..={MAX_PENDING}",
@@ -146,6 +262,10 @@ fn default_webhook_timeout() -> Duration {
 
 fn default_retries() -> u32 {
     3
+}
+
+fn default_http_connections() -> usize {
+    16
 }
 
 mod millis {

@@ -7,7 +7,7 @@
 //! nothing else.
 use std::{
     io,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Approvals,
     approver::Approver,
-    store::{Decide, Decided, Info, Listing},
+    store::{Decide, DecideError, Decided, Info, Listing},
 };
 
 /// The line prefix of approval commands on either socket.
@@ -102,12 +102,9 @@ pub async fn answer(approvals: &Arc<Approvals>, line: &str, uid: Option<u32>) ->
 }
 
 async fn decide(approvals: &Arc<Approvals>, id: &str, uid: Option<u32>, d: Decide) -> Answer {
-    let id = id.trim();
-    if !super::id::well_formed(id) {
-        return failed(format!(
-            "{:?} is not an approval id (26 characters a-z, 2-7; see `sluice approvals list`)",
-            super::clean(id, 40)
-        ));
+    if !super::id::well_formed(id.trim()) {
+        // Said before anyone is looked up.
+        return failed(DecideError::Malformed(super::clean(id.trim(), 40)).to_string());
     }
     let Some(uid) = uid else {
         return failed("the socket gave no peer credentials: cannot tell who decides");
@@ -116,27 +113,17 @@ async fn decide(approvals: &Arc<Approvals>, id: &str, uid: Option<u32>, d: Decid
         Ok(w) => w,
         Err(e) => return failed(format!("looking up uid {uid}: {e}")),
     };
-    let verb = match &d {
-        Decide::Approve { .. } => "approve",
-        Decide::Deny { .. } => "deny",
-    };
-    match approvals.store.decide(id, &who, d) {
-        Ok(decided) => {
-            tracing::info!(approval = %id, approver = %who.name(), decision = verb, "approval decision");
-            Answer {
-                decided: Some(decided),
-                approval: approvals.store.get(id),
-                approver: Some(who.name()),
-                ..Answer::default()
-            }
-        }
-        Err(e) => {
-            tracing::warn!(approval = %id, approver = %who.name(), decision = verb, error = %e, "approval decision refused");
-            Answer {
-                approver: Some(who.name()),
-                ..failed(e.to_string())
-            }
-        }
+    match approvals.decide(id, &who, d) {
+        Ok((decided, approval)) => Answer {
+            decided: Some(decided),
+            approval,
+            approver: Some(who.name()),
+            ..Answer::default()
+        },
+        Err(e) => Answer {
+            approver: Some(who.name()),
+            ..failed(e.to_string())
+        },
     }
 }
 
@@ -162,8 +149,25 @@ pub fn bind(path: &Path, group: &str) -> Result<UnixListener, Error> {
         }
         std::fs::remove_file(path).map_err(io_err)?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io_err)?;
+        // The mode and group below are set by path: in a directory others can write, the
+        // socket could be swapped for a link to another file between `bind` and `chmod`.
+        let meta = std::fs::metadata(dir).map_err(io_err)?;
+        if meta.mode() & 0o022 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "its directory {} must be owned by the agent's user and writable by nobody else (mode {:o})",
+                    dir.display(),
+                    meta.mode() & 0o7777
+                ),
+            )));
+        }
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
     // Closed to everyone while its group is set, then opened to the group.

@@ -167,6 +167,8 @@ pub enum Decided {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecideError {
+    #[error("{0:?} is not an approval id (26 characters a-z, 2-7; see `sluice approvals list`)")]
+    Malformed(String),
     #[error("no approval {0}: unknown id (check `sluice approvals list`)")]
     Unknown(String),
     #[error("approval {id} is already finished ({state})", state = .state.as_str())]
@@ -403,7 +405,7 @@ impl Store {
                         Some(_) => {}
                     }
                 }
-                if e.approved.iter().any(|p| p.uid == who.uid) {
+                if e.approved.iter().any(|p| p.account == who.account) {
                     return Err(NotAllowed::Again {
                         who: who.name(),
                         missing: approver::missing(&e.approval, &e.approved).join(", "),
@@ -467,6 +469,20 @@ impl Store {
         }
     }
 
+    /// The pending approvals `who` may decide (named by the rule, not their own), oldest
+    /// first: what an approver who is not root sees.
+    pub fn pending_for(&self, who: &Approver) -> Vec<Info> {
+        let inner = self.lock();
+        let mut pending: Vec<Info> = inner
+            .pending
+            .values()
+            .filter(|e| approver::check(who, &e.requester, &e.info.rule, &e.approval).is_ok())
+            .map(|e| e.info.clone())
+            .collect();
+        pending.sort_by_key(|i| i.created_unix_ms);
+        pending
+    }
+
     /// One approval, pending or recent.
     pub fn get(&self, id: &str) -> Option<Info> {
         let inner = self.lock();
@@ -501,11 +517,12 @@ fn take(inner: &mut Inner, id: &str) -> Option<Entry> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::approval::{GrantScope, Require};
 
-    fn approval(require: Require, grant: Option<u64>) -> Arc<Approval> {
+    /// A rule approved by user alice or a member of group sre (the api tests use it too).
+    pub(crate) fn approval(require: Require, grant: Option<u64>) -> Arc<Approval> {
         Arc::new(Approval {
             reason: "pulls change what runs here".into(),
             users: vec!["alice".into()],
@@ -518,7 +535,8 @@ mod tests {
         })
     }
 
-    fn held(id: &str, caller: &str, a: &Arc<Approval>) -> NewHold {
+    /// A request of bob (uid 2000, no token) held by rule `pull`.
+    pub(crate) fn held(id: &str, caller: &str, a: &Arc<Approval>) -> NewHold {
         NewHold {
             info: Info {
                 id: id.into(),
@@ -548,6 +566,7 @@ mod tests {
                 uid: 2000,
                 user: Some("bob".into()),
                 subject: None,
+                cgroup: None,
             },
             identity: caller.into(),
             grant_key: a.grant.map(|_| caller.to_string()),
@@ -556,9 +575,12 @@ mod tests {
 
     fn who(uid: u32, user: &str, groups: &[&str]) -> Approver {
         Approver {
-            uid,
-            user: Some(user.into()),
+            account: approver::Account::Uid {
+                uid,
+                user: Some(user.into()),
+            },
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            subuids: Vec::new(),
         }
     }
 

@@ -207,7 +207,14 @@ pub fn payload(i: &Info) -> serde_json::Value {
         (None, Some(u)) => format!("{u} (uid {}, {})", r.uid, r.comm),
         (None, None) => format!("uid {} ({})", r.uid, r.comm),
     };
-    let model = i.model.as_deref().unwrap_or("-");
+    // What the client controls (path, model, justification, excerpt, process and subject
+    // names) is escaped: Slack reads `<!channel>` or `<https://x|text>` in mrkdwn as a
+    // mention or a disguised link, a way to phish the approvers.
+    let who = slack(&who);
+    let model = slack(i.model.as_deref().unwrap_or("-"));
+    let path = slack(&i.path);
+    let justification = slack(i.justification.as_deref().unwrap_or("-"));
+    let excerpt = slack(&i.excerpt);
     let approve = format!("sluice approvals approve {}", i.id);
     let deny = format!("sluice approvals deny {} --reason \"...\"", i.id);
     let text = format!(
@@ -215,9 +222,8 @@ pub fn payload(i: &Info) -> serde_json::Value {
         id = i.id,
         target = i.target,
         method = i.method,
-        path = i.path,
         rule = i.rule,
-        reason = i.reason,
+        reason = slack(&i.reason),
     );
     let field =
         |title: &str, value: &str| json!({"type": "mrkdwn", "text": format!("*{title}*\n{value}")});
@@ -225,21 +231,56 @@ pub fn payload(i: &Info) -> serde_json::Value {
         "text": text,
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": format!(
-                "*Request held for approval* `{}`\n*Rule* {}: {}", i.id, i.rule, i.reason)}},
+                "*Request held for approval* `{}`\n*Rule* {}: {}", i.id, i.rule, slack(&i.reason))}},
             {"type": "section", "fields": [
                 field("Requester", &who),
-                field("Target", &format!("{} {} {}", i.target, i.method, i.path)),
+                field("Target", &format!("{} {} {path}", i.target, i.method)),
                 field("Operation", &i.operation),
-                field("Model", model),
-                field("Justification", i.justification.as_deref().unwrap_or("-")),
+                field("Model", &model),
+                field("Justification", &justification),
                 field("Times out", &format!("in {} s; approvers: {}", i.timeout_secs, i.approvers)),
             ]},
             {"type": "context", "elements": [
-                {"type": "mrkdwn", "text": format!("Excerpt (masked): {}", i.excerpt)}
+                {"type": "mrkdwn", "text": format!("Excerpt (masked): {excerpt}")}
             ]},
             {"type": "section", "text": {"type": "mrkdwn", "text": format!(
                 "```{approve}\n{deny}```")}},
         ],
         "metadata": {"event_type": "sluice_approval_held", "event_payload": i},
     })
+}
+
+/// Text for Slack's mrkdwn: its three control characters escaped, as Slack documents.
+fn slack(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_client_controls_cannot_mention_or_link_in_slack() {
+        let i: Info = serde_json::from_value(serde_json::json!({
+            "id": "01J0000000000000000000000A", "created_unix_ms": 0, "rule": "r",
+            "reason": "why", "approvers": "users [root]", "target": "models",
+            "method": "POST", "path": "/v1/<!channel>", "operation": "inference",
+            "model": "<https://evil.example|ticket>",
+            "requester": {"uid": 1000, "comm": "<!here>", "groups": []},
+            "justification": "see <https://evil.example|JIRA-1> & approve",
+            "excerpt": "{\"x\":\"<@U123>\"}", "timeout_secs": 60, "state": "pending"
+        }))
+        .expect("info");
+        // What Slack renders (`metadata` carries the approval as data, for programs).
+        let p = payload(&i);
+        let text = format!("{}{}", p["text"], p["blocks"]);
+        for raw in ["<!channel>", "<!here>", "<https://evil", "<@U123>"] {
+            assert!(!text.contains(raw), "{raw} reached Slack unescaped: {text}");
+        }
+        assert!(text.contains("&lt;!channel&gt;"), "{text}");
+        assert!(text.contains("&amp; approve"), "{text}");
+        assert_eq!(slack("a<b>&c"), "a&lt;b&gt;&amp;c");
+    }
 }

@@ -181,8 +181,15 @@ impl ResponseMask {
         headers: &http::HeaderMap,
         restore: Option<Lookup>,
     ) -> Result<ResponseMask, Unscannable> {
+        // A header given twice is read as no layer knows it (unscannable): a client could
+        // apply the second value the filter did not look at.
         let get = |h: http::header::HeaderName| {
-            headers.get(h).map(|v| v.to_str().unwrap_or("\u{0}invalid"))
+            let mut all = headers.get_all(h).iter();
+            let first = all.next()?;
+            if all.next().is_some() {
+                return Some("\u{0}given twice");
+            }
+            Some(first.to_str().unwrap_or("\u{0}invalid"))
         };
         Self::new(
             plan,

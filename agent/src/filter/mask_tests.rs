@@ -482,3 +482,32 @@ async fn tool_arguments_that_are_not_json_end_the_stream_unscanned() {
         }
     );
 }
+
+#[test]
+fn a_response_header_given_twice_is_unscannable() {
+    let mut h = http::HeaderMap::new();
+    h.append(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().expect("v"),
+    );
+    h.append(
+        http::header::CONTENT_ENCODING,
+        "identity".parse().expect("v"),
+    );
+    h.append(http::header::CONTENT_ENCODING, "gzip".parse().expect("v"));
+    let r = ResponseMask::from_headers(plan_with(&[]), Server::Openai, &h, None);
+    assert!(matches!(r, Err(Unscannable::Compressed)), "{:?}", r.err());
+    h.remove(http::header::CONTENT_ENCODING);
+    h.append(
+        http::header::CONTENT_TYPE,
+        "application/octet-stream".parse().expect("v"),
+    );
+    let r = ResponseMask::from_headers(plan_with(&[]), Server::Openai, &h, None);
+    assert!(matches!(r, Err(Unscannable::Binary)), "{:?}", r.err());
+    h.remove(http::header::CONTENT_TYPE);
+    h.insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().expect("v"),
+    );
+    assert!(ResponseMask::from_headers(plan_with(&[]), Server::Openai, &h, None).is_ok());
+}

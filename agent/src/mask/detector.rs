@@ -213,20 +213,29 @@ impl Gate {
     /// own), so skipping it changes no finding. [`Gate::None`] is always in.
     pub(crate) fn possible(h: &[u8], p: usize) -> u8 {
         let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
+        Gate::possible_run(h, p, run)
+    }
+
+    /// [`Gate::possible`] for a run of `run` digits at `p`.
+    #[inline]
+    pub(crate) fn possible_run(h: &[u8], p: usize, run: usize) -> u8 {
         let next = h.get(p + run).copied();
-        let after = h.get(p + run + 1).copied();
         let prev = p.checked_sub(1).map(|i| h[i]);
+        if Gate::all_shut(prev, run, next) {
+            return Gate::None.bit();
+        }
+        let after = h.get(p + run + 1).copied();
         let prev2 = p.checked_sub(2).map(|i| h[i]);
         let mut set = Gate::None.bit();
+        let digit_after = after.is_some_and(|c| c.is_ascii_digit());
         // A card's 13 digits are one run, or go on across a separator.
-        if run >= 13 || matches!(next, Some(b' ' | b'-')) {
+        if (run >= 13 || (matches!(next, Some(b' ' | b'-')) && digit_after)) && card_digits(h, p) {
             set |= Gate::Card.bit();
         }
         if run == 3 && next == Some(b'-') {
             set |= Gate::Ssn.bit();
         }
-        let digit_after = after.is_some_and(|c| c.is_ascii_digit());
-        if (1..=3).contains(&run) && next == Some(b'.') && digit_after {
+        if (1..=3).contains(&run) && next == Some(b'.') && digit_after && dotted_quad(h, p, false) {
             set |= Gate::Ipv4.bit();
         }
         if run >= 2
@@ -235,21 +244,33 @@ impl Gate {
         {
             set |= Gate::Iban.bit();
         }
-        if matches!(prev, Some(b'+' | b'('))
-            || ((2..=5).contains(&run) && matches!(next, Some(b' ' | b'-' | b'.')) && digit_after)
+        if (matches!(prev, Some(b'+' | b'('))
+            || ((2..=5).contains(&run) && matches!(next, Some(b' ' | b'-' | b'.')) && digit_after))
+            && (phone_after_sign(h, p) || phone_national(h, p, run))
         {
             set |= Gate::Phone.bit();
         }
-        let tail = h[p..].iter().take(5).position(|c| !c.is_ascii_hexdigit());
-        let head = h[..p]
-            .iter()
-            .rev()
-            .take(4)
-            .position(|c| !c.is_ascii_hexdigit());
-        if tail.is_some_and(|i| h[p + i] == b':') || head.is_some_and(|i| h[p - i - 1] == b':') {
+        // An IPv6 group holding the run ends or starts at a colon after or before it: a
+        // colon or a hex letter must touch the run (most digit runs have neither).
+        let touch = |c: Option<u8>| c.is_some_and(|c| NEAR_DIGITS[usize::from(c)] & HEXISH != 0);
+        if (touch(next) || touch(prev))
+            && colon_near(h, p, run)
+            && ipv6_span(h, p - hexish_back(h, p))
+        {
             set |= Gate::Ipv6.bit();
         }
         set
+    }
+
+    /// Whether no digit gate can open at a run of `run` digits between `prev` and `next`
+    /// (`None`: the text's edge): every gate needs one of a few bytes right before or after
+    /// the run, or a run of 13, so one table look each dismisses most numbers (a count, a
+    /// timestamp's year). Less context (`prev` unknown) never dismisses less.
+    #[inline]
+    pub(crate) fn all_shut(prev: Option<u8>, run: usize, next: Option<u8>) -> bool {
+        let next_class = next.map_or(0, |c| NEAR_DIGITS[usize::from(c)]);
+        let prev_class = prev.map_or(0, |c| NEAR_DIGITS[usize::from(c)]);
+        run < 13 && next_class & AFTER == 0 && prev_class & BEFORE == 0
     }
 
     pub(crate) fn bit(self) -> u8 {
@@ -258,7 +279,30 @@ impl Gate {
 
     /// Where to try an anchored match for the trigger at `p` in `h` (a window, `h.len()`
     /// its end), or `None` when no match can start near it.
+    ///
+    /// Besides the gate's own test, a check of the shape every match starting there has
+    /// (a dotted quad, 13 card digits, an SSN's or a phone number's groups, an IPv6
+    /// address's `::` or seven colons) turns most look-alikes (dates, times, versions, hex ids) away before
+    /// the regex: each check is implied by the detector's regex, so no finding changes.
     pub(crate) fn start(self, h: &[u8], p: usize) -> Option<usize> {
+        let at = self.loose_start(h, p)?;
+        let shaped = match self {
+            Gate::None | Gate::Iban => true,
+            Gate::Ssn => digits(h, p + 4, 2) && one_of(h, p + 6, b"-") && digits(h, p + 7, 4),
+            Gate::Card => card_digits(h, p),
+            Gate::Ipv4 => dotted_quad(h, p, true),
+            Gate::Phone if at < p => phone_after_sign(h, p),
+            Gate::Phone => {
+                let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
+                phone_national(h, p, run)
+            }
+            Gate::Ipv6 => ipv6_span(h, at),
+        };
+        shaped.then_some(at)
+    }
+
+    /// [`Gate::start`] without the shape checks.
+    pub(crate) fn loose_start(self, h: &[u8], p: usize) -> Option<usize> {
         let run = h[p..].iter().take_while(|c| c.is_ascii_digit()).count();
         let next = h.get(p + run).copied();
         let prev = p.checked_sub(1).map(|i| h[i]);
@@ -300,7 +344,6 @@ impl Gate {
                 _ => None,
             },
             Gate::Ipv6 => {
-                let hexish = |c: &u8| c.is_ascii_hexdigit() || *c == b':';
                 let tail = h[p..].iter().take(5).position(|c| !c.is_ascii_hexdigit());
                 let head = h[..p]
                     .iter()
@@ -312,11 +355,177 @@ impl Gate {
                 if !colon_after && !colon_before {
                     return None;
                 }
-                let back = h[..p].iter().rev().take_while(|c| hexish(c)).count();
-                Some(p - back)
+                Some(p - hexish_back(h, p))
             }
         }
     }
+}
+
+/// [`NEAR_DIGITS`] bit: the byte after a digit run may open a gate (a separator, `.`, `:`,
+/// or a hex letter continuing an IPv6 group).
+const AFTER: u8 = 1;
+/// The byte before a digit run may open a gate (`+`, `(`, an IBAN's country letters, `:`
+/// or a hex letter of an IPv6 group).
+const BEFORE: u8 = 2;
+/// A colon or a hex letter.
+const HEXISH: u8 = 4;
+
+static NEAR_DIGITS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let hex_letter = matches!(b, b'a'..=b'f' | b'A'..=b'F');
+        if matches!(b, b' ' | b'-' | b'.' | b':') || hex_letter {
+            t[c] |= AFTER;
+        }
+        if matches!(b, b'+' | b'(' | b':' | b'A'..=b'Z') || hex_letter {
+            t[c] |= BEFORE;
+        }
+        if b == b':' || hex_letter {
+            t[c] |= HEXISH;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// Whether the first byte that is not a hex digit within five bytes from `p` (a run of
+/// `run` digits), or within four before it, is a colon: an IPv6 group holds the run.
+fn colon_near(h: &[u8], p: usize, run: usize) -> bool {
+    let end = (p + 5).min(h.len());
+    let mut i = p + run;
+    while i < end && h[i].is_ascii_hexdigit() {
+        i += 1;
+    }
+    if i < end && h[i] == b':' {
+        return true;
+    }
+    let stop = p.saturating_sub(4);
+    let mut i = p;
+    while i > stop && h[i - 1].is_ascii_hexdigit() {
+        i -= 1;
+    }
+    i > stop && h[i - 1] == b':'
+}
+
+fn hexish(c: &u8) -> bool {
+    c.is_ascii_hexdigit() || *c == b':'
+}
+
+/// How many hex digits and colons directly precede `p`.
+fn hexish_back(h: &[u8], p: usize) -> usize {
+    let mut i = p;
+    while i > 0 && hexish(&h[i - 1]) {
+        i -= 1;
+    }
+    p - i
+}
+
+fn digit(h: &[u8], i: usize) -> bool {
+    h.get(i).is_some_and(u8::is_ascii_digit)
+}
+
+fn digits(h: &[u8], from: usize, n: usize) -> bool {
+    (from..from + n).all(|i| digit(h, i))
+}
+
+fn one_of(h: &[u8], i: usize, set: &[u8]) -> bool {
+    h.get(i).is_some_and(|c| set.contains(c))
+}
+
+/// Whether 13 digits follow `p`, at most one space or hyphen between two of them (a card
+/// number's shape).
+fn card_digits(h: &[u8], p: usize) -> bool {
+    let (mut n, mut sep) = (0, false);
+    for &c in &h[p..] {
+        if c.is_ascii_digit() {
+            n += 1;
+            sep = false;
+            if n >= 13 {
+                return true;
+            }
+        } else if matches!(c, b' ' | b'-') && !sep {
+            sep = true;
+        } else {
+            return false;
+        }
+    }
+    false
+}
+
+/// Whether four dot-separated groups of 1 to 3 digits start at `p`. `exact`: the last
+/// group too is at most 3 digits (in a window: a longer group fails the regex's `\b`, but
+/// a window cut inside it does not).
+fn dotted_quad(h: &[u8], p: usize, exact: bool) -> bool {
+    let mut i = p;
+    for group in 0..4 {
+        let n = h[i.min(h.len())..]
+            .iter()
+            .take(4)
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if n == 0 || (n > 3 && (exact || group < 3)) {
+            return false;
+        }
+        i += n;
+        if group < 3 {
+            if h.get(i) != Some(&b'.') {
+                return false;
+            }
+            i += 1;
+        }
+    }
+    true
+}
+
+/// A phone number starting at `p - 1` with `+` (E.164) or `(` (a North American area code).
+fn phone_after_sign(h: &[u8], p: usize) -> bool {
+    match p.checked_sub(1).map(|i| h[i]) {
+        Some(b'+') => matches!(h[p], b'1'..=b'9'),
+        Some(b'(') => matches!(h[p], b'2'..=b'9') && digits(h, p + 1, 2) && one_of(h, p + 3, b")"),
+        _ => false,
+    }
+}
+
+/// A phone number starting at `p` (a digit run of `run` digits) without a sign: North
+/// American `555-123-4567`, or a national form with a trunk 0.
+fn phone_national(h: &[u8], p: usize, run: usize) -> bool {
+    let nanp = run == 3
+        && matches!(h[p], b'2'..=b'9')
+        && one_of(h, p + 3, b" .-")
+        && digits(h, p + 4, 3)
+        && one_of(h, p + 7, b" .-")
+        && digits(h, p + 8, 4);
+    let trunk = h[p] == b'0'
+        && matches!(h.get(p + 1), Some(b'1'..=b'9'))
+        && (2..=6).contains(&run)
+        && one_of(h, p + run, b" -")
+        && digits(h, p + run + 1, 2);
+    nanp || trunk
+}
+
+/// Whether the hex digits and colons from `at` hold a `::` or seven colons, as every IPv6
+/// match (which lies within them) does.
+fn ipv6_span(h: &[u8], at: usize) -> bool {
+    let (mut colons, mut after_colon) = (0, false);
+    for c in &h[at..] {
+        if *c == b':' {
+            if after_colon {
+                return true;
+            }
+            colons += 1;
+            if colons >= 7 {
+                return true;
+            }
+            after_colon = true;
+        } else if c.is_ascii_hexdigit() {
+            after_colon = false;
+        } else {
+            break;
+        }
+    }
+    false
 }
 
 fn placement(name: &str) -> (Place, Gate) {
@@ -534,7 +743,10 @@ fn builtin_specs() -> Vec<Spec> {
         (
             "jwt",
             Secret,
-            r"(?-u)\beyJ[A-Za-z0-9_\-]{10,500}\.eyJ[A-Za-z0-9_\-]{2,3000}\.[A-Za-z0-9_\-]{0,600}",
+            // Open-ended runs, bounded by the detector's window: a bounded repetition is
+            // unrolled into one NFA state per count (`{2,3000}` made this regex 0.7 MB of
+            // the agent's memory), and the window already caps the match's length.
+            r"(?-u)\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*",
             lits(&["eyJ"]),
             (0, 4106),
             vec![Validator::Jwt],
@@ -542,7 +754,8 @@ fn builtin_specs() -> Vec<Spec> {
         (
             "private_key",
             Secret,
-            r"(?-u)-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=\s:,\\\-]{16,6000}?-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
+            // As for `jwt`: the window, not the repetition, bounds the key's length.
+            r"(?-u)-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=\s:,\\\-]{16,}?-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
             lits(&["-----BEGIN "]),
             (0, 6100),
             vec![],

@@ -9,11 +9,11 @@
 //! however the input was cut, which is what makes a stream mask exactly like the whole text.
 use std::ops::Range;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex_automata::{Anchored, Input, meta::Cache};
 
 use super::{
     MaskError,
+    anchors::{Anchors, digit_starts},
     detector::{Detector, Gate, Place, Trigger},
 };
 
@@ -31,6 +31,9 @@ struct Source {
     detectors: Vec<usize>,
     /// The digit-run source: only built-in detectors with digit gates.
     digits: bool,
+    /// Every detector here is anchored at its gate's start (and the gate is not
+    /// [`Gate::None`]): a closed gate set rules them all out.
+    gated: bool,
     back: usize,
     fwd: usize,
 }
@@ -39,7 +42,7 @@ struct Source {
 #[derive(Debug, Clone)]
 pub struct Scanner {
     detectors: Vec<Detector>,
-    ac: Option<AhoCorasick>,
+    anchors: Anchors,
     /// Per aho-corasick pattern.
     sources: Vec<Source>,
     /// Triggered by the first digit of a digit run; `None` when no detector wants digits.
@@ -47,6 +50,34 @@ pub struct Scanner {
     max_anchor: usize,
     /// The furthest any match may start before its trigger.
     back_max: usize,
+    /// The furthest a finding's value may start before a trigger, for detectors with no
+    /// class restriction (below). Usually far less than `back_max`: most matches start at
+    /// their trigger, and `back` only widens their window for context.
+    reach_any: usize,
+    /// Detectors whose bytes between a value's start and its trigger all belong to a class
+    /// (an e-mail's local part before its `@`, an IPv6 address's hex digits and colons
+    /// before a digit run): (how far back at most, the class).
+    reach_class: Vec<(usize, ByteClass)>,
+}
+
+/// A set of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteClass([u64; 4]);
+
+impl ByteClass {
+    fn of(f: impl Fn(u8) -> bool) -> ByteClass {
+        let mut bits = [0u64; 4];
+        for b in 0..=255u8 {
+            if f(b) {
+                bits[usize::from(b >> 6)] |= 1 << (b & 63);
+            }
+        }
+        ByteClass(bits)
+    }
+
+    fn has(self, b: u8) -> bool {
+        self.0[usize::from(b >> 6)] >> (b & 63) & 1 != 0
+    }
 }
 
 impl Scanner {
@@ -57,6 +88,7 @@ impl Scanner {
         for (i, d) in detectors.iter().enumerate() {
             let widen = |s: &mut Source| {
                 s.detectors.push(i);
+                s.gated &= d.place == Place::At && d.gate != Gate::None;
                 s.back = s.back.max(d.back);
                 s.fwd = s.fwd.max(d.fwd);
             };
@@ -64,6 +96,7 @@ impl Scanner {
                 Trigger::Digits => widen(digits.get_or_insert(Source {
                     detectors: Vec::new(),
                     digits: true,
+                    gated: true,
                     back: 0,
                     fwd: 0,
                 })),
@@ -77,6 +110,7 @@ impl Scanner {
                                 sources.push(Source {
                                     detectors: Vec::new(),
                                     digits: false,
+                                    gated: true,
                                     back: 0,
                                     fwd: 0,
                                 });
@@ -90,28 +124,28 @@ impl Scanner {
                 }
             }
         }
-        let ac = if literals.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    // Anchors such as "token" start with common letters, so no prefilter
-                    // helps: the DFA is the fastest automaton per byte.
-                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-                    .match_kind(MatchKind::Standard)
-                    .build(&literals)
-                    .map_err(|e| MaskError::Prefilter(e.to_string()))?,
-            )
-        };
+        let anchors = Anchors::new(literals)?;
         let back_max = detectors.iter().map(|d| d.back).max().unwrap_or(0);
+        let mut reach_any = 0;
+        let mut reach_class: Vec<(usize, ByteClass)> = Vec::new();
+        for d in detectors {
+            match reach(d) {
+                Reach::Any(n) => reach_any = reach_any.max(n),
+                Reach::Class(n, c) => match reach_class.iter_mut().find(|(_, k)| *k == c) {
+                    Some((m, _)) => *m = (*m).max(n),
+                    None => reach_class.push((n, c)),
+                },
+            }
+        }
         Ok(Scanner {
             detectors: detectors.to_vec(),
-            ac,
+            max_anchor: anchors.max_len(),
+            anchors,
             sources,
             digits,
-            max_anchor: literals.iter().map(Vec::len).max().unwrap_or(1).max(1),
             back_max,
+            reach_any,
+            reach_class,
         })
     }
 
@@ -155,15 +189,30 @@ impl Scanner {
     pub fn find<'a>(&'a self, text: &[u8]) -> impl Iterator<Item = Finding> + 'a {
         let mut t = Tracker::new(self);
         let mut out = Vec::new();
-        t.feed(self, text, true, &mut out);
+        self.feed_all(&mut t, text, &mut out);
         out.into_iter()
+    }
+
+    /// Feeds a whole text a slice at a time, dropping what is decided: a large body is not
+    /// copied whole into the tracker (its copy and the lowercased scratch stay in cache).
+    /// Exact, as any split is.
+    fn feed_all(&self, t: &mut Tracker, text: &[u8], out: &mut Vec<Finding>) {
+        const SLICE: usize = 64 << 10;
+        let mut rest = text;
+        while rest.len() > SLICE {
+            let (now, later) = rest.split_at(SLICE);
+            t.feed(self, now, false, out);
+            t.trim(self, t.decided());
+            rest = later;
+        }
+        t.feed(self, rest, true, out);
     }
 
     /// [`Scanner::find`] into `out`, reusing `t`'s scratch space: a body masked string by
     /// string pays for the regexes' caches once, not per string.
     pub fn find_with(&self, t: &mut Tracker, text: &[u8], out: &mut Vec<Finding>) {
         t.reset();
-        t.feed(self, text, true, out);
+        self.feed_all(t, text, out);
     }
 
     /// Confirms trigger `p` of `source` against the bytes `hay` (which start at absolute
@@ -183,12 +232,17 @@ impl Scanner {
         // (a time, a port, a count) costs a few comparisons, not a look per detector.
         let mut gates = u8::MAX;
         if source.digits {
+            gates = Gate::possible(&hay[..limit - base], p - base);
+            // Most digit runs (dates, times, counts, hex ids) leave no gate open: stop
+            // before the per-detector loop.
+            if source.gated && gates & !Gate::None.bit() == 0 {
+                return;
+            }
             let ctx = p.saturating_sub(2).max(base);
             let end = (p + source.fwd).min(limit);
             if !Gate::any_digit_gate(&hay[ctx - base..end - base], p - ctx) {
                 return;
             }
-            gates = Gate::possible(&hay[..limit - base], p - base);
         }
         for &i in &source.detectors {
             let d = &self.detectors[i];
@@ -303,6 +357,8 @@ pub struct Tracker {
     decided: usize,
     /// Whether the byte before `enumerated` is a digit (a run continues across the cut).
     after_digit: bool,
+    /// Scratch: the bytes being enumerated, lowercased.
+    lower: Vec<u8>,
 }
 
 impl Tracker {
@@ -317,6 +373,7 @@ impl Tracker {
             covered: 0,
             decided: 0,
             after_digit: false,
+            lower: Vec::new(),
         }
     }
 
@@ -363,7 +420,7 @@ impl Tracker {
         let decided = if end {
             avail
         } else {
-            let mut d = frontier.saturating_sub(sc.back_max);
+            let mut d = sc.settled(&self.buf, self.base, frontier);
             for w in &self.waiting {
                 d = d.min(w.p.saturating_sub(sc.source(w.source).back));
             }
@@ -402,6 +459,7 @@ impl Tracker {
             waiting,
             pending,
             after_digit,
+            lower,
             ..
         } = self;
         let base = *base;
@@ -415,24 +473,31 @@ impl Tracker {
             }
         };
         let hay = &buf[from - base..];
-        if let Some(ac) = &sc.ac {
-            for m in ac.find_overlapping_iter(hay) {
-                let p = from + m.start();
-                if p < to {
-                    fire(p, m.pattern().as_usize());
+        sc.anchors
+            .each(hay, to - from, lower, |k, source| fire(from + k, source));
+        if let Some(d) = &sc.digits {
+            let gated = d.gated;
+            let prefix = from - base;
+            let all = &buf[..avail - base];
+            digit_starts(hay, to - from, after_digit, |k, run| {
+                // Most numbers are dismissed here, without a trigger: by the run's
+                // neighbours once its end has arrived, by its gates once its window has.
+                // `confirm` would dismiss them the same way, seeing the same or less
+                // context.
+                let p = prefix + k;
+                if gated && k + run < hay.len() {
+                    let prev = p.checked_sub(1).map(|i| all[i]);
+                    if Gate::all_shut(prev, run, Some(hay[k + run])) {
+                        return;
+                    }
+                    if (end || from + k + d.fwd <= avail)
+                        && Gate::possible_run(all, p, run) == Gate::None.bit()
+                    {
+                        return;
+                    }
                 }
-            }
-        }
-        if sc.digits.is_some() {
-            let mut prev_digit = *after_digit;
-            for (k, b) in hay[..to - from].iter().enumerate() {
-                let digit = b.is_ascii_digit();
-                if digit && !prev_digit {
-                    fire(from + k, DIGITS);
-                }
-                prev_digit = digit;
-            }
-            *after_digit = prev_digit;
+                fire(from + k, DIGITS)
+            });
         }
         self.enumerated = to;
     }
@@ -478,7 +543,51 @@ impl Tracker {
     }
 }
 
+/// How far before its trigger a detector's value may start.
+enum Reach {
+    Any(usize),
+    /// At most this far, over bytes of the class only.
+    Class(usize, ByteClass),
+}
+
+fn reach(d: &Detector) -> Reach {
+    match (d.place, d.gate) {
+        // Anchored where the gate says: at the trigger, or a fixed step before it.
+        (Place::At, Gate::None | Gate::Card | Gate::Ssn | Gate::Ipv4) | (Place::After, _) => {
+            Reach::Any(0)
+        }
+        (Place::At, Gate::Phone) => Reach::Any(1),
+        (Place::At, Gate::Iban) => Reach::Any(2),
+        (Place::At, Gate::Ipv6) => Reach::Class(
+            d.back,
+            ByteClass::of(|b| b.is_ascii_hexdigit() || b == b':'),
+        ),
+        // The e-mail's trigger is its `@`; the local part before it is of one class.
+        (Place::Within, _) if d.name() == "email" => Reach::Class(
+            d.back,
+            ByteClass::of(|b| b.is_ascii_alphanumeric() || b"._%+-".contains(&b)),
+        ),
+        (Place::Within, _) => Reach::Any(d.back),
+    }
+}
+
 impl Scanner {
+    /// Findings starting before this offset are settled once every trigger before
+    /// `frontier` has been confirmed: none found later can start earlier. The bytes kept
+    /// from `base` on are `buf`.
+    fn settled(&self, buf: &[u8], base: usize, frontier: usize) -> usize {
+        let mut d = frontier.saturating_sub(self.reach_any);
+        for (n, class) in &self.reach_class {
+            let lo = frontier.saturating_sub(*n).max(base);
+            let mut s = frontier;
+            while s > lo && class.has(buf[s - 1 - base]) {
+                s -= 1;
+            }
+            d = d.min(s);
+        }
+        d
+    }
+
     fn source(&self, k: usize) -> &Source {
         match (&self.digits, k) {
             (Some(d), DIGITS) => d,

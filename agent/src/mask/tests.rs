@@ -403,6 +403,50 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The shape checks a digit gate adds (a dotted quad, 13 card digits, a phone number's
+    /// groups, an IPv6 address's `::` or seven colons) never turn away a start where the
+    /// detector's regex matches: they only spare the regex its look-alikes.
+    #[test]
+    fn the_shape_checks_never_turn_away_a_regex_match(
+        parts in proptest::collection::vec(prop_oneof![
+            Just("192.168.0.1".to_string()), Just("4111 1111 1111 1111".to_string()),
+            Just("+44 20 7946 0958".to_string()), Just("(555) 123-4567".to_string()),
+            Just("555.123.4567".to_string()), Just("020 7946 0958".to_string()),
+            Just("07700 900123".to_string()), Just("fe80::1".to_string()),
+            Just("2001:db8:0:0:0:0:2:1".to_string()), Just("078-05-1120".to_string()),
+            Just("GB82 WEST 1234 5698 7654 32".to_string()),
+            "[0-9 .:+()A-Fa-f-]{1,8}",
+        ], 1..8),
+        a in 0usize..48,
+        b in 0usize..48,
+    ) {
+        use regex_automata::{Anchored, Input};
+        let text = parts.concat();
+        let h = text.as_bytes();
+        let dets: Vec<Detector> = Detector::builtin()
+            .into_iter()
+            .filter(|d| d.trigger == detector::Trigger::Digits)
+            .collect();
+        for p in 0..h.len() {
+            if !h[p].is_ascii_digit() || (p > 0 && h[p - 1].is_ascii_digit()) {
+                continue;
+            }
+            let (from, to) = (p.saturating_sub(a), (p + 1 + b).min(h.len()));
+            let w = &h[from..to];
+            for d in &dets {
+                let Some(at) = d.gate.loose_start(w, p - from) else { continue };
+                let input = Input::new(w).range(at..).anchored(Anchored::Yes);
+                if d.regex.search(&input).is_some() {
+                    prop_assert_eq!(d.gate.start(w, p - from), Some(at), "{} at {} in {:?}", d.name(), p, &text[from..to]);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_finding_that_ends_inside_a_character_keeps_the_text_valid_utf8() {
     // The assignment's value class is byte-wise and stops at 128 bytes, so it can end in

@@ -27,23 +27,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 pub async fn serve(listener: TcpListener, metrics: &'static Metrics, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(CONCURRENT));
-    loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, _) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, permit)) =
+        crate::limits::accept_bounded(&listener, &slots, &stop, "metrics").await
+    {
         let stop = stop.clone();
         tokio::spawn(async move {
             let conn = http1::Builder::new()

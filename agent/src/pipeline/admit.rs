@@ -20,9 +20,12 @@ pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
     rq.record().set_path(&decoded);
     rq.path = decoded;
     let h = &rq.parts.headers;
-    if let Some(enc) = h.get(header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
+    // Every value: a second `Content-Encoding` is one the server may apply.
+    if h.get_all(header::CONTENT_ENCODING).iter().any(|enc| {
+        !enc.as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"identity")
+    }) {
         return Err(Refusal::client(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "sluice_encoded_body",

@@ -1,13 +1,16 @@
 //! Mask: the request body, before it goes upstream, as the masking rules that apply to the
-//! request say (`policy::masking`). Runs once the request is allowed, so a denied request
+//! request say (`policy::masking`). Runs once the request is allowed or held for approval
+//! (before the hold, so approvers see the body that will go upstream), so a denied request
 //! costs no scan.
 //!
 //! Every outcome is recorded (`mask_request`): clean, masked with counts per detector,
 //! blocked (refused, 403 in the server's dialect, naming the detector and never the value),
 //! or unscanned with the reason. A body that cannot be scanned is refused unless the target
 //! says `on_unscannable: pass`; an internal error counts as unscannable, so it fails closed
-//! the same way. The response plan and the session's vault are kept in the request context
-//! ([`Masking`]) for the response filter.
+//! the same way. A body whose scan found values never goes on unmasked, whatever
+//! `on_unscannable` says: without room for the masked copy it is refused (503). The response
+//! plan and the session's vault are kept in the request context ([`Masking`]) for the
+//! response filter.
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -98,7 +101,17 @@ pub fn request(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     let session = m.session.clone();
     let verdict = match scan(ctx, rq, &plan, &session) {
         Ok(v) => v,
-        Err(reason) => {
+        // Values were found but the masked body has no room: the original must not go on,
+        // whatever `on_unscannable` says (that is for bodies that could not be scanned).
+        Err(Stop::NoRoom(verdict)) => {
+            rq.record().set_mask_request(verdict);
+            return Err(Refusal::busy(
+                "sluice_busy",
+                "Sluice masked this request but has no memory left to hold the masked body; retry shortly",
+                1,
+            ));
+        }
+        Err(Stop::Unscannable(reason)) => {
             rq.record().set_mask_request(Verdict::Unscanned { reason });
             return match on_unscannable {
                 OnUnscannable::Pass => Ok(()),
@@ -127,18 +140,28 @@ pub fn request(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Why `scan` did not put a masked body in place.
+enum Stop {
+    /// The body could not be scanned.
+    Unscannable(Unscannable),
+    /// It was scanned and has findings (the verdict), but the body budget cannot hold the
+    /// masked copy.
+    NoRoom(Verdict),
+}
+
+impl From<Unscannable> for Stop {
+    fn from(u: Unscannable) -> Self {
+        Stop::Unscannable(u)
+    }
+}
+
 /// Scans the body and puts the masked one in its place; `Err` is why it could not be.
-fn scan(
-    ctx: &Ctx,
-    rq: &mut Request,
-    plan: &Plan,
-    session: &Session,
-) -> Result<Verdict, Unscannable> {
+fn scan(ctx: &Ctx, rq: &mut Request, plan: &Plan, session: &Session) -> Result<Verdict, Stop> {
     let Some(layout) = layout(rq)? else {
         return Ok(Verdict::Clean);
     };
     let RequestBody::Buffered { bytes, .. } = &rq.body else {
-        return Err(Unscannable::Error);
+        return Err(Unscannable::Error.into());
     };
     // Pseudonyms go into a vault of the request's own first: the session's lock is taken
     // only to hand them over, never while the body is scanned.
@@ -154,20 +177,24 @@ fn scan(
         && !matches!(verdict, Verdict::Blocked { .. })
     {
         let RequestBody::Buffered { bytes, charge } = &mut rq.body else {
-            return Err(Unscannable::Error);
+            return Err(Unscannable::Error.into());
         };
         // Masks may be longer than what they replace; the body budget holds both until the
-        // old bytes go (a refusal here is the internal error it would be).
+        // old bytes go.
         let grown = charge.held() + new.len().saturating_sub(bytes.len());
-        ctx.body_budget
-            .grow(charge, grown)
-            .map_err(|_| Unscannable::Error)?;
+        if ctx.body_budget.grow(charge, grown).is_err() {
+            return Err(Stop::NoRoom(verdict));
+        }
         *bytes = Bytes::from(new);
     }
     Ok(verdict)
 }
 
-/// How the body is laid out for masking, `None` when there is none to scan.
+/// How the body is laid out for masking, `None` when there is none to scan. Decided by how
+/// the server reads the body (the route's body kind, as the read stage parsed it), never by
+/// the client's headers alone: a JSON route's server decodes JSON whatever the
+/// `Content-Type` says, so a body labelled as a form there is still masked as JSON, with its
+/// `\u` escapes decoded first.
 fn layout(rq: &Request) -> Result<Option<Layout>, Unscannable> {
     if rq.grpc {
         return Err(Unscannable::Grpc);
@@ -178,38 +205,63 @@ fn layout(rq: &Request) -> Result<Option<Layout>, Unscannable> {
         RequestBody::Unread(_) | RequestBody::Taken => return Err(Unscannable::Error),
     };
     let h = &rq.parts.headers;
-    // Admit refuses these already; kept so this stage never depends on it.
-    if h.get(header::CONTENT_ENCODING)
-        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+    // Admit refuses these already; kept so this stage never depends on it. Every value is
+    // looked at: a second `Content-Encoding` is one the server may apply.
+    if h.get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|e| !e.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
     {
         return Err(Unscannable::Compressed);
     }
     if bytes.is_empty() {
         return Ok(None);
     }
+    let server = rq.conn.target.server;
     let media = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| m.trim().to_ascii_lowercase())
         .unwrap_or_default();
-    if media.starts_with("multipart/") {
-        return Err(Unscannable::Multipart);
+    let route = crate::adapter::route(server, rq.parts.method.as_str(), &rq.path);
+    match route.map(|r| r.body) {
+        Some(crate::adapter::BodyKind::Json) => {
+            // Triton's binary tensor extension: JSON, then raw tensor bytes.
+            if server == crate::adapter::Server::Triton
+                && h.contains_key("inference-header-content-length")
+            {
+                return Err(Unscannable::Binary);
+            }
+            // The read stage parsed it as JSON or refused it.
+            Ok(Some(Layout::Json))
+        }
+        Some(crate::adapter::BodyKind::Raw) => {
+            if media.starts_with("multipart/") {
+                Err(Unscannable::Multipart)
+            } else if media == "application/x-www-form-urlencoded" && rq.json.is_some() {
+                Ok(Some(Layout::Form))
+            } else if media.starts_with("text/") {
+                Ok(Some(Layout::Text))
+            } else {
+                Err(Unscannable::Binary)
+            }
+        }
+        // A route no adapter knows: the server's reading is unknown, so a body that parses
+        // as JSON is masked as JSON (escapes decoded) whatever it is labelled.
+        None => {
+            if rq.json.is_some() || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+                Ok(Some(Layout::Json))
+            } else if media.starts_with("multipart/") {
+                Err(Unscannable::Multipart)
+            } else if media == "application/x-www-form-urlencoded" {
+                Ok(Some(Layout::Form))
+            } else if media.starts_with("text/") {
+                Ok(Some(Layout::Text))
+            } else {
+                Err(Unscannable::Binary)
+            }
+        }
     }
-    if media == "application/x-www-form-urlencoded" {
-        return Ok(Some(Layout::Form));
-    }
-    // Triton's binary tensor extension: JSON, then raw tensor bytes.
-    if h.contains_key("inference-header-content-length") {
-        return Err(Unscannable::Binary);
-    }
-    if rq.json.is_some() || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
-        return Ok(Some(Layout::Json));
-    }
-    if media.starts_with("text/") {
-        return Ok(Some(Layout::Text));
-    }
-    Err(Unscannable::Binary)
 }
 
 fn unscannable(rq: &Request, reason: Unscannable) -> Refusal {

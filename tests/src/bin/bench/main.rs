@@ -13,7 +13,9 @@
 //! interception (stress.rs); `--policy-only` runs the in-process policy numbers alone,
 //! `--identity-only` the in-process cost of attributing a connection (cgroup, container, pod),
 //! `--netns-only` the added latency from a container's network namespace vs the host's
-//! (netns.rs; also part of the full run), `--approvals-only` other clients' latency and the
+//! (netns.rs; also part of the full run), `--masking-only` the masking engine in process and
+//! response masking through the agent, on vs off (masking.rs; also in the full run),
+//! `--approvals-only` other clients' latency and the
 //! agent's memory with 1,000 requests held for approval (approvals.rs; also in the full run).
 use std::{net::SocketAddr, time::Duration};
 
@@ -25,6 +27,7 @@ mod audit;
 mod audit_latency;
 mod client;
 mod inprocess;
+mod masking;
 mod netns;
 mod peers;
 mod report;
@@ -47,7 +50,13 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --mask-only, --netns-only, --approvals-only, --tokens-only or --audit-only alone";
+const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --mask-only, --masking-only, --netns-only, --approvals-only, --tokens-only or --audit-only alone";
+
+/// The streams of the masking rows: events per stream, the upstream's gap between events,
+/// streams per side.
+const MASK_EVENTS: usize = 60;
+const MASK_GAP_US: u64 = 500;
+const MASK_PAIRS: usize = 200;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -58,6 +67,19 @@ fn main() -> Result<()> {
         Some("--identity-only") => return inprocess::identity_cost(20_000),
         Some("--mask-only") => {
             inprocess::mask_cost();
+            return Ok(());
+        }
+        Some("--masking-only") => {
+            masking::run(MASK_EVENTS, MASK_GAP_US, MASK_PAIRS)?;
+            inprocess::mask_cost();
+            return Ok(());
+        }
+        Some("masking-client") => {
+            let plan: masking::Plan =
+                serde_json::from_str(args.get(2).context("masking-client PLAN")?)
+                    .context("plan")?;
+            let r = masking::child(&plan)?;
+            println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
         Some("--tokens-only") => return tokens::token_cost(20_000),
@@ -430,6 +452,7 @@ fn parent(p: &Params) -> Result<()> {
     inprocess::policy_cost(p.requests.max(10_000))?;
     inprocess::filter_cost(200_000);
     inprocess::mask_cost();
+    masking::run(MASK_EVENTS, MASK_GAP_US, MASK_PAIRS)?;
     inprocess::identity_cost(20_000)?;
     tokens::token_cost(20_000)?;
     audit::audit_cost()?;

@@ -179,7 +179,7 @@ pub fn variant(labels: (&str, &str), with: &HttpResult, without: &HttpResult, me
 }
 
 /// One row of a two-column comparison: both values, their ratio and what `a` adds.
-fn ratio_row(name: &str, a: f64, b: f64) {
+pub fn ratio_row(name: &str, a: f64, b: f64) {
     println!(
         "| {name} | {} | {} | {:.2}x | {} |",
         us(a),
