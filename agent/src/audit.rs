@@ -18,23 +18,28 @@ mod checkpoint;
 pub mod cli;
 
 mod entry;
+pub mod export;
 mod frame;
 mod index;
 mod key;
 mod query;
+pub mod reader;
+pub mod replay;
 
 mod segment;
 mod settings;
 mod store;
+mod tap;
 mod thread;
 mod verify;
 
-pub use entry::{Kind, RequestEntry, sanitize_headers};
+pub use entry::{BodyEntry, BodyNote, Direction, Kind, RequestEntry, sanitize_headers};
 
-pub use query::{Filter, Listed, list, show};
+pub use query::{Exchange, Filter, Listed, exchange, list, show};
 pub use settings::{Durability, Level, Retention, Settings};
 pub use store::{Recovered, Store};
-pub use thread::{Handle, Unavailable, spawn, start};
+pub use tap::Tap;
+pub use thread::{Handle, Piece, Unavailable, spawn, start};
 pub use verify::{Report, verify};
 
 /// Errors of the store, the key and the readers.
@@ -62,5 +67,7 @@ impl Error {
     }
 }
 
+#[cfg(test)]
+mod body_tests;
 #[cfg(test)]
 mod tests;

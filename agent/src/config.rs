@@ -249,6 +249,11 @@ pub struct Target {
     /// unscanned (docs/configuration.md, "Masking").
     #[serde(default)]
     pub on_unscannable: crate::policy::masking::OnUnscannable,
+    /// This target's recording level, at most `audit.level`: `metadata` keeps its bodies
+    /// out of a store that records others' at `full`, `none` keeps its requests out
+    /// altogether; default: `audit.level`.
+    #[serde(default)]
+    pub audit_level: Option<crate::audit::Level>,
 }
 
 impl Target {
@@ -412,6 +417,16 @@ impl Config {
         self.approvals.validate(&self.identity)?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
+            if let Some(l) = t.audit_level
+                && l > self.audit.level
+            {
+                return Err(format!(
+                    "targets[{i}] ({}): audit_level: {} is above audit.level ({}): a target may lower its recording, not raise it",
+                    t.name,
+                    l.name(),
+                    self.audit.level.name()
+                ));
+            }
             if t.identity == crate::identity::Requirement::Required {
                 if self.identity.issuers.is_empty() {
                     return Err(format!(

@@ -147,6 +147,16 @@ impl ResponseBody {
     }
 
     fn out(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // Recorded before it is sent: with `required`, a chunk the store cannot take never
+        // reaches the client, and the response ends there.
+        if let Err(why) = self.end.record.response_data(&data) {
+            let reason = format!(
+                "recording is required and the audit store cannot take the response ({why})"
+            );
+            self.state = State::Done;
+            self.end.record.finish(Outcome::Ended(reason.clone()));
+            return Poll::Ready(Some(Err(BodyError::Sluice(reason))));
+        }
         self.end.record.add_bytes(data.len());
         Poll::Ready(Some(Ok(Frame::data(data))))
     }
@@ -154,6 +164,8 @@ impl ResponseBody {
     fn stop(&mut self, stop: Stop) {
         let abort = stop.tail.is_empty();
         if !abort {
+            // The stream ends either way: a tail the store cannot take is still sent.
+            let _ = self.end.record.response_data(&stop.tail);
             self.end.record.add_bytes(stop.tail.len());
             self.pending = Some(Frame::data(stop.tail));
         }

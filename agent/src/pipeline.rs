@@ -11,6 +11,7 @@
 //! | decide | `policy`, then `open_record` below → `audit` | operation, subject, JSON, switch | decision, masking plans (`mask.rs`), the opening record (durable before the request goes on) | 503 when recording is required and cannot be written |
 //! | mask | `mask.rs` → `mask::body` | body, JSON, the masking plans decide made | the masked body; `mask_request` in the record | 403 (a `block` detector found something), 415/403/500 (a body it cannot scan, under `on_unscannable: refuse`) |
 //! | approve | `approve` below → `approval::hold` | decision, subject, workload, headers (justification), body (excerpt) | `Permit`, approval state | 403 on deny, on an approver's deny, on an approval's timeout, on a missing justification; 503 over the pending bounds or when the agent stops while held |
+//! | record body | `recording.rs` → `audit::Tap` (at `full` level) | the masked body | its body entries | 503 when recording is required and cannot be written |
 //! | prepare | `choose_key` below, `send.rs` → `custody` | parts, body, `Permit`, filters, subject and workload (which of the target's keys) | `credential`, the upstream request (client credentials stripped, the key injected) | 403 (the target holds keys, none for this caller) |
 //! | send | `send.rs` | upstream request | response head | 502 |
 //! | respond | `respond` below | response head, filters, `credential` (echoes masked) | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
@@ -40,6 +41,7 @@ pub mod decode;
 mod grpc;
 pub mod mask;
 mod read;
+mod recording;
 mod send;
 mod switch;
 
@@ -97,6 +99,7 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     };
     rq.lap(Stage::Approve);
     choose_key(ctx, rq)?;
+    recording::request_body(rq)?;
     let forward = send::prepare(rq, permit);
     rq.lap(Stage::Prepare);
     rq.phase(Phase::Upstream);
@@ -184,13 +187,20 @@ async fn open_record(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     let Some(audit) = ctx.recorder.audit() else {
         return Ok(());
     };
+    if rq.conn.target.audit_level == Some(crate::audit::Level::None) {
+        rq.record().set_unaudited();
+        return Ok(());
+    }
     let Some(snapshot) = rq.record().snapshot() else {
         return Ok(());
     };
     let headers = crate::audit::sanitize_headers(&rq.parts.headers);
     match audit.open(snapshot, headers).await {
         Err(why) if audit.required() => Err(Refusal::unrecorded(&why)),
-        _ => Ok(()),
+        _ => {
+            recording::bodies(audit, rq);
+            Ok(())
+        }
     }
 }
 

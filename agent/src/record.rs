@@ -10,7 +10,8 @@
 //! place instead (a flood slows the flooder; it cannot push other requests out of the audit
 //! trail). The queue therefore also bounds the requests in flight.
 //!
-//! A record holds what policy saw and decided, never credentials or bodies.
+//! A record holds what policy saw and decided, never credentials or bodies; at the store's
+//! `full` level the bodies go to the store beside it, piece by piece (`audit::Tap`).
 use std::{
     fmt,
     sync::{
@@ -133,6 +134,10 @@ pub struct Record {
     pub response_headers: Vec<(String, String)>,
     /// For a request a rule held: its approval and how it ended.
     pub approval: Option<ApprovalNote>,
+    /// At the store's `full` level: what of the bodies was recorded (`audit::Tap`).
+    pub body: Option<crate::audit::BodyNote>,
+    /// The target's `audit_level: none`: not in the recording store (still logged).
+    pub unaudited: bool,
 }
 
 /// A held request's approval, as its record shows it.
@@ -254,6 +259,7 @@ impl Recorder {
             started: Instant::now(),
             headers_at: None,
             mask_response: None,
+            tap: None,
             phase: Phase::Upload,
             recorder: self.clone(),
             record: Some(Record {
@@ -279,6 +285,8 @@ impl Recorder {
                 mask_response: Verdict::Off,
                 response_headers: Vec::new(),
                 approval: None,
+                body: None,
+                unaudited: false,
             }),
         }
     }
@@ -306,9 +314,52 @@ pub struct Guard {
     /// The response masking filter's verdict, read when the record is finished (the
     /// filter itself lives in the response body, which may end first or last).
     mask_response: Option<crate::filter::MaskHandle>,
+    /// The bodies' way to the store, once `record_bodies` turned it on.
+    tap: Option<Box<crate::audit::Tap>>,
 }
 
 impl Guard {
+    /// The request's target is not recorded (`audit_level: none`).
+    pub fn set_unaudited(&mut self) {
+        self.with(|r| r.unaudited = true);
+    }
+
+    /// From now on the request's bodies are recorded (`level: full`).
+    pub fn record_bodies(&mut self) {
+        if let (Some(h), Some(r)) = (&self.recorder.audit, &self.record) {
+            self.tap = Some(Box::new(crate::audit::Tap::new(
+                h.clone(),
+                r.id,
+                self.started,
+            )));
+        }
+    }
+
+    /// The request body as it goes upstream (`None`: it streams through unread). An error
+    /// means recording is required and cannot be done: the request must be refused.
+    pub fn request_body(
+        &mut self,
+        body: Option<&bytes::Bytes>,
+    ) -> Result<(), crate::audit::Unavailable> {
+        match (self.tap.as_mut(), body) {
+            (Some(t), Some(b)) => t.request(b),
+            (Some(t), None) => {
+                t.request_unread();
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// A response chunk about to reach the client. An error means recording is required
+    /// and cannot be done: the chunk must not be sent.
+    pub fn response_data(&mut self, data: &bytes::Bytes) -> Result<(), crate::audit::Unavailable> {
+        match self.tap.as_mut() {
+            Some(t) => t.response(data),
+            None => Ok(()),
+        }
+    }
+
     pub fn set_phase(&mut self, phase: Phase) {
         self.phase = phase;
     }
@@ -396,6 +447,9 @@ impl Guard {
         };
         if let Some(h) = self.mask_response.take() {
             r.mask_response = h.verdict();
+        }
+        if let Some(t) = self.tap.take() {
+            r.body = Some(t.note());
         }
         r.outcome = outcome;
         r.headers_ms = self

@@ -1,10 +1,12 @@
 """The unmodified OpenAI Python SDK. argv: base_url model stream|plain [release_url].
 With release_url, calls it (directly) after the first streamed chunk: the server holds the
 rest of the stream until then, so this only finishes if chunks are not held back. The
-prompt is $PROMPT, "hello" without it."""
+prompt is $PROMPT, "hello" without it. A stream's output has each event's arrival time
+(`times`, monotonic seconds)."""
 import json
 import os
 import sys
+import time
 import urllib.request
 
 import openai
@@ -15,13 +17,14 @@ client = openai.OpenAI(base_url=base, api_key="sk-client-secret", max_retries=0,
 messages = [{"role": "user", "content": os.environ.get("PROMPT", "hello")}]
 try:
     if mode == "stream":
-        parts = []
+        parts, times = [], []
         for i, ev in enumerate(client.chat.completions.create(model=model, messages=messages, stream=True)):
+            times.append(time.monotonic())
             if ev.choices:
                 parts.append(ev.choices[0].delta.content or "")
             if i == 0 and release:
                 urllib.request.urlopen(release, timeout=10).read()
-        print(json.dumps({"ok": True, "text": "".join(parts), "chunks": len(parts)}))
+        print(json.dumps({"ok": True, "text": "".join(parts), "chunks": len(parts), "times": times}))
     else:
         r = client.chat.completions.create(model=model, messages=messages)
         print(json.dumps({"ok": True, "text": r.choices[0].message.content}))

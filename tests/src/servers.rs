@@ -366,6 +366,13 @@ fn model_api(
                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]
                 });
                 chunk(w, &format!("data: {ev}\n\n"))?;
+                // `paced-MS`: MS milliseconds after every delta (a stream with a known pace).
+                if let Some(ms) = model
+                    .strip_prefix("paced-")
+                    .and_then(|m| m.parse::<u64>().ok())
+                {
+                    thread::sleep(Duration::from_millis(ms));
+                }
                 if i == 0 && model == "dies" {
                     // The server crashes mid-stream: no terminating chunk.
                     return Err(io::Error::new(

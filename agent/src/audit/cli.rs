@@ -71,6 +71,66 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// One request's exchange as recorded: its request, then its response, streamed output
+    /// re-emitted at its recorded pace; or (`--to`) its request sent again to a server.
+    Replay {
+        id: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Pace: 2 replays twice as fast as recorded; 0 does not wait at all.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Send the recorded request (method, path, headers without credentials, the
+        /// recorded body, after masking) to this http://host:port[/prefix] and print its
+        /// response instead.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Every request record and body entry, oldest first, one JSON object per line (for a
+    /// log shipper); the filters are `list`'s.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only jsonl.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Keep running and print records as they are written (like tail -f), across
+        /// segment rotation and retention.
+        #[arg(long)]
+        follow: bool,
+        /// How often --follow looks for new records, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        poll_ms: u64,
+        /// Only records after this sequence number (each line's record.seq): resumes an
+        /// export where an earlier one stopped.
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        /// Leave body entries (`level: full`) out.
+        #[arg(long)]
+        no_bodies: bool,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        workload: Option<String>,
+        #[arg(long)]
+        unit: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        decision: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+    },
     /// Checks the whole store; exit 1 with where, when anything was edited, deleted,
     /// reordered, truncated, swapped or signed by an untrusted key.
     Verify {
@@ -197,6 +257,66 @@ pub fn run(cmd: Command, load: &dyn Fn(Option<PathBuf>) -> Result<Config, ExitCo
                 Err(e) => fail(e),
             }
         }
+        Command::Replay {
+            id,
+            store,
+            speed,
+            to,
+        } => {
+            let s = match settings(&store, load) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            replay(&s, id, speed, to.as_deref())
+        }
+        Command::Export {
+            store,
+            format,
+            follow,
+            poll_ms,
+            after_seq,
+            no_bodies,
+            since,
+            until,
+            subject,
+            group,
+            workload,
+            unit,
+            user,
+            target,
+            model,
+            decision,
+            rule,
+        } => {
+            if format != "jsonl" {
+                return fail(format!("--format {format}: only jsonl"));
+            }
+            let s = match settings(&store, load) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            let time = |t: Option<String>| t.map(|t| when(&t)).transpose();
+            let (since_ms, until_ms) = match (time(since), time(until)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => return fail(e),
+            };
+            let f = Filter {
+                since_ms,
+                until_ms,
+                id: None,
+                subject,
+                group,
+                workload,
+                unit,
+                user,
+                target,
+                model,
+                decision,
+                rule,
+            };
+            let ex = super::export::Exporter::new(&s.dir, f, !no_bodies, after_seq);
+            export(ex, follow, Duration::from_millis(poll_ms.max(10)))
+        }
         Command::Verify { store, pubkey } => {
             let s = match settings(&store, load) {
                 Ok(s) => s,
@@ -238,6 +358,43 @@ pub fn run(cmd: Command, load: &dyn Fn(Option<PathBuf>) -> Result<Config, ExitCo
                 Err(e) => fail(e),
             }
         }
+    }
+}
+
+fn replay(s: &Settings, id: u64, speed: f64, to: Option<&str>) -> ExitCode {
+    let x = match super::exchange(&s.dir, id) {
+        Ok(Some(x)) => x,
+        Ok(None) => return fail(format!("no request {id} in {}", s.dir.display())),
+        Err(e) => return fail(e),
+    };
+    let mut out = std::io::stdout().lock();
+    let done = match to {
+        None => super::replay::print(&x, speed, &mut out),
+        Some(url) => match url.parse::<http::Uri>() {
+            Ok(uri) => super::replay::resend(&x, &uri, &mut out),
+            Err(e) => return fail(format!("--to {url}: {e}")),
+        },
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`| head`) is not a failure.
+        Err(super::replay::ReplayError::Output(_)) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn export(mut ex: super::export::Exporter, follow: bool, poll: Duration) -> ExitCode {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        match ex.step(&mut out) {
+            Ok(_) => {}
+            Err(super::export::ExportError::Output(_)) => return ExitCode::SUCCESS,
+            Err(e) => return fail(e),
+        }
+        if !follow {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(poll);
     }
 }
 

@@ -5,10 +5,12 @@
 //! level will be further optional fields and `chunk` entries, see below), and serde_json
 //! writes a metadata record in about a microsecond, far below the fsync it waits for.
 //!
-//! Bodies (not recorded yet): a `full` level would add entries of a new `Kind` (`Body`,
-//! `Chunk`) after a request's opening record, each naming the request id, its direction and
-//! time offset, and carrying the masked bytes; the chain and checkpoints cover them as any
-//! other record, and the index ignores them.
+//! Bodies (`level: full`): `body` entries (`Kind::Body`) follow a request's opening record,
+//! each naming the request id, its direction, its byte offset in that direction and its
+//! time offset from the request's first byte, and carrying the masked bytes (as text when
+//! they are UTF-8, else base64). The chain and checkpoints cover them as any other record;
+//! the index does not list them (`list` never reads them; `replay` and `export` do). The
+//! final record's `body` says what was recorded and what was not (truncated, dropped).
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,8 @@ pub enum Kind {
     Final = 3,
     /// A signed checkpoint.
     Checkpoint = 4,
+    /// Part of a request's or response's body (`level: full`).
+    Body = 5,
 }
 
 impl Kind {
@@ -37,6 +41,7 @@ impl Kind {
             2 => Kind::Open,
             3 => Kind::Final,
             4 => Kind::Checkpoint,
+            5 => Kind::Body,
             _ => return None,
         })
     }
@@ -106,6 +111,117 @@ pub struct RequestEntry<'a> {
     pub approval: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<Cow<'a, str>>,
+    /// At `full` level (final record): what the body entries hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyNote>,
+}
+
+/// Which way a body went.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The request's body as the upstream received it (after masking).
+    Request,
+    /// The response's body as the client received it (after masking and filters).
+    Response,
+}
+
+/// Part of a body (`Kind::Body`): one stream chunk, or a piece of a longer body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BodyEntry<'a> {
+    pub id: u64,
+    pub dir: Direction,
+    /// The piece's number in its direction, from 0.
+    pub n: u64,
+    /// Where its first byte is in its direction's body.
+    pub at: u64,
+    /// When it passed, in microseconds since the request's first byte.
+    pub t_us: u64,
+    /// The bytes, when they are UTF-8 (JSON, SSE, NDJSON: readable as stored)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Cow<'a, str>>,
+    /// ...else base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b64: Option<String>,
+}
+
+impl<'a> BodyEntry<'a> {
+    pub fn new(id: u64, dir: Direction, n: u64, at: u64, t_us: u64, data: &'a [u8]) -> Self {
+        let (text, b64) = match std::str::from_utf8(data) {
+            Ok(t) => (Some(Cow::Borrowed(t)), None),
+            Err(_) => (
+                None,
+                Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    data,
+                )),
+            ),
+        };
+        BodyEntry {
+            id,
+            dir,
+            n,
+            at,
+            t_us,
+            text,
+            b64,
+        }
+    }
+
+    pub fn into_owned(self) -> BodyEntry<'static> {
+        BodyEntry {
+            text: self.text.map(|t| Cow::Owned(t.into_owned())),
+            id: self.id,
+            dir: self.dir,
+            n: self.n,
+            at: self.at,
+            t_us: self.t_us,
+            b64: self.b64,
+        }
+    }
+
+    /// The recorded bytes (empty when the base64 is damaged: `verify` says so first).
+    pub fn data(&self) -> Vec<u8> {
+        match (&self.text, &self.b64) {
+            (Some(t), _) => t.as_bytes().to_vec(),
+            (None, Some(b)) => {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
+                    .unwrap_or_default()
+            }
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// What a request's body entries hold (final record, `level: full`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BodyNote {
+    /// Request body bytes recorded.
+    pub request_bytes: u64,
+    /// Response body bytes recorded, in `response_chunks` entries.
+    pub response_bytes: u64,
+    pub response_chunks: u64,
+    /// The request body was longer than `max_body_bytes`: only its beginning is recorded.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub request_truncated: bool,
+    /// The response was longer than `max_body_bytes`: the rest passed unrecorded.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub response_truncated: bool,
+    /// The request body streamed through unread (gRPC): not recorded.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub request_unread: bool,
+    /// Pieces not recorded because the store's writer was behind (`max_backlog`,
+    /// `max_backlog_bytes`) and recording is not `required`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -206,6 +322,7 @@ impl<'a> RequestEntry<'a> {
                 .as_ref()
                 .filter(|_| fin)
                 .map(|a| b(a.decided_by.as_str())),
+            body: r.body.clone().filter(|_| fin),
         }
     }
 

@@ -5,7 +5,7 @@ use std::{collections::HashMap, fs, os::unix::fs::FileExt as _, path::Path};
 
 use super::{
     Error,
-    entry::{Kind, RequestEntry},
+    entry::{BodyEntry, Direction, Kind, RequestEntry},
     frame, index,
     segment::{self, Step},
 };
@@ -33,6 +33,8 @@ pub struct Filter {
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub segment: u64,
+    /// Where its frame starts in the segment.
+    pub offset: u64,
     pub seq: u64,
     pub kind: Kind,
     pub entry: RequestEntry<'static>,
@@ -54,7 +56,7 @@ impl Filter {
     }
 
     /// Against a whole record (the part of a segment the index does not cover).
-    fn matches(&self, e: &RequestEntry<'_>) -> bool {
+    pub(super) fn matches(&self, e: &RequestEntry<'_>) -> bool {
         let eq = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| have == Some(w))
         };
@@ -212,6 +214,7 @@ fn read(dir: &Path, p: &Place) -> Result<Option<Listed>, Error> {
         .ok()
         .map(|entry| Listed {
             segment: p.segment,
+            offset: p.offset,
             seq: fr.seq,
             kind: fr.kind,
             entry,
@@ -269,4 +272,84 @@ pub fn show(dir: &Path, id: u64) -> Result<Vec<Listed>, Error> {
     }
     out.sort_by_key(|l| l.seq);
     Ok(out)
+}
+
+/// One request as `replay` shows it: its records and its body entries, in store order.
+#[derive(Debug)]
+pub struct Exchange {
+    pub open: Option<RequestEntry<'static>>,
+    pub last: Option<RequestEntry<'static>>,
+    pub request: Vec<BodyEntry<'static>>,
+    pub response: Vec<BodyEntry<'static>>,
+}
+
+impl Exchange {
+    /// The final record when there is one, else the opening one.
+    pub fn entry(&self) -> Option<&RequestEntry<'static>> {
+        self.last.as_ref().or(self.open.as_ref())
+    }
+
+    pub fn request_body(&self) -> Vec<u8> {
+        self.request.iter().flat_map(|b| b.data()).collect()
+    }
+}
+
+/// Request `id` with its bodies: found through the index, then read from its opening record
+/// on until its final record (a request's records may cross into the next segment).
+pub fn exchange(dir: &Path, id: u64) -> Result<Option<Exchange>, Error> {
+    let found = show(dir, id)?;
+    let Some(first) = found.first() else {
+        return Ok(None);
+    };
+    let mut x = Exchange {
+        open: None,
+        last: None,
+        request: Vec::new(),
+        response: Vec::new(),
+    };
+    let mut reader = super::reader::Reader::at(dir, first.segment, first.offset);
+    let mut bad = None;
+    reader.poll(|r| {
+        match r.kind {
+            Kind::Open | Kind::Final => {
+                match serde_json::from_slice::<RequestEntry<'static>>(&r.body) {
+                    Ok(e) if e.id == id => {
+                        let done = r.kind == Kind::Final;
+                        if done {
+                            x.last = Some(e);
+                        } else {
+                            x.open = Some(e);
+                        }
+                        return !done;
+                    }
+                    Ok(_) => {}
+                    Err(e) => bad = Some(format!("record seq {}: {e}", r.seq)),
+                }
+            }
+            Kind::Body => match serde_json::from_slice::<BodyEntry<'static>>(&r.body) {
+                Ok(b) if b.id == id => match b.dir {
+                    Direction::Request => x.request.push(b),
+                    Direction::Response => x.response.push(b),
+                },
+                Ok(_) => {}
+                Err(e) => bad = Some(format!("record seq {}: {e}", r.seq)),
+            },
+            Kind::Start | Kind::Checkpoint => {}
+        }
+        true
+    })?;
+    if let Some(why) = bad
+        && x.entry().is_none()
+    {
+        return Err(Error::Damaged(why));
+    }
+    // Without a final record in the store after it (the agent stopped): the index's.
+    if x.last.is_none() {
+        x.last = found
+            .into_iter()
+            .rev()
+            .find(|l| l.kind == Kind::Final)
+            .map(|l| l.entry);
+    }
+    Ok(Some(x))
 }

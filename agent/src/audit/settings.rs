@@ -3,8 +3,9 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-/// How much of a request is recorded.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+/// How much of a request is recorded. Ordered: a target's `audit_level` may lower the
+/// store's level for its requests, never raise it.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Nothing: the store is not opened. The default when `audit:` is absent, so a
@@ -13,6 +14,20 @@ pub enum Level {
     None,
     /// Who, what, which decision, how it ended; headers with credentials removed; no bodies.
     Metadata,
+    /// Metadata, and the bodies after masking: the request as the upstream received it,
+    /// the response as the client received it, a stream chunk by chunk with each chunk's
+    /// time offset (up to `max_body_bytes` per direction of a request).
+    Full,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::None => "none",
+            Level::Metadata => "metadata",
+            Level::Full => "full",
+        }
+    }
 }
 
 /// When a write counts as durable.
@@ -91,6 +106,15 @@ pub struct Settings {
     /// Records queued for the store before it counts as falling behind.
     #[serde(default = "default_backlog")]
     pub max_backlog: usize,
+    /// At `full`: most body bytes recorded per direction of one request; the rest of a
+    /// longer body or stream passes unrecorded and the final record says `truncated`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// At `full`: body bytes queued for the store before it counts as falling behind (as
+    /// `max_backlog` counts records): a chunk over it is refused (`required`) or dropped
+    /// and counted in its request's final record.
+    #[serde(default = "default_max_backlog_bytes")]
+    pub max_backlog_bytes: u64,
 }
 
 impl Default for Settings {
@@ -107,6 +131,8 @@ impl Default for Settings {
             checkpoint_records: default_checkpoint_records(),
             checkpoint_every: default_checkpoint_secs(),
             max_backlog: default_backlog(),
+            max_body_bytes: default_max_body_bytes(),
+            max_backlog_bytes: default_max_backlog_bytes(),
         }
     }
 }
@@ -147,6 +173,12 @@ impl Settings {
         if self.max_backlog == 0 {
             return Err("audit.max_backlog: must be at least 1".into());
         }
+        if self.level == Level::Full && self.max_backlog_bytes < super::tap::PIECE as u64 {
+            return Err(format!(
+                "audit.max_backlog_bytes: must be at least {} (one body piece)",
+                super::tap::PIECE
+            ));
+        }
         Ok(())
     }
 }
@@ -174,6 +206,12 @@ fn default_checkpoint_secs() -> Duration {
 }
 fn default_backlog() -> usize {
     16_384
+}
+fn default_max_body_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_max_backlog_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 mod millis {

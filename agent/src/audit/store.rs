@@ -14,7 +14,7 @@ use ed25519_dalek::SigningKey;
 use super::{
     Error, Settings,
     checkpoint::{self, Checkpoint, Cut, PreviousKey, Reason},
-    entry::{Kind, RequestEntry, Start},
+    entry::{BodyEntry, Kind, RequestEntry, Start},
     frame::{self, Hash},
     index, key,
     segment::{self, Step},
@@ -256,6 +256,24 @@ impl Store {
         let seq = self.head.seq;
         self.index.add(seq, offset, size, kind, &entry);
         self.head.last_request_id = self.head.last_request_id.max(r.id);
+        self.since_checkpoint += 1;
+    }
+
+    /// Buffers part of a request's body (`level: full`); not indexed.
+    pub fn append_body(&mut self, p: &super::Piece) {
+        let entry = BodyEntry::new(p.id, p.dir, p.n, p.at, p.t_us, &p.data);
+        self.head.seq += 1;
+        let before = self.buf.len();
+        self.head.last = frame::encode_with(
+            &mut self.buf,
+            Kind::Body,
+            self.head.seq,
+            &self.head.last,
+            |out| {
+                let _ = serde_json::to_writer(&mut *out, &entry);
+            },
+        );
+        self.head.len += (self.buf.len() - before) as u64;
         self.since_checkpoint += 1;
     }
 
@@ -612,7 +630,7 @@ fn recover(dir: &Path, n: u64, path: &Path, rec: &mut Recovered) -> Result<Optio
                             found.closed = c.reason == Reason::Close;
                         }
                     }
-                    Kind::Start => {}
+                    Kind::Start | Kind::Body => {}
                 }
             }
             Step::Bad { offset, why } => {

@@ -20,10 +20,10 @@ use crate::{
     workload::Workload,
 };
 
-struct Dir(PathBuf);
+pub(super) struct Dir(pub(super) PathBuf);
 
 impl Dir {
-    fn new(tag: &str) -> Dir {
+    pub(super) fn new(tag: &str) -> Dir {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let p = std::env::temp_dir().join(format!(
             "sluice-audit-{tag}-{}-{}",
@@ -41,7 +41,7 @@ impl Drop for Dir {
     }
 }
 
-fn settings(dir: &Path) -> Settings {
+pub(super) fn settings(dir: &Path) -> Settings {
     Settings {
         dir: dir.to_path_buf(),
         level: Level::Metadata,
@@ -55,7 +55,7 @@ fn settings(dir: &Path) -> Settings {
     }
 }
 
-fn record(id: u64, subject: &str, model: &str, allow: bool) -> Record {
+pub(super) fn record(id: u64, subject: &str, model: &str, allow: bool) -> Record {
     Record {
         id,
         unix_ms: 1_700_000_000_000 + id,
@@ -102,6 +102,8 @@ fn record(id: u64, subject: &str, model: &str, allow: bool) -> Record {
         mask_request: crate::mask::Verdict::Off,
         mask_response: crate::mask::Verdict::Off,
         approval: None,
+        body: None,
+        unaudited: false,
     }
 }
 
@@ -128,7 +130,7 @@ fn filled(dir: &Path, s: &Settings, n: u64) {
     assert!(segment::list(dir).is_ok_and(|l| !l.is_empty()));
 }
 
-fn report(dir: &Path) -> Report {
+pub(super) fn report(dir: &Path) -> Report {
     let k = key::read(&dir.join("keys/signing.key")).expect("key");
     verify(dir, Some(k.verifying_key())).expect("verify runs")
 }
@@ -638,10 +640,32 @@ fn the_shipped_config_records_and_a_config_without_audit_does_not() {
     .expect("parses");
     assert_eq!(on.audit.retention.max_age, Duration::from_secs(7 * 86400));
     assert_eq!(on.audit.durability, Durability::Record);
+    let full = crate::config::Config::parse(
+        &format!("{base}audit: {{dir: /x, level: full, max_body_bytes: 1024}}\n"),
+        "t",
+    )
+    .expect("full parses");
+    assert_eq!(
+        (full.audit.level, full.audit.max_body_bytes),
+        (Level::Full, 1024)
+    );
+    // A target may lower its level (bodies out, or its requests out), never raise it.
+    let target = |level: &str, audit: &str| {
+        crate::config::Config::parse(
+            &format!(
+                "listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.1:80\n    audit_level: {level}\naudit: {{dir: /x, level: {audit}}}\n"
+            ),
+            "t",
+        )
+    };
+    assert!(target("metadata", "full").is_ok());
+    assert!(target("full", "full").is_ok());
+    assert!(target("full", "metadata").is_err());
+    assert!(target("none", "full").is_ok());
+    assert!(target("metadata", "none").is_err());
     for bad in [
         "audit: {dir: relative, level: metadata}",
         "audit: {dir: /x, level: metadata, segment_bytes: 10}",
-        "audit: {dir: /x, level: full}",
         "audit: {dir: /x, levle: metadata}",
     ] {
         assert!(

@@ -13,14 +13,17 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Durability, Error, Recovered, Settings, Store, entry::Kind};
+use super::{
+    Durability, Error, Level, Recovered, Settings, Store,
+    entry::{Direction, Kind},
+};
 use crate::record::Record;
 
 /// Records handled per round.
@@ -35,9 +38,22 @@ type Ack = oneshot::Sender<Result<(), String>>;
 #[error("{0}")]
 pub struct Unavailable(pub String);
 
+/// Part of a body on its way to the store (`level: full`); `data` shares the buffer the
+/// client or upstream got (no copy until it is written).
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub id: u64,
+    pub dir: Direction,
+    pub n: u64,
+    pub at: u64,
+    pub t_us: u64,
+    pub data: bytes::Bytes,
+}
+
 enum Msg {
     Open(Box<Record>, Vec<(String, String)>, Option<Ack>),
     Finals(Vec<Record>),
+    Body(Piece),
     Flush(Ack),
 }
 
@@ -46,10 +62,19 @@ enum Msg {
 enum Item {
     Open(Box<Record>, Vec<(String, String)>, Option<Ack>),
     Final(Record),
+    Body(Piece),
     Flush(Option<Ack>),
 }
 
 impl Item {
+    /// Body bytes it holds, counted against `max_backlog_bytes` until written.
+    fn body_bytes(&self) -> u64 {
+        match self {
+            Item::Body(p) => p.data.len() as u64,
+            _ => 0,
+        }
+    }
+
     fn waits(&self) -> bool {
         matches!(self, Item::Open(_, _, Some(_)) | Item::Flush(Some(_)))
     }
@@ -57,7 +82,7 @@ impl Item {
     fn answer(&mut self, r: Result<(), String>) {
         let ack = match self {
             Item::Open(_, _, ack) | Item::Flush(ack) => ack.take(),
-            Item::Final(_) => None,
+            Item::Final(_) | Item::Body(_) => None,
         };
         if let Some(a) = ack {
             let _ = a.send(r);
@@ -71,6 +96,8 @@ struct Health {
     reason: Mutex<String>,
     /// Records sent and not yet handled by the thread.
     backlog: AtomicUsize,
+    /// Body bytes sent and not yet written.
+    body_bytes: AtomicU64,
 }
 
 impl Health {
@@ -104,11 +131,56 @@ pub struct Handle {
     /// Whether a request waits for its opening record (any durability but `none`).
     wait: bool,
     max_backlog: usize,
+    level: Level,
+    max_body_bytes: u64,
+    max_backlog_bytes: u64,
 }
 
 impl Handle {
     pub fn required(&self) -> bool {
         self.required
+    }
+
+    /// The store's level: `Full` records bodies.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes
+    }
+
+    /// Queues part of a body, without waiting (it is called from a response body's poll):
+    /// refused when the store has failed, or its backlog of records or body bytes is over
+    /// its bound. The caller decides what a refusal means (`Tap`).
+    pub fn body(&self, p: Piece) -> Result<(), Unavailable> {
+        if self.health.failed.load(Ordering::Acquire) {
+            return Err(Unavailable(self.health.reason()));
+        }
+        if self.health.backlog.load(Ordering::Relaxed) >= self.max_backlog {
+            return Err(Unavailable(format!(
+                "the audit writer is {} records behind (max_backlog)",
+                self.max_backlog
+            )));
+        }
+        let len = p.data.len() as u64;
+        let queued = self.health.body_bytes.fetch_add(len, Ordering::Relaxed);
+        if queued + len > self.max_backlog_bytes {
+            self.health.body_bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(Unavailable(format!(
+                "the audit writer is {queued} body bytes behind (max_backlog_bytes)"
+            )));
+        }
+        self.health.backlog.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.tx.try_send(Msg::Body(p)) {
+            self.health.body_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.health.backlog.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unavailable(match e {
+                mpsc::error::TrySendError::Full(_) => "the audit writer's queue is full".into(),
+                mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped".into(),
+            }));
+        }
+        Ok(())
     }
 
     /// With `required`: why a new request must be refused now (the store failed, or its
@@ -215,6 +287,9 @@ pub fn spawn(
         required: settings.required,
         wait: settings.durability != Durability::None,
         max_backlog: settings.max_backlog,
+        level: settings.level,
+        max_body_bytes: settings.max_body_bytes,
+        max_backlog_bytes: settings.max_backlog_bytes,
     };
     let settings = settings.clone();
     let thread = std::thread::Builder::new()
@@ -296,6 +371,7 @@ impl Writer {
         match m {
             Msg::Open(r, h, ack) => self.pending.push_back(Item::Open(r, h, ack)),
             Msg::Finals(v) => self.pending.extend(v.into_iter().map(Item::Final)),
+            Msg::Body(p) => self.pending.push_back(Item::Body(p)),
             Msg::Flush(ack) => self.pending.push_back(Item::Flush(Some(ack))),
         }
     }
@@ -351,6 +427,7 @@ impl Writer {
         match item {
             Item::Open(r, h, _) => self.store.append(Kind::Open, r, h),
             Item::Final(r) => self.store.append(Kind::Final, r, &r.response_headers),
+            Item::Body(p) => self.store.append_body(p),
             Item::Flush(_) => {}
         }
     }
@@ -367,6 +444,7 @@ impl Writer {
             self.pending.extend(items);
             return Err(e);
         }
+        self.written_bytes(items.iter().map(Item::body_bytes).sum());
         self.health.ok();
         if self.unsynced_since.is_none() {
             self.unsynced_since = Some(Instant::now());
@@ -384,6 +462,7 @@ impl Writer {
                 self.pending.push_front(item);
                 return Err(e);
             }
+            self.written_bytes(item.body_bytes());
             self.unsynced.push(item);
             self.acknowledge();
         }
@@ -391,10 +470,19 @@ impl Writer {
         Ok(())
     }
 
+    fn written_bytes(&self, n: u64) {
+        if n > 0 {
+            self.health.body_bytes.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
     fn sync(&mut self) -> Result<(), Error> {
         if let Err(e) = self.store.sync() {
             // The store cut the file back to what was durable: write these again.
             let back: Vec<Item> = self.unsynced.drain(..).collect();
+            // Counted again until they are written again.
+            let bytes: u64 = back.iter().map(Item::body_bytes).sum();
+            self.health.body_bytes.fetch_add(bytes, Ordering::Relaxed);
             for i in back.into_iter().rev() {
                 self.pending.push_front(i);
             }
@@ -423,7 +511,8 @@ impl Writer {
         let bound = self.settings.max_backlog;
         if self.pending.len() > bound {
             let n = self.pending.len() - bound;
-            self.pending.drain(..n);
+            let bytes: u64 = self.pending.drain(..n).map(|i| i.body_bytes()).sum();
+            self.written_bytes(bytes);
             self.health.backlog.fetch_sub(n, Ordering::Relaxed);
             tracing::error!(
                 dropped = n,

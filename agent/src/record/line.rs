@@ -402,6 +402,8 @@ mod tests {
             },
             response_headers: Vec::new(),
             approval: None,
+            body: None,
+            unaudited: false,
         }
     }
 

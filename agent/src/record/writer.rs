@@ -40,8 +40,9 @@ pub async fn run(mut rx: mpsc::Receiver<Record>, audit: Option<crate::audit::Han
             // The store's thread takes the batch; a full store queue makes this task wait,
             // and so the record queue behind it (never a dropped record).
             Some(a) => {
-                a.finals(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                    .await;
+                let mut b = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                b.retain(|r| !r.unaudited);
+                a.finals(b).await;
             }
             None => batch.clear(),
         }

@@ -24,6 +24,7 @@ use sluice_tests::{Agent, AgentSpec, TestCgroup, servers, virtual_ip};
 
 mod approvals;
 mod audit;
+mod audit_latency;
 mod client;
 mod inprocess;
 mod masking;
@@ -82,7 +83,18 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Some("--tokens-only") => return tokens::token_cost(20_000),
-        Some("--audit-only") => return audit::audit_cost(),
+        Some("--audit-only") => {
+            audit::audit_cost()?;
+            return audit_latency::run(10_000);
+        }
+        Some("audit-latency-client") => {
+            let plan: audit_latency::Plan =
+                serde_json::from_str(args.get(2).context("audit-latency-client PLAN")?)
+                    .context("plan")?;
+            let r = audit_latency::child(&plan)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
         Some("client") => {
             let plan: client::Plan =
                 serde_json::from_str(args.get(2).context("client PLAN")?).context("plan")?;
@@ -444,6 +456,7 @@ fn parent(p: &Params) -> Result<()> {
     inprocess::identity_cost(20_000)?;
     tokens::token_cost(20_000)?;
     audit::audit_cost()?;
+    audit_latency::run(p.requests.min(10_000))?;
     drop((haproxy, nginx));
     Ok(())
 }
