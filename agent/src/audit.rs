@@ -39,7 +39,7 @@ pub use query::{Exchange, Filter, Listed, exchange, list, show};
 pub use settings::{Durability, Level, Retention, Settings};
 pub use store::{Recovered, Store};
 pub use tap::Tap;
-pub use thread::{Handle, Piece, Unavailable, spawn, start};
+pub use thread::{Handle, Opened, Piece, Unavailable, spawn, start};
 pub use verify::{Report, verify};
 
 /// Errors of the store, the key and the readers.

@@ -8,7 +8,7 @@
 //! | read | `read.rs`, `decode.rs` | body (bounded: size, deadline, memory budget), read as the server reads it | body bytes, JSON | 400, 408, 413, 503 |
 //! | classify | `adapter` | method, decoded path, JSON | operation | no |
 //! | identify | `identify` below, `identity` | connection's workload, credential headers, query | subject | 401 (bad token, conflicting credentials, token in the query, none where required) |
-//! | decide | `policy`, then `open_record` below → `audit` | operation, subject, JSON, switch | decision, masking plans (`mask.rs`), the opening record (durable before the request goes on) | 503 when recording is required and cannot be written |
+//! | decide | `policy`, then `open_record` below → `audit` | operation, subject, JSON, switch | decision, masking plans (`mask.rs`), the opening record (handed to the store here; durable before the response is released) | 503 when recording is required and cannot be written |
 //! | mask | `mask.rs` → `mask::body` | body, JSON, the masking plans decide made | the masked body; `mask_request` in the record | 403 (a `block` detector found something), 415/403/500 (a body it cannot scan, under `on_unscannable: refuse`) |
 //! | approve | `approve` below → `approval::hold` | decision, subject, workload, headers (justification), body (excerpt) | `Permit`, approval state | 403 on deny, on an approver's deny, on an approval's timeout, on a missing justification; 503 over the pending bounds or when the agent stops while held |
 //! | record body | `recording.rs` → `audit::Tap` (at `full` level) | the masked body | its body entries | 503 when recording is required and cannot be written |
@@ -56,7 +56,20 @@ pub async fn handle(
     in_flight: InFlight,
 ) -> Response<Body> {
     let mut rq = Request::start(ctx, conn, req, in_flight).await;
-    let (response, chain) = match stages(ctx, &mut rq).await {
+    let mut outcome = stages(ctx, &mut rq).await;
+    // The opening record was written and synced while the request went upstream: nothing
+    // is released to the client before it is durable. With `required`, one that could not
+    // be made durable refuses the request here (the upstream's answer is dropped).
+    if let Some(opened) = rq.opened.take()
+        && let Err(why) = opened.durable().await
+        && ctx
+            .recorder
+            .audit()
+            .is_some_and(crate::audit::Handle::required)
+    {
+        outcome = Err(Refusal::unrecorded(&why));
+    }
+    let (response, chain) = match outcome {
         Ok(ok) => ok,
         Err(refusal) => {
             crate::metrics::refused(refusal.code);
@@ -181,8 +194,10 @@ fn decide(ctx: &Ctx, rq: &mut Request) {
 }
 
 /// The request's opening record, once its decision is made and before anything goes
-/// upstream or back: nothing is answered before it is durable at the store's configured
-/// level. With `required`, a record that cannot be written refuses the request.
+/// upstream or back. It is made durable (written, synced at the store's configured level)
+/// while the request goes on: `handle` waits for that before releasing the response, so the
+/// fsync overlaps the upstream's time instead of adding to it. With `required`, a store that
+/// has failed or whose queue is full refuses the request here, before anything is sent.
 async fn open_record(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
     let Some(audit) = ctx.recorder.audit() else {
         return Ok(());
@@ -195,9 +210,14 @@ async fn open_record(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
         return Ok(());
     };
     let headers = crate::audit::sanitize_headers(&rq.parts.headers);
-    match audit.open(snapshot, headers).await {
+    match audit.begin(snapshot, headers).await {
         Err(why) if audit.required() => Err(Refusal::unrecorded(&why)),
-        _ => {
+        Err(_) => {
+            recording::bodies(audit, rq);
+            Ok(())
+        }
+        Ok(opened) => {
+            rq.opened = Some(opened);
             recording::bodies(audit, rq);
             Ok(())
         }

@@ -360,7 +360,19 @@ const SECRET_NAMES: &[&str] = &[
     "session",
     "signature",
     "auth",
+    "jwt",
+    "assertion",
 ];
+
+/// A value that carries a credential whatever its header is called: an authorization
+/// scheme (any case), or a JWT (`eyJ….eyJ…`).
+fn secret_value(v: &[u8]) -> bool {
+    let starts = |p: &[u8]| v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p);
+    starts(b"bearer ")
+        || starts(b"basic ")
+        || starts(b"digest ")
+        || (v.starts_with(b"eyJ") && v.windows(4).any(|w| w == b".eyJ"))
+}
 
 /// What a removed value is replaced with: the header's presence is evidence, its value is not.
 pub const REMOVED: &str = "[removed]";
@@ -371,9 +383,8 @@ pub fn sanitize_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
     h.iter()
         .map(|(k, v)| {
             let name = k.as_str();
-            let secret = SECRET_NAMES.iter().any(|s| name.contains(s))
-                || v.as_bytes().starts_with(b"Bearer ")
-                || v.as_bytes().starts_with(b"Basic ");
+            let secret =
+                SECRET_NAMES.iter().any(|s| name.contains(s)) || secret_value(v.as_bytes());
             let value = if secret {
                 REMOVED.to_string()
             } else {

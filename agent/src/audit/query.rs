@@ -143,13 +143,24 @@ fn matches_ids(f: &Filter, ids: &Ids, e: &index::Entry) -> bool {
         && ids.rule.is_none_or(|r| e.rules.contains(&r))
 }
 
-/// Where every matching request record is.
+/// Where every matching request record is: through the index, and past its end by reading
+/// the segment.
 fn places(dir: &Path, f: &Filter) -> Result<Vec<Place>, Error> {
+    places_with(dir, f, true)
+}
+
+/// `places`; without `use_index`, every segment is read whole (the index is not signed,
+/// so `show` falls back to this when the index names no record of the id).
+fn places_with(dir: &Path, f: &Filter, use_index: bool) -> Result<Vec<Place>, Error> {
     let mut found: Vec<Place> = Vec::new();
     for (n, path) in segment::list(dir)? {
-        let ix = fs::read(dir.join(segment::idx_name(n)))
-            .map(|b| index::Index::parse(&b))
-            .unwrap_or_default();
+        let ix = if use_index {
+            fs::read(dir.join(segment::idx_name(n)))
+                .map(|b| index::Index::parse(&b))
+                .unwrap_or_default()
+        } else {
+            index::Index::default()
+        };
         if let Some(ids) = resolve(f, &ix) {
             for e in &ix.entries {
                 if matches_ids(f, &ids, e) {
@@ -231,6 +242,10 @@ pub fn list(dir: &Path, f: &Filter, limit: Option<usize>) -> Result<Vec<Listed>,
     out_places.sort_by_key(|p| (p.unix_ms, p.seq));
     for p in out_places {
         let Some(l) = read(dir, &p)? else { continue };
+        // The index is a hint, not signed: the record itself must match.
+        if !f.matches(&l.entry) {
+            continue;
+        }
         let id = l.entry.id;
         match kept.get(&id) {
             Some(k) if k.kind == Kind::Final => {}
@@ -265,8 +280,14 @@ pub fn show(dir: &Path, id: u64) -> Result<Vec<Listed>, Error> {
         ..Filter::default()
     };
     let mut out = Vec::new();
-    for p in places(dir, &f)? {
-        if let Some(l) = read(dir, &p)? {
+    let mut found = places(dir, &f)?;
+    if found.is_empty() {
+        found = places_with(dir, &f, false)?;
+    }
+    for p in found {
+        if let Some(l) = read(dir, &p)?
+            && l.entry.id == id
+        {
             out.push(l);
         }
     }

@@ -635,9 +635,10 @@ fn recover(dir: &Path, n: u64, path: &Path, rec: &mut Recovered) -> Result<Optio
             }
             Step::Bad { offset, why } => {
                 let at = offset as usize;
-                if !matches!(why, frame::Bad::Short)
-                    && let Some(next) = segment::frame_after(&bytes, at)
-                {
+                // A crash tears only the last record: whole records after a bad one mean an
+                // edit (a middle record's length raised past the end reads as `Short` too),
+                // and cutting there would delete them and sign over the cut.
+                if let Some(next) = segment::frame_after(&bytes, at) {
                     return Err(Error::Damaged(format!(
                         "audit segment {} is damaged at offset {offset} ({why:?}) and whole records follow at offset {next}: not a crash's torn tail; run `sluice audit verify`, and move the segment out of {} to start a new chain",
                         path.display(),

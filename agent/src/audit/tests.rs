@@ -512,6 +512,14 @@ fn credentials_never_reach_the_record() {
     h.insert("x-api-key", "sk-canary".parse().expect("v"));
     h.insert("cookie", "s=sk-canary".parse().expect("v"));
     h.insert("x-custom", "Bearer sk-canary".parse().expect("v"));
+    h.insert("x-other", "bearer sk-canary".parse().expect("v"));
+    h.insert(
+        "x-forwarded-id",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzay1jYW5hcnkifQ.sk-canary"
+            .parse()
+            .expect("v"),
+    );
+    h.insert("cf-access-jwt-assertion", "sk-canary".parse().expect("v"));
     h.insert("content-type", "application/json".parse().expect("v"));
     let got = sanitize_headers(&h);
     assert!(got.iter().all(|(_, v)| !v.contains("sk-canary")), "{got:?}");
@@ -673,4 +681,109 @@ fn the_shipped_config_records_and_a_config_without_audit_does_not() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn a_middle_records_length_raised_past_the_end_is_damage_not_a_torn_tail() {
+    let d = Dir::new("raised");
+    let s = settings(&d.0);
+    let (mut st, _) = Store::open(&s).expect("open");
+    for i in 1..=6 {
+        st.append(Kind::Final, &record(i, "a", "m", true), &[]);
+    }
+    st.flush().expect("flush");
+    std::mem::forget(st);
+    let seg = d.0.join(segment::seg_name(1));
+    let fr = frames_of(&seg);
+    let (off, _, _, _) = fr[2];
+    let mut b = fs::read(&seg).expect("read");
+    // The third record now claims to run past the end of the file: it reads as `Short`.
+    let len = u32::try_from(b.len()).expect("small");
+    b[off..off + 4].copy_from_slice(&len.to_le_bytes());
+    fs::write(&seg, &b).expect("write");
+    let _ = fs::remove_file(d.0.join("lock"));
+    match Store::open(&s) {
+        Err(Error::Damaged(why)) => assert!(why.contains("whole records follow"), "{why}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("recovery cut the records after the edited one"),
+    }
+    assert_eq!(fs::read(&seg).expect("read"), b, "nothing was cut");
+    assert!(!d.0.join("00000001.torn").exists());
+}
+
+#[test]
+fn a_retired_key_signs_nothing_after_its_rotation() {
+    let d = Dir::new("retired");
+    let s = settings(&d.0);
+    filled(&d.0, &s, 10);
+    let old = key::read(&s.key_path()).expect("key");
+    key::generate(&key::next_path(&s.key_path())).expect("next key");
+    let (mut st, _) = Store::open(&s).expect("open");
+    st.append(Kind::Final, &record(11, "a", "m", true), &[]);
+    st.flush().expect("flush");
+    st.close().expect("close");
+    let new = key::read(&s.key_path()).expect("key").verifying_key();
+    // The old key leaked: the last checkpoint, after the rotation, re-signed with it.
+    let segs = segment::list(&d.0).expect("segments");
+    let (n, seg) = segs.last().expect("a segment").clone();
+    let fr = frames_of(&seg);
+    let (off, size, seq, kind) = *fr.last().expect("frames");
+    assert_eq!(kind, Kind::Checkpoint);
+    let b = fs::read(&seg).expect("read");
+    let f = frame::decode(&b[off..]).expect("frame");
+    let prev = f.prev;
+    let mut c: checkpoint::Checkpoint = serde_json::from_slice(f.body).expect("checkpoint");
+    c.body.key_id = key::id(&old.verifying_key());
+    c.body.public_key = frame::hex(old.verifying_key().as_bytes());
+    c.body.previous_key = None;
+    let forged = checkpoint::sign(&old, seq, &prev, c.body);
+    let mut out = b[..off].to_vec();
+    frame::encode(
+        &mut out,
+        Kind::Checkpoint,
+        seq,
+        &prev,
+        &serde_json::to_vec(&forged).expect("json"),
+    );
+    out.extend_from_slice(&b[off + size..]);
+    fs::write(&seg, out).expect("write");
+    for anchor in [new, old.verifying_key()] {
+        let r = verify(&d.0, Some(anchor)).expect("verify");
+        let p = r.problems.join("\n");
+        assert!(
+            p.contains(&format!("segment {n}, checkpoint seq {seq}"))
+                && p.contains("a rotation had retired"),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn an_index_with_lines_removed_hides_no_record_from_show() {
+    let d = Dir::new("hide");
+    let s = settings(&d.0);
+    filled(&d.0, &s, 12);
+    // Every index line of request 7 removed (the lines are `[seq, offset, size, kind, id, ...]`),
+    // so the index still covers the whole segment.
+    let mut hidden = 0;
+    for (n, _) in segment::list(&d.0).expect("segments") {
+        let ix = d.0.join(segment::idx_name(n));
+        let Ok(text) = fs::read_to_string(&ix) else {
+            continue;
+        };
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                let hide = v.get(4).and_then(serde_json::Value::as_u64) == Some(7);
+                hidden += usize::from(hide);
+                !hide
+            })
+            .collect();
+        fs::write(&ix, kept.join("\n") + "\n").expect("write index");
+    }
+    assert_eq!(hidden, 2, "the opening and final records' lines");
+    let shown = show(&d.0, 7).expect("show");
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(shown.iter().all(|l| l.entry.id == 7));
 }

@@ -205,6 +205,18 @@ impl Handle {
     /// level. An error means it was not (the caller refuses the request if recording is
     /// required); without `required` the record is still kept for a retry.
     pub async fn open(&self, r: Record, headers: Vec<(String, String)>) -> Result<(), Unavailable> {
+        self.begin(r, headers).await?.durable().await
+    }
+
+    /// Hands a request's opening record to the store without waiting for it to be durable:
+    /// the request goes upstream while the store writes and syncs, and [`Opened::durable`]
+    /// is awaited before its response (or refusal) is released. An error here (the store
+    /// has failed, its queue is full) comes before anything was sent.
+    pub async fn begin(
+        &self,
+        r: Record,
+        headers: Vec<(String, String)>,
+    ) -> Result<Opened, Unavailable> {
         if let Some(why) = self.refusal() {
             return Err(why);
         }
@@ -235,14 +247,7 @@ impl Handle {
             self.health.backlog.fetch_sub(1, Ordering::Relaxed);
             return Err(e);
         }
-        match done {
-            None => Ok(()),
-            Some(rx) => match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(why)) => Err(Unavailable(why)),
-                Err(_) => Err(Unavailable("the audit writer has stopped".into())),
-            },
-        }
+        Ok(Opened(done))
     }
 
     /// Hands finished records to the store (waits for room: the record queue behind it
@@ -270,6 +275,26 @@ impl Handle {
         rx.await
             .map_err(|_| Unavailable("the audit writer has stopped".into()))?
             .map_err(Unavailable)
+    }
+}
+
+/// An opening record handed to the store; `durable` says when it is written and synced at
+/// the configured durability.
+#[derive(Debug)]
+#[must_use = "a response must not be released before its opening record is durable"]
+pub struct Opened(Option<oneshot::Receiver<Result<(), String>>>);
+
+impl Opened {
+    /// Waits until the record is durable (at once with `durability: none`).
+    pub async fn durable(self) -> Result<(), Unavailable> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(Unavailable(why)),
+                Err(_) => Err(Unavailable("the audit writer has stopped".into())),
+            },
+        }
     }
 }
 

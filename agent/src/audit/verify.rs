@@ -9,10 +9,14 @@
 //! trusted key through endorsed rotations; and that the store starts at its first record
 //! or where a signed retention cut says it now starts.
 //!
-//! What it cannot see: records cut off the newest segment after its last checkpoint look
-//! like a crash's torn tail (they are reported, not failed); ship checkpoints off the host
-//! (`sluice audit list --json`, a log shipper) to close that gap.
-use std::{collections::HashSet, path::Path};
+//! What it cannot see: the newest end of the store. Records cut off the newest segment
+//! after its last checkpoint look like a crash's torn tail (reported, not failed); the
+//! newest segments deleted whole, or the last one cut back at a record boundary to an
+//! earlier checkpoint, leave a store that ends as a stopped agent's does. Compare the last
+//! sequence number and checkpoint it reports with a copy shipped off the host (`sluice
+//! audit export --follow` to a log shipper) to close that gap. The agent's own crash
+//! recovery never cuts more than a torn last record: whole records after a bad one stop it.
+use std::path::Path;
 
 use ed25519_dalek::VerifyingKey;
 
@@ -221,8 +225,12 @@ pub fn verify(dir: &Path, anchor: Option<VerifyingKey>) -> Result<Report, Error>
     Ok(r)
 }
 
-/// Which checkpoint keys are trusted: the anchor, and every key linked to a trusted one by
-/// a rotation (the old key's endorsement of the new, inside a checkpoint the new key signed).
+/// Which checkpoint keys are trusted, in chain order: one key is in force at a time, from
+/// the first checkpoint (or the rotation that brought it in) to the rotation that retires
+/// it. A rotation counts only when the key in force endorsed the new one; a checkpoint signed
+/// by any other key — a retired one included, so a leaked old key cannot sign records made
+/// after the rotation — is a problem. The anchor must be one of the keys in force; the
+/// others are trusted through the endorsements that link them to it.
 fn trust(r: &mut Report, signed: &[Signed], anchor: Option<VerifyingKey>) {
     let Some(anchor) = anchor.or_else(|| signed.first().map(|s| s.public)) else {
         r.problems
@@ -230,43 +238,70 @@ fn trust(r: &mut Report, signed: &[Signed], anchor: Option<VerifyingKey>) {
         return;
     };
     let anchor_id = key::id(&anchor);
-    let mut links = Vec::new();
+    // The keys in force, in order, each with the checkpoints it signed (segment, seq).
+    let mut epochs: Vec<(String, Vec<(u64, u64)>)> = Vec::new();
     for s in signed {
         let c = &s.checkpoint.body;
         if !r.keys.contains(&c.key_id) {
             r.keys.push(c.key_id.clone());
         }
-        if let Some(p) = &c.previous_key {
-            match key::parse_public_hex(&p.public_key) {
-                Some(old) if key::id(&old) == p.key_id && key::endorsed(&old, &s.public, &p.endorsement) => {
-                    links.push((p.key_id.clone(), c.key_id.clone()));
+        let in_force = epochs.last().map(|(k, _)| k.clone());
+        let rotation_from = match &c.previous_key {
+            None => None,
+            Some(p) => match key::parse_public_hex(&p.public_key) {
+                Some(old)
+                    if key::id(&old) == p.key_id
+                        && key::endorsed(&old, &s.public, &p.endorsement) =>
+                {
+                    Some(p.key_id.clone())
                 }
-                _ => r.problems.push(format!(
-                    "segment {}, checkpoint seq {}: names key {} as its predecessor without that key's valid endorsement",
-                    s.segment, s.seq, p.key_id
-                )),
+                _ => {
+                    r.problems.push(format!(
+                        "segment {}, checkpoint seq {}: names key {} as its predecessor without that key's valid endorsement",
+                        s.segment, s.seq, p.key_id
+                    ));
+                    None
+                }
+            },
+        };
+        match (in_force, rotation_from) {
+            // The first checkpoint, or a rotation endorsed by the key in force.
+            (None, _) => epochs.push((c.key_id.clone(), vec![(s.segment, s.seq)])),
+            (Some(cur), Some(old)) if old == cur && cur != c.key_id => {
+                epochs.push((c.key_id.clone(), vec![(s.segment, s.seq)]));
+            }
+            (Some(cur), _) if cur == c.key_id => {
+                if let Some((_, list)) = epochs.last_mut() {
+                    list.push((s.segment, s.seq));
+                }
+            }
+            (Some(cur), Some(old)) => r.problems.push(format!(
+                "segment {}, checkpoint seq {}: a rotation to key {} endorsed by key {old}, which is not the key in force ({cur}): only the key in force can hand over",
+                s.segment, s.seq, c.key_id
+            )),
+            (Some(cur), None) => {
+                let retired = epochs.iter().any(|(k, _)| *k == c.key_id);
+                r.problems.push(format!(
+                    "segment {}, checkpoint seq {}: signed by key {}, {}; the key in force there is {cur}",
+                    s.segment,
+                    s.seq,
+                    c.key_id,
+                    if retired {
+                        "which a rotation had retired (a retired key signs nothing after its rotation)"
+                    } else {
+                        "which no rotation brought in"
+                    }
+                ));
             }
         }
     }
-    let mut trusted: HashSet<String> = HashSet::from([anchor_id.clone()]);
-    loop {
-        let before = trusted.len();
-        for (a, b) in &links {
-            if trusted.contains(a) || trusted.contains(b) {
-                trusted.insert(a.clone());
-                trusted.insert(b.clone());
+    if !epochs.iter().any(|(k, _)| *k == anchor_id) {
+        for (k, list) in &epochs {
+            for (segment, seq) in list {
+                r.problems.push(format!(
+                    "segment {segment}, checkpoint seq {seq}: signed by key {k}, which is neither the trusted key {anchor_id} nor endorsed through a rotation from it"
+                ));
             }
-        }
-        if trusted.len() == before {
-            break;
-        }
-    }
-    for s in signed {
-        if !trusted.contains(&s.checkpoint.body.key_id) {
-            r.problems.push(format!(
-                "segment {}, checkpoint seq {}: signed by key {}, which is neither the trusted key {anchor_id} nor endorsed through a rotation from it",
-                s.segment, s.seq, s.checkpoint.body.key_id
-            ));
         }
     }
 }

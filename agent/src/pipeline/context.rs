@@ -98,6 +98,9 @@ pub struct Request {
     pub clock: Clock,
     /// Add `x-sluice-overhead-us` to the response.
     pub overhead_header: bool,
+    /// The opening record in the store, until it is durable: awaited before the response
+    /// (or a refusal) is released (`pipeline::handle`).
+    pub opened: Option<crate::audit::Opened>,
     end: RequestEnd,
 }
 
@@ -145,6 +148,7 @@ impl Request {
             masking: None,
             clock,
             overhead_header: ctx.overhead_header,
+            opened: None,
             end: RequestEnd {
                 record,
                 in_flight: Some(in_flight),
