@@ -86,7 +86,7 @@ fn run_one(requests: usize, durability: &str) -> Result<()> {
         .map(|m| m.len())
         .sum();
     println!(
-        "`durability: {durability}`. Concurrency 1: {requests} chat completions then {} streamed ones (the test server's, a few SSE events each) to two targets of one agent whose store records at `full` (group commit every 5 ms; with `group` a request waits for its opening record's fsync before it goes upstream, with `none` it does not): one at the store's level (request body and every response chunk recorded), one with `audit_level: none`; paired request by request, the order swapped every time. The store ({}) held {:.1} MiB after the run.\n",
+        "`durability: {durability}`. Concurrency 1: {requests} chat completions then {} streamed ones (the test server's, a few SSE events each) to two targets of one agent whose store records at `full` (group commit every 5 ms; with `group` a response waits for its opening record's fsync, which runs while the request is upstream; with `none` nothing waits): one at the store's level (request body and every response chunk recorded), one with `audit_level: none`; paired request by request, the order swapped every time. The store ({}) held {:.1} MiB after the run.\n",
         requests / 4,
         fs_type(&store),
         stored as f64 / (1 << 20) as f64
