@@ -22,42 +22,70 @@ pub struct StoreArgs {
 
 // Parsed once per command run: the size of its largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
+/// The filters of `list` and `export`; every one given must match.
+#[derive(clap::Args)]
+pub struct FilterArgs {
+    /// RFC 3339 time (2026-01-02T03:04:05Z) or a duration ago (15m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+    /// The token's subject.
+    #[arg(long)]
+    subject: Option<String>,
+    /// One of the token's groups.
+    #[arg(long)]
+    group: Option<String>,
+    /// The process name, executable path or container id.
+    #[arg(long)]
+    workload: Option<String>,
+    /// The systemd unit.
+    #[arg(long)]
+    unit: Option<String>,
+    /// The user name.
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// allow, deny, hold, refuse or cancelled.
+    #[arg(long)]
+    decision: Option<String>,
+    /// A policy rule id among those that decided.
+    #[arg(long)]
+    rule: Option<String>,
+}
+
+impl FilterArgs {
+    /// The store's filter; an error names a time it cannot read.
+    fn filter(self) -> Result<Filter, String> {
+        let time = |t: Option<String>| t.map(|t| when(&t)).transpose();
+        Ok(Filter {
+            since_ms: time(self.since)?,
+            until_ms: time(self.until)?,
+            id: None,
+            subject: self.subject,
+            group: self.group,
+            workload: self.workload,
+            unit: self.unit,
+            user: self.user,
+            target: self.target,
+            model: self.model,
+            decision: self.decision,
+            rule: self.rule,
+        })
+    }
+}
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Requests recorded, oldest first; every filter given must match.
     List {
         #[command(flatten)]
         store: StoreArgs,
-        /// RFC 3339 time (2026-01-02T03:04:05Z) or a duration ago (15m, 2h, 7d).
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
-        /// The token's subject.
-        #[arg(long)]
-        subject: Option<String>,
-        /// One of the token's groups.
-        #[arg(long)]
-        group: Option<String>,
-        /// The process name, executable path or container id.
-        #[arg(long)]
-        workload: Option<String>,
-        /// The systemd unit.
-        #[arg(long)]
-        unit: Option<String>,
-        /// The user name.
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long)]
-        target: Option<String>,
-        #[arg(long)]
-        model: Option<String>,
-        /// allow, deny, hold, refuse or cancelled.
-        #[arg(long)]
-        decision: Option<String>,
-        /// A policy rule id among those that decided.
-        #[arg(long)]
-        rule: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Only the newest N.
         #[arg(long)]
         limit: Option<usize>,
@@ -108,28 +136,8 @@ pub enum Command {
         /// Leave body entries (`level: full`) out.
         #[arg(long)]
         no_bodies: bool,
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long)]
-        subject: Option<String>,
-        #[arg(long)]
-        group: Option<String>,
-        #[arg(long)]
-        workload: Option<String>,
-        #[arg(long)]
-        unit: Option<String>,
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long)]
-        target: Option<String>,
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long)]
-        decision: Option<String>,
-        #[arg(long)]
-        rule: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Checks the whole store; exit 1 with where, when anything was edited, deleted,
     /// reordered, truncated, swapped or signed by an untrusted key.
@@ -194,17 +202,7 @@ pub fn run(cmd: Command, load: &dyn Fn(Option<PathBuf>) -> Result<Config, ExitCo
     match cmd {
         Command::List {
             store,
-            since,
-            until,
-            subject,
-            group,
-            workload,
-            unit,
-            user,
-            target,
-            model,
-            decision,
-            rule,
+            filter,
             limit,
             json,
         } => {
@@ -212,24 +210,9 @@ pub fn run(cmd: Command, load: &dyn Fn(Option<PathBuf>) -> Result<Config, ExitCo
                 Ok(s) => s,
                 Err(c) => return c,
             };
-            let time = |t: Option<String>| t.map(|t| when(&t)).transpose();
-            let (since_ms, until_ms) = match (time(since), time(until)) {
-                (Ok(a), Ok(b)) => (a, b),
-                (Err(e), _) | (_, Err(e)) => return fail(e),
-            };
-            let f = Filter {
-                since_ms,
-                until_ms,
-                id: None,
-                subject,
-                group,
-                workload,
-                unit,
-                user,
-                target,
-                model,
-                decision,
-                rule,
+            let f = match filter.filter() {
+                Ok(f) => f,
+                Err(e) => return fail(e),
             };
             match super::list(&s.dir, &f, limit) {
                 Ok(found) => {
@@ -276,17 +259,7 @@ pub fn run(cmd: Command, load: &dyn Fn(Option<PathBuf>) -> Result<Config, ExitCo
             poll_ms,
             after_seq,
             no_bodies,
-            since,
-            until,
-            subject,
-            group,
-            workload,
-            unit,
-            user,
-            target,
-            model,
-            decision,
-            rule,
+            filter,
         } => {
             if format != "jsonl" {
                 return fail(format!("--format {format}: only jsonl"));
@@ -295,24 +268,9 @@ pub fn run(cmd: Command, load: &dyn Fn(Option<PathBuf>) -> Result<Config, ExitCo
                 Ok(s) => s,
                 Err(c) => return c,
             };
-            let time = |t: Option<String>| t.map(|t| when(&t)).transpose();
-            let (since_ms, until_ms) = match (time(since), time(until)) {
-                (Ok(a), Ok(b)) => (a, b),
-                (Err(e), _) | (_, Err(e)) => return fail(e),
-            };
-            let f = Filter {
-                since_ms,
-                until_ms,
-                id: None,
-                subject,
-                group,
-                workload,
-                unit,
-                user,
-                target,
-                model,
-                decision,
-                rule,
+            let f = match filter.filter() {
+                Ok(f) => f,
+                Err(e) => return fail(e),
             };
             let ex = super::export::Exporter::new(&s.dir, f, !no_bodies, after_seq);
             export(ex, follow, Duration::from_millis(poll_ms.max(10)))

@@ -354,24 +354,26 @@ fn two_swapped_segments_are_located() {
     assert!(p.contains("00000003.seg holds segment 2's records"), "{p}");
 }
 
-#[test]
-fn a_last_checkpoint_signed_by_another_key_is_located() {
-    let d = Dir::new("forge");
-    filled(&d.0, &settings(&d.0), 30);
-    let segs = segment::list(&d.0).expect("segments");
+/// Replaces the newest segment's last record, a checkpoint, with one signed by `signer`
+/// (naming it as its key; `edit` changes the rest); (segment, seq) of it.
+fn resign_last_checkpoint(
+    dir: &Path,
+    signer: &ed25519_dalek::SigningKey,
+    edit: impl FnOnce(&mut checkpoint::Body),
+) -> (u64, u64) {
+    let segs = segment::list(dir).expect("segments");
     let (n, seg) = segs.last().expect("a segment").clone();
     let fr = frames_of(&seg);
     let (off, size, seq, kind) = *fr.last().expect("frames");
     assert_eq!(kind, Kind::Checkpoint);
     let b = fs::read(&seg).expect("read");
-    let old = frame::decode(&b[off..]).expect("frame");
-    let prev = old.prev;
-    let mut c: checkpoint::Checkpoint = serde_json::from_slice(old.body).expect("checkpoint");
-    let other_path = d.0.join("other.key");
-    let other = key::generate(&other_path).expect("key");
-    c.body.key_id = key::id(&other.verifying_key());
-    c.body.public_key = frame::hex(other.verifying_key().as_bytes());
-    let forged = checkpoint::sign(&other, seq, &prev, c.body);
+    let f = frame::decode(&b[off..]).expect("frame");
+    let prev = f.prev;
+    let mut c: checkpoint::Checkpoint = serde_json::from_slice(f.body).expect("checkpoint");
+    c.body.key_id = key::id(&signer.verifying_key());
+    c.body.public_key = frame::hex(signer.verifying_key().as_bytes());
+    edit(&mut c.body);
+    let forged = checkpoint::sign(signer, seq, &prev, c.body);
     let mut out = b[..off].to_vec();
     frame::encode(
         &mut out,
@@ -382,6 +384,15 @@ fn a_last_checkpoint_signed_by_another_key_is_located() {
     );
     out.extend_from_slice(&b[off + size..]);
     fs::write(&seg, out).expect("write");
+    (n, seq)
+}
+
+#[test]
+fn a_last_checkpoint_signed_by_another_key_is_located() {
+    let d = Dir::new("forge");
+    filled(&d.0, &settings(&d.0), 30);
+    let other = key::generate(&d.0.join("other.key")).expect("key");
+    let (n, seq) = resign_last_checkpoint(&d.0, &other, |_| {});
     let p = problems(&d.0);
     assert!(
         p.contains(&format!(
@@ -724,29 +735,7 @@ fn a_retired_key_signs_nothing_after_its_rotation() {
     st.close().expect("close");
     let new = key::read(&s.key_path()).expect("key").verifying_key();
     // The old key leaked: the last checkpoint, after the rotation, re-signed with it.
-    let segs = segment::list(&d.0).expect("segments");
-    let (n, seg) = segs.last().expect("a segment").clone();
-    let fr = frames_of(&seg);
-    let (off, size, seq, kind) = *fr.last().expect("frames");
-    assert_eq!(kind, Kind::Checkpoint);
-    let b = fs::read(&seg).expect("read");
-    let f = frame::decode(&b[off..]).expect("frame");
-    let prev = f.prev;
-    let mut c: checkpoint::Checkpoint = serde_json::from_slice(f.body).expect("checkpoint");
-    c.body.key_id = key::id(&old.verifying_key());
-    c.body.public_key = frame::hex(old.verifying_key().as_bytes());
-    c.body.previous_key = None;
-    let forged = checkpoint::sign(&old, seq, &prev, c.body);
-    let mut out = b[..off].to_vec();
-    frame::encode(
-        &mut out,
-        Kind::Checkpoint,
-        seq,
-        &prev,
-        &serde_json::to_vec(&forged).expect("json"),
-    );
-    out.extend_from_slice(&b[off + size..]);
-    fs::write(&seg, out).expect("write");
+    let (n, seq) = resign_last_checkpoint(&d.0, &old, |c| c.previous_key = None);
     for anchor in [new, old.verifying_key()] {
         let r = verify(&d.0, Some(anchor)).expect("verify");
         let p = r.problems.join("\n");
