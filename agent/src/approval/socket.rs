@@ -158,11 +158,14 @@ pub fn bind(path: &Path, group: &str) -> Result<UnixListener, Error> {
         // The mode and group below are set by path: in a directory others can write, the
         // socket could be swapped for a link to another file between `bind` and `chmod`.
         let meta = std::fs::metadata(dir).map_err(io_err)?;
-        if meta.mode() & 0o022 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+        // Writable by its group only when that group is root's (a umask of 002 gives that).
+        let others_write =
+            meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && meta.gid() != 0);
+        if others_write || meta.uid() != nix::unistd::geteuid().as_raw() {
             return Err(io_err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
-                    "its directory {} must be owned by the agent's user and writable by nobody else (mode {:o})",
+                    "its directory {} must be owned by the agent's user and writable by nobody else but root (mode {:o})",
                     dir.display(),
                     meta.mode() & 0o7777
                 ),
@@ -227,4 +230,40 @@ pub async fn request(path: &Path, cmd: &Command) -> Result<Answer, Error> {
             },
         })?;
     serde_json::from_slice(&buf).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of this test's own under the temp directory, removed on drop.
+    struct Dir(std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_never_bound_where_others_can_swap_it() {
+        let d = Dir(std::env::temp_dir().join(format!("sluice-approvers-{}", std::process::id())));
+        std::fs::create_dir_all(&d.0).expect("dir");
+        let root_group = nix::unistd::Group::from_gid(nix::unistd::getegid())
+            .ok()
+            .flatten()
+            .map(|g| g.name)
+            .expect("the test's group has a name");
+        std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = bind(&d.0.join("a.sock"), &root_group).expect_err("world-writable directory");
+        assert!(err.to_string().contains("writable by nobody else"), "{err}");
+        assert!(!d.0.join("a.sock").exists());
+        std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let _l = bind(&d.0.join("a.sock"), &root_group).expect("a directory only its owner writes");
+        let mode = std::fs::metadata(d.0.join("a.sock"))
+            .expect("socket")
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o660);
+    }
 }
