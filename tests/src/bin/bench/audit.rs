@@ -95,7 +95,8 @@ fn settings(d: &Path, durability: Durability) -> Settings {
     }
 }
 
-fn fs_type(p: &Path) -> String {
+/// The filesystem type of `p` (fsync costs are the disk's; the report names it).
+pub fn fs_type(p: &Path) -> String {
     std::process::Command::new("stat")
         .args(["-f", "-c", "%T"])
         .arg(p)
@@ -104,29 +105,27 @@ fn fs_type(p: &Path) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// CPU time this process has used (user + system), in seconds: with the machine shared, the
-/// records per CPU-second say what the store costs apart from the wait for a core.
-fn cpu_secs() -> f64 {
+/// User + system CPU time of `who` (`RUSAGE_SELF`, `RUSAGE_THREAD`), in seconds.
+fn rusage_secs(who: libc::c_int) -> f64 {
     let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    // SAFETY: getrusage fills the struct it is given; both `who` used here are valid.
     let u = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        libc::getrusage(who, u.as_mut_ptr());
         u.assume_init()
     };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// CPU time this process has used, in seconds: with the machine shared, the records per
+/// CPU-second say what the store costs apart from the wait for a core.
+fn cpu_secs() -> f64 {
+    rusage_secs(libc::RUSAGE_SELF)
+}
+
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu_secs() -> f64 {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: as in `cpu_secs`; RUSAGE_THREAD names the calling thread.
-    let u = unsafe {
-        libc::getrusage(libc::RUSAGE_THREAD, u.as_mut_ptr());
-        u.assume_init()
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
+    rusage_secs(libc::RUSAGE_THREAD)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {

@@ -88,7 +88,7 @@ fn run_one(requests: usize, durability: &str) -> Result<()> {
     println!(
         "`durability: {durability}`. Concurrency 1: {requests} chat completions then {} streamed ones (the test server's, a few SSE events each) to two targets of one agent whose store records at `full` (group commit every 5 ms; with `group` a response waits for its opening record's fsync, which runs while the request is upstream; with `none` nothing waits): one at the store's level (request body and every response chunk recorded), one with `audit_level: none`; paired request by request, the order swapped every time. The store ({}) held {:.1} MiB after the run.\n",
         requests / 4,
-        fs_type(&store),
+        super::audit::fs_type(&store),
         stored as f64 / (1 << 20) as f64
     );
     {
@@ -124,13 +124,4 @@ pub fn child(plan: &Plan) -> Result<Results> {
         plan.requests / 4,
     )?;
     Ok(r)
-}
-
-fn fs_type(p: &std::path::Path) -> String {
-    std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(p)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "?".into())
 }
