@@ -188,7 +188,7 @@ fn tls_connect(addr: SocketAddr, cfg: &std::sync::Arc<rustls::ClientConfig>) -> 
 }
 
 /// Reads one HTTP/1.1 response (headers + Content-Length body); returns body length.
-fn read_response<S: Read>(r: &mut BufReader<S>) -> Result<usize> {
+pub(crate) fn read_response<S: Read>(r: &mut BufReader<S>) -> Result<usize> {
     let mut len = None;
     let mut line = String::new();
     loop {
@@ -280,7 +280,7 @@ fn bulk(addr: SocketAddr, mb: usize, out: &mut PathResult) -> Result<()> {
 }
 
 pub const CHAT: &str = r#"{"model":"test-model","messages":[{"role":"user","content":"hello"}]}"#;
-const CHAT_STREAM: &str =
+pub(crate) const CHAT_STREAM: &str =
     r#"{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
 
 /// `post`, with `Authorization: Bearer <token>` when given. The request is formatted first and
@@ -288,7 +288,7 @@ const CHAT_STREAM: &str =
 /// formatted piece as its own segment (`TCP_NODELAY`), and the token's piece alone was one more
 /// segment, one more wakeup and read of the agent, and +17–27 µs p50 that a same-size header
 /// that is no credential paid too.
-fn post_as(w: &mut impl Write, body: &str, token: Option<&str>) -> Result<()> {
+pub(crate) fn post_as(w: &mut impl Write, body: &str, token: Option<&str>) -> Result<()> {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -299,7 +299,7 @@ fn post_as(w: &mut impl Write, body: &str, token: Option<&str>) -> Result<()> {
 }
 
 /// Reads a chunked response; returns (time of the first data chunk, time of the end).
-fn read_chunked<S: Read>(r: &mut BufReader<S>) -> Result<(Instant, Instant)> {
+pub(crate) fn read_chunked<S: Read>(r: &mut BufReader<S>) -> Result<(Instant, Instant)> {
     let mut line = String::new();
     loop {
         line.clear();

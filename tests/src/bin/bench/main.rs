@@ -16,7 +16,9 @@
 //! (netns.rs; also part of the full run), `--masking-only` the masking engine in process and
 //! response masking through the agent, on vs off (masking.rs; also in the full run),
 //! `--approvals-only` other clients' latency and the
-//! agent's memory with 1,000 requests held for approval (approvals.rs; also in the full run).
+//! agent's memory with 1,000 requests held for approval (approvals.rs; also in the full run),
+//! `--floor-only` what minimal proxies built into the bench add next to HAProxy and Sluice
+//! (floor.rs).
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
@@ -26,6 +28,7 @@ mod approvals;
 mod audit;
 mod audit_latency;
 mod client;
+mod floor;
 mod inprocess;
 mod masking;
 mod netns;
@@ -50,7 +53,7 @@ struct Params {
     load_rounds: usize,
 }
 
-const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --policy-only, --identity-only, --mask-only, --masking-only, --netns-only, --approvals-only, --tokens-only or --audit-only alone";
+const USAGE: &str = "use --runtime per-core|shared --agent-yaml \"key: value\" --setups N --requests N --bulk-mb N --workers N --load-connections N --load-seconds S --load-rounds N; or --stress [--seconds S] [--connections N] [--workers N]; or --floor-only [--rounds N] [--requests N] [--no-sluice]; or --policy-only, --identity-only, --mask-only, --masking-only, --netns-only, --approvals-only, --tokens-only or --audit-only alone";
 
 /// The streams of the masking rows: events per stream, the upstream's gap between events,
 /// streams per side.
@@ -120,6 +123,14 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Some("--stress") => return stress::run(&stress_params(&args[2..])?),
+        Some("--floor-only") => return floor::run(&floor_params(&args[2..])?),
+        Some("floor-client") => {
+            let plan: floor::Plan =
+                serde_json::from_str(args.get(2).context("floor-client PLAN")?).context("plan")?;
+            let r = floor::child(&plan)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
         _ => {}
     }
     let mut p = Params {
@@ -172,6 +183,28 @@ fn stress_params(args: &[String]) -> Result<stress::Params> {
             "--seconds" => p.seconds = val()? as u64,
             "--connections" => p.connections = val()?,
             "--workers" => p.workers = val()?,
+            other => bail!("unknown argument {other}; {USAGE}"),
+        }
+    }
+    Ok(p)
+}
+
+fn floor_params(args: &[String]) -> Result<floor::Params> {
+    let mut p = floor::Params {
+        rounds: 5,
+        requests: 3000,
+        sluice: true,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--no-sluice" {
+            p.sluice = false;
+            continue;
+        }
+        let mut val = || -> Result<usize> { Ok(it.next().context("missing value")?.parse()?) };
+        match a.as_str() {
+            "--rounds" => p.rounds = val()?,
+            "--requests" => p.requests = val()?,
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
