@@ -6,9 +6,11 @@
 //! - floor B (`h1`): HTTP/1.1 keep-alive on `httparse`, bodies by their framing;
 //! - floor C (`hyper`): B's job through hyper's server and client connections.
 //!
-//! Every path gets one block of keep-alive chat completions per round (a client process of
-//! its own, inside the test cgroup, so the Sluice rows are intercepted), the order rotated
-//! each round; each block's proxy CPU time is read from `/proc/…/schedstat` around it.
+//! Each round (client processes inside the test cgroup, so the Sluice rows are intercepted):
+//! keep-alive chat completions on every path interleaved request by request, for latency; then
+//! a block per path, the order rotated each round, for each proxy's CPU time (read from
+//! `/proc/…/schedstat` around its block: the agent serves two rows, so only blocks separate
+//! them).
 use std::{net::SocketAddr, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -75,6 +77,48 @@ pub fn child(plan: &Plan) -> Result<HttpResult> {
     Ok(out)
 }
 
+/// The latency rounds, as JSON on the client's command line: one keep-alive connection per
+/// path, one chat completion on each in turn.
+#[derive(Serialize, Deserialize)]
+pub struct Interleaved {
+    pub addrs: Vec<SocketAddr>,
+    pub chats: usize,
+}
+
+/// The client side of one latency round: `WARM` untimed chat completions per path, then
+/// `chats` timed ones per path, one on each connection in turn, the first path of the turn
+/// moving on by one each time. Request by request, every path meets the same machine: on this
+/// VM a block of a few seconds can fall in a quiet moment (a wakeup that crosses to an idle
+/// vCPU: direct ~120 µs p50) while the next falls in a busy one (~30 µs), and the difference
+/// between two blocks was then the machine's, not the paths'.
+pub fn child_interleaved(plan: &Interleaved) -> Result<Vec<Vec<f64>>> {
+    use std::io::BufReader;
+    let mut conns = plan
+        .addrs
+        .iter()
+        .map(|a| {
+            let s = std::net::TcpStream::connect(a)?;
+            s.set_nodelay(true)?;
+            Ok(BufReader::new(s))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = vec![Vec::with_capacity(plan.chats); conns.len()];
+    let n = conns.len();
+    for i in 0..WARM + plan.chats {
+        for j in 0..n {
+            let k = (i + j) % n;
+            let r = &mut conns[k];
+            let t0 = Instant::now();
+            client::post_as(r.get_mut(), client::CHAT, None)?;
+            client::read_response(r)?;
+            if i >= WARM {
+                out[k].push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Whose CPU time a row reports.
 enum Cpu<'a> {
     None,
@@ -98,8 +142,11 @@ struct Path<'a> {
     cpu: Cpu<'a>,
 }
 
-/// One block's results.
+/// One round's results for one path.
 struct Block {
+    /// The interleaved latency round.
+    mixed: Vec<f64>,
+    /// The path's own block.
     chat: HttpResult,
     stream: HttpResult,
     /// CPU time of the proxy per chat completion (warm-up included in both), µs.
@@ -189,8 +236,27 @@ pub fn run(p: &Params) -> Result<()> {
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     };
+    let interleaved = |chats: usize| -> Result<Vec<Vec<f64>>> {
+        let plan = Interleaved {
+            addrs: paths.iter().map(|p| p.addr).collect(),
+            chats,
+        };
+        let out = cg
+            .command(exe)
+            .arg("floor-client-interleaved")
+            .arg(serde_json::to_string(&plan)?)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "interleaved floor client failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
     let mut results: Vec<Vec<Block>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 0..p.rounds {
+        let mut mixed = interleaved(p.requests)?.into_iter();
         // The order rotates: the place in the cycle alone moved results by tens of µs.
         for k in 0..paths.len() {
             let i = (k + round) % paths.len();
@@ -202,10 +268,18 @@ pub fn run(p: &Params) -> Result<()> {
                 .map(|(b, a)| (a - b) as f64 / 1e3 / (p.requests + WARM) as f64);
             let stream = block(path.addr, 0, p.requests / 4).with_context(|| path.name)?;
             results[i].push(Block {
+                mixed: Vec::new(),
                 chat,
                 stream,
                 cpu_us,
             });
+        }
+        for r in results.iter_mut() {
+            if let Some(b) = r.last_mut() {
+                b.mixed = mixed
+                    .next()
+                    .context("a path missing from the interleaved round")?;
+            }
         }
     }
     report(p, &paths, &results, threads);
@@ -228,7 +302,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn report(p: &Params, paths: &[Path<'_>], results: &[Vec<Block>], threads: usize) {
     let direct = &results[0];
-    // Per path and round: a percentile of this path's block minus direct's in that round.
+    // Per path and round: a statistic of this path's round minus direct's in that round.
     let added = |i: usize, f: &dyn Fn(&Block) -> f64| -> Vec<f64> {
         results[i]
             .iter()
@@ -236,8 +310,10 @@ fn report(p: &Params, paths: &[Path<'_>], results: &[Vec<Block>], threads: usize
             .map(|(b, d)| f(b) - f(d))
             .collect()
     };
-    let chat = |q: f64| move |b: &Block| pct(&b.chat.chat_us, q);
+    let mixed = |q: f64| move |b: &Block| pct(&b.mixed, q);
+    let block = |q: f64| move |b: &Block| pct(&b.chat.chat_us, q);
     let ttfb = |b: &Block| pct(&b.stream.ttfb_us, 0.5);
+    let cell = |v: Vec<f64>| format!("{:+.0} µs", median(v));
     println!("## The floor: minimal proxies on this machine (one run)\n");
     println!(
         "{} cores; the floor proxies and HAProxy with {threads} threads each, Sluice `runtime: per-core`, worker_threads 0; {}.\n",
@@ -245,33 +321,38 @@ fn report(p: &Params, paths: &[Path<'_>], results: &[Vec<Block>], threads: usize
         crate::command_line(&["haproxy", "-v"]),
     );
     println!(
-        "Concurrency 1, keep-alive: per path and round {} chat completions (POST, not streamed) after {WARM} untimed, then {} streamed ones on a new connection; {} rounds, the order rotated every round. Added = the path's percentile − direct's in the same round; the median over rounds. CPU: the proxy's threads (whole process for HAProxy and the agent; `schedstat`) per chat completion, the block's warm-up included.\n",
-        p.requests,
+        "Concurrency 1, keep-alive chat completions (POST, not streamed), {} rounds. Each round: {n} per path interleaved request by request (one connection per path, one request on each in turn), after {WARM} untimed each; then per path, the order rotated every round, a block of {n} on a connection of its own (after {WARM} untimed) and {} streamed ones on another. Added = the path's percentile − direct's in the same round, the median over rounds; the p50 and p99 columns pool all rounds. CPU: the proxy's time on CPU during its block (`schedstat`; the floors' runtime threads, HAProxy's and the agent's whole process) per chat completion, warm-up included.\n",
+        p.rounds,
         p.requests / 4,
-        p.rounds
+        n = p.requests,
     );
     println!(
-        "| path | chat p50 | added p50 | chat p99 | added p99 | first chunk p50 added | proxy CPU / request |"
+        "| path | p50 | added p50 | p99 | added p99 | added p50, blocks | first chunk p50 added, blocks | proxy CPU / request |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (i, path) in paths.iter().enumerate() {
         let r = &results[i];
-        let all: Vec<f64> = r.iter().flat_map(|b| b.chat.chat_us.clone()).collect();
+        let all: Vec<f64> = r.iter().flat_map(|b| b.mixed.clone()).collect();
         let cpu: Vec<f64> = r.iter().filter_map(|b| b.cpu_us).collect();
-        let (a50, a99, attfb) = if i == 0 {
-            (String::new(), String::new(), String::new())
+        let cells = if i == 0 {
+            vec![String::new(); 4]
         } else {
-            (
-                format!("{:+.0} µs", median(added(i, &chat(0.5)))),
-                format!("{:+.0} µs", median(added(i, &chat(0.99)))),
-                format!("{:+.0} µs", median(added(i, &ttfb))),
-            )
+            vec![
+                cell(added(i, &mixed(0.5))),
+                cell(added(i, &mixed(0.99))),
+                cell(added(i, &block(0.5))),
+                cell(added(i, &ttfb)),
+            ]
         };
         println!(
-            "| {} | {:.1} µs | {a50} | {:.1} µs | {a99} | {attfb} | {} |",
+            "| {} | {:.1} µs | {} | {:.1} µs | {} | {} | {} | {} |",
             path.name,
             pct(&all, 0.5),
+            cells[0],
             pct(&all, 0.99),
+            cells[1],
+            cells[2],
+            cells[3],
             if cpu.is_empty() {
                 "—".to_string()
             } else {
@@ -279,34 +360,28 @@ fn report(p: &Params, paths: &[Path<'_>], results: &[Vec<Block>], threads: usize
             },
         );
     }
-    for (what, q) in [("p50", 0.5), ("p99", 0.99)] {
-        println!("\nAdded chat {what} per round (µs; direct: its own {what}):\n");
-        let head: Vec<String> = (1..=p.rounds).map(|r| format!("round {r}")).collect();
-        println!("| path | {} |", head.join(" | "));
+    let head = (1..=p.rounds)
+        .map(|r| format!("round {r}"))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let per_round = |title: &str, f: &dyn Fn(&Block) -> f64| {
+        println!("\n{title} per round (µs; direct: its own):\n");
+        println!("| path | {head} |");
         println!("|---|{}", "---|".repeat(p.rounds));
         for (i, path) in paths.iter().enumerate() {
             let cells: Vec<String> = if i == 0 {
-                direct
-                    .iter()
-                    .map(|b| format!("{:.0}", chat(q)(b)))
-                    .collect()
+                direct.iter().map(|b| format!("{:.0}", f(b))).collect()
             } else {
-                added(i, &chat(q))
-                    .iter()
-                    .map(|v| format!("{v:+.0}"))
-                    .collect()
+                added(i, f).iter().map(|v| format!("{v:+.0}")).collect()
             };
             println!("| {} | {} |", path.name, cells.join(" | "));
         }
-    }
+    };
+    per_round("Added p50, interleaved,", &mixed(0.5));
+    per_round("Added p99, interleaved,", &mixed(0.99));
+    per_round("Added p50, blocks,", &block(0.5));
     println!("\nProxy CPU per chat completion per round (µs):\n");
-    println!(
-        "| path | {} |",
-        (1..=p.rounds)
-            .map(|r| format!("round {r}"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
+    println!("| path | {head} |");
     println!("|---|{}", "---|".repeat(p.rounds));
     for (i, path) in paths.iter().enumerate().skip(1) {
         let cells: Vec<String> = results[i]

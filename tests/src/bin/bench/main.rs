@@ -131,6 +131,14 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
+        Some("floor-client-interleaved") => {
+            let plan: floor::Interleaved =
+                serde_json::from_str(args.get(2).context("floor-client-interleaved PLAN")?)
+                    .context("plan")?;
+            let r = floor::child_interleaved(&plan)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
         _ => {}
     }
     let mut p = Params {
