@@ -473,6 +473,10 @@ pub struct Seen {
     /// Keep none of the above lists (peers, requests, headers, bodies): a benchmark's millions of
     /// requests would grow them without bound.
     pub unrecorded: bool,
+    /// Time a model route takes before it answers (its first byte), as a model computes:
+    /// zero for the tests; a benchmark sets it to see what is hidden behind a real model's
+    /// answer time.
+    pub think: Duration,
 }
 
 /// A client script in tests/clients.

@@ -79,6 +79,17 @@ pub fn http_unrecorded(bind: &str) -> Server {
     serve_with(bind, handle_http, seen)
 }
 
+/// `http_unrecorded` whose model routes (`/v1/`, `/api/`) wait `think` before they answer,
+/// as a model server computes before its first byte.
+pub fn http_thinking(bind: &str, think: Duration) -> Server {
+    let seen = Seen {
+        unrecorded: true,
+        think,
+        ..Seen::default()
+    };
+    serve_with(bind, handle_http, seen)
+}
+
 /// `http` that requires an API key on its `/v1/` routes: `Authorization: Bearer <key>` with
 /// one of `keys` (which the test may change while it runs), else 401 in OpenAI's shape. Two
 /// debug routes echo the `Authorization` header they got: `/v1/debug/auth` with a
@@ -279,6 +290,9 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
                 )?;
             }
         } else if path.starts_with("/v1/") || path.starts_with("/api/") || path == "/release" {
+            if !seen.think.is_zero() {
+                thread::sleep(seen.think);
+            }
             model_api(&mut w, &method, &path, &body, conn_hdr, seen)?;
         } else if let Some(n) = path.strip_prefix("/bytes/") {
             let n: usize = n.parse().unwrap_or(0);

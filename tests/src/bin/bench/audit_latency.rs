@@ -3,7 +3,7 @@
 //! system's temp directory), two targets to the same server: one at the store's level, one
 //! with `audit_level: none`. A child in the test cgroup sends chat completions and streamed
 //! ones to both, paired request by request (the order swapped each time).
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -24,20 +24,27 @@ pub struct Results {
     off: HttpResult,
 }
 
-/// Both durabilities: `group` (the shipped one: a request waits for its opening record's
-/// fsync) and `none` (no wait: what recording the bodies costs apart from the disk).
+/// How long the model server of the last run takes before its first byte: far shorter than
+/// any model's time to first token, long enough to cover this disk's fsync.
+const THINK: Duration = Duration::from_millis(5);
+
+/// Both durabilities against a server that answers at once: `group` (the shipped one: a
+/// response waits for its opening record's fsync) and `none` (no wait: what recording the
+/// bodies costs apart from the disk); then `group` against a server that takes `THINK`
+/// before it answers, as a model does, so the fsync runs while the model computes.
 pub fn run(requests: usize) -> Result<()> {
     sluice_tests::require_root();
     println!("\n### Recording at `full` vs recording off\n");
     for durability in ["group", "none"] {
-        run_one(requests, durability)?;
+        run_one(requests, durability, Duration::ZERO)?;
     }
-    Ok(())
+    // Each request takes THINK: fewer of them, so the run stays short.
+    run_one((requests / 10).max(400), "group", THINK)
 }
 
 /// The server, one agent, the child; prints one table.
-fn run_one(requests: usize, durability: &str) -> Result<()> {
-    let server = servers::http_unrecorded("127.0.0.1:0");
+fn run_one(requests: usize, durability: &str, think: Duration) -> Result<()> {
+    let server = servers::http_thinking("127.0.0.1:0", think);
     let vip = virtual_ip();
     let dir = TempDir::new("bench-audit-latency");
     let store = dir.path().join("audit");
@@ -85,8 +92,16 @@ fn run_one(requests: usize, durability: &str) -> Result<()> {
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum();
+    let answers = if think.is_zero() {
+        "a server that answers at once".to_string()
+    } else {
+        format!(
+            "a server that takes {} ms before it answers (a model's compute time)",
+            think.as_millis()
+        )
+    };
     println!(
-        "`durability: {durability}`. Concurrency 1: {requests} chat completions then {} streamed ones (the test server's, a few SSE events each) to two targets of one agent whose store records at `full` (group commit every 5 ms; with `group` a response waits for its opening record's fsync, which runs while the request is upstream; with `none` nothing waits): one at the store's level (request body and every response chunk recorded), one with `audit_level: none`; paired request by request, the order swapped every time. The store ({}) held {:.1} MiB after the run.\n",
+        "`durability: {durability}`, {answers}. Concurrency 1: {requests} chat completions then {} streamed ones (the test server's, a few SSE events each) to two targets of one agent whose store records at `full` (group commit every 5 ms; with `group` a response waits for its opening record's fsync, which runs while the request is upstream; with `none` nothing waits): one at the store's level (request body and every response chunk recorded), one with `audit_level: none`; paired request by request, the order swapped every time. The store ({}) held {:.1} MiB after the run.\n",
         requests / 4,
         super::audit::fs_type(&store),
         stored as f64 / (1 << 20) as f64
@@ -94,7 +109,14 @@ fn run_one(requests: usize, durability: &str) -> Result<()> {
     {
         use crate::report::Metric::*;
         crate::report::variant(
-            (&format!("full, {durability}"), "recording off"),
+            (
+                &if think.is_zero() {
+                    format!("full, {durability}")
+                } else {
+                    format!("full, {durability}, {} ms server", think.as_millis())
+                },
+                "recording off",
+            ),
             &r.full,
             &r.off,
             &[
