@@ -288,7 +288,7 @@ impl<'a> RequestEntry<'a> {
             route: op.map(|o| b(o.route)),
             model: op.and_then(|o| o.model.as_deref()).map(b),
             streaming: op.is_some_and(|o| o.streaming),
-            decision: b(if fin { r.action() } else { decision_label(r) }),
+            decision: b(decision_of(r, kind)),
             rules: r
                 .decision
                 .as_ref()
@@ -341,9 +341,14 @@ fn verdict(fin: bool, v: &crate::mask::Verdict) -> Option<crate::mask::Verdict> 
     (fin && *v != crate::mask::Verdict::Off).then(|| v.clone())
 }
 
-/// An opening record's decision (the outcome is not known yet).
-fn decision_label(r: &Record) -> &'static str {
-    r.decision.as_ref().map_or("refuse", |d| d.label())
+/// The entry's `decision`: an opening record's is the policy's (the outcome is not known
+/// yet), a final record's says how the request ended.
+pub(super) fn decision_of(r: &Record, kind: Kind) -> &'static str {
+    if kind == Kind::Final {
+        r.action()
+    } else {
+        r.decision.as_ref().map_or("refuse", |d| d.label())
+    }
 }
 
 /// Header names whose values are credentials or session state: never stored. Matched
