@@ -6,6 +6,13 @@
 //! key again, cost more than the record's hash.
 use std::fmt::Write as _;
 
+/// `,"name":`, one literal (names are plain ASCII: nothing to escape).
+macro_rules! k {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+
 use super::entry::{Kind, decision_of, sanitize_path};
 use crate::record::Record;
 
@@ -22,67 +29,67 @@ pub fn request(
     let w = &r.workload;
     out.extend_from_slice(b"{\"id\":");
     num(out, r.id);
-    key(out, "unix_ms");
+    out.extend_from_slice(k!("unix_ms"));
     num(out, r.unix_ms);
-    key(out, "target");
+    out.extend_from_slice(k!("target"));
     string(out, &r.target);
-    key(out, "server");
+    out.extend_from_slice(k!("server"));
     string(out, r.server.name());
-    key(out, "workload");
+    out.extend_from_slice(k!("workload"));
     out.extend_from_slice(b"{\"pid\":");
     num(out, w.tgid);
-    key(out, "uid");
+    out.extend_from_slice(k!("uid"));
     num(out, w.uid);
-    key(out, "gid");
+    out.extend_from_slice(k!("gid"));
     num(out, w.gid);
-    key(out, "comm");
+    out.extend_from_slice(k!("comm"));
     string(out, &w.comm);
-    opt(out, "exe", w.exe.as_deref());
-    opt(out, "user", w.user.as_deref());
-    opt(out, "cgroup", w.cgroup.as_deref());
-    opt(out, "unit", w.unit.as_deref());
+    opt(out, k!("exe"), w.exe.as_deref());
+    opt(out, k!("user"), w.user.as_deref());
+    opt(out, k!("cgroup"), w.cgroup.as_deref());
+    opt(out, k!("unit"), w.unit.as_deref());
     opt(
         out,
-        "container",
+        k!("container"),
         w.container.as_ref().map(|c| c.id.as_str()),
     );
-    opt(out, "pod_uid", w.pod_uid.as_deref());
+    opt(out, k!("pod_uid"), w.pod_uid.as_deref());
     out.push(b'}');
     if let Some(p) = &r.principal {
-        key(out, "principal");
+        out.extend_from_slice(k!("principal"));
         out.extend_from_slice(b"{\"issuer\":");
         string(out, &p.issuer);
-        key(out, "subject");
+        out.extend_from_slice(k!("subject"));
         string(out, &p.subject);
-        key(out, "groups");
+        out.extend_from_slice(k!("groups"));
         list(out, p.groups.iter().map(String::as_str));
         out.push(b'}');
     }
-    key(out, "method");
+    out.extend_from_slice(k!("method"));
     string(out, &r.method);
-    key(out, "path");
+    out.extend_from_slice(k!("path"));
     string(out, &sanitize_path(&r.path));
     let op = r.operation.as_ref();
-    opt(out, "operation", op.map(|o| o.class.as_str()));
-    opt(out, "route", op.map(|o| o.route));
-    opt(out, "model", op.and_then(|o| o.model.as_deref()));
-    key(out, "streaming");
+    opt(out, k!("operation"), op.map(|o| o.class.as_str()));
+    opt(out, k!("route"), op.map(|o| o.route));
+    opt(out, k!("model"), op.and_then(|o| o.model.as_deref()));
+    out.extend_from_slice(k!("streaming"));
     out.extend_from_slice(if op.is_some_and(|o| o.streaming) {
         b"true"
     } else {
         b"false"
     });
-    key(out, "decision");
+    out.extend_from_slice(k!("decision"));
     string(out, decision_of(r, kind));
     if let Some(d) = &r.decision
         && d.rules().next().is_some()
     {
-        key(out, "rules");
+        out.extend_from_slice(k!("rules"));
         list(out, d.rules());
     }
     opt(
         out,
-        "reason",
+        k!("reason"),
         match &r.decision {
             Some(crate::policy::Decision::Deny(d)) => Some(d.reason.as_str()),
             Some(crate::policy::Decision::Hold(h)) => Some(h.reason.as_str()),
@@ -90,7 +97,7 @@ pub fn request(
         },
     );
     if !headers.is_empty() {
-        key(out, "headers");
+        out.extend_from_slice(k!("headers"));
         out.push(b'[');
         for (i, (k, v)) in headers.iter().enumerate() {
             if i > 0 {
@@ -108,58 +115,51 @@ pub fn request(
         out.push(b'}');
         return;
     }
-    key(out, "status");
+    out.extend_from_slice(k!("status"));
     num(out, r.status.map_or(0, |s| s.as_u16()));
-    key(out, "outcome");
+    out.extend_from_slice(k!("outcome"));
     scratch.clear();
     // Writing into a String cannot fail.
     let _ = write!(scratch, "{}", r.outcome);
     string(out, scratch);
-    key(out, "request_bytes");
+    out.extend_from_slice(k!("request_bytes"));
     num(out, r.request_bytes);
-    key(out, "response_bytes");
+    out.extend_from_slice(k!("response_bytes"));
     num(out, r.response_bytes);
     if let Some(ms) = r.headers_ms {
-        key(out, "headers_ms");
+        out.extend_from_slice(k!("headers_ms"));
         num(out, ms);
     }
-    key(out, "duration_ms");
+    out.extend_from_slice(k!("duration_ms"));
     num(out, r.duration_ms);
     // Rare and nested: serde_json writes them, as it would inside the entry.
     for (name, v) in [
-        ("mask_request", &r.mask_request),
-        ("mask_response", &r.mask_response),
+        (k!("mask_request"), &r.mask_request),
+        (k!("mask_response"), &r.mask_response),
     ] {
         if *v != crate::mask::Verdict::Off {
-            key(out, name);
+            out.extend_from_slice(name);
             let _ = serde_json::to_writer(&mut *out, v);
         }
     }
     if let Some(a) = &r.approval {
-        key(out, "approval_id");
+        out.extend_from_slice(k!("approval_id"));
         string(out, &a.id);
-        key(out, "approval");
+        out.extend_from_slice(k!("approval"));
         string(out, a.outcome);
-        key(out, "approved_by");
+        out.extend_from_slice(k!("approved_by"));
         string(out, &a.decided_by);
     }
     if let Some(b) = &r.body {
-        key(out, "body");
+        out.extend_from_slice(k!("body"));
         let _ = serde_json::to_writer(&mut *out, b);
     }
     out.push(b'}');
 }
 
-/// `,"name":` (names are plain ASCII: nothing to escape).
-fn key(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-}
-
-fn opt(out: &mut Vec<u8>, name: &str, v: Option<&str>) {
+fn opt(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
     if let Some(v) = v {
-        key(out, name);
+        out.extend_from_slice(key);
         string(out, v);
     }
 }
@@ -189,23 +189,46 @@ fn needs_escape(x: u64) -> bool {
     (control | zero(x ^ (LO * b'"' as u64)) | zero(x ^ (LO * b'\\' as u64))) != 0
 }
 
+/// Whether no byte of `b` needs escaping, eight at a time (the last eight overlapping
+/// the ones before; a short string byte by byte): most strings never do, and are then
+/// copied whole.
+fn clean(b: &[u8]) -> bool {
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let n = b.len();
+    if n < 8 {
+        return b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\');
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if needs_escape(word(at)) {
+            return false;
+        }
+        at += 8;
+    }
+    !needs_escape(word(n - 8))
+}
+
 /// A JSON string as serde_json escapes it: `"` and `\`, control bytes as `\b \t \n \f \r`
 /// or `\u00xx`; everything else (UTF-8 included) as it is.
 pub fn string(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
+    out.reserve(b.len() + 2);
     out.push(b'"');
-    // Eight bytes at a time while none needs escaping: most strings never do.
-    let mut clean = 0;
-    while clean + 8 <= b.len() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&b[clean..clean + 8]);
-        if needs_escape(u64::from_ne_bytes(w)) {
-            break;
-        }
-        clean += 8;
+    if clean(b) {
+        out.extend_from_slice(b);
+    } else {
+        escaped(out, b);
     }
+    out.push(b'"');
+}
+
+fn escaped(out: &mut Vec<u8>, b: &[u8]) {
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate().skip(clean) {
+    for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -230,5 +253,4 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     out.extend_from_slice(&b[start..]);
-    out.push(b'"');
 }

@@ -228,6 +228,11 @@ impl Store {
         self.head.seq
     }
 
+    /// Bytes formatted and not yet written (`flush`).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Whether records are written but not yet synced.
     pub fn unsynced(&self) -> bool {
         self.written.len != self.durable.len

@@ -38,6 +38,8 @@ use crate::record::Record;
 
 /// Records handled per round.
 const BATCH: usize = 4096;
+/// Bytes formatted per `write` (see `write_all`).
+const WRITE_BYTES: usize = 256 * 1024;
 /// A failed store is retried this often.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -610,20 +612,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes what is pending, a slice at a time: one `write` per `WRITE_BYTES` formatted,
+    /// while they are still in the CPU's cache (a whole batch is not, and the kernel's copy
+    /// then reads it back from memory).
     fn write_all(&mut self) -> Result<(), Error> {
-        if self.pending.is_empty() {
-            return Ok(());
+        while !self.pending.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            for i in &self.pending {
+                append(&mut self.store, i);
+                n += 1;
+                bytes += i.body_bytes();
+                if self.store.buffered() >= WRITE_BYTES {
+                    break;
+                }
+            }
+            // On failure the file and the chain are as they were before this slice: it
+            // stays pending, for a retry.
+            self.store.flush()?;
+            self.written_bytes(bytes);
+            self.unsynced_bytes += bytes;
+            self.health.ok();
+            self.unsynced_since.get_or_insert_with(Instant::now);
+            self.unsynced.extend(self.pending.drain(..n));
         }
-        for i in &self.pending {
-            append(&mut self.store, i);
-        }
-        self.store.flush()?;
-        let bytes = self.pending.iter().map(Item::body_bytes).sum();
-        self.written_bytes(bytes);
-        self.unsynced_bytes += bytes;
-        self.health.ok();
-        self.unsynced_since.get_or_insert_with(Instant::now);
-        self.unsynced.extend(self.pending.drain(..));
         Ok(())
     }
 
