@@ -453,7 +453,11 @@ impl Writer {
         if self.health.failed.load(Ordering::Acquire) {
             return RETRY;
         }
-        if let Some(t) = self.unsynced_since {
+        // While a sync runs, the next cannot start: its end wakes the thread (`Syncer::wake`).
+        let busy = self.syncer.as_ref().is_some_and(Syncer::busy);
+        if let Some(t) = self.unsynced_since
+            && !busy
+        {
             return self.settings.group_commit.saturating_sub(t.elapsed());
         }
         self.settings.checkpoint_every.min(RETRY)
