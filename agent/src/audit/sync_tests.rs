@@ -147,3 +147,34 @@ async fn opening_records_are_acknowledged_after_their_sync_while_finals_stream()
         "the segments rotated under load"
     );
 }
+
+/// A small `max_backlog`: the records written while a sync runs reach the bound, and the
+/// store's thread waits for that sync before it goes on; nothing is lost or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_a_running_sync_stays_bounded() {
+    let d = Dir::new("bound");
+    let s = Settings {
+        max_backlog: 64,
+        checkpoint_records: 1000,
+        ..settings(&d.0)
+    };
+    let (handle, thread, _, _) = start(&s).expect("start");
+    for b in 0..20u64 {
+        let batch = (0..256).map(|i| record(1 + b * 256 + i, "f", "m", true));
+        handle.finals(batch.collect()).await;
+    }
+    handle.flush().await.expect("flushed");
+    drop(handle);
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("thread");
+    let r = report(&d.0);
+    assert!(r.ok(), "{:?}", r.problems);
+    let ids: Vec<u64> = list(&d.0, &Filter::default(), None)
+        .expect("list")
+        .iter()
+        .map(|l| l.entry.id)
+        .collect();
+    assert_eq!(ids, (1..=20 * 256).collect::<Vec<_>>());
+}
