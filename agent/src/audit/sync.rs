@@ -53,7 +53,7 @@ impl<T: Waiter, P: Send + 'static> Syncer<T, P> {
         let wake = Arc::new(Notify::new());
         let notify = wake.clone();
         let thread = std::thread::Builder::new()
-            .name("sluice-audit-sync".into())
+            .name("sluice-audsync".into())
             .spawn(move || {
                 while let Ok(mut job) = job_rx.recv() {
                     let result = job.file.sync_data();
