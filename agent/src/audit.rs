@@ -21,6 +21,7 @@ mod entry;
 pub mod export;
 mod frame;
 mod index;
+mod json;
 mod key;
 mod query;
 pub mod reader;
@@ -29,6 +30,7 @@ pub mod replay;
 mod segment;
 mod settings;
 mod store;
+mod sync;
 mod tap;
 mod thread;
 mod verify;
@@ -69,5 +71,9 @@ impl Error {
 
 #[cfg(test)]
 mod body_tests;
+#[cfg(test)]
+mod json_tests;
+#[cfg(test)]
+mod sync_tests;
 #[cfg(test)]
 mod tests;

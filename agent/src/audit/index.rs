@@ -12,7 +12,11 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::entry::{Kind, RequestEntry};
+use super::{
+    entry::{Kind, RequestEntry, decision_of},
+    json,
+};
+use crate::record::Record;
 
 /// String fields of an entry, in line order.
 pub const TARGET: usize = 0;
@@ -29,66 +33,141 @@ const FIELDS: usize = 9;
 /// Builds a segment's index lines.
 #[derive(Default)]
 pub struct Writer {
-    ids: HashMap<String, u32>,
-    /// Each field's last value and its id: consecutive records mostly share target, user,
+    /// Seeded per process: names come from tokens and workloads, and must not be able to
+    /// pick colliding hashes.
+    ids: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    /// Each field's last id (0: none): consecutive records mostly share target, user,
     /// process and decision, and a compare is cheaper than a hash lookup.
-    last: [Option<(String, u32)>; FIELDS],
-    names: Vec<String>,
+    last: [u32; FIELDS],
+    names: Vec<Box<str>>,
     /// Names the index file already defines (the rest go with the next write).
     written: usize,
     pub buf: Vec<u8>,
+    /// A record's group and rule ids, kept to spare an allocation per record.
+    lists: Vec<u32>,
 }
 
 impl Writer {
-    fn intern(&mut self, s: Option<&str>) -> u32 {
-        let Some(s) = s else { return 0 };
+    fn intern(&mut self, s: &str) -> u32 {
         if let Some(&id) = self.ids.get(s) {
             return id;
         }
-        self.names.push(s.to_string());
+        self.names.push(s.into());
         let id = self.names.len() as u32;
-        self.ids.insert(s.to_string(), id);
-        // Writing JSON into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.buf, &serde_json::json!({ "d": [id, s] }));
-        self.buf.push(b'\n');
+        self.ids.insert(s.into(), id);
+        // `{"d":[id,"name"]}`, as serde_json writes it.
+        self.buf.extend_from_slice(b"{\"d\":[");
+        json::num(&mut self.buf, id);
+        self.buf.push(b',');
+        json::string(&mut self.buf, s);
+        self.buf.extend_from_slice(b"]}\n");
         id
     }
 
     fn field(&mut self, at: usize, s: Option<&str>) -> u32 {
         let Some(s) = s else { return 0 };
-        if let Some((v, id)) = &self.last[at]
-            && v == s
-        {
-            return *id;
+        let last = self.last[at];
+        if last != 0 && *self.names[last as usize - 1] == *s {
+            return last;
         }
-        let id = self.intern(Some(s));
-        self.last[at] = Some((s.to_string(), id));
+        let id = self.intern(s);
+        self.last[at] = id;
         id
     }
 
-    pub fn add(&mut self, seq: u64, offset: u64, size: usize, kind: Kind, e: &RequestEntry<'_>) {
+    /// A request record as its entry was read back (rebuilding an index).
+    pub fn add_entry(&mut self, at: At, kind: Kind, e: &RequestEntry<'_>) {
         let p = e.principal.as_ref();
         let w = &e.workload;
         let fields = [
-            self.field(TARGET, Some(&e.target)),
-            self.field(SUBJECT, p.map(|p| &*p.subject)),
-            self.field(USER, w.user.as_deref()),
-            self.field(UNIT, w.unit.as_deref()),
-            self.field(COMM, Some(&w.comm)),
-            self.field(EXE, w.exe.as_deref()),
-            self.field(CONTAINER, w.container.as_deref()),
-            self.field(MODEL, e.model.as_deref()),
-            self.field(DECISION, Some(&e.decision)),
+            Some(&*e.target),
+            p.map(|p| &*p.subject),
+            w.user.as_deref(),
+            w.unit.as_deref(),
+            Some(&*w.comm),
+            w.exe.as_deref(),
+            w.container.as_deref(),
+            e.model.as_deref(),
+            Some(&*e.decision),
         ];
-        let groups: Vec<u32> = p
-            .map(|p| p.groups.iter().map(|g| self.intern(Some(g))).collect())
-            .unwrap_or_default();
-        let rules: Vec<u32> = e.rules.iter().map(|r| self.intern(Some(r))).collect();
-        let line = (
-            seq, offset, size, kind as u8, e.id, e.unix_ms, fields, groups, rules,
+        let groups = p.into_iter().flat_map(|p| p.groups.iter().map(|g| &**g));
+        self.add(
+            at,
+            kind,
+            (e.id, e.unix_ms),
+            fields,
+            groups,
+            e.rules.iter().map(|r| &**r),
         );
-        let _ = serde_json::to_writer(&mut self.buf, &line);
-        self.buf.push(b'\n');
+    }
+
+    /// A request record as the store writes it: the same line as `add_entry` of its entry.
+    pub fn add_record(&mut self, at: At, kind: Kind, r: &Record) {
+        let p = r.principal.as_deref();
+        let w = &r.workload;
+        let fields = [
+            Some(r.target.as_str()),
+            p.map(|p| p.subject.as_str()),
+            w.user.as_deref(),
+            w.unit.as_deref(),
+            Some(w.comm.as_str()),
+            w.exe.as_deref(),
+            w.container.as_ref().map(|c| c.id.as_str()),
+            r.operation.as_ref().and_then(|o| o.model.as_deref()),
+            Some(decision_of(r, kind)),
+        ];
+        let groups = p
+            .into_iter()
+            .flat_map(|p| p.groups.iter().map(String::as_str));
+        let rules = r.decision.iter().flat_map(|d| d.rules());
+        self.add(at, kind, (r.id, r.unix_ms), fields, groups, rules);
+    }
+
+    /// `[seq, offset, size, kind, id, unix_ms, [fields], [groups], [rules]]`, as serde_json
+    /// writes the tuple.
+    fn add<'s>(
+        &mut self,
+        at: At,
+        kind: Kind,
+        (id, unix_ms): (u64, u64),
+        fields: [Option<&str>; FIELDS],
+        groups: impl Iterator<Item = &'s str>,
+        rules: impl Iterator<Item = &'s str>,
+    ) {
+        let mut ids = [0u32; FIELDS];
+        for (i, f) in fields.into_iter().enumerate() {
+            ids[i] = self.field(i, f);
+        }
+        // Interned before the line starts: a new name's line goes first.
+        let mut lists = std::mem::take(&mut self.lists);
+        lists.clear();
+        for g in groups {
+            lists.push(self.intern(g));
+        }
+        let split = lists.len();
+        for r in rules {
+            lists.push(self.intern(r));
+        }
+        let b = &mut self.buf;
+        b.push(b'[');
+        for n in [
+            at.seq,
+            at.offset,
+            at.size as u64,
+            kind as u8 as u64,
+            id,
+            unix_ms,
+        ] {
+            json::num(b, n);
+            b.push(b',');
+        }
+        ids_list(b, &ids);
+        b.push(b',');
+        ids_list(b, &lists[..split]);
+        b.push(b',');
+        ids_list(b, &lists[split..]);
+        b.extend_from_slice(b"]\n");
+        self.lists = lists;
     }
 
     /// The buffered lines reached the file.
@@ -105,11 +184,30 @@ impl Writer {
         }
         let known = self.names.len() as u32;
         for l in &mut self.last {
-            if l.as_ref().is_some_and(|(_, id)| *id > known) {
-                *l = None;
+            if *l > known {
+                *l = 0;
             }
         }
     }
+}
+
+/// Where a record is: its sequence number, offset and size in its segment.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    pub seq: u64,
+    pub offset: u64,
+    pub size: usize,
+}
+
+fn ids_list(b: &mut Vec<u8>, ids: &[u32]) {
+    b.push(b'[');
+    for (i, &n) in ids.iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        json::num(b, n);
+    }
+    b.push(b']');
 }
 
 /// One request record as the index lists it.

@@ -6,6 +6,7 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,7 +17,7 @@ use super::{
     checkpoint::{self, Checkpoint, Cut, PreviousKey, Reason},
     entry::{BodyEntry, Kind, RequestEntry, Start},
     frame::{self, Hash},
-    index, key,
+    index, json, key,
     segment::{self, Step},
 };
 use crate::record::Record;
@@ -34,7 +35,8 @@ struct Head {
 struct Current {
     number: u64,
     path: PathBuf,
-    file: fs::File,
+    /// Shared with the sync thread, which fdatasyncs it (`sync.rs`).
+    file: Arc<fs::File>,
     idx: fs::File,
     /// The first record's sequence number and the hash it names as its predecessor.
     first_seq: u64,
@@ -65,6 +67,13 @@ pub struct Recovered {
     pub rotated_from: Option<String>,
 }
 
+/// What a sync started by another thread covers (`Store::sync_point`).
+#[derive(Debug, Clone, Copy)]
+pub struct SyncPoint {
+    segment: u64,
+    head: Head,
+}
+
 pub struct Store {
     settings: Settings,
     dir: PathBuf,
@@ -80,6 +89,9 @@ pub struct Store {
     /// Head of what was last synced.
     durable: Head,
     buf: Vec<u8>,
+    /// The outcome's text while a record is formatted (kept: one allocation, not one per
+    /// record).
+    scratch: String,
     index: index::Writer,
     since_checkpoint: u64,
     last_checkpoint: Instant,
@@ -159,6 +171,7 @@ impl Store {
             written: head,
             durable: head,
             buf: Vec::with_capacity(1 << 20),
+            scratch: String::new(),
             index: index::Writer::default(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
@@ -215,6 +228,11 @@ impl Store {
         self.head.seq
     }
 
+    /// Bytes formatted and not yet written (`flush`).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Whether records are written but not yet synced.
     pub fn unsynced(&self) -> bool {
         self.written.len != self.durable.len
@@ -242,19 +260,22 @@ impl Store {
     /// Buffers a request's opening (`Kind::Open`) or final (`Kind::Final`) record; `flush`
     /// writes it.
     pub fn append(&mut self, kind: Kind, r: &Record, headers: &[(String, String)]) {
-        let entry = RequestEntry::of(r, kind, headers);
         let offset = self.head.len;
         let before = self.buf.len();
         self.head.seq += 1;
+        let scratch = &mut self.scratch;
         self.head.last =
             frame::encode_with(&mut self.buf, kind, self.head.seq, &self.head.last, |out| {
-                // Serialising plain fields into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut *out, &entry);
+                json::request(out, scratch, r, kind, headers);
             });
         let size = self.buf.len() - before;
         self.head.len += size as u64;
-        let seq = self.head.seq;
-        self.index.add(seq, offset, size, kind, &entry);
+        let at = index::At {
+            seq: self.head.seq,
+            offset,
+            size,
+        };
+        self.index.add_record(at, kind, r);
         self.head.last_request_id = self.head.last_request_id.max(r.id);
         self.since_checkpoint += 1;
     }
@@ -303,7 +324,7 @@ impl Store {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let wrote = self.current.file.write_all(&self.buf);
+        let wrote = (&*self.current.file).write_all(&self.buf);
         if let Err(e) = wrote {
             self.rollback(self.written);
             return Err(Error::io(&self.current.path, e));
@@ -333,6 +354,35 @@ impl Store {
         Ok(())
     }
 
+    /// What a sync started now on another thread makes durable: the file to fdatasync,
+    /// and the point to hand back to `synced` once it succeeded. Only while nothing else
+    /// syncs this store (`sync`, `maintain`): the store's thread waits for such a sync to
+    /// finish before it does anything else that syncs.
+    pub fn sync_point(&self) -> (Arc<fs::File>, SyncPoint) {
+        (
+            self.current.file.clone(),
+            SyncPoint {
+                segment: self.current.number,
+                head: self.written,
+            },
+        )
+    }
+
+    /// A sync from `sync_point` succeeded: what was written before it is durable.
+    pub fn synced(&mut self, p: SyncPoint) {
+        if p.segment == self.current.number && p.head.len >= self.durable.len {
+            self.durable = p.head;
+        }
+    }
+
+    /// A sync from `sync_point` failed: the file is cut back to what was durable before it
+    /// (the kernel may have dropped the unsynced pages), also dropping what was written
+    /// since; the caller writes all of it again.
+    pub fn sync_failed(&mut self, e: std::io::Error) -> Error {
+        self.rollback(self.durable);
+        Error::io(&self.current.path, e)
+    }
+
     fn rollback(&mut self, to: Head) {
         let _ = self.current.file.set_len(to.len);
         self.head = to;
@@ -348,24 +398,46 @@ impl Store {
     /// one is full, retention, a key rotation asked for. Returns whether anything was
     /// written (and synced).
     pub fn maintain(&mut self, force_checkpoint: bool) -> Result<bool, Error> {
-        let due = self.since_checkpoint >= self.settings.checkpoint_records
-            || (self.since_checkpoint > 0
-                && self.last_checkpoint.elapsed() >= self.settings.checkpoint_every);
-        let full = self.head.len >= self.settings.segment_bytes;
-        if full {
+        if self.segment_full() {
             self.rotate_segment()?;
-        } else if due || force_checkpoint {
+        } else if self.checkpoint_due() || force_checkpoint {
             self.checkpoint(Reason::Interval, None, None);
             self.flush()?;
             self.sync()?;
         } else {
             return Ok(false);
         }
-        // Checked as often as checkpoints are written: a stat and a sum, no more.
+        self.housekeeping()?;
+        Ok(true)
+    }
+
+    pub fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint >= self.settings.checkpoint_records
+            || (self.since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= self.settings.checkpoint_every)
+    }
+
+    pub fn segment_full(&self) -> bool {
+        self.head.len >= self.settings.segment_bytes
+    }
+
+    /// With group commit: an interval checkpoint written like a record, made durable by
+    /// the next group sync with the records around it (no sync of its own). Returns
+    /// whether `housekeeping` is now due (it syncs: the caller waits for its own sync
+    /// first).
+    pub fn checkpoint_written(&mut self) -> Result<bool, Error> {
+        self.checkpoint(Reason::Interval, None, None);
+        self.flush()?;
+        Ok(self.retention_due() || key::next_path(&self.settings.key_path()).exists())
+    }
+
+    /// Retention and a key rotation asked for; each syncs what it writes. Checked as often
+    /// as checkpoints are written: a stat and a sum, no more.
+    pub fn housekeeping(&mut self) -> Result<(), Error> {
         self.retention()?;
         let key_path = self.settings.key_path();
         self.rotate_key_if_asked(&key_path)?;
-        Ok(true)
+        Ok(())
     }
 
     /// Closes the current segment with a checkpoint and opens the next.
@@ -393,20 +465,7 @@ impl Store {
     /// Deletes whole oldest segments over the size or age limit, after a signed checkpoint
     /// says where the store now starts.
     fn retention(&mut self) -> Result<bool, Error> {
-        let total: u64 = self.closed.iter().map(|c| c.bytes).sum::<u64>() + self.head.len;
-        let oldest_allowed = SystemTime::now()
-            .checked_sub(self.settings.retention.max_age)
-            .unwrap_or(UNIX_EPOCH);
-        let mut drop = 0;
-        let mut left = total;
-        for c in &self.closed {
-            if left > self.settings.retention.max_bytes || c.modified < oldest_allowed {
-                drop += 1;
-                left -= c.bytes;
-            } else {
-                break;
-            }
-        }
+        let drop = self.over_retention();
         if drop == 0 {
             return Ok(false);
         }
@@ -445,6 +504,29 @@ impl Store {
             );
         }
         Ok(true)
+    }
+
+    /// How many of the oldest closed segments are over the size or age limit.
+    fn over_retention(&self) -> usize {
+        let total: u64 = self.closed.iter().map(|c| c.bytes).sum::<u64>() + self.head.len;
+        let oldest_allowed = SystemTime::now()
+            .checked_sub(self.settings.retention.max_age)
+            .unwrap_or(UNIX_EPOCH);
+        let mut drop = 0;
+        let mut left = total;
+        for c in &self.closed {
+            if left > self.settings.retention.max_bytes || c.modified < oldest_allowed {
+                drop += 1;
+                left -= c.bytes;
+            } else {
+                break;
+            }
+        }
+        drop
+    }
+
+    fn retention_due(&self) -> bool {
+        self.over_retention() > 0
     }
 
     /// A new key waiting at `<key>.next` takes over: a checkpoint signed by it, endorsed by
@@ -490,7 +572,12 @@ impl Store {
             if matches!(frame.kind, Kind::Open | Kind::Final)
                 && let Ok(e) = serde_json::from_slice::<RequestEntry<'_>>(frame.body)
             {
-                ix.add(frame.seq, offset, frame.size(), frame.kind, &e);
+                let at = index::At {
+                    seq: frame.seq,
+                    offset,
+                    size: frame.size(),
+                };
+                ix.add_entry(at, frame.kind, &e);
             }
         }
         let idx_path = self.dir.join(segment::idx_name(self.current.number));
@@ -527,7 +614,7 @@ fn closed_info(dir: &Path, n: u64, path: &Path) -> Result<Closed, Error> {
 
 fn open_current(dir: &Path, n: u64, first_seq: u64, first_prev: Hash) -> Result<Current, Error> {
     let path = dir.join(segment::seg_name(n));
-    let file = segment::open_append(&path)?;
+    let file = Arc::new(segment::open_append(&path)?);
     // A new segment's directory entry must survive a crash with its first records.
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
@@ -552,7 +639,7 @@ fn reopen_current(
     Ok(Current {
         number: n,
         path: path.to_path_buf(),
-        file: segment::open_append(path)?,
+        file: Arc::new(segment::open_append(path)?),
         idx: segment::open_append(&dir.join(segment::idx_name(n)))?,
         first_seq,
         first_prev,

@@ -2,13 +2,21 @@
 //! channel and never touch a file: a write or an fsync never runs on a runtime worker.
 //!
 //! Group commit: the thread writes everything queued with one `write`, then syncs once for
-//! all of it: at once when a request waits on its opening record (or `Record` durability),
-//! else once `group_commit_ms` has passed since the first unsynced write. Records that
-//! arrive during an fsync go out together with the next one.
+//! all of it: at once when a request waits on its opening record, else once
+//! `group_commit_ms` has passed since the first unsynced write. The sync runs on the sync
+//! thread (`sync.rs`), which acknowledges the records it covered once it returned, while
+//! this thread formats and writes what arrived meanwhile; those go out with the next sync.
+//! One sync at a time, and what waits for it is bounded (`max_backlog` records,
+//! `max_backlog_bytes` of bodies): past that this thread waits for the sync too. Periodic
+//! work that syncs on its own (a new segment, retention, a key rotation, a probe after a
+//! failure) first waits for the running sync and syncs the rest here; an interval
+//! checkpoint is written like a record and synced with the group. `Record` durability
+//! syncs each record here before the next is written.
 //!
-//! A failed write or sync leaves the file as it was before it (`Store::flush`/`sync`), keeps
-//! the records for a retry (bounded), marks the store failed (logged once per change), and
-//! answers waiting requests at once: with `required`, they are refused.
+//! A failed write or sync leaves the file as it was before it (`Store::flush`/`sync`,
+//! `Store::sync_failed`: after a failed sync also without what was written while it ran),
+//! keeps the records for a retry (bounded), marks the store failed (logged once per
+//! change), and answers waiting requests at once: with `required`, they are refused.
 use std::{
     collections::VecDeque,
     sync::{
@@ -23,11 +31,15 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Durability, Error, Level, Recovered, Settings, Store,
     entry::{Direction, Kind},
+    store::SyncPoint,
+    sync::{self, Syncer},
 };
 use crate::record::Record;
 
 /// Records handled per round.
 const BATCH: usize = 4096;
+/// Bytes formatted per `write` (see `write_all`).
+const WRITE_BYTES: usize = 256 * 1024;
 /// A failed store is retried this often.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -87,6 +99,12 @@ impl Item {
         if let Some(a) = ack {
             let _ = a.send(r);
         }
+    }
+}
+
+impl sync::Waiter for Item {
+    fn durable(&mut self) {
+        self.answer(Ok(()));
     }
 }
 
@@ -339,9 +357,15 @@ struct Writer {
     settings: Settings,
     /// Not yet written (new, or kept after a failure).
     pending: VecDeque<Item>,
-    /// Written, not yet synced.
+    /// Written, not yet synced (nor handed to the sync thread).
     unsynced: Vec<Item>,
     unsynced_since: Option<Instant>,
+    /// Body bytes `unsynced` holds (bounded by `max_backlog_bytes`).
+    unsynced_bytes: u64,
+    /// `durability: group`: the sync thread.
+    syncer: Option<Syncer<Item, SyncPoint>>,
+    /// A vector the sync thread emptied, for the next batch.
+    spare: Vec<Item>,
 }
 
 fn run(store: Store, mut rx: mpsc::Receiver<Msg>, health: Arc<Health>, settings: Settings) {
@@ -355,6 +379,18 @@ fn run(store: Store, mut rx: mpsc::Receiver<Msg>, health: Arc<Health>, settings:
             return;
         }
     };
+    let syncer = if settings.durability == Durability::Group {
+        match Syncer::spawn() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "audit thread: cannot start its sync thread");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let synced = syncer.as_ref().map(|s| s.wake.clone());
     let mut w = Writer {
         store,
         health,
@@ -362,15 +398,27 @@ fn run(store: Store, mut rx: mpsc::Receiver<Msg>, health: Arc<Health>, settings:
         pending: VecDeque::new(),
         unsynced: Vec::new(),
         unsynced_since: None,
+        unsynced_bytes: 0,
+        syncer,
+        spare: Vec::new(),
     };
     rt.block_on(async move {
         loop {
             let wait = w.next_wake();
             let mut closing = false;
-            match tokio::time::timeout(wait, rx.recv()).await {
-                Ok(Some(m)) => w.take(m),
-                Ok(None) => closing = true,
-                Err(_) => {}
+            let busy = w.syncer.as_ref().is_some_and(Syncer::busy);
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => w.take(m),
+                    None => closing = true,
+                },
+                () = async {
+                    match &synced {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                }, if busy => {}
+                () = tokio::time::sleep(wait) => {}
             }
             while w.pending.len() < BATCH {
                 match rx.try_recv() {
@@ -405,7 +453,11 @@ impl Writer {
         if self.health.failed.load(Ordering::Acquire) {
             return RETRY;
         }
-        if let Some(t) = self.unsynced_since {
+        // While a sync runs, the next cannot start: its end wakes the thread (`Syncer::wake`).
+        let busy = self.syncer.as_ref().is_some_and(Syncer::busy);
+        if let Some(t) = self.unsynced_since
+            && !busy
+        {
             return self.settings.group_commit.saturating_sub(t.elapsed());
         }
         self.settings.checkpoint_every.min(RETRY)
@@ -413,6 +465,10 @@ impl Writer {
 
     /// Writes what is pending, syncs when due, and does the store's periodic work.
     fn round(&mut self, closing: bool) {
+        if let Err(e) = self.collect() {
+            self.failed(&e);
+            return;
+        }
         let handled = self.pending.len();
         let wrote = match self.settings.durability {
             Durability::Record => self.write_each(),
@@ -427,61 +483,170 @@ impl Writer {
             self.failed(&e);
             return;
         }
-        let must_sync = closing
-            || self.settings.durability == Durability::Group
-                && (self.unsynced.iter().any(Item::waits)
-                    || self
-                        .unsynced_since
-                        .is_some_and(|t| t.elapsed() >= self.settings.group_commit));
-        if self.settings.durability == Durability::None {
-            self.acknowledge();
-        } else if must_sync && let Err(e) = self.sync() {
+        let done = match self.settings.durability {
+            Durability::None => {
+                self.acknowledge();
+                self.maintain()
+            }
+            Durability::Record => self.maintain(),
+            Durability::Group => self.group(closing),
+        };
+        if let Err(e) = done {
             self.failed(&e);
-            return;
         }
-        if self.unsynced.is_empty() {
-            let probe = self.health.failed.load(Ordering::Acquire);
-            match self.store.maintain(probe) {
-                Ok(_) => self.health.ok(),
-                Err(e) => self.failed(&e),
+    }
+
+    /// `durability: group`: the sync when it is due (on the sync thread), then periodic work.
+    fn group(&mut self, closing: bool) -> Result<(), Error> {
+        if closing {
+            return self.drain();
+        }
+        let due = self.unsynced.iter().any(Item::waits)
+            || self
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() >= self.settings.group_commit);
+        // What waits for the running sync stays bounded: past the bound, wait for it.
+        if self.unsynced.len() >= self.settings.max_backlog
+            || self.unsynced_bytes >= self.settings.max_backlog_bytes
+        {
+            self.wait_sync()?;
+            self.start_sync()?;
+        } else if due {
+            self.start_sync()?;
+        }
+        let probe = self.health.failed.load(Ordering::Acquire);
+        if probe || self.store.segment_full() {
+            self.drain()?;
+            self.store.maintain(probe)?;
+            self.health.ok();
+        } else if self.store.checkpoint_due() {
+            let housekeeping = self.store.checkpoint_written()?;
+            self.unsynced_since.get_or_insert_with(Instant::now);
+            if housekeeping {
+                self.drain()?;
+                self.store.housekeeping()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands what is written to the sync thread, unless a sync runs (it starts once that
+    /// one is done).
+    fn start_sync(&mut self) -> Result<(), Error> {
+        let Some(syncer) = &mut self.syncer else {
+            return self.sync();
+        };
+        if syncer.busy() || (self.unsynced.is_empty() && !self.store.unsynced()) {
+            return Ok(());
+        }
+        let (file, point) = self.store.sync_point();
+        let items = std::mem::replace(&mut self.unsynced, std::mem::take(&mut self.spare));
+        self.unsynced_since = None;
+        self.unsynced_bytes = 0;
+        if let Err(job) = syncer.start(sync::Job { file, point, items }) {
+            // The sync thread is gone: sync here.
+            self.unsynced = job.items;
+            self.syncer = None;
+            return self.sync();
+        }
+        Ok(())
+    }
+
+    /// Takes the running sync's result if it is done.
+    fn collect(&mut self) -> Result<(), Error> {
+        match self.syncer.as_mut().and_then(Syncer::try_done) {
+            Some(d) => self.sync_done(d),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the running sync.
+    fn wait_sync(&mut self) -> Result<(), Error> {
+        match self.syncer.as_mut().and_then(Syncer::wait) {
+            Some(d) => self.sync_done(d),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything written made durable: the running sync, then the rest here.
+    fn drain(&mut self) -> Result<(), Error> {
+        self.wait_sync()?;
+        self.sync()
+    }
+
+    fn sync_done(&mut self, d: sync::Done<Item, SyncPoint>) -> Result<(), Error> {
+        match d.result {
+            Ok(()) => {
+                self.store.synced(d.point);
+                self.spare = d.items;
+                Ok(())
+            }
+            Err(e) => {
+                // The file is cut back to what was durable before that sync: its records,
+                // then those written while it ran, are written again, in order.
+                let e = self.store.sync_failed(e);
+                let mut back = d.items;
+                back.append(&mut self.unsynced);
+                self.requeue(back);
+                Err(e)
             }
         }
     }
 
-    fn append(&mut self, item: &Item) {
-        match item {
-            Item::Open(r, h, _) => self.store.append(Kind::Open, r, h),
-            Item::Final(r) => self.store.append(Kind::Final, r, &r.response_headers),
-            Item::Body(p) => self.store.append_body(p),
-            Item::Flush(_) => {}
+    /// Written items whose bytes the file lost: pending again, first, and counted again
+    /// (records in the backlog, bodies in the bytes behind) until written again.
+    fn requeue(&mut self, back: Vec<Item>) {
+        let bytes: u64 = back.iter().map(Item::body_bytes).sum();
+        self.health.body_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.health.backlog.fetch_add(back.len(), Ordering::Relaxed);
+        for i in back.into_iter().rev() {
+            self.pending.push_front(i);
         }
+        self.unsynced_since = None;
+        self.unsynced_bytes = 0;
     }
 
+    /// `none` and `record` durability: periodic work once nothing waits for a sync.
+    fn maintain(&mut self) -> Result<(), Error> {
+        if self.unsynced.is_empty() {
+            let probe = self.health.failed.load(Ordering::Acquire);
+            self.store.maintain(probe)?;
+            self.health.ok();
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending, a slice at a time: one `write` per `WRITE_BYTES` formatted,
+    /// while they are still in the CPU's cache (a whole batch is not, and the kernel's copy
+    /// then reads it back from memory).
     fn write_all(&mut self) -> Result<(), Error> {
-        if self.pending.is_empty() {
-            return Ok(());
+        while !self.pending.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            for i in &self.pending {
+                append(&mut self.store, i);
+                n += 1;
+                bytes += i.body_bytes();
+                if self.store.buffered() >= WRITE_BYTES {
+                    break;
+                }
+            }
+            // On failure the file and the chain are as they were before this slice: it
+            // stays pending, for a retry.
+            self.store.flush()?;
+            self.written_bytes(bytes);
+            self.unsynced_bytes += bytes;
+            self.health.ok();
+            self.unsynced_since.get_or_insert_with(Instant::now);
+            self.unsynced.extend(self.pending.drain(..n));
         }
-        let items: Vec<Item> = self.pending.drain(..).collect();
-        for i in &items {
-            self.append(i);
-        }
-        if let Err(e) = self.store.flush() {
-            self.pending.extend(items);
-            return Err(e);
-        }
-        self.written_bytes(items.iter().map(Item::body_bytes).sum());
-        self.health.ok();
-        if self.unsynced_since.is_none() {
-            self.unsynced_since = Some(Instant::now());
-        }
-        self.unsynced.extend(items);
         Ok(())
     }
 
     /// `Record` durability: every record synced on its own before the next is written.
     fn write_each(&mut self) -> Result<(), Error> {
         while let Some(item) = self.pending.pop_front() {
-            self.append(&item);
+            append(&mut self.store, &item);
             let done = self.store.flush().and_then(|()| self.store.sync());
             if let Err(e) = done {
                 self.pending.push_front(item);
@@ -501,17 +666,12 @@ impl Writer {
         }
     }
 
+    /// Syncs here what is written (no sync may run on the sync thread).
     fn sync(&mut self) -> Result<(), Error> {
         if let Err(e) = self.store.sync() {
             // The store cut the file back to what was durable: write these again.
-            let back: Vec<Item> = self.unsynced.drain(..).collect();
-            // Counted again until they are written again.
-            let bytes: u64 = back.iter().map(Item::body_bytes).sum();
-            self.health.body_bytes.fetch_add(bytes, Ordering::Relaxed);
-            for i in back.into_iter().rev() {
-                self.pending.push_front(i);
-            }
-            self.unsynced_since = None;
+            let back = std::mem::take(&mut self.unsynced);
+            self.requeue(back);
             return Err(e);
         }
         self.acknowledge();
@@ -523,6 +683,7 @@ impl Writer {
             i.answer(Ok(()));
         }
         self.unsynced_since = None;
+        self.unsynced_bytes = 0;
     }
 
     /// After a failure: waiting requests are answered now, and what is kept for a retry is
@@ -546,7 +707,12 @@ impl Writer {
         }
     }
 
-    fn close(self) {
+    fn close(mut self) {
+        // The sync thread stops (joined) before the closing checkpoint is written.
+        if let Err(e) = self.wait_sync() {
+            self.failed(&e);
+        }
+        self.syncer = None;
         if !self.pending.is_empty() {
             tracing::error!(
                 records = self.pending.len(),
@@ -556,5 +722,14 @@ impl Writer {
         if let Err(e) = self.store.close() {
             tracing::error!(error = %e, "audit store: closing checkpoint not written");
         }
+    }
+}
+
+fn append(store: &mut Store, item: &Item) {
+    match item {
+        Item::Open(r, h, _) => store.append(Kind::Open, r, h),
+        Item::Final(r) => store.append(Kind::Final, r, &r.response_headers),
+        Item::Body(p) => store.append_body(p),
+        Item::Flush(_) => {}
     }
 }
