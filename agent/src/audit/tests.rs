@@ -41,6 +41,48 @@ impl Drop for Dir {
     }
 }
 
+/// A small tmpfs mounted for a test (root only), unmounted on drop: a real full disk.
+pub(super) struct Tmpfs(pub(super) Dir);
+
+impl Tmpfs {
+    pub(super) fn new(tag: &str, size: &str) -> Tmpfs {
+        let d = Dir::new(tag);
+        fs::create_dir_all(&d.0).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(&d.0)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount tmpfs");
+        Tmpfs(d)
+    }
+
+    /// Fills the filesystem, then frees the filler's last `free` bytes (whole pages).
+    pub(super) fn leave(&self, free: u64) {
+        use std::io::Write as _;
+        let path = self.0.0.join("filler");
+        let mut f = fs::File::create(&path).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write(&chunk).is_ok_and(|n| n > 0) {}
+        let len = f.metadata().expect("stat").len();
+        f.set_len(len.saturating_sub(free)).expect("truncate");
+    }
+
+    /// Frees everything the filler held.
+    pub(super) fn free(&self) {
+        let _ = fs::remove_file(self.0.0.join("filler"));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0.0)
+            .status();
+    }
+}
+
 pub(super) fn settings(dir: &Path) -> Settings {
     Settings {
         dir: dir.to_path_buf(),
