@@ -818,3 +818,64 @@ fn an_index_with_lines_removed_hides_no_record_from_show() {
     assert_eq!(shown.len(), 2, "{shown:?}");
     assert!(shown.iter().all(|l| l.entry.id == 7));
 }
+
+/// The index's write failing while the segment's succeeded (a full disk; the index is not
+/// synced, and its failure is not the store's) must not hide that record from `list`: later
+/// lines would make the index claim the part of the segment that holds it.
+#[test]
+#[ignore = "needs root: mounts a small tmpfs (cargo xtask test runs it as root)"]
+fn a_failed_index_write_hides_no_record_from_list() {
+    const PAGE: u64 = 4096;
+    let t = Tmpfs::new("index-full", "1m");
+    let s = Settings {
+        segment_bytes: 64 * 1024 * 1024,
+        ..settings(&t.0.0.join("audit"))
+    };
+    let (mut st, _) = Store::open(&s).expect("open");
+    let seg = s.dir.join(segment::seg_name(1));
+    let idx = s.dir.join(segment::idx_name(1));
+    let len = |p: &Path| fs::metadata(p).expect("stat").len();
+    let mut id = 0;
+    let mut slack = 0;
+    // Records until the index's last page has room for a name line of our choosing.
+    while slack < 64 {
+        id += 1;
+        st.append(Kind::Final, &record(id, &format!("pad-{id}"), "m", true), &[]);
+        st.flush().expect("flush");
+        slack = (PAGE - len(&idx) % PAGE) % PAGE;
+    }
+    // The next record's first new name (its subject) fills the index's page exactly; its
+    // model, group and line need a page the disk will not have.
+    let names = fs::read_to_string(&idx).expect("idx").matches("{\"d\"").count();
+    let digits = (names + 1).to_string().len() as u64;
+    let subject = "s".repeat((slack - 12 - digits) as usize);
+    let model = "m".repeat(6000);
+    let hidden = 13;
+    st.append(Kind::Final, &record(hidden, &subject, &model, true), &[]);
+    let need = (len(&seg) + st.buffered() as u64).div_ceil(PAGE) - len(&seg).div_ceil(PAGE);
+    t.leave(need * PAGE);
+    st.flush().expect("the segment's write fits");
+    assert_eq!(len(&idx) % PAGE, 0, "the index's write stopped at its page");
+    t.free();
+    // Its names are known now: the next record's line is only numbers (its group, g-6, too).
+    st.append(Kind::Final, &record(20, &subject, &model, true), &[]);
+    st.flush().expect("flush");
+    st.close().expect("close");
+    let ids: Vec<u64> = list(&s.dir, &Filter::default(), None)
+        .expect("list")
+        .iter()
+        .map(|l| l.entry.id)
+        .collect();
+    assert!(ids.contains(&hidden), "record {hidden} not listed: {ids:?}");
+    assert!(ids.contains(&20), "{ids:?}");
+    let by_model = list(
+        &s.dir,
+        &Filter {
+            model: Some(model.clone()),
+            ..Filter::default()
+        },
+        None,
+    )
+    .expect("list");
+    assert_eq!(by_model.len(), 2, "{by_model:?}");
+}
