@@ -879,3 +879,32 @@ fn a_failed_index_write_hides_no_record_from_list() {
     .expect("list");
     assert_eq!(by_model.len(), 2, "{by_model:?}");
 }
+
+/// A failed fsync cuts the file back and the same records are written again at the same
+/// places: the index then names each of them twice, and `show` must still print each once.
+/// (The error is made up: `sync_failed` is what the store's thread calls when the sync
+/// thread's fdatasync failed, `thread.rs`.)
+#[test]
+fn records_written_again_after_a_failed_sync_are_shown_once() {
+    let d = Dir::new("resync");
+    let s = settings(&d.0);
+    let (mut st, _) = Store::open(&s).expect("open");
+    let r = record(1, "a", "m", true);
+    let write = |st: &mut Store| {
+        st.append(Kind::Open, &r, &[]);
+        st.append(Kind::Final, &r, &r.response_headers);
+        st.flush().expect("flush");
+    };
+    write(&mut st);
+    let _ = st.sync_failed(std::io::Error::other("EIO"));
+    write(&mut st);
+    st.close().expect("close");
+    let rep = report(&d.0);
+    assert!(rep.ok(), "{:?}", rep.problems);
+    let shown = show(&d.0, 1).expect("show");
+    assert_eq!(
+        shown.iter().map(|l| l.kind).collect::<Vec<_>>(),
+        vec![Kind::Open, Kind::Final]
+    );
+    assert_eq!(list(&d.0, &Filter::default(), None).expect("list").len(), 1);
+}
