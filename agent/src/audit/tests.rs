@@ -49,7 +49,13 @@ impl Tmpfs {
         let d = Dir::new(tag);
         fs::create_dir_all(&d.0).expect("mount point");
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(&d.0)
             .status()
             .expect("mount");
@@ -840,13 +846,20 @@ fn a_failed_index_write_hides_no_record_from_list() {
     // Records until the index's last page has room for a name line of our choosing.
     while slack < 64 {
         id += 1;
-        st.append(Kind::Final, &record(id, &format!("pad-{id}"), "m", true), &[]);
+        st.append(
+            Kind::Final,
+            &record(id, &format!("pad-{id}"), "m", true),
+            &[],
+        );
         st.flush().expect("flush");
         slack = (PAGE - len(&idx) % PAGE) % PAGE;
     }
     // The next record's first new name (its subject) fills the index's page exactly; its
     // model, group and line need a page the disk will not have.
-    let names = fs::read_to_string(&idx).expect("idx").matches("{\"d\"").count();
+    let names = fs::read_to_string(&idx)
+        .expect("idx")
+        .matches("{\"d\"")
+        .count();
     let digits = (names + 1).to_string().len() as u64;
     let subject = "s".repeat((slack - 12 - digits) as usize);
     let model = "m".repeat(6000);

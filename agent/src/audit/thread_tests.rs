@@ -36,8 +36,11 @@ fn a_written_opening_record_is_answered_when_a_later_write_of_its_round_fails() 
     t.leave(320 * 1024);
     let (tx, mut rx) = oneshot::channel();
     let big = vec![("x-big".to_string(), "v".repeat(270 * 1024))];
-    w.pending
-        .push_back(Item::Open(Box::new(record(1, "a", "m", true)), big, Some(tx)));
+    w.pending.push_back(Item::Open(
+        Box::new(record(1, "a", "m", true)),
+        big,
+        Some(tx),
+    ));
     w.pending
         .extend((2..1000).map(|i| Item::Final(record(i, "a", "m", true))));
     w.round(false);
