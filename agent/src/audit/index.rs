@@ -45,6 +45,8 @@ pub struct Writer {
     pub buf: Vec<u8>,
     /// A record's group and rule ids, kept to spare an allocation per record.
     lists: Vec<u32>,
+    /// A write of the lines failed (`lost`): nothing more is added.
+    broken: bool,
 }
 
 impl Writer {
@@ -134,6 +136,9 @@ impl Writer {
         groups: impl Iterator<Item = &'s str>,
         rules: impl Iterator<Item = &'s str>,
     ) {
+        if self.broken {
+            return;
+        }
         let mut ids = [0u32; FIELDS];
         for (i, f) in fields.into_iter().enumerate() {
             ids[i] = self.field(i, f);
@@ -174,6 +179,15 @@ impl Writer {
     pub fn written(&mut self) {
         self.buf.clear();
         self.written = self.names.len();
+    }
+
+    /// Writing the buffered lines failed (a full disk), maybe part way: the index of this
+    /// segment ends there. A later line would make it claim the records whose lines were
+    /// lost (`Index::end`) and hide them from `list`, which reads past its end record by
+    /// record instead.
+    pub fn lost(&mut self) {
+        self.buf.clear();
+        self.broken = true;
     }
 
     /// The buffered lines were not written: forget the names only they defined.

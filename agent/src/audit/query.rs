@@ -291,7 +291,10 @@ pub fn show(dir: &Path, id: u64) -> Result<Vec<Listed>, Error> {
             out.push(l);
         }
     }
-    out.sort_by_key(|l| l.seq);
+    out.sort_by_key(|l| (l.segment, l.seq));
+    // Records written again after a failed sync sit where they were first: the index
+    // names them twice.
+    out.dedup_by_key(|l| (l.segment, l.seq));
     Ok(out)
 }
 

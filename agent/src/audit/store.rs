@@ -331,11 +331,13 @@ impl Store {
         }
         self.buf.clear();
         self.written = self.head;
-        // The index is derived: a failed write of it is rebuilt at the next start.
-        if !self.index.buf.is_empty() && self.current.idx.write_all(&self.index.buf).is_ok() {
-            self.index.written();
-        } else {
-            self.index.buf.clear();
+        // The index is derived: a failed write of it ends it (`list` reads the rest).
+        if !self.index.buf.is_empty() {
+            if self.current.idx.write_all(&self.index.buf).is_ok() {
+                self.index.written();
+            } else {
+                self.index.lost();
+            }
         }
         Ok(())
     }

@@ -481,6 +481,20 @@ impl Writer {
             .fetch_sub(handled.saturating_sub(left), Ordering::Relaxed);
         if let Err(e) = wrote {
             self.failed(&e);
+            // What was written before the failure still goes out: while the disk stays
+            // full every round fails here, and requests waiting on those records would
+            // wait for room (retention, which could make it, runs only after a write).
+            let rest = match self.settings.durability {
+                Durability::None => {
+                    self.acknowledge();
+                    Ok(())
+                }
+                Durability::Record => Ok(()),
+                Durability::Group => self.start_sync(),
+            };
+            if let Err(e) = rest {
+                self.failed(&e);
+            }
             return;
         }
         let done = match self.settings.durability {
@@ -733,3 +747,7 @@ fn append(store: &mut Store, item: &Item) {
         Item::Flush(_) => {}
     }
 }
+
+#[cfg(test)]
+#[path = "thread_tests.rs"]
+mod tests;
