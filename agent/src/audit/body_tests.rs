@@ -8,7 +8,7 @@ use super::{
     entry::{self, BodyEntry, Direction, Kind},
     export::Exporter,
     frame, reader, replay, segment, tap,
-    tests::{Dir, record, report, settings},
+    tests::{Dir, record, report, settings, stop},
     *,
 };
 
@@ -17,15 +17,6 @@ fn full(dir: &std::path::Path) -> Settings {
         level: Level::Full,
         ..settings(dir)
     }
-}
-
-async fn stop(handle: Handle, thread: std::thread::JoinHandle<()>) {
-    handle.flush().await.expect("flushed");
-    drop(handle);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("thread");
 }
 
 /// One request through a tap: its opening record, its request body, `chunks` as its

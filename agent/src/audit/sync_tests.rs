@@ -9,7 +9,7 @@ use super::{
     entry::{Kind, RequestEntry},
     segment::{self, Step},
     sync::{Job, Syncer, Waiter},
-    tests::{Dir, record, report, settings},
+    tests::{Dir, record, report, settings, stop},
     *,
 };
 
@@ -131,12 +131,7 @@ async fn opening_records_are_acknowledged_after_their_sync_while_finals_stream()
         );
     }
     flood.await.expect("flood");
-    handle.flush().await.expect("flushed");
-    drop(handle);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("thread");
+    stop(handle, thread).await;
     let r = report(&d.0);
     assert!(r.ok(), "{:?}", r.problems);
     assert_eq!(opened_in(&d.0), (1..=60).collect::<Vec<_>>());
@@ -163,12 +158,7 @@ async fn what_waits_for_a_running_sync_stays_bounded() {
         let batch = (0..256).map(|i| record(1 + b * 256 + i, "f", "m", true));
         handle.finals(batch.collect()).await;
     }
-    handle.flush().await.expect("flushed");
-    drop(handle);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("thread");
+    stop(handle, thread).await;
     let r = report(&d.0);
     assert!(r.ok(), "{:?}", r.problems);
     let ids: Vec<u64> = list(&d.0, &Filter::default(), None)

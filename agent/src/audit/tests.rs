@@ -178,6 +178,16 @@ fn filled(dir: &Path, s: &Settings, n: u64) {
     assert!(segment::list(dir).is_ok_and(|l| !l.is_empty()));
 }
 
+/// Flushes, closes the handle and joins the store's thread.
+pub(super) async fn stop(handle: Handle, thread: std::thread::JoinHandle<()>) {
+    handle.flush().await.expect("flushed");
+    drop(handle);
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("thread");
+}
+
 pub(super) fn report(dir: &Path) -> Report {
     let k = key::read(&dir.join("keys/signing.key")).expect("key");
     verify(dir, Some(k.verifying_key())).expect("verify runs")
@@ -609,11 +619,7 @@ async fn the_thread_acknowledges_opening_records_once_durable() {
         handle.refusal().is_none(),
         "a healthy store with nothing queued refuses nothing"
     );
-    drop(handle);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("thread");
+    stop(handle, thread).await;
     let r = report(&d.0);
     assert!(r.ok(), "{:?}", r.problems);
     let shown = show(&d.0, 1).expect("show");
