@@ -25,6 +25,15 @@ impl Server {
             .map(|p| p.clone())
             .unwrap_or_default()
     }
+
+    /// The body of every request to a model route so far.
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.seen
+            .bodies
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Server {
@@ -72,11 +81,7 @@ pub fn http(bind: &str) -> Server {
 /// `http` that keeps no record of peers, requests or headers (`Seen::unrecorded`), for
 /// benchmarks.
 pub fn http_unrecorded(bind: &str) -> Server {
-    let seen = Seen {
-        unrecorded: true,
-        ..Seen::default()
-    };
-    serve_with(bind, handle_http, seen)
+    http_thinking(bind, Duration::ZERO)
 }
 
 /// `http_unrecorded` whose model routes (`/v1/`, `/api/`) wait `think` before they answer,

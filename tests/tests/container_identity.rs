@@ -5,8 +5,6 @@
 //! connection log carry them, and the metrics do not. The clients stay in the host's network
 //! namespace (interception across namespaces is not built yet). Needs root.
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     os::unix::fs::MetadataExt as _,
     process::{Child, Stdio},
     thread,
@@ -132,20 +130,6 @@ fn held_client(cg: &NestedCgroup, vip: &str) -> Child {
         .expect("spawn python3")
 }
 
-fn scrape_metrics(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint answers");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
-
 fn record_for<'a>(recs: &'a [Value], container_id: &str) -> &'a Value {
     recs.iter()
         .find(|r| r["container_id"] == container_id)
@@ -260,7 +244,7 @@ fn policy_records_and_connections_know_the_container_and_the_pod() {
 
     // Metrics count requests by target, operation, decision and rule: never by container or
     // pod (one series per container would grow without bound).
-    let metrics = scrape_metrics(metrics_port);
+    let metrics = sluice_tests::scrape_metrics(metrics_port);
     assert!(
         metrics.contains("sluice_requests_total{"),
         "metrics served: {metrics}"

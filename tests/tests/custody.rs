@@ -2,8 +2,6 @@
 //! OpenAI Python SDK in a test cgroup holding only a wrong key, the real agent holding the
 //! right one. Needs root: `#[ignore]`d, run by `cargo xtask test` as root.
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::Path,
     process::{Command, Stdio},
     thread,
@@ -68,21 +66,10 @@ fn wait_for(what: &str, secs: u64, ok: impl Fn() -> bool) {
     }
 }
 
-fn metrics(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
-
 fn assert_secret_absent(agent: &Agent, metrics_port: u16, keys: &[&str]) {
     let log = agent.log_text();
     let status = agent.status().expect("status").to_string();
-    let scraped = metrics(metrics_port);
+    let scraped = sluice_tests::scrape_metrics(metrics_port);
     assert!(scraped.contains("sluice_"), "{scraped}");
     for key in keys {
         assert!(!log.contains(key), "key in the agent's log:\n{log}");

@@ -262,13 +262,7 @@ fn a_pseudonym_round_trips_and_a_compressed_answer_is_refused() {
         assert_eq!(r["ok"], true, "{mode}: {r}\n{}", s.agent.log_text());
         assert_eq!(r["text"], format!("echo: {PROMPT}"), "{mode}: {r}");
     }
-    let seen = s
-        .server
-        .seen
-        .bodies
-        .lock()
-        .map(|b| b.clone())
-        .unwrap_or_default();
+    let seen = s.server.bodies();
     assert!(!seen.is_empty(), "the upstream was reached");
     for body in &seen {
         let body = String::from_utf8_lossy(body);
@@ -293,19 +287,6 @@ fn a_pseudonym_round_trips_and_a_compressed_answer_is_refused() {
     let rec = s.record(3, "strict");
     assert_eq!(rec["mask_response"]["verdict"], "unscanned", "{rec}");
     assert_eq!(rec["mask_response"]["reason"], "compressed", "{rec}");
-}
-
-/// `GET /metrics` on the agent's metrics listener.
-fn scrape(port: u16) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
 }
 
 #[test]
@@ -357,13 +338,7 @@ fn a_canary_secret_is_in_no_log_line_metric_or_record() {
             "stream {stream}: {text}"
         );
     }
-    let seen = s
-        .server
-        .seen
-        .bodies
-        .lock()
-        .map(|b| b.clone())
-        .unwrap_or_default();
+    let seen = s.server.bodies();
     assert!(
         seen.iter()
             .any(|b| String::from_utf8_lossy(b).contains(&canary)),
@@ -373,7 +348,7 @@ fn a_canary_secret_is_in_no_log_line_metric_or_record() {
     assert_eq!(rec["mask_response"]["verdict"], "masked", "{rec}");
     assert_eq!(rec["mask_response"]["counts"]["openai_key"], 1, "{rec}");
 
-    let scraped = scrape(metrics_port);
+    let scraped = sluice_tests::scrape_metrics(metrics_port);
     assert!(scraped.contains("sluice_"), "{scraped}");
     assert!(!scraped.contains(&canary), "the canary is in /metrics");
     let status = s.agent.status().expect("status").to_string();
