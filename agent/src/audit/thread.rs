@@ -687,13 +687,10 @@ impl Writer {
     }
 
     /// `durability: none`: what was written is answered at once, but a `flush` still means
-    /// synced (the bench and shutdown rely on it): one fdatasync when a flush is among them.
+    /// synced: one fdatasync when something waits on it (with `none` only a flush does; an
+    /// opening record carries no acknowledgement).
     fn settle_unsynced(&mut self) -> Result<(), Error> {
-        if self
-            .unsynced
-            .iter()
-            .any(|i| matches!(i, Item::Flush(Some(_))))
-        {
+        if self.unsynced.iter().any(Item::waits) {
             self.sync()
         } else {
             self.acknowledge();
