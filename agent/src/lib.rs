@@ -27,6 +27,7 @@ pub mod http;
 pub mod identity;
 #[allow(unsafe_code)]
 pub mod intercept;
+pub mod json_text;
 pub mod limits;
 pub mod logging;
 pub mod mask;

@@ -194,7 +194,8 @@ pub struct BodyBudget {
     bytes: Arc<Semaphore>,
     total: usize,
     per_cgroup: usize,
-    held: Mutex<HashMap<u64, usize>>,
+    /// By cgroup id, a number the kernel gives out: a fast hash cannot be flooded here.
+    held: Mutex<HashMap<u64, usize, foldhash::fast::RandomState>>,
 }
 
 /// Bytes held against the budget; returned on drop.
@@ -237,7 +238,7 @@ impl BodyBudget {
             bytes: Arc::new(Semaphore::new(total)),
             total,
             per_cgroup,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::default()),
         })
     }
 

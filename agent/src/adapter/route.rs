@@ -52,9 +52,21 @@ impl Route {
         if !self.methods.contains(&method) {
             return None;
         }
+        let (want, have) = (
+            self.path.trim_start_matches('/'),
+            path.trim_start_matches('/'),
+        );
+        // Every request is tried against a server's routes in turn (twice: classify, and
+        // the body's own checks): the literal part of a route settles most of them without
+        // splitting either path into segments.
+        match want.find('*') {
+            None => return (want == have).then(Vec::new),
+            // Without the slash: `v1/images/**` matches `v1/images` too.
+            Some(i) if !have.starts_with(want[..i].trim_end_matches('/')) => return None,
+            Some(_) => {}
+        }
         let mut caps = Vec::new();
-        let mut want = self.path.trim_start_matches('/').split('/');
-        let mut have = path.trim_start_matches('/').split('/');
+        let (mut want, mut have) = (want.split('/'), have.split('/'));
         loop {
             match (want.next(), have.next()) {
                 (Some("**"), _) => return Some(caps),

@@ -368,3 +368,56 @@ fn operation_class_names_are_the_policy_spelling() {
         assert_eq!(c.as_str(), super::serde_name(&c));
     }
 }
+
+/// `Route::matches` settles literal routes by comparing strings and prunes wildcard ones by
+/// their literal prefix: it answers exactly as a walk over the segments does, for every
+/// route of every adapter against every route's own path, its variants and near misses.
+#[test]
+fn route_matching_answers_as_the_segment_walk() {
+    fn walk<'p>(r: &Route, method: &str, path: &'p str) -> Option<Vec<&'p str>> {
+        if !r.methods.contains(&method) {
+            return None;
+        }
+        let mut caps = Vec::new();
+        let mut want = r.path.trim_start_matches('/').split('/');
+        let mut have = path.trim_start_matches('/').split('/');
+        loop {
+            match (want.next(), have.next()) {
+                (Some("**"), _) => return Some(caps),
+                (Some("*"), Some(seg)) if !seg.is_empty() => caps.push(seg),
+                (Some(w), Some(h)) if w == h => {}
+                (None, None) => return Some(caps),
+                _ => return None,
+            }
+        }
+    }
+    let tables = [
+        openai::ROUTES,
+        anthropic::ROUTES,
+        ollama::ROUTES,
+        vllm::ROUTES,
+        tgi::ROUTES,
+        triton::ROUTES,
+        llamacpp::ROUTES,
+    ];
+    let mut paths: Vec<String> = Vec::new();
+    for r in tables.iter().flat_map(|t| t.iter()) {
+        let filled = r.path.replace("**", "a/b").replace('*', "m-1");
+        for p in [r.path.to_string(), filled] {
+            paths.push(p.clone());
+            paths.push(format!("{p}/"));
+            paths.push(format!("/{p}"));
+            paths.push(p.replace('/', "//"));
+            paths.push(p[..p.len() / 2].to_string());
+            paths.push(format!("{p}x"));
+        }
+    }
+    paths.extend(["", "/", "//", "v1", "/v1/", "/v1/models/"].map(String::from));
+    for r in tables.iter().flat_map(|t| t.iter()) {
+        for m in ["GET", "POST", "DELETE"] {
+            for p in &paths {
+                assert_eq!(r.matches(m, p), walk(r, m, p), "{} {m} {p:?}", r.path);
+            }
+        }
+    }
+}

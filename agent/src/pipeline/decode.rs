@@ -32,18 +32,24 @@ pub fn path(raw: &str) -> Result<String, Refusal> {
             format!("request path {raw:?} {why}"),
         )
     };
-    let lower = raw.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
-        return Err(bad("encodes a '/' or '\\' (%2F, %5C)"));
-    }
-    let decoded = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| bad("does not decode to UTF-8"))?;
-    if decoded.contains('%') {
-        return Err(bad(
-            "still holds a '%' after decoding once (double encoding or a stray '%')",
-        ));
-    }
+    // Most paths hold no escape: nothing to fold to lower case or decode, no copy made.
+    let decoded = if raw.contains('%') {
+        let lower = raw.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return Err(bad("encodes a '/' or '\\' (%2F, %5C)"));
+        }
+        let decoded = percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| bad("does not decode to UTF-8"))?;
+        if decoded.contains('%') {
+            return Err(bad(
+                "still holds a '%' after decoding once (double encoding or a stray '%')",
+            ));
+        }
+        decoded
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    };
     if decoded.contains('\\') {
         return Err(bad("holds a '\\'"));
     }

@@ -6,7 +6,11 @@
 //! rules with no anchor, sorts them into load order, and only those are checked in full. A
 //! rule can only match when its anchor does, so the candidates hold every matching rule and
 //! evaluation over them decides exactly as a walk over all rules would.
-use std::{collections::HashMap, hash::Hash};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::{Mutex, TryLockError},
+};
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
@@ -81,17 +85,30 @@ struct GlobDim {
     all: Ids,
     /// The automaton did not build (too large): `all` stands in for it.
     broken: bool,
+    /// The automaton's recent answers, by value. Targets, routes, paths, models and
+    /// workloads repeat from one request to the next, and one pass of a glob set (a
+    /// candidate built, every strategy run) cost ~1,000 instructions per matcher, twice per
+    /// request (rules and masking), against ~100 for a lookup here (docs/benchmarks.md, "The
+    /// hot path", 15). Bounded by `MEMO`: cleared when full, so values that never repeat
+    /// cost one insertion each and nothing more.
+    memo: Mutex<HashMap<Box<str>, Box<[u32]>, foldhash::fast::RandomState>>,
 }
 
+/// Values remembered per glob matcher.
+const MEMO: usize = 256;
+/// Longer values are matched every time: a memo of long paths would hold their bytes.
+const MEMO_VALUE: usize = 256;
+
+/// Keys come from the rules, never from requests, so a fast hash is safe here.
 #[derive(Debug)]
 struct ExactDim<K> {
-    map: HashMap<K, Ids>,
+    map: HashMap<K, Ids, foldhash::fast::RandomState>,
 }
 
 impl<K> Default for ExactDim<K> {
     fn default() -> Self {
         ExactDim {
-            map: HashMap::new(),
+            map: HashMap::default(),
         }
     }
 }
@@ -172,6 +189,7 @@ impl GlobDimBuilder {
                 rule_of: self.rule_of,
                 all: self.all,
                 broken: false,
+                memo: Mutex::default(),
             },
             Err(_) => GlobDim::fallback(self.all),
         }
@@ -195,6 +213,30 @@ impl GlobDim {
             out.extend_from_slice(&self.all);
             return;
         }
+        if value.len() > MEMO_VALUE {
+            return self.run(value, scratch, out);
+        }
+        // Another thread holding the memo is not waited for: the automaton answers the same.
+        let mut memo = match self.memo.try_lock() {
+            Ok(m) => m,
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {
+                return self.run(value, scratch, out);
+            }
+        };
+        if let Some(ids) = memo.get(value) {
+            out.extend_from_slice(ids);
+            return;
+        }
+        let from = out.len();
+        self.run(value, scratch, out);
+        if memo.len() >= MEMO {
+            memo.clear();
+        }
+        memo.insert(value.into(), out[from..].into());
+    }
+
+    /// One pass of the automaton.
+    fn run(&self, value: &str, scratch: &mut Vec<usize>, out: &mut Ids) {
         scratch.clear();
         self.set
             .matches_candidate_into(&Candidate::new(value), scratch);
@@ -391,6 +433,7 @@ fn anchors(r: &Rule) -> Vec<(Dim, Vec<String>)> {
 
 #[cfg(test)]
 mod tests {
+    use super::{MEMO, MEMO_VALUE};
     use std::path::Path;
 
     use proptest::{prelude::*, sample::subsequence};
@@ -779,6 +822,52 @@ mod tests {
         // d7 by its model (or its uid), and the unanchored allow.
         assert_eq!(policy.index.candidates(&f), vec![7, 2000]);
         assert_eq!(policy.evaluate(&f).rule_ids(), vec!["d7".to_string()]);
+    }
+
+    /// The glob matchers remember their answers: asked again, past the memo's bound (so it
+    /// is cleared on the way) and with values too long to remember, they answer as the
+    /// automaton does.
+    #[test]
+    fn remembered_answers_are_the_automatons() {
+        let mut text = String::from(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata:\n  name: s\nspec:\n  rules:\n",
+        );
+        for i in 0..400 {
+            text.push_str(&format!(
+                "    - id: d{i}\n      action: deny\n      match:\n        models: [\"team{i}-*\"]\n"
+            ));
+        }
+        let policy = parse_pack(&text, Path::new("s.yaml")).expect("pack parses");
+        let long = format!("team3-{}", "x".repeat(MEMO_VALUE));
+        for round in 0..3 {
+            for i in (0..400u32).chain([3]) {
+                let model = if i == 3 && round == 2 {
+                    long.clone()
+                } else {
+                    format!("team{i}-m")
+                };
+                let operation = Operation {
+                    class: OpClass::Inference,
+                    route: "openai.chat.completions",
+                    model: Some(model),
+                    streaming: false,
+                };
+                let f = Facts {
+                    target: "t",
+                    server: Server::Openai,
+                    method: "POST",
+                    path: "/v1/chat/completions",
+                    operation: &operation,
+                    body: None,
+                    default: Action::Allow,
+                    workload: None,
+                    identity: None,
+                    switch: None,
+                };
+                assert_eq!(policy.index.candidates(&f), vec![i], "round {round}");
+            }
+        }
+        assert!(policy.index.models.memo.lock().expect("memo").len() <= MEMO);
     }
 
     /// A grant per container and per pod among thousands: a request is checked against its

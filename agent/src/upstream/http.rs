@@ -311,49 +311,71 @@ fn h1_form(req: &mut Request<Body>, authority: &str, origin_form: bool) {
 /// the `Connection` header names: a client must not be able to make Sluice drop a header
 /// the server needs, or pass one only this hop should see.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
-    // Runs twice per request: names as constants (a `&str` key is parsed on every call)
-    // and no list at all when there is no `Connection` header.
+    // Runs twice per request, and most messages carry `Connection: keep-alive` at most: one
+    // pass over the names notes which hop-by-hop ones are there, so only those are removed
+    // (a removal is a hash lookup), and the options `keep-alive` and `close` (the usual
+    // ones) never become a list of names to remove.
     const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
     const PROXY_CONNECTION: header::HeaderName =
         header::HeaderName::from_static("proxy-connection");
-    // One pass over the names first: most messages carry none of these, and a removal is a
-    // hash lookup each (seven of them, twice per request).
-    let hop = |n: &header::HeaderName| {
-        *n == header::CONNECTION
-            || *n == header::TRANSFER_ENCODING
-            || *n == header::UPGRADE
-            || *n == header::TE
-            || *n == KEEP_ALIVE
-            || *n == PROXY_CONNECTION
-    };
-    if !h.keys().any(hop) {
-        return;
-    }
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<header::HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            // `Connection: te` must not remove the `te: trailers` gRPC needs.
-            if !(keep_te_trailers && name == header::TE) {
-                h.remove(name);
-            }
-        }
-    }
-    for name in [
+    const CLOSE: header::HeaderName = header::HeaderName::from_static("close");
+    let hops = [
         header::CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
-    ] {
-        h.remove(name);
+        header::TE,
+        // Not hop-by-hop itself: removed only when `Connection` names it.
+        CLOSE,
+    ];
+    let mut present = 0u8;
+    for n in h.keys() {
+        if let Some(i) = hops.iter().position(|hop| hop == n) {
+            present |= 1 << i;
+        }
     }
-    if !keep_te_trailers {
+    const CONNECTION: u8 = 1;
+    const TE: u8 = 1 << 5;
+    const NAMED_CLOSE: u8 = 1 << 6;
+    if present & !NAMED_CLOSE == 0 {
+        return;
+    }
+    let mut named: Vec<header::HeaderName> = Vec::new();
+    if present & CONNECTION != 0 {
+        for option in h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            if option.eq_ignore_ascii_case("keep-alive") {
+                continue; // removed below in any case
+            }
+            if option.eq_ignore_ascii_case("close") {
+                if present & NAMED_CLOSE != 0 {
+                    named.push(CLOSE);
+                }
+                continue;
+            }
+            if let Ok(name) = header::HeaderName::from_bytes(option.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        // `Connection: te` must not remove the `te: trailers` gRPC needs.
+        if !(keep_te_trailers && name == header::TE) {
+            h.remove(name);
+        }
+    }
+    for (i, name) in hops.into_iter().enumerate().take(5) {
+        if present & (1 << i) != 0 {
+            h.remove(name);
+        }
+    }
+    if !keep_te_trailers && present & TE != 0 {
         h.remove(header::TE);
     }
 }
@@ -407,5 +429,43 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h, before);
+    }
+
+    /// The usual options: `keep-alive` and `close` name no header to remove unless one by
+    /// that name is there; a `close` header no `Connection` names stays.
+    #[test]
+    fn the_usual_connection_options_remove_only_what_they_name() {
+        let strip = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(header::HeaderName::from_static(n), v.parse().expect("hv"));
+            }
+            strip_hop_by_hop(&mut h, false);
+            let mut left: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            left.sort();
+            left
+        };
+        assert_eq!(
+            strip(&[
+                ("connection", "Keep-Alive"),
+                ("keep-alive", "timeout=5"),
+                ("x-a", "1")
+            ]),
+            ["x-a"]
+        );
+        assert_eq!(
+            strip(&[("connection", "close"), ("close", "1"), ("x-a", "1")]),
+            ["x-a"]
+        );
+        assert_eq!(strip(&[("close", "1"), ("x-a", "1")]), ["close", "x-a"]);
+        assert_eq!(
+            strip(&[
+                ("connection", "close"),
+                ("connection", "x-b, CLOSE"),
+                ("x-b", "1"),
+                ("x-a", "1")
+            ]),
+            ["x-a"]
+        );
     }
 }
