@@ -336,8 +336,8 @@ impl Pool {
             tokio::pin!(reading);
             loop {
                 tokio::select! {
+                    // The writer first: a body written to its end keeps the connection reusable.
                     biased;
-                    head = &mut reading => break head,
                     (half, r) = &mut writer, if written.is_none() => match r {
                         Ok(()) => written = Some(Some(half)),
                         Err(WriteError::Body(source)) => {
@@ -353,6 +353,7 @@ impl Pool {
                             written = Some(None);
                         }
                     },
+                    head = &mut reading => break head,
                 }
             }
         };

@@ -105,6 +105,10 @@ pub struct Body {
     reuse: bool,
     pool: Arc<Shared>,
     max_trailers: usize,
+    /// Data was handed out since the last `Pending`.
+    fresh: bool,
+    /// An error held back for one `Pending` (see `fail`).
+    deferred: Option<Error>,
 }
 
 impl Body {
@@ -122,6 +126,8 @@ impl Body {
             reuse,
             pool,
             max_trailers,
+            fresh: false,
+            deferred: None,
         }
     }
 
@@ -136,9 +142,22 @@ impl Body {
         }
     }
 
-    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    /// Ends the body with `e`, the connection closed. Right after data, the error waits for
+    /// one `Pending` first: hyper's server, given data and then at once an error, drops the
+    /// data it has not flushed yet, and the client would lose the bytes the upstream did
+    /// send before failing (hyper's `Incoming` delivered the error on a later wakeup).
+    fn fail(
+        &mut self,
+        e: Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.state = State::Done;
         self.io = None;
+        if std::mem::take(&mut self.fresh) {
+            self.deferred = Some(e);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         Poll::Ready(Some(Err(BodyError::from(e))))
     }
 
@@ -184,6 +203,9 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(e) = this.deferred.take() {
+            return Poll::Ready(Some(Err(BodyError::from(e))));
+        }
         loop {
             match this.state {
                 State::Done => return Poll::Ready(None),
@@ -201,11 +223,13 @@ impl http_body::Body for Body {
                             (_, 0) => State::DataEnd,
                             (_, l) => State::Data(l),
                         };
+                        this.fresh = true;
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
                 State::Close => {
                     if let Some(data) = this.take(u64::MAX) {
+                        this.fresh = true;
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
@@ -221,7 +245,7 @@ impl http_body::Body for Body {
                     Ok(None) => {}
                     Err(why) => {
                         let authority = this.authority();
-                        return this.fail(Error::Chunk { authority, why });
+                        return this.fail(Error::Chunk { authority, why }, cx);
                     }
                 },
                 State::DataEnd => {
@@ -230,10 +254,13 @@ impl http_body::Body for Body {
                     {
                         if &buf[..2] != b"\r\n" {
                             let authority = this.authority();
-                            return this.fail(Error::Chunk {
-                                authority,
-                                why: "no CRLF after a chunk",
-                            });
+                            return this.fail(
+                                Error::Chunk {
+                                    authority,
+                                    why: "no CRLF after a chunk",
+                                },
+                                cx,
+                            );
                         }
                         buf.advance(2);
                         this.state = State::Size;
@@ -249,13 +276,17 @@ impl http_body::Body for Body {
                         Ok(None) => {}
                         Err(why) => {
                             let authority = this.authority();
-                            return this.fail(Error::Chunk { authority, why });
+                            return this.fail(Error::Chunk { authority, why }, cx);
                         }
                     }
                 }
             }
             // Nothing usable buffered: read more.
-            match ready!(this.poll_fill(cx)) {
+            let filled = this.poll_fill(cx);
+            if filled.is_pending() {
+                this.fresh = false;
+            }
+            match ready!(filled) {
                 Ok(0) => {
                     let authority = this.authority();
                     return match this.state {
@@ -264,27 +295,29 @@ impl http_body::Body for Body {
                             this.io = None;
                             Poll::Ready(None)
                         }
-                        State::Length(missing) => this.fail(Error::Short { authority, missing }),
-                        _ => this.fail(Error::ChunkedEof { authority }),
+                        State::Length(missing) => {
+                            this.fail(Error::Short { authority, missing }, cx)
+                        }
+                        _ => this.fail(Error::ChunkedEof { authority }, cx),
                     };
                 }
                 Ok(_) => {}
                 Err(source) => {
                     let authority = this.authority();
-                    return this.fail(Error::Io { authority, source });
+                    return this.fail(Error::Io { authority, source }, cx);
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == State::Done
+        self.state == State::Done && self.deferred.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.state {
             State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
+            State::Done if self.deferred.is_none() => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
     }

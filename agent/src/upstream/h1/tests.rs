@@ -855,3 +855,37 @@ async fn a_server_answering_before_reading_a_large_body_does_not_deadlock_it() {
         "a connection with half a request is not reused"
     );
 }
+
+#[tokio::test]
+async fn bytes_received_before_the_server_died_come_out_before_the_error() {
+    let s = Script::start(vec![Reply {
+        bytes: b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\nonly this\r\n".to_vec(),
+        split: None,
+        close: true,
+    }])
+    .await;
+    let pool = pool();
+    let resp = pool
+        .send(&s.addr, None, None, get(&s.addr))
+        .await
+        .expect("answered");
+    // Let the data and the close both arrive before the first poll.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("data first");
+    assert_eq!(first.into_data().ok().as_deref(), Some(&b"only this"[..]));
+    assert!(!body.is_end_stream(), "not a clean end");
+    // The error waits for one `Pending`: hyper's server flushes what it has only then.
+    let next = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut body).poll_frame(cx).is_pending())
+    })
+    .await;
+    assert!(next, "the error right after the data is held back once");
+    let e = body
+        .frame()
+        .await
+        .expect("a frame")
+        .expect_err("then the error");
+    assert!(e.to_string().contains("closed the connection"), "{e}");
+    assert!(body.frame().await.is_none());
+}
