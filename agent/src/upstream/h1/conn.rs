@@ -8,7 +8,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::BytesMut;
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header, request::Parts};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf},
@@ -251,8 +251,9 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
-/// One head from the start of `buf`, consumed from it when complete. Header values are
-/// slices of the head's bytes, not copies (one `malloc` per field saved, as hyper does).
+/// One head from the start of `buf`, consumed from it when complete. The head is copied
+/// once and the header values are slices of that copy: one `malloc` per head, not one per
+/// field.
 fn parse(buf: &mut BytesMut, head_request: bool, max: usize) -> Result<Option<Head>, HeadError> {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -282,19 +283,12 @@ fn parse(buf: &mut BytesMut, head_request: bool, max: usize) -> Result<Option<He
         .reason
         .filter(|r| !r.is_empty() && Some(*r) != status.canonical_reason())
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
-    // Where each field's name and value sit in the head, to slice them once it is frozen.
     let base = buf.as_ptr() as usize;
-    let mut fields = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = r.headers.len();
+    let head = Bytes::copy_from_slice(&buf[..n]);
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
     let (mut length, mut coded, mut chunked) = (None::<u64>, false, false);
     let (mut close, mut keep_alive) = (false, false);
-    for (h, at) in r.headers.iter().zip(fields.iter_mut()) {
-        *at = (
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        );
+    for h in r.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             let value = std::str::from_utf8(h.value).map_err(|_| HeadError::BadLength)?;
@@ -329,18 +323,13 @@ fn parse(buf: &mut BytesMut, head_request: bool, max: usize) -> Result<Option<He
                 keep_alive |= t.eq_ignore_ascii_case("keep-alive");
             }
         }
-    }
-    let head = buf.split_to(n).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(no, nl, vo, vl) in &fields[..count] {
-        let name = head
-            .get(no..no + nl)
-            .and_then(|b| HeaderName::from_bytes(b).ok())
-            .ok_or(HeadError::InvalidField)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vo..vo + vl))
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeadError::InvalidField)?;
+        let at = h.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
             .map_err(|_| HeadError::InvalidField)?;
         headers.append(name, value);
     }
+    buf.advance(n);
     let mut reuse = !close && (version == Version::HTTP_11 || keep_alive);
     let kind = if status.is_informational()
         || head_request
