@@ -258,6 +258,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.bypass_mark,
             cfg.connect_timeout,
             cfg.upstream_max_idle,
+            cfg.max_header_bytes,
         ),
         recorder: recorder.clone(),
         connections: connections.clone(),

@@ -288,19 +288,28 @@ fn approve(decision: Option<&Decision>) -> Result<Permit, Refusal> {
 
 /// The upstream's response head: hop-by-hop headers removed, the target's filters set up. A
 /// body that declares more than the target lets through is refused before any of it is sent.
-fn response(
-    rq: &mut Request,
-    head: Response<Incoming>,
-) -> Result<(Response<Body>, Chain), Refusal> {
-    if let Some(switch) = rq.switch
-        && switch::accepted(switch, head.status(), head.headers().get(header::UPGRADE))
-    {
-        return Ok((switched(rq, switch, head), Chain::default()));
-    }
+fn response(rq: &mut Request, head: send::Upstream) -> Result<(Response<Body>, Chain), Refusal> {
+    let head = match head {
+        send::Upstream::Plain(head) => head,
+        send::Upstream::Switched(head) => {
+            if let Some(switch) = rq.switch
+                && switch::accepted(switch, head.status(), head.headers().get(header::UPGRADE))
+            {
+                return Ok((switched(rq, switch, head), Chain::default()));
+            }
+            head.map(|b| {
+                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                    b,
+                    respond::BodyError::from,
+                ))
+            })
+        }
+    };
     let (mut parts, body) = head.into_parts();
-    // Sluice strips `Upgrade` unless the policy allowed a switch, and hyper's client skips
-    // other 1xx heads, so one here is an upstream switching protocols on its own (or to
-    // another switch than the one allowed): not passed on.
+    // Sluice strips `Upgrade` unless the policy allowed a switch, and the HTTP/1.1 clients
+    // skip other 1xx heads (Sluice's own refuses a 101), so one here is an upstream
+    // switching protocols on its own (or to another switch than the one allowed): not
+    // passed on.
     if parts.status.is_informational() {
         return Err(Refusal::upstream(
             StatusCode::BAD_GATEWAY,
@@ -344,11 +353,7 @@ fn response(
     if let Some(cred) = &rq.credential {
         mask_echoes(&mut parts.headers, &mut chain, cred);
     }
-    let body = http_body_util::BodyExt::map_err(body, respond::BodyError::from);
-    Ok((
-        Response::from_parts(parts, http_body_util::BodyExt::boxed(body)),
-        chain,
-    ))
+    Ok((Response::from_parts(parts, body), chain))
 }
 
 /// The key this request went out with, echoed back, is masked in the response's headers and

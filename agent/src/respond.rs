@@ -17,6 +17,9 @@ pub type Body = BoxBody<Bytes, BodyError>;
 pub enum BodyError {
     #[error("upstream: {0}")]
     Upstream(#[from] hyper::Error),
+    /// From the pooled HTTP/1.1 client; the message names the upstream.
+    #[error("{0}")]
+    UpstreamH1(#[from] crate::upstream::BodyFailure),
     #[error("ended by Sluice: {0}")]
     Sluice(String),
 }

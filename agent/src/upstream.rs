@@ -17,6 +17,7 @@ use crate::{
 };
 
 mod h1;
+pub use h1::{BodyFailure, Payload};
 mod h2;
 pub mod http;
 
@@ -242,7 +243,11 @@ pub async fn dial(
         None if addr.is_ipv4() => TcpSocket::new_v4()?,
         None => TcpSocket::new_v6()?,
     };
-    socket2::SockRef::from(&sock).set_mark(mark)?;
+    // Mark 0 is the kernel's default: setting it changes nothing, and needs CAP_NET_ADMIN
+    // (the HTTP client's tests dial unmarked, as any user).
+    if mark != 0 {
+        socket2::SockRef::from(&sock).set_mark(mark)?;
+    }
     sock.set_nodelay(true)?;
     match tokio::time::timeout(timeout, sock.connect(addr)).await {
         Ok(r) => r,

@@ -13,7 +13,8 @@ use crate::{
     connection::{Conn, Ctx},
     limits::BodyCharge,
     policy::{Permit, Switch},
-    respond::{self, Body, BodyError, Refusal},
+    respond::{Body, BodyError, Refusal},
+    upstream::Payload,
 };
 
 /// A request ready for the upstream. Only `prepare` makes one, and it takes a `Permit`:
@@ -86,8 +87,16 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
     }
 }
 
+/// The upstream's answer: most through Sluice's own HTTP/1.1 client or gRPC's, already a
+/// response body; a request that asked for a protocol switch went on hyper's client, whose
+/// response carries the upgrade.
+pub enum Upstream {
+    Plain(Response<Body>),
+    Switched(Response<Incoming>),
+}
+
 /// Sends to the target's backends in order (or to the address the client dialled).
-pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incoming>, Refusal> {
+pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Upstream, Refusal> {
     let order = ctx.upstreams.order_authorities(conn.target_id);
     let tls = ctx.upstreams.tls(conn.target_id).map(|t| &**t);
     let candidates: Vec<(Option<usize>, Arc<str>)> = if order.is_empty() {
@@ -110,9 +119,9 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incom
     let mut last = String::new();
     let (mut parts, tries) = (Some(parts), candidates.len());
     for (n, (i, auth)) in candidates.into_iter().enumerate() {
-        let b: Body = match (&buffered, streaming.take()) {
-            (Some(bytes), _) => respond::full(bytes.clone()),
-            (None, Some(inc)) => inc.map_err(BodyError::from).boxed(),
+        let b = match (&buffered, streaming.take()) {
+            (Some(bytes), _) => Payload::Full(bytes.clone()),
+            (None, Some(inc)) => Payload::Stream(inc.map_err(BodyError::from).boxed()),
             // A streamed body went to a backend that failed: it cannot be sent again.
             (None, None) => break,
         };
@@ -126,16 +135,22 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Response<Incom
         let Some(head) = head else { break };
         let req = http::Request::from_parts(head, b);
         let sent = match switch {
-            Some(s) => {
-                ctx.http
-                    .switch(&auth, conn.netns.as_ref(), tls, req, s)
-                    .await
-            }
-            None => {
-                ctx.http
-                    .send(&auth, conn.netns.as_ref(), tls, req, grpc)
-                    .await
-            }
+            Some(s) => ctx
+                .http
+                .switch(
+                    &auth,
+                    conn.netns.as_ref(),
+                    tls,
+                    req.map(Payload::into_body),
+                    s,
+                )
+                .await
+                .map(Upstream::Switched),
+            None => ctx
+                .http
+                .send(&auth, conn.netns.as_ref(), tls, req, grpc)
+                .await
+                .map(Upstream::Plain),
         };
         match sent {
             Ok(resp) => {

@@ -1,31 +1,61 @@
-//! HTTP/1.1 connections to model servers, pooled per runtime thread, on hyper's own client
-//! connections.
+//! HTTP/1.1 connections to model servers, pooled per runtime thread.
 //!
-//! Written here rather than using hyper-util's pooled client because that client did more
-//! per request than a proxy in front of a few model servers needs: a checkout racing a lazy
-//! connect, pool keys and extensions per request, large futures boxed and moved; it was ~8%
-//! of a request's CPU in the profile (docs/benchmarks.md). What is needed is small: keep the
-//! senders of open connections per backend, take one whose previous exchange is over, else
-//! dial a new one. With `runtime: per-core` each thread has its own pool, so the lock below
-//! is never contended.
+//! The pooled path (`Pool::send`, every request that is neither gRPC nor a protocol switch)
+//! is a client of our own on `httparse`: the request is written from the request's own task
+//! (no connection task, no channel), its head and a buffered body in one write; the
+//! response head is parsed strictly (`conn`); the response body reads from the connection
+//! as the client's side polls it and hands the connection back to the pool at its clean end
+//! (`body`). hyper's client cost ~14,000 instructions per request here, a third of it
+//! parsing the response head, plus the handoff to its connection task
+//! (docs/benchmarks.md, "The hot path", items 13 and 15).
+//!
+//! Protocol switches (`Pool::dedicated`) stay on hyper's client connection: they need
+//! `hyper::upgrade` to hand the socket to the tunnel. gRPC (HTTP/2) is in `h2` and
+//! `http`, on hyper too.
+//!
+//! The pool keeps idle connections per (namespace, TLS origin, authority); a request takes
+//! the most recently used one that the server has neither closed nor written to (a peek at
+//! the socket), else dials. A request is never sent twice once any byte of it was written:
+//! only a pooled connection whose first write failed with nothing written is given up for
+//! the next one.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::{Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::{
     body::Incoming,
     client::conn::http1::{self, SendRequest},
 };
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _, WriteHalf};
 
-use crate::{intercept::netns::Served, respond::Body, tls::Origin};
+use crate::{
+    intercept::netns::Served,
+    respond::{self, Body, BodyError},
+    tls::Origin,
+};
+
+mod body;
+mod conn;
+#[cfg(test)]
+mod tests;
+
+pub use body::Error as BodyFailure;
+use conn::{Conn, Framing, HeadError, Kind, Stream};
 
 /// A pooled connection unused this long is closed instead of reused: servers close idle
 /// connections too, and a request sent on one that is closing would be lost.
 const IDLE: Duration = Duration::from_secs(60);
+
+/// A buffered body up to this size goes out in the head's write; a larger one is written
+/// while the response head is awaited, so a server answering early never deadlocks it.
+const INLINE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +77,30 @@ pub enum Error {
     },
     #[error("{0}")]
     Request(hyper::Error),
+    #[error("upstream {authority}: writing the request: {source}")]
+    Write {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("upstream {authority}: {source}")]
+    Head {
+        authority: String,
+        source: HeadError,
+    },
+    /// The client's request body failed while it was being passed on.
+    #[error("upstream {authority}: the request body ended early: {source}")]
+    RequestBody {
+        authority: String,
+        source: BodyError,
+    },
+    #[error(
+        "upstream {authority}: the request body's length ({sent}) is not the {declared} bytes declared"
+    )]
+    Length {
+        authority: String,
+        declared: u64,
+        sent: u64,
+    },
 }
 
 impl Error {
@@ -64,68 +118,308 @@ impl Error {
     }
 }
 
+/// A request body as the pooled path takes it: bytes Sluice read (framed with their
+/// length, written with the head), or the client's stream (its length if declared, else
+/// chunked).
+pub enum Payload {
+    Full(Bytes),
+    Stream(Body),
+}
+
+impl Payload {
+    pub fn into_body(self) -> Body {
+        match self {
+            Payload::Full(b) => respond::full(b),
+            Payload::Stream(b) => b,
+        }
+    }
+}
+
 /// (namespace cookie, TLS origin id).
-type Key = (u64, u32);
+pub type Key = (u64, u32);
+
+/// One key's idle connections, by authority.
+type ByAuthority = HashMap<Arc<str>, Vec<Idle>>;
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
-pub struct Pool {
-    mark: u32,
-    timeout: Duration,
+/// The idle connections, shared with response bodies, which put theirs back at the end.
+pub struct Shared {
     max_idle: usize,
     /// Keyed by ((client's network namespace cookie, 0 for the agent's own; TLS origin, 0
     /// for cleartext); authority): a connection dialled from one namespace is never reused
     /// for another, nor a TLS one (with one target's certificates) for cleartext or another
     /// target.
-    conns: Mutex<HashMap<Key, HashMap<String, Vec<Idle>>>>,
+    conns: Mutex<HashMap<Key, ByAuthority>>,
+}
+
+impl Shared {
+    /// Back into the pool once its response was read to the end.
+    pub(super) fn put(&self, conn: Conn) {
+        let Ok(mut all) = self.conns.lock() else {
+            return;
+        };
+        let key = conn.key;
+        // Entries of namespaces with nothing open any more are dropped as others are added.
+        if key.0 != 0 {
+            all.retain(|k, m| {
+                k.0 == 0 || *k == key || m.values().flatten().any(|c| c.since.elapsed() < IDLE)
+            });
+        }
+        let conns = all.entry(key).or_default();
+        let idle = Idle {
+            since: Instant::now(),
+            conn,
+        };
+        match conns.get_mut(&*idle.conn.authority) {
+            Some(list) => list.push(idle),
+            None => {
+                conns.insert(idle.conn.authority.clone(), vec![idle]);
+            }
+        }
+    }
+
+    /// The most recently used idle connection, if any; expired ones are dropped here.
+    fn pop(&self, key: Key, authority: &str) -> Option<Conn> {
+        let mut all = self.conns.lock().ok()?;
+        let conns = all.get_mut(&key)?;
+        let list = conns.get_mut(authority)?;
+        trim(list, self.max_idle);
+        if list.is_empty() {
+            if key.0 != 0 {
+                // Namespaces come and go: forget their empty entries, or the map grows.
+                conns.remove(authority);
+                if conns.is_empty() {
+                    all.remove(&key);
+                }
+            }
+            return None;
+        }
+        list.pop().map(|i| i.conn)
+    }
+}
+
+pub struct Pool {
+    mark: u32,
+    timeout: Duration,
+    /// Largest response head (and trailer section) taken from a server.
+    max_header: usize,
+    shared: Arc<Shared>,
 }
 
 impl Pool {
-    pub fn new(mark: u32, timeout: Duration, max_idle: usize) -> Self {
+    /// `max_header` bounds a response head and a trailer section (the agent's
+    /// `max_header_bytes`).
+    pub fn new(mark: u32, timeout: Duration, max_idle: usize, max_header: usize) -> Self {
         Pool {
             mark,
             timeout,
-            max_idle,
-            conns: Mutex::new(HashMap::new()),
+            max_header: max_header.max(1024),
+            shared: Arc::new(Shared {
+                max_idle,
+                conns: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection, or on
-    /// a new one. A pooled connection the server closed before the request went out hands
-    /// the request back; it is then sent once more, on a new connection.
+    /// a new one. The response's body reads from the connection, and puts it back in the
+    /// pool once read cleanly to its end.
     pub async fn send(
         &self,
         authority: &str,
         ns: Option<&Arc<Served>>,
         tls: Option<&Origin>,
-        mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, Error> {
+        req: Request<Payload>,
+    ) -> Result<Response<Body>, Error> {
         let key = (ns.map_or(0, |n| n.cookie), tls.map_or(0, |t| t.id));
-        if let Some(mut sender) = self.take(key, authority) {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    self.put(key, authority, sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(Error::Request(e.into_error())),
-                },
+        let (mut parts, payload) = req.into_parts();
+        let head_request = parts.method == http::Method::HEAD;
+        let len = match &payload {
+            Payload::Full(b) => Some(b.len() as u64),
+            Payload::Stream(b) if b.is_end_stream() => Some(0),
+            Payload::Stream(b) => b.size_hint().exact(),
+        };
+        let framing = conn::frame(&mut parts.headers, len);
+        let mut head = Vec::with_capacity(128 + 64 * parts.headers.len());
+        conn::encode_head(&parts, &mut head);
+        let (inline, streamed) = match payload {
+            Payload::Full(b) if b.len() <= INLINE => (b, None),
+            Payload::Full(b) => (Bytes::new(), Some(respond::full(b))),
+            Payload::Stream(_) if matches!(framing, Framing::Empty | Framing::Length(0)) => {
+                (Bytes::new(), None)
+            }
+            Payload::Stream(b) => (Bytes::new(), Some(b)),
+        };
+        let mut conn = self
+            .start(key, authority, ns.map(|n| &**n), tls, &head, &inline)
+            .await?;
+        drop(head);
+        let Some(body) = streamed else {
+            let head = conn::read_head(&mut conn.io, &mut conn.buf, head_request, self.max_header)
+                .await
+                .map_err(|source| Error::Head {
+                    authority: authority.to_string(),
+                    source,
+                })?;
+            return Ok(self.respond(body::Io::Whole(conn), head));
+        };
+        self.stream(conn, body, framing, head_request).await
+    }
+
+    /// Writes the head (and an inline body) on an idle pooled connection the server has not
+    /// closed, else on a new one. A pooled one whose first write took nothing is given up
+    /// for the next: nothing of the request reached its server.
+    async fn start(
+        &self,
+        key: Key,
+        authority: &str,
+        ns: Option<&Served>,
+        tls: Option<&Origin>,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<Conn, Error> {
+        let write_err = |source| Error::Write {
+            authority: authority.to_string(),
+            source,
+        };
+        while let Some(mut c) = self.shared.pop(key, authority) {
+            if !c.io.still_idle() {
+                continue;
+            }
+            match write_all(&mut c.io, head, body).await {
+                Ok(()) => return Ok(c),
+                Err((_, 0)) => continue,
+                Err((source, _)) => return Err(write_err(source)),
             }
         }
-        let mut sender = self
-            .connect(authority, ns.map(|n| &**n), tls, false)
-            .await?;
-        let resp = sender.send_request(req).await.map_err(Error::Request)?;
-        self.put(key, authority, sender);
-        Ok(resp)
+        let io = self.dial(authority, ns, tls).await?;
+        let mut c = Conn {
+            io,
+            buf: BytesMut::with_capacity(8192),
+            key,
+            authority: Arc::from(authority),
+        };
+        write_all(&mut c.io, head, body)
+            .await
+            .map_err(|(source, _)| write_err(source))?;
+        Ok(c)
+    }
+
+    /// A body written after the head, while the response head is awaited: a server may
+    /// answer before it has read the whole body (a 413, or a streaming echo). An answer that
+    /// comes first leaves the rest of the body to a task of its own, which ends with the
+    /// response body; that connection is not reused.
+    async fn stream(
+        &self,
+        conn: Conn,
+        body: Body,
+        framing: Framing,
+        head_request: bool,
+    ) -> Result<Response<Body>, Error> {
+        let Conn {
+            io,
+            mut buf,
+            key,
+            authority,
+        } = conn;
+        let name = || authority.to_string();
+        let (mut read, write) = tokio::io::split(io);
+        let mut writer = Box::pin(write_body(write, body, framing));
+        // Once the writer is done: its half back when it wrote everything, else `None`.
+        let mut written = None;
+        let head = {
+            let reading = conn::read_head(&mut read, &mut buf, head_request, self.max_header);
+            tokio::pin!(reading);
+            loop {
+                tokio::select! {
+                    // The writer first: a body written to its end keeps the connection reusable.
+                    biased;
+                    (half, r) = &mut writer, if written.is_none() => match r {
+                        Ok(()) => written = Some(Some(half)),
+                        Err(WriteError::Body(source)) => {
+                            return Err(Error::RequestBody { authority: name(), source });
+                        }
+                        Err(WriteError::Length { declared, sent }) => {
+                            return Err(Error::Length { authority: name(), declared, sent });
+                        }
+                        // The server may have answered and closed: its head says what
+                        // happened, or reading it fails.
+                        Err(WriteError::Io(e)) => {
+                            tracing::debug!(upstream = %authority, error = %e, "writing the request body failed");
+                            written = Some(None);
+                        }
+                    },
+                    head = &mut reading => break head,
+                }
+            }
+        };
+        let head = head.map_err(|source| Error::Head {
+            authority: name(),
+            source,
+        })?;
+        let io = match written {
+            Some(Some(half)) => body::Io::Whole(Conn {
+                io: read.unsplit(half),
+                buf,
+                key,
+                authority,
+            }),
+            Some(None) => body::Io::Half {
+                read,
+                buf,
+                authority,
+                _writer: None,
+            },
+            None => {
+                let task = tokio::spawn(async move {
+                    let (_, r) = writer.await;
+                    if let Err(e) = r {
+                        tracing::debug!(error = ?e, "the rest of a request body was not written");
+                    }
+                });
+                body::Io::Half {
+                    read,
+                    buf,
+                    authority,
+                    _writer: Some(body::AbortOnDrop(task.abort_handle())),
+                }
+            }
+        };
+        Ok(self.respond(io, head))
+    }
+
+    fn respond(&self, io: body::Io, head: conn::Head) -> Response<Body> {
+        let body = match head.kind {
+            Kind::Empty => {
+                if let body::Io::Whole(c) = io
+                    && head.reuse
+                    && c.buf.is_empty()
+                {
+                    self.shared.put(c);
+                }
+                respond::full(Bytes::new())
+            }
+            kind => {
+                body::Body::new(io, kind, head.reuse, self.shared.clone(), self.max_header).boxed()
+            }
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        if let Some(r) = head.reason {
+            resp.extensions_mut().insert(r);
+        }
+        resp
     }
 
     /// Sends `req` on a new connection of its own that can switch protocols: after a switch
-    /// it carries the tunnel, so it never joins the pool.
+    /// it carries the tunnel, so it never joins the pool. On hyper's client: the switch needs
+    /// `hyper::upgrade`.
     pub async fn dedicated(
         &self,
         authority: &str,
@@ -133,93 +427,43 @@ impl Pool {
         tls: Option<&Origin>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, Error> {
-        let mut sender = self.connect(authority, ns.map(|n| &**n), tls, true).await?;
+        let io = self.dial(authority, ns.map(|n| &**n), tls).await?;
+        let mut sender = handshake(authority, io).await?;
         sender.send_request(req).await.map_err(Error::Request)
     }
 
-    /// A pooled sender whose connection is open and whose last exchange is over. Idle ones
-    /// past `max_idle` are dropped here (hyper then closes their connections); busy ones
-    /// stay: each is a request in flight, bounded by the agent's connection caps.
-    fn take(&self, key: Key, authority: &str) -> Option<SendRequest<Body>> {
-        let mut all = self.conns.lock().ok()?;
-        let conns = all.get_mut(&key)?;
-        let list = conns.get_mut(authority)?;
-        trim(list, self.max_idle);
-        if list.is_empty() && key.0 != 0 {
-            // Namespaces come and go: forget their empty entries, or the map grows forever.
-            conns.remove(authority);
-            if conns.is_empty() {
-                all.remove(&key);
-            }
-            return None;
-        }
-        let i = list.iter().rposition(|c| c.sender.is_ready())?;
-        Some(list.swap_remove(i).sender)
-    }
-
-    /// Closes what `take` would drop, for every backend: run every few seconds
-    /// (`app::heartbeat`), so a burst's idle connections and expired ones are closed even
-    /// when no request goes to their backend again.
+    /// Closes idle connections past `max_idle` or `IDLE`, for every backend: run every few
+    /// seconds (`app::heartbeat`), so a burst's idle connections and expired ones are closed
+    /// even when no request goes to their backend again.
     pub fn sweep(&self) {
-        let Ok(mut all) = self.conns.lock() else {
+        let Ok(mut all) = self.shared.conns.lock() else {
             return;
         };
         for conns in all.values_mut() {
             for list in conns.values_mut() {
-                trim(list, self.max_idle);
+                trim(list, self.shared.max_idle);
             }
             conns.retain(|_, list| !list.is_empty());
         }
         all.retain(|key, conns| key.0 == 0 || !conns.is_empty());
     }
 
-    /// Open pooled connections (idle or busy).
+    /// Idle pooled connections.
     #[cfg(test)]
     fn open(&self) -> usize {
-        self.conns.lock().map_or(0, |all| {
-            all.values()
-                .flat_map(|c| c.values())
-                .map(|l| l.iter().filter(|c| !c.sender.is_closed()).count())
-                .sum()
+        self.shared.conns.lock().map_or(0, |all| {
+            all.values().flat_map(|c| c.values()).map(Vec::len).sum()
         })
     }
 
-    /// Back into the pool right after sending: it is taken again only once its response
-    /// has been read to the end (`is_ready`).
-    fn put(&self, key: Key, authority: &str, sender: SendRequest<Body>) {
-        let Ok(mut all) = self.conns.lock() else {
-            return;
-        };
-        // Entries of namespaces with nothing open any more are dropped as others are added.
-        if key.0 != 0 {
-            all.retain(|k, m| {
-                k.0 == 0
-                    || *k == key
-                    || m.values()
-                        .flatten()
-                        .any(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE)
-            });
-        }
-        let conns = all.entry(key).or_default();
-        let idle = Idle {
-            sender,
-            since: Instant::now(),
-        };
-        match conns.get_mut(authority) {
-            Some(list) => list.push(idle),
-            None => {
-                conns.insert(authority.to_string(), vec![idle]);
-            }
-        }
-    }
-
-    async fn connect(
+    /// A TCP connection with the bypass mark, from the client's namespace, with TLS when the
+    /// target originates it.
+    async fn dial(
         &self,
         authority: &str,
         ns: Option<&Served>,
         tls: Option<&Origin>,
-        upgrades: bool,
-    ) -> Result<SendRequest<Body>, Error> {
+    ) -> Result<Stream, Error> {
         let connect_err = |source| Error::Connect {
             authority: authority.to_string(),
             source,
@@ -234,26 +478,22 @@ impl Pool {
             .await
             .map_err(connect_err)?;
         match tls {
-            None => handshake(authority, stream, upgrades).await,
-            Some(t) => {
-                let stream =
-                    t.connect(stream, host, false)
-                        .await
-                        .map_err(|failure| Error::Tls {
-                            authority: authority.to_string(),
-                            failure,
-                        })?;
-                handshake(authority, stream, upgrades).await
-            }
+            None => Ok(Stream::Plain(stream)),
+            Some(t) => t
+                .connect(stream, host, false)
+                .await
+                .map(|s| Stream::Tls(Box::new(s)))
+                .map_err(|failure| Error::Tls {
+                    authority: authority.to_string(),
+                    failure,
+                }),
         }
     }
 }
 
-/// HTTP/1.1 on a dialled stream, cleartext or TLS.
-async fn handshake<S>(authority: &str, io: S, upgrades: bool) -> Result<SendRequest<Body>, Error>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+/// hyper's HTTP/1.1 client on a dialled stream, for a protocol switch; its task ends once
+/// it has handed the socket over, or when the server closes.
+async fn handshake(authority: &str, io: Stream) -> Result<SendRequest<Body>, Error> {
     let (sender, conn) =
         http1::handshake(TokioIo::new(io))
             .await
@@ -261,33 +501,114 @@ where
                 authority: authority.to_string(),
                 source,
             })?;
-    // The connection's own task on this thread; it ends when the server closes or the
-    // last sender is dropped (or, with upgrades, once it has handed its socket over).
     tokio::spawn(async move {
-        let ended = if upgrades {
-            conn.with_upgrades().await
-        } else {
-            conn.await
-        };
-        if let Err(e) = ended {
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
     Ok(sender)
 }
 
-/// Drops closed and expired connections and the idle ones past `max_idle` (at least one is
-/// kept); busy ones stay, each is a request in flight.
-fn trim(list: &mut Vec<Idle>, max_idle: usize) {
-    list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE);
-    let mut idle = 0;
-    list.retain(|c| {
-        if !c.sender.is_ready() {
-            return true;
+/// Writes `head` and `body` with vectored writes (one `writev` when the socket takes it
+/// all). On failure, also says how many bytes went out: 0 means the request was not sent.
+async fn write_all<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    head: &[u8],
+    body: &[u8],
+) -> Result<(), (std::io::Error, usize)> {
+    let mut buf = head.chain(body);
+    let mut written = 0;
+    while buf.has_remaining() {
+        let n = std::future::poll_fn(|cx| {
+            let mut slices = [std::io::IoSlice::new(&[]); 2];
+            let cnt = buf.chunks_vectored(&mut slices);
+            std::pin::Pin::new(&mut *io).poll_write_vectored(cx, &slices[..cnt])
+        })
+        .await;
+        match n {
+            Ok(0) => return Err((std::io::ErrorKind::WriteZero.into(), written)),
+            Ok(n) => {
+                buf.advance(n);
+                written += n;
+            }
+            Err(e) => return Err((e, written)),
         }
-        idle += 1;
-        idle <= max_idle.max(1)
-    });
+    }
+    io.flush().await.map_err(|e| (e, written))
+}
+
+#[derive(Debug)]
+enum WriteError {
+    Io(std::io::Error),
+    Body(BodyError),
+    Length { declared: u64, sent: u64 },
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+/// The request body after its head, framed as `frame` decided. Request trailers are not
+/// passed on (hyper passed only those a `Trailer` header declared; model servers take none).
+async fn write_body(
+    mut w: WriteHalf<Stream>,
+    mut body: Body,
+    framing: Framing,
+) -> (WriteHalf<Stream>, Result<(), WriteError>) {
+    let r = write_frames(&mut w, &mut body, framing).await;
+    (w, r)
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    body: &mut Body,
+    framing: Framing,
+) -> Result<(), WriteError> {
+    let mut sent = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(WriteError::Body)?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match framing {
+            Framing::Chunked => {
+                let size = format!("{:x}\r\n", data.len());
+                let mut out = size.as_bytes().chain(data).chain(&b"\r\n"[..]);
+                w.write_all_buf(&mut out).await?;
+            }
+            Framing::Length(declared) if sent > declared => {
+                return Err(WriteError::Length { declared, sent });
+            }
+            Framing::Length(_) => w.write_all(&data).await?,
+            Framing::Empty => return Err(WriteError::Length { declared: 0, sent }),
+        }
+        // A streamed body's bytes go out as they come (TLS may hold them otherwise).
+        w.flush().await?;
+    }
+    match framing {
+        Framing::Chunked => w.write_all(b"0\r\n\r\n").await?,
+        Framing::Length(declared) if sent != declared => {
+            return Err(WriteError::Length { declared, sent });
+        }
+        _ => {}
+    }
+    w.flush().await?;
+    Ok(())
+}
+
+/// Drops expired connections and the idle ones past `max_idle` (the most recently used are
+/// kept; at least one).
+fn trim(list: &mut Vec<Idle>, max_idle: usize) {
+    list.retain(|c| c.since.elapsed() < IDLE);
+    let keep = max_idle.max(1);
+    if list.len() > keep {
+        list.drain(..list.len() - keep);
+    }
 }
 
 /// `host:port`, `[v6]:port` → (host, port).
@@ -295,261 +616,4 @@ pub(super) fn split_authority(a: &str) -> Option<(&str, u16)> {
     let (host, port) = a.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Some((host, port.parse().ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
-
-    use bytes::Bytes;
-    use http_body_util::BodyExt as _;
-    use tokio::{
-        io::{AsyncReadExt as _, AsyncWriteExt as _},
-        net::TcpListener,
-    };
-
-    use super::*;
-
-    /// A real HTTP/1.1 server on loopback answering every request with `ok`; it counts
-    /// connections and closes each after `per_conn` requests.
-    async fn server(per_conn: usize) -> (String, Arc<AtomicUsize>) {
-        let (addr, accepted, _) = counting_server(per_conn).await;
-        (addr, accepted)
-    }
-
-    /// `server`, also counting the connections still open (a connection's task ends when
-    /// the client closes it).
-    async fn counting_server(per_conn: usize) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr").to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let live = Arc::new(AtomicUsize::new(0));
-        let (count, open) = (accepted.clone(), live.clone());
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                open.fetch_add(1, Ordering::SeqCst);
-                let open = open.clone();
-                tokio::spawn(async move {
-                    struct Closed(Arc<AtomicUsize>);
-                    impl Drop for Closed {
-                        fn drop(&mut self) {
-                            self.0.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    }
-                    let _closed = Closed(open);
-                    answer_ok(&mut s, per_conn).await;
-                });
-            }
-        });
-        (addr, accepted, live)
-    }
-
-    /// Answers `ok` to each of up to `requests` request heads on `s` (bodyless requests),
-    /// then returns; returns early when the client closes.
-    async fn answer_ok<S>(s: &mut S, requests: usize)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        let mut buf = Vec::new();
-        for _ in 0..requests {
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 1024];
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            buf.clear();
-            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-            if s.write_all(reply).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn get(authority: &str) -> Request<Body> {
-        let body = http_body_util::Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed();
-        Request::builder()
-            .uri("/v1/models")
-            .header(http::header::HOST, authority)
-            .body(body)
-            .expect("request")
-    }
-
-    async fn ok(pool: &Pool, authority: &str) {
-        let resp = pool
-            .send(authority, None, None, get(authority))
-            .await
-            .expect("answered");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert_eq!(&body[..], b"ok");
-    }
-
-    // Upstream sockets carry the bypass mark (SO_MARK needs CAP_NET_ADMIN).
-    #[tokio::test]
-    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
-    async fn connections_are_reused_and_a_closed_one_is_replaced() {
-        let (authority, accepted) = server(usize::MAX).await;
-        let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
-        for _ in 0..5 {
-            ok(&pool, &authority).await;
-        }
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            1,
-            "one connection for five requests"
-        );
-
-        // A server that closes after every answer: each request still succeeds, on a new
-        // connection (a pooled one found closed is never used).
-        let (authority, accepted) = server(1).await;
-        for _ in 0..3 {
-            ok(&pool, &authority).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
-
-        // Without the pause the closing connection may still look open when it is taken:
-        // the request comes back unsent and goes out on a new connection.
-        for _ in 0..20 {
-            ok(&pool, &authority).await;
-        }
-    }
-
-    #[tokio::test]
-    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
-    async fn the_sweep_closes_a_bursts_idle_connections_beyond_max_idle() {
-        let (authority, accepted, live) = counting_server(usize::MAX).await;
-        let pool = Pool::new(0x51ce, Duration::from_secs(2), 2);
-        // Six at once: six connections, all idle in the pool once answered.
-        futures_util::future::join_all((0..6).map(|_| ok(&pool, &authority))).await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 6);
-        assert_eq!(pool.open(), 6, "take() trims only when a request comes");
-        pool.sweep();
-        assert_eq!(pool.open(), 2);
-        // The server sees the four others closed (hyper closes a dropped sender's connection).
-        for _ in 0..200 {
-            if live.load(Ordering::SeqCst) == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(live.load(Ordering::SeqCst), 2);
-        // The two kept are reused.
-        ok(&pool, &authority).await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 6);
-    }
-
-    #[tokio::test]
-    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
-    async fn a_dead_backend_is_a_connect_error() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
-        let authority = format!("127.0.0.1:{port}");
-        let e = pool
-            .send(&authority, None, None, get(&authority))
-            .await
-            .expect_err("nothing listens");
-        assert!(e.is_connect(), "{e}");
-        assert!(e.to_string().contains(&authority), "{e}");
-    }
-
-    /// A TLS server on loopback (certificate for 127.0.0.1 from a CA made here, whose PEM
-    /// file is returned) answering `ok` to every request on keep-alive connections; it counts
-    /// completed handshakes.
-    async fn tls_server(dir: &std::path::Path) -> (String, std::path::PathBuf, Arc<AtomicUsize>) {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
-        let ca_file = dir.join("ca.pem");
-        std::fs::write(&ca_file, ca.pem()).expect("write CA");
-        let acceptor = crate::tls::test_acceptor("127.0.0.1", &ca);
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr").to_string();
-        let handshakes = Arc::new(AtomicUsize::new(0));
-        let count = handshakes.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                let (acceptor, count) = (acceptor.clone(), count.clone());
-                tokio::spawn(async move {
-                    let Ok(mut s) = acceptor.accept(s).await else {
-                        return;
-                    };
-                    count.fetch_add(1, Ordering::SeqCst);
-                    answer_ok(&mut s, usize::MAX).await;
-                });
-            }
-        });
-        (addr, ca_file, handshakes)
-    }
-
-    async fn tls_ok(pool: &Pool, authority: &str, o: &Origin) {
-        let resp = pool
-            .send(authority, None, Some(o), get(authority))
-            .await
-            .expect("answered over TLS");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert_eq!(&body[..], b"ok");
-    }
-
-    #[tokio::test]
-    #[ignore = "needs root: upstream sockets carry SO_MARK (cargo xtask test runs it as root)"]
-    async fn tls_and_cleartext_connections_to_one_authority_never_mix() {
-        let dir = std::env::temp_dir().join(format!("sluice-h1-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let (authority, ca_file, handshakes) = tls_server(&dir).await;
-        let settings = crate::tls::Settings {
-            ca_file: Some(ca_file),
-            ..crate::tls::Settings::default()
-        };
-        let a = Origin::new(0, "a", &settings).expect("origin a");
-        let b = Origin::new(1, "b", &settings).expect("origin b");
-        let _ = std::fs::remove_dir_all(&dir);
-        let pool = Pool::new(0x51ce, Duration::from_secs(2), 4);
-        for _ in 0..3 {
-            tls_ok(&pool, &authority, &a).await;
-        }
-        assert_eq!(
-            handshakes.load(Ordering::SeqCst),
-            1,
-            "one TLS connection, reused"
-        );
-        // Cleartext to the same authority dials its own connection, which the TLS server
-        // refuses: the pooled TLS connection is never taken for it.
-        pool.send(&authority, None, None, get(&authority))
-            .await
-            .expect_err("cleartext to a TLS server");
-        assert_eq!(handshakes.load(Ordering::SeqCst), 1);
-        // Another target's TLS (other certificates, possibly) gets a connection of its own.
-        tls_ok(&pool, &authority, &b).await;
-        assert_eq!(handshakes.load(Ordering::SeqCst), 2);
-        tls_ok(&pool, &authority, &a).await;
-        assert_eq!(
-            handshakes.load(Ordering::SeqCst),
-            2,
-            "a's connection is still pooled"
-        );
-    }
-
-    #[test]
-    fn authorities_split_into_host_and_port() {
-        assert_eq!(split_authority("127.0.0.1:8000"), Some(("127.0.0.1", 8000)));
-        assert_eq!(split_authority("[::1]:11434"), Some(("::1", 11434)));
-        assert_eq!(
-            split_authority("models.internal:443"),
-            Some(("models.internal", 443))
-        );
-        assert_eq!(split_authority("no-port"), None);
-        assert_eq!(split_authority("host:http"), None);
-    }
 }

@@ -15,7 +15,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
-use super::dial_host;
+use super::{Payload, dial_host};
 use crate::respond::Body;
 use crate::{intercept::netns::Served, policy::Switch, tls::Origin};
 use std::sync::Arc;
@@ -104,11 +104,12 @@ pub struct Client {
 }
 
 impl Client {
-    /// `max_idle` bounds the idle pooled connections kept per upstream.
-    pub fn new(mark: u32, timeout: Duration, max_idle: usize) -> Self {
+    /// `max_idle` bounds the idle pooled connections kept per upstream; `max_header` the
+    /// response heads taken from HTTP/1.1 servers.
+    pub fn new(mark: u32, timeout: Duration, max_idle: usize, max_header: usize) -> Self {
         let c = MarkedConnector { mark, timeout };
         Client {
-            h1: super::h1::Pool::new(mark, timeout, max_idle),
+            h1: super::h1::Pool::new(mark, timeout, max_idle, max_header),
             h2: HyperClient::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(max_idle)
@@ -129,11 +130,12 @@ impl Client {
         authority: &str,
         ns: Option<&Arc<Served>>,
         tls: Option<&Origin>,
-        mut req: Request<Body>,
+        mut req: Request<Payload>,
         grpc: bool,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Body>, Error> {
         strip_hop_by_hop(req.headers_mut(), grpc);
         if grpc {
+            let mut req = req.map(Payload::into_body);
             let pq = req
                 .uri()
                 .path_and_query()
@@ -145,9 +147,11 @@ impl Client {
             *req.version_mut() = Version::HTTP_2;
             // The pooled client dials cleartext from the agent's namespace only.
             if ns.is_some() || tls.is_some() {
-                return self.h2_from(ns.map(|n| &**n), tls, authority, req).await;
+                return Ok(incoming(
+                    self.h2_from(ns.map(|n| &**n), tls, authority, req).await?,
+                ));
             }
-            return Ok(self.h2.request(req).await?);
+            return Ok(incoming(self.h2.request(req).await?));
         }
         pin_host(&mut req, authority, tls);
         h1_form(&mut req, authority, true);
@@ -260,6 +264,12 @@ impl Client {
     }
 }
 
+/// A hyper response's body as every other response body.
+fn incoming(r: Response<Incoming>) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    r.map(|b| b.map_err(crate::respond::BodyError::from).boxed())
+}
+
 /// HTTP/2 on a dialled stream, cleartext or TLS; the connection's task ends when its last
 /// stream is over and every sender is gone (the pool's included).
 pub(super) async fn h2_handshake<S>(
@@ -280,7 +290,7 @@ where
 
 /// A TLS target's servers get the `Host` the target names (`Origin::host_header`), never the
 /// client's.
-fn pin_host(req: &mut Request<Body>, authority: &str, tls: Option<&Origin>) {
+fn pin_host<B>(req: &mut Request<B>, authority: &str, tls: Option<&Origin>) {
     if let Some(host) = tls.and_then(|t| t.host_header(authority)) {
         req.headers_mut().insert(header::HOST, host);
     }
@@ -288,7 +298,7 @@ fn pin_host(req: &mut Request<Body>, authority: &str, tls: Option<&Origin>) {
 
 /// The request as HTTP/1.1 carries it: the origin form on the request line (an HTTP/2
 /// client's URI is absolute), and `Host` set (HTTP/2 and HTTP/1.0 clients may send none).
-fn h1_form(req: &mut Request<Body>, authority: &str, origin_form: bool) {
+fn h1_form<B>(req: &mut Request<B>, authority: &str, origin_form: bool) {
     if origin_form && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
         let origin = req
             .uri()

@@ -1,0 +1,393 @@
+//! The response body, read from the connection by whoever polls it (the client's
+//! connection task): Content-Length, chunked (trailers as a trailers frame, as hyper's
+//! `Incoming` gave them) or until the server closes. Read to its clean end, a reusable
+//! connection goes back to the pool; dropped before that, it is closed.
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, ReadHalf};
+
+use super::{
+    Shared,
+    conn::{Conn, Kind, MAX_HEADERS, Stream},
+};
+use crate::respond::BodyError;
+
+/// A chunk-size line longer than this (extensions included) is refused.
+const MAX_SIZE_LINE: usize = 4096;
+/// Read at least this much at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a response body ended early. The connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "upstream {authority} closed the connection {missing} bytes before the end of the body"
+    )]
+    Short { authority: Arc<str>, missing: u64 },
+    #[error("upstream {authority} closed the connection before the end of its chunked body")]
+    ChunkedEof { authority: Arc<str> },
+    #[error("upstream {authority} sent a malformed chunked body ({why})")]
+    Chunk {
+        authority: Arc<str>,
+        why: &'static str,
+    },
+    #[error("upstream {authority}: reading the response body: {source}")]
+    Io {
+        authority: Arc<str>,
+        source: io::Error,
+    },
+}
+
+/// Where the body reads from: the whole connection, or (when the response came while the
+/// request body was still being written) its read half, the write half finishing in a
+/// task of its own that ends with this body.
+pub enum Io {
+    Whole(Conn),
+    Half {
+        read: ReadHalf<Stream>,
+        buf: BytesMut,
+        authority: Arc<str>,
+        _writer: Option<AbortOnDrop>,
+    },
+}
+
+impl Io {
+    fn parts(&mut self) -> (Pin<&mut (dyn AsyncRead + Unpin)>, &mut BytesMut) {
+        match self {
+            Io::Whole(c) => (Pin::new(&mut c.io), &mut c.buf),
+            Io::Half { read, buf, .. } => (Pin::new(read), buf),
+        }
+    }
+
+    fn authority(&self) -> &Arc<str> {
+        match self {
+            Io::Whole(c) => &c.authority,
+            Io::Half { authority, .. } => authority,
+        }
+    }
+}
+
+/// Ends the request body's writer with the response body that outlived it.
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Close,
+    /// Chunked: the next chunk-size line.
+    Size,
+    /// Chunked: bytes left in the current chunk.
+    Data(u64),
+    /// Chunked: the CRLF after a chunk's data.
+    DataEnd,
+    /// Chunked: the trailer section after the last chunk.
+    Trailers,
+    Done,
+}
+
+pub struct Body {
+    io: Option<Io>,
+    state: State,
+    reuse: bool,
+    pool: Arc<Shared>,
+    max_trailers: usize,
+    /// Data was handed out since the last `Pending`.
+    fresh: bool,
+    /// An error held back for one `Pending` (see `fail`).
+    deferred: Option<Error>,
+}
+
+impl Body {
+    /// `kind` is never `Kind::Empty`: such responses get no body at all.
+    pub fn new(io: Io, kind: Kind, reuse: bool, pool: Arc<Shared>, max_trailers: usize) -> Self {
+        let state = match kind {
+            Kind::Empty | Kind::Length(0) => State::Done,
+            Kind::Length(n) => State::Length(n),
+            Kind::Chunked => State::Size,
+            Kind::Close => State::Close,
+        };
+        Body {
+            io: Some(io),
+            state,
+            reuse,
+            pool,
+            max_trailers,
+            fresh: false,
+            deferred: None,
+        }
+    }
+
+    /// The clean end: a reusable connection with nothing unread goes back to the pool.
+    fn end(&mut self) {
+        self.state = State::Done;
+        if let Some(Io::Whole(conn)) = self.io.take()
+            && self.reuse
+            && conn.buf.is_empty()
+        {
+            self.pool.put(conn);
+        }
+    }
+
+    /// Ends the body with `e`, the connection closed. Right after data, the error waits for
+    /// one `Pending` first: hyper's server, given data and then at once an error, drops the
+    /// data it has not flushed yet, and the client would lose the bytes the upstream did
+    /// send before failing (hyper's `Incoming` delivered the error on a later wakeup).
+    fn fail(
+        &mut self,
+        e: Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.state = State::Done;
+        self.io = None;
+        if std::mem::take(&mut self.fresh) {
+            self.deferred = Some(e);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Err(BodyError::from(e))))
+    }
+
+    fn authority(&self) -> Arc<str> {
+        self.io
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |io| io.authority().clone())
+    }
+
+    /// Reads more into the buffer: `Ok(0)` is the server's EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        let (rd, buf) = io.parts();
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(rd, cx, buf)
+    }
+
+    fn buf(&mut self) -> Option<&mut BytesMut> {
+        self.io.as_mut().map(|io| io.parts().1)
+    }
+
+    /// Up to `n` buffered bytes as a data frame (no copy: split off the read buffer).
+    fn take(&mut self, n: u64) -> Option<Bytes> {
+        let buf = self.buf()?;
+        if buf.is_empty() {
+            return None;
+        }
+        let k = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+        Some(buf.split_to(k).freeze())
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.deferred.take() {
+            return Poll::Ready(Some(Err(BodyError::from(e))));
+        }
+        loop {
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(left) | State::Data(left) => {
+                    if let Some(data) = this.take(left) {
+                        let left = left - data.len() as u64;
+                        this.state = match (this.state, left) {
+                            (State::Length(_), 0) => {
+                                // Back to the pool before the last bytes are passed on: the
+                                // next request may take it while this one is finishing.
+                                this.end();
+                                State::Done
+                            }
+                            (State::Length(_), l) => State::Length(l),
+                            (_, 0) => State::DataEnd,
+                            (_, l) => State::Data(l),
+                        };
+                        this.fresh = true;
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Close => {
+                    if let Some(data) = this.take(u64::MAX) {
+                        this.fresh = true;
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Size => match size_line(this.buf()) {
+                    Ok(Some(0)) => {
+                        this.state = State::Trailers;
+                        continue;
+                    }
+                    Ok(Some(n)) => {
+                        this.state = State::Data(n);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        let authority = this.authority();
+                        return this.fail(Error::Chunk { authority, why }, cx);
+                    }
+                },
+                State::DataEnd => {
+                    if let Some(buf) = this.buf()
+                        && buf.len() >= 2
+                    {
+                        if &buf[..2] != b"\r\n" {
+                            let authority = this.authority();
+                            return this.fail(
+                                Error::Chunk {
+                                    authority,
+                                    why: "no CRLF after a chunk",
+                                },
+                                cx,
+                            );
+                        }
+                        buf.advance(2);
+                        this.state = State::Size;
+                        continue;
+                    }
+                }
+                State::Trailers => {
+                    match trailers(this.io.as_mut().map(|io| io.parts().1), this.max_trailers) {
+                        Ok(Some(t)) => {
+                            this.end();
+                            return Poll::Ready(t.map(|t| Ok(Frame::trailers(t))));
+                        }
+                        Ok(None) => {}
+                        Err(why) => {
+                            let authority = this.authority();
+                            return this.fail(Error::Chunk { authority, why }, cx);
+                        }
+                    }
+                }
+            }
+            // Nothing usable buffered: read more.
+            let filled = this.poll_fill(cx);
+            if filled.is_pending() {
+                this.fresh = false;
+            }
+            match ready!(filled) {
+                Ok(0) => {
+                    let authority = this.authority();
+                    return match this.state {
+                        State::Close => {
+                            this.state = State::Done;
+                            this.io = None;
+                            Poll::Ready(None)
+                        }
+                        State::Length(missing) => {
+                            this.fail(Error::Short { authority, missing }, cx)
+                        }
+                        _ => this.fail(Error::ChunkedEof { authority }, cx),
+                    };
+                }
+                Ok(_) => {}
+                Err(source) => {
+                    let authority = this.authority();
+                    return this.fail(Error::Io { authority, source }, cx);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == State::Done && self.deferred.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done if self.deferred.is_none() => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A complete chunk-size line at the start of `buf`, consumed: its size (extensions are
+/// ignored, as hyper ignored them).
+fn size_line(buf: Option<&mut BytesMut>) -> Result<Option<u64>, &'static str> {
+    let Some(buf) = buf else { return Ok(None) };
+    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+        return if buf.len() > MAX_SIZE_LINE {
+            Err("chunk-size line too long")
+        } else {
+            Ok(None)
+        };
+    };
+    if end == 0 || buf[end - 1] != b'\r' {
+        return Err("chunk-size line not ended by CRLF");
+    }
+    let line = &buf[..end - 1];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err("invalid chunk size");
+    }
+    let rest = &line[digits..];
+    // After the size: optional whitespace, then nothing or `;` extensions.
+    let rest = rest.trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err("invalid chunk size");
+    }
+    if rest.iter().any(|b| *b == b'\r' || *b == 0) {
+        return Err("invalid chunk extension");
+    }
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| "invalid chunk size")?;
+    let n = u64::from_str_radix(hex, 16).map_err(|_| "invalid chunk size")?;
+    buf.advance(end + 1);
+    Ok(Some(n))
+}
+
+/// The trailer section, complete at the start of `buf` and consumed: `Some(None)` when it
+/// is empty (the usual end of a chunked body).
+fn trailers(
+    buf: Option<&mut BytesMut>,
+    max: usize,
+) -> Result<Option<Option<HeaderMap>>, &'static str> {
+    let Some(buf) = buf else { return Ok(None) };
+    if buf.len() >= 2 && &buf[..2] == b"\r\n" {
+        buf.advance(2);
+        return Ok(Some(None));
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((n, fields))) => {
+            if n > max {
+                return Err("trailer section too large");
+            }
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| "invalid trailer field")?;
+                let value =
+                    HeaderValue::from_bytes(f.value).map_err(|_| "invalid trailer field")?;
+                map.append(name, value);
+            }
+            buf.advance(n);
+            Ok(Some(Some(map)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() > max => Err("trailer section too large"),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err("too many trailer fields"),
+        Err(_) => Err("malformed trailer section"),
+    }
+}
