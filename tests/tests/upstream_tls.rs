@@ -120,7 +120,7 @@ fn a_plain_http_workload_reaches_an_https_server_and_names_are_chosen_right() {
     let (status, body) = get(&cg, &format!("http://{vip}:8002/v1/models"));
     assert_ne!(status, 200, "cleartext to a TLS server must fail: {body}");
     assert!(
-        front.handshakes.failed.lock().map(|f| f.len()).unwrap_or(0) >= 1,
+        !failed_handshakes(&front, |_| true).is_empty(),
         "the cleartext target dialled its own connection"
     );
 }
@@ -169,12 +169,7 @@ fn a_server_requiring_a_client_certificate_gets_it_only_when_configured() {
     );
     let (status, body) = get(&cg, &format!("http://{vip}:8001/v1/models"));
     assert_eq!(status, 502, "{body}");
-    let failed = front
-        .handshakes
-        .failed
-        .lock()
-        .map(|f| f.clone())
-        .unwrap_or_default();
+    let failed = failed_handshakes(&front, |f| f.to_lowercase().contains("certificate"));
     assert!(
         failed
             .iter()
@@ -565,4 +560,23 @@ fn tls_is_originated_from_inside_a_clients_network_namespace() {
             .is_some_and(|b| b.contains("\"from\": \"ns-tls\"")),
         "{v}"
     );
+}
+
+/// The server's failed handshakes once one matches `want`, waiting up to 2 s: the server
+/// records a failure after it has sent its alert, and the agent may read that alert and
+/// answer 502 first.
+fn failed_handshakes(front: &tls::TlsFront, want: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let failed = front
+            .handshakes
+            .failed
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        if failed.iter().any(|f| want(f)) || std::time::Instant::now() > deadline {
+            return failed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
