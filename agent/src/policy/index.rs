@@ -89,7 +89,7 @@ struct GlobDim {
     /// workloads repeat from one request to the next, and one pass of a glob set (a
     /// candidate built, every strategy run) cost ~1,000 instructions per matcher, twice per
     /// request (rules and masking), against ~100 for a lookup here (docs/benchmarks.md, "The
-    /// hot path", 15). Bounded by `MEMO`: cleared when full, so values that never repeat
+    /// hot path", 16). Bounded by `MEMO`: cleared when full, so values that never repeat
     /// cost one insertion each and nothing more.
     memo: Mutex<HashMap<Box<str>, Box<[u32]>, foldhash::fast::RandomState>>,
 }

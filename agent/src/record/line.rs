@@ -25,7 +25,7 @@ const NONE: &str = "-";
 /// event had, byte for byte what serde_json wrote for it (a unit test holds the two
 /// together). Written by hand: serde's per-field calls and byte-at-a-time escaping were
 /// ~13,000 instructions per request on the writer's thread (docs/benchmarks.md, "The hot
-/// path", 15).
+/// path", 16).
 pub fn json(out: &mut Vec<u8>, r: &Record, now: SystemTime) {
     use crate::json_text::{boolean, display, num, string};
     /// `,"name":`, one literal (names are plain ASCII: nothing to escape).
