@@ -123,14 +123,15 @@ impl Upstreams {
         order
     }
 
-    /// `order` as the HTTP pool's authorities (`host:port`).
-    pub fn order_authorities(&self, target_id: u32) -> Vec<(usize, Arc<str>)> {
+    /// `order` as the HTTP pool's authorities (`host:port`), each with its backend's index
+    /// (`Option` so the caller can add the client's own destination to the same list).
+    pub fn order_authorities(&self, target_id: u32) -> Vec<(Option<usize>, Arc<str>)> {
         let Some(b) = self.targets.get(target_id as usize) else {
             return Vec::new();
         };
         self.order(target_id)
             .into_iter()
-            .map(|i| (i, b.authorities[i].clone()))
+            .map(|i| (Some(i), b.authorities[i].clone()))
             .collect()
     }
 

@@ -1,7 +1,6 @@
 //! Prepare and send: the permitted request as the upstream gets it, then the upstream's
 //! response head. Only connection failures are retried on the next backend, and only for
 //! buffered bodies, since nothing was sent.
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header, request::Parts};
@@ -97,13 +96,11 @@ pub enum Upstream {
 
 /// Sends to the target's backends in order (or to the address the client dialled).
 pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Upstream, Refusal> {
-    let order = ctx.upstreams.order_authorities(conn.target_id);
     let tls = ctx.upstreams.tls(conn.target_id).map(|t| &**t);
-    let candidates: Vec<(Option<usize>, Arc<str>)> = if order.is_empty() {
-        vec![(None, conn.orig_authority.clone())]
-    } else {
-        order.into_iter().map(|(i, a)| (Some(i), a)).collect()
-    };
+    let mut candidates = ctx.upstreams.order_authorities(conn.target_id);
+    if candidates.is_empty() {
+        candidates.push((None, conn.orig_authority.clone()));
+    }
     let Forward {
         permit,
         parts,
