@@ -342,9 +342,13 @@ fn size_line(buf: Option<&mut BytesMut>) -> Result<Option<u64>, &'static str> {
     if digits == 0 || digits > 16 {
         return Err("invalid chunk size");
     }
-    let rest = &line[digits..];
-    // After the size: optional whitespace, then nothing or `;` extensions.
-    let rest = rest.trim_ascii_start();
+    // After the size: optional SP or HTAB (RFC 9112's BWS; not a bare CR, which a
+    // `trim_ascii_start` would take too), then nothing or `;` extensions.
+    let spaces = line[digits..]
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let rest = &line[digits + spaces..];
     if !rest.is_empty() && rest[0] != b';' {
         return Err("invalid chunk size");
     }
