@@ -1055,3 +1055,53 @@ async fn a_chunk_size_line_with_a_bare_cr_or_a_form_feed_is_refused() {
         .expect("spaces and tabs before an extension are fine");
     assert_eq!(&body[..], b"hello");
 }
+
+/// A server that, after `prefix`, sends `filler` for as long as the client reads.
+async fn endless(prefix: &'static [u8], filler: u8) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_request(&mut s, &mut buf).await.is_none() {
+                    return;
+                }
+                if s.write_all(prefix).await.is_err() {
+                    return;
+                }
+                let chunk = [filler; 8192];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// An endless head, chunk-size line or trailer section is refused once past its bound;
+/// none grows a buffer without end or waits for an end that never comes.
+#[tokio::test]
+async fn endless_heads_size_lines_and_trailers_are_cut_at_their_bound() {
+    let cases: [(&'static [u8], &str); 3] = [
+        (b"HTTP/1.1 200 OK\r\nx-endless: ", "larger than 16384 bytes"),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=",
+            "chunk-size line too long",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: ",
+            "trailer section too large",
+        ),
+    ];
+    for (prefix, want) in cases {
+        let addr = endless(prefix, b'a').await;
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            exchange(&pool(), &addr, http::Method::GET),
+        )
+        .await
+        .expect("refused, not waited on")
+        .expect_err(want);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
