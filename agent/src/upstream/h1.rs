@@ -326,8 +326,9 @@ impl Pool {
     /// The rest of the request (`rest`, bytes the head's write left over, then `body`)
     /// written while the response head is awaited: a server may answer before it has read
     /// the whole body (a 413, or a streaming echo). An answer that comes first leaves the
-    /// rest of the request to a task of its own, which ends with the response body; that
-    /// connection is not reused.
+    /// rest of the request to a task of its own, which goes on after the response's clean
+    /// end and is ended with a response body dropped before it; that connection is not
+    /// reused.
     async fn stream(
         &self,
         conn: Conn,
@@ -388,7 +389,7 @@ impl Pool {
                 read,
                 buf,
                 authority,
-                _writer: None,
+                writer: None,
             },
             None => {
                 let task = tokio::spawn(async move {
@@ -401,7 +402,7 @@ impl Pool {
                     read,
                     buf,
                     authority,
-                    _writer: Some(body::AbortOnDrop(task.abort_handle())),
+                    writer: Some(body::AbortOnDrop(Some(task.abort_handle()))),
                 }
             }
         };
@@ -411,11 +412,9 @@ impl Pool {
     fn respond(&self, io: body::Io, head: conn::Head) -> Response<Body> {
         let body = match head.kind {
             Kind::Empty => {
-                if let body::Io::Whole(c) = io
-                    && head.reuse
-                    && c.buf.is_empty()
-                {
-                    self.shared.put(c);
+                match io {
+                    body::Io::Whole(c) if head.reuse && c.buf.is_empty() => self.shared.put(c),
+                    mut io => io.let_writer_finish(),
                 }
                 respond::full(Bytes::new())
             }

@@ -1105,3 +1105,47 @@ async fn endless_heads_size_lines_and_trailers_are_cut_at_their_bound() {
         assert!(e.contains(want), "{want}: {e}");
     }
 }
+
+/// A server that answers as soon as it has the request head (a 202 for an upload it takes
+/// in the background) still gets the whole body, as hyper's client sent it.
+#[tokio::test]
+async fn an_answer_that_ends_before_the_request_body_does_not_cut_the_body() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            if !fill(&mut s, &mut buf).await {
+                return;
+            }
+        }
+        if s.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while !buf.ends_with(b"0\r\n\r\n") && fill(&mut s, &mut buf).await {}
+        let _ = tx.send(buf);
+    });
+    let pool = pool();
+    let parts: Vec<&'static [u8]> = vec![b"one", b"two", b"three", b"four", b"five", b"six"];
+    let req = request(&addr, http::Method::POST, Payload::Stream(streamed(parts)));
+    let resp = pool.send(&addr, None, None, req).await.expect("answered");
+    assert_eq!(resp.status(), 202);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"ok");
+    let got = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the server saw the body end")
+        .expect("the server's report");
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.ends_with("3\r\nsix\r\n0\r\n\r\n"),
+        "the request body was cut: {got}"
+    );
+}
