@@ -15,9 +15,9 @@
 //!
 //! The pool keeps idle connections per (namespace, TLS origin, authority); a request takes
 //! the most recently used one that the server has neither closed nor written to (a peek at
-//! the socket, and for TLS at what rustls already read), else dials. A request is never sent twice once any byte of it was written:
-//! only a pooled connection whose first write failed with nothing written is given up for
-//! the next one.
+//! the socket, and for TLS at what rustls already read), else dials. A request is never
+//! sent twice once any byte of it was written: only a pooled connection whose first write
+//! failed with nothing written is given up for the next one.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
