@@ -352,6 +352,7 @@ fn response(rq: &mut Request, head: send::Upstream) -> Result<(Response<Body>, C
     }
     if let Some(cred) = &rq.credential {
         mask_echoes(&mut parts.headers, &mut chain, cred);
+        mask_reason(&mut parts.extensions, cred.key.secret().expose());
     }
     Ok((Response::from_parts(parts, body), chain))
 }
@@ -371,6 +372,26 @@ fn mask_echoes(headers: &mut http::HeaderMap, chain: &mut Chain, cred: &context:
     // First: the filters after it (max_response_bytes) then count and cut what the client
     // gets, and a cut never loses bytes the mask held back.
     chain.push_first(crate::filter::EchoMask::new(key));
+}
+
+/// A reason phrase other than the status's own reaches the client as the server wrote it
+/// (both HTTP/1.1 clients keep it, hyper's server writes it): a key echoed there is masked
+/// as in a header, or the phrase dropped if the masked one is not a reason phrase.
+fn mask_reason(extensions: &mut http::Extensions, key: &[u8]) {
+    let Some(masked) = extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .and_then(|r| crate::filter::mask_value(key, r.as_bytes()))
+    else {
+        return;
+    };
+    match hyper::ext::ReasonPhrase::try_from(masked) {
+        Ok(r) => {
+            extensions.insert(r);
+        }
+        Err(_) => {
+            extensions.remove::<hyper::ext::ReasonPhrase>();
+        }
+    }
 }
 
 /// The upstream accepted an allowed switch: the client gets its head (with `Upgrade` and
@@ -445,6 +466,34 @@ impl Request {
 mod tests {
     use super::*;
     use crate::policy::{Denial, Hold};
+
+    /// A server that echoes the injected key in its reason phrase: the client never gets it.
+    #[test]
+    fn a_key_echoed_in_the_reason_phrase_is_masked() {
+        let key = b"sk-canary-0123456789";
+        let mut ext = http::Extensions::new();
+        ext.insert(
+            hyper::ext::ReasonPhrase::try_from(&b"Bad key sk-canary-0123456789 here"[..])
+                .expect("reason"),
+        );
+        mask_reason(&mut ext, key);
+        let reason = ext
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| r.as_bytes().to_vec());
+        assert!(
+            reason.is_none_or(|r| !r.windows(key.len()).any(|w| w == key)),
+            "the key reached the client in the reason phrase"
+        );
+        let mut clean = http::Extensions::new();
+        clean.insert(hyper::ext::ReasonPhrase::from_static(b"Fine"));
+        mask_reason(&mut clean, key);
+        assert_eq!(
+            clean
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| r.as_bytes()),
+            Some(&b"Fine"[..])
+        );
+    }
 
     #[test]
     fn only_a_permit_goes_on_and_a_hold_never_passes_without_the_approval_stage() {

@@ -15,9 +15,9 @@
 //!
 //! The pool keeps idle connections per (namespace, TLS origin, authority); a request takes
 //! the most recently used one that the server has neither closed nor written to (a peek at
-//! the socket), else dials. A request is never sent twice once any byte of it was written:
-//! only a pooled connection whose first write failed with nothing written is given up for
-//! the next one.
+//! the socket, and for TLS at what rustls already read), else dials. A request is never
+//! sent twice once any byte of it was written: only a pooled connection whose first write
+//! failed with nothing written is given up for the next one.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -54,7 +54,8 @@ use conn::{Conn, Framing, HeadError, Kind, Stream};
 const IDLE: Duration = Duration::from_secs(60);
 
 /// A buffered body up to this size goes out in the head's write; a larger one is written
-/// while the response head is awaited, so a server answering early never deadlocks it.
+/// while the response head is awaited, so a server answering early never deadlocks it (nor
+/// does an inline one: what the socket does not take at once is written the same way).
 const INLINE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -254,11 +255,11 @@ impl Pool {
             }
             Payload::Stream(b) => (Bytes::new(), Some(b)),
         };
-        let mut conn = self
+        let (mut conn, rest) = self
             .start(key, authority, ns.map(|n| &**n), tls, &head, &inline)
             .await?;
         drop(head);
-        let Some(body) = streamed else {
+        if streamed.is_none() && rest.is_none() {
             let head = conn::read_head(&mut conn.io, &mut conn.buf, head_request, self.max_header)
                 .await
                 .map_err(|source| Error::Head {
@@ -266,13 +267,17 @@ impl Pool {
                     source,
                 })?;
             return Ok(self.respond(body::Io::Whole(conn), head));
-        };
-        self.stream(conn, body, framing, head_request).await
+        }
+        let rest = rest.unwrap_or_default();
+        self.stream(conn, rest, streamed, framing, head_request)
+            .await
     }
 
     /// Writes the head (and an inline body) on an idle pooled connection the server has not
     /// closed, else on a new one. A pooled one whose first write took nothing is given up
-    /// for the next: nothing of the request reached its server.
+    /// for the next: nothing of the request reached its server. Also returns what the
+    /// socket did not take at once (perhaps nothing but TLS's flush), to be written while
+    /// the answer is awaited: a server may answer before it reads it all.
     async fn start(
         &self,
         key: Key,
@@ -281,17 +286,26 @@ impl Pool {
         tls: Option<&Origin>,
         head: &[u8],
         body: &[u8],
-    ) -> Result<Conn, Error> {
+    ) -> Result<(Conn, Option<Bytes>), Error> {
         let write_err = |source| Error::Write {
             authority: authority.to_string(),
             source,
+        };
+        let rest = |wrote: Wrote| match wrote {
+            Wrote::All => None,
+            Wrote::Part(n) => {
+                let mut r = Vec::with_capacity((head.len() + body.len()).saturating_sub(n));
+                r.extend_from_slice(head.get(n..).unwrap_or_default());
+                r.extend_from_slice(body.get(n.saturating_sub(head.len())..).unwrap_or_default());
+                Some(Bytes::from(r))
+            }
         };
         while let Some(mut c) = self.shared.pop(key, authority) {
             if !c.io.still_idle() {
                 continue;
             }
-            match write_all(&mut c.io, head, body).await {
-                Ok(()) => return Ok(c),
+            match write_now(&mut c.io, head, body).await {
+                Ok(wrote) => return Ok((c, rest(wrote))),
                 Err((_, 0)) => continue,
                 Err((source, _)) => return Err(write_err(source)),
             }
@@ -303,20 +317,23 @@ impl Pool {
             key,
             authority: Arc::from(authority),
         };
-        write_all(&mut c.io, head, body)
+        let wrote = write_now(&mut c.io, head, body)
             .await
             .map_err(|(source, _)| write_err(source))?;
-        Ok(c)
+        Ok((c, rest(wrote)))
     }
 
-    /// A body written after the head, while the response head is awaited: a server may
-    /// answer before it has read the whole body (a 413, or a streaming echo). An answer that
-    /// comes first leaves the rest of the body to a task of its own, which ends with the
-    /// response body; that connection is not reused.
+    /// The rest of the request (`rest`, bytes the head's write left over, then `body`)
+    /// written while the response head is awaited: a server may answer before it has read
+    /// the whole body (a 413, or a streaming echo). An answer that comes first leaves the
+    /// rest of the request to a task of its own, which goes on after the response's clean
+    /// end and is ended with a response body dropped before it; that connection is not
+    /// reused.
     async fn stream(
         &self,
         conn: Conn,
-        body: Body,
+        rest: Bytes,
+        body: Option<Body>,
         framing: Framing,
         head_request: bool,
     ) -> Result<Response<Body>, Error> {
@@ -328,7 +345,7 @@ impl Pool {
         } = conn;
         let name = || authority.to_string();
         let (mut read, write) = tokio::io::split(io);
-        let mut writer = Box::pin(write_body(write, body, framing));
+        let mut writer = Box::pin(write_body(write, rest, body, framing));
         // Once the writer is done: its half back when it wrote everything, else `None`.
         let mut written = None;
         let head = {
@@ -372,7 +389,7 @@ impl Pool {
                 read,
                 buf,
                 authority,
-                _writer: None,
+                writer: None,
             },
             None => {
                 let task = tokio::spawn(async move {
@@ -385,7 +402,7 @@ impl Pool {
                     read,
                     buf,
                     authority,
-                    _writer: Some(body::AbortOnDrop(task.abort_handle())),
+                    writer: Some(body::AbortOnDrop(Some(task.abort_handle()))),
                 }
             }
         };
@@ -395,11 +412,9 @@ impl Pool {
     fn respond(&self, io: body::Io, head: conn::Head) -> Response<Body> {
         let body = match head.kind {
             Kind::Empty => {
-                if let body::Io::Whole(c) = io
-                    && head.reuse
-                    && c.buf.is_empty()
-                {
-                    self.shared.put(c);
+                match io {
+                    body::Io::Whole(c) if head.reuse && c.buf.is_empty() => self.shared.put(c),
+                    mut io => io.let_writer_finish(),
                 }
                 respond::full(Bytes::new())
             }
@@ -509,32 +524,56 @@ async fn handshake(authority: &str, io: Stream) -> Result<SendRequest<Body>, Err
     Ok(sender)
 }
 
+/// How far `write_now` got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// Everything, flushed.
+    All,
+    /// This many bytes; the socket would block on the rest (or on TLS's flush): the server
+    /// is not reading, perhaps because it has answered already.
+    Part(usize),
+}
+
 /// Writes `head` and `body` with vectored writes (one `writev` when the socket takes it
-/// all). On failure, also says how many bytes went out: 0 means the request was not sent.
-async fn write_all<W: AsyncWrite + Unpin>(
+/// all) until done, or until the socket would block once some bytes went out: waiting here
+/// for a server to read would never see it answer first, and hang. On failure, also says
+/// how many bytes went out: 0 means the request was not sent.
+async fn write_now<W: AsyncWrite + Unpin>(
     io: &mut W,
     head: &[u8],
     body: &[u8],
-) -> Result<(), (std::io::Error, usize)> {
+) -> Result<Wrote, (std::io::Error, usize)> {
+    use std::task::Poll;
     let mut buf = head.chain(body);
     let mut written = 0;
-    while buf.has_remaining() {
-        let n = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
+        loop {
+            if !buf.has_remaining() {
+                return match std::pin::Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(Wrote::All)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err((e, written))),
+                    Poll::Pending => Poll::Ready(Ok(Wrote::Part(written))),
+                };
+            }
             let mut slices = [std::io::IoSlice::new(&[]); 2];
             let cnt = buf.chunks_vectored(&mut slices);
-            std::pin::Pin::new(&mut *io).poll_write_vectored(cx, &slices[..cnt])
-        })
-        .await;
-        match n {
-            Ok(0) => return Err((std::io::ErrorKind::WriteZero.into(), written)),
-            Ok(n) => {
-                buf.advance(n);
-                written += n;
+            match std::pin::Pin::new(&mut *io).poll_write_vectored(cx, &slices[..cnt]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err((std::io::ErrorKind::WriteZero.into(), written)));
+                }
+                Poll::Ready(Ok(n)) => {
+                    buf.advance(n);
+                    written += n;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((e, written))),
+                // Nothing taken yet: an idle connection's socket buffer is empty, so the
+                // first bytes go out as soon as the socket is writable.
+                Poll::Pending if written == 0 => return Poll::Pending,
+                Poll::Pending => return Poll::Ready(Ok(Wrote::Part(written))),
             }
-            Err(e) => return Err((e, written)),
         }
-    }
-    io.flush().await.map_err(|e| (e, written))
+    })
+    .await
 }
 
 #[derive(Debug)]
@@ -550,14 +589,25 @@ impl From<std::io::Error> for WriteError {
     }
 }
 
-/// The request body after its head, framed as `frame` decided. Request trailers are not
-/// passed on (hyper passed only those a `Trailer` header declared; model servers take none).
+/// The rest of the request: the bytes of it the first write left (`rest`, as they are),
+/// then the body, framed as `frame` decided. Request trailers are not passed on (hyper
+/// passed only those a `Trailer` header declared; model servers take none).
 async fn write_body(
     mut w: WriteHalf<Stream>,
-    mut body: Body,
+    rest: Bytes,
+    body: Option<Body>,
     framing: Framing,
 ) -> (WriteHalf<Stream>, Result<(), WriteError>) {
-    let r = write_frames(&mut w, &mut body, framing).await;
+    let r = async {
+        if !rest.is_empty() {
+            w.write_all(&rest).await?;
+        }
+        match body {
+            Some(mut body) => write_frames(&mut w, &mut body, framing).await,
+            None => Ok(w.flush().await?),
+        }
+    }
+    .await;
     (w, r)
 }
 

@@ -55,7 +55,7 @@ pub enum Io {
         read: ReadHalf<Stream>,
         buf: BytesMut,
         authority: Arc<str>,
-        _writer: Option<AbortOnDrop>,
+        writer: Option<AbortOnDrop>,
     },
 }
 
@@ -67,6 +67,18 @@ impl Io {
         }
     }
 
+    /// The response is over; the request may not be: its writer goes on to the body's
+    /// end (hyper's client sent the whole body too, and a server may answer an upload
+    /// before taking it), and the connection closes when it is done.
+    pub fn let_writer_finish(&mut self) {
+        if let Io::Half {
+            writer: Some(w), ..
+        } = self
+        {
+            w.0 = None;
+        }
+    }
+
     fn authority(&self) -> &Arc<str> {
         match self {
             Io::Whole(c) => &c.authority,
@@ -75,12 +87,15 @@ impl Io {
     }
 }
 
-/// Ends the request body's writer with the response body that outlived it.
-pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+/// Ends the request body's writer with a response body dropped before its end (the
+/// client went away, or the response failed).
+pub struct AbortOnDrop(pub Option<tokio::task::AbortHandle>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
     }
 }
 
@@ -134,11 +149,10 @@ impl Body {
     /// The clean end: a reusable connection with nothing unread goes back to the pool.
     fn end(&mut self) {
         self.state = State::Done;
-        if let Some(Io::Whole(conn)) = self.io.take()
-            && self.reuse
-            && conn.buf.is_empty()
-        {
-            self.pool.put(conn);
+        match self.io.take() {
+            Some(Io::Whole(conn)) if self.reuse && conn.buf.is_empty() => self.pool.put(conn),
+            Some(mut io) => io.let_writer_finish(),
+            None => {}
         }
     }
 
@@ -342,9 +356,13 @@ fn size_line(buf: Option<&mut BytesMut>) -> Result<Option<u64>, &'static str> {
     if digits == 0 || digits > 16 {
         return Err("invalid chunk size");
     }
-    let rest = &line[digits..];
-    // After the size: optional whitespace, then nothing or `;` extensions.
-    let rest = rest.trim_ascii_start();
+    // After the size: optional SP or HTAB (RFC 9112's BWS; not a bare CR, which a
+    // `trim_ascii_start` would take too), then nothing or `;` extensions.
+    let spaces = line[digits..]
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let rest = &line[digits + spaces..];
     if !rest.is_empty() && rest[0] != b';' {
         return Err("invalid chunk size");
     }

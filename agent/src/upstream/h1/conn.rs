@@ -38,7 +38,16 @@ impl Stream {
     /// An idle connection is reusable only while the server has neither closed it nor sent
     /// anything: a peek at the socket itself (not tokio's cached readiness, which lags when
     /// the reactor has not run since the FIN arrived). Data or EOF both mean "do not send".
-    pub fn still_idle(&self) -> bool {
+    /// TLS first: bytes read off the socket with the end of the last response may have held
+    /// more (plaintext past that end, or a close_notify), which wait inside rustls where no
+    /// peek sees them; sent on, the next request would get them as its answer.
+    pub fn still_idle(&mut self) -> bool {
+        if let Stream::Tls(s) = self {
+            match s.get_mut().1.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {}
+                _ => return false,
+            }
+        }
         let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         matches!(
             socket2::SockRef::from(self.tcp()).peek(&mut one),

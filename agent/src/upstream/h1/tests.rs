@@ -889,3 +889,263 @@ async fn bytes_received_before_the_server_died_come_out_before_the_error() {
     assert!(e.to_string().contains("closed the connection"), "{e}");
     assert!(body.frame().await.is_none());
 }
+
+/// A TLS server's answer to its first connection's first request carries, past the body
+/// it declares, a whole second response in the same record; its other connections answer
+/// `ok`. The declared response fills exactly the client's first read (8 KiB), so the extra
+/// bytes wait inside TLS, not in the read buffer nor in the socket.
+#[tokio::test]
+async fn tls_bytes_past_a_responses_end_never_reach_the_next_request() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("sluice-h1-tls-extra-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write CA");
+    let acceptor = crate::tls::test_acceptor("127.0.0.1", &ca);
+    let settings = crate::tls::Settings {
+        ca_file: Some(ca_file),
+        ..crate::tls::Settings::default()
+    };
+    let origin = Origin::new(0, "t", &settings).expect("origin");
+    let _ = std::fs::remove_dir_all(&dir);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            let smuggle = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    return;
+                };
+                if !smuggle {
+                    answer_ok(&mut s, usize::MAX).await;
+                    return;
+                }
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = [b'a'; 1000];
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-pad: ",
+                    body.len()
+                )
+                .into_bytes();
+                let pad = 8192 - out.len() - 4 - body.len();
+                out.extend(std::iter::repeat_n(b'p', pad));
+                out.extend_from_slice(b"\r\n\r\n");
+                out.extend_from_slice(&body);
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged");
+                if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
+                    return;
+                }
+                // Whatever comes next is read and never answered.
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let pool = pool();
+    let first = pool
+        .send(&addr, None, Some(&origin), get(&addr))
+        .await
+        .expect("answered");
+    let body = first.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body.len(), 1000);
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        pool.send(&addr, None, Some(&origin), get(&addr)),
+    )
+    .await
+    .expect("answered in time")
+    .expect("answered");
+    let body = second.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(
+        &body[..],
+        b"ok",
+        "the second request was answered with the first response's extra bytes"
+    );
+}
+
+/// The server reads the head only, answers 413 and keeps the connection open without
+/// reading. Its sockets hold little (small segments, a small receive buffer, as across a
+/// real network more than on loopback), so a head and a body of `INLINE` bytes do not fit:
+/// the answer must still come through, as it did with hyper's client.
+#[tokio::test]
+async fn a_server_answering_before_reading_an_inline_body_does_not_deadlock_it() {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(2048).expect("rcvbuf");
+    sock.set_tcp_mss(536).expect("mss");
+    let at: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    sock.bind(&at.into()).expect("bind");
+    sock.listen(8).expect("listen");
+    sock.set_nonblocking(true).expect("nonblocking");
+    let l = TcpListener::from_std(sock.into()).expect("listener");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut buf = vec![0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
+            .await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    });
+    let pool = pool();
+    let req = Request::builder()
+        .method(http::Method::POST)
+        .uri("/v1/chat/completions")
+        .header(http::header::HOST, &addr)
+        .header("x-pad", "p".repeat(60_000))
+        .body(Payload::Full(Bytes::from(vec![b'x'; INLINE])))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), pool.send(&addr, None, None, req))
+        .await
+        .expect("no deadlock")
+        .expect("answered");
+    assert_eq!(resp.status(), 413);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("no deadlock")
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"big");
+    assert_eq!(
+        pool.open(),
+        0,
+        "a connection with half a request is not reused"
+    );
+}
+
+/// A bare CR or another space than SP or HTAB after a chunk size is not a chunk-size line
+/// (hyper refused both).
+#[tokio::test]
+async fn a_chunk_size_line_with_a_bare_cr_or_a_form_feed_is_refused() {
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\r\nhello\r\n0\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\x0c\r\nhello\r\n0\r\n\r\n"[..],
+    ] {
+        let s = Script::start(vec![reply(bad)]).await;
+        let e = exchange(&pool(), &s.addr, http::Method::GET)
+            .await
+            .expect_err("malformed");
+        assert!(e.contains("malformed chunked body"), "{e}");
+    }
+    let ok = Script::start(vec![reply(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5 \t;x=1\r\nhello\r\n0\r\n\r\n",
+    )])
+    .await;
+    let (_, body, _) = exchange(&pool(), &ok.addr, http::Method::GET)
+        .await
+        .expect("spaces and tabs before an extension are fine");
+    assert_eq!(&body[..], b"hello");
+}
+
+/// A server that, after `prefix`, sends `filler` for as long as the client reads.
+async fn endless(prefix: &'static [u8], filler: u8) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_request(&mut s, &mut buf).await.is_none() {
+                    return;
+                }
+                if s.write_all(prefix).await.is_err() {
+                    return;
+                }
+                let chunk = [filler; 8192];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// An endless head, chunk-size line or trailer section is refused once past its bound;
+/// none grows a buffer without end or waits for an end that never comes.
+#[tokio::test]
+async fn endless_heads_size_lines_and_trailers_are_cut_at_their_bound() {
+    let cases: [(&'static [u8], &str); 3] = [
+        (b"HTTP/1.1 200 OK\r\nx-endless: ", "larger than 16384 bytes"),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=",
+            "chunk-size line too long",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: ",
+            "trailer section too large",
+        ),
+    ];
+    for (prefix, want) in cases {
+        let addr = endless(prefix, b'a').await;
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            exchange(&pool(), &addr, http::Method::GET),
+        )
+        .await
+        .expect("refused, not waited on")
+        .expect_err(want);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+/// A server that answers as soon as it has the request head (a 202 for an upload it takes
+/// in the background) still gets the whole body, as hyper's client sent it.
+#[tokio::test]
+async fn an_answer_that_ends_before_the_request_body_does_not_cut_the_body() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            if !fill(&mut s, &mut buf).await {
+                return;
+            }
+        }
+        if s.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while !buf.ends_with(b"0\r\n\r\n") && fill(&mut s, &mut buf).await {}
+        let _ = tx.send(buf);
+    });
+    let pool = pool();
+    let parts: Vec<&'static [u8]> = vec![b"one", b"two", b"three", b"four", b"five", b"six"];
+    let req = request(&addr, http::Method::POST, Payload::Stream(streamed(parts)));
+    let resp = pool.send(&addr, None, None, req).await.expect("answered");
+    assert_eq!(resp.status(), 202);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"ok");
+    let got = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the server saw the body end")
+        .expect("the server's report");
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.ends_with("3\r\nsix\r\n0\r\n\r\n"),
+        "the request body was cut: {got}"
+    );
+}
