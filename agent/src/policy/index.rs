@@ -786,6 +786,26 @@ mod tests {
         }
     }
 
+    /// An OpenAI chat completion's facts, with the operation, workload and default given.
+    fn chat_facts<'a>(
+        operation: &'a Operation,
+        workload: Option<&'a Workload>,
+        default: Action,
+    ) -> Facts<'a> {
+        Facts {
+            target: "t",
+            server: Server::Openai,
+            method: "POST",
+            path: "/v1/chat/completions",
+            operation,
+            body: None,
+            default,
+            workload,
+            identity: None,
+            switch: None,
+        }
+    }
+
     /// Thousands of rules on distinct models and uids: a request is checked against the few
     /// that can match, not all of them.
     #[test]
@@ -807,18 +827,7 @@ mod tests {
             streaming: false,
         };
         let w = Workload::described(7, 0, "python3".into(), None);
-        let f = Facts {
-            target: "t",
-            server: Server::Openai,
-            method: "POST",
-            path: "/v1/chat/completions",
-            operation: &operation,
-            body: None,
-            default: Action::Deny,
-            workload: Some(&w),
-            identity: None,
-            switch: None,
-        };
+        let f = chat_facts(&operation, Some(&w), Action::Deny);
         // d7 by its model (or its uid), and the unanchored allow.
         assert_eq!(policy.index.candidates(&f), vec![7, 2000]);
         assert_eq!(policy.evaluate(&f).rule_ids(), vec!["d7".to_string()]);
@@ -852,18 +861,7 @@ mod tests {
                     model: Some(model),
                     streaming: false,
                 };
-                let f = Facts {
-                    target: "t",
-                    server: Server::Openai,
-                    method: "POST",
-                    path: "/v1/chat/completions",
-                    operation: &operation,
-                    body: None,
-                    default: Action::Allow,
-                    workload: None,
-                    identity: None,
-                    switch: None,
-                };
+                let f = chat_facts(&operation, None, Action::Allow);
                 assert_eq!(policy.index.candidates(&f), vec![i], "round {round}");
             }
         }
@@ -894,18 +892,7 @@ mod tests {
             7,
             "0".repeat(52)
         ));
-        let f = Facts {
-            target: "t",
-            server: Server::Openai,
-            method: "POST",
-            path: "/v1/chat/completions",
-            operation: &operation,
-            body: None,
-            default: Action::Deny,
-            workload: Some(&w),
-            identity: None,
-            switch: None,
-        };
+        let f = chat_facts(&operation, Some(&w), Action::Deny);
         assert_eq!(policy.index.candidates(&f), vec![14, 15]);
         assert_eq!(
             policy.evaluate(&f).rule_ids(),
