@@ -412,10 +412,7 @@ impl Pool {
     fn respond(&self, io: body::Io, head: conn::Head) -> Response<Body> {
         let body = match head.kind {
             Kind::Empty => {
-                match io {
-                    body::Io::Whole(c) if head.reuse && c.buf.is_empty() => self.shared.put(c),
-                    mut io => io.let_writer_finish(),
-                }
+                io.end(head.reuse, &self.shared);
                 respond::full(Bytes::new())
             }
             kind => {

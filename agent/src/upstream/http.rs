@@ -346,7 +346,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
         }
     }
     const CONNECTION: u8 = 1;
-    const TE: u8 = 1 << 5;
     const NAMED_CLOSE: u8 = 1 << 6;
     if present & !NAMED_CLOSE == 0 {
         return;
@@ -380,13 +379,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
             h.remove(name);
         }
     }
-    for (i, name) in hops.into_iter().enumerate().take(5) {
-        if present & (1 << i) != 0 {
+    // Every hop-by-hop header there (not `close`), but gRPC's `te: trailers`.
+    for (i, name) in hops.into_iter().enumerate().take(6) {
+        if present & (1 << i) != 0 && !(keep_te_trailers && name == header::TE) {
             h.remove(name);
         }
-    }
-    if !keep_te_trailers && present & TE != 0 {
-        h.remove(header::TE);
     }
 }
 

@@ -67,15 +67,18 @@ impl Io {
         }
     }
 
-    /// The response is over; the request may not be: its writer goes on to the body's
+    /// The response's clean end: a reusable connection with nothing unread goes back to
+    /// the pool. Otherwise the request may not be over: its writer goes on to the body's
     /// end (hyper's client sent the whole body too, and a server may answer an upload
     /// before taking it), and the connection closes when it is done.
-    pub fn let_writer_finish(&mut self) {
-        if let Io::Half {
-            writer: Some(w), ..
-        } = self
-        {
-            w.0 = None;
+    pub fn end(self, reuse: bool, pool: &Shared) {
+        match self {
+            Io::Whole(conn) if reuse && conn.buf.is_empty() => pool.put(conn),
+            Io::Half {
+                writer: Some(mut w),
+                ..
+            } => w.0 = None,
+            _ => {}
         }
     }
 
@@ -149,10 +152,8 @@ impl Body {
     /// The clean end: a reusable connection with nothing unread goes back to the pool.
     fn end(&mut self) {
         self.state = State::Done;
-        match self.io.take() {
-            Some(Io::Whole(conn)) if self.reuse && conn.buf.is_empty() => self.pool.put(conn),
-            Some(mut io) => io.let_writer_finish(),
-            None => {}
+        if let Some(io) = self.io.take() {
+            io.end(self.reuse, &self.pool);
         }
     }
 

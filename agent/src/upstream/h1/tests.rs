@@ -810,17 +810,14 @@ async fn a_streamed_body_of_unknown_length_goes_chunked_and_intact() {
     assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "reused after both");
 }
 
-#[tokio::test]
-async fn a_server_answering_before_reading_a_large_body_does_not_deadlock_it() {
-    // The server reads the head only, answers 413 and keeps the connection open without
-    // reading: the 8 MiB body cannot all fit in the socket buffers.
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr").to_string();
+/// A server that reads once (`first_read` bytes at most: the head, not the body), answers 413
+/// with the body "big" and keeps the connection open without reading any more.
+fn answer_413_without_reading(l: TcpListener, first_read: usize) {
     tokio::spawn(async move {
         let Ok((mut s, _)) = l.accept().await else {
             return;
         };
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; first_read];
         let _ = s.read(&mut buf).await;
         let _ = s
             .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
@@ -828,20 +825,15 @@ async fn a_server_answering_before_reading_a_large_body_does_not_deadlock_it() {
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(s);
     });
-    let pool = pool();
-    let big = Bytes::from(vec![b'x'; 8 << 20]);
-    let resp = tokio::time::timeout(
-        Duration::from_secs(10),
-        pool.send(
-            &addr,
-            None,
-            None,
-            request(&addr, http::Method::POST, Payload::Full(big)),
-        ),
-    )
-    .await
-    .expect("no deadlock")
-    .expect("answered");
+}
+
+/// `req` gets the early 413 whole, without a deadlock, and the connection that holds half
+/// a request is not reused.
+async fn answered_early_and_not_reused(pool: &Pool, addr: &str, req: Request<Payload>) {
+    let resp = tokio::time::timeout(Duration::from_secs(10), pool.send(addr, None, None, req))
+        .await
+        .expect("no deadlock")
+        .expect("answered");
     assert_eq!(resp.status(), 413);
     let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
         .await
@@ -854,6 +846,19 @@ async fn a_server_answering_before_reading_a_large_body_does_not_deadlock_it() {
         0,
         "a connection with half a request is not reused"
     );
+}
+
+#[tokio::test]
+async fn a_server_answering_before_reading_a_large_body_does_not_deadlock_it() {
+    // The server reads the head only, answers 413 and keeps the connection open without
+    // reading: the 8 MiB body cannot all fit in the socket buffers.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    answer_413_without_reading(l, 4096);
+    let pool = pool();
+    let big = Bytes::from(vec![b'x'; 8 << 20]);
+    let req = request(&addr, http::Method::POST, Payload::Full(big));
+    answered_early_and_not_reused(&pool, &addr, req).await;
 }
 
 #[tokio::test]
@@ -994,18 +999,7 @@ async fn a_server_answering_before_reading_an_inline_body_does_not_deadlock_it()
     sock.set_nonblocking(true).expect("nonblocking");
     let l = TcpListener::from_std(sock.into()).expect("listener");
     let addr = l.local_addr().expect("addr").to_string();
-    tokio::spawn(async move {
-        let Ok((mut s, _)) = l.accept().await else {
-            return;
-        };
-        let mut buf = vec![0u8; 1024];
-        let _ = s.read(&mut buf).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
-            .await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(s);
-    });
+    answer_413_without_reading(l, 1024);
     let pool = pool();
     let req = Request::builder()
         .method(http::Method::POST)
@@ -1014,22 +1008,7 @@ async fn a_server_answering_before_reading_an_inline_body_does_not_deadlock_it()
         .header("x-pad", "p".repeat(60_000))
         .body(Payload::Full(Bytes::from(vec![b'x'; INLINE])))
         .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(10), pool.send(&addr, None, None, req))
-        .await
-        .expect("no deadlock")
-        .expect("answered");
-    assert_eq!(resp.status(), 413);
-    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
-        .await
-        .expect("no deadlock")
-        .expect("body")
-        .to_bytes();
-    assert_eq!(&body[..], b"big");
-    assert_eq!(
-        pool.open(),
-        0,
-        "a connection with half a request is not reused"
-    );
+    answered_early_and_not_reused(&pool, &addr, req).await;
 }
 
 /// A bare CR or another space than SP or HTAB after a chunk size is not a chunk-size line
