@@ -1,11 +1,10 @@
-//! Serving HTTP on an intercepted connection: HTTP/1.1 (keep-alive, chunked) or HTTP/2 with
-//! prior knowledge (gRPC), told apart by the first bytes. Each request goes through
-//! `pipeline::handle`.
+//! Serving HTTP on an intercepted connection: HTTP/1.1 (keep-alive, chunked, pipelining)
+//! on Sluice's own server (`h1`), or HTTP/2 with prior knowledge (gRPC) on hyper's, told
+//! apart by the first bytes. Each request goes through `pipeline::handle`.
 //!
 //! Timeouts, so a client cannot hold a connection (and its descriptors) for nothing:
 //! - `header`: from accept to the end of the first request head, protocol detection
-//!   included; for HTTP/1.1 also from the end of a response to the end of the next head
-//!   (hyper starts its header timer when a keep-alive connection goes idle);
+//!   included; for HTTP/1.1 also from the end of a response to the end of the next head;
 //! - `idle`: a connection with no request in flight for this long is closed gracefully (the
 //!   one idle bound HTTP/2 has; for HTTP/1.1 the shorter of `header` and `idle` applies);
 //! - the request body's deadline is the read stage's (`pipeline/read.rs`).
@@ -23,11 +22,7 @@ use std::{
     time::Duration,
 };
 
-use hyper::{
-    body::Incoming,
-    server::conn::{http1, http2},
-    service::service_fn,
-};
+use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +31,12 @@ use crate::{
     connection::{Conn, Ctx},
     pipeline,
 };
+
+pub mod body;
+pub mod h1;
+
+pub use body::ClientBody;
+pub use h1::{NotSwitched, Upgrade, Upgraded};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -46,8 +47,8 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
-/// The stream of an allowed protocol switch, run by the connection's task once hyper has
-/// handed the socket over.
+/// The stream of an allowed protocol switch, run by the connection's task once the switch's
+/// response head is out.
 pub type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Requests in flight on one connection, and when the last one ended.
@@ -146,7 +147,28 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: Can
         tunnel: std::sync::Mutex::new(None),
         force: force.clone(),
     });
-    let shutdown = ctx.shutdown.clone();
+    match proto {
+        Proto::H1 => {
+            h1::serve(&ctx, &conn, client, &activity, &force).await;
+            // Taken whatever ended the exchange: the tunnel holds the activity (a cycle).
+            let tunnel = activity.tunnel.lock().ok().and_then(|mut t| t.take());
+            if let Some(tunnel) = tunnel {
+                tunnel.await;
+            }
+        }
+        Proto::H2 => serve_h2(ctx, conn, client, force, activity).await,
+    }
+}
+
+/// HTTP/2 with prior knowledge, on hyper's server.
+async fn serve_h2(
+    ctx: Arc<Ctx>,
+    conn: Arc<Conn>,
+    client: TcpStream,
+    force: CancellationToken,
+    activity: Arc<Activity>,
+) {
+    let (timeouts, shutdown) = (ctx.timeouts, ctx.shutdown.clone());
     let (max_header, max_streams) = (ctx.max_header, ctx.max_h2_streams);
     let (recorder, rec_conn) = (ctx.recorder.clone(), conn.clone());
     let svc = {
@@ -154,49 +176,20 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: Can
         service_fn(move |req: hyper::Request<Incoming>| {
             let (ctx, conn) = (ctx.clone(), conn.clone());
             let in_flight = InFlight::enter(&activity);
+            let req = req.map(ClientBody::H2);
             async move { Ok::<_, Infallible>(pipeline::handle(&ctx, &conn, req, in_flight).await) }
         })
     };
-    let io = TokioIo::new(client);
-    match proto {
-        Proto::H1 => {
-            let c = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeouts.header)
-                .max_buf_size(max_header.max(8192))
-                .keep_alive(true)
-                .serve_connection(io, svc)
-                .with_upgrades();
-            let ended = drive(c, shutdown, force, &activity, timeouts.idle).await;
-            record_malformed(&recorder, &rec_conn, ended).await;
-            // Taken whatever ended the exchange: the tunnel holds the activity (a cycle).
-            let tunnel = activity.tunnel.lock().ok().and_then(|mut t| t.take());
-            if let Some(tunnel) = tunnel {
-                tunnel.await;
-            }
-        }
-        Proto::H2 => {
-            let c = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(max_streams)
-                .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
-                .keep_alive_interval(Some(timeouts.idle.min(Duration::from_secs(30))))
-                .keep_alive_timeout(timeouts.header)
-                .serve_connection(io, svc);
-            let ended = drive(c, shutdown, force, &activity, timeouts.idle).await;
-            record_malformed(&recorder, &rec_conn, ended).await;
-        }
-    }
-}
-
-/// A request head hyper refused itself (it answers 400 or 431 and closes) never reaches the
-/// pipeline: it still gets its one record, so the audit trail shows the attempt.
-async fn record_malformed(
-    recorder: &crate::record::Recorder,
-    conn: &Conn,
-    ended: Option<hyper::Error>,
-) {
-    let Some(e) = ended else { return };
+    let c = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams)
+        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(timeouts.idle.min(Duration::from_secs(30))))
+        .keep_alive_timeout(timeouts.header)
+        .serve_connection(TokioIo::new(client), svc);
+    let Some(e) = drive(c, shutdown, force, &activity, timeouts.idle).await else {
+        return;
+    };
     let status = if e.is_parse_too_large() {
         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     } else if e.is_parse() {
@@ -204,6 +197,17 @@ async fn record_malformed(
     } else {
         return;
     };
+    record_malformed(&recorder, &rec_conn, status, e.to_string()).await;
+}
+
+/// A request head refused before it reached the pipeline (answered 400 or 431, the
+/// connection closed) still gets its one record, so the audit trail shows the attempt.
+async fn record_malformed(
+    recorder: &crate::record::Recorder,
+    conn: &Conn,
+    status: http::StatusCode,
+    why: String,
+) {
     let mut g = recorder
         .start(
             &conn.target.name,
@@ -215,11 +219,11 @@ async fn record_malformed(
         .await;
     g.set_status(status);
     crate::metrics::refused("sluice_malformed_head");
-    g.finish(crate::record::Outcome::Malformed(e.to_string()));
+    g.finish(crate::record::Outcome::Malformed(why));
 }
 
 /// Peeks until the bytes are (or cannot be) the HTTP/2 preface. Peeking leaves them for
-/// hyper. A client that sent a partial preface is polled briefly until it sends the rest
+/// the server that reads them. A client that sent a partial preface is polled briefly until it sends the rest
 /// (or the caller's timeout ends it): peek has no "wait for more than I have".
 async fn sniff(s: &TcpStream) -> std::io::Result<Option<Proto>> {
     let mut buf = [0u8; 24];
@@ -238,20 +242,9 @@ async fn sniff(s: &TcpStream) -> std::io::Result<Option<Proto>> {
     }
 }
 
-/// The two hyper connection types, as far as driving them goes.
+/// hyper's HTTP/2 connection, as far as driving it goes.
 trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn graceful(self: Pin<&mut Self>);
-}
-
-impl<S> Graceful for http1::UpgradeableConnection<TokioIo<TcpStream>, S>
-where
-    S: hyper::service::HttpService<Incoming>,
-    S::ResBody: http_body::Body + Send + 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 impl<S> Graceful for http2::Connection<TokioIo<TcpStream>, S, TokioExecutor>

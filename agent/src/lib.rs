@@ -40,5 +40,6 @@ pub mod relay;
 pub mod respond;
 pub mod tls;
 pub mod upstream;
+pub mod wire;
 pub mod workload;
 mod yaml;

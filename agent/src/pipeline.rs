@@ -24,6 +24,8 @@
 use http::{Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use crate::http::ClientBody;
+
 use crate::{
     connection::{Conn, Ctx},
     filter::{Chain, Framing, RequestEnd, ResponseBody},
@@ -52,7 +54,7 @@ pub use context::{Request, Subject};
 pub async fn handle(
     ctx: &Ctx,
     conn: &std::sync::Arc<Conn>,
-    req: http::Request<Incoming>,
+    req: http::Request<ClientBody>,
     in_flight: InFlight,
 ) -> Response<Body> {
     let mut rq = Request::start(ctx, conn, req, in_flight).await;

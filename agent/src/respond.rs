@@ -20,6 +20,9 @@ pub enum BodyError {
     /// From the pooled HTTP/1.1 client; the message names the upstream.
     #[error("{0}")]
     UpstreamH1(#[from] crate::upstream::BodyFailure),
+    /// A streamed request body, read from the client while the response came back.
+    #[error("client: {0}")]
+    Client(#[from] crate::http::body::ClientBodyError),
     #[error("ended by Sluice: {0}")]
     Sluice(String),
 }

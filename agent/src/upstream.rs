@@ -17,7 +17,7 @@ use crate::{
 };
 
 mod h1;
-pub use h1::{BodyFailure, Payload};
+pub use h1::{BodyFailure, Payload, encode_request};
 mod h2;
 pub mod http;
 

@@ -13,7 +13,7 @@ pub fn admit(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
     if rq.switch.is_some() {
         // The client's half of the switch, for the tunnel if the policy allows it; it must
         // not travel upstream with the rest of the request's extensions.
-        rq.client_upgrade = rq.parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        rq.client_upgrade = rq.parts.extensions.remove::<crate::http::Upgrade>();
     }
     let server = rq.conn.target.server;
     let decoded = super::decode::request_target(server, rq.parts.method.as_str(), &rq.parts.uri)?;

@@ -5,13 +5,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::request::Parts;
-use hyper::body::Incoming;
 
 use crate::{
     adapter::Operation,
     connection::{Conn, Ctx},
     filter::RequestEnd,
-    http::InFlight,
+    http::{ClientBody, InFlight},
     limits::BodyCharge,
     metrics::{Clock, Stage},
     policy::{Decision, Policy, Switch},
@@ -21,12 +20,12 @@ use crate::{
 /// The request body as the stages have it.
 pub enum RequestBody {
     /// Not read yet (admit has not run or refused).
-    Unread(Incoming),
+    Unread(ClientBody),
     /// Read whole by `read`; its bytes are charged to the body budget until dropped.
     Buffered { bytes: Bytes, charge: BodyCharge },
     /// Passed through unread: gRPC to a server that speaks it (its messages are framed, and
     /// policy decides on the path alone).
-    Streaming(Incoming),
+    Streaming(ClientBody),
     /// Handed to the upstream request.
     Taken,
 }
@@ -84,7 +83,7 @@ pub struct Request {
     /// The protocol switch the request asks for, named by admit.
     pub switch: Option<Switch>,
     /// The client's half of that switch, taken out of the request by admit.
-    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pub client_upgrade: Option<crate::http::Upgrade>,
     /// An allowed switch the upstream accepted: run once the response head is out.
     pub tunnel: Option<super::switch::Tunnel>,
     pub subject: Option<Subject>,
@@ -109,7 +108,7 @@ impl Request {
     pub async fn start(
         ctx: &Ctx,
         conn: &Arc<Conn>,
-        req: http::Request<Incoming>,
+        req: http::Request<ClientBody>,
         in_flight: InFlight,
     ) -> Self {
         // Started before anything else: waiting for a record slot is the agent's time too.

@@ -58,7 +58,7 @@ pub async fn read(rq: &mut Request, ctx: &Ctx) -> Result<(), Refusal> {
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                if client_gone(&e) {
+                if e.client_gone() {
                     // The client closed before its body was whole: it is gone, and the
                     // refusal below will reach no one.
                     rq.record().finish(Outcome::ClientGone(Phase::Upload));
@@ -148,27 +148,4 @@ fn json(
         bytes,
         grow,
     )
-}
-
-/// Whether a body read failed because the client went away (closed or reset mid-body),
-/// rather than because it sent something malformed.
-fn client_gone(e: &hyper::Error) -> bool {
-    use std::{error::Error as _, io::ErrorKind};
-    if e.is_incomplete_message() || e.is_canceled() {
-        return true;
-    }
-    let mut src = e.source();
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                ErrorKind::UnexpectedEof
-                    | ErrorKind::ConnectionReset
-                    | ErrorKind::ConnectionAborted
-                    | ErrorKind::BrokenPipe
-            );
-        }
-        src = s.source();
-    }
-    false
 }

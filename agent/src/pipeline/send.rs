@@ -7,6 +7,8 @@ use http::{HeaderValue, Response, StatusCode, header, request::Parts};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
+use crate::http::ClientBody;
+
 use super::{Request, context::RequestBody};
 use crate::{
     connection::{Conn, Ctx},
@@ -34,7 +36,7 @@ enum Outgoing {
         bytes: Bytes,
         _charge: BodyCharge,
     },
-    Streaming(Incoming),
+    Streaming(ClientBody),
 }
 
 /// Builds the upstream request: the client's own framing never reaches the server (the body

@@ -5,6 +5,8 @@
 //! byte for byte, and its record says it was not judged.
 use http::{HeaderValue, Method, StatusCode, Version, header, request::Parts};
 use hyper::upgrade::OnUpgrade;
+
+use crate::http::Upgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{filter::RequestEnd, policy::Switch, record::Outcome, respond::Refusal};
@@ -93,10 +95,10 @@ pub fn accepted(switch: Switch, status: StatusCode, upgrade: Option<&HeaderValue
 }
 
 /// The two halves of an allowed switch, joined once the client's connection has sent the
-/// switch's response head (hyper hands both sockets over only then).
+/// switch's response head (`http::h1` hands the client's socket over only then).
 pub struct Tunnel {
     pub switch: Switch,
-    pub client: OnUpgrade,
+    pub client: Upgrade,
     pub upstream: OnUpgrade,
 }
 
@@ -122,14 +124,16 @@ impl Tunnel {
         end.record.finish(Outcome::Switched { to: switch, error });
     }
 
-    /// Both halves once hyper hands them over, then the copy: (bytes up, bytes down).
+    /// Both halves once they are handed over, then the copy: (bytes up, bytes down).
     async fn join(self) -> Result<(u64, u64), String> {
         let (client, upstream) = tokio::join!(self.client, self.upstream);
         let (client, upstream) = match (client, upstream) {
             (Ok(c), Ok(u)) => (c, u),
-            (Err(e), _) | (_, Err(e)) => return Err(format!("the switch did not complete: {e}")),
+            (Err(e), _) => return Err(format!("the switch did not complete: {e}")),
+            (_, Err(e)) => return Err(format!("the switch did not complete: {e}")),
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        let mut upstream = TokioIo::new(upstream);
+        let mut client = client;
         tokio::io::copy_bidirectional(&mut client, &mut upstream)
             .await
             .map_err(|e| e.to_string())

@@ -47,6 +47,16 @@ mod conn;
 mod tests;
 
 pub use body::Error as BodyFailure;
+
+/// The request head as the pooled client writes it for a body of `len` bytes (`None`:
+/// streamed). The fuzz targets read it back with the client-facing server's framing.
+#[doc(hidden)]
+pub fn encode_request(parts: &mut http::request::Parts, len: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    conn::frame(&mut parts.headers, len);
+    conn::encode_head(parts, &mut out);
+    out
+}
 use conn::{Conn, Framing, HeadError, Kind, Stream};
 
 /// A pooled connection unused this long is closed instead of reused: servers close idle

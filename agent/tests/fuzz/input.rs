@@ -860,3 +860,153 @@ pub fn config_text() -> impl Strategy<Value = String> {
 pub fn case_text() -> impl Strategy<Value = String> {
     edited(CASE_SEEDS, YAML_TOKENS, 6)
 }
+
+/// Header fields an HTTP/1.1 request's framing depends on, with the values request
+/// smuggling plays with, and some ordinary ones.
+const H1_FIELDS: &[(&str, &[&str])] = &[
+    (
+        "Content-Length",
+        &[
+            "0",
+            "4",
+            "20",
+            "+4",
+            "4, 4",
+            "4, 5",
+            " 4 ",
+            "0x4",
+            "",
+            "99999999999999999999",
+        ],
+    ),
+    (
+        "Transfer-Encoding",
+        &[
+            "chunked",
+            "Chunked",
+            "chunked, identity",
+            "identity",
+            "gzip, chunked",
+            " chunked",
+            "chunked, chunked",
+        ],
+    ),
+    (
+        "Connection",
+        &[
+            "close",
+            "keep-alive",
+            "Upgrade",
+            "close, Content-Length",
+            "keep-alive, close",
+        ],
+    ),
+    ("Host", &["models", "127.0.0.1:8000", ""]),
+    ("Expect", &["100-continue", "100-Continue", "200-ok"]),
+    ("Upgrade", &["websocket", "h2c"]),
+    ("Content-Type", &["application/json"]),
+    ("X-A", &["1", "a\tb", "\u{7f}"]),
+    ("Content-Length ", &["4"]),
+    ("Transfer-Encoding\t", &["chunked"]),
+];
+
+/// A request body as sent: raw, or chunked (sizes right or wrong, extensions, trailers).
+fn h1_body() -> impl Strategy<Value = Vec<u8>> {
+    let chunk = (
+        prop::collection::vec(any::<u8>(), 0..12),
+        prop::sample::select(&["", ";ext=1", ";x=\"a b\"", " ", "\t;e"][..]),
+        -1i8..=1,
+    )
+        .prop_map(|(data, ext, skew)| {
+            let size = (data.len() as i64 + i64::from(skew)).max(0);
+            let mut c = format!("{size:x}{ext}\r\n").into_bytes();
+            c.extend_from_slice(&data);
+            c.extend_from_slice(b"\r\n");
+            c
+        });
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..24),
+        (
+            prop::collection::vec(chunk, 0..4),
+            prop::sample::select(
+                &[
+                    "",
+                    "X-Model: a\r\n",
+                    "Content-Type: text/plain\r\n",
+                    "bad trailer\r\n"
+                ][..]
+            ),
+        )
+            .prop_map(|(chunks, trailer)| {
+                let mut b: Vec<u8> = chunks.concat();
+                b.extend_from_slice(format!("0\r\n{trailer}\r\n").as_bytes());
+                b
+            }),
+    ]
+}
+
+/// One HTTP/1.x request (or something near one) as bytes.
+fn h1_request() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::sample::select(
+            &[
+                "GET",
+                "POST",
+                "post",
+                "HEAD",
+                "CONNECT",
+                "OPTIONS",
+                "P\u{f6}ST",
+                "",
+            ][..],
+        ),
+        prop_oneof![
+            path(),
+            Just("*".to_string()),
+            Just("http://other.example/api/pull".to_string()),
+            Just("127.0.0.1:8000".to_string()),
+        ],
+        prop::sample::select(&["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 ", "http/1.1"][..]),
+        prop::collection::vec(
+            (
+                prop::sample::select(H1_FIELDS),
+                any::<prop::sample::Index>(),
+            ),
+            0..6,
+        ),
+        prop::sample::select(&["\r\n", "\n"][..]),
+        h1_body(),
+    )
+        .prop_map(|(method, target, version, fields, eol, body)| {
+            let mut r = format!("{method} {target} {version}{eol}");
+            for ((name, values), i) in fields {
+                r.push_str(&format!("{name}: {}{eol}", i.get(values)));
+            }
+            r.push_str(eol);
+            let mut bytes = r.into_bytes();
+            bytes.extend_from_slice(&body);
+            bytes
+        })
+}
+
+/// Requests pipelined on one connection, some bytes flipped, cut into the pieces in which
+/// they arrive.
+pub fn h1_stream() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
+    (
+        prop::collection::vec(h1_request(), 1..4),
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    )
+        .prop_map(|(requests, flips, cuts)| {
+            let mut bytes = requests.concat();
+            if !bytes.is_empty() {
+                for (at, b) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] = b;
+                }
+            }
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            (bytes, cuts)
+        })
+}
