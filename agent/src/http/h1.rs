@@ -83,35 +83,12 @@ pub(super) async fn serve(
 ) {
     let io = Arc::new(client);
     let mut buf = BytesMut::with_capacity(socket::READ_CHUNK);
-    let mut out = Vec::with_capacity(1024);
-    // hyper's server took at least 8 KiB of head; the setting only raises it.
-    let max = ctx.max_header.max(8192);
-    let t = ctx.timeouts;
-    let mut wait = t.header;
-    let next = loop {
-        let deadline = Instant::now() + wait;
-        // After the first request: the shorter of the header and idle bounds.
-        wait = t.header.min(t.idle);
-        let head = tokio::select! {
-            biased;
-            () = force.cancelled() => return,
-            // Shutdown closes an idle connection; one with a request arriving answers it.
-            () = ctx.shutdown.cancelled(), if buf.is_empty() => return,
-            r = tokio::time::timeout_at(deadline, read_head(&io, &mut buf, max)) => r,
-        };
-        let head = match head {
-            Ok(Ok(Some(h))) => h,
-            // Closed, the header timeout, a failed read: nothing to answer.
-            Ok(Ok(None) | Err(Failed::Io)) | Err(_) => return,
-            Ok(Err(Failed::Head(e))) => {
-                refuse_head(ctx, conn, &io, &e, &mut out, force).await;
-                return;
-            }
-        };
-        match exchange(ctx, conn, &io, head, &mut buf, &mut out, activity, force).await {
-            Next::Keep => {}
-            next => break next,
-        }
+    // The drain's cut ends the connection wherever it is: one wait for it, registered
+    // once, rather than one in every wait of every request.
+    let next = tokio::select! {
+        biased;
+        () = force.cancelled() => return,
+        next = requests(ctx, conn, &io, &mut buf, activity) => next,
     };
     match next {
         Next::Close { linger: true } => {
@@ -130,6 +107,59 @@ pub(super) async fn serve(
             }
         }
         _ => {}
+    }
+}
+
+/// The connection's requests, one after another, until one ends it.
+async fn requests(
+    ctx: &Arc<Ctx>,
+    conn: &Arc<Conn>,
+    io: &Arc<TcpStream>,
+    buf: &mut BytesMut,
+    activity: &Arc<Activity>,
+) -> Next {
+    let mut out = Vec::with_capacity(1024);
+    // hyper's server took at least 8 KiB of head; the setting only raises it.
+    let max = ctx.max_header.max(8192);
+    let t = ctx.timeouts;
+    // Shutdown closes an idle connection; one with a request arriving answers it.
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // One timer for the connection, re-armed only when it fires before the head it guards
+    // is due: a keep-alive connection's requests do not each insert and remove a timer.
+    let timer = tokio::time::sleep(t.header);
+    tokio::pin!(timer);
+    let mut wait = t.header;
+    loop {
+        let due = Instant::now() + wait;
+        // After the first request: the shorter of the header and idle bounds.
+        wait = t.header.min(t.idle);
+        let head = loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown, if buf.is_empty() => return Next::Gone,
+                r = read_head(io, buf, max) => break r,
+                () = &mut timer => {
+                    if Instant::now() >= due {
+                        return Next::Gone;
+                    }
+                    timer.as_mut().reset(due);
+                }
+            }
+        };
+        let head = match head {
+            Ok(Some(h)) => h,
+            // Closed, or a failed read: nothing to answer.
+            Ok(None) | Err(Failed::Io) => return Next::Gone,
+            Err(Failed::Head(e)) => {
+                refuse_head(ctx, conn, io, &e, &mut out).await;
+                return Next::Close { linger: true };
+            }
+        };
+        match exchange(ctx, conn, io, head, buf, &mut out, activity).await {
+            Next::Keep => {}
+            next => return next,
+        }
     }
 }
 
@@ -156,7 +186,6 @@ async fn read_head(
 
 /// One request: through the pipeline, its response written. The client is watched for
 /// going away throughout, once its body is read.
-#[allow(clippy::too_many_arguments)]
 async fn exchange(
     ctx: &Arc<Ctx>,
     conn: &Arc<Conn>,
@@ -165,7 +194,6 @@ async fn exchange(
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     activity: &Arc<Activity>,
-    force: &CancellationToken,
 ) -> Next {
     let head::Head {
         mut parts,
@@ -200,7 +228,6 @@ async fn exchange(
     let response = loop {
         let back = tokio::select! {
             biased;
-            () = force.cancelled() => return Next::Gone,
             r = &mut handled => break r,
             back = reading.back() => back,
             () = socket::closed(io, buf, max), if matches!(reading, Reading::Here) => return Next::Gone,
@@ -217,7 +244,6 @@ async fn exchange(
         loop {
             let back = tokio::select! {
                 biased;
-                () = force.cancelled() => return Next::Gone,
                 r = &mut written => break r,
                 back = reading.back() => back,
                 () = socket::closed(io, buf, max), if matches!(reading, Reading::Here) => return Next::Gone,
@@ -255,14 +281,13 @@ fn take_back(back: Result<BytesMut, ()>, buf: &mut BytesMut) -> Reading {
     }
 }
 
-/// A head Sluice cannot read gets its 4xx and one record, and the connection closes.
+/// A head Sluice cannot read gets its 4xx and one record; the connection then closes.
 async fn refuse_head(
     ctx: &Ctx,
     conn: &Conn,
     io: &TcpStream,
     e: &head::HeadError,
     out: &mut Vec<u8>,
-    force: &CancellationToken,
 ) {
     let status = e.status();
     tracing::debug!(error = %e, "refused a malformed request head");
@@ -273,14 +298,6 @@ async fn refuse_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     let mut answer = [std::io::IoSlice::new(out)];
-    let answer = socket::write_all(io, &mut answer);
-    tokio::select! {
-        _ = answer => {}
-        () = force.cancelled() => return,
-    }
+    let _ = socket::write_all(io, &mut answer).await;
     super::record_malformed(&ctx.recorder, conn, status, e.to_string()).await;
-    tokio::select! {
-        () = socket::linger(io) => {}
-        () = force.cancelled() => {}
-    }
 }
