@@ -18,6 +18,10 @@
 //! the socket, and for TLS at what rustls already read), else dials. A request is never
 //! sent twice once any byte of it was written: only a pooled connection whose first write
 //! failed with nothing written is given up for the next one.
+//!
+//! A response head is awaited at most `Timeouts::head` (`upstream_head_timeout_ms`) and a
+//! response body read with at most `Timeouts::idle` of silence between two reads; past
+//! either the connection is closed, never pooled.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
