@@ -629,7 +629,10 @@ fn an_upstream_that_never_answers_is_a_504_in_the_servers_shape() {
             &format!("http://{vip}:8000/v1/chat/completions"),
         ],
     );
-    assert!(t.elapsed() < Duration::from_secs(8), "not cut by the timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "not cut by the timeout"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let (body, code) = text.rsplit_once('\n').expect("body and status");
     assert_eq!(code, "504", "{out:?}\n{}", agent.log_text());
@@ -683,7 +686,10 @@ fn a_stream_that_goes_silent_is_cut_not_ended() {
             &format!("http://{vip}:8000/v1/chat/completions"),
         ],
     );
-    assert!(t.elapsed() < Duration::from_secs(8), "not cut by the timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "not cut by the timeout"
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("echo:"),
         "{out:?}"
