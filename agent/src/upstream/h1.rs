@@ -21,7 +21,9 @@
 //!
 //! A response head is awaited at most `Timeouts::head` (`upstream_head_timeout_ms`) and a
 //! response body read with at most `Timeouts::idle` of silence between two reads; past
-//! either the connection is closed, never pooled.
+//! either the connection is closed, never pooled. Each is a timer-wheel entry, no syscall:
+//! a deadline later than the runtime's next planned wakeup (`app::heartbeat`, every second)
+//! never makes tokio wake its driver.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
