@@ -256,7 +256,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         mask_sessions: mask_sessions.clone(),
         http: upstream::http::Client::new(
             cfg.bypass_mark,
-            cfg.connect_timeout,
+            upstream::Timeouts::of(&cfg),
             cfg.upstream_max_idle,
             cfg.max_header_bytes,
         ),

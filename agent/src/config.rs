@@ -75,6 +75,23 @@ pub struct Config {
         with = "millis"
     )]
     pub connect_timeout: Duration,
+    /// From the end of writing a request upstream to the end of the response head (504
+    /// beyond). Long by default: a non-streaming completion sends its head only once the
+    /// model has finished.
+    #[serde(
+        rename = "upstream_head_timeout_ms",
+        default = "default_upstream_head_timeout",
+        with = "millis"
+    )]
+    pub upstream_head_timeout: Duration,
+    /// The longest silence between two reads of a response body, streams included; past it
+    /// the body is cut as if the upstream had died.
+    #[serde(
+        rename = "upstream_idle_timeout_ms",
+        default = "default_upstream_idle_timeout",
+        with = "millis"
+    )]
+    pub upstream_idle_timeout: Duration,
     /// How long a backend that refused a connection is skipped.
     #[serde(
         rename = "dead_backend_secs",
@@ -405,6 +422,18 @@ impl Config {
         if self.max_h2_streams == 0 {
             return Err("max_h2_streams: must be at least 1".into());
         }
+        // 0 is not "off": an upstream that never answers would then hold its requests for
+        // good. A slow model gets a large value instead.
+        for (name, t) in [
+            ("upstream_head_timeout_ms", self.upstream_head_timeout),
+            ("upstream_idle_timeout_ms", self.upstream_idle_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(format!(
+                    "{name}: must be at least 1 (there is no \"off\": an upstream that stops answering would hold its requests for good; give slow models a large value, e.g. 3600000)"
+                ));
+            }
+        }
         let entries = endpoint::static_entry_count(self.targets.iter().map(|t| &t.matches));
         if entries > agent_common::MAX_TARGETS as usize {
             return Err(format!(
@@ -546,6 +575,12 @@ fn default_dns_refresh() -> Duration {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_millis(3000)
+}
+fn default_upstream_head_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_upstream_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_dead_backend() -> Duration {
     Duration::from_secs(5)

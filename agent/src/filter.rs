@@ -246,7 +246,7 @@ impl HttpBody for ResponseBody {
                 },
                 Some(Err(e)) => {
                     this.state = State::Done;
-                    this.end.record.finish(Outcome::UpstreamError);
+                    this.end.record.finish(e.outcome());
                     return Poll::Ready(Some(Err(e)));
                 }
                 None => {

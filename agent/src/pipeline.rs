@@ -13,7 +13,7 @@
 //! | approve | `approve` below → `approval::hold` | decision, subject, workload, headers (justification), body (excerpt) | `Permit`, approval state | 403 on deny, on an approver's deny, on an approval's timeout, on a missing justification; 503 over the pending bounds or when the agent stops while held |
 //! | record body | `recording.rs` → `audit::Tap` (at `full` level) | the masked body | its body entries | 503 when recording is required and cannot be written |
 //! | prepare | `choose_key` below, `send.rs` → `custody` | parts, body, `Permit`, filters, subject and workload (which of the target's keys) | `credential`, the upstream request (client credentials stripped, the key injected) | 403 (the target holds keys, none for this caller) |
-//! | send | `send.rs` | upstream request | response head | 502 |
+//! | send | `send.rs` | upstream request | response head | 502, 504 (no response head within `upstream_head_timeout_ms`) |
 //! | respond | `respond` below | response head, filters, `credential` (echoes masked) | the response body, or the tunnel of an allowed switch (`switch.rs`) | 502 (too large) |
 //!
 //! The record of the request is opened before the first stage and finished exactly once,
@@ -21,14 +21,10 @@
 //!
 //! The policy snapshot is taken when the request starts, so a reload never changes the
 //! decision of a request in flight.
-use http::{Response, StatusCode, header};
-use hyper::body::Incoming;
-
-use crate::http::ClientBody;
-
 use crate::{
     connection::{Conn, Ctx},
     filter::{Chain, Framing, RequestEnd, ResponseBody},
+    http::ClientBody,
     http::InFlight,
     metrics::Stage,
     policy::{Decision, Facts, Permit, Switch},
@@ -36,6 +32,7 @@ use crate::{
     respond::{self, Body, Refusal},
     upstream::http::strip_hop_by_hop,
 };
+use http::{Response, StatusCode, header};
 
 mod admit;
 pub mod context;
@@ -121,6 +118,13 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     let head = send::send(ctx, &rq.conn, forward).await;
     // Lapped before `?`: a failed attempt's time is the upstream's too, not the agent's.
     rq.lap(Stage::UpstreamWait);
+    if let Err(r) = &head
+        && r.code == respond::UPSTREAM_TIMEOUT
+    {
+        // The 504 is sent whole; the record still says the request did not complete.
+        rq.record()
+            .failed(crate::record::Outcome::UpstreamTimeout(r.message.clone()));
+    }
     let head = head?;
     let response = response(rq, head)?;
     rq.lap(Stage::Respond);
@@ -299,12 +303,7 @@ fn response(rq: &mut Request, head: send::Upstream) -> Result<(Response<Body>, C
             {
                 return Ok((switched(rq, switch, head), Chain::default()));
             }
-            head.map(|b| {
-                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
-                    b,
-                    respond::BodyError::from,
-                ))
-            })
+            head
         }
     };
     let (mut parts, body) = head.into_parts();
@@ -399,7 +398,7 @@ fn mask_reason(extensions: &mut http::Extensions, key: &[u8]) {
 /// The upstream accepted an allowed switch: the client gets its head (with `Upgrade` and
 /// `Connection` as the switch needs them) and no body; the two connections are joined once
 /// that head is out (`Request::respond`).
-fn switched(rq: &mut Request, switch: Switch, mut head: Response<Incoming>) -> Response<Body> {
+fn switched(rq: &mut Request, switch: Switch, mut head: Response<Body>) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut head);
     let (mut parts, _) = head.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();

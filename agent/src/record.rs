@@ -66,6 +66,9 @@ pub enum Outcome {
     ClientGone(Phase),
     /// The upstream failed while the body was streaming.
     UpstreamError,
+    /// The upstream sent no response head in time (the client got 504), or went silent
+    /// in the middle of the body (the client's stream was cut): what and for how long.
+    UpstreamTimeout(String),
     /// A response filter or limit ended the body.
     Ended(String),
     /// The agent's drain deadline cut the request.
@@ -92,6 +95,7 @@ impl fmt::Display for Outcome {
             }
             Outcome::ClientGone(_) => f.write_str("cancelled while waiting for the upstream"),
             Outcome::UpstreamError => f.write_str("upstream error"),
+            Outcome::UpstreamTimeout(why) => write!(f, "upstream timeout: {why}"),
             Outcome::Ended(why) => write!(f, "ended by sluice: {why}"),
             Outcome::Drained(_) => f.write_str("cut by drain"),
             Outcome::Malformed(why) => write!(f, "malformed: {why}"),
@@ -260,6 +264,7 @@ impl Recorder {
             headers_at: None,
             mask_response: None,
             tap: None,
+            failed: None,
             phase: Phase::Upload,
             recorder: self.clone(),
             record: Some(Record {
@@ -316,6 +321,8 @@ pub struct Guard {
     mask_response: Option<crate::filter::MaskHandle>,
     /// The bodies' way to the store, once `record_bodies` turned it on.
     tap: Option<Box<crate::audit::Tap>>,
+    /// Set when the request failed before its response (`failed`).
+    failed: Option<Outcome>,
 }
 
 impl Guard {
@@ -441,9 +448,19 @@ impl Guard {
         self.with(|r| r.response_bytes += n as u64);
     }
 
+    /// The request failed before any response (an upstream timeout): the refusal Sluice
+    /// answers with is sent to its end, but the record says the request did not complete.
+    pub fn failed(&mut self, outcome: Outcome) {
+        self.failed = Some(outcome);
+    }
+
     pub fn finish(&mut self, outcome: Outcome) {
         let Some(mut r) = self.record.take() else {
             return;
+        };
+        let outcome = match (outcome, self.failed.take()) {
+            (Outcome::Complete, Some(failed)) => failed,
+            (outcome, _) => outcome,
         };
         if let Some(h) = self.mask_response.take() {
             r.mask_response = h.verdict();
@@ -490,6 +507,22 @@ mod tests {
         let stop = CancellationToken::new();
         let (r, rx) = Recorder::new(table.clone(), stop.clone());
         (r, rx, table, stop)
+    }
+
+    /// A 504 for an upstream that never answered is sent whole, but the request did not
+    /// complete: its record says why.
+    #[tokio::test]
+    async fn a_request_that_failed_before_its_refusal_is_not_recorded_complete() {
+        let (rec, mut rx, _, _) = recorder();
+        let mut g = rec
+            .start("t", Server::Ollama, &workload(), "POST", "/api/chat")
+            .await;
+        g.failed(Outcome::UpstreamTimeout("no head".into()));
+        g.set_status(StatusCode::GATEWAY_TIMEOUT);
+        g.finish(Outcome::Complete);
+        let r = rx.try_recv().expect("one record");
+        assert_eq!(r.status, Some(StatusCode::GATEWAY_TIMEOUT));
+        assert_eq!(r.outcome.to_string(), "upstream timeout: no head");
     }
 
     #[tokio::test]

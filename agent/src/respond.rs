@@ -23,9 +23,25 @@ pub enum BodyError {
     /// A streamed request body, read from the client while the response came back.
     #[error("client: {0}")]
     Client(#[from] crate::http::body::ClientBodyError),
+    /// The upstream went silent mid-body for `upstream_idle_timeout_ms`.
+    #[error("{0}")]
+    UpstreamSilent(#[from] crate::upstream::Silent),
     #[error("ended by Sluice: {0}")]
     Sluice(String),
 }
+
+impl BodyError {
+    /// How the request's record ends when its response body fails with this error.
+    pub fn outcome(&self) -> crate::record::Outcome {
+        match self {
+            BodyError::UpstreamSilent(s) => crate::record::Outcome::UpstreamTimeout(s.to_string()),
+            _ => crate::record::Outcome::UpstreamError,
+        }
+    }
+}
+
+/// The refusal code of an upstream that sent no response head in time (504).
+pub const UPSTREAM_TIMEOUT: &str = "sluice_upstream_timeout";
 
 /// Who caused an error: the client (4xx), the upstream (502/504), or Sluice itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +96,16 @@ impl Refusal {
             message: message.into(),
             rule: None,
             retry_after: None,
+        }
+    }
+
+    /// The upstream took the request and sent no response head within
+    /// `upstream_head_timeout_ms`: 504, the message naming the upstream and the time.
+    pub fn upstream_timeout(message: impl Into<String>) -> Self {
+        Refusal {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            code: UPSTREAM_TIMEOUT,
+            ..Refusal::upstream(StatusCode::GATEWAY_TIMEOUT, message)
         }
     }
 
@@ -194,9 +220,10 @@ fn anthropic_type(status: StatusCode) -> &'static str {
 
 fn grpc_status(r: &Refusal) -> Response<Body> {
     // gRPC codes: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED, 3 INVALID_ARGUMENT,
-    // 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE.
+    // 8 RESOURCE_EXHAUSTED, 4 DEADLINE_EXCEEDED, 14 UNAVAILABLE.
     let code = match r.status {
         StatusCode::FORBIDDEN => "7",
+        StatusCode::GATEWAY_TIMEOUT => "4",
         StatusCode::UNAUTHORIZED => "16",
         StatusCode::PAYLOAD_TOO_LARGE => "8",
         s if s.is_client_error() => "3",

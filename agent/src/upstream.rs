@@ -20,6 +20,30 @@ mod h1;
 pub use h1::{BodyFailure, Payload, encode_request};
 mod h2;
 pub mod http;
+mod idle;
+pub use idle::Silent;
+
+/// How long the HTTP client waits on an upstream: for a connection (and its TLS handshake),
+/// for a response head once the request is written, and for each next read of a response
+/// body. Without the last two, an upstream that accepts and then says nothing would hold
+/// the client's request, its buffered body, its record and its in-flight mark until the
+/// client gave up.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub head: Duration,
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    pub fn of(cfg: &Config) -> Self {
+        Timeouts {
+            connect: cfg.connect_timeout,
+            head: cfg.upstream_head_timeout,
+            idle: cfg.upstream_idle_timeout,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

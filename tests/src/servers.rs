@@ -334,6 +334,19 @@ fn handle_http(stream: TcpStream, seen: &Seen) -> io::Result<()> {
     }
 }
 
+/// Waits, sending nothing, until the peer closes the connection (at most 60 s), then ends
+/// the connection's handler.
+fn hold_until_closed(w: &mut Out) -> io::Result<()> {
+    let mut s = w.get_ref().try_clone()?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut sink = [0u8; 4096];
+    while s.read(&mut sink)? > 0 {}
+    Err(io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the client side closed a stalled exchange",
+    ))
+}
+
 /// A minimal OpenAI / Ollama-compatible API: enough for real SDKs to talk to it.
 fn model_api(
     w: &mut Out,
@@ -360,6 +373,12 @@ fn model_api(
         )
     };
     match (method, path) {
+        // `stalls`: a server that takes the request and says nothing more (no head; for a
+        // stream, nothing after its first chunk) until the client side closes.
+        ("POST", "/v1/chat/completions") if model == "stalls" && req["stream"] != true => {
+            w.flush()?;
+            hold_until_closed(w)
+        }
         ("GET", "/release") => {
             let (lock, cv) = &*seen.gate;
             if let Ok(mut open) = lock.lock() {
@@ -391,6 +410,10 @@ fn model_api(
                     .and_then(|m| m.parse::<u64>().ok())
                 {
                     thread::sleep(Duration::from_millis(ms));
+                }
+                if i == 0 && model == "stalls" {
+                    w.flush()?;
+                    return hold_until_closed(w);
                 }
                 if i == 0 && model == "dies" {
                     // The server crashes mid-stream: no terminating chunk.

@@ -600,6 +600,115 @@ fn an_upstream_that_dies_mid_stream_is_not_turned_into_a_clean_end() {
     assert_eq!(rec[0]["outcome"], "upstream error", "{}", rec[0]);
 }
 
+/// An upstream that takes the request and never answers: the client gets 504 in the
+/// server's own error shape within the head timeout, and the request one record that says
+/// why.
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn an_upstream_that_never_answers_is_a_504_in_the_servers_shape() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("stalls");
+    let agent = start(
+        &cg,
+        http_target(&vip, &server, "openai"),
+        &[&policies_dir().join("openai-safe")],
+        "upstream_head_timeout_ms: 500\n",
+    );
+    let t = Instant::now();
+    let out = curl(
+        &cg,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"stalls","messages":[{"role":"user","content":"x"}]}"#,
+            &format!("http://{vip}:8000/v1/chat/completions"),
+        ],
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "not cut by the timeout"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').expect("body and status");
+    assert_eq!(code, "504", "{out:?}\n{}", agent.log_text());
+    let v: Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_eq!(v["error"]["code"], "sluice_upstream_timeout", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&server.addr.to_string()) && message.contains("500 ms"),
+        "{message}"
+    );
+    let rec = wait_log_events(&agent, "request", 1);
+    assert_eq!(rec.len(), 1, "{}", agent.log_text());
+    assert_eq!(rec[0]["status"], 504, "{}", rec[0]);
+    assert!(
+        rec[0]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("upstream timeout: ")),
+        "{}",
+        rec[0]
+    );
+    // The agent goes on serving.
+    let out = curl(&cg, &[&format!("http://{vip}:8000/v1/models")]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A stream that goes silent past the idle timeout is cut exactly as one whose upstream
+/// died: the bytes sent before it reach the client, and the client sees a truncated
+/// transfer, never a clean end.
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_stream_that_goes_silent_is_cut_not_ended() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("silent");
+    let agent = start(
+        &cg,
+        http_target(&vip, &server, "openai"),
+        &[&policies_dir().join("openai-safe")],
+        "upstream_idle_timeout_ms: 500\n",
+    );
+    let t = Instant::now();
+    let out = curl(
+        &cg,
+        &[
+            "-N",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"stalls","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+            &format!("http://{vip}:8000/v1/chat/completions"),
+        ],
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "not cut by the timeout"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("echo:"),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(18),
+        "curl must see a truncated transfer: {out:?}"
+    );
+    let rec = wait_log_events(&agent, "request", 1);
+    assert_eq!(rec.len(), 1, "{}", agent.log_text());
+    let outcome = rec[0]["outcome"].as_str().unwrap_or_default();
+    assert!(
+        outcome.starts_with("upstream timeout: ") && outcome.contains("500 ms"),
+        "{}",
+        rec[0]
+    );
+}
+
 #[test]
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn both_runtime_models_serve_streams_and_many_connections() {

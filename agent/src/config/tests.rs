@@ -244,6 +244,30 @@ fn runtimes_default_to_per_core_and_shared_is_spelled_out() {
 }
 
 #[test]
+fn upstream_timeouts_default_to_five_minutes_and_zero_is_refused_by_name() {
+    let base = "listen: 127.0.0.1:15001\ntargets: [{name: a, match: 10.0.0.1:80}]\n";
+    let cfg = parse(base).expect("valid");
+    assert_eq!(
+        (cfg.upstream_head_timeout, cfg.upstream_idle_timeout),
+        (Duration::from_secs(300), Duration::from_secs(300))
+    );
+    let set = parse(&format!(
+        "{base}upstream_head_timeout_ms: 250\nupstream_idle_timeout_ms: 750\n"
+    ))
+    .expect("set");
+    assert_eq!(
+        (set.upstream_head_timeout, set.upstream_idle_timeout),
+        (Duration::from_millis(250), Duration::from_millis(750))
+    );
+    for name in ["upstream_head_timeout_ms", "upstream_idle_timeout_ms"] {
+        let e = parse(&format!("{base}{name}: 0\n"))
+            .expect_err("0 refused")
+            .to_string();
+        assert!(e.contains(name) && e.contains("at least 1"), "{e}");
+    }
+}
+
+#[test]
 fn max_namespaces_defaults_and_is_bounded_by_the_kernel_maps() {
     let base = "listen: 127.0.0.1:15001\ntargets:\n  - name: a\n    match: 127.0.0.5:8000\n";
     assert_eq!(parse(base).expect("valid").max_namespaces, 256);

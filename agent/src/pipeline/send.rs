@@ -1,22 +1,21 @@
 //! Prepare and send: the permitted request as the upstream gets it, then the upstream's
 //! response head. Only connection failures are retried on the next backend, and only for
-//! buffered bodies, since nothing was sent.
-
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header, request::Parts};
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
-
-use crate::http::ClientBody;
+//! buffered bodies, since nothing was sent. An upstream that takes the request and sends no
+//! head within `upstream_head_timeout_ms` gets 504: it may have acted on the request, so it
+//! is never sent again.
 
 use super::{Request, context::RequestBody};
 use crate::{
     connection::{Conn, Ctx},
+    http::ClientBody,
     limits::BodyCharge,
     policy::{Permit, Switch},
     respond::{Body, BodyError, Refusal},
     upstream::Payload,
 };
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header, request::Parts};
+use http_body_util::BodyExt as _;
 
 /// A request ready for the upstream. Only `prepare` makes one, and it takes a `Permit`:
 /// nothing reaches a server that the policy did not allow.
@@ -88,12 +87,12 @@ pub fn prepare(rq: &mut Request, permit: Permit) -> Forward {
     }
 }
 
-/// The upstream's answer: most through Sluice's own HTTP/1.1 client or gRPC's, already a
-/// response body; a request that asked for a protocol switch went on hyper's client, whose
-/// response carries the upgrade.
+/// The upstream's answer: most through Sluice's own HTTP/1.1 client or gRPC's; a request
+/// that asked for a protocol switch went on hyper's client, whose response carries the
+/// upgrade in its extensions.
 pub enum Upstream {
     Plain(Response<Body>),
-    Switched(Response<Incoming>),
+    Switched(Response<Body>),
 }
 
 /// Sends to the target's backends in order (or to the address the client dialled).
@@ -169,6 +168,13 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Upstream, Refu
                 } else {
                     format!("{auth}: {e}")
                 };
+            }
+            Err(e) if e.is_timeout() => {
+                tracing::warn!(target_name = %conn.target.name, upstream = %auth, rules = ?permit.rules, error = %e, "upstream sent no response head in time");
+                return Err(Refusal::upstream_timeout(format!(
+                    "target {}: {e}",
+                    conn.target.name
+                )));
             }
             Err(e) => {
                 tracing::warn!(target_name = %conn.target.name, upstream = %auth, rules = ?permit.rules, error = %e, "upstream request failed");

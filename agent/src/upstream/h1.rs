@@ -18,6 +18,12 @@
 //! the socket, and for TLS at what rustls already read), else dials. A request is never
 //! sent twice once any byte of it was written: only a pooled connection whose first write
 //! failed with nothing written is given up for the next one.
+//!
+//! A response head is awaited at most `Timeouts::head` (`upstream_head_timeout_ms`) and a
+//! response body read with at most `Timeouts::idle` of silence between two reads; past
+//! either the connection is closed, never pooled. Each is a timer-wheel entry, no syscall:
+//! a deadline later than the runtime's next planned wakeup (`app::heartbeat`, every second)
+//! never makes tokio wake its driver.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -45,6 +51,8 @@ mod body;
 mod conn;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeout_tests;
 
 pub use body::Error as BodyFailure;
 
@@ -112,6 +120,12 @@ pub enum Error {
         declared: u64,
         sent: u64,
     },
+    /// The request went out and no response head came in time; the connection is closed.
+    #[error(
+        "upstream {authority} sent no response head within {} ms (upstream_head_timeout_ms)",
+        .after.as_millis()
+    )]
+    HeadTimeout { authority: String, after: Duration },
 }
 
 impl Error {
@@ -126,6 +140,11 @@ impl Error {
     /// The message names the upstream, the target and the server name itself.
     pub fn is_tls(&self) -> bool {
         matches!(self, Error::Tls { .. })
+    }
+
+    /// No response head within `upstream_head_timeout_ms`.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::HeadTimeout { .. })
     }
 }
 
@@ -215,7 +234,7 @@ impl Shared {
 
 pub struct Pool {
     mark: u32,
-    timeout: Duration,
+    timeouts: super::Timeouts,
     /// Largest response head (and trailer section) taken from a server.
     max_header: usize,
     shared: Arc<Shared>,
@@ -224,10 +243,10 @@ pub struct Pool {
 impl Pool {
     /// `max_header` bounds a response head and a trailer section (the agent's
     /// `max_header_bytes`).
-    pub fn new(mark: u32, timeout: Duration, max_idle: usize, max_header: usize) -> Self {
+    pub fn new(mark: u32, timeouts: super::Timeouts, max_idle: usize, max_header: usize) -> Self {
         Pool {
             mark,
-            timeout,
+            timeouts,
             max_header: max_header.max(1024),
             shared: Arc::new(Shared {
                 max_idle,
@@ -270,8 +289,13 @@ impl Pool {
             .await?;
         drop(head);
         if streamed.is_none() && rest.is_none() {
-            let head = conn::read_head(&mut conn.io, &mut conn.buf, head_request, self.max_header)
+            // The whole request is written: the head timeout runs from here. At the
+            // deadline the connection is dropped, so closed, never pooled.
+            let reading =
+                conn::read_head(&mut conn.io, &mut conn.buf, head_request, self.max_header);
+            let head = tokio::time::timeout(self.timeouts.head, reading)
                 .await
+                .map_err(|_| self.head_timeout(authority))?
                 .map_err(|source| Error::Head {
                     authority: authority.to_string(),
                     source,
@@ -338,7 +362,8 @@ impl Pool {
     /// the whole body (a 413, or a streaming echo). An answer that comes first leaves the
     /// rest of the request to a task of its own, which goes on after the response's clean
     /// end and is ended with a response body dropped before it; that connection is not
-    /// reused.
+    /// reused. The head timeout runs from the first write, and again from the end of the
+    /// body's: a server that neither reads the rest nor answers is not waited on for good.
     async fn stream(
         &self,
         conn: Conn,
@@ -358,6 +383,8 @@ impl Pool {
         let mut writer = Box::pin(write_body(write, rest, body, framing));
         // Once the writer is done: its half back when it wrote everything, else `None`.
         let mut written = None;
+        let deadline = tokio::time::sleep(self.timeouts.head);
+        tokio::pin!(deadline);
         let head = {
             let reading = conn::read_head(&mut read, &mut buf, head_request, self.max_header);
             tokio::pin!(reading);
@@ -366,7 +393,12 @@ impl Pool {
                     // The writer first: a body written to its end keeps the connection reusable.
                     biased;
                     (half, r) = &mut writer, if written.is_none() => match r {
-                        Ok(()) => written = Some(Some(half)),
+                        Ok(()) => {
+                            written = Some(Some(half));
+                            deadline
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + self.timeouts.head);
+                        }
                         Err(WriteError::Body(source)) => {
                             return Err(Error::RequestBody { authority: name(), source });
                         }
@@ -381,6 +413,8 @@ impl Pool {
                         }
                     },
                     head = &mut reading => break head,
+                    // Both halves (and the writer) are dropped: the connection is closed.
+                    () = &mut deadline => return Err(self.head_timeout(&authority)),
                 }
             }
         };
@@ -419,15 +453,28 @@ impl Pool {
         Ok(self.respond(io, head))
     }
 
+    fn head_timeout(&self, authority: &str) -> Error {
+        Error::HeadTimeout {
+            authority: authority.to_string(),
+            after: self.timeouts.head,
+        }
+    }
+
     fn respond(&self, io: body::Io, head: conn::Head) -> Response<Body> {
         let body = match head.kind {
             Kind::Empty => {
                 io.end(head.reuse, &self.shared);
                 respond::full(Bytes::new())
             }
-            kind => {
-                body::Body::new(io, kind, head.reuse, self.shared.clone(), self.max_header).boxed()
-            }
+            kind => body::Body::new(
+                io,
+                kind,
+                head.reuse,
+                self.shared.clone(),
+                self.max_header,
+                self.timeouts.idle,
+            )
+            .boxed(),
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
@@ -450,8 +497,15 @@ impl Pool {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, Error> {
         let io = self.dial(authority, ns.map(|n| &**n), tls).await?;
-        let mut sender = handshake(authority, io).await?;
-        sender.send_request(req).await.map_err(Error::Request)
+        let (mut sender, conn) = handshake(authority, io).await?;
+        match tokio::time::timeout(self.timeouts.head, sender.send_request(req)).await {
+            Ok(sent) => sent.map_err(Error::Request),
+            Err(_) => {
+                // hyper's connection task holds the socket: ended, it closes it.
+                conn.abort();
+                Err(self.head_timeout(authority))
+            }
+        }
     }
 
     /// Closes idle connections past `max_idle` or `IDLE`, for every backend: run every few
@@ -496,26 +550,39 @@ impl Pool {
                 "not host:port",
             ))
         })?;
-        let (stream, _) = super::dial_host(host, port, self.mark, self.timeout, ns)
+        let connect = self.timeouts.connect;
+        let (stream, _) = super::dial_host(host, port, self.mark, connect, ns)
             .await
             .map_err(connect_err)?;
-        match tls {
-            None => Ok(Stream::Plain(stream)),
-            Some(t) => t
-                .connect(stream, host, false)
-                .await
-                .map(|s| Stream::Tls(Box::new(s)))
-                .map_err(|failure| Error::Tls {
-                    authority: authority.to_string(),
-                    failure,
-                }),
+        let Some(t) = tls else {
+            return Ok(Stream::Plain(stream));
+        };
+        // A server that accepts and never answers the handshake is a failed connect
+        // (nothing was sent): the next backend is tried.
+        match tokio::time::timeout(connect, t.connect(stream, host, false)).await {
+            Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
+            Ok(Err(failure)) => Err(Error::Tls {
+                authority: authority.to_string(),
+                failure,
+            }),
+            Err(_) => Err(connect_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS handshake within {} ms (connect_timeout_ms)",
+                    connect.as_millis()
+                ),
+            ))),
         }
     }
 }
 
 /// hyper's HTTP/1.1 client on a dialled stream, for a protocol switch; its task ends once
-/// it has handed the socket over, or when the server closes.
-async fn handshake(authority: &str, io: Stream) -> Result<SendRequest<Body>, Error> {
+/// it has handed the socket over, or when the server closes, or when aborted through the
+/// handle returned.
+async fn handshake(
+    authority: &str,
+    io: Stream,
+) -> Result<(SendRequest<Body>, tokio::task::AbortHandle), Error> {
     let (sender, conn) =
         http1::handshake(TokioIo::new(io))
             .await
@@ -523,12 +590,12 @@ async fn handshake(authority: &str, io: Stream) -> Result<SendRequest<Body>, Err
                 authority: authority.to_string(),
                 source,
             })?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
-    Ok(sender)
+    Ok((sender, task.abort_handle()))
 }
 
 /// How far `write_now` got.

@@ -71,6 +71,14 @@ impl Pool {
         );
     }
 
+    /// Stops handing out `key`'s connection: its server left a call unanswered past the
+    /// head timeout. Calls still on it go on; the connection ends with the last of them.
+    pub fn forget(&self, key: &Key) {
+        if let Ok(mut all) = self.conns.lock() {
+            all.remove(key);
+        }
+    }
+
     /// Drops closed and idle connections (`app::heartbeat`, every few seconds), so the
     /// connections of a namespace that went away do not stay open.
     pub fn sweep(&self) {

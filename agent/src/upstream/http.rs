@@ -15,7 +15,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
-use super::{Payload, dial_host};
+use super::{Payload, Timeouts, dial_host, idle::Idle};
 use crate::respond::Body;
 use crate::{intercept::netns::Served, policy::Switch, tls::Origin};
 use std::sync::Arc;
@@ -70,6 +70,12 @@ pub enum Error {
         authority: String,
         failure: crate::tls::Failure,
     },
+    /// gRPC: the call went out and no response head came in time; its stream is reset.
+    #[error(
+        "upstream {authority} sent no response head within {} ms (upstream_head_timeout_ms)",
+        .after.as_millis()
+    )]
+    Timeout { authority: String, after: Duration },
 }
 
 impl Error {
@@ -79,7 +85,16 @@ impl Error {
             Error::H1(e) => e.is_connect(),
             Error::H2(e) => e.is_connect(),
             Error::H2Connect { .. } | Error::H2Tls { .. } => true,
-            Error::H2Request(_) => false,
+            Error::H2Request(_) | Error::Timeout { .. } => false,
+        }
+    }
+
+    /// The request went out and no response head came within `upstream_head_timeout_ms`.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::H1(e) => e.is_timeout(),
+            Error::Timeout { .. } => true,
+            _ => false,
         }
     }
 
@@ -100,16 +115,19 @@ pub struct Client {
     /// gRPC connections from a client's namespace or over TLS.
     h2_own: super::h2::Pool,
     mark: u32,
-    timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl Client {
     /// `max_idle` bounds the idle pooled connections kept per upstream; `max_header` the
     /// response heads taken from HTTP/1.1 servers.
-    pub fn new(mark: u32, timeout: Duration, max_idle: usize, max_header: usize) -> Self {
-        let c = MarkedConnector { mark, timeout };
+    pub fn new(mark: u32, timeouts: Timeouts, max_idle: usize, max_header: usize) -> Self {
+        let c = MarkedConnector {
+            mark,
+            timeout: timeouts.connect,
+        };
         Client {
-            h1: super::h1::Pool::new(mark, timeout, max_idle, max_header),
+            h1: super::h1::Pool::new(mark, timeouts, max_idle, max_header),
             h2: HyperClient::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(max_idle)
@@ -117,7 +135,7 @@ impl Client {
                 .build(c),
             h2_own: super::h2::Pool::new(max_idle.max(16)),
             mark,
-            timeout,
+            timeouts,
         }
     }
 
@@ -146,16 +164,42 @@ impl Client {
             }
             *req.version_mut() = Version::HTTP_2;
             // The pooled client dials cleartext from the agent's namespace only.
-            if ns.is_some() || tls.is_some() {
-                return Ok(incoming(
-                    self.h2_from(ns.map(|n| &**n), tls, authority, req).await?,
-                ));
-            }
-            return Ok(incoming(self.h2.request(req).await?));
+            let resp = if ns.is_some() || tls.is_some() {
+                self.h2_from(ns.map(|n| &**n), tls, authority, req).await?
+            } else {
+                // Dropped at the deadline, the call's stream is reset; the connection
+                // carries the other calls on it.
+                self.within_head(authority, self.h2.request(req))
+                    .await?
+                    .map_err(Error::H2)?
+            };
+            return Ok(self.incoming(resp, authority));
         }
         pin_host(&mut req, authority, tls);
         h1_form(&mut req, authority, true);
         Ok(self.h1.send(authority, ns, tls, req).await?)
+    }
+
+    /// `response` unless the upstream's head takes longer than `upstream_head_timeout_ms`.
+    async fn within_head<T>(
+        &self,
+        authority: &str,
+        response: impl Future<Output = T>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.timeouts.head, response)
+            .await
+            .map_err(|_| Error::Timeout {
+                authority: authority.to_string(),
+                after: self.timeouts.head,
+            })
+    }
+
+    /// A hyper response's body as every other response body, cut when it stays silent for
+    /// `upstream_idle_timeout_ms`.
+    fn incoming(&self, r: Response<Incoming>, authority: &str) -> Response<Body> {
+        use http_body_util::BodyExt as _;
+        let idle = self.timeouts.idle;
+        r.map(|b| Idle::new(b, idle, authority).boxed())
     }
 }
 
@@ -179,7 +223,7 @@ impl Client {
         tls: Option<&Origin>,
         mut req: Request<Body>,
         switch: Switch,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Body>, Error> {
         const SETTINGS: header::HeaderName = header::HeaderName::from_static("http2-settings");
         let upgrade = req.headers().get(header::UPGRADE).cloned();
         let settings = req.headers().get(&SETTINGS).cloned();
@@ -208,7 +252,10 @@ impl Client {
         pin_host(&mut req, authority, tls);
         // CONNECT's target is its authority, never an origin-form path.
         h1_form(&mut req, authority, switch != Switch::Connect);
-        Ok(self.h1.dedicated(authority, ns, tls, req).await?)
+        // The upgrade travels in the response's extensions, which the body's wrapper keeps;
+        // a switch's tunnel is bytes, not this body, and has no idle time of its own here.
+        let resp = self.h1.dedicated(authority, ns, tls, req).await?;
+        Ok(self.incoming(resp, authority))
     }
 
     /// HTTP/2 to `authority` from a socket in the client's namespace `ns`, or over TLS
@@ -227,7 +274,14 @@ impl Client {
             authority.into(),
         );
         if let Some(mut sender) = self.h2_own.take(&key) {
-            match sender.try_send_request(req).await {
+            let sent = self
+                .within_head(authority, sender.try_send_request(req))
+                .await
+                .inspect_err(|_| {
+                    // A connection whose server went quiet is not given the next call.
+                    self.h2_own.forget(&key);
+                })?;
+            match sent {
                 Ok(resp) => return Ok(resp),
                 // Closed before the call went out: it goes on a new connection.
                 Err(mut e) => match e.take_message() {
@@ -242,32 +296,40 @@ impl Client {
         };
         let (host, port) = super::h1::split_authority(authority)
             .ok_or_else(|| connect_err("not host:port".to_string()))?;
-        let (stream, _) = dial_host(host, port, self.mark, self.timeout, ns)
+        let connect = self.timeouts.connect;
+        let (stream, _) = dial_host(host, port, self.mark, connect, ns)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        let mut sender = match tls {
-            None => h2_handshake(stream).await,
-            Some(t) => {
-                let stream =
-                    t.connect(stream, host, true)
-                        .await
-                        .map_err(|failure| Error::H2Tls {
-                            authority: authority.to_string(),
-                            failure,
-                        })?;
-                h2_handshake(stream).await
+        // A server that accepts and never answers the TLS handshake is a failed connect
+        // (nothing was sent): the next backend is tried.
+        let handshake = async {
+            match tls {
+                None => Ok(h2_handshake(stream).await),
+                Some(t) => match t.connect(stream, host, true).await {
+                    Ok(stream) => Ok(h2_handshake(stream).await),
+                    Err(failure) => Err(Error::H2Tls {
+                        authority: authority.to_string(),
+                        failure,
+                    }),
+                },
             }
+        };
+        let mut sender = tokio::time::timeout(connect, handshake)
+            .await
+            .map_err(|_| {
+                connect_err(format!(
+                    "no handshake within {} ms (connect_timeout_ms)",
+                    connect.as_millis()
+                ))
+            })??
+            .map_err(|e| connect_err(e.to_string()))?;
+        self.h2_own.put(key.clone(), sender.clone());
+        let sent = self.within_head(authority, sender.send_request(req)).await;
+        if sent.is_err() {
+            self.h2_own.forget(&key);
         }
-        .map_err(|e| connect_err(e.to_string()))?;
-        self.h2_own.put(key, sender.clone());
-        sender.send_request(req).await.map_err(Error::H2Request)
+        sent?.map_err(Error::H2Request)
     }
-}
-
-/// A hyper response's body as every other response body.
-fn incoming(r: Response<Incoming>) -> Response<Body> {
-    use http_body_util::BodyExt as _;
-    r.map(|b| b.map_err(crate::respond::BodyError::from).boxed())
 }
 
 /// HTTP/2 on a dialled stream, cleartext or TLS; the connection's task ends when its last
@@ -390,6 +452,99 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real HTTP/2 server on loopback: `/never` never answers, `/stalls` sends its head
+    /// and one data frame, then nothing while the stream stays open.
+    async fn stalling_h2_server() -> std::net::SocketAddr {
+        use bytes::Bytes;
+        use futures_util::StreamExt as _;
+        use http_body_util::BodyExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        if req.uri().path() == "/never" {
+                            std::future::pending::<()>().await;
+                        }
+                        let frames = futures_util::stream::once(async {
+                            Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                                Bytes::from_static(b"\0\0\0\0\0"),
+                            ))
+                        })
+                        .chain(futures_util::stream::pending());
+                        let body = BodyExt::boxed(http_body_util::StreamBody::new(frames));
+                        Ok::<_, std::convert::Infallible>(Response::new(body))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn grpc_call(authority: &str, path: &str) -> Request<Payload> {
+        Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("http://{authority}{path}"))
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers")
+            .body(Payload::Full(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+            .expect("request")
+    }
+
+    /// gRPC on hyper's HTTP/2 client: a call with no head in time is a timeout, and a
+    /// response that goes silent is cut with an error, never a clean end.
+    #[tokio::test]
+    async fn grpc_calls_get_the_head_and_idle_timeouts_too() {
+        use http_body_util::BodyExt as _;
+        let addr = stalling_h2_server().await.to_string();
+        let client = Client::new(
+            0,
+            Timeouts {
+                connect: Duration::from_secs(2),
+                head: Duration::from_millis(300),
+                idle: Duration::from_millis(300),
+            },
+            4,
+            16384,
+        );
+        let hung = Duration::from_secs(10);
+        let e = tokio::time::timeout(
+            hung,
+            client.send(&addr, None, None, grpc_call(&addr, "/never"), true),
+        )
+        .await
+        .expect("ended by the head timeout, not hung")
+        .expect_err("no head");
+        assert!(e.is_timeout() && !e.is_connect(), "{e}");
+        assert!(e.to_string().contains(&addr), "{e}");
+
+        let resp = tokio::time::timeout(
+            hung,
+            client.send(&addr, None, None, grpc_call(&addr, "/stalls"), true),
+        )
+        .await
+        .expect("not hung")
+        .expect("the head came");
+        let mut body = resp.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert!(first.is_data());
+        let e = tokio::time::timeout(hung, body.frame())
+            .await
+            .expect("ended by the idle timeout, not hung")
+            .expect("an error, never a clean end")
+            .expect_err("cut");
+        assert!(
+            matches!(e, crate::respond::BodyError::UpstreamSilent(_)),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn headers_named_in_connection_are_removed_too() {

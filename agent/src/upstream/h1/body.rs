@@ -1,12 +1,14 @@
 //! The response body, read from the connection by whoever polls it (the client's
 //! connection task): Content-Length, chunked (trailers as a trailers frame, as hyper's
 //! `Incoming` gave them) or until the server closes. Read to its clean end, a reusable
-//! connection goes back to the pool; dropped before that, it is closed.
+//! connection goes back to the pool; dropped before that, or silent for
+//! `upstream_idle_timeout_ms` while it is read, it is closed.
 use std::{
     io,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -19,6 +21,7 @@ use super::{
     conn::{Conn, Kind, MAX_HEADERS, Stream},
 };
 use crate::respond::BodyError;
+use crate::upstream::{Silent, idle::Watch};
 
 /// A chunk-size line longer than this (extensions included) is refused.
 const MAX_SIZE_LINE: usize = 4096;
@@ -126,12 +129,21 @@ pub struct Body {
     /// Data was handed out since the last `Pending`.
     fresh: bool,
     /// An error held back for one `Pending` (see `fail`).
-    deferred: Option<Error>,
+    deferred: Option<BodyError>,
+    /// The silence allowed between two reads.
+    silence: Watch,
 }
 
 impl Body {
     /// `kind` is never `Kind::Empty`: such responses get no body at all.
-    pub fn new(io: Io, kind: Kind, reuse: bool, pool: Arc<Shared>, max_trailers: usize) -> Self {
+    pub fn new(
+        io: Io,
+        kind: Kind,
+        reuse: bool,
+        pool: Arc<Shared>,
+        max_trailers: usize,
+        idle: Duration,
+    ) -> Self {
         let state = match kind {
             Kind::Empty | Kind::Length(0) => State::Done,
             Kind::Length(n) => State::Length(n),
@@ -146,6 +158,7 @@ impl Body {
             max_trailers,
             fresh: false,
             deferred: None,
+            silence: Watch::new(idle),
         }
     }
 
@@ -163,17 +176,17 @@ impl Body {
     /// send before failing (hyper's `Incoming` delivered the error on a later wakeup).
     fn fail(
         &mut self,
-        e: Error,
+        e: impl Into<BodyError>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.state = State::Done;
         self.io = None;
         if std::mem::take(&mut self.fresh) {
-            self.deferred = Some(e);
+            self.deferred = Some(e.into());
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        Poll::Ready(Some(Err(BodyError::from(e))))
+        Poll::Ready(Some(Err(e.into())))
     }
 
     fn authority(&self) -> Arc<str> {
@@ -219,7 +232,7 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         if let Some(e) = this.deferred.take() {
-            return Poll::Ready(Some(Err(BodyError::from(e))));
+            return Poll::Ready(Some(Err(e)));
         }
         loop {
             match this.state {
@@ -300,7 +313,12 @@ impl http_body::Body for Body {
             let filled = this.poll_fill(cx);
             if filled.is_pending() {
                 this.fresh = false;
+                ready!(this.silence.waiting(cx));
+                let authority = this.authority();
+                let after = this.silence.after();
+                return this.fail(Silent { authority, after }, cx);
             }
+            this.silence.progressed();
             match ready!(filled) {
                 Ok(0) => {
                     let authority = this.authority();

@@ -72,6 +72,15 @@ where
     }
 }
 
+/// Generous: only the timeout tests set short ones.
+fn timeouts() -> crate::upstream::Timeouts {
+    crate::upstream::Timeouts {
+        connect: Duration::from_secs(2),
+        head: Duration::from_secs(60),
+        idle: Duration::from_secs(60),
+    }
+}
+
 fn get(authority: &str) -> Request<Payload> {
     Request::builder()
         .uri("/v1/models")
@@ -93,7 +102,7 @@ async fn ok(pool: &Pool, authority: &str) {
 #[tokio::test]
 async fn connections_are_reused_and_a_closed_one_is_replaced() {
     let (authority, accepted) = server(usize::MAX).await;
-    let pool = Pool::new(0, Duration::from_secs(2), 4, 16384);
+    let pool = Pool::new(0, timeouts(), 4, 16384);
     for _ in 0..5 {
         ok(&pool, &authority).await;
     }
@@ -123,7 +132,7 @@ async fn connections_are_reused_and_a_closed_one_is_replaced() {
 #[tokio::test]
 async fn the_sweep_closes_a_bursts_idle_connections_beyond_max_idle() {
     let (authority, accepted, live) = counting_server(usize::MAX).await;
-    let pool = Pool::new(0, Duration::from_secs(2), 2, 16384);
+    let pool = Pool::new(0, timeouts(), 2, 16384);
     // Six at once: six connections, all idle in the pool once answered.
     futures_util::future::join_all((0..6).map(|_| ok(&pool, &authority))).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 6);
@@ -149,7 +158,7 @@ async fn a_dead_backend_is_a_connect_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let pool = Pool::new(0, Duration::from_secs(2), 4, 16384);
+    let pool = Pool::new(0, timeouts(), 4, 16384);
     let authority = format!("127.0.0.1:{port}");
     let e = pool
         .send(&authority, None, None, get(&authority))
@@ -210,7 +219,7 @@ async fn tls_and_cleartext_connections_to_one_authority_never_mix() {
     let a = Origin::new(0, "a", &settings).expect("origin a");
     let b = Origin::new(1, "b", &settings).expect("origin b");
     let _ = std::fs::remove_dir_all(&dir);
-    let pool = Pool::new(0, Duration::from_secs(2), 4, 16384);
+    let pool = Pool::new(0, timeouts(), 4, 16384);
     for _ in 0..3 {
         tls_ok(&pool, &authority, &a).await;
     }
@@ -378,7 +387,7 @@ async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Optio
 }
 
 fn pool() -> Pool {
-    Pool::new(0, Duration::from_secs(2), 4, 16384)
+    Pool::new(0, timeouts(), 4, 16384)
 }
 
 fn request(authority: &str, method: http::Method, body: Payload) -> Request<Payload> {
