@@ -5,3 +5,7 @@
 //! disagree about it.
 pub mod chunked;
 pub mod fields;
+
+/// Header fields one head or trailer section may carry, on either side (hyper allowed as
+/// many).
+pub const MAX_FIELDS: usize = 100;

@@ -5,8 +5,8 @@
 use bytes::{Buf as _, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// Header fields a trailer section may carry (as many as a head).
-pub const MAX_FIELDS: usize = 100;
+use super::MAX_FIELDS;
+
 /// A chunk-size line longer than this (extensions included) is refused.
 pub const MAX_SIZE_LINE: usize = 4096;
 

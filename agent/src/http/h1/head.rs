@@ -8,8 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version,
 
 use crate::wire::fields::{self, Fields};
 
-/// Header fields a request head may carry (hyper's server allowed as many).
-pub const MAX_HEADERS: usize = 100;
+pub use crate::wire::MAX_FIELDS as MAX_HEADERS;
 
 /// Why a request head was refused: the client gets `status()` and the connection closes.
 /// Values are never repeated (a head may carry a credential).

@@ -12,19 +12,19 @@ use std::{
 };
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadHalf};
 
 use super::{
     Shared,
-    conn::{Conn, Kind, MAX_HEADERS, Stream},
+    conn::{Conn, Kind, Stream},
 };
-use crate::respond::BodyError;
-use crate::upstream::{Silent, idle::Watch};
+use crate::{
+    respond::BodyError,
+    upstream::{Silent, idle::Watch},
+    wire::chunked,
+};
 
-/// A chunk-size line longer than this (extensions included) is refused.
-const MAX_SIZE_LINE: usize = 4096;
 /// Read at least this much at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -261,7 +261,7 @@ impl http_body::Body for Body {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
-                State::Size => match size_line(this.buf()) {
+                State::Size => match this.buf().map_or(Ok(None), chunked::size_line) {
                     Ok(Some(0)) => {
                         this.state = State::Trailers;
                         continue;
@@ -296,7 +296,8 @@ impl http_body::Body for Body {
                     }
                 }
                 State::Trailers => {
-                    match trailers(this.io.as_mut().map(|io| io.parts().1), this.max_trailers) {
+                    let max = this.max_trailers;
+                    match this.buf().map_or(Ok(None), |b| chunked::trailers(b, max)) {
                         Ok(Some(t)) => {
                             this.end();
                             return Poll::Ready(t.map(|t| Ok(Frame::trailers(t))));
@@ -353,78 +354,5 @@ impl http_body::Body for Body {
             State::Done if self.deferred.is_none() => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
-    }
-}
-
-/// A complete chunk-size line at the start of `buf`, consumed: its size (extensions are
-/// ignored, as hyper ignored them).
-fn size_line(buf: Option<&mut BytesMut>) -> Result<Option<u64>, &'static str> {
-    let Some(buf) = buf else { return Ok(None) };
-    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
-        return if buf.len() > MAX_SIZE_LINE {
-            Err("chunk-size line too long")
-        } else {
-            Ok(None)
-        };
-    };
-    if end == 0 || buf[end - 1] != b'\r' {
-        return Err("chunk-size line not ended by CRLF");
-    }
-    let line = &buf[..end - 1];
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return Err("invalid chunk size");
-    }
-    // After the size: optional SP or HTAB (RFC 9112's BWS; not a bare CR, which a
-    // `trim_ascii_start` would take too), then nothing or `;` extensions.
-    let spaces = line[digits..]
-        .iter()
-        .take_while(|b| matches!(b, b' ' | b'\t'))
-        .count();
-    let rest = &line[digits + spaces..];
-    if !rest.is_empty() && rest[0] != b';' {
-        return Err("invalid chunk size");
-    }
-    if rest.iter().any(|b| *b == b'\r' || *b == 0) {
-        return Err("invalid chunk extension");
-    }
-    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| "invalid chunk size")?;
-    let n = u64::from_str_radix(hex, 16).map_err(|_| "invalid chunk size")?;
-    buf.advance(end + 1);
-    Ok(Some(n))
-}
-
-/// The trailer section, complete at the start of `buf` and consumed: `Some(None)` when it
-/// is empty (the usual end of a chunked body).
-fn trailers(
-    buf: Option<&mut BytesMut>,
-    max: usize,
-) -> Result<Option<Option<HeaderMap>>, &'static str> {
-    let Some(buf) = buf else { return Ok(None) };
-    if buf.len() >= 2 && &buf[..2] == b"\r\n" {
-        buf.advance(2);
-        return Ok(Some(None));
-    }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete((n, fields))) => {
-            if n > max {
-                return Err("trailer section too large");
-            }
-            let mut map = HeaderMap::with_capacity(fields.len());
-            for f in fields {
-                let name = HeaderName::from_bytes(f.name.as_bytes())
-                    .map_err(|_| "invalid trailer field")?;
-                let value =
-                    HeaderValue::from_bytes(f.value).map_err(|_| "invalid trailer field")?;
-                map.append(name, value);
-            }
-            buf.advance(n);
-            Ok(Some(Some(map)))
-        }
-        Ok(httparse::Status::Partial) if buf.len() > max => Err("trailer section too large"),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err("too many trailer fields"),
-        Err(_) => Err("malformed trailer section"),
     }
 }

@@ -17,9 +17,9 @@ use tokio::{
 use tokio_rustls::client::TlsStream;
 
 use super::Key;
+use crate::wire::fields::{self, Fields};
 
-/// Header fields a response head may carry, as hyper's client allowed.
-pub const MAX_HEADERS: usize = 100;
+pub use crate::wire::MAX_FIELDS as MAX_HEADERS;
 
 /// A dialled upstream socket, cleartext or TLS.
 pub enum Stream {
@@ -295,43 +295,14 @@ fn parse(buf: &mut BytesMut, head_request: bool, max: usize) -> Result<Option<He
     let base = buf.as_ptr() as usize;
     let head = Bytes::copy_from_slice(&buf[..n]);
     let mut headers = HeaderMap::with_capacity(r.headers.len());
-    let (mut length, mut coded, mut chunked) = (None::<u64>, false, false);
-    let (mut close, mut keep_alive) = (false, false);
+    let mut framing = Fields::default();
     for h in r.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value).map_err(|_| HeadError::BadLength)?;
-            for part in value.split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(HeadError::BadLength);
-                }
-                let v: u64 = part.parse().map_err(|_| HeadError::BadLength)?;
-                if length.is_some_and(|l| l != v) {
-                    return Err(HeadError::ConflictingLength);
-                }
-                length = Some(v);
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            coded = true;
-            let value = std::str::from_utf8(h.value).map_err(|_| HeadError::Coding)?;
-            for coding in value.split(',') {
-                let coding = coding.trim();
-                // chunked must be the final coding, once; any other coding before it would
-                // reach the client undecoded once the pipeline drops this header.
-                if chunked || !coding.eq_ignore_ascii_case("chunked") {
-                    return Err(HeadError::Coding);
-                }
-                chunked = true;
-            }
-        } else if name.eq_ignore_ascii_case("connection")
-            && let Ok(v) = std::str::from_utf8(h.value)
-        {
-            for t in v.split(',').map(str::trim) {
-                close |= t.eq_ignore_ascii_case("close");
-                keep_alive |= t.eq_ignore_ascii_case("keep-alive");
-            }
-        }
+        framing.scan(name, h.value).map_err(|e| match e {
+            fields::Error::ConflictingLength => HeadError::ConflictingLength,
+            fields::Error::BadLength => HeadError::BadLength,
+            fields::Error::Coding => HeadError::Coding,
+        })?;
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeadError::InvalidField)?;
         let at = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
@@ -339,6 +310,14 @@ fn parse(buf: &mut BytesMut, head_request: bool, max: usize) -> Result<Option<He
         headers.append(name, value);
     }
     buf.advance(n);
+    let Fields {
+        length,
+        coded,
+        chunked,
+        close,
+        keep_alive,
+        ..
+    } = framing;
     let mut reuse = !close && (version == Version::HTTP_11 || keep_alive);
     let kind = if status.is_informational()
         || head_request
