@@ -5,6 +5,7 @@ argv[1]: host, argv[2]: port, argv[3]: JSON list of steps:
   ["sleep", seconds]
   ["read", seconds]       read until the peer closes or `seconds` pass
   ["close"]               close now (abandon whatever is in flight)
+  ["shut"]                half-close: send FIN, keep reading
 Prints one JSON object: every read's data, whether the peer closed (EOF or reset) and when.
 """
 import json
@@ -31,6 +32,8 @@ for step in plan:
             out["send_error"] = str(e)
     elif kind == "sleep":
         time.sleep(step[1])
+    elif kind == "shut":
+        s.shutdown(socket.SHUT_WR)
     elif kind == "close":
         s.close()
         break

@@ -200,6 +200,101 @@ fn requests_abandoned_while_uploading_or_waiting_for_the_upstream_are_recorded_o
     assert_eq!(st["http_allowed"], 1, "{st}");
 }
 
+/// A client that pipelines requests and then closes its side (`shutdown(SHUT_WR)`, as
+/// `nc -N` does) still gets the answers to the requests queued behind another, as from
+/// hyper's server. Its last one, with nothing behind it, is the client gone (a close and a
+/// half-close look the same; hyper's server cancelled it too).
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_client_that_pipelines_then_half_closes_gets_the_answers_queued_behind_another() {
+    require_root();
+    let Setup {
+        agent,
+        cg,
+        vip,
+        server: _server,
+    } = setup("halfclose", "");
+    let get = "GET /v1/models HTTP/1.1\r\nHost: models\r\n\r\n";
+    let r = raw(
+        &cg.dir,
+        &vip,
+        json!([
+            [
+                "send",
+                format!(
+                    "{}{get}",
+                    post("/v1/chat/completions", &chat("test-model", false))
+                )
+            ],
+            ["shut"],
+            ["read", 5]
+        ]),
+    );
+    let got = r["reads"][0].as_str().unwrap_or_default();
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK") && got.contains("echo: hi"),
+        "{r}"
+    );
+    assert_eq!(r["closed"], true, "{r}");
+    let recs = wait_log_events(&agent, "request", 2);
+    assert_eq!(recs[0]["status"], 200, "{recs:?}");
+    assert!(
+        recs[1]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("cancelled")),
+        "{recs:?}"
+    );
+}
+
+/// A request refused before its body is read: with the body still to come, its answer says
+/// the connection closes (it does); with the body already sent whole, the body is read past
+/// and the request pipelined behind it is answered too, as hyper's server did.
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn a_request_refused_before_its_body_is_read_says_whether_the_connection_stays() {
+    require_root();
+    let Setup {
+        agent: _agent,
+        cg,
+        vip,
+        server: _server,
+    } = setup("unread", "");
+    let gzip = |len: usize| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: models\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let r = raw(
+        &cg.dir,
+        &vip,
+        json!([["send", format!("{}0123456789", gzip(100))], ["read", 3]]),
+    );
+    let got = r["reads"][0].as_str().unwrap_or_default();
+    assert!(got.starts_with("HTTP/1.1 415"), "{r}");
+    assert!(
+        got.contains("connection: close\r\n"),
+        "closed without saying so: {r}"
+    );
+    assert_eq!(r["closed"], true, "{r}");
+    let get = "GET /v1/models HTTP/1.1\r\nHost: models\r\n\r\n";
+    let r = raw(
+        &cg.dir,
+        &vip,
+        json!([
+            ["send", format!("{}0123456789{get}", gzip(10))],
+            ["read", 3]
+        ]),
+    );
+    let got = r["reads"][0].as_str().unwrap_or_default();
+    assert!(got.starts_with("HTTP/1.1 415"), "{r}");
+    assert!(!got.contains("connection: close"), "{r}");
+    assert!(
+        got.contains("HTTP/1.1 200 OK"),
+        "the pipelined request was not answered: {r}"
+    );
+    assert_eq!(r["closed"], false, "{r}");
+}
+
 #[test]
 #[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
 fn request_heads_hyper_refuses_are_recorded_too() {

@@ -234,9 +234,19 @@ async fn exchange(
         };
         reading = take_back(back, buf);
     };
+    // The pipeline may have read the body to its end, or dropped it unread, in the poll that
+    // made the response: the head must know which before it says the connection stays.
+    if let Reading::Body(rx) = &mut reading {
+        match rx.try_recv() {
+            Ok(b) => reading = take_back(Ok(b), buf),
+            Err(oneshot::error::TryRecvError::Closed) => reading = Reading::Lost,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+    }
     let (mut parts, mut body) = response.into_parts();
     let status = parts.status;
-    let keep = keep_alive && !ctx.shutdown.is_cancelled() && !matches!(reading, Reading::Lost);
+    // Only a connection whose next request is known to start in `buf` stays open.
+    let keep = keep_alive && !ctx.shutdown.is_cancelled() && matches!(reading, Reading::Here);
     let (framing, keep) = write::head(out, &mut parts, &body, asked, keep);
     let written = {
         let written = write::body(io, out, &mut body, framing);

@@ -228,6 +228,24 @@ impl Body {
     }
 }
 
+/// A body dropped unread (a request refused before its body was read) whose rest is already
+/// buffered is read past, as hyper's server did: the connection carries the next request
+/// instead of closing. Anything still to come from the client leaves it unusable.
+impl Drop for Body {
+    fn drop(&mut self) {
+        if self.back.is_none() {
+            return;
+        }
+        loop {
+            match self.decoder.step(&mut self.buf) {
+                Ok(Step::End) => return self.end(),
+                Ok(Step::Data(_) | Step::Trailers(_)) => {}
+                Ok(Step::More) | Err(_) => return,
+            }
+        }
+    }
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BodyError;

@@ -66,12 +66,16 @@ pub async fn write_all(io: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Resu
 /// Resolves when the client closes or resets the connection. Bytes it sends meanwhile
 /// (pipelined requests) are kept in `buf`, up to `max`; past that, the connection is no
 /// longer watched (a client that pipelines that much waits for its answers anyway).
+/// A client that pipelined requests and then closed its side has only half-closed: the
+/// requests it sent are still answered (as hyper's server did), and the next read after
+/// them sees its end.
 pub async fn closed(io: &TcpStream, buf: &mut BytesMut, max: usize) {
     loop {
         if buf.len() >= max {
             return std::future::pending().await;
         }
         match fill(io, buf).await {
+            Ok(0) if !buf.is_empty() => return std::future::pending().await,
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }

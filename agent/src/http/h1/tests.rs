@@ -387,3 +387,71 @@ async fn a_body_longer_than_declared_is_an_error() {
         String::from_utf8_lossy(&got)
     );
 }
+
+/// A body dropped unread (its request refused first) gives the buffer back when its rest is
+/// already buffered, past it: the connection carries the next request. One still arriving
+/// gives nothing back, and the connection closes.
+#[tokio::test]
+async fn a_body_dropped_unread_but_buffered_is_read_past() {
+    let (_client, server) = pair().await;
+    let server = Arc::new(server);
+    for (kind, buffered) in [
+        (Kind::Length(5), "hello"),
+        (Kind::Chunked, "5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"),
+    ] {
+        let (tx, rx) = oneshot::channel();
+        let body = Body::new(
+            server.clone(),
+            BytesMut::from(format!("{buffered}GET /next").as_str()),
+            kind,
+            false,
+            tx,
+            8192,
+        );
+        drop(body);
+        assert_eq!(
+            &rx.await.expect("handed back")[..],
+            b"GET /next",
+            "{kind:?}"
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    drop(Body::new(
+        server.clone(),
+        BytesMut::from("hel"),
+        Kind::Length(5),
+        false,
+        tx,
+        8192,
+    ));
+    assert!(rx.await.is_err(), "a body still arriving was read past");
+}
+
+/// A hostile upstream's `Content-Length` the client could read another way than Sluice frames
+/// the body (two fields, a sign) is replaced by the one length Sluice writes, or dropped.
+#[test]
+fn a_length_the_client_could_read_two_ways_is_written_once() {
+    let h11 = asked(Method::GET, Version::HTTP_11);
+    let (mut p, b) = response(200, &[], respond::full(Bytes::from_static(b"hello")));
+    p.headers
+        .append("content-length", http::HeaderValue::from_static("5"));
+    p.headers
+        .append("content-length", http::HeaderValue::from_static("500"));
+    let mut out = Vec::new();
+    let (f, _) = write::head(&mut out, &mut p, &b, h11, true);
+    let text = String::from_utf8(out).expect("ascii");
+    assert_eq!(f, Framing::Length(5));
+    assert_eq!(text.matches("content-length").count(), 1, "{text}");
+    assert!(text.contains("content-length: 5\r\n"), "{text}");
+    let (_tx, b) = streamed();
+    let (mut p, _) = response(
+        200,
+        &[("content-length", "+5")],
+        respond::full(Bytes::new()),
+    );
+    let mut out = Vec::new();
+    let (f, _) = write::head(&mut out, &mut p, &b, h11, true);
+    let text = String::from_utf8(out).expect("ascii");
+    assert_eq!(f, Framing::Chunked);
+    assert!(!text.contains("content-length"), "{text}");
+}

@@ -53,10 +53,19 @@ pub fn head(
     h.remove(header::TRANSFER_ENCODING);
     let switch =
         status == StatusCode::SWITCHING_PROTOCOLS || (asked.connect && status.is_success());
-    let declared = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    // One value of digits only: anything else (a sign, a list, a second field) is not
+    // passed on, so the client cannot read the length another way than Sluice writes it.
+    let declared = {
+        let mut all = h.get_all(header::CONTENT_LENGTH).iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) if v.as_bytes().iter().all(u8::is_ascii_digit) => {
+                std::str::from_utf8(v.as_bytes())
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+            }
+            _ => None,
+        }
+    };
     let framing = if switch
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
