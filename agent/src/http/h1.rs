@@ -160,6 +160,10 @@ async fn requests(
             Next::Keep => {}
             next => return next,
         }
+        // A large response grew the staging buffer: an idle connection does not keep it.
+        if out.capacity() > 16 * 1024 {
+            out = Vec::with_capacity(1024);
+        }
     }
 }
 
