@@ -102,9 +102,9 @@ async fn stages(ctx: &Ctx, rq: &mut Request) -> Result<(Response<Body>, Chain), 
     // body that masking blocks never waits for an approver.
     mask::request(ctx, rq)?;
     rq.lap(Stage::Mask);
-    let permit = match rq.decision.as_ref() {
+    // Taken: no stage after this one reads the decision (the record has its own copy).
+    let permit = match rq.decision.take() {
         Some(Decision::Hold(h)) => {
-            let h = h.clone();
             crate::approval::hold(&ctx.approvals, rq, &h, &ctx.shutdown).await?
         }
         d => approve(d)?,
@@ -276,10 +276,10 @@ fn choose_key(ctx: &Ctx, rq: &mut Request) -> Result<(), Refusal> {
 
 /// Turns the decision into a `Permit`, the only thing `prepare` takes. A held request waits
 /// for a person in `approval::hold`; one that reaches here is refused rather than guessed.
-fn approve(decision: Option<&Decision>) -> Result<Permit, Refusal> {
+fn approve(decision: Option<Decision>) -> Result<Permit, Refusal> {
     match decision {
-        Some(Decision::Permit(p)) => Ok(p.clone()),
-        Some(Decision::Deny(d)) => Err(Refusal::policy(d.rule.clone(), &d.reason)),
+        Some(Decision::Permit(p)) => Ok(p),
+        Some(Decision::Deny(d)) => Err(Refusal::policy(d.rule, &d.reason)),
         Some(Decision::Hold(h)) => Err(Refusal::policy(
             Some(h.rule.clone()),
             &format!("{}; this request needs a person's approval", h.reason),
@@ -503,10 +503,10 @@ mod tests {
             by_default: false,
         };
         assert_eq!(
-            approve(Some(&Decision::Permit(permit.clone()))).ok(),
+            approve(Some(Decision::Permit(permit.clone()))).ok(),
             Some(permit)
         );
-        let denied = approve(Some(&Decision::Deny(Denial {
+        let denied = approve(Some(Decision::Deny(Denial {
             rule: Some("no-pull".into()),
             reason: "pull is management".into(),
         })))
@@ -515,7 +515,7 @@ mod tests {
             (denied.status, denied.rule.as_deref()),
             (StatusCode::FORBIDDEN, Some("no-pull"))
         );
-        let held = approve(Some(&Decision::Hold(Hold {
+        let held = approve(Some(Decision::Hold(Hold {
             rule: "big-model".into(),
             reason: "needs sign-off".into(),
             approval: std::sync::Arc::new(crate::policy::approval::Approval {

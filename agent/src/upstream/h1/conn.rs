@@ -137,7 +137,16 @@ pub fn frame(headers: &mut HeaderMap, len: Option<u64>) -> Framing {
     match len {
         Some(0) if !headers.contains_key(header::CONTENT_LENGTH) => Framing::Empty,
         Some(n) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            // `prepare` has usually written this very value: an equal one is not rebuilt
+            // (a `HeaderValue` from a number is an allocation).
+            let mut all = headers.get_all(header::CONTENT_LENGTH).iter();
+            let mut digits = itoa::Buffer::new();
+            let n_text = digits.format(n).as_bytes();
+            let same =
+                matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == n_text);
+            if !same {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
             Framing::Length(n)
         }
         None => {

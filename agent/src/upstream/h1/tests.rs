@@ -1137,3 +1137,27 @@ async fn an_answer_that_ends_before_the_request_body_does_not_cut_the_body() {
         "the request body was cut: {got}"
     );
 }
+
+/// The length `prepare` wrote is kept as it is; any other is replaced by the body's own.
+#[test]
+fn framing_keeps_an_equal_length_and_replaces_any_other() {
+    use http::{HeaderMap, HeaderValue, header::CONTENT_LENGTH};
+    for (given, n, want) in [
+        (vec!["5"], 5, "5"),
+        (vec!["05"], 5, "5"),
+        (vec!["5", "5"], 5, "5"),
+        (vec!["6"], 5, "5"),
+        (vec![], 12, "12"),
+    ] {
+        let mut h = HeaderMap::new();
+        for g in &given {
+            h.append(CONTENT_LENGTH, HeaderValue::from_static(g));
+        }
+        assert_eq!(
+            super::conn::frame(&mut h, Some(n)),
+            super::conn::Framing::Length(n)
+        );
+        let all: Vec<_> = h.get_all(CONTENT_LENGTH).iter().collect();
+        assert_eq!(all, [want], "{given:?}");
+    }
+}
