@@ -280,8 +280,8 @@ impl HttpBody for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // hyper does not poll a body that says it has ended (an empty refusal): that is a
-        // complete response, not a cut one.
+        // hyper's HTTP/2 server does not poll a body that says it has ended (an empty
+        // refusal): that is a complete response, not a cut one.
         if matches!(self.state, State::Streaming)
             && self.pending.is_none()
             && self.chain.is_empty()

@@ -376,7 +376,7 @@ fn mask_echoes(headers: &mut http::HeaderMap, chain: &mut Chain, cred: &context:
 }
 
 /// A reason phrase other than the status's own reaches the client as the server wrote it
-/// (both HTTP/1.1 clients keep it, hyper's server writes it): a key echoed there is masked
+/// (both HTTP/1.1 clients keep it, `http/h1/write.rs` writes it): a key echoed there is masked
 /// as in a header, or the phrase dropped if the masked one is not a reason phrase.
 fn mask_reason(extensions: &mut http::Extensions, key: &[u8]) {
     let Some(masked) = extensions
@@ -452,7 +452,7 @@ impl Request {
         end.record.set_response_headers(response.headers());
         if let Some(tunnel) = tunnel {
             // The record and the in-flight mark go with the tunnel: the connection's task
-            // runs it once hyper has sent this head and handed the socket over.
+            // runs it once this head is out and the client's socket is handed over.
             if let Some(slot) = end.in_flight.as_ref().map(InFlight::tunnel_slot) {
                 let cut = slot.cut();
                 slot.set(Box::pin(tunnel.run(end, cut)));
