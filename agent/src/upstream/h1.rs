@@ -360,9 +360,9 @@ impl Pool {
     /// The rest of the request (`rest`, bytes the head's write left over, then `body`)
     /// written while the response head is awaited: a server may answer before it has read
     /// the whole body (a 413, or a streaming echo). An answer that comes first leaves the
-    /// rest of the request to a task of its own, which goes on after the response's clean
-    /// end and is ended with a response body dropped before it; that connection is not
-    /// reused. The head timeout runs from the first write, and again from the end of the
+    /// rest of the request to a task of its own, which goes on for at most `Timeouts::idle`
+    /// after the response's clean end and is ended with a response body dropped before it;
+    /// that connection is not reused. The head timeout runs from the first write, and again from the end of the
     /// body's: a server that neither reads the rest nor answers is not waited on for good.
     async fn stream(
         &self,
@@ -436,17 +436,35 @@ impl Pool {
                 writer: None,
             },
             None => {
+                let (ended, after_end) = tokio::sync::oneshot::channel::<()>();
+                let idle = self.timeouts.idle;
                 let task = tokio::spawn(async move {
-                    let (_, r) = writer.await;
-                    if let Err(e) = r {
-                        tracing::debug!(error = ?e, "the rest of a request body was not written");
+                    // Once the response has ended the rest gets `idle` more: a server that
+                    // answered and never reads on would hold this task, its socket and the
+                    // body for good. Dropped early, the response aborts the task itself.
+                    let given_up = async {
+                        match after_end.await {
+                            Ok(()) => tokio::time::sleep(idle).await,
+                            Err(_) => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        (_, r) = writer => if let Err(e) = r {
+                            tracing::debug!(error = ?e, "the rest of a request body was not written");
+                        },
+                        () = given_up => tracing::debug!(
+                            "the rest of a request body was not taken within upstream_idle_timeout_ms of the response's end"
+                        ),
                     }
                 });
                 body::Io::Half {
                     read,
                     buf,
                     authority,
-                    writer: Some(body::AbortOnDrop(Some(task.abort_handle()))),
+                    writer: Some(body::Writer {
+                        task: Some(task.abort_handle()),
+                        ended: Some(ended),
+                    }),
                 }
             }
         };

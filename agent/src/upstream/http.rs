@@ -15,9 +15,13 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
-use super::{Payload, Timeouts, dial_host, idle::Idle};
+use super::{
+    Payload, Timeouts, dial_host,
+    idle::{Counted, Idle, Sent},
+};
 use crate::respond::Body;
 use crate::{intercept::netns::Served, policy::Switch, tls::Origin};
+use http_body_util::BodyExt as _;
 use std::sync::Arc;
 
 /// Dials `host:port` of the request URI with the bypass mark.
@@ -153,7 +157,12 @@ impl Client {
     ) -> Result<Response<Body>, Error> {
         strip_hop_by_hop(req.headers_mut(), grpc);
         if grpc {
-            let mut req = req.map(Payload::into_body);
+            // A streaming call's messages keep its response from counting as silent.
+            let sent = matches!(req.body(), Payload::Stream(_)).then(Sent::default);
+            let mut req = req.map(|p| match (p, &sent) {
+                (Payload::Stream(b), Some(s)) => Counted::new(b, s.clone()).boxed(),
+                (p, _) => p.into_body(),
+            });
             let pq = req
                 .uri()
                 .path_and_query()
@@ -173,7 +182,7 @@ impl Client {
                     .await?
                     .map_err(Error::H2)?
             };
-            return Ok(self.incoming(resp, authority));
+            return Ok(self.incoming(resp, authority, sent));
         }
         pin_host(&mut req, authority, tls);
         h1_form(&mut req, authority, true);
@@ -195,11 +204,15 @@ impl Client {
     }
 
     /// A hyper response's body as every other response body, cut when it stays silent for
-    /// `upstream_idle_timeout_ms`.
-    fn incoming(&self, r: Response<Incoming>, authority: &str) -> Response<Body> {
-        use http_body_util::BodyExt as _;
+    /// `upstream_idle_timeout_ms` (and the request's stream, if `sent` counts one, too).
+    fn incoming(
+        &self,
+        r: Response<Incoming>,
+        authority: &str,
+        sent: Option<Sent>,
+    ) -> Response<Body> {
         let idle = self.timeouts.idle;
-        r.map(|b| Idle::new(b, idle, authority).boxed())
+        r.map(|b| Idle::new(b, idle, authority, sent).boxed())
     }
 }
 
@@ -255,7 +268,7 @@ impl Client {
         // The upgrade travels in the response's extensions, which the body's wrapper keeps;
         // a switch's tunnel is bytes, not this body, and has no idle time of its own here.
         let resp = self.h1.dedicated(authority, ns, tls, req).await?;
-        Ok(self.incoming(resp, authority))
+        Ok(self.incoming(resp, authority, None))
     }
 
     /// HTTP/2 to `authority` from a socket in the client's namespace `ns`, or over TLS
@@ -502,7 +515,7 @@ mod tests {
     /// response that goes silent is cut with an error, never a clean end.
     #[tokio::test]
     async fn grpc_calls_get_the_head_and_idle_timeouts_too() {
-        use http_body_util::BodyExt as _;
+        use futures_util::StreamExt as _;
         let addr = stalling_h2_server().await.to_string();
         let client = Client::new(
             0,
@@ -544,6 +557,102 @@ mod tests {
             matches!(e, crate::respond::BodyError::UpstreamSilent(_)),
             "{e:?}"
         );
+
+        // A streaming call whose client has gone quiet too (its stream still open) is cut
+        // the same way: only messages the client sends start the time over.
+        let quiet = futures_util::stream::once(async {
+            Ok::<_, crate::respond::BodyError>(http_body::Frame::data(bytes::Bytes::from_static(
+                b"\0\0\0\0\0",
+            )))
+        })
+        .chain(futures_util::stream::pending());
+        let mut call = grpc_call(&addr, "/stalls");
+        *call.body_mut() = Payload::Stream(http_body_util::BodyExt::boxed(
+            http_body_util::StreamBody::new(Box::pin(quiet)),
+        ));
+        let resp = tokio::time::timeout(hung, client.send(&addr, None, None, call, true))
+            .await
+            .expect("not hung")
+            .expect("the head came");
+        let e = tokio::time::timeout(hung, resp.into_body().collect())
+            .await
+            .expect("ended by the idle timeout, not hung")
+            .expect_err("cut");
+        assert!(
+            matches!(e, crate::respond::BodyError::UpstreamSilent(_)),
+            "{e:?}"
+        );
+    }
+
+    /// A client-streaming (or bidi) gRPC call: the server sends its head at once and its
+    /// one message only once the client's stream has ended. While the client still sends,
+    /// the response's silence is the call waiting on the client, not a silent upstream.
+    #[tokio::test]
+    async fn a_grpc_response_waiting_on_a_client_that_still_sends_is_not_cut() {
+        use bytes::Bytes;
+        use futures_util::StreamExt as _;
+        use http_body_util::BodyExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        // Answers with the count of request bytes, after the request's end.
+                        let answer = futures_util::stream::once(async move {
+                            let n = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_or(0, |b| b.to_bytes().len());
+                            Ok::<_, hyper::Error>(http_body::Frame::data(Bytes::from(
+                                n.to_string(),
+                            )))
+                        });
+                        Ok::<_, std::convert::Infallible>(Response::new(
+                            http_body_util::StreamBody::new(answer),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let client = Client::new(
+            0,
+            Timeouts {
+                connect: Duration::from_secs(2),
+                head: Duration::from_secs(10),
+                idle: Duration::from_millis(300),
+            },
+            4,
+            16384,
+        );
+        // Ten messages 100 ms apart: a second in all, each pause far under the idle time.
+        let messages = futures_util::stream::iter(0..10).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, crate::respond::BodyError>(http_body::Frame::data(Bytes::from_static(
+                b"\0\0\0\0\0",
+            )))
+        });
+        let mut call = grpc_call(&addr, "/stream");
+        *call.body_mut() = Payload::Stream(BodyExt::boxed(http_body_util::StreamBody::new(
+            Box::pin(messages),
+        )));
+        let hung = Duration::from_secs(10);
+        let resp = tokio::time::timeout(hung, client.send(&addr, None, None, call, true))
+            .await
+            .expect("not hung")
+            .expect("the head came");
+        let body = tokio::time::timeout(hung, resp.into_body().collect())
+            .await
+            .expect("not hung")
+            .expect("not cut while the client was sending")
+            .to_bytes();
+        assert_eq!(&body[..], b"50");
     }
 
     #[test]

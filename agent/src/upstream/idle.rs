@@ -6,7 +6,10 @@
 use std::{
     future::Future as _,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -73,23 +76,79 @@ impl Watch {
     }
 }
 
-/// A hyper body that ends with `Silent` once it has said nothing for the watch's time.
+/// Frames of a streamed request body passed on so far (`Counted` counts them). While the
+/// client still sends, a silent response is a call waiting on the client's messages (a
+/// client-streaming or bidirectional gRPC call), not a silent upstream.
+#[derive(Clone, Default)]
+pub struct Sent(Arc<AtomicU64>);
+
+/// A request body that counts its frames into `Sent`.
+pub struct Counted<B> {
+    inner: B,
+    sent: Sent,
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, sent: Sent) -> Self {
+        Counted { inner, sent }
+    }
+}
+
+impl<B: Body + Unpin> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &frame {
+            this.sent.0.fetch_add(1, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A hyper body that ends with `Silent` once it has said nothing for the watch's time (and
+/// the client, when its request streams, has sent nothing either).
 pub struct Idle<B> {
     inner: B,
     watch: Watch,
     authority: Arc<str>,
     /// Ended by the watch: nothing more is read.
     cut: bool,
+    /// The request's frames, and how many the watch last saw.
+    sent: Option<(Sent, u64)>,
 }
 
 impl<B> Idle<B> {
-    pub fn new(inner: B, after: Duration, authority: &str) -> Self {
+    pub fn new(inner: B, after: Duration, authority: &str, sent: Option<Sent>) -> Self {
         Idle {
             inner,
             watch: Watch::new(after),
             authority: authority.into(),
             cut: false,
+            sent: sent.map(|s| (s, 0)),
         }
+    }
+
+    /// The client sent something since the last look.
+    fn client_sent(&mut self) -> bool {
+        let Some((sent, seen)) = &mut self.sent else {
+            return false;
+        };
+        let now = sent.0.load(Ordering::Relaxed);
+        std::mem::replace(seen, now) != now
     }
 }
 
@@ -116,6 +175,11 @@ where
             }
             Poll::Pending => {
                 std::task::ready!(this.watch.waiting(cx));
+                // The client's messages count as the call's progress: the time starts over.
+                while this.client_sent() {
+                    this.watch.progressed();
+                    std::task::ready!(this.watch.waiting(cx));
+                }
                 this.cut = true;
                 Poll::Ready(Some(Err(BodyError::UpstreamSilent(Silent {
                     authority: this.authority.clone(),
@@ -160,7 +224,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_silent_past_its_time_is_cut_and_one_with_shorter_pauses_is_not() {
         let (tx, inner) = fed();
-        let mut body = Idle::new(inner, Duration::from_millis(300), "127.0.0.1:9");
+        let mut body = Idle::new(inner, Duration::from_millis(300), "127.0.0.1:9", None);
         // Pauses shorter than the time, for longer than it in all.
         let feeder = tokio::spawn(async move {
             for _ in 0..5 {

@@ -58,7 +58,7 @@ pub enum Io {
         read: ReadHalf<Stream>,
         buf: BytesMut,
         authority: Arc<str>,
-        writer: Option<AbortOnDrop>,
+        writer: Option<Writer>,
     },
 }
 
@@ -73,14 +73,20 @@ impl Io {
     /// The response's clean end: a reusable connection with nothing unread goes back to
     /// the pool. Otherwise the request may not be over: its writer goes on to the body's
     /// end (hyper's client sent the whole body too, and a server may answer an upload
-    /// before taking it), and the connection closes when it is done.
+    /// before taking it), for `upstream_idle_timeout_ms` at most, and the connection closes
+    /// when it is done.
     pub fn end(self, reuse: bool, pool: &Shared) {
         match self {
             Io::Whole(conn) if reuse && conn.buf.is_empty() => pool.put(conn),
             Io::Half {
                 writer: Some(mut w),
                 ..
-            } => w.0 = None,
+            } => {
+                w.task = None;
+                if let Some(ended) = w.ended.take() {
+                    let _ = ended.send(());
+                }
+            }
             _ => {}
         }
     }
@@ -93,13 +99,17 @@ impl Io {
     }
 }
 
-/// Ends the request body's writer with a response body dropped before its end (the
-/// client went away, or the response failed).
-pub struct AbortOnDrop(pub Option<tokio::task::AbortHandle>);
+/// The task writing the rest of the request body: ended with a response body dropped
+/// before its end (the client went away, or the response failed); told of the response's
+/// clean end, after which it has `upstream_idle_timeout_ms` left.
+pub struct Writer {
+    pub task: Option<tokio::task::AbortHandle>,
+    pub ended: Option<tokio::sync::oneshot::Sender<()>>,
+}
 
-impl Drop for AbortOnDrop {
+impl Drop for Writer {
     fn drop(&mut self) {
-        if let Some(h) = &self.0 {
+        if let Some(h) = &self.task {
             h.abort();
         }
     }

@@ -236,3 +236,62 @@ async fn a_protocol_switch_the_server_never_answers_is_a_head_timeout() {
     assert!(e.is_timeout(), "{e}");
     assert!(s.sees_closed(1).await, "hyper's connection was not closed");
 }
+
+/// A server that answers as soon as it has the request head and then never reads the body
+/// nor closes: once the response has ended, the rest of the request gets the idle time and
+/// no more. Before, its writer waited on the socket for good, holding a task, the socket
+/// and the whole buffered body for every such request.
+#[tokio::test]
+async fn the_rest_of_a_request_an_answered_server_never_reads_is_given_up() {
+    // More than loopback's socket buffers hold (tcp_rmem and tcp_wmem at most 32 + 4 MiB).
+    const BODY: usize = 64 << 20;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let (go, start_reading) = tokio::sync::oneshot::channel::<()>();
+    let (report, received) = tokio::sync::oneshot::channel::<usize>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut head = vec![0u8; 1024];
+        let mut n = s.read(&mut head).await.unwrap_or(0);
+        let _ = s
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
+            .await;
+        // Not reading: the client's writer is stuck until it gives up (or for good).
+        let _ = start_reading.await;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(k) = s.read(&mut chunk).await {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        let _ = report.send(n);
+    });
+    let pool = pool(60_000, 200);
+    let resp = tokio::time::timeout(
+        HUNG,
+        pool.send(
+            &addr,
+            None,
+            None,
+            post(&addr, Bytes::from(vec![b'x'; BODY])),
+        ),
+    )
+    .await
+    .expect("not hung")
+    .expect("answered");
+    assert_eq!(resp.status(), 413);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"big");
+    // Well past the idle time: the writer has given up and closed the connection, so the
+    // server reads what was sent before that and then the end, never the whole request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = go.send(());
+    let n = tokio::time::timeout(HUNG, received)
+        .await
+        .expect("the connection was closed")
+        .expect("the server's count");
+    assert!(n < BODY, "the whole request was still written ({n} bytes)");
+}
