@@ -643,16 +643,8 @@ fn an_upstream_that_never_answers_is_a_504_in_the_servers_shape() {
         message.contains(&server.addr.to_string()) && message.contains("500 ms"),
         "{message}"
     );
-    let rec = wait_log_events(&agent, "request", 1);
-    assert_eq!(rec.len(), 1, "{}", agent.log_text());
-    assert_eq!(rec[0]["status"], 504, "{}", rec[0]);
-    assert!(
-        rec[0]["outcome"]
-            .as_str()
-            .is_some_and(|o| o.starts_with("upstream timeout: ")),
-        "{}",
-        rec[0]
-    );
+    let rec = the_one_timed_out_record(&agent);
+    assert_eq!(rec["status"], 504, "{rec}");
     // The agent goes on serving.
     let out = curl(&cg, &[&format!("http://{vip}:8000/v1/models")]);
     assert!(out.status.success(), "{out:?}");
@@ -699,14 +691,27 @@ fn a_stream_that_goes_silent_is_cut_not_ended() {
         Some(18),
         "curl must see a truncated transfer: {out:?}"
     );
-    let rec = wait_log_events(&agent, "request", 1);
-    assert_eq!(rec.len(), 1, "{}", agent.log_text());
-    let outcome = rec[0]["outcome"].as_str().unwrap_or_default();
+    let rec = the_one_timed_out_record(&agent);
     assert!(
-        outcome.starts_with("upstream timeout: ") && outcome.contains("500 ms"),
-        "{}",
-        rec[0]
+        rec["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("500 ms")),
+        "{rec}"
     );
+}
+
+/// The request's one record, whose outcome says an upstream timeout ended it.
+fn the_one_timed_out_record(agent: &Agent) -> Value {
+    let mut rec = wait_log_events(agent, "request", 1);
+    assert_eq!(rec.len(), 1, "{}", agent.log_text());
+    let rec = rec.remove(0);
+    assert!(
+        rec["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("upstream timeout: ")),
+        "{rec}"
+    );
+    rec
 }
 
 #[test]
