@@ -121,8 +121,10 @@ enum Proto {
 
 pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: CancellationToken) {
     let timeouts = ctx.timeouts;
+    // One bound from accept to the end of the first head, protocol detection included.
+    let first_head = Instant::now() + timeouts.header;
     let proto = tokio::select! {
-        p = tokio::time::timeout(timeouts.header, sniff(&client)) => p,
+        p = tokio::time::timeout_at(first_head, sniff(&client)) => p,
         () = force.cancelled() => return,
     };
     let proto = match proto {
@@ -149,7 +151,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Arc<Conn>, client: TcpStream, force: Can
     });
     match proto {
         Proto::H1 => {
-            h1::serve(&ctx, &conn, client, &activity, &force).await;
+            h1::serve(&ctx, &conn, client, first_head, &activity, &force).await;
             // Taken whatever ended the exchange: the tunnel holds the activity (a cycle).
             let tunnel = activity.tunnel.lock().ok().and_then(|mut t| t.take());
             if let Some(tunnel) = tunnel {

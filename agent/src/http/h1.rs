@@ -78,6 +78,7 @@ pub(super) async fn serve(
     ctx: &Arc<Ctx>,
     conn: &Arc<Conn>,
     client: TcpStream,
+    first_head: Instant,
     activity: &Arc<Activity>,
     force: &CancellationToken,
 ) {
@@ -88,7 +89,7 @@ pub(super) async fn serve(
     let next = tokio::select! {
         biased;
         () = force.cancelled() => return,
-        next = requests(ctx, conn, &io, &mut buf, activity) => next,
+        next = requests(ctx, conn, &io, &mut buf, first_head, activity) => next,
     };
     match next {
         Next::Close { linger: true } => {
@@ -116,6 +117,7 @@ async fn requests(
     conn: &Arc<Conn>,
     io: &Arc<TcpStream>,
     buf: &mut BytesMut,
+    first_head: Instant,
     activity: &Arc<Activity>,
 ) -> Next {
     let mut out = Vec::with_capacity(1024);
@@ -127,13 +129,11 @@ async fn requests(
     tokio::pin!(shutdown);
     // One timer for the connection, re-armed only when it fires before the head it guards
     // is due: a keep-alive connection's requests do not each insert and remove a timer.
-    let timer = tokio::time::sleep(t.header);
+    let timer = tokio::time::sleep_until(first_head);
     tokio::pin!(timer);
-    let mut wait = t.header;
+    // The first head is due `header` after accept (the caller's deadline).
+    let mut due = first_head;
     loop {
-        let due = Instant::now() + wait;
-        // After the first request: the shorter of the header and idle bounds.
-        wait = t.header.min(t.idle);
         let head = loop {
             tokio::select! {
                 biased;
@@ -164,6 +164,8 @@ async fn requests(
         if out.capacity() > 16 * 1024 {
             out = Vec::with_capacity(1024);
         }
+        // After a response: the shorter of the header and idle bounds, from now.
+        due = Instant::now() + t.header.min(t.idle);
     }
 }
 
