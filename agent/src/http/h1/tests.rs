@@ -215,6 +215,25 @@ fn response_framing_is_decided_from_what_is_known_of_the_body() {
     let (mut p, b) = response(200, &[], respond::full(Bytes::from_static(b"ok")));
     let (_, text) = head(&mut p, &b, asked(Method::GET, Version::HTTP_10), true);
     assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+    // A response without a `Date` gets one; the upstream's own is kept.
+    let (mut p, b) = response(403, &[], respond::full(Bytes::from_static(b"no")));
+    let (_, text) = head(&mut p, &b, h11, true);
+    let date = text
+        .lines()
+        .find_map(|l| l.strip_prefix("date: "))
+        .expect("a date");
+    assert!(httpdate::parse_http_date(date).is_ok(), "{text}");
+    let (mut p, b) = response(
+        200,
+        &[("date", "Sun, 06 Nov 1994 08:49:37 GMT")],
+        respond::full(Bytes::new()),
+    );
+    let (_, text) = head(&mut p, &b, h11, true);
+    assert_eq!(text.matches("date: ").count(), 1, "{text}");
+    assert!(
+        text.contains("date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"),
+        "{text}"
+    );
     // The upstream's own reason phrase is kept.
     let (mut p, b) = response(200, &[], respond::full(Bytes::new()));
     p.extensions

@@ -97,6 +97,11 @@ pub fn head(
             Framing::Close
         }
     };
+    // RFC 9110 §6.6.1: a response without a `Date` (Sluice's own answers, an upstream that
+    // sent none) gets one, as hyper's server gave it.
+    if !h.contains_key(header::DATE) {
+        h.insert(header::DATE, date());
+    }
     if !switch {
         if !keep {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -244,4 +249,27 @@ pub fn asked(method: &Method, version: Version) -> Asked {
         head: method == Method::HEAD,
         connect: method == Method::CONNECT,
     }
+}
+
+/// The current `Date` value, formatted once a second per thread (the runtimes are one per
+/// core): a response pays a clock read, not a formatting.
+fn date() -> HeaderValue {
+    use std::{cell::RefCell, time::SystemTime};
+    thread_local! {
+        static NOW: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    NOW.with_borrow_mut(|(at, value)| match value {
+        Some(v) if *at == secs => v.clone(),
+        _ => {
+            let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            *at = secs;
+            *value = Some(v.clone());
+            v
+        }
+    })
 }
