@@ -9,12 +9,12 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::{net::TcpStream, sync::oneshot};
 
 use super::{head::Kind, socket::poll_fill};
-use crate::wire::chunked;
+use crate::wire::body::{Decoder, Step};
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -38,131 +38,6 @@ impl BodyError {
             BodyError::Short { .. } | BodyError::ChunkedEof => true,
             BodyError::Io(e) => crate::http::body::gone(e.kind()),
             BodyError::Chunk(_) => false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Length(u64),
-    /// Chunked: the next chunk-size line.
-    Size,
-    /// Chunked: bytes left in the current chunk.
-    Data(u64),
-    /// Chunked: the CRLF after a chunk's data.
-    DataEnd,
-    /// Chunked: the trailer section after the last chunk.
-    Trailers,
-    Done,
-}
-
-/// What the next bytes of a body are.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
-    Data(Bytes),
-    /// The chunked body's trailer section; the body ended with it.
-    Trailers(http::HeaderMap),
-    /// The body ended (with its data, or its empty trailer section).
-    End,
-    /// Nothing complete is buffered: read more.
-    More,
-}
-
-/// The body's framing over a buffer, without I/O: what `Body` reads from the socket, and
-/// what the fuzz target drives with arbitrary bytes. Data is split off the buffer, never
-/// copied; what follows the body stays in the buffer.
-#[derive(Debug)]
-pub struct Decoder {
-    state: State,
-    max_trailers: usize,
-}
-
-impl Decoder {
-    pub fn new(kind: Kind, max_trailers: usize) -> Self {
-        let state = match kind {
-            Kind::Empty | Kind::Length(0) => State::Done,
-            Kind::Length(n) => State::Length(n),
-            Kind::Chunked => State::Size,
-        };
-        Decoder {
-            state,
-            max_trailers,
-        }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
-    /// The next step from the start of `buf`. After an error the decoder is done and the
-    /// connection is not usable.
-    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
-        let r = self.next(buf);
-        if r.is_err() {
-            self.state = State::Done;
-        }
-        r
-    }
-
-    fn next(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
-        loop {
-            match self.state {
-                State::Done => return Ok(Step::End),
-                State::Length(left) | State::Data(left) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let k = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let data = buf.split_to(k).freeze();
-                    let left = left - k as u64;
-                    self.state = match (self.state, left) {
-                        (State::Length(_), 0) => State::Done,
-                        (State::Length(_), l) => State::Length(l),
-                        (_, 0) => State::DataEnd,
-                        (_, l) => State::Data(l),
-                    };
-                    return Ok(Step::Data(data));
-                }
-                State::Size => match chunked::size_line(buf)? {
-                    Some(0) => self.state = State::Trailers,
-                    Some(n) => self.state = State::Data(n),
-                    None => return Ok(Step::More),
-                },
-                State::DataEnd => {
-                    if buf.len() < 2 {
-                        return Ok(Step::More);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err("no CRLF after a chunk");
-                    }
-                    buf.advance(2);
-                    self.state = State::Size;
-                }
-                State::Trailers => {
-                    return match chunked::trailers(buf, self.max_trailers)? {
-                        Some(t) => {
-                            self.state = State::Done;
-                            Ok(t.map_or(Step::End, Step::Trailers))
-                        }
-                        None => Ok(Step::More),
-                    };
-                }
-            }
-        }
-    }
-
-    fn missing(&self) -> Option<u64> {
-        match self.state {
-            State::Length(n) => Some(n),
-            _ => None,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
         }
     }
 }
@@ -192,7 +67,7 @@ impl Body {
         Body {
             io,
             buf,
-            decoder: Decoder::new(kind, max_trailers),
+            decoder: Decoder::new(kind.delimited(), max_trailers),
             continue_at: expect_continue.then_some(0),
             back: Some(back),
         }
@@ -285,12 +160,12 @@ impl http_body::Body for Body {
                         Some(missing) => BodyError::Short { missing },
                         None => BodyError::ChunkedEof,
                     };
-                    this.decoder = Decoder::new(Kind::Empty, 0);
+                    this.decoder.stop();
                     return this.fail(e);
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.decoder = Decoder::new(Kind::Empty, 0);
+                    this.decoder.stop();
                     return this.fail(BodyError::Io(e));
                 }
             }

@@ -5,10 +5,8 @@
 use bytes::BytesMut;
 use http::{HeaderMap, request::Parts};
 
-use super::{
-    body::{Decoder, Step},
-    head,
-};
+use super::head;
+use crate::wire::body::{Decoder, Step};
 
 /// One request as the server read it.
 #[derive(Debug)]
@@ -61,7 +59,7 @@ pub fn frame_all(pieces: &[&[u8]], max_header: usize) -> (Vec<Framed>, Stop) {
                 return (framed, stop);
             }
         };
-        let mut decoder = Decoder::new(h.kind, max_header);
+        let mut decoder = Decoder::new(h.kind.delimited(), max_header);
         let (mut body, mut trailers) = (Vec::new(), None);
         loop {
             match decoder.step(&mut buf) {

@@ -6,7 +6,10 @@ use std::mem::MaybeUninit;
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 
-use crate::wire::fields::{self, Fields};
+use crate::wire::{
+    body::Delimited,
+    fields::{self, Fields},
+};
 
 pub use crate::wire::MAX_FIELDS as MAX_HEADERS;
 
@@ -51,6 +54,16 @@ pub enum Kind {
     Empty,
     Length(u64),
     Chunked,
+}
+
+impl Kind {
+    pub fn delimited(self) -> Delimited {
+        match self {
+            Kind::Empty => Delimited::Length(0),
+            Kind::Length(n) => Delimited::Length(n),
+            Kind::Chunked => Delimited::Chunked,
+        }
+    }
 }
 
 pub struct Head {

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadHalf};
 
@@ -22,7 +22,7 @@ use super::{
 use crate::{
     respond::BodyError,
     upstream::{Silent, idle::Watch},
-    wire::chunked,
+    wire::body::{Decoder, Delimited, Step},
 };
 
 /// Read at least this much at a time.
@@ -115,27 +115,11 @@ impl Drop for Writer {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Length(u64),
-    Close,
-    /// Chunked: the next chunk-size line.
-    Size,
-    /// Chunked: bytes left in the current chunk.
-    Data(u64),
-    /// Chunked: the CRLF after a chunk's data.
-    DataEnd,
-    /// Chunked: the trailer section after the last chunk.
-    Trailers,
-    Done,
-}
-
 pub struct Body {
     io: Option<Io>,
-    state: State,
+    decoder: Decoder,
     reuse: bool,
     pool: Arc<Shared>,
-    max_trailers: usize,
     /// Data was handed out since the last `Pending`.
     fresh: bool,
     /// An error held back for one `Pending` (see `fail`).
@@ -154,18 +138,17 @@ impl Body {
         max_trailers: usize,
         idle: Duration,
     ) -> Self {
-        let state = match kind {
-            Kind::Empty | Kind::Length(0) => State::Done,
-            Kind::Length(n) => State::Length(n),
-            Kind::Chunked => State::Size,
-            Kind::Close => State::Close,
+        let delimited = match kind {
+            Kind::Empty => Delimited::Length(0),
+            Kind::Length(n) => Delimited::Length(n),
+            Kind::Chunked => Delimited::Chunked,
+            Kind::Close => Delimited::Close,
         };
         Body {
             io: Some(io),
-            state,
+            decoder: Decoder::new(delimited, max_trailers),
             reuse,
             pool,
-            max_trailers,
             fresh: false,
             deferred: None,
             silence: Watch::new(idle),
@@ -174,7 +157,7 @@ impl Body {
 
     /// The clean end: a reusable connection with nothing unread goes back to the pool.
     fn end(&mut self) {
-        self.state = State::Done;
+        self.decoder.stop();
         if let Some(io) = self.io.take() {
             io.end(self.reuse, &self.pool);
         }
@@ -189,7 +172,7 @@ impl Body {
         e: impl Into<BodyError>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.state = State::Done;
+        self.decoder.stop();
         self.io = None;
         if std::mem::take(&mut self.fresh) {
             self.deferred = Some(e.into());
@@ -216,20 +199,6 @@ impl Body {
         }
         tokio_util::io::poll_read_buf(rd, cx, buf)
     }
-
-    fn buf(&mut self) -> Option<&mut BytesMut> {
-        self.io.as_mut().map(|io| io.parts().1)
-    }
-
-    /// Up to `n` buffered bytes as a data frame (no copy: split off the read buffer).
-    fn take(&mut self, n: u64) -> Option<Bytes> {
-        let buf = self.buf()?;
-        if buf.is_empty() {
-            return None;
-        }
-        let k = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-        Some(buf.split_to(k).freeze())
-    }
 }
 
 impl http_body::Body for Body {
@@ -245,79 +214,31 @@ impl http_body::Body for Body {
             return Poll::Ready(Some(Err(e)));
         }
         loop {
-            match this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(left) | State::Data(left) => {
-                    if let Some(data) = this.take(left) {
-                        let left = left - data.len() as u64;
-                        this.state = match (this.state, left) {
-                            (State::Length(_), 0) => {
-                                // Back to the pool before the last bytes are passed on: the
-                                // next request may take it while this one is finishing.
-                                this.end();
-                                State::Done
-                            }
-                            (State::Length(_), l) => State::Length(l),
-                            (_, 0) => State::DataEnd,
-                            (_, l) => State::Data(l),
-                        };
-                        this.fresh = true;
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+            let Some(io) = this.io.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.step(io.parts().1) {
+                Ok(Step::Data(data)) => {
+                    if this.decoder.is_done() {
+                        // Back to the pool before the last bytes are passed on: the next
+                        // request may take it while this one is finishing.
+                        this.end();
                     }
+                    this.fresh = true;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                State::Close => {
-                    if let Some(data) = this.take(u64::MAX) {
-                        this.fresh = true;
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
+                Ok(Step::Trailers(t)) => {
+                    this.end();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
-                State::Size => match this.buf().map_or(Ok(None), chunked::size_line) {
-                    Ok(Some(0)) => {
-                        this.state = State::Trailers;
-                        continue;
-                    }
-                    Ok(Some(n)) => {
-                        this.state = State::Data(n);
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(why) => {
-                        let authority = this.authority();
-                        return this.fail(Error::Chunk { authority, why }, cx);
-                    }
-                },
-                State::DataEnd => {
-                    if let Some(buf) = this.buf()
-                        && buf.len() >= 2
-                    {
-                        if &buf[..2] != b"\r\n" {
-                            let authority = this.authority();
-                            return this.fail(
-                                Error::Chunk {
-                                    authority,
-                                    why: "no CRLF after a chunk",
-                                },
-                                cx,
-                            );
-                        }
-                        buf.advance(2);
-                        this.state = State::Size;
-                        continue;
-                    }
+                Ok(Step::End) => {
+                    this.end();
+                    return Poll::Ready(None);
                 }
-                State::Trailers => {
-                    let max = this.max_trailers;
-                    match this.buf().map_or(Ok(None), |b| chunked::trailers(b, max)) {
-                        Ok(Some(t)) => {
-                            this.end();
-                            return Poll::Ready(t.map(|t| Ok(Frame::trailers(t))));
-                        }
-                        Ok(None) => {}
-                        Err(why) => {
-                            let authority = this.authority();
-                            return this.fail(Error::Chunk { authority, why }, cx);
-                        }
-                    }
+                Ok(Step::More) => {}
+                Err(why) => {
+                    let authority = this.authority();
+                    return this.fail(Error::Chunk { authority, why }, cx);
                 }
             }
             // Nothing usable buffered: read more.
@@ -333,16 +254,15 @@ impl http_body::Body for Body {
             match ready!(filled) {
                 Ok(0) => {
                     let authority = this.authority();
-                    return match this.state {
-                        State::Close => {
-                            this.state = State::Done;
-                            this.io = None;
-                            Poll::Ready(None)
-                        }
-                        State::Length(missing) => {
-                            this.fail(Error::Short { authority, missing }, cx)
-                        }
-                        _ => this.fail(Error::ChunkedEof { authority }, cx),
+                    if this.decoder.ends_at_close() {
+                        // Its clean end; such a connection is never reused.
+                        this.decoder.stop();
+                        this.io = None;
+                        return Poll::Ready(None);
+                    }
+                    return match this.decoder.missing() {
+                        Some(missing) => this.fail(Error::Short { authority, missing }, cx),
+                        None => this.fail(Error::ChunkedEof { authority }, cx),
                     };
                 }
                 Ok(_) => {}
@@ -355,14 +275,13 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == State::Done && self.deferred.is_none()
+        self.decoder.is_done() && self.deferred.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done if self.deferred.is_none() => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        if self.deferred.is_some() {
+            return SizeHint::default();
         }
+        self.decoder.size_hint()
     }
 }
