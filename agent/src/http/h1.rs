@@ -46,6 +46,18 @@ enum Reading {
 }
 
 impl Reading {
+    /// Takes the buffer back if the body has ended by now, or notes that it was dropped
+    /// unread; a body still being read stays as it is.
+    fn settle(&mut self, buf: &mut BytesMut) {
+        if let Reading::Body(rx) = self {
+            match rx.try_recv() {
+                Ok(b) => *self = take_back(Ok(b), buf),
+                Err(oneshot::error::TryRecvError::Closed) => *self = Reading::Lost,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+    }
+
     /// Resolves when the body gives the buffer back (or is dropped without).
     async fn back(&mut self) -> Result<BytesMut, ()> {
         match self {
@@ -230,51 +242,28 @@ async fn exchange(
         http::Request::from_parts(parts, body),
         InFlight::enter(activity),
     );
-    tokio::pin!(handled);
-    let response = loop {
-        let back = tokio::select! {
-            biased;
-            r = &mut handled => break r,
-            back = reading.back() => back,
-            () = socket::closed(io, buf, max), if matches!(reading, Reading::Here) => return Next::Gone,
-        };
-        reading = take_back(back, buf);
+    let Some(response) = watched(handled, &mut reading, io, buf, max).await else {
+        return Next::Gone;
     };
     // The pipeline may have read the body to its end, or dropped it unread, in the poll that
     // made the response: the head must know which before it says the connection stays.
-    if let Reading::Body(rx) = &mut reading {
-        match rx.try_recv() {
-            Ok(b) => reading = take_back(Ok(b), buf),
-            Err(oneshot::error::TryRecvError::Closed) => reading = Reading::Lost,
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
-    }
+    reading.settle(buf);
     let (mut parts, mut body) = response.into_parts();
     let status = parts.status;
     // Only a connection whose next request is known to start in `buf` stays open.
     let keep = keep_alive && !ctx.shutdown.is_cancelled() && matches!(reading, Reading::Here);
     let (framing, keep) = write::head(out, &mut parts, &body, asked, keep);
-    let written = {
-        let written = write::body(io, out, &mut body, framing);
-        tokio::pin!(written);
-        loop {
-            let back = tokio::select! {
-                biased;
-                r = &mut written => break r,
-                back = reading.back() => back,
-                () = socket::closed(io, buf, max), if matches!(reading, Reading::Here) => return Next::Gone,
-            };
-            reading = take_back(back, buf);
-        }
+    let written = write::body(io, out, &mut body, framing);
+    let Some(written) = watched(written, &mut reading, io, buf, max).await else {
+        return Next::Gone;
     };
     if let Err(e) = written {
         tracing::debug!(error = %e, "response not written to its end; closing");
         return Next::Gone;
     }
     drop(body);
-    if let Reading::Body(rx) = &mut reading {
-        reading = take_back(rx.try_recv().map_err(|_| ()), buf);
-    }
+    // A body still unread now (`Reading::Body`) closes the connection as a lost one does.
+    reading.settle(buf);
     let switched =
         status == StatusCode::SWITCHING_PROTOCOLS || (asked.connect && status.is_success());
     match (switch, reading) {
@@ -284,6 +273,27 @@ async fn exchange(
         (_, Reading::Here) if keep && !ctx.shutdown.is_cancelled() => Next::Keep,
         (_, Reading::Here) => Next::Close { linger: false },
         _ => Next::Close { linger: true },
+    }
+}
+
+/// Runs `fut` while watching the client: the read buffer is taken back when the body ends,
+/// and a client that goes away ends the wait (`None`).
+async fn watched<F: std::future::Future>(
+    fut: F,
+    reading: &mut Reading,
+    io: &TcpStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        let back = tokio::select! {
+            biased;
+            r = &mut fut => return Some(r),
+            back = reading.back() => back,
+            () = socket::closed(io, buf, max), if matches!(reading, Reading::Here) => return None,
+        };
+        *reading = take_back(back, buf);
     }
 }
 
