@@ -36,7 +36,7 @@ pub mod body;
 pub mod h1;
 
 pub use body::ClientBody;
-pub use h1::{NotSwitched, Upgrade, Upgraded};
+pub use h1::Upgrade;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod chunked;
 pub mod fields;
+pub mod head;
 
 /// Header fields one head or trailer section may carry, on either side (hyper allowed as
 /// many).

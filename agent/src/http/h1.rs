@@ -33,7 +33,7 @@ mod tests;
 pub use body::{Body, BodyError};
 #[doc(hidden)]
 pub use frames::{Framed, Stop, frame_all};
-pub use upgrade::{NotSwitched, Upgrade, Upgraded};
+pub use upgrade::{Upgrade, Upgraded};
 
 /// Where the connection's read buffer is while a request is handled.
 enum Reading {

@@ -3,12 +3,13 @@
 //! `wire::fields`: a request two readers could frame two ways never reaches the pipeline.
 use std::mem::MaybeUninit;
 
-use bytes::{Buf as _, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
+use bytes::{Buf as _, BytesMut};
+use http::{Method, StatusCode, Uri, Version, header};
 
 use crate::wire::{
     body::Delimited,
     fields::{self, Fields},
+    head::{Copied, FieldError},
 };
 
 pub use crate::wire::MAX_FIELDS as MAX_HEADERS;
@@ -105,34 +106,28 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadError> 
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let base = buf.as_ptr() as usize;
-    let head = Bytes::copy_from_slice(&buf[..n]);
-    let slice = |s: &[u8]| {
-        let at = s.as_ptr() as usize - base;
-        head.slice(at..at + s.len())
-    };
+    let copied = Copied::new(buf, n);
     let path = r.path.unwrap_or_default();
-    let uri = Uri::from_maybe_shared(slice(path.as_bytes())).map_err(|_| HeadError::Target)?;
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let uri =
+        Uri::from_maybe_shared(copied.slice(path.as_bytes())).map_err(|_| HeadError::Target)?;
     let mut framing = Fields::default();
-    let (mut expect_continue, mut hosts) = (false, 0);
-    for h in r.headers.iter() {
-        framing.scan(h.name, h.value)?;
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Field)?;
-        if name == header::HOST {
-            hosts += 1;
-        } else if name == header::EXPECT {
-            expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        }
-        let value = HeaderValue::from_maybe_shared(slice(h.value)).map_err(|_| HeadError::Field)?;
-        headers.append(name, value);
-    }
+    let mut headers = copied
+        .headers(r.headers, &mut framing)
+        .map_err(|e| match e {
+            FieldError::Invalid => HeadError::Field,
+            FieldError::Framing(f) => HeadError::Framing(f),
+        })?;
     buf.advance(n);
     // RFC 9112 §3.2: more than one Host is refused (a proxy and a server could each pick
     // another). A missing one is let through, as hyper did: HTTP/1.0 clients send none.
-    if hosts > 1 {
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
         return Err(HeadError::Hosts);
     }
+    let expect_continue = headers.get_all(header::EXPECT).iter().any(|v| {
+        v.as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"100-continue")
+    });
     let mut keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
     let kind = if framing.coded {
         if version == Version::HTTP_10 {

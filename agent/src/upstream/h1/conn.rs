@@ -8,8 +8,8 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf as _, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header, request::Parts};
+use bytes::{Buf as _, BytesMut};
+use http::{HeaderMap, HeaderValue, StatusCode, Version, header, request::Parts};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -17,7 +17,10 @@ use tokio::{
 use tokio_rustls::client::TlsStream;
 
 use super::Key;
-use crate::wire::fields::{self, Fields};
+use crate::wire::{
+    fields::{self, Fields},
+    head::{Copied, FieldError},
+};
 
 pub use crate::wire::MAX_FIELDS as MAX_HEADERS;
 
@@ -301,23 +304,15 @@ fn parse(buf: &mut BytesMut, head_request: bool, max: usize) -> Result<Option<He
         .reason
         .filter(|r| !r.is_empty() && Some(*r) != status.canonical_reason())
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
-    let base = buf.as_ptr() as usize;
-    let head = Bytes::copy_from_slice(&buf[..n]);
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
     let mut framing = Fields::default();
-    for h in r.headers.iter() {
-        let name = h.name;
-        framing.scan(name, h.value).map_err(|e| match e {
-            fields::Error::ConflictingLength => HeadError::ConflictingLength,
-            fields::Error::BadLength => HeadError::BadLength,
-            fields::Error::Coding => HeadError::Coding,
+    let mut headers = Copied::new(buf, n)
+        .headers(r.headers, &mut framing)
+        .map_err(|e| match e {
+            FieldError::Invalid => HeadError::InvalidField,
+            FieldError::Framing(fields::Error::ConflictingLength) => HeadError::ConflictingLength,
+            FieldError::Framing(fields::Error::BadLength) => HeadError::BadLength,
+            FieldError::Framing(fields::Error::Coding) => HeadError::Coding,
         })?;
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeadError::InvalidField)?;
-        let at = h.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
-            .map_err(|_| HeadError::InvalidField)?;
-        headers.append(name, value);
-    }
     buf.advance(n);
     let Fields {
         length,
