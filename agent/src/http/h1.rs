@@ -236,13 +236,18 @@ async fn exchange(
             (ClientBody::H1(body), Reading::Body(rx))
         }
     };
-    let handled = pipeline::handle(
-        ctx,
-        conn,
-        http::Request::from_parts(parts, body),
-        InFlight::enter(activity),
-    );
-    let Some(response) = watched(handled, &mut reading, io, buf, max).await else {
+    // Pinned here and lent to `watched`: a future moved by value is copied whole, and the
+    // pipeline's is kilobytes. Its block ends its storage before the response is written.
+    let response = {
+        let handled = std::pin::pin!(pipeline::handle(
+            ctx,
+            conn,
+            http::Request::from_parts(parts, body),
+            InFlight::enter(activity),
+        ));
+        watched(handled, &mut reading, io, buf, max).await
+    };
+    let Some(response) = response else {
         return Next::Gone;
     };
     // The pipeline may have read the body to its end, or dropped it unread, in the poll that
@@ -253,8 +258,11 @@ async fn exchange(
     // Only a connection whose next request is known to start in `buf` stays open.
     let keep = keep_alive && !ctx.shutdown.is_cancelled() && matches!(reading, Reading::Here);
     let (framing, keep) = write::head(out, &mut parts, &body, asked, keep);
-    let written = write::body(io, out, &mut body, framing);
-    let Some(written) = watched(written, &mut reading, io, buf, max).await else {
+    let written = {
+        let written = std::pin::pin!(write::body(io, out, &mut body, framing));
+        watched(written, &mut reading, io, buf, max).await
+    };
+    let Some(written) = written else {
         return Next::Gone;
     };
     if let Err(e) = written {
@@ -279,17 +287,16 @@ async fn exchange(
 /// Runs `fut` while watching the client: the read buffer is taken back when the body ends,
 /// and a client that goes away ends the wait (`None`).
 async fn watched<F: std::future::Future>(
-    fut: F,
+    mut fut: std::pin::Pin<&mut F>,
     reading: &mut Reading,
     io: &TcpStream,
     buf: &mut BytesMut,
     max: usize,
 ) -> Option<F::Output> {
-    tokio::pin!(fut);
     loop {
         let back = tokio::select! {
             biased;
-            r = &mut fut => return Some(r),
+            r = fut.as_mut() => return Some(r),
             back = reading.back() => back,
             () = socket::closed(io, buf, max), if matches!(reading, Reading::Here) => return None,
         };

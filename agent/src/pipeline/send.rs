@@ -133,17 +133,16 @@ pub async fn send(ctx: &Ctx, conn: &Conn, fwd: Forward) -> Result<Upstream, Refu
         let Some(head) = head else { break };
         let req = http::Request::from_parts(head, b);
         let sent = match switch {
-            Some(s) => ctx
-                .http
-                .switch(
-                    &auth,
-                    conn.netns.as_ref(),
-                    tls,
-                    req.map(Payload::into_body),
-                    s,
-                )
-                .await
-                .map(Upstream::Switched),
+            // Boxed, as rare and large (hyper's client): the common path's future stays small.
+            Some(s) => Box::pin(ctx.http.switch(
+                &auth,
+                conn.netns.as_ref(),
+                tls,
+                req.map(Payload::into_body),
+                s,
+            ))
+            .await
+            .map(Upstream::Switched),
             None => ctx
                 .http
                 .send(&auth, conn.netns.as_ref(), tls, req, grpc)

@@ -344,7 +344,9 @@ impl Pool {
                 Err((source, _)) => return Err(write_err(source)),
             }
         }
-        let io = self.dial(authority, ns, tls).await?;
+        // Boxed: a dial (TLS handshake included) is rare on a kept-alive pool, and its
+        // future would otherwise size every request's.
+        let io = Box::pin(self.dial(authority, ns, tls)).await?;
         let mut c = Conn {
             io,
             buf: BytesMut::with_capacity(8192),

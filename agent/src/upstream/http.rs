@@ -157,36 +157,49 @@ impl Client {
     ) -> Result<Response<Body>, Error> {
         strip_hop_by_hop(req.headers_mut(), grpc);
         if grpc {
-            // A streaming call's messages keep its response from counting as silent.
-            let sent = matches!(req.body(), Payload::Stream(_)).then(Sent::default);
-            let mut req = req.map(|p| match (p, &sent) {
-                (Payload::Stream(b), Some(s)) => Counted::new(b, s.clone()).boxed(),
-                (p, _) => p.into_body(),
-            });
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_string();
-            if let Ok(uri) = format!("http://{authority}{pq}").parse::<Uri>() {
-                *req.uri_mut() = uri;
-            }
-            *req.version_mut() = Version::HTTP_2;
-            // The pooled client dials cleartext from the agent's namespace only.
-            let resp = if ns.is_some() || tls.is_some() {
-                self.h2_from(ns.map(|n| &**n), tls, authority, req).await?
-            } else {
-                // Dropped at the deadline, the call's stream is reset; the connection
-                // carries the other calls on it.
-                self.within_head(authority, self.h2.request(req))
-                    .await?
-                    .map_err(Error::H2)?
-            };
-            return Ok(self.incoming(resp, authority, sent));
+            // Boxed: hyper's HTTP/2 futures are kilobytes, and every HTTP/1.1 request's
+            // future would otherwise be as large (and copied as large).
+            return Box::pin(self.grpc(authority, ns, tls, req)).await;
         }
         pin_host(&mut req, authority, tls);
         h1_form(&mut req, authority, true);
         Ok(self.h1.send(authority, ns, tls, req).await?)
+    }
+
+    /// A gRPC call, over HTTP/2.
+    async fn grpc(
+        &self,
+        authority: &str,
+        ns: Option<&Arc<Served>>,
+        tls: Option<&Origin>,
+        req: Request<Payload>,
+    ) -> Result<Response<Body>, Error> {
+        // A streaming call's messages keep its response from counting as silent.
+        let sent = matches!(req.body(), Payload::Stream(_)).then(Sent::default);
+        let mut req = req.map(|p| match (p, &sent) {
+            (Payload::Stream(b), Some(s)) => Counted::new(b, s.clone()).boxed(),
+            (p, _) => p.into_body(),
+        });
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        if let Ok(uri) = format!("http://{authority}{pq}").parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = Version::HTTP_2;
+        // The pooled client dials cleartext from the agent's namespace only.
+        let resp = if ns.is_some() || tls.is_some() {
+            self.h2_from(ns.map(|n| &**n), tls, authority, req).await?
+        } else {
+            // Dropped at the deadline, the call's stream is reset; the connection
+            // carries the other calls on it.
+            self.within_head(authority, self.h2.request(req))
+                .await?
+                .map_err(Error::H2)?
+        };
+        Ok(self.incoming(resp, authority, sent))
     }
 
     /// `response` unless the upstream's head takes longer than `upstream_head_timeout_ms`.

@@ -190,7 +190,9 @@ pub async fn body(
                 stage(io, out, data, b"\r\n").await?;
             }
         }
-        if out.len() >= STAGE_UP_TO {
+        // A body whose declared length is all here goes out now: polling its end (which
+        // finishes the request's record and pools the upstream connection) comes after.
+        if out.len() >= STAGE_UP_TO || matches!(framing, Framing::Length(d) if sent == d) {
             flush(io, out, None).await?;
         }
     }
