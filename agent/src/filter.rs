@@ -107,6 +107,9 @@ pub struct RequestEnd {
     pub record: record::Guard,
     /// Marks the request in flight on its connection (the idle timer does not run).
     pub in_flight: Option<crate::http::InFlight>,
+    /// The request's parsed body, freed with the end rather than before the response's
+    /// head: a tree's frees are then on no request's path.
+    pub json: Option<serde_json::Value>,
 }
 
 enum State {

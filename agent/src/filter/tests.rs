@@ -57,6 +57,7 @@ pub(super) async fn body(
             RequestEnd {
                 record: g,
                 in_flight: None,
+                json: None,
             },
         ),
         rx,

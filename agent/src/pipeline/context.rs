@@ -151,6 +151,7 @@ impl Request {
             end: RequestEnd {
                 record,
                 in_flight: Some(in_flight),
+                json: None,
             },
         }
     }
@@ -170,7 +171,8 @@ impl Request {
     }
 
     /// Hands the end of the request (record, in-flight mark) to the response body.
-    pub fn into_end(self) -> RequestEnd {
+    pub fn into_end(mut self) -> RequestEnd {
+        self.end.json = self.json.take();
         self.end
     }
 }

@@ -369,6 +369,62 @@ async fn stream_chunks_are_written_as_they_come() {
     assert!(writer.await.expect("joined").is_ok());
 }
 
+/// A body whose declared length has all arrived is written before its end is polled: the
+/// end (the record's finish, the upstream connection back to its pool) runs after the
+/// client has the response, not before it. The body here looks, at its end, whether the
+/// client's socket already holds the bytes.
+#[tokio::test]
+async fn a_body_whose_declared_length_is_here_goes_out_before_its_end() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct SeesClient {
+        data: Option<Bytes>,
+        client: std::net::TcpStream,
+        had_it: Arc<AtomicBool>,
+    }
+    impl http_body::Body for SeesClient {
+        type Data = Bytes;
+        type Error = respond::BodyError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, respond::BodyError>>> {
+            if let Some(d) = self.data.take() {
+                return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(d))));
+            }
+            let mut b = [0u8; 256];
+            let had = self.client.peek(&mut b).is_ok_and(|n| n > 0);
+            self.had_it.store(had, Ordering::SeqCst);
+            std::task::Poll::Ready(None)
+        }
+    }
+    let (client, server) = pair().await;
+    let client = client.into_std().expect("std");
+    client.set_nonblocking(true).expect("nonblocking");
+    let had_it = Arc::new(AtomicBool::new(false));
+    let mut body = SeesClient {
+        data: Some(Bytes::from_static(b"all of it")),
+        client: client.try_clone().expect("clone"),
+        had_it: had_it.clone(),
+    }
+    .boxed();
+    let (mut parts, _) = response(200, &[("content-length", "9")], respond::full(Bytes::new()));
+    let mut out = Vec::new();
+    let (framing, _) = write::head(
+        &mut out,
+        &mut parts,
+        &body,
+        asked(Method::POST, Version::HTTP_11),
+        true,
+    );
+    assert!(matches!(framing, Framing::Length(9)), "{framing:?}");
+    let r = write::body(&server, &mut out, &mut body, framing).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert!(
+        had_it.load(Ordering::SeqCst),
+        "the body's end was polled before the client had the response"
+    );
+}
+
 /// A body longer than its declared length is cut, never passed on past it.
 #[tokio::test]
 async fn a_body_longer_than_declared_is_an_error() {

@@ -42,6 +42,7 @@ pub fn filter_cost(n: usize) {
             RequestEnd {
                 record: guard,
                 in_flight: None,
+                json: None,
             },
         );
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
