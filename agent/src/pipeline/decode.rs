@@ -17,6 +17,9 @@ use crate::{
     respond::Refusal,
 };
 
+mod skim;
+pub use skim::Roots;
+
 /// Decodes the request path's percent-escapes exactly once and returns the path that
 /// classification and policy use (the request itself is forwarded with its original bytes).
 ///
@@ -173,19 +176,23 @@ pub fn body(
     headers: &HeaderMap,
     bytes: &[u8],
 ) -> Result<Option<Value>, Refusal> {
-    body_metered(server, method, path, headers, bytes, &|_| Ok(()))
+    body_metered(server, method, path, headers, bytes, &Roots::All, &|_| {
+        Ok(())
+    })
 }
 
 /// `body`, with the memory its parsed JSON takes charged as it grows: `grow` gets the
 /// estimated size of the tree so far every `METER_STEP` values and may stop the parse with
 /// its refusal (a body of tiny values, `[0,0,0,…]`, is some 20 times larger parsed than
-/// raw, and the body budget must hold what is really in memory).
+/// raw, and the body budget must hold what is really in memory). Top-level fields outside
+/// `roots` are checked whole but not built (`skim.rs`).
 pub fn body_metered(
     server: Server,
     method: &str,
     path: &str,
     headers: &HeaderMap,
     bytes: &[u8],
+    roots: &Roots,
     grow: &dyn Fn(usize) -> Result<(), Refusal>,
 ) -> Result<Option<Value>, Refusal> {
     if bytes.is_empty() {
@@ -204,7 +211,7 @@ pub fn body_metered(
         None => bytes,
     };
     let keys = adapter::key_match(server);
-    let value = parse_json_metered(json, keys, grow).map_err(|e| match e {
+    let value = parse_json_pruned(json, keys, roots, grow).map_err(|e| match e {
         JsonError::Stopped(refusal) => refusal,
         JsonError::Syntax(e) => Refusal::client(
             StatusCode::BAD_REQUEST,
@@ -465,6 +472,17 @@ pub fn parse_json_metered(
     keys: KeyMatch,
     grow: &dyn Fn(usize) -> Result<(), Refusal>,
 ) -> Result<Value, JsonError> {
+    parse_json_pruned(bytes, keys, &Roots::All, grow)
+}
+
+/// `parse_json_metered`, building only the top-level fields in `roots` in full: the others
+/// are checked as thoroughly and stand as what the adapters read of them (`skim.rs`).
+pub fn parse_json_pruned(
+    bytes: &[u8],
+    keys: KeyMatch,
+    roots: &Roots,
+    grow: &dyn Fn(usize) -> Result<(), Refusal>,
+) -> Result<Value, JsonError> {
     let stop = RefCell::new(None);
     let meter = Meter {
         values: Cell::new(0),
@@ -475,6 +493,7 @@ pub fn parse_json_metered(
         keys,
         stop: &stop,
         meter: &meter,
+        roots: Some(roots),
     }
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v));
@@ -502,6 +521,8 @@ struct Seed<'a> {
     keys: KeyMatch,
     stop: &'a RefCell<Option<Stop>>,
     meter: &'a Meter<'a>,
+    /// At the root only: which of an object's fields are built in full.
+    roots: Option<&'a Roots>,
 }
 
 impl Seed<'_> {
@@ -566,8 +587,12 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let within = Seed {
+            roots: None,
+            ..self
+        };
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(self)? {
+        while let Some(v) = seq.next_element_seed(within)? {
             out.push(v);
         }
         Ok(Value::Array(out))
@@ -579,6 +604,11 @@ impl<'de> Visitor<'de> for Seed<'_> {
         // both keys in a refusal. Looked at only when a collision is found; a key already in
         // canonical form (every key of a well-behaved client) costs nothing here.
         let mut spelled: Vec<(String, String)> = Vec::new();
+        let within = Seed {
+            roots: None,
+            ..self
+        };
+        let scratch: skim::Scratch<'de> = RefCell::new(Vec::new());
         while let Some(key) = map.next_key::<String>()? {
             self.count(2)?;
             let folded = match self.keys.canonical(&key) {
@@ -598,7 +628,14 @@ impl<'de> Visitor<'de> for Seed<'_> {
                     Some(Stop::Collision(first, written.unwrap_or(canonical)));
                 return Err(de::Error::custom("colliding keys"));
             }
-            let value = map.next_value_seed(self)?;
+            let value = match self.roots {
+                Some(roots) if !roots.builds(&canonical) => map.next_value_seed(skim::Skim {
+                    seed: within,
+                    scratch: &scratch,
+                    top: true,
+                })?,
+                _ => map.next_value_seed(within)?,
+            };
             if let Some(w) = written {
                 spelled.push((canonical.clone(), w));
             }

@@ -146,6 +146,7 @@ fn json(
         &rq.path,
         &rq.parts.headers,
         bytes,
+        &rq.policy.body_roots,
         grow,
     )
 }

@@ -278,6 +278,11 @@ impl Masking {
         self.custom.len()
     }
 
+    /// The rules' `match:`, compiled as policy rules are.
+    pub(super) fn selectors(&self) -> impl Iterator<Item = &super::pack::Rule> {
+        self.selectors.iter()
+    }
+
     /// The custom detectors' names, in load order.
     pub fn custom_names(&self) -> impl Iterator<Item = &str> {
         self.custom.iter().map(|(d, _)| d.name())

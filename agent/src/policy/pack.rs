@@ -257,6 +257,10 @@ pub struct Policy {
     pub(super) index: Index,
     /// Detectors and masking rules of every pack, compiled once all are loaded.
     pub masking: super::masking::Masking,
+    /// The top-level body fields the rules' and masking rules' `body:` pointers read into:
+    /// a request body's other fields are not built (`pipeline::decode::Roots`). Every field
+    /// until the packs are loaded.
+    pub body_roots: crate::pipeline::decode::Roots,
 }
 
 impl Policy {
@@ -319,7 +323,16 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Policy, Error> {
     }
     policy.index = Index::build(&policy.rules);
     policy.masking.finish()?;
+    policy.body_roots = body_roots(&policy);
     Ok(policy)
+}
+
+/// The top-level fields every `body:` pointer of `p`'s rules and masking rules starts with.
+fn body_roots(p: &Policy) -> crate::pipeline::decode::Roots {
+    let rules = p.rules.iter().chain(p.masking.selectors());
+    crate::pipeline::decode::Roots::of(
+        rules.flat_map(|r| r.body.iter().map(|(ptr, _)| ptr.as_str())),
+    )
 }
 
 /// Files to load for one configured path, in a stable order.
@@ -364,6 +377,7 @@ pub fn parse_pack(text: &str, origin: &Path) -> Result<Policy, Error> {
     parse(text, origin, &mut policy, &mut HashSet::new())?;
     policy.index = Index::build(&policy.rules);
     policy.masking.finish()?;
+    policy.body_roots = body_roots(&policy);
     Ok(policy)
 }
 

@@ -261,6 +261,54 @@ pub fn policy_cost(n: usize) -> Result<()> {
         "policy decision (classify + evaluate, {} rules): {per:.0} ns/request; JSON body parse: {parse:.0} ns ({allowed}/{n} allowed)",
         policy.rule_count()
     );
+    body_read_cost(&policy, n / 10)
+}
+
+/// The request body read as the pipeline reads it (`decode::body_metered`: colliding keys
+/// refused at every level), for the bench's chat and for a 20-message conversation: every
+/// field built, and with the loaded packs' `body:` roots (`decode::Roots`), which build the
+/// top-level scalars and the lengths of the lists.
+fn body_read_cost(policy: &sluice::policy::Policy, n: usize) -> Result<()> {
+    use sluice::{adapter::Server, pipeline::decode};
+    let messages: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"role":"{}","content":"{}"}}"#,
+                if i % 2 == 0 { "user" } else { "assistant" },
+                "Tell me more about the weather in a city, with some detail. ".repeat(3)
+            )
+        })
+        .collect();
+    let long = format!(
+        r#"{{"model":"test-model","temperature":0.2,"messages":[{}]}}"#,
+        messages.join(",")
+    );
+    let headers = http::HeaderMap::new();
+    let mut out = Vec::new();
+    for (name, body) in [("chat", CHAT.to_string()), ("20-message chat", long)] {
+        for (how, roots) in [
+            ("all fields built", &decode::Roots::All),
+            ("the packs' roots", &policy.body_roots),
+        ] {
+            let t0 = Instant::now();
+            for _ in 0..n {
+                let v = decode::body_metered(
+                    Server::Openai,
+                    "POST",
+                    "/v1/chat/completions",
+                    &headers,
+                    body.as_bytes(),
+                    roots,
+                    &|_| Ok(()),
+                )
+                .map_err(|r| anyhow::anyhow!(r.message))?;
+                std::hint::black_box(v);
+            }
+            let ns = t0.elapsed().as_secs_f64() * 1e9 / n as f64;
+            out.push(format!("{name} ({} bytes), {how}: {ns:.0} ns", body.len()));
+        }
+    }
+    println!("request body read: {}", out.join("; "));
     Ok(())
 }
 
