@@ -206,7 +206,32 @@ pub fn scrape_metrics(port: u16) -> String {
     out
 }
 
+/// A loopback port that is free now (on 127.0.0.1 and ::1), taken below the kernel's
+/// ephemeral range: a port the kernel handed out (bind to 0) could be given to any client
+/// socket the tests connect before the agent binds it, which happened.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(FIRST).max(1);
+    // Spread by process (the test binaries run one at a time, but a leftover agent may hold
+    // a port), then one after another within it.
+    let start = std::process::id().wrapping_mul(7_919);
+    let v6 = TcpListener::bind(("::1", 0)).is_ok();
+    for _ in 0..span.min(2_000) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(FIRST + start.wrapping_add(n) % span) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && (!v6 || TcpListener::bind(("::1", port)).is_ok())
+        {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
