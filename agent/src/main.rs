@@ -567,6 +567,7 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
                 &method,
                 &path,
                 body.as_deref().map(str::as_bytes),
+                &p.body_roots,
             ) {
                 Ok(read) => read,
                 Err(r) => {

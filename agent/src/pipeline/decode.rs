@@ -97,12 +97,14 @@ pub fn request_target(server: Server, method: &str, uri: &http::Uri) -> Result<S
 /// A sample request read the way the pipeline reads a live one (path and query, then the
 /// body as `server` parses it), for the offline tools (`sluice policy test` and `explain`):
 /// a case must see what a live request would, folded keys and refusals included. The body is
-/// JSON text; `Err` is the refusal a live request would get before policy.
+/// JSON text; `Err` is the refusal a live request would get before policy. `roots` are the
+/// loaded packs' (`Policy::body_roots`), so a case reads the body as live traffic does.
 pub fn sample(
     server: Server,
     method: &str,
     target: &str,
     body: Option<&[u8]>,
+    roots: &Roots,
 ) -> Result<(String, Option<Value>), Refusal> {
     let uri: http::Uri = target.parse().map_err(|e| {
         Refusal::client(
@@ -118,7 +120,7 @@ pub fn sample(
         http::HeaderValue::from_static("application/json"),
     );
     let json = match body {
-        Some(bytes) => self::body(server, method, &path, &headers, bytes)?,
+        Some(bytes) => body_metered(server, method, &path, &headers, bytes, roots, &|_| Ok(()))?,
         None => None,
     };
     Ok((path, json))

@@ -320,6 +320,7 @@ pub fn run_case(policy: &Policy, file: &Path) -> Outcome {
         &method,
         &case.request.path,
         body.as_deref(),
+        &policy.body_roots,
     ) {
         Ok(read) => read,
         // Refused before policy: what the client gets is a refusal, which a case states

@@ -144,7 +144,8 @@ impl<'de> Visitor<'de> for Skim<'_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let within = Skim { top: false, ..self };
         let start = self.scratch.borrow().len();
-        let mut many: Option<HashMap<Cow<'de, str>, usize, foldhash::fast::RandomState>> = None;
+        // std's SipHash, not a fast hash: the keys are the client's to choose.
+        let mut many: Option<HashMap<Cow<'de, str>, usize>> = None;
         let result = (|| {
             while let Some(key) = map.next_key_seed(Key)? {
                 self.seed.count(2)?;
