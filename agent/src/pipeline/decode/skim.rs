@@ -146,55 +146,49 @@ impl<'de> Visitor<'de> for Skim<'_, 'de> {
         let start = self.scratch.borrow().len();
         // std's SipHash, not a fast hash: the keys are the client's to choose.
         let mut many: Option<HashMap<Cow<'de, str>, usize>> = None;
-        let result = (|| {
-            while let Some(key) = map.next_key_seed(Key)? {
-                self.seed.count(2)?;
-                let written = key.clone();
-                let canonical = match key {
-                    Cow::Borrowed(k) => self.seed.keys.canonical(k),
-                    Cow::Owned(k) => Cow::Owned(self.seed.keys.canonical(&k).into_owned()),
-                };
-                let first = {
-                    let keys = self.scratch.borrow();
-                    let ours = keys.get(start..).unwrap_or_default();
-                    if ours.len() == LINEAR && many.is_none() {
-                        many = Some(
-                            ours.iter()
-                                .enumerate()
-                                .map(|(i, (c, _))| (c.clone(), start + i))
-                                .collect(),
-                        );
-                    }
-                    let at = match &many {
-                        Some(m) => m.get(&canonical).copied(),
-                        None => ours
-                            .iter()
-                            .position(|(c, _)| *c == canonical)
-                            .map(|i| start + i),
-                    };
-                    at.and_then(|i| keys.get(i)).map(|(_, w)| w.to_string())
-                };
-                if let Some(first) = first {
-                    *self.seed.stop.borrow_mut() =
-                        Some(Stop::Collision(first, written.into_owned()));
-                    return Err(de::Error::custom("colliding keys"));
+        while let Some(key) = map.next_key_seed(Key)? {
+            self.seed.count(2)?;
+            let written = key.clone();
+            let canonical = match key {
+                Cow::Borrowed(k) => self.seed.keys.canonical(k),
+                Cow::Owned(k) => Cow::Owned(self.seed.keys.canonical(&k).into_owned()),
+            };
+            let first = {
+                let keys = self.scratch.borrow();
+                let ours = keys.get(start..).unwrap_or_default();
+                if ours.len() == LINEAR && many.is_none() {
+                    many = Some(
+                        ours.iter()
+                            .enumerate()
+                            .map(|(i, (c, _))| (c.clone(), start + i))
+                            .collect(),
+                    );
                 }
-                if let Some(m) = many.as_mut() {
-                    m.insert(canonical.clone(), self.scratch.borrow().len());
-                }
-                self.scratch.borrow_mut().push((canonical, written));
-                map.next_value_seed(within)?;
+                let at = match &many {
+                    Some(m) => m.get(&canonical).copied(),
+                    None => ours
+                        .iter()
+                        .position(|(c, _)| *c == canonical)
+                        .map(|i| start + i),
+                };
+                at.and_then(|i| keys.get(i)).map(|(_, w)| w.to_string())
+            };
+            if let Some(first) = first {
+                *self.seed.stop.borrow_mut() = Some(Stop::Collision(first, written.into_owned()));
+                return Err(de::Error::custom("colliding keys"));
             }
-            Ok(())
-        })();
-        // This object's keys are done with, whether it ended or stopped the parse.
+            if let Some(m) = many.as_mut() {
+                m.insert(canonical.clone(), self.scratch.borrow().len());
+            }
+            self.scratch.borrow_mut().push((canonical, written));
+            map.next_value_seed(within)?;
+        }
+        // This object's keys are done with. (A parse that stops drops the whole scratch.)
         self.scratch.borrow_mut().truncate(start);
-        result.map(|()| {
-            if self.top {
-                Value::Object(serde_json::Map::new())
-            } else {
-                Value::Null
-            }
+        Ok(if self.top {
+            Value::Object(serde_json::Map::new())
+        } else {
+            Value::Null
         })
     }
 }
