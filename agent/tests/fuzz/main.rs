@@ -264,7 +264,9 @@ fn decode_path() {
 }
 
 /// Request bodies as the pipeline reads them (`decode::body`), for every server and route:
-/// never panics, deterministic, and what it accepts decides the same as itself re-encoded.
+/// never panics, deterministic, and what it accepts decides the same as itself re-encoded;
+/// read with the shipped packs' `body:` roots (unread fields skimmed, as live traffic is
+/// read), it is refused with the same message or decides the same.
 #[test]
 fn decode_body() {
     let headers = http::HeaderMap::new();
@@ -282,6 +284,25 @@ fn decode_body() {
             };
             let first = read(text.as_bytes());
             prop_assert_eq!(&first, &read(text.as_bytes()), "not deterministic");
+            let pruned = sluice::pipeline::decode::body_metered(
+                server,
+                "POST",
+                path,
+                &headers,
+                text.as_bytes(),
+                &SHIPPED.body_roots,
+                &|_| Ok(()),
+            )
+            .map_err(|r| r.message);
+            match (&first, &pruned) {
+                (Ok(full), Ok(pruned)) => prop_assert_eq!(
+                    decide(&SHIPPED, server, "POST", path, full.as_ref()),
+                    decide(&SHIPPED, server, "POST", path, pruned.as_ref()),
+                    "the skimmed read decides otherwise"
+                ),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b, "refused otherwise when skimmed"),
+                _ => prop_assert!(false, "only one read refused: {:?} {:?}", first, pruned),
+            }
             if let Ok(Some(v)) = first {
                 let d = decide(&SHIPPED, server, "POST", path, Some(&v));
                 let again = read(v.to_string().as_bytes());
