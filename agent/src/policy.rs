@@ -12,6 +12,7 @@ pub mod approval;
 pub mod cases;
 pub mod container;
 mod eval;
+mod fold;
 mod grants;
 mod index;
 pub mod masking;

@@ -633,6 +633,69 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An Ollama body's keys are read folded (Go matches them case-insensitively), and so
+    /// is a pointer written with capitals: before, `/Options/Num_Ctx` never matched there.
+    /// An exact-key server's body is not folded, so there the pointer still means what it
+    /// says.
+    #[test]
+    fn pointers_with_capitals_match_a_case_folding_servers_body() {
+        let dir = std::env::temp_dir().join(format!("sluice-cases-fold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cases")).expect("dir");
+        std::fs::write(
+            dir.join("pack.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: all\n      action: allow\n      match: {}\n    - id: big-ctx\n      action: deny\n      match: {body: {/Options/Num_Ctx: 4096}}\n",
+        )
+        .expect("write pack");
+        let case = |server: &str, path: &str, options: &str, decision: &str, rule: &str| {
+            format!(
+                "description: x\nserver: {server}\nrequest: {{method: POST, path: {path}, body: {{model: m, {options}}}}}\nexpect: {{decision: {decision}, rules: [{rule}]}}\n"
+            )
+        };
+        let chat = "/api/chat";
+        let cases = [
+            case(
+                "ollama",
+                chat,
+                "options: {num_ctx: 4096}",
+                "deny",
+                "big-ctx",
+            ),
+            case(
+                "ollama",
+                chat,
+                "OPTIONS: {NUM_CTX: 4096}",
+                "deny",
+                "big-ctx",
+            ),
+            case("ollama", chat, "options: {num_ctx: 2048}", "allow", "all"),
+            case(
+                "openai",
+                "/v1/chat/completions",
+                "options: {num_ctx: 4096}",
+                "allow",
+                "all",
+            ),
+            case(
+                "openai",
+                "/v1/chat/completions",
+                "Options: {Num_Ctx: 4096}",
+                "deny",
+                "big-ctx",
+            ),
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            std::fs::write(dir.join(format!("cases/{i}.yaml")), text).expect("case");
+        }
+        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
+        let failures: Vec<_> = outcomes.iter().filter_map(|o| o.failure.clone()).collect();
+        assert_eq!(
+            (outcomes.len(), failures),
+            (cases.len(), Vec::<String>::new())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A temporary pack directory with one rule `only-rule` and the given case files.
     fn pack_with_cases(tag: &str, cases: &[(&str, &str)]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sluice-cases-{tag}-{}", std::process::id()));

@@ -294,16 +294,26 @@ impl Rule {
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == f.method))
             && self.paths.as_ref().is_none_or(|g| g.is_match(f.path))
             && self.streaming.is_none_or(|s| s == op.streaming)
-            && self
-                .body
-                .iter()
-                .all(|(ptr, want)| f.body.and_then(|b| b.pointer(ptr)) == Some(want))
+            && self.matches_body(f)
             && self.matches_workload(f.workload)
             && self.matches_identity(f.identity)
             && self
                 .switches
                 .as_ref()
                 .is_none_or(|s| f.switch.is_some_and(|w| s.contains(&w)))
+    }
+
+    /// Every `body:` pointer finds its value, read as the server reads the body: a
+    /// case-folding server's keys are folded, and so are the pointers that look into them.
+    fn matches_body(&self, f: &Facts<'_>) -> bool {
+        let found =
+            |ptr: &str, want: &serde_json::Value| f.body.and_then(|b| b.pointer(ptr)) == Some(want);
+        match (&self.body_folded, crate::adapter::key_match(f.server)) {
+            (Some(folded), crate::adapter::keys::KeyMatch::GoFold) => folded
+                .iter()
+                .all(|(ptr, want)| want.as_ref().is_some_and(|w| found(ptr, w))),
+            _ => self.body.iter().all(|(ptr, want)| found(ptr, want)),
+        }
     }
 
     /// Rules without identity matchers match any caller; with them, a request without a

@@ -206,6 +206,9 @@ pub struct Rule {
     pub(super) methods: Vec<String>,
     pub(super) paths: Option<Globs>,
     pub(super) body: Vec<(String, serde_json::Value)>,
+    /// `body` as a case-folding server's parsed body holds it (`fold.rs`); `None` when the
+    /// same.
+    pub(super) body_folded: Option<Vec<(String, Option<serde_json::Value>)>>,
     pub(super) streaming: Option<bool>,
     pub(super) uids: Vec<u32>,
     pub(super) gids: Vec<u32>,
@@ -330,9 +333,11 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Policy, Error> {
 /// The top-level fields every `body:` pointer of `p`'s rules and masking rules starts with.
 fn body_roots(p: &Policy) -> crate::pipeline::decode::Roots {
     let rules = p.rules.iter().chain(p.masking.selectors());
-    crate::pipeline::decode::Roots::of(
-        rules.flat_map(|r| r.body.iter().map(|(ptr, _)| ptr.as_str())),
-    )
+    // A folded pointer reads a case-folding server's folded keys (`fold.rs`).
+    crate::pipeline::decode::Roots::of(rules.flat_map(|r| {
+        let folded = r.body_folded.iter().flatten().map(|(ptr, _)| ptr.as_str());
+        r.body.iter().map(|(ptr, _)| ptr.as_str()).chain(folded)
+    }))
 }
 
 /// Files to load for one configured path, in a stable order.
@@ -479,6 +484,7 @@ pub(super) fn compile(
         .any(|l| l.as_ref().is_some_and(Vec::is_empty))
         || id.claims.as_ref().is_some_and(BTreeMap::is_empty);
     let subjects = id.subjects.unwrap_or_default();
+    let body: Vec<(String, serde_json::Value)> = w.body.into_iter().collect();
     let container_ids: Vec<String> = w.workload.container_ids.into_iter().map(|p| p.0).collect();
     let pod_uids: Vec<String> = w.workload.pod_uids.into_iter().map(|p| p.0).collect();
     let rule = Rule {
@@ -497,7 +503,8 @@ pub(super) fn compile(
         except_models: ModelGlobs::new(&w.except_models).map_err(invalid)?,
         methods: w.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
         paths: globs(&w.paths, true).map_err(invalid)?,
-        body: w.body.into_iter().collect(),
+        body_folded: super::fold::folded(&body),
+        body,
         streaming: w.streaming,
         uids: w.workload.uids,
         gids: w.workload.gids,
