@@ -29,23 +29,32 @@ pub async fn run(mut rx: mpsc::Receiver<Record>, audit: Option<crate::audit::Han
     // Waits (registered with the queue, so the next sender wakes it) only when quiet.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut quiet = std::time::Duration::ZERO;
+        // How long the last wait for more records was.
+        let mut waited = std::time::Duration::ZERO;
         loop {
-            let full = batch.len() == BATCH;
-            write(&mut batch, &mut lines, &audit).await;
-            // A full batch means more are waiting: take them now.
-            if !full {
-                tokio::time::sleep(GATHER).await;
-            }
-            let open = take_ready(&mut rx, &mut batch);
-            if !batch.is_empty() {
-                quiet = std::time::Duration::ZERO;
-            } else if !open {
-                return;
-            } else {
-                quiet += GATHER;
+            if batch.is_empty() {
+                quiet += waited;
                 if quiet >= LINGER {
                     break;
                 }
+            } else {
+                quiet = std::time::Duration::ZERO;
+            }
+            let full = batch.len() == BATCH;
+            if !batch.is_empty() {
+                write(&mut batch, &mut lines, &audit).await;
+            }
+            if full {
+                // More are waiting: take them now, but let the runtime's other tasks (the
+                // admin socket, reloads, the drain) run between batches of a long backlog.
+                tokio::task::yield_now().await;
+                waited = std::time::Duration::ZERO;
+            } else {
+                tokio::time::sleep(GATHER).await;
+                waited = GATHER;
+            }
+            if !take_ready(&mut rx, &mut batch) {
+                return;
             }
         }
     }
@@ -148,7 +157,7 @@ mod tests {
     /// every sender gone it ends, having taken every record.
     #[tokio::test(start_paused = true)]
     async fn records_are_taken_on_the_writers_clock_while_they_come_and_it_ends_with_its_senders() {
-        let mut recs = records(3).await;
+        let mut recs = records(4).await;
         let (tx, rx) = mpsc::channel(16);
         let task = tokio::spawn(run(rx, None));
         let settle = || async {
@@ -168,6 +177,19 @@ mod tests {
         tokio::time::advance(GATHER).await;
         settle().await;
         assert_eq!(tx.capacity(), 16, "taken at the tick");
+        // A tick with nothing to take: still on its clock, so still nobody is woken.
+        tokio::time::advance(GATHER).await;
+        settle().await;
+        tx.send(recs.remove(0)).await.expect("open");
+        settle().await;
+        assert_eq!(
+            tx.capacity(),
+            15,
+            "left for the next tick after a quiet one"
+        );
+        tokio::time::advance(GATHER).await;
+        settle().await;
+        assert_eq!(tx.capacity(), 16, "taken at that tick");
         // Quiet past LINGER: waiting again, so a record is taken at once.
         for _ in 0..(LINGER.as_millis() / GATHER.as_millis() + 2) {
             tokio::time::advance(GATHER).await;
@@ -179,6 +201,35 @@ mod tests {
         drop(tx);
         tokio::time::advance(GATHER).await;
         tokio::time::timeout(LINGER, task)
+            .await
+            .expect("ends with its senders")
+            .expect("no panic");
+    }
+
+    /// A backlog is taken a batch at a time, with the runtime's other tasks run between
+    /// batches (they share its thread: the admin socket, reloads, the drain).
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_leaves_room_for_the_runtimes_other_tasks() {
+        let recs = records(4 * BATCH).await;
+        let (tx, rx) = mpsc::channel(4 * BATCH);
+        for r in recs {
+            tx.send(r).await.expect("open");
+        }
+        let writer = tokio::spawn(run(rx, None));
+        let seen = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.capacity() }
+        });
+        let free = seen.await.expect("ran");
+        assert!(
+            free < 4 * BATCH,
+            "another task ran before the backlog was gone ({free} free)"
+        );
+        drop(tx);
+        for _ in 0..4 {
+            tokio::time::advance(GATHER).await;
+        }
+        tokio::time::timeout(LINGER, writer)
             .await
             .expect("ends with its senders")
             .expect("no panic");
