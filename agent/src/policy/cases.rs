@@ -664,7 +664,7 @@ mod tests {
             case(
                 "ollama",
                 chat,
-                "OPTIONS: {NUM_CTX: 4096}",
+                "OPTIONS: {num_ctx: 4096}",
                 "deny",
                 "big-ctx",
             ),
