@@ -603,34 +603,19 @@ mod tests {
 
     #[test]
     fn cases_state_a_tokens_identity() {
-        let dir = std::env::temp_dir().join(format!("sluice-cases-id-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("cases")).expect("dir");
-        std::fs::write(
-            dir.join("pack.yaml"),
-            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: ml-eng\n      action: allow\n      match: {identity: {groups: [ml-eng]}}\n",
-        )
-        .expect("write pack");
         let case = |groups: &str, decision: &str, rules: &str| {
             format!(
                 "description: x\nrequest: {{method: POST, path: /v1/chat/completions, body: {{model: m}}}}\nidentity: {{issuer: \"http://127.0.0.1:1\", subject: alice, groups: {groups}}}\nexpect: {{decision: {decision}, rules: {rules}}}\n"
             )
         };
-        std::fs::write(
-            dir.join("cases/a.yaml"),
+        let cases = [
             case("[ml-eng]", "allow", "[ml-eng]"),
-        )
-        .expect("a");
-        std::fs::write(dir.join("cases/b.yaml"), case("[ops]", "deny", "[]")).expect("b");
-        std::fs::write(
-            dir.join("cases/c.yaml"),
-            "description: no token\nrequest: {method: POST, path: /v1/chat/completions}\nexpect: {decision: deny}\n",
-        )
-        .expect("c");
-        let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
-        let failures: Vec<_> = outcomes.iter().filter_map(|o| o.failure.clone()).collect();
-        assert_eq!((outcomes.len(), failures), (3, vec![]));
-        let _ = std::fs::remove_dir_all(&dir);
+            case("[ops]", "deny", "[]"),
+            "description: no token\nrequest: {method: POST, path: /v1/chat/completions}\nexpect: {decision: deny}\n".into(),
+        ];
+        let rules =
+            "    - id: ml-eng\n      action: allow\n      match: {identity: {groups: [ml-eng]}}\n";
+        assert_eq!(failures("id", rules, &cases), (3, vec![]));
     }
 
     /// An Ollama body's keys are read folded (Go matches them case-insensitively), and so
@@ -639,14 +624,6 @@ mod tests {
     /// says.
     #[test]
     fn pointers_with_capitals_match_a_case_folding_servers_body() {
-        let dir = std::env::temp_dir().join(format!("sluice-cases-fold-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("cases")).expect("dir");
-        std::fs::write(
-            dir.join("pack.yaml"),
-            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: all\n      action: allow\n      match: {}\n    - id: big-ctx\n      action: deny\n      match: {body: {/Options/Num_Ctx: 4096}}\n",
-        )
-        .expect("write pack");
         let case = |server: &str, path: &str, options: &str, decision: &str, rule: &str| {
             format!(
                 "description: x\nserver: {server}\nrequest: {{method: POST, path: {path}, body: {{model: m, {options}}}}}\nexpect: {{decision: {decision}, rules: [{rule}]}}\n"
@@ -684,26 +661,40 @@ mod tests {
                 "big-ctx",
             ),
         ];
-        for (i, text) in cases.iter().enumerate() {
-            std::fs::write(dir.join(format!("cases/{i}.yaml")), text).expect("case");
-        }
+        let rules = "    - id: all\n      action: allow\n      match: {}\n    - id: big-ctx\n      action: deny\n      match: {body: {/Options/Num_Ctx: 4096}}\n";
+        assert_eq!(failures("fold", rules, &cases), (cases.len(), vec![]));
+    }
+
+    /// Runs `cases` against a temporary pack of `rules`: how many ran, and their failures.
+    fn failures(tag: &str, rules: &str, cases: &[String]) -> (usize, Vec<String>) {
+        let named: Vec<(String, &str)> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("{i}.yaml"), c.as_str()))
+            .collect();
+        let named: Vec<(&str, &str)> = named.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+        let dir = pack_dir(tag, rules, &named);
         let outcomes = run_all(std::slice::from_ref(&dir)).expect("pack loads");
-        let failures: Vec<_> = outcomes.iter().filter_map(|o| o.failure.clone()).collect();
-        assert_eq!(
-            (outcomes.len(), failures),
-            (cases.len(), Vec::<String>::new())
-        );
         let _ = std::fs::remove_dir_all(&dir);
+        let failed = outcomes.iter().filter_map(|o| o.failure.clone()).collect();
+        (outcomes.len(), failed)
     }
 
     /// A temporary pack directory with one rule `only-rule` and the given case files.
     fn pack_with_cases(tag: &str, cases: &[(&str, &str)]) -> PathBuf {
+        let only = "    - id: only-rule\n      action: allow\n      match: {servers: [ollama]}\n";
+        pack_dir(tag, only, cases)
+    }
+
+    /// A temporary pack directory: pack `p` with `rules` (items of its rule list) and the
+    /// given case files.
+    fn pack_dir(tag: &str, rules: &str, cases: &[(&str, &str)]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sluice-cases-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("cases")).expect("dir");
         std::fs::write(
             dir.join("pack.yaml"),
-            "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: p}\nspec:\n  rules:\n    - id: only-rule\n      action: allow\n      match: {servers: [ollama]}\n",
+            format!("apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {{name: p}}\nspec:\n  rules:\n{rules}"),
         )
         .expect("write pack");
         for (name, text) in cases {
