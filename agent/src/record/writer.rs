@@ -28,30 +28,23 @@ pub async fn run(mut rx: mpsc::Receiver<Record>, audit: Option<crate::audit::Han
     let mut lines = Vec::with_capacity(64 * 1024);
     // Waits (registered with the queue, so the next sender wakes it) only when quiet.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // Time slept since a batch last held a record.
         let mut quiet = std::time::Duration::ZERO;
-        // How long the last wait for more records was.
-        let mut waited = std::time::Duration::ZERO;
         loop {
-            if batch.is_empty() {
-                quiet += waited;
-                if quiet >= LINGER {
-                    break;
-                }
-            } else {
-                quiet = std::time::Duration::ZERO;
-            }
             let full = batch.len() == BATCH;
             if !batch.is_empty() {
                 write(&mut batch, &mut lines, &audit).await;
+                quiet = std::time::Duration::ZERO;
             }
             if full {
                 // More are waiting: take them now, but let the runtime's other tasks (the
                 // admin socket, reloads, the drain) run between batches of a long backlog.
                 tokio::task::yield_now().await;
-                waited = std::time::Duration::ZERO;
+            } else if quiet >= LINGER {
+                break;
             } else {
                 tokio::time::sleep(GATHER).await;
-                waited = GATHER;
+                quiet += GATHER;
             }
             if !take_ready(&mut rx, &mut batch) {
                 return;
