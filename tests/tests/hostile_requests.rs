@@ -498,3 +498,41 @@ fn triton_paths_with_escapes_are_refused_since_triton_routes_on_the_raw_path() {
         vec!["POST /v2/models/resnet/infer".to_string()]
     );
 }
+
+/// A deny rule whose `body:` pointer is written with capitals holds on an Ollama target
+/// however the client spells the field Go reads case-insensitively: before, such a pointer
+/// never matched an Ollama body, and the request went through.
+#[test]
+#[ignore = "end-to-end: needs root and cgroup v2 (cargo xtask test runs it as root)"]
+fn an_ollama_body_rule_written_with_capitals_refuses_every_spelling() {
+    require_root();
+    let server = servers::http("127.0.0.1:0");
+    let vip = virtual_ip();
+    let cg = TestCgroup::new("hostile-fold");
+    let packs = sluice_tests::TempDir::new("fold-pack");
+    std::fs::write(
+        packs.path().join("pack.yaml"),
+        "apiVersion: sluice.dev/v1alpha1\nkind: PolicyPack\nmetadata: {name: fold}\nspec:\n  rules:\n    - id: deny-huge-context\n      action: deny\n      match: {servers: [ollama], body: {/Options/Num_Ctx: 131072}}\n    - id: allow-use\n      action: allow\n      match: {servers: [ollama], operations: [inference]}\n",
+    )
+    .expect("write pack");
+    let pack = packs.path().to_str().expect("utf-8 temp path");
+    let agent = start(&cg, &vip, &server, "ollama", pack);
+    let chat = |options: &str| {
+        let body = format!(
+            r#"{{"model":"llama3.2","{options}":{{"num_ctx":131072}},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        request("POST", "/api/chat", &[JSON], body.as_bytes())
+    };
+    let rule = Some("deny-huge-context");
+    let cases = vec![
+        case("options", chat("options"), 403, rule),
+        case("Options", chat("Options"), 403, rule),
+        case("OPTIONS", chat("OPTIONS"), 403, rule),
+    ];
+    refuse_all(&cg, &vip, &server, &agent, &cases);
+    // A smaller context is the allow rule's, and reaches the server.
+    let small = br#"{"model":"llama3.2","options":{"num_ctx":4096},"messages":[{"role":"user","content":"hi"}]}"#;
+    let ok = raw(&cg, &vip, &request("POST", "/api/chat", &[JSON], small));
+    assert_eq!(status(&ok), 200, "{ok}");
+    assert_eq!(seen(&server), vec!["POST /api/chat".to_string()]);
+}
